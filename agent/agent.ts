@@ -1,0 +1,201 @@
+/**
+ * A host agent: the authority on the VMs of its host. Serves the coordinator's control requests and the peer
+ * requests of migrations coming in from other agents.
+ */
+import { PROTOCOL_VERSION } from '../shared/constants.js';
+import { ErrorCode, FerryError } from '../shared/errors.js';
+import type { Logger } from '../shared/log.js';
+import { controlOps, peerOps, type HostInfo, type VmInfo } from '../shared/protocol.js';
+import { RpcConnection } from '../shared/rpc.js';
+import type { Faults } from './faults.js';
+import { connectToDestination, runSource } from './migration/source.js';
+import { MigrationTarget } from './migration/target.js';
+import { Registry } from './registry.js';
+import type { VirtualMachine } from './vm/vm.js';
+
+export type ControlServer = RpcConnection<typeof controlOps, Record<never, never>>;
+export type PeerServer = RpcConnection<typeof peerOps, Record<never, never>>;
+
+/** Dump chunks: 1 MiB, the size ws moves at full speed. */
+const DUMP_CHUNK_BYTES = 1024 * 1024;
+
+export interface AgentSettings {
+  name: string;
+  capacityBytes: number;
+  faults: Faults;
+  log: Logger;
+}
+
+export class Agent {
+  readonly name: string;
+  readonly registry: Registry;
+  private readonly faults: Faults;
+  private readonly log: Logger;
+  private readonly incoming = new Map<string, MigrationTarget>();
+
+  constructor(settings: AgentSettings) {
+    this.name = settings.name;
+    this.registry = new Registry(settings.name, settings.capacityBytes);
+    this.faults = settings.faults;
+    this.log = settings.log;
+  }
+
+  hostInfo(): HostInfo {
+    return {
+      name: this.name,
+      version: PROTOCOL_VERSION,
+      capacityBytes: this.registry.capacityBytes,
+      usedBytes: this.registry.usedBytes,
+      freeBytes: this.registry.freeBytes,
+      vms: this.registry.list().map((vm) => ({ name: vm.name, host: this.name, state: vm.state, memoryBytes: vm.memoryBytes })),
+    };
+  }
+
+  /** A VM the coordinator may act on: not one that is arriving, leaving, or suspended mid-migration. */
+  private settled(name: string, action: string): VirtualMachine {
+    const vm = this.registry.get(name);
+    if (vm.state !== 'running' && vm.state !== 'paused') {
+      throw new FerryError(ErrorCode.VM_STATE, `cannot ${action} ${name}: it is ${vm.state}`, 'wait for its migration to finish, then retry');
+    }
+    return vm;
+  }
+
+  serveControl(connection: ControlServer): void {
+    connection.handle('host.info', async () => this.hostInfo());
+
+    connection.handle('vm.create', async ({ name, memoryBytes, workload }) => {
+      if (workload.wssPages > memoryBytes / 4096) {
+        throw new FerryError(ErrorCode.BAD_INPUT, `the working set (${workload.wssPages} pages) is larger than ${name}'s memory`, 'give --wss at most --memory');
+      }
+      const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'paused', 'be created');
+      await vm.resume();
+      vm.state = 'running';
+      this.log.info('vm created', { vm: name, memoryBytes, workload: workload.kind });
+      return vm.info(this.name);
+    });
+
+    connection.handle('vm.info', async ({ name }) => this.registry.get(name).info(this.name));
+
+    connection.handle('vm.pause', async ({ name }) => {
+      const vm = this.settled(name, 'pause');
+      if (vm.state === 'running') {
+        await vm.pause();
+        vm.state = 'paused';
+      }
+      return vm.info(this.name);
+    });
+
+    connection.handle('vm.resume', async ({ name }) => {
+      const vm = this.settled(name, 'resume');
+      if (vm.state === 'paused') {
+        await vm.resume();
+        vm.state = 'running';
+      }
+      return vm.info(this.name);
+    });
+
+    connection.handle('vm.destroy', async ({ name }) => {
+      const vm = this.settled(name, 'destroy');
+      await this.registry.release(vm);
+      this.log.info('vm destroyed', { vm: name });
+      return {};
+    });
+
+    connection.handle('vm.dump', async ({ name }, context) => {
+      const vm = this.settled(name, 'dump');
+      const wasRunning = vm.state === 'running';
+      if (wasRunning) await vm.pause();
+      vm.state = 'paused';
+      try {
+        const info: VmInfo = vm.info(this.name);
+        for (let offset = 0; offset < vm.memoryBytes && !context.signal.aborted; offset += DUMP_CHUNK_BYTES) {
+          const length = Math.min(DUMP_CHUNK_BYTES, vm.memoryBytes - offset);
+          await context.event({ offset, data: Buffer.from(vm.memory.buffer, offset, length) });
+        }
+        return { info, wasRunning };
+      } finally {
+        if (wasRunning) {
+          await vm.resume();
+          vm.state = 'running';
+        }
+      }
+    });
+
+    connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload }) => {
+      if (this.incoming.has(migrationId)) {
+        throw new FerryError(ErrorCode.VM_STATE, `migration ${migrationId} already has a reservation here`, 'start a new migration');
+      }
+      const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'migrating-in', 'receive it');
+      const target = new MigrationTarget(migrationId, vm, this.registry, this.faults, this.log);
+      target.onFinished = () => this.incoming.delete(migrationId);
+      this.incoming.set(migrationId, target);
+      this.log.info('reserved', { vm: name, memoryBytes, migration: migrationId });
+      return { freeBytesAfter: this.registry.freeBytes };
+    });
+
+    connection.handle('migrate.release', async ({ migrationId }) => {
+      await this.incoming.get(migrationId)?.drop('released by the coordinator');
+      return {};
+    });
+
+    connection.handle('migrate.start', async ({ migrationId, name, destination, options }, context) => {
+      const vm = this.settled(name, 'migrate');
+      if (destination.name === this.name) {
+        throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${this.name}`, 'pick another destination');
+      }
+      this.log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
+      const peer = await connectToDestination(destination.url, migrationId, this.name, context.signal);
+      const report = await runSource({
+        vm,
+        registry: this.registry,
+        peer,
+        options,
+        signal: context.signal,
+        now: () => performance.now(),
+        emit: (event) => void context.event(event),
+        log: this.log,
+      });
+      this.log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
+      return report;
+    });
+  }
+
+  servePeer(connection: PeerServer): void {
+    let target: MigrationTarget | undefined;
+    connection.rawFrameHook = (frame) => {
+      if (!target) return false;
+      try {
+        return target.takeFrame(frame);
+      } catch (error) {
+        this.log.warn('bad page frame; closing the page stream', { error: (error as Error).message });
+        connection.close(1008, 'bad page frame');
+        return true;
+      }
+    };
+    connection.signal.addEventListener('abort', () => target?.connectionClosed(), { once: true });
+
+    connection.handle('peer.hello', async ({ migrationId }) => {
+      const found = this.incoming.get(migrationId);
+      if (!found) {
+        throw new FerryError(ErrorCode.VM_NOT_FOUND, `no reservation for migration ${migrationId} on ${this.name}`, 'the reservation expired or was released; start the migration again');
+      }
+      found.attach();
+      target = found;
+      return { name: this.name };
+    });
+    const current = (): MigrationTarget => {
+      if (!target) throw new FerryError(ErrorCode.PROTOCOL, 'peer.hello must come first', 'the peer is not a compatible ferry-agent');
+      return target;
+    };
+    connection.handle('peer.verify', async (request) => current().verify(request));
+    connection.handle('peer.activate', async ({ resume }) => current().activate(resume));
+    connection.handle('peer.abort', async ({ reason }) => {
+      await current().drop(`the source aborted: ${reason}`);
+      return {};
+    });
+  }
+
+  async shutdown(): Promise<void> {
+    await this.registry.releaseAll();
+  }
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env node
+/**
+ * ferry-agent: the host agent. Prints exactly one JSON line on stdout when it is ready, logs to stderr.
+ */
+import { mkdir } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { initChecksums } from '../shared/checksum.js';
+import { MAX_MEMORY_BYTES } from '../shared/constants.js';
+import { FerryError, toFerryError } from '../shared/errors.js';
+import { createLogger, type LogLevel } from '../shared/log.js';
+import { parseCount, parseSize } from '../shared/units.js';
+import { Agent } from './agent.js';
+import { parseFaults } from './faults.js';
+import { startServer } from './server.js';
+
+export interface AgentOptions {
+  name: string;
+  host: string;
+  port: number;
+  datastore: string;
+  capacityBytes: number;
+  logLevel: LogLevel;
+}
+
+/** Every option and its default, resolved once. */
+export function resolveAgentOptions(raw: Record<string, string | undefined>): AgentOptions {
+  const name = raw.name ?? os.hostname();
+  const wrap = <T>(parse: () => T): T => {
+    try {
+      return parse();
+    } catch (error) {
+      throw new InvalidArgumentError(toFerryError(error).message);
+    }
+  };
+  return {
+    name,
+    host: raw.host ?? '127.0.0.1',
+    port: wrap(() => parseCount(raw.port ?? '7001', 'port')),
+    datastore: path.resolve(raw.datastore ?? path.join(os.homedir(), '.ferry', name)),
+    // Half the machine's memory by default: room for guests and for the host itself.
+    capacityBytes: wrap(() => (raw.capacity ? parseSize(raw.capacity) : Math.floor(os.totalmem() / 2))),
+    logLevel: (raw.logLevel as LogLevel | undefined) ?? 'info',
+  };
+}
+
+async function main(): Promise<void> {
+  const program = new Command('ferry-agent')
+    .description('Host agent for ferry: holds VMs (guest memory, vCPU worker) and sends and receives live migrations.')
+    .option('--name <name>', 'this host\'s name in the cluster', os.hostname())
+    .option('--host <address>', 'address to listen on', '127.0.0.1')
+    .option('--port <port>', 'port to listen on; 0 picks a free one', '7001')
+    .option('--datastore <dir>', 'folder for this host\'s VM files (default ~/.ferry/<name>)')
+    .option('--capacity <size>', 'guest memory this host will hold in total, e.g. 4GiB (default: half of RAM)')
+    .option('--log-level <level>', 'debug, info, warn or error', 'info')
+    .addHelpText('after', `
+Prints one line on stdout when ready:
+  {"event":"ready","name":"host-a","url":"ws://127.0.0.1:7001",...}
+Logs go to stderr. SIGINT or SIGTERM stops the agent and its VMs.
+
+Example:
+  ferry-agent --name host-a --port 7001 --capacity 4GiB`)
+    .parse();
+
+  const options = resolveAgentOptions(program.opts());
+  if (options.capacityBytes > os.totalmem()) {
+    process.stderr.write(`warning: --capacity ${options.capacityBytes} is more than this machine's memory\n`);
+  }
+  const log = createLogger(options.name, options.logLevel);
+  const faults = parseFaults(process.env.FERRY_FAULTS);
+  await initChecksums();
+  await mkdir(options.datastore, { recursive: true });
+
+  const agent = new Agent({ name: options.name, capacityBytes: options.capacityBytes, faults, log });
+  const server = await startServer(agent, options.host, options.port);
+  process.stdout.write(`${JSON.stringify({
+    event: 'ready', name: options.name, url: server.url, pid: process.pid,
+    capacityBytes: options.capacityBytes, maxVmBytes: MAX_MEMORY_BYTES, datastore: options.datastore,
+  })}\n`);
+  log.info('ready', { url: server.url, capacity: options.capacityBytes });
+
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping', { signal });
+    await server.close();
+    await agent.shutdown();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+main().catch((error: unknown) => {
+  const failure = toFerryError(error);
+  process.stderr.write(`ferry-agent: ${failure.message}${failure instanceof FerryError && failure.hint ? `\n  hint: ${failure.hint}` : ''}\n`);
+  process.exit(failure.code === 'FERRY_ERR_BAD_INPUT' ? 2 : 1);
+});

@@ -1,0 +1,161 @@
+/**
+ * Sends pages of a running guest to the destination: batches of up to PAGES_PER_FRAME pages, each a header
+ * message (page numbers and xxh64s, page-frame.ts) followed by one data message.
+ *
+ * Passes over each byte, on this side:
+ * - a run of consecutive pages (all of round 1, and runs in later rounds) is sent as a view of guest memory:
+ *   one pass, the hash; the socket reads the bytes straight from guest memory;
+ * - scattered pages are gathered into a staging buffer: two passes, the copy and the hash.
+ *
+ * Why sending a view is correct (DESIGN.md, "Sending straight from guest memory"): every page here was harvested
+ * from the dirty log, i.e. its bit was cleared BEFORE we hash and send it. If the vCPU writes it after the clear,
+ * the bytes the socket sends may differ from the hash we computed, but that write also set the page's bit again,
+ * so the page is sent again in a later round or in stop-and-copy, with the vCPU paused and nothing moving. The
+ * destination treats a mismatch during pre-copy as "will be resent" and only the final digests decide; with the
+ * vCPU paused (PAGE_FLAG_PAUSED) a mismatch is damage.
+ *
+ * Buffers given to `send` are referenced until its callback fires: staging buffers return to the pool only then,
+ * and at most SEND_WINDOW_BYTES of page data are outstanding (backpressure).
+ */
+import type WebSocket from 'ws';
+import { PAGE_SIZE, PAGES_PER_FRAME, SEND_WINDOW_BYTES } from '../../shared/constants.js';
+import { hashBytes } from '../../shared/checksum.js';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
+import type { VirtualMachine } from '../vm/vm.js';
+
+export interface SendProgress {
+  pagesSent: number;
+  bytesSent: number;
+}
+
+export interface PageSenderOptions {
+  /** Bytes per second, 0 for no limit. */
+  maxBandwidthBytesPerSec: number;
+  signal: AbortSignal;
+  now: () => number;
+  /** Called at most every `progressIntervalMs` with the round's progress so far. */
+  onProgress?: (progress: SendProgress) => void;
+  progressIntervalMs?: number;
+}
+
+export class PageSender {
+  private readonly socket: WebSocket;
+  private readonly vm: VirtualMachine;
+  private readonly options: PageSenderOptions;
+  /** The source's page-hash table: the hash of what it last sent of each page. */
+  readonly hashes: BigUint64Array;
+  private readonly stagingPool: Buffer[] = [];
+  private outstandingBytes = 0;
+  private drained: (() => void) | undefined;
+  private sendError: FerryError | undefined;
+
+  constructor(socket: WebSocket, vm: VirtualMachine, options: PageSenderOptions) {
+    this.socket = socket;
+    this.vm = vm;
+    this.options = options;
+    this.hashes = new BigUint64Array(vm.pageCount);
+  }
+
+  /**
+   * Sends `pages` (ascending page numbers whose dirty bits were already cleared) and resolves once every byte has
+   * been handed to the socket.
+   */
+  async send(pages: Uint32Array, round: number, flags: number): Promise<SendProgress> {
+    const { now, maxBandwidthBytesPerSec, signal } = this.options;
+    const interval = this.options.progressIntervalMs ?? 100;
+    const startedMs = now();
+    let lastProgressMs = startedMs;
+    const progress: SendProgress = { pagesSent: 0, bytesSent: 0 };
+    const frameHashes = new BigUint64Array(PAGES_PER_FRAME);
+
+    for (let first = 0; first < pages.length; first += PAGES_PER_FRAME) {
+      if (signal.aborted) throw new FerryError(ErrorCode.CANCELLED, 'migration cancelled while sending pages');
+      if (this.sendError) throw this.sendError;
+      const batch = pages.subarray(first, first + PAGES_PER_FRAME);
+      const count = batch.length;
+      const firstPage = batch[0]!;
+      const contiguous = batch[count - 1]! - firstPage === count - 1;
+
+      let data: Buffer;
+      let staging: Buffer | undefined;
+      if (contiguous) {
+        data = this.vm.pageView(firstPage, count);
+      } else {
+        staging = this.stagingPool.pop() ?? Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
+        for (let i = 0; i < count; i++) {
+          const from = batch[i]! * PAGE_SIZE;
+          staging.set(this.vm.memory.subarray(from, from + PAGE_SIZE), i * PAGE_SIZE);
+        }
+        data = staging.subarray(0, count * PAGE_SIZE);
+      }
+      for (let i = 0; i < count; i++) {
+        const hash = hashBytes(data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+        frameHashes[i] = hash;
+        this.hashes[batch[i]!] = hash;
+      }
+
+      // A fresh header each frame: the socket holds it until written. It is small; the page data is not copied.
+      const header = encodePageHeader(Buffer.allocUnsafe(pageHeaderBytes(count)), round, flags, batch, frameHashes, count);
+      this.socket.send(header, { binary: true });
+      this.outstandingBytes += data.length;
+      this.socket.send(data, { binary: true }, (error) => {
+        this.outstandingBytes -= data.length;
+        if (staging) this.stagingPool.push(staging);
+        if (error && !this.sendError) {
+          this.sendError = new FerryError(ErrorCode.CONNECTION_LOST, `connection to the destination lost: ${error.message}`, 'check that the destination agent is still running');
+        }
+        this.drained?.();
+      });
+
+      progress.pagesSent += count;
+      progress.bytesSent += data.length;
+      if (this.outstandingBytes > SEND_WINDOW_BYTES) await this.waitForDrain();
+      if (maxBandwidthBytesPerSec > 0) {
+        const aheadMs = (progress.bytesSent / maxBandwidthBytesPerSec) * 1000 - (now() - startedMs);
+        if (aheadMs > 1) await sleep(aheadMs, signal);
+      }
+      if (this.options.onProgress && now() - lastProgressMs >= interval) {
+        lastProgressMs = now();
+        this.options.onProgress({ ...progress });
+      }
+    }
+    await this.flush();
+    return progress;
+  }
+
+  /** Resolves when every page handed to the socket has been written. */
+  async flush(): Promise<void> {
+    while (this.outstandingBytes > 0 && !this.sendError && !this.options.signal.aborted) await this.waitForDrain(0);
+    if (this.sendError) throw this.sendError;
+    if (this.options.signal.aborted) throw new FerryError(ErrorCode.CANCELLED, 'migration cancelled while sending pages');
+  }
+
+  private waitForDrain(threshold = SEND_WINDOW_BYTES / 2): Promise<void> {
+    const { signal } = this.options;
+    const done = (): boolean => this.outstandingBytes <= threshold || this.sendError !== undefined || signal.aborted;
+    if (done()) return Promise.resolve();
+    return new Promise((resolve) => {
+      const finish = (): void => {
+        if (!done()) return;
+        this.drained = undefined;
+        signal.removeEventListener('abort', finish);
+        resolve();
+      };
+      this.drained = finish;
+      signal.addEventListener('abort', finish, { once: true });
+    });
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

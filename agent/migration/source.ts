@@ -1,0 +1,254 @@
+/**
+ * The source side of a live migration, stages 2 to 5 (DESIGN.md): iterative pre-copy, stop-and-copy, the
+ * verified commit and the destination's activation. The coordinator has already done stages 0 and 1 (checked both
+ * hosts, reserved the destination).
+ *
+ * Failure rule: until the commit point below, any failure (destination gone, connection lost, checksum mismatch,
+ * timeout, the coordinator gone) ends in `rollBack`: the destination drops its reservation and the VM runs on here
+ * as before, its memory untouched (the sender only ever reads guest memory). After the commit point the source
+ * never resumes its copy: if the destination's activation cannot be confirmed, the VM stays suspended here.
+ */
+import WebSocket from 'ws';
+import { PEER_REPLY_TIMEOUT_MS, PROTOCOL_VERSION } from '../../shared/constants.js';
+import { digestMemory, digestPageTable, formatDigest } from '../../shared/checksum.js';
+import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/log.js';
+import { PAGE_FLAG_PAUSED } from '../../shared/page-frame.js';
+import {
+  peerOps, type MigrationEvent, type MigrationOptions, type RoundReport, type SourceReport, type StageReport,
+  type StopReason, type Verification,
+} from '../../shared/protocol.js';
+import { RpcConnection } from '../../shared/rpc.js';
+import type { Registry } from '../registry.js';
+import type { VirtualMachine } from '../vm/vm.js';
+import { PageSender } from './page-sender.js';
+import { decideStop, expectedDowntimeMs } from './stop-rules.js';
+
+export type PeerClient = RpcConnection<Record<never, never>, typeof peerOps>;
+
+/**
+ * Opens the page stream to the destination. The source is the WebSocket client here, so it masks frames; a zero
+ * mask makes ws skip the masking pass (and the copy it needs) on both ends. Masking exists to protect browsers'
+ * proxies, and there are none between two agents.
+ */
+export async function connectToDestination(url: string, migrationId: string, from: string, signal: AbortSignal): Promise<PeerClient> {
+  const socket = new WebSocket(`${url.replace(/\/$/, '')}/peer`, {
+    generateMask: (mask: Buffer) => mask.fill(0),
+    headers: { 'x-ferry-protocol': String(PROTOCOL_VERSION) },
+    perMessageDeflate: false,
+  });
+  await new Promise<void>((resolve, reject) => {
+    const fail = (error: Error): void => {
+      reject(new FerryError(ErrorCode.UNREACHABLE, `cannot open the page stream to ${url}: ${error.message}`, 'check that the destination agent runs and that this host can reach it'));
+    };
+    socket.once('open', () => resolve());
+    socket.once('error', fail);
+    signal.addEventListener('abort', () => fail(new Error('cancelled')), { once: true });
+  });
+  const peer: PeerClient = new RpcConnection(socket, {}, peerOps);
+  await peer.request('peer.hello', { migrationId, from }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+  return peer;
+}
+
+export interface SourceContext {
+  vm: VirtualMachine;
+  registry: Registry;
+  peer: PeerClient;
+  options: MigrationOptions;
+  /** Aborted when the migration must stop: cancelled, or the coordinator's connection closed. */
+  signal: AbortSignal;
+  now: () => number;
+  emit: (event: MigrationEvent) => void;
+  log: Logger;
+}
+
+const stageNames: Record<number, string> = {
+  2: 'iterative pre-copy',
+  3: 'stop-and-copy',
+  4: 'commitment',
+  5: 'activation',
+};
+
+export async function runSource(context: SourceContext): Promise<SourceReport> {
+  const { vm, peer, options, now, emit, log } = context;
+  const startedMs = now();
+  const stages: StageReport[] = [];
+  const rounds: RoundReport[] = [];
+  const wasRunning = vm.state === 'running';
+  let stopReason: StopReason | undefined;
+  let stopAndCopy: RoundReport | undefined;
+  let verification: Verification | undefined;
+  let expectedDowntime: number | undefined;
+  let committed = false;
+  let pausedAtMs: number | undefined;
+  let bytesSent = 0;
+
+  // The peer connection closing is as fatal as a cancel.
+  const abort = new AbortController();
+  const onAbort = (): void => abort.abort();
+  context.signal.addEventListener('abort', onAbort, { once: true });
+  peer.signal.addEventListener('abort', onAbort, { once: true });
+  const signal = abort.signal;
+
+  const enterStage = (stage: number): void => {
+    const atMs = now() - startedMs;
+    const previous = stages.at(-1);
+    if (previous) previous.endMs = atMs;
+    stages.push({ stage, name: stageNames[stage] ?? `stage ${stage}`, startMs: atMs, endMs: atMs });
+    emit({ kind: 'stage', stage, name: stageNames[stage] ?? '', atMs });
+  };
+  const closeStages = (): void => {
+    const last = stages.at(-1);
+    if (last) last.endMs = now() - startedMs;
+  };
+  const report = (outcome: SourceReport['outcome'], error?: FerryError): SourceReport => {
+    closeStages();
+    return {
+      outcome,
+      ...(error ? { error: error.toPayload() } : {}),
+      ...(stopReason ? { stopReason } : {}),
+      rounds,
+      ...(stopAndCopy ? { stopAndCopy } : {}),
+      stages,
+      ...(expectedDowntime !== undefined ? { expectedDowntimeMs: expectedDowntime } : {}),
+      bytesSent,
+      ...(verification ? { verification } : {}),
+    };
+  };
+
+  // What the progress events describe: the round under way.
+  const current = { round: 1, pagesInRound: 0, startMs: 0, bytesBefore: 0 };
+  const sender = new PageSender(peer.socket, vm, {
+    maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec,
+    signal,
+    now,
+    onProgress: (progress) => {
+      const elapsedMs = Math.max(now() - current.startMs, 0.001);
+      const rate = (progress.bytesSent / elapsedMs) * 1000;
+      const dirty = vm.dirtyLog.count();
+      emit({
+        kind: 'progress',
+        round: current.round,
+        pagesSent: progress.pagesSent,
+        pagesInRound: current.pagesInRound,
+        bytesSent: current.bytesBefore + progress.bytesSent,
+        rateBytesPerSec: rate,
+        dirtyPagesPerSec: (dirty / elapsedMs) * 1000,
+        expectedDowntimeMs: expectedDowntimeMs(dirty, rate),
+      });
+    },
+  });
+
+  try {
+    // Stage 2: iterative pre-copy. Round 1 sends every page; each later round the pages dirtied during the last.
+    vm.state = 'migrating-out';
+    enterStage(2);
+    let round = 1;
+    vm.dirtyLog.clearAll(); // cleared BEFORE round 1 reads any page: writes from here on are caught
+    let pages: Uint32Array = Uint32Array.from({ length: vm.pageCount }, (_, page) => page);
+    for (;;) {
+      const roundStartMs = now();
+      const inRound = pages.length;
+      Object.assign(current, { round, pagesInRound: inRound, startMs: roundStartMs, bytesBefore: bytesSent });
+      const sent = await sender.send(pages, round, 0);
+      bytesSent += sent.bytesSent;
+      const durationMs = Math.max(now() - roundStartMs, 0.001);
+      const dirtyPagesAfter = vm.dirtyLog.count();
+      const throughput = (sent.bytesSent / durationMs) * 1000;
+      const roundReport: RoundReport = {
+        round, pages: inRound, bytes: sent.bytesSent, durationMs, dirtyPagesAfter, throughputBytesPerSec: throughput,
+      };
+      rounds.push(roundReport);
+      emit({ kind: 'round', report: roundReport });
+      // Bandwidth: round 1 measures the link best (it is the longest); later small rounds are latency-bound.
+      const bandwidth = rounds[0]!.throughputBytesPerSec;
+      expectedDowntime = expectedDowntimeMs(dirtyPagesAfter, bandwidth);
+      stopReason = decideStop({
+        round, pagesSent: inRound, dirtyPagesAfter, bytesSentTotal: bytesSent, memoryBytes: vm.memoryBytes,
+        bandwidthBytesPerSec: bandwidth, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds,
+      });
+      if (stopReason) break;
+      round += 1;
+      pages = vm.dirtyLog.harvest(); // bits cleared here, BEFORE the pages are read by the sender
+      log.debug('pre-copy round', { vm: vm.name, round, pages: pages.length });
+    }
+
+    // Stage 3: stop-and-copy. Pause the vCPU, send what is still dirty and the registers.
+    enterStage(3);
+    pausedAtMs = now();
+    if (wasRunning) await vm.pause();
+    vm.state = 'suspended';
+    const lastPages = vm.dirtyLog.harvest();
+    const lastStartMs = now();
+    const last = await sender.send(lastPages, round + 1, PAGE_FLAG_PAUSED);
+    bytesSent += last.bytesSent;
+    const lastDurationMs = Math.max(now() - lastStartMs, 0.001);
+    stopAndCopy = {
+      round: round + 1, pages: lastPages.length, bytes: last.bytesSent, durationMs: lastDurationMs,
+      dirtyPagesAfter: 0, throughputBytesPerSec: (last.bytesSent / lastDurationMs) * 1000,
+    };
+    const registers = vm.registers();
+    const sourceMemoryDigest = options.verify === 'full' ? formatDigest(digestMemory(vm.memory)) : undefined;
+
+    // Stage 4: commitment. The destination checks its image and answers with its digests; we compare.
+    enterStage(4);
+    const sourceDigest = formatDigest(digestPageTable(sender.hashes));
+    const answer = await peer.request('peer.verify', { registers, mode: options.verify }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+    const memoryMatch = sourceMemoryDigest === undefined || sourceMemoryDigest === answer.destMemoryDigest;
+    const match = sourceDigest === answer.destDigest && memoryMatch && answer.damagedWhilePaused === 0;
+    verification = {
+      mode: options.verify, sourceDigest, destDigest: answer.destDigest, match, pageMismatches: answer.pageMismatches,
+      ...(sourceMemoryDigest !== undefined ? { sourceMemoryDigest, destMemoryDigest: answer.destMemoryDigest ?? '' } : {}),
+    };
+    if (!match) {
+      const what = answer.damagedWhilePaused > 0
+        ? `${answer.damagedWhilePaused} page(s) arrived damaged during stop-and-copy`
+        : !memoryMatch
+          ? `memory digests differ (source ${sourceMemoryDigest}, destination ${answer.destMemoryDigest})`
+          : `page-table digests differ (source ${sourceDigest}, destination ${answer.destDigest})`;
+      throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's image of ${vm.name} does not match: ${what}`, 'the VM keeps running on the source; check the network between the hosts and retry');
+    }
+    // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
+    committed = true;
+    log.info('committed', { vm: vm.name, digest: sourceDigest });
+
+    // Stage 5: activation on the destination, then the source frees its copy.
+    enterStage(5);
+    const activated = await peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+    const activatedAtMs = now();
+    await context.registry.release(vm);
+    peer.close();
+    const result = report('committed');
+    return {
+      ...result,
+      downtimeMs: activatedAtMs - pausedAtMs,
+      guestBlackoutMs: activated.guestBlackoutMs,
+      registers,
+    };
+  } catch (caught) {
+    const error = toFerryError(caught);
+    if (committed) {
+      // The destination has a verified image and may be running it: never resume here (no two copies).
+      log.error('activation not confirmed after commit; keeping the VM suspended', { vm: vm.name, error: error.message });
+      peer.close();
+      return report('failed', new FerryError(
+        error.code,
+        `${vm.name} was committed to the destination but its activation was not confirmed: ${error.message}`,
+        `the VM stays suspended here so that it never runs twice; run \`ferry vm list\` to see whether the destination runs it`,
+      ));
+    }
+    await rollBack(context, wasRunning, error);
+    return report('rolled-back', error);
+  } finally {
+    context.signal.removeEventListener('abort', onAbort);
+  }
+}
+
+async function rollBack(context: SourceContext, wasRunning: boolean, error: FerryError): Promise<void> {
+  const { vm, peer, log } = context;
+  log.warn('rolling back', { vm: vm.name, code: error.code, error: error.message });
+  await peer.request('peer.abort', { reason: error.message }, { timeoutMs: 2000 }).catch(() => undefined);
+  peer.close();
+  if (wasRunning && !vm.vcpuRunning) await vm.resume();
+  vm.state = wasRunning ? 'running' : 'paused';
+}

@@ -1,0 +1,44 @@
+/**
+ * When iterative pre-copy stops and stop-and-copy begins (DESIGN.md, "Migration, stage by stage"). Pure: the
+ * facts of the round just finished in, a reason to stop (or none) out.
+ *
+ * Order matters: a cheap stop-and-copy (Xen's rule) wins over everything; then the caps, which end pre-copy
+ * whatever it costs; then the judgement that more rounds will not help. Unlike QEMU, ferry does not stop as soon
+ * as the remaining bytes fit the downtime limit: while rounds still shrink the dirty set it goes on, which keeps
+ * downtime near the floor instead of near the limit.
+ */
+import { PAGE_SIZE, STOP_RULES } from '../../shared/constants.js';
+import type { StopReason } from '../../shared/protocol.js';
+
+export interface RoundFacts {
+  /** The round just finished, from 1. */
+  round: number;
+  /** Pages that round sent: the dirty set it started from. */
+  pagesSent: number;
+  /** Pages dirty now, to be sent by the next round or by stop-and-copy. */
+  dirtyPagesAfter: number;
+  /** Bytes sent by all rounds so far. */
+  bytesSentTotal: number;
+  memoryBytes: number;
+  /** The link rate the rounds achieved, bytes per second. */
+  bandwidthBytesPerSec: number;
+  maxDowntimeMs: number;
+  maxRounds: number;
+}
+
+/** Time to send `pages` at `bandwidthBytesPerSec`: the downtime a stop-and-copy now would cost. */
+export function expectedDowntimeMs(pages: number, bandwidthBytesPerSec: number): number {
+  if (pages === 0) return 0;
+  if (bandwidthBytesPerSec <= 0) return Number.POSITIVE_INFINITY;
+  return ((pages * PAGE_SIZE) / bandwidthBytesPerSec) * 1000;
+}
+
+export function decideStop(facts: RoundFacts): StopReason | undefined {
+  if (facts.dirtyPagesAfter < STOP_RULES.fewDirtyPages) return 'few-dirty-pages';
+  if (facts.round >= facts.maxRounds) return 'max-rounds';
+  if (facts.bytesSentTotal >= STOP_RULES.maxBytesFactor * facts.memoryBytes) return 'max-bytes';
+  const shrink = facts.pagesSent === 0 ? 0 : 1 - facts.dirtyPagesAfter / facts.pagesSent;
+  const fits = expectedDowntimeMs(facts.dirtyPagesAfter, facts.bandwidthBytesPerSec) <= facts.maxDowntimeMs;
+  if (shrink < STOP_RULES.minShrinkFraction && fits) return 'converged-within-downtime';
+  return undefined;
+}

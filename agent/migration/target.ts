@@ -1,0 +1,163 @@
+/**
+ * The destination side of a live migration: a reservation (stage 1) that receives pages (stages 2-3), checks its
+ * image (stage 4) and becomes the VM on activation (stage 5).
+ *
+ * Every arriving page is hashed and checked against the xxh64 it travelled with, installed into guest memory,
+ * and its hash kept in a per-page table whose digest the commit compares with the source's. A mismatch during
+ * pre-copy is not proof of damage (the source sends views of live memory; page-sender.ts explains why the page
+ * will come again), so it is counted and the page's own hash is kept: if it never comes again, the digests differ
+ * and the commit fails. A mismatch on a page sent with the vCPU paused is damage, and fails the commit outright.
+ *
+ * Until activation, the reservation is dropped (memory freed, VM forgotten) when the source aborts, or when the
+ * peer connection closes before the source asked for verification. After verification and before activation the
+ * destination cannot know whether the source committed, so it keeps the image parked, never running, and says so.
+ */
+import { PAGE_SIZE } from '../../shared/constants.js';
+import { digestMemory, digestPageTable, formatDigest, hashBytes } from '../../shared/checksum.js';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/log.js';
+import { PAGE_FLAG_PAUSED, decodePageHeader, expectedDataBytes, isPageHeader, type PageHeader } from '../../shared/page-frame.js';
+import type { PeerOps, ReplyOf, RequestOf } from '../../shared/protocol.js';
+import type { Faults } from '../faults.js';
+import type { Registry } from '../registry.js';
+import type { VirtualMachine } from '../vm/vm.js';
+
+/** A reservation the source never connects to is dropped after this long. */
+export const RESERVATION_TIMEOUT_MS = 60_000;
+
+type Phase = 'reserved' | 'receiving' | 'verified' | 'active' | 'dropped';
+
+export class MigrationTarget {
+  readonly migrationId: string;
+  readonly vm: VirtualMachine;
+  private readonly registry: Registry;
+  private readonly faults: Faults;
+  private readonly log: Logger;
+  private readonly hashes: BigUint64Array;
+  private pendingHeader: PageHeader | undefined;
+  private phase: Phase = 'reserved';
+  private pageMismatches = 0;
+  private damagedWhilePaused = 0;
+  private readonly expiry: NodeJS.Timeout;
+  onFinished: (() => void) | undefined;
+
+  constructor(migrationId: string, vm: VirtualMachine, registry: Registry, faults: Faults, log: Logger) {
+    this.migrationId = migrationId;
+    this.vm = vm;
+    this.registry = registry;
+    this.faults = faults;
+    this.log = log;
+    this.hashes = new BigUint64Array(vm.pageCount);
+    this.expiry = setTimeout(() => {
+      if (this.phase === 'reserved') void this.drop('the source never connected');
+    }, RESERVATION_TIMEOUT_MS);
+    this.expiry.unref();
+  }
+
+  get state(): Phase {
+    return this.phase;
+  }
+
+  /** Peer said hello: the page stream is about to start. */
+  attach(): void {
+    if (this.phase !== 'reserved') {
+      throw new FerryError(ErrorCode.VM_STATE, `migration ${this.migrationId} already has a source connected`, 'start a new migration');
+    }
+    this.phase = 'receiving';
+  }
+
+  /**
+   * Takes a binary frame off the peer connection if it belongs to the page stream: a page header, or the data
+   * message that follows one. Throws on a malformed frame; the caller closes the connection.
+   */
+  takeFrame(frame: Buffer): boolean {
+    if (this.pendingHeader) {
+      const header = this.pendingHeader;
+      this.pendingHeader = undefined;
+      this.install(header, frame);
+      return true;
+    }
+    if (!isPageHeader(frame)) return false;
+    if (this.phase !== 'receiving') {
+      throw new FerryError(ErrorCode.PROTOCOL, `page data for ${this.vm.name} arrived while the migration is ${this.phase}`);
+    }
+    this.pendingHeader = decodePageHeader(frame, this.vm.pageCount);
+    return true;
+  }
+
+  private install(header: PageHeader, data: Buffer): void {
+    const expected = expectedDataBytes(header);
+    if (data.length !== expected) {
+      throw new FerryError(ErrorCode.PROTOCOL, `page data is ${data.length} bytes, its header announced ${expected}`, 'the peer is not a compatible ferry-agent');
+    }
+    const paused = (header.flags & PAGE_FLAG_PAUSED) !== 0;
+    const { pages, hashes } = header;
+    for (let i = 0; i < pages.length; i++) {
+      const page = pages[i]!;
+      const bytes = data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+      if (this.faults.corruptPage === page) {
+        this.faults.corruptPage = undefined;
+        bytes[17] = (bytes[17] ?? 0) ^ 0xff;
+        this.log.warn('fault: corrupted a page in transit', { page });
+      }
+      const hash = hashBytes(bytes);
+      if (hash !== hashes[i]) {
+        if (paused) this.damagedWhilePaused += 1;
+        else this.pageMismatches += 1;
+      }
+      this.vm.memory.set(bytes, page * PAGE_SIZE);
+      this.hashes[page] = hash;
+    }
+  }
+
+  /** Stage 4: all pages are here (the stream is ordered); load the registers and report our digests. */
+  verify(request: RequestOf<PeerOps, 'peer.verify'>): ReplyOf<PeerOps, 'peer.verify'> {
+    if (this.phase !== 'receiving' || this.pendingHeader) {
+      throw new FerryError(ErrorCode.PROTOCOL, `verification of ${this.vm.name} asked while ${this.pendingHeader ? 'page data is still due' : `the migration is ${this.phase}`}`);
+    }
+    this.vm.setRegisters(request.registers);
+    this.phase = 'verified';
+    return {
+      destDigest: formatDigest(digestPageTable(this.hashes)),
+      ...(request.mode === 'full' ? { destMemoryDigest: formatDigest(digestMemory(this.vm.memory)) } : {}),
+      pageMismatches: this.pageMismatches,
+      damagedWhilePaused: this.damagedWhilePaused,
+    };
+  }
+
+  /** Stage 5: the source has committed; this copy is the VM now. */
+  async activate(resume: boolean): Promise<ReplyOf<PeerOps, 'peer.activate'>> {
+    if (this.phase !== 'verified') {
+      throw new FerryError(ErrorCode.PROTOCOL, `activation of ${this.vm.name} asked while the migration is ${this.phase}`);
+    }
+    this.phase = 'active';
+    clearTimeout(this.expiry);
+    if (resume) {
+      await this.vm.resume();
+      this.vm.state = 'running';
+    } else {
+      this.vm.state = 'paused';
+    }
+    this.log.info('activated', { vm: this.vm.name, migration: this.migrationId });
+    this.onFinished?.();
+    return { guestBlackoutMs: resume ? this.vm.lastBlackoutMs() : 0 };
+  }
+
+  /** The peer connection closed. Before verification nothing can have been committed: drop the reservation. */
+  connectionClosed(): void {
+    if (this.phase === 'reserved' || this.phase === 'receiving') {
+      void this.drop('the page stream closed before the commit');
+    } else if (this.phase === 'verified') {
+      this.log.warn('peer connection closed between verification and activation; keeping the image parked, not running', { vm: this.vm.name });
+    }
+  }
+
+  async drop(reason: string): Promise<void> {
+    if (this.phase === 'active' || this.phase === 'dropped') return;
+    this.phase = 'dropped';
+    clearTimeout(this.expiry);
+    this.log.info('reservation dropped', { vm: this.vm.name, migration: this.migrationId, reason });
+    await this.registry.release(this.vm);
+    this.onFinished?.();
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * The agent's network face: one HTTP server that upgrades `/control` (the coordinator) and `/peer` (another
+ * agent's page stream) to WebSockets. Anything else is refused before the upgrade.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
+import { PAGES_PER_FRAME, PAGE_SIZE } from '../shared/constants.js';
+import { controlOps, peerOps } from '../shared/protocol.js';
+import { RpcConnection } from '../shared/rpc.js';
+import type { Agent } from './agent.js';
+
+/** The largest frame any peer may send: one page-data message plus room for a control message. */
+export const MAX_FRAME_BYTES = PAGES_PER_FRAME * PAGE_SIZE + 64 * 1024;
+
+export interface RunningServer {
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startServer(agent: Agent, host: string, port: number): Promise<RunningServer> {
+  const server = http.createServer((_request, response) => {
+    response.writeHead(426, { 'content-type': 'text/plain' }).end('ferry-agent speaks WebSocket on /control and /peer\n');
+  });
+  const sockets = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false });
+
+  server.on('upgrade', (request, socket, head) => {
+    const path = new URL(request.url ?? '/', 'ws://agent').pathname;
+    if (path !== '/control' && path !== '/peer') {
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+      return;
+    }
+    sockets.handleUpgrade(request, socket, head, (ws) => {
+      if (path === '/control') agent.serveControl(new RpcConnection(ws, controlOps, {}));
+      else agent.servePeer(new RpcConnection(ws, peerOps, {}));
+    });
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  const address = server.address() as AddressInfo;
+  const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+
+  return {
+    url: `ws://${shownHost}:${address.port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const client of sockets.clients) client.terminate();
+        sockets.close();
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

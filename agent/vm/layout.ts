@@ -1,0 +1,85 @@
+/**
+ * The shared memory of one VM, as the agent's main thread and the vCPU worker both see it.
+ *
+ *   guest memory   SharedArrayBuffer, memoryBytes = pageCount x 4096
+ *   +---------+---------+---------+-----+-----------------+
+ *   | page 0  | page 1  | page 2  | ... | page pageCount-1 |
+ *   +---------+---------+---------+-----+-----------------+
+ *
+ *   dirty log      SharedArrayBuffer, one bit per page, Int32 words (Atomics work on Int32Array)
+ *   +----------------------+----------------------+-----+
+ *   | word 0: pages 0..31  | word 1: pages 32..63 | ... |   bit (p & 31) of word (p >>> 5) is page p
+ *   +----------------------+----------------------+-----+
+ *
+ *   control block  SharedArrayBuffer, CONTROL_BYTES
+ *   Int32 slots (Atomics)                          Float64 slots (plain loads and stores)
+ *   +-----+---------+-------+-------+-------+      +--------------+------------+
+ *   | CMD | STATE   | REG_X | N_LO  | N_HI  | ...  | HEARTBEAT_MS | BLACKOUT_MS|
+ *   +-----+---------+-------+-------+-------+      +--------------+------------+
+ *    0     1         2       3       4              byte 32        byte 40
+ *
+ * What must stay true:
+ * - Only the main thread writes CMD; only the vCPU writes STATE. Each side `Atomics.notify`s the slot it wrote.
+ * - The vCPU reads CMD only between two whole page writes, so when STATE says PAUSED no page is half written.
+ * - REG_X, REG_N_LO and REG_N_HI describe the last finished write. The vCPU writes them while running; while the
+ *   vCPU is PAUSED (or not yet started) only the main thread writes them, and the vCPU reloads them on resume.
+ *   That is how a migration hands the destination's vCPU the source's registers.
+ * - HEARTBEAT_MS is the guest clock: the wall-clock time (ms since the epoch) of the vCPU's last loop turn. It is
+ *   read by humans and reports, never used for synchronisation, so plain Float64 stores suffice.
+ */
+
+export const ControlSlot = {
+  /** Main thread -> vCPU: what the vCPU should be doing (a VcpuCommand). */
+  CMD: 0,
+  /** vCPU -> main thread: what the vCPU is doing (a VcpuState). */
+  STATE: 1,
+  /** Register x: the workload's uint32 state (the xorshift32 value for pattern and hotset), stored as int32. */
+  REG_X: 2,
+  /** Register n: writes done, low 32 bits (as int32). */
+  REG_N_LO: 3,
+  /** Register n: writes done, high bits. */
+  REG_N_HI: 4,
+} as const;
+
+export const INT32_SLOTS = 8;
+
+export const ControlFloatSlot = {
+  /** Guest clock: epoch milliseconds of the vCPU's last loop turn. */
+  HEARTBEAT_MS: 4,
+  /** Gap in the heartbeat across the last resume, in milliseconds. */
+  BLACKOUT_MS: 5,
+} as const;
+
+/** Float64 slots start at byte 32 (= INT32_SLOTS x 4), so Float64 index 4 is byte 32. */
+export const CONTROL_BYTES = 64;
+
+export const VcpuCommand = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
+export const VcpuState = { STARTING: 0, RUNNING: 1, PAUSED: 2, STOPPED: 3 } as const;
+
+export interface ControlViews {
+  ints: Int32Array;
+  floats: Float64Array;
+}
+
+export function controlViews(buffer: SharedArrayBuffer): ControlViews {
+  return { ints: new Int32Array(buffer, 0, INT32_SLOTS), floats: new Float64Array(buffer) };
+}
+
+export function dirtyLogWords(pageCount: number): number {
+  return Math.ceil(pageCount / 32);
+}
+
+/** Register n is split over two int32 slots; it fits in 53 bits, far more writes than any run makes. */
+export function readRegisterN(ints: Int32Array): number {
+  return (Atomics.load(ints, ControlSlot.REG_N_HI) >>> 0) * 2 ** 32 + (Atomics.load(ints, ControlSlot.REG_N_LO) >>> 0);
+}
+
+export function writeRegisterN(ints: Int32Array, n: number): void {
+  Atomics.store(ints, ControlSlot.REG_N_LO, n >>> 0);
+  Atomics.store(ints, ControlSlot.REG_N_HI, Math.floor(n / 2 ** 32));
+}
+
+/** Guest clock in epoch milliseconds with sub-millisecond resolution, comparable across threads of a machine. */
+export function wallClockMs(): number {
+  return performance.timeOrigin + performance.now();
+}

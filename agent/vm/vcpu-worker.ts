@@ -1,0 +1,104 @@
+/**
+ * The vCPU: a worker thread that runs the VM's workload at its rate, one whole page write at a time.
+ *
+ * It reads its command (layout.ts, CMD) between every two page writes, never inside one, so a paused vCPU never
+ * leaves a half-written page and its registers always describe a finished write. It waits with Atomics.wait on
+ * the CMD slot, both while paused and while ahead of its rate, so a pause request wakes it at once.
+ */
+import { workerData } from 'node:worker_threads';
+import { HEARTBEAT_INTERVAL_MS } from '../../shared/constants.js';
+import type { WorkloadSpec } from '../../shared/protocol.js';
+import { DirtyLog } from './dirty-log.js';
+import {
+  ControlFloatSlot, ControlSlot, VcpuCommand, VcpuState, controlViews, readRegisterN, wallClockMs, writeRegisterN,
+} from './layout.js';
+import { fillPage, workloadStep, type WorkloadRegisters } from './workloads.js';
+
+export interface VcpuWorkerData {
+  memory: SharedArrayBuffer;
+  dirtyLog: SharedArrayBuffer;
+  control: SharedArrayBuffer;
+  pageCount: number;
+  workload: WorkloadSpec;
+}
+
+/** Never write more than this many pages between two heartbeats, so the guest clock keeps ticking under load. */
+const WRITES_PER_TURN = 64;
+
+function run(data: VcpuWorkerData): void {
+  const { ints, floats } = controlViews(data.control);
+  const words = new Uint32Array(data.memory);
+  const dirtyLog = new DirtyLog(data.dirtyLog, data.pageCount);
+  const nextPage = workloadStep(data.workload);
+  const rate = data.workload.kind === 'idle' ? 0 : data.workload.rate;
+  const registers: WorkloadRegisters = { x: 0, n: 0 };
+
+  const setState = (state: number): void => {
+    Atomics.store(ints, ControlSlot.STATE, state);
+    Atomics.notify(ints, ControlSlot.STATE);
+  };
+  const loadRegisters = (): void => {
+    registers.x = Atomics.load(ints, ControlSlot.REG_X) >>> 0;
+    registers.n = readRegisterN(ints);
+  };
+
+  // Rate pacing: `written` writes since `paceStart`; a write is due when the clock says so.
+  let paceStart = performance.now();
+  let written = 0;
+
+  for (;;) {
+    const command = Atomics.load(ints, ControlSlot.CMD);
+    if (command === VcpuCommand.STOP) break;
+
+    if (command === VcpuCommand.PAUSE) {
+      floats[ControlFloatSlot.HEARTBEAT_MS] = wallClockMs();
+      setState(VcpuState.PAUSED);
+      while (Atomics.load(ints, ControlSlot.CMD) === VcpuCommand.PAUSE) {
+        Atomics.wait(ints, ControlSlot.CMD, VcpuCommand.PAUSE);
+      }
+      if (Atomics.load(ints, ControlSlot.CMD) === VcpuCommand.STOP) break;
+      // While paused the main thread may have replaced the registers (a migration's activation): reload them.
+      loadRegisters();
+      const now = wallClockMs();
+      const lastBeat = floats[ControlFloatSlot.HEARTBEAT_MS] ?? 0;
+      if (lastBeat > 0) floats[ControlFloatSlot.BLACKOUT_MS] = now - lastBeat;
+      floats[ControlFloatSlot.HEARTBEAT_MS] = now;
+      paceStart = performance.now();
+      written = 0;
+      setState(VcpuState.RUNNING);
+      continue;
+    }
+
+    const elapsedMs = performance.now() - paceStart;
+    const due = rate === 0 ? 0 : Math.floor((elapsedMs * rate) / 1000) - written;
+    if (due <= 0) {
+      floats[ControlFloatSlot.HEARTBEAT_MS] = wallClockMs();
+      const untilNextMs = rate === 0 ? HEARTBEAT_INTERVAL_MS : ((written + 1) * 1000) / rate - elapsedMs;
+      Atomics.wait(ints, ControlSlot.CMD, VcpuCommand.RUN, Math.max(0, Math.min(HEARTBEAT_INTERVAL_MS, untilNextMs)));
+      continue;
+    }
+
+    const turn = Math.min(due, WRITES_PER_TURN);
+    for (let i = 0; i < turn; i++) {
+      if (Atomics.load(ints, ControlSlot.CMD) !== VcpuCommand.RUN) break;
+      const page = nextPage(registers);
+      if (page >= 0) {
+        // Write the page, THEN mark it dirty (dirty-log.ts explains why this order matters).
+        fillPage(words, page, registers.n);
+        dirtyLog.mark(page);
+      }
+      Atomics.store(ints, ControlSlot.REG_X, registers.x | 0);
+      writeRegisterN(ints, registers.n);
+      written += 1;
+    }
+    floats[ControlFloatSlot.HEARTBEAT_MS] = wallClockMs();
+    // A vCPU that fell more than a second behind (the machine was busy) does not burst to catch up.
+    if (due > rate) {
+      paceStart = performance.now();
+      written = 0;
+    }
+  }
+  setState(VcpuState.STOPPED);
+}
+
+run(workerData as VcpuWorkerData);

@@ -1,0 +1,91 @@
+/**
+ * The main thread's handle on a vCPU worker: start it, pause and resume it through the Atomics handshake on the
+ * control block (about 20 µs, where a postMessage round trip to a busy worker takes about 5 ms), stop it.
+ * The main thread waits with Atomics.waitAsync, never Atomics.wait, so its event loop keeps serving.
+ */
+import { Worker } from 'node:worker_threads';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { ControlSlot, VcpuCommand, VcpuState, controlViews } from './layout.js';
+import type { VcpuWorkerData } from './vcpu-worker.js';
+
+const workerUrl = new URL('./vcpu-worker.js', import.meta.url);
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+type State = (typeof VcpuState)[keyof typeof VcpuState];
+
+export class Vcpu {
+  private readonly ints: Int32Array;
+  private readonly worker: Worker;
+  private exited = false;
+  private failure: Error | undefined;
+
+  private constructor(data: VcpuWorkerData) {
+    this.ints = controlViews(data.control).ints;
+    // The vCPU starts paused: the caller decides when the guest runs (at once, or at a migration's activation).
+    Atomics.store(this.ints, ControlSlot.CMD, VcpuCommand.PAUSE);
+    Atomics.store(this.ints, ControlSlot.STATE, VcpuState.STARTING);
+    this.worker = new Worker(workerUrl, { workerData: data, name: 'vcpu' });
+    this.worker.on('error', (error) => {
+      this.failure = error;
+    });
+    this.worker.on('exit', () => {
+      this.exited = true;
+      Atomics.store(this.ints, ControlSlot.STATE, VcpuState.STOPPED);
+      Atomics.notify(this.ints, ControlSlot.STATE);
+    });
+  }
+
+  /** Starts the worker and returns once it is parked, paused, before its first write. */
+  static async start(data: VcpuWorkerData): Promise<Vcpu> {
+    const vcpu = new Vcpu(data);
+    await vcpu.reach(VcpuState.PAUSED);
+    return vcpu;
+  }
+
+  get state(): State {
+    return Atomics.load(this.ints, ControlSlot.STATE) as State;
+  }
+
+  /** Resolves once the vCPU has finished its current page write and stopped. */
+  async pause(): Promise<void> {
+    this.command(VcpuCommand.PAUSE);
+    await this.reach(VcpuState.PAUSED);
+  }
+
+  /** Resolves once the vCPU runs again, from whatever registers the control block holds now. */
+  async resume(): Promise<void> {
+    this.command(VcpuCommand.RUN);
+    await this.reach(VcpuState.RUNNING);
+  }
+
+  async stop(): Promise<void> {
+    if (this.exited) return;
+    const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+    this.command(VcpuCommand.STOP);
+    const timer = setTimeout(() => void this.worker.terminate(), HANDSHAKE_TIMEOUT_MS);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  private command(command: number): void {
+    Atomics.store(this.ints, ControlSlot.CMD, command);
+    Atomics.notify(this.ints, ControlSlot.CMD);
+  }
+
+  private async reach(target: State): Promise<void> {
+    const deadline = performance.now() + HANDSHAKE_TIMEOUT_MS;
+    for (;;) {
+      const state = this.state;
+      if (state === target) return;
+      if (this.failure || (state === VcpuState.STOPPED && target !== VcpuState.STOPPED)) {
+        throw new FerryError(ErrorCode.INTERNAL, `the vCPU stopped unexpectedly: ${this.failure?.message ?? 'worker exited'}`);
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        throw new FerryError(ErrorCode.TIMEOUT, `the vCPU did not reach state ${target} within ${HANDSHAKE_TIMEOUT_MS} ms`, 'the agent may be overloaded');
+      }
+      const waiting = Atomics.waitAsync(this.ints, ControlSlot.STATE, state, Math.min(left, 100));
+      if (waiting.async) await waiting.value;
+    }
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * One VM inside an agent: guest memory, dirty log and control block (layout.ts), its vCPU worker, and its state.
+ */
+import { PAGE_SIZE } from '../../shared/constants.js';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import type { Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
+import { DirtyLog } from './dirty-log.js';
+import {
+  CONTROL_BYTES, ControlFloatSlot, ControlSlot, VcpuState, controlViews, readRegisterN, writeRegisterN, type ControlViews,
+} from './layout.js';
+import { Vcpu } from './vcpu.js';
+
+export interface VmSpec {
+  name: string;
+  memoryBytes: number;
+  workload: WorkloadSpec;
+}
+
+export class VirtualMachine {
+  readonly name: string;
+  readonly memoryBytes: number;
+  readonly pageCount: number;
+  readonly workload: WorkloadSpec;
+  /** All of guest memory, as bytes. Never hand `memory.buffer` itself to a socket: pass views (DESIGN.md). */
+  readonly memory: Uint8Array;
+  readonly dirtyLog: DirtyLog;
+  readonly createdAt = new Date();
+  state: VmState;
+  private readonly control: ControlViews;
+  private readonly vcpu: Vcpu;
+
+  private constructor(spec: VmSpec, memory: SharedArrayBuffer, dirtyLog: DirtyLog, control: SharedArrayBuffer, vcpu: Vcpu, state: VmState) {
+    this.name = spec.name;
+    this.memoryBytes = spec.memoryBytes;
+    this.pageCount = spec.memoryBytes / PAGE_SIZE;
+    this.workload = spec.workload;
+    this.memory = new Uint8Array(memory);
+    this.dirtyLog = dirtyLog;
+    this.control = controlViews(control);
+    this.vcpu = vcpu;
+    this.state = state;
+  }
+
+  /**
+   * Allocates memory (all zeros, as a new guest's is) and starts the vCPU parked. `state` says what the VM is
+   * meanwhile; call `resume()` to run it.
+   */
+  static async create(spec: VmSpec, state: VmState): Promise<VirtualMachine> {
+    const pageCount = spec.memoryBytes / PAGE_SIZE;
+    const memory = new SharedArrayBuffer(spec.memoryBytes);
+    const dirtyLog = DirtyLog.allocate(pageCount);
+    const control = new SharedArrayBuffer(CONTROL_BYTES);
+    const { ints } = controlViews(control);
+    Atomics.store(ints, ControlSlot.REG_X, spec.workload.seed | 0);
+    writeRegisterN(ints, 0);
+    const vcpu = await Vcpu.start({ memory, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload });
+    return new VirtualMachine(spec, memory, dirtyLog, control, vcpu, state);
+  }
+
+  get vcpuRunning(): boolean {
+    return this.vcpu.state === VcpuState.RUNNING;
+  }
+
+  async pause(): Promise<void> {
+    await this.vcpu.pause();
+  }
+
+  async resume(): Promise<void> {
+    await this.vcpu.resume();
+  }
+
+  async destroy(): Promise<void> {
+    await this.vcpu.stop();
+  }
+
+  /** The registers; exact while the vCPU is paused, a recent finished write while it runs. */
+  registers(): Registers {
+    const { ints, floats } = this.control;
+    return {
+      x: Atomics.load(ints, ControlSlot.REG_X) >>> 0,
+      n: readRegisterN(ints),
+      heartbeatMs: floats[ControlFloatSlot.HEARTBEAT_MS] ?? 0,
+    };
+  }
+
+  /** Loads registers from elsewhere (a migration's source). Only while the vCPU is paused: it reloads on resume. */
+  setRegisters(registers: Registers): void {
+    if (this.vcpuRunning) {
+      throw new FerryError(ErrorCode.INTERNAL, `cannot load registers into ${this.name} while its vCPU runs`);
+    }
+    const { ints, floats } = this.control;
+    Atomics.store(ints, ControlSlot.REG_X, registers.x | 0);
+    writeRegisterN(ints, registers.n);
+    floats[ControlFloatSlot.HEARTBEAT_MS] = registers.heartbeatMs;
+  }
+
+  /** Gap in the guest's heartbeat across its last resume. */
+  lastBlackoutMs(): number {
+    return this.control.floats[ControlFloatSlot.BLACKOUT_MS] ?? 0;
+  }
+
+  /** A view of `count` pages from `firstPage`, over guest memory itself (no copy). */
+  pageView(firstPage: number, count = 1): Buffer {
+    return Buffer.from(this.memory.buffer, firstPage * PAGE_SIZE, count * PAGE_SIZE);
+  }
+
+  info(host: string): VmInfo {
+    const { x, n } = this.registers();
+    return {
+      name: this.name,
+      host,
+      state: this.state,
+      memoryBytes: this.memoryBytes,
+      workload: this.workload,
+      cpu: { x, n },
+      lastBlackoutMs: this.lastBlackoutMs(),
+      createdAt: this.createdAt.toISOString(),
+    };
+  }
+}

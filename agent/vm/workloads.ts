@@ -1,0 +1,80 @@
+/**
+ * What the vCPU runs: each workload turns its registers into the next page write.
+ *
+ * pattern (DESIGN.md, "The pattern workload"), exactly:
+ *   n = n + 1; x ^= x << 13; x ^= x >>> 17; x ^= x << 5 (uint32); p = x % wssPages;
+ *   page p := 1024 little-endian uint32 words, w[0] = n mod 2^32, w[1] = floor(n / 2^32), w[2] = p,
+ *   w[k] = w[0] XOR (k * 0x9E3779B1 mod 2^32) for k = 3..1023.
+ * hotset: the same page contents; with probability 7/8 (x's low 3 bits not all set) the page is in the hot region
+ *   (the first hotPages pages of the working set), otherwise anywhere in the working set.
+ * sequential: a scanner: p = (n - 1) mod wssPages, in order; x is unused and stays at the seed.
+ * idle: writes nothing.
+ * Every workload writes whole pages with the same fill, so any memory image can be told apart by write.
+ */
+import { PAGE_SIZE } from '../../shared/constants.js';
+import type { WorkloadSpec } from '../../shared/protocol.js';
+
+export const WORDS_PER_PAGE = PAGE_SIZE / 4;
+const GOLDEN = 0x9e3779b1;
+
+export interface WorkloadRegisters {
+  x: number;
+  n: number;
+}
+
+export function xorshift32(value: number): number {
+  let x = value >>> 0;
+  x ^= x << 13;
+  x >>>= 0;
+  x ^= x >>> 17;
+  x ^= x << 5;
+  return x >>> 0;
+}
+
+/** Fills page `page` as write number `n` leaves it. `words` is a Uint32Array over all guest memory. */
+export function fillPage(words: Uint32Array, page: number, n: number): void {
+  const base = page * WORDS_PER_PAGE;
+  const low = n >>> 0;
+  words[base] = low;
+  words[base + 1] = Math.floor(n / 2 ** 32);
+  words[base + 2] = page;
+  for (let k = 3; k < WORDS_PER_PAGE; k++) words[base + k] = (low ^ Math.imul(k, GOLDEN)) >>> 0;
+}
+
+/**
+ * Advances the registers by one write and returns the page that write goes to, or -1 for a workload that does not
+ * write. The caller fills the page with `fillPage(words, page, registers.n)`.
+ */
+export type NextPage = (registers: WorkloadRegisters) => number;
+
+export function workloadStep(spec: WorkloadSpec): NextPage {
+  const wss = spec.wssPages;
+  switch (spec.kind) {
+    case 'idle':
+      return () => -1;
+    case 'pattern':
+      return (registers) => {
+        registers.n += 1;
+        registers.x = xorshift32(registers.x);
+        return registers.x % wss;
+      };
+    case 'hotset': {
+      const hot = Math.min(spec.hotPages ?? Math.max(1, Math.floor(wss / 8)), wss);
+      return (registers) => {
+        registers.n += 1;
+        registers.x = xorshift32(registers.x);
+        const x = registers.x;
+        return (x & 7) !== 7 ? (x >>> 3) % hot : (x >>> 3) % wss;
+      };
+    }
+    case 'sequential':
+      return (registers) => {
+        registers.n += 1;
+        return (registers.n - 1) % wss;
+      };
+    default: {
+      const unreachable: never = spec.kind;
+      throw new Error(`unknown workload ${String(unreachable)}`);
+    }
+  }
+}

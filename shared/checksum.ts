@@ -1,0 +1,53 @@
+/**
+ * xxh64 over pages, page-hash tables and whole memory images.
+ *
+ * xxhash-wasm copies every input into its wasm memory, which grows to the largest input it has seen and never
+ * shrinks (DESIGN.md, data-path facts). So nothing here hashes more than HASH_CHUNK_BYTES in one call: a page, a
+ * chunk of a table, a chunk of memory.
+ */
+import xxhash, { type XXHashAPI } from 'xxhash-wasm';
+
+export const HASH_CHUNK_BYTES = 1024 * 1024;
+
+let api: XXHashAPI | undefined;
+
+/** Loads the wasm module once per thread; every other function here needs it done first. */
+export async function initChecksums(): Promise<void> {
+  api ??= await xxhash();
+}
+
+function hasher(): XXHashAPI {
+  if (!api) throw new Error('initChecksums() must finish before hashing');
+  return api;
+}
+
+/** xxh64 of one page (or any input of at most HASH_CHUNK_BYTES). */
+export function hashBytes(bytes: Uint8Array): bigint {
+  return hasher().h64Raw(bytes);
+}
+
+function digestChunks(bytes: Uint8Array): bigint {
+  const stream = hasher().create64();
+  for (let offset = 0; offset < bytes.byteLength; offset += HASH_CHUNK_BYTES) {
+    stream.update(bytes.subarray(offset, offset + HASH_CHUNK_BYTES));
+  }
+  return stream.digest();
+}
+
+/**
+ * The digest that the commit compares: xxh64 of the page-hash table (the hash of the hash vector). For a 1 GiB
+ * guest that is 2 MiB of table, a few milliseconds.
+ */
+export function digestPageTable(table: BigUint64Array): bigint {
+  return digestChunks(new Uint8Array(table.buffer, table.byteOffset, table.byteLength));
+}
+
+/** xxh64 of all of memory, streamed in chunks (`--verify full`, about 0.2 s per GiB here). */
+export function digestMemory(memory: Uint8Array): bigint {
+  return digestChunks(memory);
+}
+
+/** Digests travel and print as 16 hex digits. */
+export function formatDigest(digest: bigint): string {
+  return digest.toString(16).padStart(16, '0');
+}

@@ -1,0 +1,48 @@
+/**
+ * Numbers that both the agent and the coordinator rely on, each beside the reason it has its value.
+ */
+
+/** Guest page size. 4 KiB is the x86 base page that Xen, KVM and vMotion track dirtiness at. */
+export const PAGE_SIZE = 4096;
+
+/** Bumped whenever a message or frame changes shape; peers that differ refuse each other at `hello`. */
+export const PROTOCOL_VERSION = 1;
+
+/** Smallest guest: 256 pages, one full page-data frame. */
+export const MIN_MEMORY_BYTES = 1024 * 1024;
+
+/**
+ * Largest guest: 4 GiB. Node 20 cannot make a typed-array view over more than 2^32 bytes, and guest memory is
+ * one SharedArrayBuffer viewed as one Uint8Array.
+ */
+export const MAX_MEMORY_BYTES = 4 * 1024 * 1024 * 1024;
+
+/**
+ * Pages per page-data frame: 256 pages = 1 MiB. Measured here, ws moves 1 MiB binary frames at about raw-TCP
+ * speed; smaller frames pay per-frame overhead, larger ones only delay the first byte.
+ */
+export const PAGES_PER_FRAME = 256;
+
+/** Bytes of page data the sender lets sit unwritten in the socket before it waits (backpressure). */
+export const SEND_WINDOW_BYTES = 8 * 1024 * 1024;
+
+/** Stop-and-copy rules (DESIGN.md, "Migration, stage by stage"). */
+export const STOP_RULES = {
+  /** Xen: fewer than 50 dirty pages left is cheap enough to send with the vCPU paused. */
+  fewDirtyPages: 50,
+  /** P.Haul: a round that shrinks the dirty set by less than 10 % is not paying off. */
+  minShrinkFraction: 0.1,
+  /** Xen's cap on rounds. */
+  maxRounds: 30,
+  /** Xen's cap on traffic: stop once 3 x guest memory has been sent. */
+  maxBytesFactor: 3,
+} as const;
+
+/** QEMU's default downtime limit. */
+export const DEFAULT_MAX_DOWNTIME_MS = 300;
+
+/** How long a migration waits for any single reply from a peer before it gives up and rolls back. */
+export const PEER_REPLY_TIMEOUT_MS = 30_000;
+
+/** How often the vCPU refreshes its heartbeat when it has nothing to write (idle workload, or rate-limited). */
+export const HEARTBEAT_INTERVAL_MS = 1;

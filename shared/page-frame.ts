@@ -1,0 +1,95 @@
+/**
+ * Page data on the peer connection: a small binary header message, then one raw data message.
+ *
+ * Page bytes never go through msgpack (it packs 1 MiB at only 1.8 GB/s here) and are never concatenated with
+ * their header: the data message is a view of guest memory, or of a staging buffer, sent as is.
+ *
+ * Header message (little-endian):
+ *
+ *   offset  size         field
+ *   ------  -----------  ----------------------------------------------------------------
+ *   0       1            magic 0xC1: a byte MessagePack never uses, so a header is never
+ *                        mistaken for a control message (those are MessagePack maps)
+ *   1       1            frame version (1)
+ *   2       2            flags: bit 0 = sent with the vCPU paused (stop-and-copy)
+ *   4       4            round (1 = the full first pass)
+ *   8       4            count: pages in the data message that follows, 1..PAGES_PER_FRAME
+ *   12      4            reserved, 0
+ *   16      8 x count    xxh64 of each page, over the exact bytes sent (DESIGN.md "Verified commit")
+ *   16+8c   4 x count    page number of each page, in the order they appear in the data message
+ *
+ * Data message: count x PAGE_SIZE bytes, page i at offset i x PAGE_SIZE.
+ */
+import { PAGE_SIZE, PAGES_PER_FRAME } from './constants.js';
+import { ErrorCode, FerryError } from './errors.js';
+
+export const PAGE_HEADER_MAGIC = 0xc1;
+export const PAGE_FRAME_VERSION = 1;
+export const PAGE_FLAG_PAUSED = 1;
+const FIXED_BYTES = 16;
+
+export interface PageHeader {
+  round: number;
+  flags: number;
+  pages: Uint32Array;
+  hashes: BigUint64Array;
+}
+
+export function pageHeaderBytes(count: number): number {
+  return FIXED_BYTES + 12 * count;
+}
+
+/** Writes a header for `count` pages into `target` (which must hold pageHeaderBytes(count)) and returns the view. */
+export function encodePageHeader(
+  target: Buffer,
+  round: number,
+  flags: number,
+  pages: ArrayLike<number>,
+  hashes: ArrayLike<bigint>,
+  count: number,
+): Buffer {
+  const header = target.subarray(0, pageHeaderBytes(count));
+  header.writeUInt8(PAGE_HEADER_MAGIC, 0);
+  header.writeUInt8(PAGE_FRAME_VERSION, 1);
+  header.writeUInt16LE(flags, 2);
+  header.writeUInt32LE(round, 4);
+  header.writeUInt32LE(count, 8);
+  header.writeUInt32LE(0, 12);
+  const pagesAt = FIXED_BYTES + 8 * count;
+  for (let i = 0; i < count; i++) {
+    header.writeBigUInt64LE(hashes[i]!, FIXED_BYTES + 8 * i);
+    header.writeUInt32LE(pages[i]!, pagesAt + 4 * i);
+  }
+  return header;
+}
+
+export function isPageHeader(frame: Buffer): boolean {
+  return frame.length > 0 && frame[0] === PAGE_HEADER_MAGIC;
+}
+
+/** Decodes and checks a header: right magic and version, a count in range, page numbers inside the guest. */
+export function decodePageHeader(frame: Buffer, pageCount: number): PageHeader {
+  const bad = (why: string): never => {
+    throw new FerryError(ErrorCode.PROTOCOL, `bad page header: ${why}`, 'the peer is not a compatible ferry-agent');
+  };
+  if (frame.length < FIXED_BYTES) bad(`${frame.length} bytes is shorter than the ${FIXED_BYTES}-byte header`);
+  if (frame[0] !== PAGE_HEADER_MAGIC) bad('wrong magic byte');
+  if (frame[1] !== PAGE_FRAME_VERSION) bad(`frame version ${frame[1]} (this agent speaks ${PAGE_FRAME_VERSION})`);
+  const count = frame.readUInt32LE(8);
+  if (count < 1 || count > PAGES_PER_FRAME) bad(`page count ${count} is outside 1..${PAGES_PER_FRAME}`);
+  if (frame.length !== pageHeaderBytes(count)) bad(`${frame.length} bytes for ${count} pages, expected ${pageHeaderBytes(count)}`);
+  const pages = new Uint32Array(count);
+  const hashes = new BigUint64Array(count);
+  const pagesAt = FIXED_BYTES + 8 * count;
+  for (let i = 0; i < count; i++) {
+    const page = frame.readUInt32LE(pagesAt + 4 * i);
+    if (page >= pageCount) bad(`page ${page} is outside the guest's ${pageCount} pages`);
+    pages[i] = page;
+    hashes[i] = frame.readBigUInt64LE(FIXED_BYTES + 8 * i);
+  }
+  return { round: frame.readUInt32LE(4), flags: frame.readUInt16LE(2), pages, hashes };
+}
+
+export function expectedDataBytes(header: PageHeader): number {
+  return header.pages.length * PAGE_SIZE;
+}

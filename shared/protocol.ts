@@ -1,0 +1,237 @@
+/**
+ * Every control message ferry speaks, as runtime schemas that are also the source of the TypeScript types.
+ *
+ * Two kinds of connection carry them (docs/PROTOCOL.md draws both):
+ * - control: the coordinator CLI to an agent, path `/control`;
+ * - peer: a migration's source agent to its destination agent, path `/peer`. Page data travels here too, in
+ *   binary frames described in `page-frame.ts`.
+ *
+ * Envelope: a request `{t:"req", id, op, body}` gets exactly one reply `{t:"res", id, ok, body | error}` and, before
+ * it, any number of events `{t:"evt", id, body}` (migration progress, dump chunks announced).
+ */
+import { z } from 'zod';
+import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from './constants.js';
+import { ErrorCode } from './errors.js';
+
+export const vmNameSchema = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/i, 'a VM name is 1-63 letters, digits, dots, dashes or underscores');
+
+export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential']);
+export type WorkloadKind = z.infer<typeof workloadKindSchema>;
+
+export const workloadSpecSchema = z.object({
+  kind: workloadKindSchema,
+  /** Page writes per second. */
+  rate: z.number().int().min(0).max(10_000_000),
+  /** Pages the workload writes into: the working set, from page 0. */
+  wssPages: z.number().int().min(1),
+  /** xorshift32 seed; never 0. */
+  seed: z.number().int().min(1).max(0xffffffff),
+  /** hotset only: the pages at the start of the working set that take most writes. */
+  hotPages: z.number().int().min(1).optional(),
+});
+export type WorkloadSpec = z.infer<typeof workloadSpecSchema>;
+
+export const memoryBytesSchema = z
+  .number()
+  .int()
+  .min(MIN_MEMORY_BYTES)
+  .max(MAX_MEMORY_BYTES)
+  .refine((n) => n % PAGE_SIZE === 0, 'memory must be a whole number of 4 KiB pages');
+
+/** The vCPU's registers: the workload state (`x`, `n`) and the guest clock's last heartbeat. */
+export const registersSchema = z.object({
+  x: z.number().int().min(0).max(0xffffffff),
+  n: z.number().int().min(0),
+  heartbeatMs: z.number(),
+});
+export type Registers = z.infer<typeof registersSchema>;
+
+export const vmStateSchema = z.enum(['running', 'paused', 'migrating-out', 'suspended', 'migrating-in']);
+export type VmState = z.infer<typeof vmStateSchema>;
+
+export const vmSummarySchema = z.object({
+  name: z.string(),
+  host: z.string(),
+  state: vmStateSchema,
+  memoryBytes: z.number(),
+});
+export type VmSummary = z.infer<typeof vmSummarySchema>;
+
+export const vmInfoSchema = vmSummarySchema.extend({
+  workload: workloadSpecSchema,
+  cpu: z.object({ x: z.number(), n: z.number() }),
+  /** Gap in the guest's heartbeat at its last resume (a pause, or a migration's activation). */
+  lastBlackoutMs: z.number(),
+  createdAt: z.string(),
+});
+export type VmInfo = z.infer<typeof vmInfoSchema>;
+
+export const hostInfoSchema = z.object({
+  name: z.string(),
+  version: z.number(),
+  capacityBytes: z.number(),
+  usedBytes: z.number(),
+  freeBytes: z.number(),
+  vms: z.array(vmSummarySchema),
+});
+export type HostInfo = z.infer<typeof hostInfoSchema>;
+
+export const verifyModeSchema = z.enum(['pages', 'full']);
+export type VerifyMode = z.infer<typeof verifyModeSchema>;
+
+export const migrationOptionsSchema = z.object({
+  maxDowntimeMs: z.number().positive(),
+  /** 0 means unlimited. */
+  maxBandwidthBytesPerSec: z.number().min(0),
+  maxRounds: z.number().int().min(1).max(1000),
+  verify: verifyModeSchema,
+});
+export type MigrationOptions = z.infer<typeof migrationOptionsSchema>;
+
+export const stopReasonSchema = z.enum(['few-dirty-pages', 'converged-within-downtime', 'max-rounds', 'max-bytes']);
+export type StopReason = z.infer<typeof stopReasonSchema>;
+
+export const roundReportSchema = z.object({
+  round: z.number(),
+  pages: z.number(),
+  bytes: z.number(),
+  durationMs: z.number(),
+  dirtyPagesAfter: z.number(),
+  throughputBytesPerSec: z.number(),
+});
+export type RoundReport = z.infer<typeof roundReportSchema>;
+
+export const stageReportSchema = z.object({
+  stage: z.number(),
+  name: z.string(),
+  startMs: z.number(),
+  endMs: z.number(),
+});
+export type StageReport = z.infer<typeof stageReportSchema>;
+
+export const verificationSchema = z.object({
+  mode: verifyModeSchema,
+  sourceDigest: z.string(),
+  destDigest: z.string(),
+  match: z.boolean(),
+  /** `--verify full` only: digests of all guest memory on both sides. */
+  sourceMemoryDigest: z.string().optional(),
+  destMemoryDigest: z.string().optional(),
+  /** Pages whose bytes on arrival did not match the hash they travelled with (resent later if dirtied again). */
+  pageMismatches: z.number(),
+});
+export type Verification = z.infer<typeof verificationSchema>;
+
+export const errorPayloadSchema = z.object({
+  code: z.enum(Object.values(ErrorCode) as [ErrorCode, ...ErrorCode[]]),
+  message: z.string(),
+  hint: z.string().optional(),
+});
+
+/** What the source agent knows of a migration when it ends; the coordinator adds its own timings. */
+export const sourceReportSchema = z.object({
+  outcome: z.enum(['committed', 'rolled-back', 'failed']),
+  error: errorPayloadSchema.optional(),
+  stopReason: stopReasonSchema.optional(),
+  rounds: z.array(roundReportSchema),
+  /** The last copy, made with the vCPU paused. */
+  stopAndCopy: roundReportSchema.optional(),
+  stages: z.array(stageReportSchema),
+  downtimeMs: z.number().optional(),
+  guestBlackoutMs: z.number().optional(),
+  expectedDowntimeMs: z.number().optional(),
+  bytesSent: z.number(),
+  verification: verificationSchema.optional(),
+  registers: registersSchema.optional(),
+});
+export type SourceReport = z.infer<typeof sourceReportSchema>;
+
+/** Progress of a migration, streamed to the coordinator as events of the `migrate.start` request. */
+export const migrationEventSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('stage'), stage: z.number(), name: z.string(), atMs: z.number() }),
+  z.object({
+    kind: z.literal('progress'),
+    round: z.number(),
+    pagesSent: z.number(),
+    pagesInRound: z.number(),
+    bytesSent: z.number(),
+    rateBytesPerSec: z.number(),
+    dirtyPagesPerSec: z.number(),
+    expectedDowntimeMs: z.number(),
+  }),
+  z.object({ kind: z.literal('round'), report: roundReportSchema }),
+]);
+export type MigrationEvent = z.infer<typeof migrationEventSchema>;
+
+const empty = z.object({}).strict();
+const byName = z.object({ name: vmNameSchema }).strict();
+
+/**
+ * Requests an agent answers on its control connection: op -> [request body, reply body].
+ */
+export const controlOps = {
+  'host.info': [empty, hostInfoSchema],
+  'vm.create': [
+    z.object({ name: vmNameSchema, memoryBytes: memoryBytesSchema, workload: workloadSpecSchema }).strict(),
+    vmInfoSchema,
+  ],
+  'vm.info': [byName, vmInfoSchema],
+  'vm.pause': [byName, vmInfoSchema],
+  'vm.resume': [byName, vmInfoSchema],
+  'vm.destroy': [byName, empty],
+  /** Events: binary frames of guest memory in order, then the reply with the image's metadata. */
+  'vm.dump': [byName, z.object({ info: vmInfoSchema, wasRunning: z.boolean() })],
+  'migrate.reserve': [
+    z.object({ migrationId: z.string(), name: vmNameSchema, memoryBytes: memoryBytesSchema, workload: workloadSpecSchema }).strict(),
+    z.object({ freeBytesAfter: z.number() }),
+  ],
+  'migrate.release': [z.object({ migrationId: z.string() }).strict(), empty],
+  'migrate.start': [
+    z.object({
+      migrationId: z.string(),
+      name: vmNameSchema,
+      destination: z.object({ name: z.string(), url: z.string() }),
+      options: migrationOptionsSchema,
+    }).strict(),
+    sourceReportSchema,
+  ],
+} as const;
+
+/** Requests the source agent sends its destination on the peer connection. */
+export const peerOps = {
+  'peer.hello': [z.object({ migrationId: z.string(), from: z.string() }).strict(), z.object({ name: z.string() })],
+  /** Stop-and-copy is done: every page is sent. The destination checks its image and answers with its digests. */
+  'peer.verify': [
+    z.object({ registers: registersSchema, mode: verifyModeSchema }).strict(),
+    z.object({
+      destDigest: z.string(),
+      destMemoryDigest: z.string().optional(),
+      pageMismatches: z.number(),
+      damagedWhilePaused: z.number(),
+    }),
+  ],
+  /** The source has committed: the destination is primary now and resumes the vCPU. */
+  'peer.activate': [
+    z.object({ resume: z.boolean() }).strict(),
+    z.object({ guestBlackoutMs: z.number() }),
+  ],
+  /** The source gives up before commit: the destination drops its reservation. */
+  'peer.abort': [z.object({ reason: z.string() }).strict(), empty],
+} as const;
+
+export type OpTable = Record<string, readonly [z.ZodType, z.ZodType]>;
+export type OpName<T extends OpTable> = keyof T & string;
+export type RequestOf<T extends OpTable, K extends OpName<T>> = z.infer<T[K][0]>;
+export type ReplyOf<T extends OpTable, K extends OpName<T>> = z.infer<T[K][1]>;
+export type ControlOps = typeof controlOps;
+export type PeerOps = typeof peerOps;
+
+export const envelopeSchema = z.union([
+  z.object({ t: z.literal('req'), id: z.number().int().nonnegative(), op: z.string(), body: z.unknown() }),
+  z.object({ t: z.literal('res'), id: z.number().int().nonnegative(), ok: z.literal(true), body: z.unknown() }),
+  z.object({ t: z.literal('res'), id: z.number().int().nonnegative(), ok: z.literal(false), error: errorPayloadSchema }),
+  z.object({ t: z.literal('evt'), id: z.number().int().nonnegative(), body: z.unknown() }),
+]);
+export type Envelope = z.infer<typeof envelopeSchema>;
