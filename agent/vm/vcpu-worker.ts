@@ -12,7 +12,7 @@ import { DirtyLog } from './dirty-log.js';
 import {
   ControlFloatSlot, ControlSlot, VcpuCommand, VcpuState, controlViews, readRegisterN, wallClockMs, writeRegisterN,
 } from './layout.js';
-import { fillPage, workloadStep, type WorkloadRegisters } from './workloads.js';
+import { fillPage, workloadStep, type WorkloadRegisters } from '../../shared/workloads.js';
 
 export interface VcpuWorkerData {
   memory: SharedArrayBuffer;

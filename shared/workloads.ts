@@ -11,8 +11,8 @@
  * idle: writes nothing.
  * Every workload writes whole pages with the same fill, so any memory image can be told apart by write.
  */
-import { PAGE_SIZE } from '../../shared/constants.js';
-import type { WorkloadSpec } from '../../shared/protocol.js';
+import { PAGE_SIZE } from './constants.js';
+import type { WorkloadSpec } from './protocol.js';
 
 export const WORDS_PER_PAGE = PAGE_SIZE / 4;
 const GOLDEN = 0x9e3779b1;

@@ -1,0 +1,229 @@
+/**
+ * The `ferry` command line: every command, its options, defaults and help, in one place.
+ */
+import { Command, Option } from 'commander';
+import { DEFAULT_MAX_DOWNTIME_MS, STOP_RULES } from '../shared/constants.js';
+import { ErrorCode, FerryError } from '../shared/errors.js';
+import type { HostInfo, MigrationOptions, VmInfo, VmSummary } from '../shared/protocol.js';
+import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } from '../shared/units.js';
+import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, type Cluster } from './cluster.js';
+import { withHost } from './connect.js';
+import { dumpMemory } from './dump.js';
+import { allVms, locateVm, surveyHosts } from './inventory.js';
+import { migrateLive } from './migrate.js';
+import { ExitCode, formatTable, printJson } from './output.js';
+import { createProgress } from './progress.js';
+import { formatReport } from './report.js';
+import { checkVmName, toVmRequest } from './vm-spec.js';
+
+interface Global {
+  cluster?: string;
+}
+
+async function cluster(command: Command): Promise<{ file: string; cluster: Cluster }> {
+  const file = clusterPath((command.optsWithGlobals() as Global).cluster);
+  return { file, cluster: await loadCluster(file) };
+}
+
+const int = (value: number): string => value.toLocaleString('en-US');
+
+function describeVm(info: VmInfo): string {
+  const w = info.workload;
+  const workload = w.kind === 'idle'
+    ? 'idle'
+    : `${w.kind}, ${int(w.rate)} page writes/s over ${formatBytes(w.wssPages * 4096)} (${int(w.wssPages)} pages), seed ${w.seed}${w.hotPages ? `, hot ${formatBytes(w.hotPages * 4096)}` : ''}`;
+  return formatTable([
+    [`${info.name}`, `on ${info.host}, ${info.state}`],
+    ['  memory', formatBytes(info.memoryBytes)],
+    ['  workload', workload],
+    ['  registers', `x=${info.cpu.x} n=${int(info.cpu.n)}`],
+    ['  last blackout', info.lastBlackoutMs > 0 ? formatDuration(info.lastBlackoutMs) : '-'],
+    ['  created', info.createdAt],
+  ]);
+}
+
+function vmRows(vms: VmSummary[]): string {
+  return formatTable([['NAME', 'HOST', 'STATE', 'MEMORY'], ...vms.map((vm) => [vm.name, vm.host, vm.state, formatBytes(vm.memoryBytes)])], [3]);
+}
+
+/** Runs `action` on the host holding VM `name`. */
+async function onVmHost<T>(command: Command, name: string, action: (client: Parameters<Parameters<typeof withHost>[1]>[0]) => Promise<T>): Promise<T> {
+  const { cluster: hosts } = await cluster(command);
+  const { host } = await locateVm(hosts, checkVmName(name));
+  return withHost(host, (client) => action(client));
+}
+
+export function migrationOptions(raw: { maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string }): MigrationOptions {
+  const maxRounds = parseCount(raw.maxRounds, '--max-rounds');
+  if (maxRounds < 1 || maxRounds > 1000) throw new FerryError(ErrorCode.BAD_INPUT, `--max-rounds ${raw.maxRounds} must be 1 to 1000`, `the default is Xen's ${STOP_RULES.maxRounds}`);
+  const maxDowntimeMs = parseDuration(raw.maxDowntime);
+  if (maxDowntimeMs <= 0) throw new FerryError(ErrorCode.BAD_INPUT, '--max-downtime must be above zero', 'e.g. --max-downtime 300ms');
+  if (raw.verify !== 'pages' && raw.verify !== 'full') throw new FerryError(ErrorCode.BAD_INPUT, `--verify ${raw.verify} is not pages or full`, 'pages compares page-hash digests; full also hashes all memory');
+  return {
+    maxDowntimeMs,
+    maxBandwidthBytesPerSec: raw.maxBandwidth ? parseRate(raw.maxBandwidth) : 0,
+    maxRounds,
+    verify: raw.verify,
+  };
+}
+
+export function buildProgram(): Command {
+  const program = new Command('ferry')
+    .description('Live-migrate VMs between ferry-agent hosts: pre-copy rounds, stop-and-copy, a verified commit.')
+    .option('--cluster <path>', 'cluster file (default: $FERRY_CLUSTER, else ./ferry.cluster.json)')
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText('after', `
+Quick start (two agents on this machine):
+  ferry-agent --name host-a --port 7001 &
+  ferry-agent --name host-b --port 7002 &
+  ferry hosts add host-a ws://127.0.0.1:7001
+  ferry hosts add host-b ws://127.0.0.1:7002
+  ferry vm create web1 --on host-a --memory 256MiB --workload pattern --rate 20000 --wss 64MiB --seed 7
+  ferry migrate web1 --to host-b
+
+Exit codes: 0 done, 1 failed (e.g. migration rolled back), 2 bad input, 3 host unreachable.`);
+
+  const hosts = program.command('hosts').description('the hosts in the cluster file');
+  hosts
+    .command('list', { isDefault: true })
+    .description('each host: whether it answers, its capacity, what is free, its VMs')
+    .option('--json', 'print JSON')
+    .action(async (options: { json?: boolean }, command: Command) => {
+      const { file, cluster: hosts } = await cluster(command);
+      const surveys = await surveyHosts(hosts);
+      if (options.json) {
+        printJson(surveys.map((s) => ({
+          name: s.host.name, url: s.host.url, reachable: s.info !== undefined,
+          ...(s.info ? { capacityBytes: s.info.capacityBytes, freeBytes: s.info.freeBytes, vms: s.info.vms.map((vm) => vm.name) } : { error: s.error?.toPayload() }),
+        })));
+        return;
+      }
+      if (surveys.length === 0) {
+        process.stdout.write(`no hosts in ${file} yet: add one with \`ferry hosts add host-a ws://127.0.0.1:7001\`\n`);
+        return;
+      }
+      const rows = [['NAME', 'URL', 'STATUS', 'CAPACITY', 'FREE', 'VMS']];
+      for (const s of surveys) {
+        const info: HostInfo | undefined = s.info;
+        rows.push(info
+          ? [s.host.name, s.host.url, 'up', formatBytes(info.capacityBytes), formatBytes(info.freeBytes), info.vms.map((vm) => vm.name).join(', ') || '-']
+          : [s.host.name, s.host.url, `down (${s.error?.code ?? '?'})`, '-', '-', '-']);
+      }
+      process.stdout.write(`${formatTable(rows, [3, 4])}\n`);
+    });
+  hosts
+    .command('add <name> <url>')
+    .description('add a host (creates the cluster file if there is none)')
+    .action(async (name: string, url: string, _options: unknown, command: Command) => {
+      const { file, cluster: current } = await cluster(command);
+      await saveCluster(file, addHost(current, { name, url }));
+      process.stdout.write(`added ${name} (${url}) to ${file}\n`);
+    });
+  hosts
+    .command('rm <name>')
+    .description('remove a host from the cluster file (its agent and VMs are not touched)')
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const { file, cluster: current } = await cluster(command);
+      await saveCluster(file, removeHost(current, name));
+      process.stdout.write(`removed ${name} from ${file}\n`);
+    });
+
+  const vm = program.command('vm').description('create, inspect and control VMs');
+  vm.command('create <name>')
+    .description('create a VM on a host and start it')
+    .requiredOption('--on <host>', 'the host to create it on')
+    .option('--memory <size>', 'guest memory, 1MiB to 4GiB', '256MiB')
+    .addOption(new Option('--workload <kind>', 'what the vCPU runs').choices(['idle', 'pattern', 'hotset', 'sequential']).default('pattern'))
+    .option('--rate <writes>', 'page writes per second', '20000')
+    .option('--wss <size>', 'working set the workload writes into (default: all memory)')
+    .option('--seed <n>', 'xorshift32 seed for pattern and hotset, not 0', '1')
+    .option('--hot <size>', 'hotset: the hot region that takes 7 of 8 writes (default: wss / 8)')
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; json?: boolean }, command: Command) => {
+      const request = toVmRequest(name, options);
+      const { cluster: hosts } = await cluster(command);
+      const info = await withHost(findHost(hosts, options.on), (client) => client.request('vm.create', request));
+      if (options.json) printJson(info);
+      else process.stdout.write(`created ${info.name} on ${info.host}: ${formatBytes(info.memoryBytes)}, ${info.workload.kind}, running\n`);
+    });
+
+  vm.command('list')
+    .description('every VM on every host that answers')
+    .option('--json', 'print JSON: [{"name","host","state","memoryBytes"}]')
+    .action(async (options: { json?: boolean }, command: Command) => {
+      const { cluster: hosts } = await cluster(command);
+      const surveys = await surveyHosts(hosts);
+      const vms = allVms(surveys);
+      if (options.json) printJson(vms);
+      else process.stdout.write(vms.length > 0 ? `${vmRows(vms)}\n` : 'no VMs\n');
+      for (const down of surveys.filter((s) => s.error)) process.stderr.write(`ferry: ${down.host.name} did not answer: ${down.error?.message}\n`);
+    });
+
+  vm.command('info <name>')
+    .description('state, workload and vCPU registers of a VM')
+    .option('--json', 'print JSON: {"name","host","state","memoryBytes","workload","cpu":{"x","n"}}')
+    .action(async (name: string, options: { json?: boolean }, command: Command) => {
+      const info = await onVmHost(command, name, (client) => client.request('vm.info', { name }));
+      if (options.json) printJson(info);
+      else process.stdout.write(`${describeVm(info)}\n`);
+    });
+
+  for (const [verb, text] of [['pause', 'pause the vCPU (between two page writes)'], ['resume', 'resume a paused vCPU']] as const) {
+    vm.command(`${verb} <name>`)
+      .description(text)
+      .option('--json', 'print JSON')
+      .action(async (name: string, options: { json?: boolean }, command: Command) => {
+        const info = await onVmHost(command, name, (client) => client.request(verb === 'pause' ? 'vm.pause' : 'vm.resume', { name }));
+        if (options.json) printJson(info);
+        else process.stdout.write(`${info.name} on ${info.host}: ${info.state}\n`);
+      });
+  }
+
+  vm.command('destroy <name>')
+    .description('stop a VM and free its memory')
+    .action(async (name: string, _options: unknown, command: Command) => {
+      await onVmHost(command, name, (client) => client.request('vm.destroy', { name }));
+      process.stdout.write(`destroyed ${name}\n`);
+    });
+
+  vm.command('dump <name>')
+    .description('write the guest memory image to a file here, and FILE.json beside it (pauses the VM meanwhile)')
+    .requiredOption('--out <file>', 'where to write the image')
+    .option('--json', 'print the metadata as JSON')
+    .action(async (name: string, options: { out: string; json?: boolean }, command: Command) => {
+      const metadata = await onVmHost(command, name, (client) => dumpMemory(client, name, options.out));
+      if (options.json) printJson(metadata);
+      else process.stdout.write(`wrote ${formatBytes(metadata.memoryBytes)} of ${name} to ${options.out} (n=${int(metadata.cpu.n)}), metadata in ${options.out}.json\n`);
+    });
+
+  program
+    .command('migrate <name>')
+    .description('live-migrate a VM to another host')
+    .requiredOption('--to <host>', 'destination host')
+    .option('--max-downtime <duration>', 'downtime the stop rule aims to stay under', `${DEFAULT_MAX_DOWNTIME_MS}ms`)
+    .option('--max-bandwidth <rate>', 'cap on the page stream, e.g. 1GiB/s or 1gbit (default: none)')
+    .option('--max-rounds <n>', 'cap on pre-copy rounds', String(STOP_RULES.maxRounds))
+    .addOption(new Option('--verify <mode>', 'pages: compare page-hash digests; full: also hash all memory while paused').choices(['pages', 'full']).default('pages'))
+    .option('--json', 'print the report as JSON on stdout')
+    .option('--quiet', 'no progress on stderr')
+    .addHelpText('after', `
+Pre-copy ends when fewer than ${STOP_RULES.fewDirtyPages} pages are dirty; or when a round shrinks the dirty set by
+less than ${STOP_RULES.minShrinkFraction * 100} % and the rest fits --max-downtime; or at a cap (--max-rounds, ${STOP_RULES.maxBytesFactor} x memory sent).
+Until the commit, any failure leaves the VM running on its source. Exit status is 0 only when committed.`)
+    .action(async (name: string, raw: { to: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; json?: boolean; quiet?: boolean }, command: Command) => {
+      const options = migrationOptions(raw);
+      const { cluster: hosts } = await cluster(command);
+      const progress = raw.quiet ? undefined : createProgress();
+      const cancel = new AbortController();
+      const onSigint = (): void => cancel.abort();
+      process.once('SIGINT', onSigint);
+      const report = await migrateLive(hosts, { vm: checkVmName(name), to: raw.to, options }, { onEvent: (event) => progress?.onEvent(event), signal: cancel.signal });
+      process.off('SIGINT', onSigint);
+      progress?.finish();
+      if (raw.json) printJson(report);
+      else process.stdout.write(`${formatReport(report)}\n`);
+      process.exitCode = report.outcome === 'committed' ? ExitCode.OK : ExitCode.FAILED;
+    });
+
+  return program;
+}

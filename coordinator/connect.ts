@@ -1,0 +1,70 @@
+/**
+ * The coordinator's control connection to one agent.
+ */
+import WebSocket from 'ws';
+import { PROTOCOL_VERSION } from '../shared/constants.js';
+import { ErrorCode, FerryError } from '../shared/errors.js';
+import { controlOps, type ControlOps, type HostInfo } from '../shared/protocol.js';
+import { RpcConnection } from '../shared/rpc.js';
+import type { HostEntry } from './cluster.js';
+
+export type AgentClient = RpcConnection<Record<never, never>, ControlOps>;
+
+const CONNECT_TIMEOUT_MS = 5000;
+/** Dumps arrive as 1 MiB chunks inside MessagePack events. */
+const MAX_REPLY_BYTES = 8 * 1024 * 1024;
+
+export async function connectAgent(host: HostEntry): Promise<AgentClient> {
+  const socket = new WebSocket(`${host.url.replace(/\/$/, '')}/control`, {
+    perMessageDeflate: false,
+    maxPayload: MAX_REPLY_BYTES,
+    handshakeTimeout: CONNECT_TIMEOUT_MS,
+  });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('open', () => resolve());
+    socket.once('error', (error) => {
+      reject(new FerryError(
+        ErrorCode.UNREACHABLE,
+        `cannot reach ${host.name} at ${host.url}: ${error.message}`,
+        `is ferry-agent running there? start it with \`ferry-agent --name ${host.name} --port ${portOf(host.url)}\``,
+      ));
+    });
+  });
+  return new RpcConnection(socket, {}, controlOps);
+}
+
+function portOf(url: string): string {
+  try {
+    return new URL(url).port || '7001';
+  } catch {
+    return '7001';
+  }
+}
+
+/** Connects, checks the agent speaks our protocol version, and returns its host info with the connection. */
+export async function openHost(host: HostEntry): Promise<{ client: AgentClient; info: HostInfo }> {
+  const client = await connectAgent(host);
+  try {
+    const info = await client.request('host.info', {}, { timeoutMs: CONNECT_TIMEOUT_MS });
+    if (info.version !== PROTOCOL_VERSION) {
+      throw new FerryError(ErrorCode.PROTOCOL_VERSION, `${host.name} speaks protocol ${info.version}, this ferry speaks ${PROTOCOL_VERSION}`, 'run the same ferry version on every host');
+    }
+    if (info.name !== host.name) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `the agent at ${host.url} calls itself ${info.name}, not ${host.name}`, `fix the cluster file: \`ferry hosts rm ${host.name}\`, then add it under its own name`);
+    }
+    return { client, info };
+  } catch (error) {
+    client.close();
+    throw error;
+  }
+}
+
+/** Runs `action` with a connection to `host`, and always closes it. */
+export async function withHost<T>(host: HostEntry, action: (client: AgentClient, info: HostInfo) => Promise<T>): Promise<T> {
+  const { client, info } = await openHost(host);
+  try {
+    return await action(client, info);
+  } finally {
+    client.close();
+  }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env node
+/**
+ * ferry: the coordinator CLI.
+ */
+import { CommanderError } from 'commander';
+import { toFerryError } from '../shared/errors.js';
+import { buildProgram } from './cli.js';
+import { ExitCode, exitCodeFor, printError } from './output.js';
+
+const program = buildProgram();
+program.exitOverride();
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  if (error instanceof CommanderError) {
+    // Commander has printed its own message (usage errors, --help, --version).
+    process.exitCode = error.exitCode === 0 ? ExitCode.OK : ExitCode.BAD_INPUT;
+  } else {
+    const failure = toFerryError(error);
+    printError(failure, process.argv.includes('--json'));
+    process.exitCode = exitCodeFor(failure);
+  }
+}

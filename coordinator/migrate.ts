@@ -1,0 +1,125 @@
+/**
+ * The coordinator's side of a live migration: stage 0 (check both hosts and the VM) and stage 1 (reserve the
+ * destination), then it asks the source to run stages 2-5 with the destination and relays their progress.
+ * Pages never pass through here.
+ */
+import { randomUUID } from 'node:crypto';
+import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
+import { migrationEventSchema, type MigrationEvent, type MigrationOptions, type StageReport } from '../shared/protocol.js';
+import { findHost, type Cluster } from './cluster.js';
+import { openHost, type AgentClient } from './connect.js';
+import { locateVm } from './inventory.js';
+import type { MigrationReport } from './report.js';
+
+export interface MigrateRequest {
+  vm: string;
+  to: string;
+  options: MigrationOptions;
+}
+
+export interface MigrateHooks {
+  onEvent?: (event: MigrationEvent) => void;
+  signal?: AbortSignal;
+  now?: () => number;
+}
+
+export async function migrateLive(cluster: Cluster, request: MigrateRequest, hooks: MigrateHooks = {}): Promise<MigrationReport> {
+  const now = hooks.now ?? (() => performance.now());
+  const startedMs = now();
+  const stages: StageReport[] = [];
+  const enter = (stage: number, name: string): void => {
+    const atMs = now() - startedMs;
+    const previous = stages.at(-1);
+    if (previous) previous.endMs = atMs;
+    stages.push({ stage, name, startMs: atMs, endMs: atMs });
+    hooks.onEvent?.({ kind: 'stage', stage, name, atMs });
+  };
+
+  const base = {
+    vm: request.vm, to: request.to, mode: 'live' as const, rounds: [], stages, bytesSent: 0,
+    maxDowntimeMs: request.options.maxDowntimeMs, throughputBytesPerSec: 0,
+  };
+  const failed = (from: string, memoryBytes: number, error: unknown): MigrationReport => {
+    const last = stages.at(-1);
+    if (last) last.endMs = now() - startedMs;
+    return { ...base, from, memoryBytes, outcome: 'failed', error: toFerryError(error).toPayload(), totalTimeMs: now() - startedMs };
+  };
+
+  // Stage 0: pre-migration. Find the VM, reach both hosts, check they speak our protocol.
+  enter(0, 'pre-migration');
+  let source: AgentClient | undefined;
+  let destination: AgentClient | undefined;
+  let from = '?';
+  let memoryBytes = 0;
+  const migrationId = randomUUID();
+  try {
+    const destinationHost = findHost(cluster, request.to);
+    const located = await locateVm(cluster, request.vm);
+    from = located.host.name;
+    memoryBytes = located.vm.memoryBytes;
+    if (from === request.to) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${request.vm} is already on ${request.to}`, 'pick another destination with --to');
+    }
+    if (located.vm.state !== 'running' && located.vm.state !== 'paused') {
+      throw new FerryError(ErrorCode.VM_STATE, `${request.vm} is ${located.vm.state} on ${from}`, 'wait for its current migration to finish');
+    }
+    source = (await openHost(located.host)).client;
+    destination = (await openHost(destinationHost)).client;
+    const vm = await source.request('vm.info', { name: request.vm });
+
+    // Stage 1: reservation. The destination checks capacity and allocates a container of the same size.
+    enter(1, 'reservation');
+    await destination.request('migrate.reserve', { migrationId, name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload }, { signal: hooks.signal });
+
+    // Stages 2-5 run between the two agents; the source reports them.
+    const offsetMs = now() - startedMs;
+    const sourceReport = await source.request(
+      'migrate.start',
+      { migrationId, name: request.vm, destination: { name: destinationHost.name, url: destinationHost.url }, options: request.options },
+      {
+        signal: hooks.signal,
+        onEvent: (body) => {
+          const parsed = migrationEventSchema.safeParse(body);
+          if (!parsed.success) return;
+          const event = parsed.data;
+          hooks.onEvent?.(event.kind === 'stage' ? { ...event, atMs: event.atMs + offsetMs } : event);
+        },
+      },
+    );
+    const last = stages.at(-1);
+    if (last) last.endMs = offsetMs;
+    stages.push(...sourceReport.stages.map((stage) => ({ ...stage, startMs: stage.startMs + offsetMs, endMs: stage.endMs + offsetMs })));
+    if (sourceReport.outcome !== 'committed') {
+      await destination.request('migrate.release', { migrationId }, { timeoutMs: 5000 }).catch(() => undefined);
+    }
+    const exceeded = sourceReport.downtimeMs !== undefined
+      && (sourceReport.stopReason === 'max-rounds' || sourceReport.stopReason === 'max-bytes')
+      && sourceReport.downtimeMs > request.options.maxDowntimeMs;
+    return {
+      ...base,
+      from,
+      memoryBytes,
+      outcome: sourceReport.outcome,
+      ...(sourceReport.error ? { error: sourceReport.error } : {}),
+      ...(sourceReport.stopReason ? { stopReason: sourceReport.stopReason } : {}),
+      rounds: sourceReport.rounds,
+      ...(sourceReport.stopAndCopy ? { stopAndCopy: sourceReport.stopAndCopy } : {}),
+      totalTimeMs: now() - startedMs,
+      ...(sourceReport.downtimeMs !== undefined ? { downtimeMs: sourceReport.downtimeMs } : {}),
+      ...(sourceReport.guestBlackoutMs !== undefined ? { guestBlackoutMs: sourceReport.guestBlackoutMs } : {}),
+      ...(sourceReport.expectedDowntimeMs !== undefined ? { expectedDowntimeMs: sourceReport.expectedDowntimeMs } : {}),
+      ...(exceeded ? { downtimeLimitExceededMs: sourceReport.downtimeMs! - request.options.maxDowntimeMs } : {}),
+      bytesSent: sourceReport.bytesSent,
+      throughputBytesPerSec: sourceReport.rounds[0]?.throughputBytesPerSec ?? 0,
+      ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
+      ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),
+    };
+  } catch (error) {
+    // Whatever failed before the source reported, the destination must not keep a reservation.
+    await destination?.request('migrate.release', { migrationId }, { timeoutMs: 5000 }).catch(() => undefined);
+    return failed(from, memoryBytes, error);
+  } finally {
+    source?.close();
+    destination?.close();
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * The migration report: what `ferry migrate --json` prints, and its readable form.
+ */
+import type { ErrorPayload } from '../shared/errors.js';
+import type { RoundReport, StageReport, StopReason, Verification } from '../shared/protocol.js';
+import { PAGE_SIZE, STOP_RULES } from '../shared/constants.js';
+import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
+import { formatTable } from './output.js';
+
+export interface MigrationReport {
+  vm: string;
+  from: string;
+  to: string;
+  mode: 'live';
+  outcome: 'committed' | 'rolled-back' | 'failed';
+  error?: ErrorPayload;
+  stopReason?: StopReason;
+  rounds: RoundReport[];
+  stopAndCopy?: RoundReport;
+  stages: StageReport[];
+  totalTimeMs: number;
+  /** vCPU paused on the source to vCPU running on the destination, measured by the source. */
+  downtimeMs?: number;
+  /** The gap in the guest's own heartbeat across the move. */
+  guestBlackoutMs?: number;
+  /** The downtime the stop rule expected when it fired. */
+  expectedDowntimeMs?: number;
+  maxDowntimeMs: number;
+  /** Only when a cap forced stop-and-copy: how far the downtime went over --max-downtime. */
+  downtimeLimitExceededMs?: number;
+  bytesSent: number;
+  memoryBytes: number;
+  /** Round 1's throughput: the full pass over memory. */
+  throughputBytesPerSec: number;
+  verification?: Verification;
+  /** The registers the guest continued from on the destination. */
+  cpu?: { x: number; n: number };
+}
+
+export const stopReasonText: Record<StopReason, string> = {
+  'few-dirty-pages': `fewer than ${STOP_RULES.fewDirtyPages} pages were dirty (Xen's rule)`,
+  'converged-within-downtime': `the last round shrank the dirty set by less than ${STOP_RULES.minShrinkFraction * 100} % and the rest fits --max-downtime (P.Haul's and QEMU's rules)`,
+  'max-rounds': 'the round cap was reached (Xen caps pre-copy at 30 rounds)',
+  'max-bytes': `${STOP_RULES.maxBytesFactor} x guest memory had been sent (Xen's traffic cap)`,
+};
+
+const int = (value: number): string => value.toLocaleString('en-US');
+
+export function formatReport(report: MigrationReport): string {
+  const lines: string[] = [];
+  const verdict = report.outcome === 'committed' ? 'COMMITTED' : report.outcome === 'rolled-back' ? 'ROLLED BACK' : 'FAILED';
+  lines.push(`live migration of ${report.vm}: ${report.from} -> ${report.to}   ${verdict}`);
+  if (report.error) {
+    lines.push(`  error: ${report.error.code}: ${report.error.message}`);
+    if (report.error.hint) lines.push(`  hint:  ${report.error.hint}`);
+    if (report.outcome === 'rolled-back') lines.push(`  ${report.vm} keeps running on ${report.from}, its memory untouched.`);
+  }
+  if (report.stopReason) lines.push(`  pre-copy ended: ${stopReasonText[report.stopReason]}`);
+
+  if (report.stages.length > 0) {
+    lines.push('', '  stage timeline');
+    const rows = [['stage', '', 'start', 'end', 'took']];
+    for (const stage of report.stages) {
+      rows.push([String(stage.stage), stage.name, formatDuration(stage.startMs), formatDuration(stage.endMs), formatDuration(stage.endMs - stage.startMs)]);
+    }
+    lines.push(...formatTable(rows, [2, 3, 4]).split('\n').map((line) => `    ${line}`));
+  }
+
+  if (report.rounds.length > 0) {
+    lines.push('', '  pre-copy rounds');
+    const rows = [['round', 'pages', 'sent', 'took', 'throughput', 'dirty after']];
+    for (const round of report.rounds) {
+      rows.push([String(round.round), int(round.pages), formatBytes(round.bytes), formatDuration(round.durationMs), formatRate(round.throughputBytesPerSec), int(round.dirtyPagesAfter)]);
+    }
+    const last = report.stopAndCopy;
+    if (last) rows.push(['stop+copy', int(last.pages), formatBytes(last.bytes), formatDuration(last.durationMs), formatRate(last.throughputBytesPerSec), '-']);
+    lines.push(...formatTable(rows, [1, 2, 3, 4, 5]).split('\n').map((line) => `    ${line}`));
+  }
+
+  lines.push('');
+  const facts: [string, string][] = [];
+  if (report.downtimeMs !== undefined) {
+    facts.push(['downtime', `${formatDuration(report.downtimeMs)}  (vCPU paused on ${report.from} until running on ${report.to}; limit ${formatDuration(report.maxDowntimeMs)})`]);
+  }
+  if (report.downtimeLimitExceededMs !== undefined) {
+    facts.push(['over the limit', `${formatDuration(report.downtimeLimitExceededMs)}: a cap forced stop-and-copy before the dirty set fit --max-downtime`]);
+  }
+  if (report.guestBlackoutMs !== undefined) facts.push(['guest blackout', `${formatDuration(report.guestBlackoutMs)}  (gap in the guest's own heartbeat)`]);
+  facts.push(['total time', formatDuration(report.totalTimeMs)]);
+  facts.push(['sent', `${formatBytes(report.bytesSent)} for ${formatBytes(report.memoryBytes)} of memory (${(report.bytesSent / report.memoryBytes).toFixed(2)} x, ${int(Math.round(report.bytesSent / PAGE_SIZE))} pages)`]);
+  if (report.throughputBytesPerSec > 0) facts.push(['throughput', `${formatRate(report.throughputBytesPerSec)} (round 1)`]);
+  const verification = report.verification;
+  if (verification) {
+    const mark = verification.match ? 'match' : 'MISMATCH';
+    let text = `${verification.mode}: source ${verification.sourceDigest}, destination ${verification.destDigest}: ${mark}`;
+    if (verification.sourceMemoryDigest) text += `; memory ${verification.sourceMemoryDigest} / ${verification.destMemoryDigest}`;
+    if (verification.pageMismatches > 0) text += ` (${verification.pageMismatches} page(s) changed in flight and were resent or caught)`;
+    facts.push(['verification', text]);
+  }
+  if (report.cpu) facts.push(['registers', `x=${report.cpu.x} n=${int(report.cpu.n)} handed to ${report.to}`]);
+  const width = Math.max(...facts.map(([label]) => label.length));
+  lines.push(...facts.map(([label, value]) => `  ${label.padEnd(width)}  ${value}`));
+  return lines.join('\n');
+}
