@@ -187,8 +187,19 @@ export class Agent {
       if (!target) throw new FerryError(ErrorCode.PROTOCOL, 'peer.hello must come first', 'the peer is not a compatible ferry-agent');
       return target;
     };
-    connection.handle('peer.verify', async (request) => current().verify(request));
-    connection.handle('peer.activate', async ({ resume }) => current().activate(resume));
+    connection.handle('peer.sync', async () => current().sync());
+    connection.handle('peer.verify', async (request) => {
+      const startedMs = performance.now();
+      const reply = current().verify(request);
+      this.log.debug('verified', { tookMs: performance.now() - startedMs });
+      return reply;
+    });
+    connection.handle('peer.activate', async ({ resume }) => {
+      const startedMs = performance.now();
+      const reply = await current().activate(resume);
+      this.log.debug('activated', { tookMs: performance.now() - startedMs });
+      return reply;
+    });
     connection.handle('peer.abort', async ({ reason }) => {
       await current().drop(`the source aborted: ${reason}`);
       return {};

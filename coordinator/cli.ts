@@ -8,10 +8,11 @@ import type { HostInfo, MigrationOptions, VmInfo, VmSummary } from '../shared/pr
 import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } from '../shared/units.js';
 import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, type Cluster } from './cluster.js';
 import { withHost } from './connect.js';
-import { dumpMemory } from './dump.js';
+import { dumpMemory, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
 import { migrateLive } from './migrate.js';
-import { ExitCode, formatTable, printJson } from './output.js';
+import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
+import { checkPattern } from './pattern-check.js';
 import { createProgress } from './progress.js';
 import { formatReport } from './report.js';
 import { checkVmName, toVmRequest } from './vm-spec.js';
@@ -81,7 +82,7 @@ Quick start (two agents on this machine):
   ferry vm create web1 --on host-a --memory 256MiB --workload pattern --rate 20000 --wss 64MiB --seed 7
   ferry migrate web1 --to host-b
 
-Exit codes: 0 done, 1 failed (e.g. migration rolled back), 2 bad input, 3 host unreachable.`);
+Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothing changed), 3 host unreachable.`);
 
   const hosts = program.command('hosts').description('the hosts in the cluster file');
   hosts
@@ -196,6 +197,24 @@ Exit codes: 0 done, 1 failed (e.g. migration rolled back), 2 bad input, 3 host u
       else process.stdout.write(`wrote ${formatBytes(metadata.memoryBytes)} of ${name} to ${options.out} (n=${int(metadata.cpu.n)}), metadata in ${options.out}.json\n`);
     });
 
+  vm.command('check <name>')
+    .description('pattern VMs: check every page of guest memory against a replay of the workload from its seed')
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { json?: boolean }, command: Command) => {
+      const { info, image } = await onVmHost(command, name, async (client) => {
+        const found = await client.request('vm.info', { name });
+        if (found.workload.kind !== 'pattern') {
+          throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern memory can be checked by replay`, 'create the VM with --workload pattern');
+        }
+        return readMemory(client, name);
+      });
+      const result = checkPattern(info, image);
+      if (options.json) printJson({ vm: info.name, host: info.host, cpu: info.cpu, ...result });
+      else if (result.ok) process.stdout.write(`${name} on ${info.host}: all ${int(result.pagesChecked)} pages match a replay of ${int(result.writesReplayed)} writes (${int(result.pagesWritten)} pages written), registers agree\n`);
+      else process.stdout.write(`${name} on ${info.host}: MEMORY DIFFERS from replay of ${int(result.writesReplayed)} writes: pages ${result.badPages.join(', ')}${result.registersMatch ? '' : '; register x disagrees'}\n`);
+      process.exitCode = result.ok ? ExitCode.OK : ExitCode.FAILED;
+    });
+
   program
     .command('migrate <name>')
     .description('live-migrate a VM to another host')
@@ -222,7 +241,13 @@ Until the commit, any failure leaves the VM running on its source. Exit status i
       progress?.finish();
       if (raw.json) printJson(report);
       else process.stdout.write(`${formatReport(report)}\n`);
-      process.exitCode = report.outcome === 'committed' ? ExitCode.OK : ExitCode.FAILED;
+      // A migration that was refused before it began says why in its exit code (2 bad input, 3 unreachable);
+      // one that began and was undone exits 1.
+      process.exitCode = report.outcome === 'committed'
+        ? ExitCode.OK
+        : report.outcome === 'failed' && report.error
+          ? exitCodeFor(FerryError.fromPayload(report.error))
+          : ExitCode.FAILED;
     });
 
   return program;

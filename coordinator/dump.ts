@@ -1,9 +1,10 @@
 /**
- * `ferry vm dump`: the guest memory image, exactly memoryBytes bytes, and a JSON file beside it with what is
- * needed to check it (for `pattern`: the seed, the working set and the registers, DESIGN.md).
+ * Guest memory brought to the coordinator: `ferry vm dump` writes it to a file (exactly memoryBytes bytes, and a
+ * JSON file beside it with what is needed to check it), `ferry vm check` replays it in memory. The agent pauses the
+ * VM while it sends and resumes it after, unless it was paused already.
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { rename, writeFile } from 'node:fs/promises';
+import { rename, rm, writeFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { PAGE_SIZE } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
@@ -22,27 +23,35 @@ export interface DumpMetadata {
   takenAt: string;
 }
 
+/** Streams guest memory, chunk by chunk in order, to `sink`; returns the VM as it was while paused. */
+export async function fetchMemory(client: AgentClient, name: string, sink: (offset: number, data: Uint8Array) => void): Promise<VmInfo> {
+  let received = 0;
+  const reply = await client.request('vm.dump', { name }, {
+    onEvent: (body) => {
+      const chunk = chunkSchema.parse(body);
+      sink(chunk.offset, chunk.data);
+      received += chunk.data.byteLength;
+    },
+  });
+  if (received !== reply.info.memoryBytes) {
+    throw new FerryError(ErrorCode.IO, `memory of ${name}: received ${received} of ${reply.info.memoryBytes} bytes`, 'retry');
+  }
+  return reply.info;
+}
+
 export async function dumpMemory(client: AgentClient, name: string, outFile: string): Promise<DumpMetadata> {
   // Written under a temporary name and renamed when whole, so a failed dump never leaves a plausible image.
   const partial = `${outFile}.partial`;
-  const fd = openSync(partial, 'w');
-  let received = 0;
   let info: VmInfo;
+  const fd = openSync(partial, 'w');
   try {
-    const reply = await client.request('vm.dump', { name }, {
-      onEvent: (body) => {
-        const chunk = chunkSchema.parse(body);
-        writeSync(fd, chunk.data, 0, chunk.data.byteLength, chunk.offset);
-        received += chunk.data.byteLength;
-      },
-    });
-    info = reply.info;
-  } finally {
+    info = await fetchMemory(client, name, (offset, data) => writeSync(fd, data, 0, data.byteLength, offset));
+  } catch (error) {
     closeSync(fd);
+    await rm(partial, { force: true });
+    throw error;
   }
-  if (received !== info.memoryBytes) {
-    throw new FerryError(ErrorCode.IO, `dump of ${name} received ${received} of ${info.memoryBytes} bytes`, 'retry the dump');
-  }
+  closeSync(fd);
   await rename(partial, outFile);
   const metadata: DumpMetadata = {
     vm: info.name,
@@ -55,4 +64,12 @@ export async function dumpMemory(client: AgentClient, name: string, outFile: str
   };
   await writeFile(`${outFile}.json`, `${JSON.stringify(metadata, null, 2)}\n`);
   return metadata;
+}
+
+/** The whole image in one buffer (at most 4 GiB). */
+export async function readMemory(client: AgentClient, name: string): Promise<{ info: VmInfo; image: Uint8Array }> {
+  const { memoryBytes } = await client.request('vm.info', { name });
+  const image = new Uint8Array(memoryBytes);
+  const info = await fetchMemory(client, name, (offset, data) => image.set(data, offset));
+  return { info, image };
 }

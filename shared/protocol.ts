@@ -202,6 +202,12 @@ export const controlOps = {
 /** Requests the source agent sends its destination on the peer connection. */
 export const peerOps = {
   'peer.hello': [z.object({ migrationId: z.string(), from: z.string() }).strict(), z.object({ name: z.string() })],
+  /**
+   * Answered once the destination has installed every page sent before it (the stream is ordered). Each round
+   * ends with it, so round times and rates are measured to the destination, not to the local socket buffer, and
+   * stop-and-copy never starts behind a backlog the destination has yet to install.
+   */
+  'peer.sync': [z.object({ round: z.number().int().min(1) }).strict(), z.object({ pagesReceived: z.number() })],
   /** Stop-and-copy is done: every page is sent. The destination checks its image and answers with its digests. */
   'peer.verify': [
     z.object({ registers: registersSchema, mode: verifyModeSchema }).strict(),

@@ -151,6 +151,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       const inRound = pages.length;
       Object.assign(current, { round, pagesInRound: inRound, startMs: roundStartMs, bytesBefore: bytesSent });
       const sent = await sender.send(pages, round, 0);
+      await peer.request('peer.sync', { round }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
       bytesSent += sent.bytesSent;
       const durationMs = Math.max(now() - roundStartMs, 0.001);
       const dirtyPagesAfter = vm.dirtyLog.count();
@@ -192,7 +193,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
 
     // Stage 4: commitment. The destination checks its image and answers with its digests; we compare.
     enterStage(4);
+    const digestStartMs = now();
     const sourceDigest = formatDigest(digestPageTable(sender.hashes));
+    const verifyStartMs = now();
     const answer = await peer.request('peer.verify', { registers, mode: options.verify }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     const memoryMatch = sourceMemoryDigest === undefined || sourceMemoryDigest === answer.destMemoryDigest;
     const match = sourceDigest === answer.destDigest && memoryMatch && answer.damagedWhilePaused === 0;
@@ -211,11 +214,14 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
     committed = true;
     log.info('committed', { vm: vm.name, digest: sourceDigest });
+    log.debug('commit timing', { digestMs: verifyStartMs - digestStartMs, verifyRoundTripMs: now() - verifyStartMs });
 
     // Stage 5: activation on the destination, then the source frees its copy.
     enterStage(5);
+    const activateStartMs = now();
     const activated = await peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
     const activatedAtMs = now();
+    log.debug('activation timing', { activateRoundTripMs: activatedAtMs - activateStartMs });
     await context.registry.release(vm);
     peer.close();
     const result = report('committed');

@@ -36,6 +36,7 @@ export class MigrationTarget {
   private readonly hashes: BigUint64Array;
   private pendingHeader: PageHeader | undefined;
   private phase: Phase = 'reserved';
+  private pagesReceived = 0;
   private pageMismatches = 0;
   private damagedWhilePaused = 0;
   private readonly expiry: NodeJS.Timeout;
@@ -108,6 +109,15 @@ export class MigrationTarget {
       this.vm.memory.set(bytes, page * PAGE_SIZE);
       this.hashes[page] = hash;
     }
+    this.pagesReceived += pages.length;
+  }
+
+  /** Every frame before this request has been installed (frames are handled in order, synchronously). */
+  sync(): ReplyOf<PeerOps, 'peer.sync'> {
+    if (this.phase !== 'receiving') {
+      throw new FerryError(ErrorCode.PROTOCOL, `sync for ${this.vm.name} while the migration is ${this.phase}`);
+    }
+    return { pagesReceived: this.pagesReceived };
   }
 
   /** Stage 4: all pages are here (the stream is ordered); load the registers and report our digests. */

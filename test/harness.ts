@@ -1,0 +1,123 @@
+/**
+ * Integration-test harness: real ferry-agent processes on OS-picked ports, and the real `ferry` CLI run as a
+ * process against a cluster file in a fresh temporary folder. Everything started is stopped by `stop()`, which
+ * the tests register right after creating the cluster, so it runs even when a test fails.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startLocalAgent, type LocalAgent, type LocalAgentOptions } from '../coordinator/local-agent.js';
+
+const ferryEntry = fileURLToPath(new URL('../dist/coordinator/main.js', import.meta.url));
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** stdout parsed as JSON (for --json runs). */
+  json<T = any>(): T;
+}
+
+export interface TestCluster {
+  dir: string;
+  clusterFile: string;
+  agents: Map<string, LocalAgent>;
+  agent(name: string): LocalAgent;
+  ferry(...args: string[]): Promise<CliResult>;
+  /** Starts one more agent and adds it to the cluster file through the CLI. */
+  addAgent(options: LocalAgentOptions): Promise<LocalAgent>;
+  stop(): Promise<void>;
+}
+
+export function runFerry(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [ferryEntry, ...args], { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
+      const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
+      resolve({
+        code,
+        stdout,
+        stderr,
+        json: () => {
+          try {
+            return JSON.parse(stdout);
+          } catch {
+            throw new Error(`ferry ${args.join(' ')} printed no JSON (exit ${code}):\n${stdout}\n${stderr}`);
+          }
+        },
+      });
+    });
+  });
+}
+
+export async function startCluster(agents: LocalAgentOptions[]): Promise<TestCluster> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-test-'));
+  const clusterFile = path.join(dir, 'ferry.cluster.json');
+  const running = new Map<string, LocalAgent>();
+  const ferry = (...args: string[]): Promise<CliResult> => runFerry(['--cluster', clusterFile, ...args]);
+  const cluster: TestCluster = {
+    dir,
+    clusterFile,
+    agents: running,
+    agent: (name) => {
+      const found = running.get(name);
+      if (!found) throw new Error(`no agent ${name}`);
+      return found;
+    },
+    ferry,
+    addAgent: async (options) => {
+      const agent = await startLocalAgent({ datastore: path.join(dir, options.name), logLevel: 'warn', ...options });
+      running.set(options.name, agent);
+      const added = await ferry('hosts', 'add', options.name, agent.url);
+      if (added.code !== 0) throw new Error(`hosts add failed: ${added.stderr}`);
+      return agent;
+    },
+    stop: async () => {
+      await Promise.all([...running.values()].map((agent) => agent.stop(2000)));
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    for (const options of agents) await cluster.addAgent(options);
+  } catch (error) {
+    await cluster.stop();
+    throw error;
+  }
+  return cluster;
+}
+
+/** Polls `probe` until it returns a value, or fails after `timeoutMs`. */
+export async function eventually<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+export interface VmInfoJson {
+  name: string;
+  host: string;
+  state: string;
+  memoryBytes: number;
+  workload: { kind: string; rate: number; wssPages: number; seed: number };
+  cpu: { x: number; n: number };
+}
+
+/** `ferry vm info NAME --json`, failing the test if it fails. */
+export async function vmInfo(cluster: TestCluster, name: string): Promise<VmInfoJson> {
+  const result = await cluster.ferry('vm', 'info', name, '--json');
+  if (result.code !== 0) throw new Error(`vm info ${name} failed (${result.code}): ${result.stderr}`);
+  return result.json<VmInfoJson>();
+}
+
+/** Waits until the VM's write count has grown past `n`. */
+export function waitForWrites(cluster: TestCluster, name: string, n: number): Promise<VmInfoJson> {
+  return eventually(async () => {
+    const info = await vmInfo(cluster, name);
+    return info.cpu.n > n ? info : undefined;
+  }, `${name} to pass ${n} writes`);
+}

@@ -1,0 +1,102 @@
+/**
+ * Whatever goes wrong before the commit, the VM keeps running on its source with its memory intact.
+ */
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { checkDump } from '../replay.js';
+import { startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+
+let cluster: TestCluster | undefined;
+afterEach(async () => {
+  await cluster?.stop();
+  cluster = undefined;
+});
+
+async function expectRunningOnSourceWithIntactMemory(c: TestCluster, name: string, host: string): Promise<void> {
+  const info = await vmInfo(c, name);
+  expect(info).toMatchObject({ host, state: 'running' });
+  await waitForWrites(c, name, info.cpu.n); // still running: n keeps growing
+  const file = path.join(c.dir, `${name}-${Date.now()}.bin`);
+  const dump = await c.ferry('vm', 'dump', name, '--out', file);
+  expect(dump.code, dump.stderr).toBe(0);
+  expect(checkDump(file)).toMatchObject({ ok: true, badPages: [] });
+  const listed = (await c.ferry('vm', 'list', '--json')).json<{ name: string; host: string }[]>();
+  expect(listed.filter((vm) => vm.name === name)).toEqual([expect.objectContaining({ host })]);
+}
+
+describe('failures before the commit', () => {
+  it('a page corrupted in transit fails verification, and the VM keeps running on the source with memory that matches replay', async () => {
+    // 16 MiB guest writing only its first 8 MiB: page 4095 is sent once, in round 1, and never again, so its
+    // damage cannot be healed by a resend; only the verified commit can catch it.
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'corrupt-page:4095' } }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '16MiB', '--rate', '10000', '--wss', '8MiB', '--seed', '11')).code).toBe(0);
+    await waitForWrites(c, 'web1', 2000);
+
+    const migrated = await c.ferry('migrate', 'web1', '--to', 'host-b', '--json');
+    expect(migrated.code).toBe(1);
+    const report = migrated.json();
+    expect(report.outcome).toBe('rolled-back');
+    expect(report.error.code).toBe('FERRY_ERR_CHECKSUM_MISMATCH');
+    expect(report.verification.match).toBe(false);
+    expect(report.verification.sourceDigest).not.toBe(report.verification.destDigest);
+    expect(c.agent('host-b').log()).toContain('corrupted a page in transit');
+
+    await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
+    const hostB = (await c.ferry('hosts', '--json')).json<{ name: string; vms: string[]; freeBytes: number; capacityBytes: number }[]>().find((host) => host.name === 'host-b')!;
+    expect(hostB.vms).toEqual([]);
+    expect(hostB.freeBytes).toBe(hostB.capacityBytes);
+
+    // Nothing stale is left: the same VM migrates at once (the fault fires only once).
+    const again = await c.ferry('migrate', 'web1', '--to', 'host-b', '--json');
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.json().outcome).toBe('committed');
+  });
+
+  it('a VM too big for the destination is refused at reservation with a clear error and keeps running on the source', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', capacity: '64MiB' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'big1', '--on', 'host-a', '--memory', '128MiB', '--rate', '5000', '--seed', '2')).code).toBe(0);
+    const migrated = await c.ferry('migrate', 'big1', '--to', 'host-b', '--json');
+    expect(migrated.code).toBe(1);
+    const report = migrated.json();
+    expect(report.outcome).toBe('failed');
+    expect(report.error.code).toBe('FERRY_ERR_CAPACITY');
+    expect(report.error.message).toContain('host-b has 64 MiB free');
+    expect(report.error.message).toContain('128 MiB');
+    expect(report.error.hint).toMatch(/free memory on host-b|pick another host/);
+    expect(report.stages.map((stage: { stage: number }) => stage.stage)).toEqual([0, 1]);
+    expect(report.bytesSent).toBe(0);
+    await expectRunningOnSourceWithIntactMemory(c, 'big1', 'host-a');
+  });
+
+  it('a destination killed during pre-copy leaves the VM running on the source with memory that matches replay', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--rate', '10000', '--wss', '16MiB', '--seed', '5')).code).toBe(0);
+    // At 16 MiB/s round 1 alone takes 4 s: the kill lands in the middle of it.
+    const migrating = c.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--json');
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    c.agent('host-b').child.kill('SIGKILL');
+    const migrated = await migrating;
+    expect(migrated.code).toBe(1);
+    const report = migrated.json();
+    expect(report.outcome).toBe('rolled-back');
+    expect(['FERRY_ERR_CONNECTION_LOST', 'FERRY_ERR_CANCELLED']).toContain(report.error.code);
+    await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
+  });
+
+  it('refuses a migration to the host the VM is already on, or to an unknown host, touching nothing', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '1000', '--seed', '4')).code).toBe(0);
+    const same = await c.ferry('migrate', 'web1', '--to', 'host-a', '--json');
+    expect(same.code).toBe(2);
+    expect(same.json().error.code).toBe('FERRY_ERR_BAD_INPUT');
+    const unknown = await c.ferry('migrate', 'web1', '--to', 'host-z', '--json');
+    expect(unknown.code).toBe(2);
+    expect(unknown.json().error).toMatchObject({ code: 'FERRY_ERR_HOST_NOT_FOUND' });
+    expect(unknown.json().error.message).toContain('host-a, host-b');
+    await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
+  });
+});

@@ -1,0 +1,113 @@
+/**
+ * Live migration between two real ferry-agent processes, driven by the real ferry CLI.
+ */
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { checkDump } from '../replay.js';
+import { startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+
+let cluster: TestCluster | undefined;
+afterEach(async () => {
+  await cluster?.stop();
+  cluster = undefined;
+});
+
+async function expectMemoryMatchesReplay(c: TestCluster, name: string): Promise<void> {
+  const file = path.join(c.dir, `${name}-${Date.now()}.bin`);
+  const dump = await c.ferry('vm', 'dump', name, '--out', file, '--json');
+  expect(dump.code, dump.stderr).toBe(0);
+  const result = checkDump(file);
+  expect(result.badPages).toEqual([]);
+  expect(result.registersMatch).toBe(true);
+  expect(result.ok).toBe(true);
+}
+
+describe('live migration between two agent processes', () => {
+  it('moves a pattern VM through at least three pre-copy rounds, commits, and the guest runs on with memory that matches replay', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    const created = await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--workload', 'pattern', '--rate', '20000', '--wss', '32MiB', '--seed', '7');
+    expect(created.code, created.stderr).toBe(0);
+    await waitForWrites(c, 'web1', 5000);
+
+    // The bandwidth cap makes round 1 take a known time (~0.3 s), so the guest dirties enough for later rounds.
+    const migrated = await c.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '200MiB/s', '--verify', 'full', '--json');
+    expect(migrated.code, migrated.stderr).toBe(0);
+    const report = migrated.json();
+    expect(report).toMatchObject({ vm: 'web1', from: 'host-a', to: 'host-b', mode: 'live', outcome: 'committed', memoryBytes: 64 * 1024 * 1024 });
+    expect(report.error).toBeUndefined();
+    expect(report.rounds.length).toBeGreaterThanOrEqual(3);
+    expect(report.rounds[0].pages).toBe(16384);
+    for (const [i, round] of report.rounds.entries()) {
+      expect(round).toMatchObject({ round: i + 1 });
+      expect(Object.keys(round).sort()).toEqual(['bytes', 'dirtyPagesAfter', 'durationMs', 'pages', 'round', 'throughputBytesPerSec']);
+    }
+    expect(['few-dirty-pages', 'converged-within-downtime', 'max-rounds', 'max-bytes']).toContain(report.stopReason);
+    expect(report.stages.map((stage: { stage: number }) => stage.stage)).toEqual([0, 1, 2, 3, 4, 5]);
+    for (const stage of report.stages) expect(stage.endMs).toBeGreaterThanOrEqual(stage.startMs);
+    expect(report.downtimeMs).toBeGreaterThan(0);
+    expect(report.guestBlackoutMs).toBeGreaterThan(0);
+    expect(report.totalTimeMs).toBeGreaterThan(report.downtimeMs);
+    expect(report.bytesSent).toBeGreaterThan(report.memoryBytes);
+    expect(report.throughputBytesPerSec).toBeGreaterThan(0);
+    expect(report.verification).toMatchObject({ mode: 'full', match: true });
+    expect(report.verification.sourceDigest).toBe(report.verification.destDigest);
+    expect(report.verification.sourceMemoryDigest).toBe(report.verification.destMemoryDigest);
+
+    // The guest continues on host-b from the registers it left host-a with.
+    const after = await vmInfo(c, 'web1');
+    expect(after.host).toBe('host-b');
+    expect(after.state).toBe('running');
+    expect(after.cpu.n).toBeGreaterThanOrEqual(report.cpu.n);
+    await waitForWrites(c, 'web1', after.cpu.n);
+
+    // The source no longer lists it; exactly one copy exists.
+    const listed = (await c.ferry('vm', 'list', '--json')).json<{ name: string; host: string }[]>();
+    expect(listed).toEqual([{ name: 'web1', host: 'host-b', state: 'running', memoryBytes: 64 * 1024 * 1024 }]);
+    const hosts = (await c.ferry('hosts', '--json')).json<{ name: string; vms: string[]; freeBytes: number; capacityBytes: number }[]>();
+    const hostA = hosts.find((host) => host.name === 'host-a')!;
+    expect(hostA.vms).toEqual([]);
+    expect(hostA.freeBytes).toBe(hostA.capacityBytes);
+
+    await expectMemoryMatchesReplay(c, 'web1');
+  });
+
+  it('migrates back and forth, each time committing with memory that matches replay', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'db1', '--on', 'host-a', '--memory', '32MiB', '--rate', '5000', '--wss', '8MiB', '--seed', '99')).code).toBe(0);
+    for (const to of ['host-b', 'host-a', 'host-b']) {
+      const migrated = await c.ferry('migrate', 'db1', '--to', to, '--json');
+      expect(migrated.code, migrated.stderr).toBe(0);
+      expect(migrated.json().outcome).toBe('committed');
+      expect((await vmInfo(c, 'db1')).host).toBe(to);
+    }
+    await expectMemoryMatchesReplay(c, 'db1');
+  });
+
+  it('keeps a paused VM paused on the destination, its memory and registers unchanged', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'cold1', '--on', 'host-a', '--memory', '16MiB', '--rate', '5000', '--seed', '3')).code).toBe(0);
+    await waitForWrites(c, 'cold1', 1000);
+    const paused = (await c.ferry('vm', 'pause', 'cold1', '--json')).json<{ cpu: { n: number } }>();
+    const migrated = await c.ferry('migrate', 'cold1', '--to', 'host-b', '--json');
+    expect(migrated.code, migrated.stderr).toBe(0);
+    const after = await vmInfo(c, 'cold1');
+    expect(after).toMatchObject({ host: 'host-b', state: 'paused', cpu: paused.cpu });
+    await expectMemoryMatchesReplay(c, 'cold1');
+  });
+
+  it('prints a readable report with the stage timeline, rounds, downtime and verification', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web2', '--on', 'host-a', '--memory', '16MiB', '--rate', '2000', '--seed', '5')).code).toBe(0);
+    const migrated = await c.ferry('migrate', 'web2', '--to', 'host-b');
+    expect(migrated.code, migrated.stderr).toBe(0);
+    expect(migrated.stdout).toContain('live migration of web2: host-a -> host-b   COMMITTED');
+    expect(migrated.stdout).toMatch(/stage timeline[\s\S]*iterative pre-copy[\s\S]*stop-and-copy[\s\S]*commitment[\s\S]*activation/);
+    expect(migrated.stdout).toMatch(/downtime\s+\d/);
+    expect(migrated.stdout).toMatch(/verification\s+pages: source [0-9a-f]{16}, destination [0-9a-f]{16}: match/);
+    expect(migrated.stderr).toContain('stage 2: iterative pre-copy');
+  });
+});
