@@ -5,10 +5,11 @@
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { initChecksums } from '../shared/checksum.js';
 import { MAX_MEMORY_BYTES } from '../shared/constants.js';
-import { FerryError, toFerryError } from '../shared/errors.js';
+import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
+import { hostNameSchema } from '../shared/protocol.js';
 import { createLogger, type LogLevel } from '../shared/log.js';
 import { parseCount, parseSize } from '../shared/units.js';
 import { Agent } from './agent.js';
@@ -27,21 +28,22 @@ export interface AgentOptions {
 /** Every option and its default, resolved once. */
 export function resolveAgentOptions(raw: Record<string, string | undefined>): AgentOptions {
   const name = raw.name ?? os.hostname();
-  const wrap = <T>(parse: () => T): T => {
-    try {
-      return parse();
-    } catch (error) {
-      throw new InvalidArgumentError(toFerryError(error).message);
-    }
-  };
+  const named = hostNameSchema.safeParse(name);
+  if (!named.success) throw new FerryError(ErrorCode.BAD_INPUT, `--name "${name}": ${named.error.issues[0]?.message}`, 'for example: --name host-a');
+  const port = parseCount(raw.port ?? '7001', '--port');
+  if (port > 65535) throw new FerryError(ErrorCode.BAD_INPUT, `--port ${port} is above 65535`, 'use 0 to let the OS pick a free port');
+  const logLevel = raw.logLevel ?? 'info';
+  if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) {
+    throw new FerryError(ErrorCode.BAD_INPUT, `--log-level ${logLevel} is not one of debug, info, warn, error`, 'the default is info');
+  }
   return {
     name,
     host: raw.host ?? '127.0.0.1',
-    port: wrap(() => parseCount(raw.port ?? '7001', 'port')),
+    port,
     datastore: path.resolve(raw.datastore ?? path.join(os.homedir(), '.ferry', name)),
     // Half the machine's memory by default: room for guests and for the host itself.
-    capacityBytes: wrap(() => (raw.capacity ? parseSize(raw.capacity) : Math.floor(os.totalmem() / 2))),
-    logLevel: (raw.logLevel as LogLevel | undefined) ?? 'info',
+    capacityBytes: raw.capacity ? parseSize(raw.capacity) : Math.floor(os.totalmem() / 2),
+    logLevel: logLevel as LogLevel,
   };
 }
 
@@ -74,12 +76,6 @@ Example:
 
   const agent = new Agent({ name: options.name, capacityBytes: options.capacityBytes, faults, log });
   const server = await startServer(agent, options.host, options.port);
-  process.stdout.write(`${JSON.stringify({
-    event: 'ready', name: options.name, url: server.url, pid: process.pid,
-    capacityBytes: options.capacityBytes, maxVmBytes: MAX_MEMORY_BYTES, datastore: options.datastore,
-  })}\n`);
-  log.info('ready', { url: server.url, capacity: options.capacityBytes });
-
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
@@ -91,10 +87,15 @@ Example:
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.stdout.write(`${JSON.stringify({
+    event: 'ready', name: options.name, url: server.url, pid: process.pid,
+    capacityBytes: options.capacityBytes, maxVmBytes: MAX_MEMORY_BYTES, datastore: options.datastore,
+  })}\n`);
+  log.info('ready', { url: server.url, capacity: options.capacityBytes });
 }
 
 main().catch((error: unknown) => {
   const failure = toFerryError(error);
-  process.stderr.write(`ferry-agent: ${failure.message}${failure instanceof FerryError && failure.hint ? `\n  hint: ${failure.hint}` : ''}\n`);
-  process.exit(failure.code === 'FERRY_ERR_BAD_INPUT' ? 2 : 1);
+  process.stderr.write(`ferry-agent: ${failure.message}${failure.hint ? `\n  hint: ${failure.hint}` : ''}\n`);
+  process.exit(failure.code === ErrorCode.BAD_INPUT ? 2 : 1);
 });

@@ -70,6 +70,8 @@ export function migrationOptions(raw: { maxDowntime: string; maxBandwidth?: stri
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
+    // Set before any subcommand exists, so they all inherit it: usage errors throw, main.ts turns them into exit 2.
+    .exitOverride()
     .description('Live-migrate VMs between ferry-agent hosts: pre-copy rounds, stop-and-copy, a verified commit.')
     .option('--cluster <path>', 'cluster file (default: $FERRY_CLUSTER, else ./ferry.cluster.json)')
     .showHelpAfterError('(run with --help for usage)')

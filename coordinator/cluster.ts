@@ -8,10 +8,8 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { ErrorCode, FerryError } from '../shared/errors.js';
+import { hostNameSchema } from '../shared/protocol.js';
 
-export const hostNameSchema = z
-  .string()
-  .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/i, 'a host name is 1-63 letters, digits, dots, dashes or underscores');
 
 const hostEntrySchema = z.object({
   name: hostNameSchema,

@@ -8,7 +8,6 @@ import { buildProgram } from './cli.js';
 import { ExitCode, exitCodeFor, printError } from './output.js';
 
 const program = buildProgram();
-program.exitOverride();
 
 try {
   await program.parseAsync(process.argv);

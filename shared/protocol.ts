@@ -17,6 +17,10 @@ export const vmNameSchema = z
   .string()
   .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/i, 'a VM name is 1-63 letters, digits, dots, dashes or underscores');
 
+export const hostNameSchema = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/i, 'a host name is 1-63 letters, digits, dots, dashes or underscores');
+
 export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential']);
 export type WorkloadKind = z.infer<typeof workloadKindSchema>;
 

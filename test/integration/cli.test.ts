@@ -1,0 +1,196 @@
+/**
+ * The ferry CLI and ferry-agent as a user meets them: help, the cluster file, VM lifecycle, and clear refusals
+ * of bad input with stable codes and meaningful exit statuses.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startLocalAgent } from '../../coordinator/local-agent.js';
+import { runFerry, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+
+let cluster: TestCluster | undefined;
+afterEach(async () => {
+  await cluster?.stop();
+  cluster = undefined;
+});
+
+/** A port nothing listens on: bound by the OS, then released. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+describe('ferry CLI', () => {
+  it('teaches with --help, and exits 2 on an unknown command', async () => {
+    const help = await runFerry(['--help']);
+    expect(help.code).toBe(0);
+    for (const word of ['hosts', 'vm', 'migrate', 'Exit codes']) expect(help.stdout).toContain(word);
+    const migrateHelp = await runFerry(['migrate', '--help']);
+    expect(migrateHelp.stdout).toContain('--max-downtime');
+    expect(migrateHelp.stdout).toContain('--verify');
+    const unknown = await runFerry(['teleport']);
+    expect(unknown.code).toBe(2);
+  });
+
+  it('keeps the cluster file: add creates it, duplicates and bad URLs are refused, rm removes', async () => {
+    cluster = await startCluster([]);
+    const c = cluster;
+    expect(existsSync(c.clusterFile)).toBe(false);
+    const added = await c.ferry('hosts', 'add', 'host-a', 'ws://127.0.0.1:7001');
+    expect(added.code).toBe(0);
+    expect(JSON.parse(readFileSync(c.clusterFile, 'utf8'))).toEqual({ hosts: [{ name: 'host-a', url: 'ws://127.0.0.1:7001' }] });
+    const duplicate = await c.ferry('hosts', 'add', 'host-a', 'ws://127.0.0.1:7002');
+    expect(duplicate.code).toBe(2);
+    expect(duplicate.stderr).toContain('FERRY_ERR_HOST_EXISTS');
+    const badUrl = await c.ferry('hosts', 'add', 'host-b', 'http//nowhere');
+    expect(badUrl.code).toBe(2);
+    expect(badUrl.stderr).toContain('ws://127.0.0.1:7001');
+    const removed = await c.ferry('hosts', 'rm', 'host-a');
+    expect(removed.code).toBe(0);
+    expect(JSON.parse(readFileSync(c.clusterFile, 'utf8'))).toEqual({ hosts: [] });
+    const missing = await c.ferry('hosts', 'rm', 'host-a');
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('FERRY_ERR_HOST_NOT_FOUND');
+  });
+
+  it('finds the cluster file through FERRY_CLUSTER', async () => {
+    cluster = await startCluster([{ name: 'host-a' }]);
+    const listed = await runFerry(['hosts', '--json'], { FERRY_CLUSTER: cluster.clusterFile });
+    expect(listed.code).toBe(0);
+    expect(listed.json()).toEqual([expect.objectContaining({ name: 'host-a', reachable: true })]);
+  });
+
+  it('lists hosts with whether they answer, capacity, free memory and VMs', async () => {
+    cluster = await startCluster([{ name: 'host-a', capacity: '1GiB' }]);
+    const c = cluster;
+    expect((await c.ferry('hosts', 'add', 'host-down', `ws://127.0.0.1:${await closedPort()}`)).code).toBe(0);
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '256MiB', '--workload', 'idle')).code).toBe(0);
+    const hosts = (await c.ferry('hosts', '--json')).json();
+    expect(hosts).toEqual([
+      expect.objectContaining({ name: 'host-a', reachable: true, capacityBytes: 1024 ** 3, freeBytes: 768 * 1024 ** 2, vms: ['web1'] }),
+      expect.objectContaining({ name: 'host-down', reachable: false, error: expect.objectContaining({ code: 'FERRY_ERR_UNREACHABLE' }) }),
+    ]);
+    const table = await c.ferry('hosts');
+    expect(table.stdout).toMatch(/host-a\s+ws:\S+\s+up\s+1 GiB\s+768 MiB\s+web1/);
+    expect(table.stdout).toMatch(/host-down\s+ws:\S+\s+down/);
+  });
+
+  it('rejects bad sizes, rates, seeds and names with exit 2, the expected form, and no VM created', async () => {
+    cluster = await startCluster([{ name: 'host-a' }]);
+    const c = cluster;
+    const cases: [string[], RegExp][] = [
+      [['--memory', 'lots'], /256MiB/],
+      [['--memory', '8GiB'], /1MiB to 4GiB/],
+      [['--memory', '1000000'], /4 KiB pages/],
+      [['--rate', 'fast'], /whole number/],
+      [['--seed', '0'], /cannot be 0/],
+      [['--wss', '1GiB'], /between 4KiB and the VM's memory/],
+    ];
+    for (const [args, expected] of cases) {
+      const result = await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', ...args, '--json');
+      expect(result.code, args.join(' ')).toBe(2);
+      expect(result.stderr).toMatch(expected);
+      expect(result.stderr).toContain('hint:');
+      expect(result.json().error.code).toBe('FERRY_ERR_BAD_INPUT');
+    }
+    const badName = await c.ferry('vm', 'create', 'no spaces!', '--on', 'host-a');
+    expect(badName.code).toBe(2);
+    expect(badName.stderr).toContain('not a valid VM name');
+    const badWorkload = await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--workload', 'crypto');
+    expect(badWorkload.code).toBe(2);
+    const badDowntime = await c.ferry('migrate', 'web1', '--to', 'host-a', '--max-downtime', 'soon');
+    expect(badDowntime.code).toBe(2);
+    expect(badDowntime.stderr).toContain('300ms');
+    expect((await c.ferry('vm', 'list', '--json')).json()).toEqual([]);
+  });
+
+  it('refuses a VM that does not fit the host, and a second VM of the same name', async () => {
+    cluster = await startCluster([{ name: 'host-a', capacity: '96MiB' }]);
+    const c = cluster;
+    const tooBig = await c.ferry('vm', 'create', 'big', '--on', 'host-a', '--memory', '128MiB', '--json');
+    expect(tooBig.code).toBe(1);
+    expect(tooBig.json().error).toMatchObject({ code: 'FERRY_ERR_CAPACITY' });
+    expect(tooBig.stderr).toContain('host-a has 96 MiB free');
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB')).code).toBe(0);
+    const again = await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '16MiB', '--json');
+    expect(again.code).toBe(1);
+    expect(again.json().error.code).toBe('FERRY_ERR_VM_EXISTS');
+    const noRoom = await c.ferry('vm', 'create', 'web2', '--on', 'host-a', '--memory', '64MiB', '--json');
+    expect(noRoom.json().error.code).toBe('FERRY_ERR_CAPACITY');
+  });
+
+  it('says which host is unreachable (exit 3) and which VM is unknown (exit 1)', async () => {
+    cluster = await startCluster([{ name: 'host-a' }]);
+    const c = cluster;
+    expect((await c.ferry('hosts', 'add', 'host-down', `ws://127.0.0.1:${await closedPort()}`)).code).toBe(0);
+    const unreachable = await c.ferry('vm', 'create', 'web1', '--on', 'host-down', '--json');
+    expect(unreachable.code).toBe(3);
+    expect(unreachable.json().error.code).toBe('FERRY_ERR_UNREACHABLE');
+    expect(unreachable.stderr).toContain('ferry-agent --name host-down');
+    const unknown = await c.ferry('vm', 'info', 'ghost', '--json');
+    expect(unknown.code).toBe(1);
+    expect(unknown.json().error.code).toBe('FERRY_ERR_VM_NOT_FOUND');
+    expect(unknown.stderr).toContain('host-down did not');
+  });
+
+  it('pauses and resumes a VM between whole page writes, and destroys it', async () => {
+    cluster = await startCluster([{ name: 'host-a' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '16MiB', '--rate', '5000', '--seed', '9')).code).toBe(0);
+    await waitForWrites(c, 'web1', 500);
+    const paused = (await c.ferry('vm', 'pause', 'web1', '--json')).json();
+    expect(paused.state).toBe('paused');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect((await vmInfo(c, 'web1')).cpu).toEqual(paused.cpu);
+    expect((await c.ferry('vm', 'resume', 'web1', '--json')).json().state).toBe('running');
+    await waitForWrites(c, 'web1', paused.cpu.n);
+    const check = await c.ferry('vm', 'check', 'web1', '--json');
+    expect(check.code, check.stderr).toBe(0);
+    expect(check.json()).toMatchObject({ ok: true, badPages: [] });
+    expect((await c.ferry('vm', 'destroy', 'web1')).code).toBe(0);
+    expect((await c.ferry('vm', 'list', '--json')).json()).toEqual([]);
+    expect((await c.ferry('hosts', '--json')).json()[0].freeBytes).toBe((await c.ferry('hosts', '--json')).json()[0].capacityBytes);
+  });
+
+  it('dumps exactly memoryBytes of guest memory and the metadata beside it', async () => {
+    cluster = await startCluster([{ name: 'host-a' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '2000', '--wss', '4MiB', '--seed', '21')).code).toBe(0);
+    const file = path.join(c.dir, 'mem.bin');
+    const dumped = await c.ferry('vm', 'dump', 'web1', '--out', file);
+    expect(dumped.code, dumped.stderr).toBe(0);
+    expect(readFileSync(file).length).toBe(8 * 1024 * 1024);
+    const meta = JSON.parse(readFileSync(`${file}.json`, 'utf8'));
+    expect(meta).toMatchObject({ vm: 'web1', memoryBytes: 8 * 1024 * 1024, pageSize: 4096, workload: { kind: 'pattern', seed: 21, wssPages: 1024, rate: 2000 } });
+    expect(meta.cpu.n).toBeGreaterThan(0);
+    expect((await vmInfo(c, 'web1')).state).toBe('running'); // resumed after the dump
+  });
+});
+
+describe('ferry-agent', () => {
+  it('prints exactly one JSON ready line with its name and URL, and stops cleanly on SIGTERM', async () => {
+    const agent = await startLocalAgent({ name: 'host-x' });
+    try {
+      expect(agent.url).toMatch(/^ws:\/\/127\.0\.0\.1:\d+$/);
+    } finally {
+      await agent.stop();
+    }
+    expect(await agent.exited).toBe(0);
+  });
+
+  it('refuses a bad --capacity with exit 2 and a message that says what it expected', async () => {
+    const entry = fileURLToPath(new URL('../../dist/agent/main.js', import.meta.url));
+    const child = spawn(process.execPath, [entry, '--name', 'host-x', '--port', '0', '--capacity', 'plenty'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    expect(code).toBe(2);
+    expect(stderr).toContain('256MiB');
+  });
+});
