@@ -3,7 +3,7 @@
  * process against a cluster file in a fresh temporary folder. Everything started is stopped by `stop()`, which
  * the tests register right after creating the cluster, so it runs even when a test fails.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -49,6 +49,11 @@ export function runFerry(args: string[], env: Record<string, string> = {}): Prom
       });
     });
   });
+}
+
+/** Starts the CLI without waiting for it, for tests that kill it midway. */
+export function spawnFerry(args: string[]): ChildProcess {
+  return spawn(process.execPath, [ferryEntry, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 export async function startCluster(agents: LocalAgentOptions[]): Promise<TestCluster> {

@@ -4,7 +4,7 @@
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { checkDump } from '../replay.js';
-import { startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { eventually, spawnFerry, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -84,6 +84,29 @@ describe('failures before the commit', () => {
     expect(report.outcome).toBe('rolled-back');
     expect(['FERRY_ERR_CONNECTION_LOST', 'FERRY_ERR_CANCELLED']).toContain(report.error.code);
     await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
+  });
+
+  it('a coordinator killed during pre-copy does not strand the VM: the source resumes it and the destination drops its reservation', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--rate', '10000', '--wss', '16MiB', '--seed', '8')).code).toBe(0);
+    const coordinator = spawnFerry(['--cluster', c.clusterFile, 'migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--json']);
+    const exited = new Promise((resolve) => coordinator.once('exit', resolve));
+    try {
+      await eventually(async () => ((await vmInfo(c, 'web1')).state === 'migrating-out' ? true : undefined), 'the migration to start');
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    } finally {
+      coordinator.kill('SIGKILL');
+      await exited;
+    }
+    await eventually(async () => ((await vmInfo(c, 'web1')).state === 'running' ? true : undefined), 'the source to resume web1');
+    await eventually(async () => {
+      const hostB = (await c.ferry('hosts', '--json')).json<{ name: string; vms: string[] }[]>().find((host) => host.name === 'host-b')!;
+      return hostB.vms.length === 0 ? true : undefined;
+    }, 'host-b to drop its reservation');
+    await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
+    const again = await c.ferry('migrate', 'web1', '--to', 'host-b', '--json');
+    expect(again.code, again.stderr).toBe(0);
   });
 
   it('refuses a migration to the host the VM is already on, or to an unknown host, touching nothing', async () => {
