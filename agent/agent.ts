@@ -24,6 +24,8 @@ export interface AgentSettings {
   capacityBytes: number;
   faults: Faults;
   log: Logger;
+  /** Opens the page stream to a destination agent; WebSockets unless a test gives an in-memory network. */
+  dialPeer?: typeof connectToDestination;
 }
 
 export class Agent {
@@ -32,12 +34,14 @@ export class Agent {
   private readonly faults: Faults;
   private readonly log: Logger;
   private readonly incoming = new Map<string, MigrationTarget>();
+  private readonly dialPeer: typeof connectToDestination;
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;
     this.registry = new Registry(settings.name, settings.capacityBytes);
     this.faults = settings.faults;
     this.log = settings.log;
+    this.dialPeer = settings.dialPeer ?? connectToDestination;
   }
 
   hostInfo(): HostInfo {
@@ -144,7 +148,7 @@ export class Agent {
         throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${this.name}`, 'pick another destination');
       }
       this.log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
-      const peer = await connectToDestination(destination.url, migrationId, this.name, context.signal);
+      const peer = await this.dialPeer(destination.url, migrationId, this.name, context.signal);
       const report = await runSource({
         vm,
         registry: this.registry,

@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { PAGES_PER_FRAME, PAGE_SIZE } from '../shared/constants.js';
 import { controlOps, peerOps } from '../shared/protocol.js';
+import { fromWebSocket } from '../shared/frame-socket.js';
 import { RpcConnection } from '../shared/rpc.js';
 import type { Agent } from './agent.js';
 
@@ -31,8 +32,9 @@ export async function startServer(agent: Agent, host: string, port: number): Pro
       return;
     }
     sockets.handleUpgrade(request, socket, head, (ws) => {
-      if (path === '/control') agent.serveControl(new RpcConnection(ws, controlOps, {}));
-      else agent.servePeer(new RpcConnection(ws, peerOps, {}));
+      const socket = fromWebSocket(ws);
+      if (path === '/control') agent.serveControl(new RpcConnection(socket, controlOps, {}));
+      else agent.servePeer(new RpcConnection(socket, peerOps, {}));
     });
   });
 

@@ -5,6 +5,7 @@ import WebSocket from 'ws';
 import { PROTOCOL_VERSION } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { controlOps, type ControlOps, type HostInfo } from '../shared/protocol.js';
+import { fromWebSocket } from '../shared/frame-socket.js';
 import { RpcConnection } from '../shared/rpc.js';
 import type { HostEntry } from './cluster.js';
 
@@ -30,7 +31,7 @@ export async function connectAgent(host: HostEntry): Promise<AgentClient> {
       ));
     });
   });
-  return new RpcConnection(socket, {}, controlOps);
+  return new RpcConnection(fromWebSocket(socket), {}, controlOps);
 }
 
 function portOf(url: string): string {
@@ -41,9 +42,12 @@ function portOf(url: string): string {
   }
 }
 
+/** How the coordinator reaches an agent: WebSockets, or an in-memory network in tests. */
+export type Connector = (host: HostEntry) => Promise<AgentClient>;
+
 /** Connects, checks the agent speaks our protocol version, and returns its host info with the connection. */
-export async function openHost(host: HostEntry): Promise<{ client: AgentClient; info: HostInfo }> {
-  const client = await connectAgent(host);
+export async function openHost(host: HostEntry, connect: Connector = connectAgent): Promise<{ client: AgentClient; info: HostInfo }> {
+  const client = await connect(host);
   try {
     const info = await client.request('host.info', {}, { timeoutMs: CONNECT_TIMEOUT_MS });
     if (info.version !== PROTOCOL_VERSION) {
@@ -60,8 +64,8 @@ export async function openHost(host: HostEntry): Promise<{ client: AgentClient; 
 }
 
 /** Runs `action` with a connection to `host`, and always closes it. */
-export async function withHost<T>(host: HostEntry, action: (client: AgentClient, info: HostInfo) => Promise<T>): Promise<T> {
-  const { client, info } = await openHost(host);
+export async function withHost<T>(host: HostEntry, action: (client: AgentClient, info: HostInfo) => Promise<T>, connect: Connector = connectAgent): Promise<T> {
+  const { client, info } = await openHost(host, connect);
   try {
     return await action(client, info);
   } finally {

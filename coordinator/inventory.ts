@@ -4,7 +4,7 @@
 import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
 import type { HostInfo, VmSummary } from '../shared/protocol.js';
 import type { Cluster, HostEntry } from './cluster.js';
-import { withHost } from './connect.js';
+import { connectAgent, withHost, type Connector } from './connect.js';
 
 export interface HostSurvey {
   host: HostEntry;
@@ -12,11 +12,11 @@ export interface HostSurvey {
   error?: FerryError;
 }
 
-export async function surveyHosts(cluster: Cluster): Promise<HostSurvey[]> {
+export async function surveyHosts(cluster: Cluster, connect: Connector = connectAgent): Promise<HostSurvey[]> {
   return Promise.all(
     cluster.hosts.map(async (host): Promise<HostSurvey> => {
       try {
-        return { host, info: await withHost(host, async (_client, info) => info) };
+        return { host, info: await withHost(host, async (_client, info) => info, connect) };
       } catch (error) {
         return { host, error: toFerryError(error) };
       }
@@ -32,11 +32,11 @@ export function allVms(surveys: HostSurvey[]): VmSummary[] {
  * The host that holds VM `name`. A VM mid-migration shows on both hosts (leaving one, arriving on the other);
  * the host where it is not arriving is the one that holds it.
  */
-export async function locateVm(cluster: Cluster, name: string): Promise<{ host: HostEntry; vm: VmSummary }> {
+export async function locateVm(cluster: Cluster, name: string, connect: Connector = connectAgent): Promise<{ host: HostEntry; vm: VmSummary }> {
   if (cluster.hosts.length === 0) {
     throw new FerryError(ErrorCode.HOST_NOT_FOUND, 'the cluster file has no hosts', 'add one with `ferry hosts add host-a ws://127.0.0.1:7001`');
   }
-  const surveys = await surveyHosts(cluster);
+  const surveys = await surveyHosts(cluster, connect);
   const found = surveys.flatMap((survey) =>
     (survey.info?.vms ?? []).filter((vm) => vm.name === name).map((vm) => ({ host: survey.host, vm })),
   );

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
 import { migrationEventSchema, type MigrationEvent, type MigrationOptions, type StageReport } from '../shared/protocol.js';
 import { findHost, type Cluster } from './cluster.js';
-import { openHost, type AgentClient } from './connect.js';
+import { connectAgent, openHost, type AgentClient, type Connector } from './connect.js';
 import { locateVm } from './inventory.js';
 import type { MigrationReport } from './report.js';
 
@@ -21,10 +21,13 @@ export interface MigrateHooks {
   onEvent?: (event: MigrationEvent) => void;
   signal?: AbortSignal;
   now?: () => number;
+  /** How to reach the agents; WebSockets by default. */
+  connect?: Connector;
 }
 
 export async function migrateLive(cluster: Cluster, request: MigrateRequest, hooks: MigrateHooks = {}): Promise<MigrationReport> {
   const now = hooks.now ?? (() => performance.now());
+  const connect = hooks.connect ?? connectAgent;
   const startedMs = now();
   const stages: StageReport[] = [];
   const enter = (stage: number, name: string): void => {
@@ -54,7 +57,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
   const migrationId = randomUUID();
   try {
     const destinationHost = findHost(cluster, request.to);
-    const located = await locateVm(cluster, request.vm);
+    const located = await locateVm(cluster, request.vm, connect);
     from = located.host.name;
     memoryBytes = located.vm.memoryBytes;
     if (from === request.to) {
@@ -63,8 +66,8 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     if (located.vm.state !== 'running' && located.vm.state !== 'paused') {
       throw new FerryError(ErrorCode.VM_STATE, `${request.vm} is ${located.vm.state} on ${from}`, 'wait for its current migration to finish');
     }
-    source = (await openHost(located.host)).client;
-    destination = (await openHost(destinationHost)).client;
+    source = (await openHost(located.host, connect)).client;
+    destination = (await openHost(destinationHost, connect)).client;
     const vm = await source.request('vm.info', { name: request.vm });
 
     // Stage 1: reservation. The destination checks capacity and allocates a container of the same size.

@@ -10,9 +10,9 @@
  *   can be answered, and never reaches a handler.
  */
 import { Packr } from 'msgpackr';
-import type WebSocket from 'ws';
 import type { z } from 'zod';
 import { ErrorCode, FerryError, toFerryError } from './errors.js';
+import type { FrameSocket } from './frame-socket.js';
 import { envelopeSchema, type Envelope, type OpName, type OpTable, type ReplyOf, type RequestOf } from './protocol.js';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
@@ -71,7 +71,7 @@ interface Pending {
 }
 
 export class RpcConnection<Local extends OpTable, Remote extends OpTable> {
-  readonly socket: WebSocket;
+  readonly socket: FrameSocket;
   private readonly localOps: Local;
   private readonly remoteOps: Remote;
   private readonly handlers = new Map<string, Handler<Local, OpName<Local>>>();
@@ -81,13 +81,12 @@ export class RpcConnection<Local extends OpTable, Remote extends OpTable> {
   /** Frames this hook claims (returns true for) bypass MessagePack: the page stream uses it. */
   rawFrameHook: ((frame: Buffer) => boolean) | undefined;
 
-  constructor(socket: WebSocket, localOps: Local, remoteOps: Remote) {
+  constructor(socket: FrameSocket, localOps: Local, remoteOps: Remote) {
     this.socket = socket;
     this.localOps = localOps;
     this.remoteOps = remoteOps;
-    socket.on('message', (data, isBinary) => this.receive(data as Buffer, isBinary));
-    socket.on('close', () => this.shutdown());
-    socket.on('error', () => this.shutdown());
+    socket.onMessage((data) => this.receive(data));
+    socket.onClose(() => this.shutdown());
   }
 
   get signal(): AbortSignal {
@@ -136,7 +135,7 @@ export class RpcConnection<Local extends OpTable, Remote extends OpTable> {
   /** Sends a frame as is (page data); resolves when the socket has written it, after which `frame` may be reused. */
   sendRaw(frame: Buffer): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.socket.send(frame, { binary: true }, (error) => {
+      this.socket.send(frame, (error) => {
         if (error) reject(new FerryError(ErrorCode.CONNECTION_LOST, `connection lost while sending: ${error.message}`));
         else resolve();
       });
@@ -156,8 +155,8 @@ export class RpcConnection<Local extends OpTable, Remote extends OpTable> {
     }
   }
 
-  private receive(frame: Buffer, isBinary: boolean): void {
-    if (isBinary && this.rawFrameHook?.(frame)) return;
+  private receive(frame: Buffer): void {
+    if (this.rawFrameHook?.(frame)) return;
     let message: Envelope;
     try {
       message = decodeMessage(frame);

@@ -17,10 +17,10 @@
  * Buffers given to `send` are referenced until its callback fires: staging buffers return to the pool only then,
  * and at most SEND_WINDOW_BYTES of page data are outstanding (backpressure).
  */
-import type WebSocket from 'ws';
 import { PAGE_SIZE, PAGES_PER_FRAME, SEND_WINDOW_BYTES } from '../../shared/constants.js';
 import { hashBytes } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
+import type { FrameSocket } from '../../shared/frame-socket.js';
 import { encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
 import type { VirtualMachine } from '../vm/vm.js';
 
@@ -40,7 +40,7 @@ export interface PageSenderOptions {
 }
 
 export class PageSender {
-  private readonly socket: WebSocket;
+  private readonly socket: FrameSocket;
   private readonly vm: VirtualMachine;
   private readonly options: PageSenderOptions;
   /** The source's page-hash table: the hash of what it last sent of each page. */
@@ -50,7 +50,7 @@ export class PageSender {
   private drained: (() => void) | undefined;
   private sendError: FerryError | undefined;
 
-  constructor(socket: WebSocket, vm: VirtualMachine, options: PageSenderOptions) {
+  constructor(socket: FrameSocket, vm: VirtualMachine, options: PageSenderOptions) {
     this.socket = socket;
     this.vm = vm;
     this.options = options;
@@ -97,9 +97,9 @@ export class PageSender {
 
       // A fresh header each frame: the socket holds it until written. It is small; the page data is not copied.
       const header = encodePageHeader(Buffer.allocUnsafe(pageHeaderBytes(count)), round, flags, batch, frameHashes, count);
-      this.socket.send(header, { binary: true });
+      this.socket.send(header);
       this.outstandingBytes += data.length;
-      this.socket.send(data, { binary: true }, (error) => {
+      this.socket.send(data, (error) => {
         this.outstandingBytes -= data.length;
         if (staging) this.stagingPool.push(staging);
         if (error && !this.sendError) {

@@ -18,6 +18,7 @@ import {
   peerOps, type MigrationEvent, type MigrationOptions, type RoundReport, type SourceReport, type StageReport,
   type StopReason, type Verification,
 } from '../../shared/protocol.js';
+import { fromWebSocket } from '../../shared/frame-socket.js';
 import { RpcConnection } from '../../shared/rpc.js';
 import type { Registry } from '../registry.js';
 import type { VirtualMachine } from '../vm/vm.js';
@@ -45,8 +46,17 @@ export async function connectToDestination(url: string, migrationId: string, fro
     socket.once('error', fail);
     signal.addEventListener('abort', () => fail(new Error('cancelled')), { once: true });
   });
-  const peer: PeerClient = new RpcConnection(socket, {}, peerOps);
-  await peer.request('peer.hello', { migrationId, from }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+  return greetDestination(new RpcConnection(fromWebSocket(socket), {}, peerOps), migrationId, from, signal);
+}
+
+/** Binds a fresh peer connection to the destination's reservation for this migration. */
+export async function greetDestination(peer: PeerClient, migrationId: string, from: string, signal: AbortSignal): Promise<PeerClient> {
+  try {
+    await peer.request('peer.hello', { migrationId, from }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+  } catch (error) {
+    peer.close();
+    throw error;
+  }
   return peer;
 }
 

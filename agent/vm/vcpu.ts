@@ -3,12 +3,20 @@
  * control block (about 20 µs, where a postMessage round trip to a busy worker takes about 5 ms), stop it.
  * The main thread waits with Atomics.waitAsync, never Atomics.wait, so its event loop keeps serving.
  */
+import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { ControlSlot, VcpuCommand, VcpuState, controlViews } from './layout.js';
 import type { VcpuWorkerData } from './vcpu-worker.js';
 
-const workerUrl = new URL('./vcpu-worker.js', import.meta.url);
+/**
+ * The worker's compiled file. Node 20 cannot start a `.ts` worker, so when this module itself runs from the
+ * TypeScript sources (the unit tests under vitest), the worker still comes from the build in dist/.
+ */
+function workerUrl(): URL {
+  const beside = new URL('./vcpu-worker.js', import.meta.url);
+  return existsSync(beside) ? beside : new URL('../../dist/agent/vm/vcpu-worker.js', import.meta.url);
+}
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 type State = (typeof VcpuState)[keyof typeof VcpuState];
@@ -24,7 +32,7 @@ export class Vcpu {
     // The vCPU starts paused: the caller decides when the guest runs (at once, or at a migration's activation).
     Atomics.store(this.ints, ControlSlot.CMD, VcpuCommand.PAUSE);
     Atomics.store(this.ints, ControlSlot.STATE, VcpuState.STARTING);
-    this.worker = new Worker(workerUrl, { workerData: data, name: 'vcpu' });
+    this.worker = new Worker(workerUrl(), { workerData: data, name: 'vcpu' });
     this.worker.on('error', (error) => {
       this.failure = error;
     });

@@ -1,0 +1,65 @@
+/**
+ * An in-memory twin of a ferry cluster: real Agent objects with real VMs (SharedArrayBuffer memory, vCPU worker
+ * threads), joined by in-memory sockets instead of WebSockets, and driven by the real coordinator code. It runs
+ * the same migration logic as the process tests, without processes or ports.
+ */
+import { Agent } from '../agent/agent.js';
+import { greetDestination } from '../agent/migration/source.js';
+import { parseFaults } from '../agent/faults.js';
+import { initChecksums } from '../shared/checksum.js';
+import { createSocketPair, type FrameSocket } from '../shared/frame-socket.js';
+import { createLogger } from '../shared/log.js';
+import { controlOps, peerOps } from '../shared/protocol.js';
+import { RpcConnection } from '../shared/rpc.js';
+import type { Cluster } from '../coordinator/cluster.js';
+import type { AgentClient, Connector } from '../coordinator/connect.js';
+
+export interface MemoryNetwork {
+  agents: Map<string, Agent>;
+  cluster: Cluster;
+  connect: Connector;
+  /** Every peer socket opened so far, source end first: tests close them to cut the link. */
+  peerLinks: FrameSocket[][];
+  shutdown(): Promise<void>;
+}
+
+export async function createMemoryNetwork(hosts: { name: string; capacityBytes?: number; faults?: string }[]): Promise<MemoryNetwork> {
+  await initChecksums();
+  const agents = new Map<string, Agent>();
+  const peerLinks: FrameSocket[][] = [];
+  const log = createLogger('memory', 'error');
+  const urlOf = (name: string): string => `memory://${name}`;
+  const agentAt = (url: string): Agent => {
+    const agent = agents.get(url.replace('memory://', ''));
+    if (!agent) throw new Error(`nothing at ${url}`);
+    return agent;
+  };
+  for (const host of hosts) {
+    agents.set(host.name, new Agent({
+      name: host.name,
+      capacityBytes: host.capacityBytes ?? 1024 ** 3,
+      faults: parseFaults(host.faults),
+      log,
+      dialPeer: async (url, migrationId, from, signal) => {
+        const [sourceEnd, destinationEnd] = createSocketPair();
+        peerLinks.push([sourceEnd, destinationEnd]);
+        agentAt(url).servePeer(new RpcConnection(destinationEnd, peerOps, {}));
+        return greetDestination(new RpcConnection(sourceEnd, {}, peerOps), migrationId, from, signal);
+      },
+    }));
+  }
+  const connect: Connector = async (host): Promise<AgentClient> => {
+    const [coordinatorEnd, agentEnd] = createSocketPair();
+    agentAt(host.url).serveControl(new RpcConnection(agentEnd, controlOps, {}));
+    return new RpcConnection(coordinatorEnd, {}, controlOps);
+  };
+  return {
+    agents,
+    cluster: { hosts: hosts.map((host) => ({ name: host.name, url: urlOf(host.name) })) },
+    connect,
+    peerLinks,
+    shutdown: async () => {
+      await Promise.all([...agents.values()].map((agent) => agent.shutdown()));
+    },
+  };
+}

@@ -1,0 +1,110 @@
+/**
+ * The migration logic over the in-memory twin of the network (test/memory-network.ts): real agents, real VMs and
+ * vCPU threads, the real coordinator driver, in-memory sockets. Guest memory is checked by replay.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { DEFAULT_MAX_DOWNTIME_MS } from '../../shared/constants.js';
+import type { MigrationEvent, MigrationOptions } from '../../shared/protocol.js';
+import { migrateLive } from '../../coordinator/migrate.js';
+import { createMemoryNetwork, type MemoryNetwork } from '../memory-network.js';
+import { checkPatternImage } from '../replay.js';
+
+const MiB = 1024 * 1024;
+const defaults: MigrationOptions = { maxDowntimeMs: DEFAULT_MAX_DOWNTIME_MS, maxBandwidthBytesPerSec: 0, maxRounds: 30, verify: 'pages' };
+
+let network: MemoryNetwork | undefined;
+afterEach(async () => {
+  await network?.shutdown();
+  network = undefined;
+});
+
+async function createVm(net: MemoryNetwork, host: string, name: string, memoryBytes: number, rate: number, wssPages: number, seed: number): Promise<void> {
+  const client = await net.connect(net.cluster.hosts.find((entry) => entry.name === host)!);
+  try {
+    await client.request('vm.create', { name, memoryBytes, workload: { kind: 'pattern', rate, wssPages, seed } });
+  } finally {
+    client.close();
+  }
+}
+
+function expectReplayMatches(net: MemoryNetwork, host: string, name: string): void {
+  const vm = net.agents.get(host)!.registry.get(name);
+  const { x, n } = vm.registers();
+  const result = checkPatternImage(vm.memory, { seed: vm.workload.seed, wssPages: vm.workload.wssPages, x, n });
+  expect(result.badPages).toEqual([]);
+  expect(result.ok).toBe(true);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('migration over the in-memory network', () => {
+  it('commits a running pattern VM, hands over its registers, and frees the source', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    await createVm(network, 'host-a', 'web1', 16 * MiB, 20_000, 2048, 7);
+    await sleep(200);
+    const events: MigrationEvent[] = [];
+    const report = await migrateLive(network.cluster, { vm: 'web1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 64 * MiB } }, { connect: network.connect, onEvent: (event) => events.push(event) });
+    expect(report.error).toBeUndefined();
+    expect(report.outcome).toBe('committed');
+    expect(report.rounds.length).toBeGreaterThanOrEqual(2);
+    expect(report.verification?.match).toBe(true);
+    expect(events.filter((event) => event.kind === 'stage').map((event) => (event as { stage: number }).stage)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(events.filter((event) => event.kind === 'round')).toHaveLength(report.rounds.length);
+
+    expect(network.agents.get('host-a')!.registry.list()).toEqual([]);
+    const moved = network.agents.get('host-b')!.registry.get('web1');
+    expect(moved.state).toBe('running');
+    expect(moved.registers().n).toBeGreaterThanOrEqual(report.cpu!.n);
+    await sleep(100);
+    expect(moved.registers().n).toBeGreaterThan(report.cpu!.n);
+    await moved.pause();
+    expectReplayMatches(network, 'host-b', 'web1');
+  });
+
+  it('rolls back to the source when the page stream is cut in round 1', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    await createVm(network, 'host-a', 'web1', 32 * MiB, 10_000, 4096, 3);
+    const net = network;
+    // 32 MiB at 16 MiB/s: round 1 takes two seconds; cut the link after a quarter of it.
+    const migrating = migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 16 * MiB } }, { connect: net.connect });
+    await sleep(500);
+    expect(net.peerLinks).toHaveLength(1);
+    net.peerLinks[0]![0]!.close();
+    const report = await migrating;
+    expect(report.outcome).toBe('rolled-back');
+    expect(report.error?.code).toMatch(/FERRY_ERR_(CONNECTION_LOST|CANCELLED)/);
+
+    const source = net.agents.get('host-a')!.registry.get('web1');
+    expect(source.state).toBe('running');
+    expect(net.agents.get('host-b')!.registry.list()).toEqual([]);
+    const before = source.registers().n;
+    await sleep(100);
+    expect(source.registers().n).toBeGreaterThan(before);
+    await source.pause();
+    expectReplayMatches(net, 'host-a', 'web1');
+  });
+
+  it('ends pre-copy at the round cap when the guest dirties memory faster than rounds can send it, and still commits', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    // A 4 MiB working set rewritten 50,000 times a second against a 8 MiB/s link never shrinks below 50 pages.
+    await createVm(network, 'host-a', 'hot1', 8 * MiB, 50_000, 1024, 5);
+    const report = await migrateLive(network.cluster, { vm: 'hot1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 8 * MiB, maxRounds: 3, maxDowntimeMs: 1 } }, { connect: network.connect });
+    expect(report.outcome).toBe('committed');
+    expect(report.stopReason).toBe('max-rounds');
+    expect(report.rounds).toHaveLength(3);
+    expect(report.downtimeLimitExceededMs).toBeGreaterThan(0);
+    const moved = network.agents.get('host-b')!.registry.get('hot1');
+    await moved.pause();
+    expectReplayMatches(network, 'host-b', 'hot1');
+  });
+
+  it('refuses at reservation when the destination lacks memory, and the VM runs on untouched', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b', capacityBytes: 4 * MiB }]);
+    await createVm(network, 'host-a', 'web1', 8 * MiB, 1000, 512, 9);
+    const report = await migrateLive(network.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: network.connect });
+    expect(report.outcome).toBe('failed');
+    expect(report.error).toMatchObject({ code: 'FERRY_ERR_CAPACITY' });
+    expect(report.error!.message).toContain('host-b has 4 MiB free of 4 MiB, and web1 needs 8 MiB');
+    expect(network.agents.get('host-a')!.registry.get('web1').state).toBe('running');
+  });
+});
