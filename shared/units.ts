@@ -45,7 +45,7 @@ export function parseSize(text: string): number {
 export function parseRate(text: string): number {
   const trimmed = text.trim().toLowerCase();
   if (trimmed.endsWith('/s')) {
-    return parseWith(trimmed.slice(0, -2), sizeUnits, 'rate', '1GiB/s, 500MB/s or 1gbit');
+    return parseWith(trimmed.slice(0, -2), { ...bitRateUnits, ...sizeUnits }, 'rate', '1GiB/s, 500MB/s or 1gbit');
   }
   return parseWith(trimmed, { ...bitRateUnits, ...sizeUnits }, 'rate', '1GiB/s, 500MB/s or 1gbit');
 }
@@ -56,8 +56,9 @@ export function parseDuration(text: string): number {
 
 /** Whole positive count, such as a rate in page writes per second or a round cap. */
 export function parseCount(text: string, what: string): number {
-  const value = Number(text.replace(/_/g, ''));
-  if (!Number.isSafeInteger(value) || value < 0) {
+  const trimmed = text.trim();
+  const value = /^\d[\d_]*$/.test(trimmed) ? Number(trimmed.replace(/_/g, '')) : Number.NaN;
+  if (!Number.isSafeInteger(value)) {
     throw new FerryError(ErrorCode.BAD_INPUT, `${what} "${text}" is not a whole number`, 'write it like 20000');
   }
   return value;
@@ -69,12 +70,13 @@ export function formatBytes(bytes: number): string {
   const units = ['KiB', 'MiB', 'GiB', 'TiB'];
   let value = bytes / 1024;
   let index = 0;
-  while (Math.abs(value) >= 1024 && index < units.length - 1) {
+  const digitsFor = (v: number): number => (Math.abs(v) >= 100 || Number.isInteger(v) ? 0 : Math.abs(v) >= 10 ? 1 : 2);
+  // Move up a unit also when rounding would print 1024 of this one.
+  while (index < units.length - 1 && Math.abs(Number(value.toFixed(digitsFor(value)))) >= 1024) {
     value /= 1024;
     index += 1;
   }
-  const digits = Math.abs(value) >= 100 || Number.isInteger(value) ? 0 : Math.abs(value) >= 10 ? 1 : 2;
-  return `${value.toFixed(digits)} ${units[index]}`;
+  return `${value.toFixed(digitsFor(value))} ${units[index]}`;
 }
 
 export function formatRate(bytesPerSec: number): string {

@@ -37,8 +37,9 @@ export function decideStop(facts: RoundFacts): StopReason | undefined {
   if (facts.dirtyPagesAfter < STOP_RULES.fewDirtyPages) return 'few-dirty-pages';
   if (facts.round >= facts.maxRounds) return 'max-rounds';
   if (facts.bytesSentTotal >= STOP_RULES.maxBytesFactor * facts.memoryBytes) return 'max-bytes';
-  const shrink = facts.pagesSent === 0 ? 0 : 1 - facts.dirtyPagesAfter / facts.pagesSent;
+  // "shrank by less than 10 %", written without a division so that exactly 10 % is not lost to rounding.
+  const stalled = facts.dirtyPagesAfter > facts.pagesSent * (1 - STOP_RULES.minShrinkFraction);
   const fits = expectedDowntimeMs(facts.dirtyPagesAfter, facts.bandwidthBytesPerSec) <= facts.maxDowntimeMs;
-  if (shrink < STOP_RULES.minShrinkFraction && fits) return 'converged-within-downtime';
+  if (stalled && fits) return 'converged-within-downtime';
   return undefined;
 }

@@ -1,0 +1,131 @@
+import { describe, expect, it } from 'vitest';
+import { formatReport, stopReasonText, type MigrationReport } from '../../coordinator/report.js';
+
+const MiB = 1024 ** 2;
+
+function round(n: number, pages: number, dirtyPagesAfter: number) {
+  return { round: n, pages, bytes: pages * 4096, durationMs: pages / 100, dirtyPagesAfter, throughputBytesPerSec: 400 * MiB };
+}
+
+function committed(): MigrationReport {
+  return {
+    vm: 'web1',
+    from: 'host-a',
+    to: 'host-b',
+    mode: 'live',
+    outcome: 'committed',
+    stopReason: 'few-dirty-pages',
+    rounds: [round(1, 262_144, 9_876), round(2, 9_876, 1_234), round(3, 1_234, 37)],
+    stopAndCopy: round(4, 37, 0),
+    stages: [
+      { stage: 0, name: 'pre-migration', startMs: 0, endMs: 2 },
+      { stage: 2, name: 'iterative pre-copy', startMs: 5, endMs: 2700 },
+      { stage: 3, name: 'stop-and-copy', startMs: 2700, endMs: 2712.5 },
+    ],
+    totalTimeMs: 2800,
+    downtimeMs: 12.5,
+    guestBlackoutMs: 13.7,
+    expectedDowntimeMs: 0.4,
+    maxDowntimeMs: 300,
+    bytesSent: 273_291 * 4096,
+    memoryBytes: 1024 * MiB,
+    throughputBytesPerSec: 400 * MiB,
+    verification: {
+      mode: 'full',
+      sourceDigest: 'a1b2c3d4e5f60718',
+      destDigest: 'a1b2c3d4e5f60718',
+      match: true,
+      sourceMemoryDigest: '0badc0ffee0ddf00',
+      destMemoryDigest: '0badc0ffee0ddf00',
+      pageMismatches: 0,
+    },
+    cpu: { x: 2463534242, n: 1_234_567 },
+  };
+}
+
+function rolledBack(): MigrationReport {
+  return {
+    vm: 'db7',
+    from: 'host-a',
+    to: 'host-b',
+    mode: 'live',
+    outcome: 'rolled-back',
+    error: { code: 'FERRY_ERR_CHECKSUM_MISMATCH', message: "the destination's image differs from what was sent", hint: 'retry the migration; if it recurs, check the link' },
+    rounds: [round(1, 65_536, 500)],
+    stages: [{ stage: 2, name: 'iterative pre-copy', startMs: 1, endMs: 700 }],
+    totalTimeMs: 750,
+    maxDowntimeMs: 300,
+    bytesSent: 65_536 * 4096,
+    memoryBytes: 256 * MiB,
+    throughputBytesPerSec: 380 * MiB,
+  };
+}
+
+describe('formatReport', () => {
+  it('says COMMITTED and names the VM and both hosts for a committed migration', () => {
+    const text = formatReport(committed());
+    const first = text.split('\n')[0]!;
+    expect(first).toContain('COMMITTED');
+    expect(first).toContain('web1');
+    expect(first).toMatch(/host-a.*host-b/);
+    expect(text).not.toMatch(/ROLLED BACK|FAILED/);
+    expect(text).not.toContain('keeps running');
+  });
+
+  it('lists every pre-copy round with its page count and dirty pages after, then the stop-and-copy', () => {
+    const text = formatReport(committed());
+    for (const [n, pages, after] of [[1, '262,144', '9,876'], [2, '9,876', '1,234'], [3, '1,234', '37']] as const) {
+      expect(text).toMatch(new RegExp(`^\\s+${n}\\s+${pages}\\s.*\\s${after}$`, 'm'));
+    }
+    expect(text).toMatch(/^\s+stop\+copy\s+37\s/m);
+  });
+
+  it('states the downtime, the limit and why pre-copy ended', () => {
+    const text = formatReport(committed());
+    expect(text).toMatch(/downtime\s+12\.5 ms/);
+    expect(text).toContain('limit 300.0 ms');
+    expect(text).toContain(stopReasonText['few-dirty-pages']);
+    expect(text).toMatch(/guest blackout\s+13\.7 ms/);
+  });
+
+  it('shows both verification digests and whether they match', () => {
+    const text = formatReport(committed());
+    const line = text.split('\n').find((l) => l.includes('verification'))!;
+    expect(line).toBeDefined();
+    expect(line.match(/a1b2c3d4e5f60718/g)).toHaveLength(2);
+    expect(line).toContain('0badc0ffee0ddf00');
+    expect(line).toContain('match');
+    expect(line).not.toContain('MISMATCH');
+  });
+
+  it('flags mismatching digests as MISMATCH', () => {
+    const report = committed();
+    report.outcome = 'failed';
+    report.verification = { ...report.verification!, destDigest: 'ffffffffffffffff', match: false };
+    const text = formatReport(report);
+    expect(text).toContain('FAILED');
+    expect(text).toMatch(/a1b2c3d4e5f60718.*ffffffffffffffff.*MISMATCH/);
+  });
+
+  it('hands over the registers the destination continues from', () => {
+    expect(formatReport(committed())).toMatch(/x=2463534242 n=1,234,567/);
+  });
+
+  it('for a rolled-back migration gives the error code, message and hint and says the VM keeps running on the source', () => {
+    const text = formatReport(rolledBack());
+    expect(text.split('\n')[0]).toContain('ROLLED BACK');
+    expect(text).not.toContain('COMMITTED');
+    expect(text).toContain('FERRY_ERR_CHECKSUM_MISMATCH');
+    expect(text).toContain("the destination's image differs from what was sent");
+    expect(text).toContain('retry the migration; if it recurs, check the link');
+    expect(text).toMatch(/db7 keeps running on host-a/);
+    expect(text).not.toMatch(/keeps running on host-b/);
+  });
+
+  it('says how far over the downtime limit a cap-forced stop went', () => {
+    const report = { ...committed(), stopReason: 'max-rounds' as const, downtimeMs: 450, downtimeLimitExceededMs: 150 };
+    const text = formatReport(report);
+    expect(text).toContain(stopReasonText['max-rounds']);
+    expect(text).toMatch(/over the limit\s+150\.0 ms/);
+  });
+});
