@@ -148,9 +148,19 @@ export class Agent {
         throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${this.name}`, 'pick another destination');
       }
       this.log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
-      const peer = await this.dialPeer(destination.url, migrationId, this.name, context.signal);
+      // Claimed before the first await, so a second migration of the same VM is refused, not raced.
+      const wasRunning = vm.state === 'running';
+      vm.state = 'migrating-out';
+      let peer;
+      try {
+        peer = await this.dialPeer(destination.url, migrationId, this.name, context.signal);
+      } catch (error) {
+        vm.state = wasRunning ? 'running' : 'paused';
+        throw error;
+      }
       const report = await runSource({
         vm,
+        wasRunning,
         registry: this.registry,
         peer,
         options,

@@ -62,6 +62,8 @@ export async function greetDestination(peer: PeerClient, migrationId: string, fr
 
 export interface SourceContext {
   vm: VirtualMachine;
+  /** Whether the guest was running when the migration was asked for (a paused one stays paused). */
+  wasRunning: boolean;
   registry: Registry;
   peer: PeerClient;
   options: MigrationOptions;
@@ -84,7 +86,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   const startedMs = now();
   const stages: StageReport[] = [];
   const rounds: RoundReport[] = [];
-  const wasRunning = vm.state === 'running';
+  const { wasRunning } = context;
   let stopReason: StopReason | undefined;
   let stopAndCopy: RoundReport | undefined;
   let verification: Verification | undefined;

@@ -98,6 +98,22 @@ describe('migration over the in-memory network', () => {
     expectReplayMatches(network, 'host-b', 'hot1');
   });
 
+  it('refuses a second migration of a VM that is already migrating, and the first one commits', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }, { name: 'host-c' }]);
+    await createVm(network, 'host-a', 'web1', 16 * MiB, 5000, 1024, 13);
+    const options = { ...defaults, maxBandwidthBytesPerSec: 32 * MiB };
+    const [first, second] = await Promise.all([
+      migrateLive(network.cluster, { vm: 'web1', to: 'host-b', options }, { connect: network.connect }),
+      migrateLive(network.cluster, { vm: 'web1', to: 'host-c', options }, { connect: network.connect }),
+    ]);
+    const outcomes = [first.outcome, second.outcome].sort();
+    expect(outcomes).toEqual(['committed', 'failed']);
+    const refused = first.outcome === 'failed' ? first : second;
+    expect(refused.error?.code).toBe('FERRY_ERR_VM_STATE');
+    const holders = ['host-a', 'host-b', 'host-c'].filter((host) => network!.agents.get(host)!.registry.has('web1'));
+    expect(holders).toEqual([first.outcome === 'committed' ? 'host-b' : 'host-c']);
+  });
+
   it('refuses at reservation when the destination lacks memory, and the VM runs on untouched', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b', capacityBytes: 4 * MiB }]);
     await createVm(network, 'host-a', 'web1', 8 * MiB, 1000, 512, 9);
