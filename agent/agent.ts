@@ -28,6 +28,11 @@ export interface AgentSettings {
   dialPeer?: typeof connectToDestination;
 }
 
+function cpuTime(): { userMs: number; systemMs: number } {
+  const usage = process.cpuUsage();
+  return { userMs: usage.user / 1000, systemMs: usage.system / 1000 };
+}
+
 export class Agent {
   readonly name: string;
   readonly registry: Registry;
@@ -52,6 +57,7 @@ export class Agent {
       usedBytes: this.registry.usedBytes,
       freeBytes: this.registry.freeBytes,
       vms: this.registry.list().map((vm) => ({ name: vm.name, host: this.name, state: vm.state, memoryBytes: vm.memoryBytes })),
+      cpu: cpuTime(),
     };
   }
 

@@ -117,10 +117,11 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
   hosts
     .command('add <name> <url>')
     .description('add a host (creates the cluster file if there is none)')
-    .action(async (name: string, url: string, _options: unknown, command: Command) => {
+    .option('--migration-url <url>', 'where other agents send this host page streams, if not <url> (a separate migration network)')
+    .action(async (name: string, url: string, options: { migrationUrl?: string }, command: Command) => {
       const { file, cluster: current } = await cluster(command);
-      await saveCluster(file, addHost(current, { name, url }));
-      process.stdout.write(`added ${name} (${url}) to ${file}\n`);
+      await saveCluster(file, addHost(current, { name, url, ...(options.migrationUrl ? { migrationUrl: options.migrationUrl } : {}) }));
+      process.stdout.write(`added ${name} (${url}${options.migrationUrl ? `, migrations via ${options.migrationUrl}` : ''}) to ${file}\n`);
     });
   hosts
     .command('rm <name>')

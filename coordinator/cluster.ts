@@ -11,9 +11,17 @@ import { ErrorCode, FerryError } from '../shared/errors.js';
 import { hostNameSchema } from '../shared/protocol.js';
 
 
+const agentUrlSchema = z.string().regex(/^wss?:\/\/[^\s]+$/, 'a host URL looks like ws://127.0.0.1:7001');
+
 const hostEntrySchema = z.object({
   name: hostNameSchema,
-  url: z.string().regex(/^wss?:\/\/[^\s]+$/, 'a host URL looks like ws://127.0.0.1:7001'),
+  /** Where the coordinator reaches the agent. */
+  url: agentUrlSchema,
+  /**
+   * Where other agents send it page streams, when that is another network than the coordinator's (a migration
+   * network, as vMotion has). Defaults to `url`.
+   */
+  migrationUrl: agentUrlSchema.optional(),
 });
 export type HostEntry = z.infer<typeof hostEntrySchema>;
 

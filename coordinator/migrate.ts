@@ -78,7 +78,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     const offsetMs = now() - startedMs;
     const sourceReport = await source.request(
       'migrate.start',
-      { migrationId, name: request.vm, destination: { name: destinationHost.name, url: destinationHost.url }, options: request.options },
+      { migrationId, name: request.vm, destination: { name: destinationHost.name, url: destinationHost.migrationUrl ?? destinationHost.url }, options: request.options },
       {
         signal: hooks.signal,
         onEvent: (body) => {

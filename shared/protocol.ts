@@ -79,6 +79,8 @@ export const hostInfoSchema = z.object({
   usedBytes: z.number(),
   freeBytes: z.number(),
   vms: z.array(vmSummarySchema),
+  /** CPU time the agent process has used so far, all its threads (vCPUs included): for benchmarks. */
+  cpu: z.object({ userMs: z.number(), systemMs: z.number() }),
 });
 export type HostInfo = z.infer<typeof hostInfoSchema>;
 
