@@ -6,6 +6,9 @@ import { DEFAULT_MAX_DOWNTIME_MS, STOP_RULES } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { HostInfo, MigrationOptions, VmInfo, VmSummary } from '../shared/protocol.js';
 import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } from '../shared/units.js';
+import { runBench } from './bench/command.js';
+import { toMarkdown } from './bench/output.js';
+import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
 import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, type Cluster } from './cluster.js';
 import { withHost } from './connect.js';
 import { dumpMemory, readMemory } from './dump.js';
@@ -251,6 +254,49 @@ Until the commit, any failure leaves the VM running on its source. Exit status i
         : report.outcome === 'failed' && report.error
           ? exitCodeFor(FerryError.fromPayload(report.error))
           : ExitCode.FAILED;
+    });
+
+  program
+    .command('bench')
+    .description('measure live migration: fresh agents per run, raw TCP beside every figure, the pre-copy model beside every run')
+    .option('--scenario <name...>', 'scenarios to run (a name also selects its family: hot-1g runs hot-1g-0 ... hot-1g-150); default: all but smoke')
+    .option('--repeat <n>', 'runs per scenario', '5')
+    .option('--out <dir>', 'where to write results.json, runs.csv, summary.md and charts/ (default: ./bench-results/<time>)')
+    .option('--link <rate>', 'run every scenario over a shaped link of this rate, e.g. 1gbit (network namespaces; needs root)')
+    .option('--scenarios <file>', 'scenario file', undefined)
+    .option('--list', 'list the scenarios and exit')
+    .option('--json', 'print the results as JSON on stdout')
+    .addHelpText('after', `
+Scenarios are data: bench/scenarios.json. Each run starts two ferry-agent processes, creates the VM, lets it run,
+migrates it live, reads both agents' CPU time, and for pattern VMs checks the destination's memory by replay.
+Before the migrations, raw TCP is measured between the same endpoints (1 MiB writes, separate processes).
+
+Examples:
+  ferry bench --scenario smoke --repeat 1
+  ferry bench --scenario idle-1g hot-1g --repeat 5 --out docs/bench`)
+    .action(async (raw: { scenario?: string[]; repeat: string; out?: string; link?: string; scenarios?: string; list?: boolean; json?: boolean }) => {
+      if (raw.list) {
+        for (const scenario of loadScenarios(raw.scenarios ?? defaultScenarioFile())) {
+          process.stdout.write(`${scenario.name.padEnd(18)} ${scenario.description}${scenario.smoke ? ' (smoke)' : ''}\n`);
+        }
+        return;
+      }
+      const repeat = parseCount(raw.repeat, '--repeat');
+      if (repeat < 1) throw new FerryError(ErrorCode.BAD_INPUT, '--repeat must be at least 1', 'medians need 5 or more');
+      if (raw.link) parseRate(raw.link);
+      const results = await runBench({
+        ...(raw.scenario ? { scenarios: raw.scenario } : {}),
+        ...(raw.scenarios ? { scenarioFile: raw.scenarios } : {}),
+        ...(raw.out ? { out: raw.out } : {}),
+        ...(raw.link ? { link: raw.link } : {}),
+        repeat,
+        command: `ferry ${process.argv.slice(2).join(' ')}`,
+        log: (line) => process.stderr.write(`${line}\n`),
+      });
+      if (raw.json) printJson(results);
+      else process.stdout.write(toMarkdown(results));
+      const sound = results.runs.every((run) => run.outcome === 'committed' && run.verification?.match === true && run.replayMatches !== false);
+      process.exitCode = sound ? ExitCode.OK : ExitCode.FAILED;
     });
 
   return program;

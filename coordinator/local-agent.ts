@@ -22,6 +22,10 @@ export interface LocalAgentOptions {
   capacity?: string;
   datastore?: string;
   logLevel?: string;
+  /** Address to bind (default 127.0.0.1). */
+  host?: string;
+  /** Run the agent inside this network namespace (`ip netns exec`; needs root). */
+  netns?: string;
   /** Extra environment, e.g. FERRY_FAULTS. */
   env?: Record<string, string>;
   readyTimeoutMs?: number;
@@ -40,11 +44,12 @@ export interface LocalAgent {
 }
 
 export async function startLocalAgent(options: LocalAgentOptions): Promise<LocalAgent> {
-  const args = [agentEntry(), '--name', options.name, '--port', '0', '--host', '127.0.0.1'];
+  const args = [agentEntry(), '--name', options.name, '--port', '0', '--host', options.host ?? '127.0.0.1'];
   if (options.capacity) args.push('--capacity', options.capacity);
   if (options.datastore) args.push('--datastore', options.datastore);
   if (options.logLevel) args.push('--log-level', options.logLevel);
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
+  const [command, commandArgs] = options.netns ? ['ip', ['netns', 'exec', options.netns, process.execPath, ...args]] : [process.execPath, args];
+  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
     stderr += chunk;

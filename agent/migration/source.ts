@@ -23,7 +23,7 @@ import { RpcConnection } from '../../shared/rpc.js';
 import type { Registry } from '../registry.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import { PageSender } from './page-sender.js';
-import { decideStop, expectedDowntimeMs } from './stop-rules.js';
+import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
 
 export type PeerClient = RpcConnection<Record<never, never>, typeof peerOps>;
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decideStop, expectedDowntimeMs, type RoundFacts } from '../../agent/migration/stop-rules.js';
+import { decideStop, expectedDowntimeMs, type RoundFacts } from '../../shared/stop-rules.js';
 
 const GiB = 1024 ** 3;
 

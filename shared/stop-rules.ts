@@ -7,8 +7,8 @@
  * as the remaining bytes fit the downtime limit: while rounds still shrink the dirty set it goes on, which keeps
  * downtime near the floor instead of near the limit.
  */
-import { PAGE_SIZE, STOP_RULES } from '../../shared/constants.js';
-import type { StopReason } from '../../shared/protocol.js';
+import { PAGE_SIZE, STOP_RULES } from './constants.js';
+import type { StopReason } from './protocol.js';
 
 export interface RoundFacts {
   /** The round just finished, from 1. */

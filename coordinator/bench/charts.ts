@@ -1,0 +1,117 @@
+/**
+ * Charts of a benchmark, as SVG (and PNG beside each, where the renderer loads). Specified in Vega-Lite and
+ * rendered by Vega without a browser; @resvg/resvg-js turns the SVG into PNG.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import * as vega from 'vega';
+import { compile, type TopLevelSpec } from 'vega-lite';
+import type { RawTcpResult } from './baseline.js';
+import type { RunResult } from './runner.js';
+import type { ScenarioSummary } from './summary.js';
+
+const MiB = 1024 ** 2;
+const base = { $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: 520, height: 300, background: 'white' } as const;
+
+async function render(spec: TopLevelSpec): Promise<string> {
+  const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
+  const svg = await view.toSVG();
+  view.finalize();
+  return svg;
+}
+
+async function toPng(svg: string): Promise<Buffer | undefined> {
+  try {
+    const { Resvg } = await import('@resvg/resvg-js');
+    return new Resvg(svg, { background: 'white', fitTo: { mode: 'width', value: 1040 } }).render().asPng();
+  } catch {
+    return undefined; // no renderer for this platform: the SVG stands alone
+  }
+}
+
+/** The charts this set of runs supports, by file name (without extension). */
+function specs(runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult): Record<string, TopLevelSpec> {
+  const charts: Record<string, TopLevelSpec> = {};
+
+  // Bytes per round for one migration: the committed run with the most rounds.
+  const showcase = [...runs].filter((run) => run.outcome === 'committed').sort((a, b) => b.rounds.length - a.rounds.length)[0];
+  if (showcase) {
+    const values = [
+      ...showcase.rounds.map((round) => ({ round: String(round.round), MiB: round.bytes / MiB, kind: 'pre-copy' })),
+      { round: 'stop+copy', MiB: (showcase.stopAndCopyPages * 4096) / MiB, kind: 'stop-and-copy' },
+    ];
+    charts['bytes-per-round'] = {
+      ...base,
+      title: `Bytes per round: ${showcase.scenario}, run ${showcase.repeat}`,
+      data: { values },
+      mark: 'bar',
+      encoding: {
+        x: { field: 'round', type: 'ordinal', sort: null, title: 'round' },
+        y: { field: 'MiB', type: 'quantitative', scale: { type: 'symlog' }, title: 'MiB sent (symlog scale)' },
+        color: { field: 'kind', type: 'nominal', title: null },
+      },
+    };
+  }
+
+  // Downtime against dirty rate, for the scenarios that sweep it.
+  const sweep = summaries.filter((summary) => summary.dirtyRateOfLink !== undefined && summary.link === 'loopback' && summary.scenario.startsWith('hot-'));
+  if (sweep.length > 1) {
+    const values = sweep.flatMap((summary) => [
+      { dirty: summary.dirtyRateOfLink! * 100, ms: summary.downtimeMs.median, low: summary.downtimeMs.min, high: summary.downtimeMs.max, series: 'measured (median, min-max)' },
+      { dirty: summary.dirtyRateOfLink! * 100, ms: summary.predictedDowntimeMs.median, low: summary.predictedDowntimeMs.median, high: summary.predictedDowntimeMs.median, series: 'model' },
+    ]);
+    charts['downtime-vs-dirty-rate'] = {
+      ...base,
+      title: 'Downtime against dirty rate (1 GiB, 64 MiB working set)',
+      data: { values },
+      layer: [
+        { mark: { type: 'line', point: true }, encoding: { x: { field: 'dirty', type: 'quantitative', title: 'dirty rate, % of link rate' }, y: { field: 'ms', type: 'quantitative', scale: { type: 'symlog' }, title: 'downtime, ms (symlog)' }, color: { field: 'series', type: 'nominal', title: null } } },
+        { mark: 'errorbar', encoding: { x: { field: 'dirty', type: 'quantitative' }, y: { field: 'low', type: 'quantitative' }, y2: { field: 'high' }, color: { field: 'series', type: 'nominal' } } },
+      ],
+    };
+  }
+
+  // Round-1 throughput of each scenario against the raw-TCP line.
+  if (summaries.length > 0) {
+    const values = summaries.map((summary) => ({ scenario: summary.scenario, MiBs: summary.round1ThroughputBytesPerSec.median / MiB }));
+    charts['throughput-vs-raw-tcp'] = {
+      ...base,
+      title: `Round-1 throughput against raw TCP (${(rawTcp.bytesPerSec / MiB).toFixed(0)} MiB/s)`,
+      layer: [
+        { data: { values }, mark: 'bar', encoding: { x: { field: 'scenario', type: 'nominal', sort: null, title: null }, y: { field: 'MiBs', type: 'quantitative', title: 'MiB/s' } } },
+        { data: { values: [{ y: rawTcp.bytesPerSec / MiB, label: 'raw TCP' }, { y: (0.4 * rawTcp.bytesPerSec) / MiB, label: '40 % of raw TCP' }] }, mark: { type: 'rule', strokeDash: [4, 3] }, encoding: { y: { field: 'y', type: 'quantitative' }, color: { field: 'label', type: 'nominal', title: null } } },
+      ],
+    };
+  }
+
+  // Measured against predicted total time, one point per run.
+  const modelled = runs.filter((run) => run.outcome === 'committed' && Number.isFinite(run.prediction.totalTimeMs));
+  if (modelled.length > 0) {
+    const values = modelled.map((run) => ({ scenario: run.scenario, predicted: run.prediction.totalTimeMs, measured: run.totalTimeMs }));
+    const top = Math.max(...values.flatMap((value) => [value.predicted, value.measured])) * 1.05;
+    charts['measured-vs-predicted'] = {
+      ...base,
+      title: 'Total time: measured against the pre-copy model',
+      layer: [
+        { data: { values: [{ x: 0, y: 0 }, { x: top, y: top }] }, mark: { type: 'line', color: 'gray', strokeDash: [4, 3] }, encoding: { x: { field: 'x', type: 'quantitative' }, y: { field: 'y', type: 'quantitative' } } },
+        { data: { values }, mark: { type: 'point', filled: true }, encoding: { x: { field: 'predicted', type: 'quantitative', title: 'predicted total time, ms' }, y: { field: 'measured', type: 'quantitative', title: 'measured total time, ms' }, color: { field: 'scenario', type: 'nominal' } } },
+      ],
+    };
+  }
+  return charts;
+}
+
+/** Writes DIR/charts/NAME.svg (and .png); returns the file names written, for the report to link. */
+export async function writeCharts(dir: string, runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult): Promise<string[]> {
+  const folder = path.join(dir, 'charts');
+  await mkdir(folder, { recursive: true });
+  const written: string[] = [];
+  for (const [name, spec] of Object.entries(specs(runs, summaries, rawTcp))) {
+    const svg = await render(spec);
+    await writeFile(path.join(folder, `${name}.svg`), svg);
+    written.push(`${name}.svg`);
+    const png = await toPng(svg);
+    if (png) await writeFile(path.join(folder, `${name}.png`), png);
+  }
+  return written;
+}

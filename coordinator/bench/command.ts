@@ -1,0 +1,110 @@
+/**
+ * `ferry bench`: runs the scenarios, each run with fresh agent processes, and writes the results (JSON, CSV,
+ * Markdown, charts) to a folder.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { rm } from 'node:fs/promises';
+import { formatDuration, formatRate } from '../../shared/units.js';
+import type { RawTcpResult } from './baseline.js';
+import { writeCharts } from './charts.js';
+import { describeEnvironment } from './environment.js';
+import { loopbackLink, shapedLink, type Link } from './link.js';
+import { writeResults, type BenchResults } from './output.js';
+import { benchWorkdir, measureBaseline, runScenario, type RunResult } from './runner.js';
+import { defaultScenarioFile, loadScenarios, selectScenarios, type Scenario } from './scenarios.js';
+import { checkTargets, summarize } from './summary.js';
+
+export interface BenchOptions {
+  scenarios?: string[];
+  scenarioFile?: string;
+  repeat: number;
+  out?: string;
+  /** Run every scenario over this shaped link instead of its own. */
+  link?: string;
+  command: string;
+  log: (line: string) => void;
+}
+
+/** A progress line on a terminal (redrawn), or a line per run elsewhere. */
+function progressLine(total: number): { step(label: string): void; done(): void } {
+  const tty = process.stderr.isTTY === true;
+  const started = performance.now();
+  let finished = 0;
+  return {
+    step(label) {
+      const elapsed = performance.now() - started;
+      const eta = finished > 0 ? formatDuration(((total - finished) * elapsed) / finished) : '?';
+      const width = 24;
+      const filled = Math.round((finished / total) * width);
+      const line = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${finished}/${total} runs, ${label}, eta ${eta}`;
+      process.stderr.write(tty ? `\r\x1b[2K${line}` : `${line}\n`);
+      finished += 1;
+    },
+    done() {
+      if (tty) process.stderr.write('\r\x1b[2K');
+    },
+  };
+}
+
+export async function runBench(options: BenchOptions): Promise<BenchResults> {
+  const all = loadScenarios(options.scenarioFile ?? defaultScenarioFile());
+  const selected = selectScenarios(all, options.scenarios);
+  const linkOf = (scenario: Scenario): string => options.link ?? scenario.link;
+  const linkNames = [...new Set(selected.map(linkOf))];
+
+  const runs: RunResult[] = [];
+  const baselines: Record<string, RawTcpResult> = {};
+  const summaries: BenchResults['summaries'] = [];
+  const workdir = benchWorkdir();
+  const progress = progressLine(selected.length * options.repeat);
+  try {
+    for (const wanted of linkNames) {
+      let link: Link;
+      try {
+        link = wanted === 'loopback' ? loopbackLink() : shapedLink(wanted);
+      } catch (error) {
+        options.log(`link ${wanted} is not available here (${(error as Error).message}); running its scenarios on loopback`);
+        link = loopbackLink();
+      }
+      try {
+        const smoke = selected.every((scenario) => scenario.smoke);
+        options.log(`measuring raw TCP on ${link.name} ...`);
+        const rawTcp = await measureBaseline(link, smoke);
+        baselines[link.name] = rawTcp;
+        options.log(`raw TCP on ${link.name}: ${formatRate(rawTcp.bytesPerSec)}`);
+        for (const scenario of selected.filter((entry) => linkOf(entry) === wanted)) {
+          const scenarioRuns: RunResult[] = [];
+          for (let repeat = 1; repeat <= options.repeat; repeat++) {
+            progress.step(`${scenario.name} #${repeat}`);
+            scenarioRuns.push(await runScenario(scenario, repeat, { link, rawTcp, workdir }));
+          }
+          runs.push(...scenarioRuns);
+          summaries.push(summarize(scenario, scenarioRuns, rawTcp));
+        }
+      } finally {
+        link.teardown();
+      }
+    }
+  } finally {
+    progress.done();
+    await rm(workdir, { recursive: true, force: true });
+  }
+
+  const results: BenchResults = {
+    environment: describeEnvironment([...new Set(runs.map((run) => run.link))].join(', ')),
+    command: options.command,
+    repeat: options.repeat,
+    baselines,
+    summaries,
+    targets: checkTargets(summaries),
+    runs,
+    charts: [],
+  };
+  const out = options.out ?? path.join(process.cwd(), 'bench-results', new Date().toISOString().replace(/[:.]/g, '-'));
+  const loopbackBaseline = baselines.loopback ?? Object.values(baselines)[0];
+  if (loopbackBaseline) results.charts = await writeCharts(out, runs, summaries, loopbackBaseline);
+  await writeResults(out, results);
+  options.log(`results in ${out}${os.EOL}`);
+  return results;
+}

@@ -1,0 +1,181 @@
+/**
+ * Runs benchmark scenarios: for every run, two fresh agent processes, one VM, one live migration, and the
+ * measurements of it, beside the raw-TCP baseline measured over the same endpoints before the migrations.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { PAGE_SIZE, STOP_RULES } from '../../shared/constants.js';
+import type { HostInfo, StopReason, Verification, WorkloadSpec } from '../../shared/protocol.js';
+import { parseDuration, parseRate, parseSize } from '../../shared/units.js';
+import type { Cluster, HostEntry } from '../cluster.js';
+import { withHost } from '../connect.js';
+import { readMemory } from '../dump.js';
+import { migrateLive } from '../migrate.js';
+import { checkPattern } from '../pattern-check.js';
+import type { MigrationReport } from '../report.js';
+import { measureRawTcp, type RawTcpResult } from './baseline.js';
+import type { Link } from './link.js';
+import { predictPreCopy, type ModelPrediction } from './model.js';
+import type { Scenario } from './scenarios.js';
+
+const GiB = 1024 ** 3;
+
+export interface RunResult {
+  scenario: string;
+  repeat: number;
+  link: string;
+  outcome: MigrationReport['outcome'];
+  error?: string;
+  memoryBytes: number;
+  /** Page writes per second asked of the vCPU, and what it achieved during pre-copy. */
+  dirtyRatePagesPerSec: number;
+  achievedDirtyRatePagesPerSec: number;
+  /** The link rate the scenario's dirty rate is a fraction of. */
+  linkRateBytesPerSec: number;
+  rawTcpBytesPerSec: number;
+  round1ThroughputBytesPerSec: number;
+  fractionOfRawTcp: number;
+  totalTimeMs: number;
+  downtimeMs: number;
+  guestBlackoutMs: number;
+  rounds: { round: number; pages: number; bytes: number; durationMs: number; dirtyPagesAfter: number }[];
+  stopAndCopyPages: number;
+  stopReason?: StopReason;
+  bytesSentOverMemory: number;
+  cpu: { sourceMs: number; destinationMs: number; totalMs: number; msPerGiB: number };
+  verification?: Verification;
+  /** Guest memory on the destination checked against a replay of the pattern workload (pattern VMs only). */
+  replayMatches?: boolean;
+  prediction: ModelPrediction;
+  predictionError: { totalTime: number; downtime: number; rounds: number };
+}
+
+export interface BenchContext {
+  link: Link;
+  rawTcp: RawTcpResult;
+  workdir: string;
+  onRunStart?: (scenario: Scenario, repeat: number) => void;
+}
+
+export function linkRateFor(scenario: Scenario, link: Link, rawTcp: RawTcpResult): number {
+  if (scenario.maxBandwidth) return parseRate(scenario.maxBandwidth);
+  return link.shapedBytesPerSec ?? rawTcp.bytesPerSec;
+}
+
+export function workloadFor(scenario: Scenario, linkRateBytesPerSec: number): WorkloadSpec {
+  const memoryBytes = parseSize(scenario.memory);
+  const wssPages = Math.floor((scenario.wss ? parseSize(scenario.wss) : memoryBytes) / PAGE_SIZE);
+  const rate = scenario.workload === 'idle'
+    ? 0
+    : scenario.rate ?? Math.round(((scenario.dirtyRateOfLink ?? 0) * linkRateBytesPerSec) / PAGE_SIZE);
+  return {
+    kind: scenario.workload,
+    rate,
+    wssPages,
+    seed: scenario.seed,
+    ...(scenario.hot ? { hotPages: Math.floor(parseSize(scenario.hot) / PAGE_SIZE) } : {}),
+  };
+}
+
+async function cpuOf(host: HostEntry): Promise<HostInfo['cpu']> {
+  return withHost(host, async (_client, info) => info.cpu);
+}
+
+const relativeError = (measured: number, predicted: number): number => (predicted > 0 ? (measured - predicted) / predicted : Number.NaN);
+
+export async function runScenario(scenario: Scenario, repeat: number, context: BenchContext): Promise<RunResult> {
+  const { link, rawTcp } = context;
+  const memoryBytes = parseSize(scenario.memory);
+  const linkRate = linkRateFor(scenario, link, rawTcp);
+  const workload = workloadFor(scenario, linkRate);
+  const workdir = path.join(context.workdir, `${scenario.name}-${repeat}`);
+  await mkdir(workdir, { recursive: true });
+  const capacity = `${Math.ceil((memoryBytes * 1.5) / 1024 ** 2)}MiB`;
+  const bench = await link.startAgents(capacity, workdir);
+  try {
+    const [hostA, hostB] = bench.cluster.hosts as [Cluster['hosts'][number], Cluster['hosts'][number]];
+    await withHost(hostA, (client) => client.request('vm.create', { name: 'bench', memoryBytes, workload }));
+    await new Promise((resolve) => setTimeout(resolve, parseDuration(scenario.warmup)));
+
+    const cpuBefore = [await cpuOf(hostA), await cpuOf(hostB)];
+    const before = await withHost(hostA, (client) => client.request('vm.info', { name: 'bench' }));
+    const options = {
+      maxDowntimeMs: parseDuration(scenario.maxDowntime),
+      maxBandwidthBytesPerSec: scenario.maxBandwidth ? parseRate(scenario.maxBandwidth) : 0,
+      maxRounds: STOP_RULES.maxRounds,
+      verify: scenario.verify,
+    };
+    const report = await migrateLive(bench.cluster, { vm: 'bench', to: 'host-b', options });
+    const cpuAfter = [await cpuOf(hostA), await cpuOf(hostB)];
+    const cpuSpent = cpuAfter.map((after, i) => after.userMs + after.systemMs - (cpuBefore[i]!.userMs + cpuBefore[i]!.systemMs));
+
+    // The vCPU's achieved rate: writes from just before the migration to the pause (the start of stage 3, on the
+    // report's clock, which starts when migrateLive is called, right after `before` was read).
+    const pausedAtMs = report.stages.find((stage) => stage.stage === 3)?.startMs ?? report.totalTimeMs;
+    const achieved = report.cpu ? ((report.cpu.n - before.cpu.n) / Math.max(pausedAtMs, 1)) * 1000 : 0;
+
+    let replayMatches: boolean | undefined;
+    if (report.outcome === 'committed' && workload.kind === 'pattern') {
+      const { info, image } = await withHost(hostB, (client) => readMemory(client, 'bench'));
+      replayMatches = checkPattern(info, image).ok;
+    }
+
+    const round1 = report.rounds[0]?.throughputBytesPerSec ?? 0;
+    const prediction = predictPreCopy({
+      memoryBytes,
+      wssPages: workload.wssPages,
+      dirtyPagesPerSec: achieved,
+      linkBytesPerSec: round1 > 0 ? round1 : linkRate,
+      maxDowntimeMs: options.maxDowntimeMs,
+      maxRounds: options.maxRounds,
+    });
+    const downtimeMs = report.downtimeMs ?? Number.NaN;
+    return {
+      scenario: scenario.name,
+      repeat,
+      link: link.name,
+      outcome: report.outcome,
+      ...(report.error ? { error: `${report.error.code}: ${report.error.message}` } : {}),
+      memoryBytes,
+      dirtyRatePagesPerSec: workload.rate,
+      achievedDirtyRatePagesPerSec: achieved,
+      linkRateBytesPerSec: linkRate,
+      rawTcpBytesPerSec: rawTcp.bytesPerSec,
+      round1ThroughputBytesPerSec: round1,
+      fractionOfRawTcp: round1 / rawTcp.bytesPerSec,
+      totalTimeMs: report.totalTimeMs,
+      downtimeMs,
+      guestBlackoutMs: report.guestBlackoutMs ?? Number.NaN,
+      rounds: report.rounds.map(({ round, pages, bytes, durationMs, dirtyPagesAfter }) => ({ round, pages, bytes, durationMs, dirtyPagesAfter })),
+      stopAndCopyPages: report.stopAndCopy?.pages ?? 0,
+      ...(report.stopReason ? { stopReason: report.stopReason } : {}),
+      bytesSentOverMemory: report.bytesSent / memoryBytes,
+      cpu: {
+        sourceMs: cpuSpent[0]!,
+        destinationMs: cpuSpent[1]!,
+        totalMs: cpuSpent[0]! + cpuSpent[1]!,
+        msPerGiB: report.bytesSent > 0 ? ((cpuSpent[0]! + cpuSpent[1]!) / report.bytesSent) * GiB : Number.NaN,
+      },
+      ...(report.verification ? { verification: report.verification } : {}),
+      ...(replayMatches !== undefined ? { replayMatches } : {}),
+      prediction,
+      predictionError: {
+        totalTime: relativeError(report.totalTimeMs, prediction.totalTimeMs),
+        downtime: relativeError(downtimeMs, prediction.downtimeMs),
+        rounds: report.rounds.length - prediction.rounds.length,
+      },
+    };
+  } finally {
+    await bench.stop();
+    await rm(workdir, { recursive: true, force: true });
+  }
+}
+
+export async function measureBaseline(link: Link, smoke: boolean): Promise<RawTcpResult> {
+  return measureRawTcp(link.endpoints, smoke ? 64 * 1024 ** 2 : GiB, smoke ? 1 : 3);
+}
+
+export function benchWorkdir(): string {
+  return path.join(os.tmpdir(), `ferry-bench-${process.pid}`);
+}

@@ -1,0 +1,86 @@
+/**
+ * Benchmark scenarios, declared as data (bench/scenarios.json), checked on load.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { verifyModeSchema, workloadKindSchema } from '../../shared/protocol.js';
+
+export const scenarioSchema = z.object({
+  name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/),
+  description: z.string(),
+  memory: z.string(),
+  workload: workloadKindSchema,
+  /** Page writes per second; or give dirtyRateOfLink. */
+  rate: z.number().int().min(0).optional(),
+  /** Dirty rate as a fraction of the link rate (bytes of page writes per second / link bytes per second). */
+  dirtyRateOfLink: z.number().min(0).optional(),
+  wss: z.string().optional(),
+  hot: z.string().optional(),
+  seed: z.number().int().min(1).default(7),
+  verify: verifyModeSchema.default('pages'),
+  /** `loopback`, or a shaped link rate such as `1gbit`. */
+  link: z.string().default('loopback'),
+  maxBandwidth: z.string().optional(),
+  maxDowntime: z.string().default('300ms'),
+  /** How long the guest runs before the migration starts. */
+  warmup: z.string().default('1s'),
+  /** A small scenario that proves the benchmark works, for CI. */
+  smoke: z.boolean().default(false),
+});
+export type Scenario = z.infer<typeof scenarioSchema>;
+
+const fileSchema = z.object({ scenarios: z.array(scenarioSchema).min(1) });
+
+/** The repository root: the nearest folder above this file with ferry's package.json. */
+export function projectRoot(): string {
+  let folder = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const manifest = path.join(folder, 'package.json');
+    if (existsSync(manifest) && (JSON.parse(readFileSync(manifest, 'utf8')) as { name?: string }).name === 'ferry') return folder;
+    const parent = path.dirname(folder);
+    if (parent === folder) throw new FerryError(ErrorCode.IO, 'cannot find the ferry project folder', 'run ferry from its installation');
+    folder = parent;
+  }
+}
+
+export function defaultScenarioFile(): string {
+  return path.join(projectRoot(), 'bench', 'scenarios.json');
+}
+
+export function loadScenarios(file: string): Scenario[] {
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new FerryError(ErrorCode.BAD_INPUT, `cannot read scenarios from ${file}: ${(error as Error).message}`, 'give a JSON file like bench/scenarios.json');
+  }
+  const parsed = fileSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new FerryError(ErrorCode.BAD_INPUT, `${file}: ${issue?.path.join('.')}: ${issue?.message}`, 'see bench/scenarios.json for the fields');
+  }
+  const names = new Set<string>();
+  for (const scenario of parsed.data.scenarios) {
+    if (names.has(scenario.name)) throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} appears twice`, 'give each scenario its own name');
+    names.add(scenario.name);
+    if ((scenario.rate === undefined) === (scenario.dirtyRateOfLink === undefined) && scenario.workload !== 'idle') {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} needs exactly one of rate and dirtyRateOfLink`, 'rate is page writes per second; dirtyRateOfLink a fraction of the link');
+    }
+  }
+  return parsed.data.scenarios;
+}
+
+/** The scenarios named, in file order; by default every scenario except the smoke test. */
+export function selectScenarios(all: Scenario[], names: string[] | undefined): Scenario[] {
+  if (!names || names.length === 0) return all.filter((scenario) => !scenario.smoke);
+  for (const name of names) {
+    if (!all.some((scenario) => scenario.name === name || scenario.name.startsWith(`${name}-`))) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `no scenario named ${name}`, `known: ${all.map((scenario) => scenario.name).join(', ')}`);
+    }
+  }
+  // A name selects itself and its family: "hot-1g" selects hot-1g-0 ... hot-1g-150.
+  return all.filter((scenario) => names.some((name) => scenario.name === name || scenario.name.startsWith(`${name}-`)));
+}

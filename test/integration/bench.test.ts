@@ -1,0 +1,67 @@
+/**
+ * The benchmark runs end to end and writes well-formed results. Nothing here looks at its timings.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { runFerry } from '../harness.js';
+
+let dir: string | undefined;
+afterEach(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+
+describe('ferry bench', () => {
+  it('runs the smoke scenario and writes JSON, CSV, Markdown and charts that agree with each other', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
+    const out = path.join(dir, 'results');
+    const result = await runFerry(['bench', '--scenario', 'smoke', '--repeat', '2', '--out', out, '--json']);
+    expect(result.code, result.stderr).toBe(0);
+    const results = result.json();
+    expect(JSON.parse(readFileSync(path.join(out, 'results.json'), 'utf8'))).toEqual(results);
+
+    expect(results.environment).toMatchObject({ cores: os.cpus().length, node: process.version, link: 'loopback' });
+    expect(Object.keys(results.environment.libraries)).toEqual(expect.arrayContaining(['ws', 'msgpackr', 'xxhash-wasm']));
+    expect(results.baselines.loopback.bytesPerSec).toBeGreaterThan(0);
+    expect(results.baselines.loopback.cpuMsPerGiB).toBeGreaterThan(0);
+
+    expect(results.runs).toHaveLength(2);
+    for (const run of results.runs) {
+      expect(run).toMatchObject({ scenario: 'smoke', link: 'loopback', outcome: 'committed', replayMatches: true, memoryBytes: 16 * 1024 * 1024 });
+      expect(run.verification).toMatchObject({ mode: 'full', match: true });
+      expect(run.rounds.length).toBeGreaterThanOrEqual(1);
+      expect(run.round1ThroughputBytesPerSec).toBeGreaterThan(0);
+      expect(run.fractionOfRawTcp).toBeCloseTo(run.round1ThroughputBytesPerSec / run.rawTcpBytesPerSec, 6);
+      expect(run.cpu.sourceMs).toBeGreaterThan(0);
+      expect(run.cpu.destinationMs).toBeGreaterThan(0);
+      expect(run.prediction.rounds.length).toBeGreaterThanOrEqual(1);
+      expect(Number.isFinite(run.predictionError.totalTime)).toBe(true);
+    }
+    expect(results.summaries).toHaveLength(1);
+    expect(results.summaries[0]).toMatchObject({ scenario: 'smoke', runs: 2, committed: 2, allVerified: true, allReplayMatched: true });
+
+    const csv = readFileSync(path.join(out, 'runs.csv'), 'utf8').trim().split('\n');
+    expect(csv).toHaveLength(3);
+    expect(csv[0]).toContain('round1_throughput_bytes_per_sec');
+    const markdown = readFileSync(path.join(out, 'summary.md'), 'utf8');
+    expect(markdown).toContain('| smoke | loopback |');
+    expect(markdown).toContain('Raw TCP on loopback');
+    for (const chart of results.charts) {
+      const svg = readFileSync(path.join(out, 'charts', chart), 'utf8');
+      expect(svg.startsWith('<svg')).toBe(true);
+      expect(markdown).toContain(`charts/${chart}`);
+    }
+    expect(results.charts).toEqual(expect.arrayContaining(['bytes-per-round.svg', 'throughput-vs-raw-tcp.svg', 'measured-vs-predicted.svg']));
+    expect(existsSync(path.join(out, 'charts', 'bytes-per-round.png'))).toBe(true);
+  });
+
+  it('refuses an unknown scenario with exit 2 and lists the known ones', async () => {
+    const result = await runFerry(['bench', '--scenario', 'warp-speed']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('no scenario named warp-speed');
+    expect(result.stderr).toContain('idle-1g');
+  });
+});
