@@ -205,10 +205,13 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
 
     // Stage 4: commitment. The destination checks its image and answers with its digests; we compare.
     enterStage(4);
-    const digestStartMs = now();
-    const sourceDigest = formatDigest(digestPageTable(sender.hashes));
+    // Ask first, then compute our own digest while the destination computes its own.
     const verifyStartMs = now();
-    const answer = await peer.request('peer.verify', { registers, mode: options.verify }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+    const asked = peer.request('peer.verify', { registers, mode: options.verify }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+    asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
+    const sourceDigest = formatDigest(digestPageTable(sender.hashes));
+    const digestMs = now() - verifyStartMs;
+    const answer = await asked;
     const memoryMatch = sourceMemoryDigest === undefined || sourceMemoryDigest === answer.destMemoryDigest;
     const match = sourceDigest === answer.destDigest && memoryMatch && answer.damagedWhilePaused === 0;
     verification = {
@@ -226,7 +229,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
     committed = true;
     log.info('committed', { vm: vm.name, digest: sourceDigest });
-    log.debug('commit timing', { digestMs: verifyStartMs - digestStartMs, verifyRoundTripMs: now() - verifyStartMs });
+    log.debug('commit timing', { digestMs, verifyRoundTripMs: now() - verifyStartMs });
 
     // Stage 5: activation on the destination, then the source frees its copy.
     enterStage(5);

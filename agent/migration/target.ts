@@ -93,23 +93,34 @@ export class MigrationTarget {
     }
     const paused = (header.flags & PAGE_FLAG_PAUSED) !== 0;
     const { pages, hashes } = header;
-    for (let i = 0; i < pages.length; i++) {
-      const page = pages[i]!;
-      const bytes = data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
-      if (this.faults.corruptPage === page) {
+    const count = pages.length;
+    const faulty = this.faults.corruptPage;
+    if (faulty !== undefined) {
+      const index = pages.indexOf(faulty);
+      if (index >= 0) {
         this.faults.corruptPage = undefined;
-        bytes[17] = (bytes[17] ?? 0) ^ 0xff;
-        this.log.warn('fault: corrupted a page in transit', { page });
+        data[index * PAGE_SIZE + 17]! ^= 0xff;
+        this.log.warn('fault: corrupted a page in transit', { page: faulty });
       }
-      const hash = hashBytes(bytes);
+    }
+    // Install first, in one copy when the pages are a run (all of round 1), then hash each page where it now lies.
+    const memory = this.vm.memory;
+    const first = pages[0]!;
+    if (pages[count - 1]! - first === count - 1) {
+      memory.set(data, first * PAGE_SIZE);
+    } else {
+      for (let i = 0; i < count; i++) memory.set(data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), pages[i]! * PAGE_SIZE);
+    }
+    for (let i = 0; i < count; i++) {
+      const page = pages[i]!;
+      const hash = hashBytes(memory.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE));
       if (hash !== hashes[i]) {
         if (paused) this.damagedWhilePaused += 1;
         else this.pageMismatches += 1;
       }
-      this.vm.memory.set(bytes, page * PAGE_SIZE);
       this.hashes[page] = hash;
     }
-    this.pagesReceived += pages.length;
+    this.pagesReceived += count;
   }
 
   /** Every frame before this request has been installed (frames are handled in order, synchronously). */
