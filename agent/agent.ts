@@ -61,22 +61,31 @@ export class Agent {
     };
   }
 
-  /** A VM the coordinator may act on: not one that is arriving, leaving, or suspended mid-migration. */
-  private settled(name: string, action: string): VirtualMachine {
+  /**
+   * Runs `operation` with VM `name` to itself. Only a running or paused VM that no other operation holds may be
+   * acted on: a dump, a pause or a migration never interleave on one VM (a migration that began while a dump had the
+   * guest paused would take the dump's pause for the guest's own).
+   */
+  private async exclusive<T>(name: string, action: string, operation: (vm: VirtualMachine) => Promise<T>): Promise<T> {
     const vm = this.registry.get(name);
     if (vm.state !== 'running' && vm.state !== 'paused') {
       throw new FerryError(ErrorCode.VM_STATE, `cannot ${action} ${name}: it is ${vm.state}`, 'wait for its migration to finish, then retry');
     }
-    return vm;
+    if (vm.busy) {
+      throw new FerryError(ErrorCode.VM_STATE, `cannot ${action} ${name}: a ${vm.busy} of it is under way`, 'wait for it to finish, then retry');
+    }
+    vm.busy = action;
+    try {
+      return await operation(vm);
+    } finally {
+      vm.busy = undefined;
+    }
   }
 
   serveControl(connection: ControlServer): void {
     connection.handle('host.info', async () => this.hostInfo());
 
     connection.handle('vm.create', async ({ name, memoryBytes, workload }) => {
-      if (workload.wssPages > memoryBytes / 4096) {
-        throw new FerryError(ErrorCode.BAD_INPUT, `the working set (${workload.wssPages} pages) is larger than ${name}'s memory`, 'give --wss at most --memory');
-      }
       const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'paused', 'be created');
       await vm.resume();
       vm.state = 'running';
@@ -86,33 +95,29 @@ export class Agent {
 
     connection.handle('vm.info', async ({ name }) => this.registry.get(name).info(this.name));
 
-    connection.handle('vm.pause', async ({ name }) => {
-      const vm = this.settled(name, 'pause');
+    connection.handle('vm.pause', async ({ name }) => this.exclusive(name, 'pause', async (vm) => {
       if (vm.state === 'running') {
         await vm.pause();
         vm.state = 'paused';
       }
       return vm.info(this.name);
-    });
+    }));
 
-    connection.handle('vm.resume', async ({ name }) => {
-      const vm = this.settled(name, 'resume');
+    connection.handle('vm.resume', async ({ name }) => this.exclusive(name, 'resume', async (vm) => {
       if (vm.state === 'paused') {
         await vm.resume();
         vm.state = 'running';
       }
       return vm.info(this.name);
-    });
+    }));
 
-    connection.handle('vm.destroy', async ({ name }) => {
-      const vm = this.settled(name, 'destroy');
+    connection.handle('vm.destroy', async ({ name }) => this.exclusive(name, 'destroy', async (vm) => {
       await this.registry.release(vm);
       this.log.info('vm destroyed', { vm: name });
       return {};
-    });
+    }));
 
-    connection.handle('vm.dump', async ({ name }, context) => {
-      const vm = this.settled(name, 'dump');
+    connection.handle('vm.dump', async ({ name }, context) => this.exclusive(name, 'dump', async (vm) => {
       const wasRunning = vm.state === 'running';
       if (wasRunning) await vm.pause();
       vm.state = 'paused';
@@ -129,7 +134,7 @@ export class Agent {
           vm.state = 'running';
         }
       }
-    });
+    }));
 
     connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload }) => {
       if (this.incoming.has(migrationId)) {
@@ -144,39 +149,40 @@ export class Agent {
     });
 
     connection.handle('migrate.release', async ({ migrationId }) => {
-      await this.incoming.get(migrationId)?.drop('released by the coordinator');
+      // A verified image is kept: its source may have committed (target.ts says why).
+      await this.incoming.get(migrationId)?.drop('released by the coordinator', { keepVerified: true });
       return {};
     });
 
     connection.handle('migrate.start', async ({ migrationId, name, destination, options }, context) => {
-      const vm = this.settled(name, 'migrate');
       if (destination.name === this.name) {
         throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${this.name}`, 'pick another destination');
       }
-      this.log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
-      // Claimed before the first await, so a second migration of the same VM is refused, not raced.
-      const wasRunning = vm.state === 'running';
-      vm.state = 'migrating-out';
-      let peer;
-      try {
-        peer = await this.dialPeer(destination.url, migrationId, this.name, context.signal);
-      } catch (error) {
-        vm.state = wasRunning ? 'running' : 'paused';
-        throw error;
-      }
-      const report = await runSource({
-        vm,
-        wasRunning,
-        registry: this.registry,
-        peer,
-        options,
-        signal: context.signal,
-        now: () => performance.now(),
-        emit: (event) => void context.event(event),
-        log: this.log,
+      return this.exclusive(name, 'migration', async (vm) => {
+        this.log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
+        const wasRunning = vm.state === 'running';
+        vm.state = 'migrating-out';
+        let peer;
+        try {
+          peer = await this.dialPeer(destination.url, migrationId, this.name, context.signal);
+        } catch (error) {
+          vm.state = wasRunning ? 'running' : 'paused';
+          throw error;
+        }
+        const report = await runSource({
+          vm,
+          wasRunning,
+          registry: this.registry,
+          peer,
+          options,
+          signal: context.signal,
+          now: () => performance.now(),
+          emit: (event) => void context.event(event),
+          log: this.log,
+        });
+        this.log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
+        return report;
       });
-      this.log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
-      return report;
     });
   }
 
@@ -195,11 +201,13 @@ export class Agent {
     connection.signal.addEventListener('abort', () => target?.connectionClosed(), { once: true });
 
     connection.handle('peer.hello', async ({ migrationId }) => {
+      if (target) throw new FerryError(ErrorCode.PROTOCOL, 'this page stream already belongs to a migration', 'open a new connection per migration');
       const found = this.incoming.get(migrationId);
       if (!found) {
         throw new FerryError(ErrorCode.VM_NOT_FOUND, `no reservation for migration ${migrationId} on ${this.name}`, 'the reservation expired or was released; start the migration again');
       }
       found.attach();
+      found.closeStream = () => connection.close(1001, 'reservation expired');
       target = found;
       return { name: this.name };
     });
@@ -221,7 +229,7 @@ export class Agent {
       return reply;
     });
     connection.handle('peer.abort', async ({ reason }) => {
-      await current().drop(`the source aborted: ${reason}`);
+      await current().drop(`the source aborted: ${reason}`, { keepVerified: false });
       return {};
     });
   }

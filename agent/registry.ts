@@ -63,6 +63,9 @@ export class Registry {
    * `purpose` names the request in the refusal ("create", "receive").
    */
   async allocate(spec: VmSpec, state: VmState, purpose: string): Promise<VirtualMachine> {
+    if (spec.workload.wssPages > spec.memoryBytes / 4096 || (spec.workload.hotPages ?? 0) > spec.workload.wssPages) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `the working set of ${spec.name} is larger than its memory (or its hot set than its working set)`, 'give --wss at most --memory, and --hot at most --wss');
+    }
     if (this.has(spec.name)) {
       throw new FerryError(ErrorCode.VM_EXISTS, `${this.hostName} already has a VM named ${spec.name}`, 'pick another name, or destroy the existing VM first');
     }

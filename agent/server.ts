@@ -21,12 +21,21 @@ export interface RunningServer {
 
 export async function startServer(agent: Agent, host: string, port: number): Promise<RunningServer> {
   const server = http.createServer((_request, response) => {
+    // Plain HTTP gets a hint and nothing else.
     response.writeHead(426, { 'content-type': 'text/plain' }).end('ferry-agent speaks WebSocket on /control and /peer\n');
   });
   const sockets = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false });
 
   server.on('upgrade', (request, socket, head) => {
-    const path = new URL(request.url ?? '/', 'ws://agent').pathname;
+    // Nothing a client sends before the upgrade may take the agent down: a reset socket or a URL that does not
+    // parse is refused, never thrown.
+    socket.on('error', () => socket.destroy());
+    let path: string;
+    try {
+      path = new URL(request.url ?? '/', 'ws://agent').pathname;
+    } catch {
+      path = '';
+    }
     if (path !== '/control' && path !== '/peer') {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
       return;
@@ -38,6 +47,7 @@ export async function startServer(agent: Agent, host: string, port: number): Pro
     });
   });
 
+  server.on('clientError', (_error, socket) => socket.destroy());
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolve());

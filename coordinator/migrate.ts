@@ -92,7 +92,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     const last = stages.at(-1);
     if (last) last.endMs = offsetMs;
     stages.push(...sourceReport.stages.map((stage) => ({ ...stage, startMs: stage.startMs + offsetMs, endMs: stage.endMs + offsetMs })));
-    if (sourceReport.outcome !== 'committed') {
+    if (!sourceReport.committed) {
       await destination.request('migrate.release', { migrationId }, { timeoutMs: 5000 }).catch(() => undefined);
     }
     const exceeded = sourceReport.downtimeMs !== undefined

@@ -29,7 +29,15 @@ export function fromWebSocket(socket: WebSocket): FrameSocket {
  * Two connected in-memory ends. Like a real socket, a message's bytes are read after `send` returns (on a later
  * turn of the event loop), so code that changes a buffer before its callback fires is caught here too.
  */
-export function createSocketPair(): [FrameSocket, FrameSocket] {
+export interface SocketPairOptions {
+  /**
+   * Consulted for every message; returning true loses that message and breaks the link, as a network that fails
+   * at exactly that moment would. `from` is 0 for messages the first end sends, 1 for the second's.
+   */
+  cut?: (from: 0 | 1, data: Buffer) => boolean;
+}
+
+export function createSocketPair(options: SocketPairOptions = {}): [FrameSocket, FrameSocket] {
   interface End {
     messageListeners: ((data: Buffer) => void)[];
     closeListeners: (() => void)[];
@@ -46,10 +54,17 @@ export function createSocketPair(): [FrameSocket, FrameSocket] {
       for (const listener of end.closeListeners) listener();
     }
   };
-  const socket = (self: End, peer: End): FrameSocket => ({
+  const socket = (self: End, peer: End, from: 0 | 1): FrameSocket => ({
     send(data, callback) {
       if (self.closed) {
         setImmediate(() => callback?.(new Error('socket closed')));
+        return;
+      }
+      if (options.cut?.(from, data)) {
+        setImmediate(() => {
+          callback?.(new Error('link cut'));
+          closeBoth();
+        });
         return;
       }
       setImmediate(() => {
@@ -66,5 +81,5 @@ export function createSocketPair(): [FrameSocket, FrameSocket] {
     onMessage: (listener) => void self.messageListeners.push(listener),
     onClose: (listener) => void self.closeListeners.push(listener),
   });
-  return [socket(ends[0], ends[1]), socket(ends[1], ends[0])];
+  return [socket(ends[0], ends[1], 0), socket(ends[1], ends[0], 1)];
 }

@@ -139,6 +139,8 @@ export const errorPayloadSchema = z.object({
 /** What the source agent knows of a migration when it ends; the coordinator adds its own timings. */
 export const sourceReportSchema = z.object({
   outcome: z.enum(['committed', 'rolled-back', 'failed']),
+  /** The source passed its commit point: the destination's copy is the VM, even if its activation went unconfirmed. */
+  committed: z.boolean(),
   error: errorPayloadSchema.optional(),
   stopReason: stopReasonSchema.optional(),
   rounds: z.array(roundReportSchema),

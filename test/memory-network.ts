@@ -20,6 +20,8 @@ export interface MemoryNetwork {
   connect: Connector;
   /** Every peer socket opened so far, source end first: tests close them to cut the link. */
   peerLinks: FrameSocket[][];
+  /** Breaks a peer link at the first message this returns true for (see SocketPairOptions.cut). */
+  peerCut: ((fromDestination: boolean, data: Buffer) => boolean) | undefined;
   shutdown(): Promise<void>;
 }
 
@@ -27,6 +29,7 @@ export async function createMemoryNetwork(hosts: { name: string; capacityBytes?:
   await initChecksums();
   const agents = new Map<string, Agent>();
   const peerLinks: FrameSocket[][] = [];
+  const network = { peerCut: undefined as MemoryNetwork['peerCut'] };
   const log = createLogger('memory', 'error');
   const urlOf = (name: string): string => `memory://${name}`;
   const agentAt = (url: string): Agent => {
@@ -41,7 +44,7 @@ export async function createMemoryNetwork(hosts: { name: string; capacityBytes?:
       faults: parseFaults(host.faults),
       log,
       dialPeer: async (url, migrationId, from, signal) => {
-        const [sourceEnd, destinationEnd] = createSocketPair();
+        const [sourceEnd, destinationEnd] = createSocketPair({ cut: (from, data) => network.peerCut?.(from === 1, data) ?? false });
         peerLinks.push([sourceEnd, destinationEnd]);
         agentAt(url).servePeer(new RpcConnection(destinationEnd, peerOps, {}));
         return greetDestination(new RpcConnection(sourceEnd, {}, peerOps), migrationId, from, signal);
@@ -53,7 +56,7 @@ export async function createMemoryNetwork(hosts: { name: string; capacityBytes?:
     agentAt(host.url).serveControl(new RpcConnection(agentEnd, controlOps, {}));
     return new RpcConnection(coordinatorEnd, {}, controlOps);
   };
-  return {
+  return Object.assign(network, {
     agents,
     cluster: { hosts: hosts.map((host) => ({ name: host.name, url: urlOf(host.name) })) },
     connect,
@@ -61,5 +64,5 @@ export async function createMemoryNetwork(hosts: { name: string; capacityBytes?:
     shutdown: async () => {
       await Promise.all([...agents.values()].map((agent) => agent.shutdown()));
     },
-  };
+  });
 }

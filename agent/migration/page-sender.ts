@@ -17,7 +17,7 @@
  * Buffers given to `send` are referenced until its callback fires: staging buffers return to the pool only then,
  * and at most SEND_WINDOW_BYTES of page data are outstanding (backpressure).
  */
-import { PAGE_SIZE, PAGES_PER_FRAME, SEND_WINDOW_BYTES } from '../../shared/constants.js';
+import { PAGE_SIZE, PAGES_PER_FRAME, PEER_REPLY_TIMEOUT_MS, SEND_WINDOW_BYTES } from '../../shared/constants.js';
 import { hashBytes } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
@@ -136,12 +136,25 @@ export class PageSender {
     const done = (): boolean => this.outstandingBytes <= threshold || this.sendError !== undefined || signal.aborted;
     if (done()) return Promise.resolve();
     return new Promise((resolve) => {
-      const finish = (): void => {
-        if (!done()) return;
-        this.drained = undefined;
+      // A destination that stops reading (hung, or stopped) must not hold the guest here forever: if the socket
+      // takes nothing for PEER_REPLY_TIMEOUT_MS, the send fails and the migration rolls back.
+      let stalled = setTimeout(onStall, PEER_REPLY_TIMEOUT_MS);
+      const sender = this;
+      function onStall(): void {
+        sender.sendError ??= new FerryError(ErrorCode.TIMEOUT, `the destination took no page data for ${PEER_REPLY_TIMEOUT_MS / 1000} s`, 'check that the destination agent is alive and not overloaded');
+        finish();
+      }
+      function finish(): void {
+        if (!done()) {
+          clearTimeout(stalled);
+          stalled = setTimeout(onStall, PEER_REPLY_TIMEOUT_MS);
+          return;
+        }
+        clearTimeout(stalled);
+        sender.drained = undefined;
         signal.removeEventListener('abort', finish);
         resolve();
-      };
+      }
       this.drained = finish;
       signal.addEventListener('abort', finish, { once: true });
     });

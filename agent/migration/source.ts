@@ -39,12 +39,18 @@ export async function connectToDestination(url: string, migrationId: string, fro
     perMessageDeflate: false,
   });
   await new Promise<void>((resolve, reject) => {
+    const onAbort = (): void => fail(new Error('cancelled'));
     const fail = (error: Error): void => {
+      signal.removeEventListener('abort', onAbort);
+      socket.terminate();
       reject(new FerryError(ErrorCode.UNREACHABLE, `cannot open the page stream to ${url}: ${error.message}`, 'check that the destination agent runs and that this host can reach it'));
     };
-    socket.once('open', () => resolve());
+    socket.once('open', () => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    });
     socket.once('error', fail);
-    signal.addEventListener('abort', () => fail(new Error('cancelled')), { once: true });
+    signal.addEventListener('abort', onAbort, { once: true });
   });
   return greetDestination(new RpcConnection(fromWebSocket(socket), {}, peerOps), migrationId, from, signal);
 }
@@ -117,6 +123,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     closeStages();
     return {
       outcome,
+      committed,
       ...(error ? { error: error.toPayload() } : {}),
       ...(stopReason ? { stopReason } : {}),
       rounds,
@@ -189,7 +196,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     // Stage 3: stop-and-copy. Pause the vCPU, send what is still dirty and the registers.
     enterStage(3);
     pausedAtMs = now();
-    if (wasRunning) await vm.pause();
+    if (vm.vcpuRunning) await vm.pause();
     vm.state = 'suspended';
     const lastPages = vm.dirtyLog.harvest();
     const lastStartMs = now();
@@ -262,6 +269,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     return report('rolled-back', error);
   } finally {
     context.signal.removeEventListener('abort', onAbort);
+    peer.signal.removeEventListener('abort', onAbort);
   }
 }
 
@@ -270,6 +278,12 @@ async function rollBack(context: SourceContext, wasRunning: boolean, error: Ferr
   log.warn('rolling back', { vm: vm.name, code: error.code, error: error.message });
   await peer.request('peer.abort', { reason: error.message }, { timeoutMs: 2000 }).catch(() => undefined);
   peer.close();
-  if (wasRunning && !vm.vcpuRunning) await vm.resume();
-  vm.state = wasRunning ? 'running' : 'paused';
+  try {
+    if (wasRunning && !vm.vcpuRunning) await vm.resume();
+    vm.state = wasRunning ? 'running' : 'paused';
+  } catch (resumeError) {
+    // The memory is intact; the vCPU would not restart. Say so, and leave the VM paused rather than 'migrating'.
+    vm.state = 'paused';
+    log.error('could not resume the vCPU after rolling back', { vm: vm.name, error: (resumeError as Error).message });
+  }
 }

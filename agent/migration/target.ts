@@ -22,8 +22,9 @@ import type { Faults } from '../faults.js';
 import type { Registry } from '../registry.js';
 import type { VirtualMachine } from '../vm/vm.js';
 
-/** A reservation the source never connects to is dropped after this long. */
+/** A reservation whose source stays silent this long (never connects, or stalls mid-stream) is dropped. */
 export const RESERVATION_TIMEOUT_MS = 60_000;
+const STALL_CHECK_MS = 5_000;
 
 type Phase = 'reserved' | 'receiving' | 'verified' | 'active' | 'dropped';
 
@@ -39,7 +40,10 @@ export class MigrationTarget {
   private pagesReceived = 0;
   private pageMismatches = 0;
   private damagedWhilePaused = 0;
-  private readonly expiry: NodeJS.Timeout;
+  private readonly watchdog: NodeJS.Timeout;
+  private lastHeardMs = performance.now();
+  /** Closes the page stream; set once a source has said hello. */
+  closeStream: (() => void) | undefined;
   onFinished: (() => void) | undefined;
 
   constructor(migrationId: string, vm: VirtualMachine, registry: Registry, faults: Faults, log: Logger) {
@@ -49,10 +53,14 @@ export class MigrationTarget {
     this.faults = faults;
     this.log = log;
     this.hashes = new BigUint64Array(vm.pageCount);
-    this.expiry = setTimeout(() => {
-      if (this.phase === 'reserved') void this.drop('the source never connected');
-    }, RESERVATION_TIMEOUT_MS);
-    this.expiry.unref();
+    // Before verification nothing can have been committed, so a silent source costs only its reservation.
+    this.watchdog = setInterval(() => {
+      if ((this.phase === 'reserved' || this.phase === 'receiving') && performance.now() - this.lastHeardMs > RESERVATION_TIMEOUT_MS) {
+        this.closeStream?.();
+        void this.drop(`nothing heard from the source for ${RESERVATION_TIMEOUT_MS / 1000} s`, { keepVerified: true });
+      }
+    }, STALL_CHECK_MS);
+    this.watchdog.unref();
   }
 
   get state(): Phase {
@@ -72,6 +80,7 @@ export class MigrationTarget {
    * message that follows one. Throws on a malformed frame; the caller closes the connection.
    */
   takeFrame(frame: Buffer): boolean {
+    this.lastHeardMs = performance.now();
     if (this.pendingHeader) {
       const header = this.pendingHeader;
       this.pendingHeader = undefined;
@@ -125,6 +134,7 @@ export class MigrationTarget {
 
   /** Every frame before this request has been installed (frames are handled in order, synchronously). */
   sync(): ReplyOf<PeerOps, 'peer.sync'> {
+    this.lastHeardMs = performance.now();
     if (this.phase !== 'receiving') {
       throw new FerryError(ErrorCode.PROTOCOL, `sync for ${this.vm.name} while the migration is ${this.phase}`);
     }
@@ -152,7 +162,7 @@ export class MigrationTarget {
       throw new FerryError(ErrorCode.PROTOCOL, `activation of ${this.vm.name} asked while the migration is ${this.phase}`);
     }
     this.phase = 'active';
-    clearTimeout(this.expiry);
+    clearInterval(this.watchdog);
     if (resume) {
       await this.vm.resume();
       this.vm.state = 'running';
@@ -164,19 +174,32 @@ export class MigrationTarget {
     return { guestBlackoutMs: resume ? this.vm.lastBlackoutMs() : 0 };
   }
 
-  /** The peer connection closed. Before verification nothing can have been committed: drop the reservation. */
+  /**
+   * The peer connection closed. Before verification nothing can have been committed: drop the reservation. After
+   * it, the source may have committed, so the image stays, parked and never running.
+   */
   connectionClosed(): void {
     if (this.phase === 'reserved' || this.phase === 'receiving') {
-      void this.drop('the page stream closed before the commit');
+      void this.drop('the page stream closed before the commit', { keepVerified: true });
     } else if (this.phase === 'verified') {
       this.log.warn('peer connection closed between verification and activation; keeping the image parked, not running', { vm: this.vm.name });
     }
   }
 
-  async drop(reason: string): Promise<void> {
+  /**
+   * Drops the reservation and frees its memory. A verified image is dropped only when its source says it aborted
+   * (`keepVerified: false`): the source aborts only before it commits. Anyone else (the coordinator's release, a
+   * closed connection) might be racing a commit whose acknowledgement was lost, and dropping then would lose the
+   * only committed copy.
+   */
+  async drop(reason: string, { keepVerified }: { keepVerified: boolean }): Promise<void> {
     if (this.phase === 'active' || this.phase === 'dropped') return;
+    if (this.phase === 'verified' && keepVerified) {
+      this.log.warn('not dropping a verified image: its source may have committed', { vm: this.vm.name, reason });
+      return;
+    }
     this.phase = 'dropped';
-    clearTimeout(this.expiry);
+    clearInterval(this.watchdog);
     this.log.info('reservation dropped', { vm: this.vm.name, migration: this.migrationId, reason });
     await this.registry.release(this.vm);
     this.onFinished?.();

@@ -26,6 +26,8 @@ export class VirtualMachine {
   readonly dirtyLog: DirtyLog;
   readonly createdAt = new Date();
   state: VmState;
+  /** The operation that has this VM to itself right now (a dump, a migration, a pause); undefined when none. */
+  busy: string | undefined;
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 

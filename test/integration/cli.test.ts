@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -182,6 +182,26 @@ describe('ferry-agent', () => {
       await agent.stop();
     }
     expect(await agent.exited).toBe(0);
+  });
+
+  it('survives malformed upgrade requests and reset connections, and keeps serving', async () => {
+    cluster = await startCluster([{ name: 'host-a' }]);
+    const c = cluster;
+    const { port } = new URL(c.agent('host-a').url);
+    const upgrade = (path: string) => `GET ${path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
+    for (const request of [upgrade('//'), upgrade('/nowhere'), upgrade('http://[bad'), 'garbage\r\n\r\n']) {
+      await new Promise<void>((resolve) => {
+        const socket = connect(Number(port), '127.0.0.1', () => {
+          socket.write(request);
+          setTimeout(() => socket.resetAndDestroy(), 50);
+        });
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolve());
+      });
+    }
+    expect(c.agent('host-a').child.exitCode).toBeNull();
+    const hosts = await c.ferry('hosts', '--json');
+    expect(hosts.json()[0]).toMatchObject({ name: 'host-a', reachable: true });
   });
 
   it('refuses a bad --capacity with exit 2 and a message that says what it expected', async () => {

@@ -6,6 +6,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_MAX_DOWNTIME_MS } from '../../shared/constants.js';
 import type { MigrationEvent, MigrationOptions } from '../../shared/protocol.js';
 import { migrateLive } from '../../coordinator/migrate.js';
+import { decodeMessage } from '../../shared/rpc.js';
+import { isPageHeader } from '../../shared/page-frame.js';
 import { createMemoryNetwork, type MemoryNetwork } from '../memory-network.js';
 import { checkPatternImage } from '../replay.js';
 
@@ -112,6 +114,96 @@ describe('migration over the in-memory network', () => {
     expect(refused.error?.code).toBe('FERRY_ERR_VM_STATE');
     const holders = ['host-a', 'host-b', 'host-c'].filter((host) => network!.agents.get(host)!.registry.has('web1'));
     expect(holders).toEqual([first.outcome === 'committed' ? 'host-b' : 'host-c']);
+  });
+
+  it('refuses a dump, pause, resume or destroy of a VM while it migrates, and serves them again after', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    await createVm(network, 'host-a', 'web1', 32 * MiB, 500, 4096, 17);
+    const net = network;
+    // 32 MiB at 16 MiB/s: two seconds of pre-copy to knock on.
+    const migrating = migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 16 * MiB } }, { connect: net.connect });
+    await sleep(300);
+    const client = await net.connect(net.cluster.hosts[0]!);
+    for (const op of ['vm.dump', 'vm.pause', 'vm.resume', 'vm.destroy'] as const) {
+      await expect(client.request(op, { name: 'web1' })).rejects.toMatchObject({ code: 'FERRY_ERR_VM_STATE' });
+    }
+    client.close();
+    expect((await migrating).outcome).toBe('committed');
+    const onB = await net.connect(net.cluster.hosts[1]!);
+    expect((await onB.request('vm.pause', { name: 'web1' })).state).toBe('paused');
+    onB.close();
+    expectReplayMatches(net, 'host-b', 'web1');
+  });
+
+  it('keeps a dump and a migration started during it consistent: the dump image and the migrated guest both match replay', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    await createVm(network, 'host-a', 'web1', 128 * MiB, 5000, 4096, 29);
+    const net = network;
+    const client = await net.connect(net.cluster.hosts[0]!);
+    const image = new Uint8Array(128 * MiB);
+    let migrating: ReturnType<typeof migrateLive> | undefined;
+    const dumped = await client.request('vm.dump', { name: 'web1' }, {
+      onEvent: (body) => {
+        const { offset, data } = body as { offset: number; data: Uint8Array };
+        image.set(data, offset);
+        migrating ??= migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
+      },
+    });
+    client.close();
+    const report = await migrating!;
+    // Whichever came second was refused, or ran after the first had finished; never both at once.
+    if (report.outcome !== 'committed') expect(report.error?.code).toBe('FERRY_ERR_VM_STATE');
+    const { seed, wssPages } = dumped.info.workload;
+    expect(checkPatternImage(image, { seed, wssPages, ...dumped.info.cpu }).ok).toBe(true);
+    const host = report.outcome === 'committed' ? 'host-b' : 'host-a';
+    const vm = net.agents.get(host)!.registry.get('web1');
+    expect(vm.state).toBe('running');
+    await vm.pause();
+    expectReplayMatches(net, host, 'web1');
+  });
+
+  /** True for a control message (not page data) that satisfies `test`. */
+  const message = (data: Buffer, test: (envelope: ReturnType<typeof decodeMessage>) => boolean): boolean => {
+    if (isPageHeader(data) || data.length > 64 * 1024) return false;
+    try {
+      return test(decodeMessage(data));
+    } catch {
+      return false;
+    }
+  };
+
+  it('keeps the only committed image when the activation request is lost after the commit: no copy runs, none is dropped', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    await createVm(network, 'host-a', 'web1', 8 * MiB, 2000, 512, 19);
+    network.peerCut = (fromDestination, data) => !fromDestination && message(data, (envelope) => envelope.t === 'req' && envelope.op === 'peer.activate');
+    const report = await migrateLive(network.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: network.connect });
+    expect(report.outcome).toBe('failed');
+    expect(report.verification?.match).toBe(true);
+    expect(report.error?.message).toContain('committed');
+    const source = network.agents.get('host-a')!.registry.get('web1');
+    const destination = network.agents.get('host-b')!.registry.get('web1');
+    // The coordinator asked host-b to release the reservation; a verified image is not released.
+    expect(source.state).toBe('suspended');
+    expect(destination.state).toBe('migrating-in');
+    expect(source.vcpuRunning).toBe(false);
+    expect(destination.vcpuRunning).toBe(false);
+    // Both hold the committed image.
+    expectReplayMatches(network, 'host-b', 'web1');
+    expectReplayMatches(network, 'host-a', 'web1');
+  });
+
+  it('never runs two copies when the activation reply is lost: the destination runs, the source stays suspended', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    await createVm(network, 'host-a', 'web1', 8 * MiB, 2000, 512, 23);
+    network.peerCut = (fromDestination, data) => fromDestination && message(data, (envelope) => envelope.t === 'res' && envelope.ok && typeof (envelope.body as { guestBlackoutMs?: unknown }).guestBlackoutMs === 'number');
+    const report = await migrateLive(network.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: network.connect });
+    expect(report.outcome).toBe('failed');
+    const source = network.agents.get('host-a')!.registry.get('web1');
+    const destination = network.agents.get('host-b')!.registry.get('web1');
+    expect(destination.state).toBe('running');
+    expect(destination.vcpuRunning).toBe(true);
+    expect(source.state).toBe('suspended');
+    expect(source.vcpuRunning).toBe(false);
   });
 
   it('refuses at reservation when the destination lacks memory, and the VM runs on untouched', async () => {
