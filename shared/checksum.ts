@@ -43,7 +43,7 @@ function digestChunks(bytes: Uint8Array): bigint {
  * The digest that the commit compares: xxh64 of the page-hash table (the hash of the hash vector). For a 1 GiB
  * guest that is 2 MiB of table, a few milliseconds.
  */
-export function digestPageTable(table: BigUint64Array): bigint {
+export function digestPageTable(table: Uint32Array): bigint {
   return digestChunks(new Uint8Array(table.buffer, table.byteOffset, table.byteLength));
 }
 

@@ -24,7 +24,7 @@ export const MAX_MEMORY_BYTES = 4 * 1024 * 1024 * 1024;
 export const PAGES_PER_FRAME = 256;
 
 /** Bytes of page data the sender lets sit unwritten in the socket before it waits (backpressure). */
-export const SEND_WINDOW_BYTES = 8 * 1024 * 1024;
+export const SEND_WINDOW_BYTES = 32 * 1024 * 1024;
 
 /** Stop-and-copy rules (DESIGN.md, "Migration, stage by stage"). */
 export const STOP_RULES = {

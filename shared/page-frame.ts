@@ -15,7 +15,7 @@
  *   4       4            round (1 = the full first pass)
  *   8       4            count: pages in the data message that follows, 1..PAGES_PER_FRAME
  *   12      4            reserved, 0
- *   16      8 x count    xxh64 of each page, over the exact bytes sent (DESIGN.md "Verified commit")
+ *   16      8 x count    xxh64 of each page (DESIGN.md "Verified commit"), a little-endian uint64
  *   16+8c   4 x count    page number of each page, in the order they appear in the data message
  *
  * Data message: count x PAGE_SIZE bytes, page i at offset i x PAGE_SIZE.
@@ -32,7 +32,8 @@ export interface PageHeader {
   round: number;
   flags: number;
   pages: Uint32Array;
-  hashes: BigUint64Array;
+  /** The xxh64 of page i as two words, low then high: words 2i and 2i + 1 (page-hash.ts). */
+  hashes: Uint32Array;
 }
 
 export function pageHeaderBytes(count: number): number {
@@ -45,7 +46,7 @@ export function encodePageHeader(
   round: number,
   flags: number,
   pages: ArrayLike<number>,
-  hashes: ArrayLike<bigint>,
+  hashes: Uint32Array,
   count: number,
 ): Buffer {
   const header = target.subarray(0, pageHeaderBytes(count));
@@ -57,7 +58,8 @@ export function encodePageHeader(
   header.writeUInt32LE(0, 12);
   const pagesAt = FIXED_BYTES + 8 * count;
   for (let i = 0; i < count; i++) {
-    header.writeBigUInt64LE(hashes[i]!, FIXED_BYTES + 8 * i);
+    header.writeUInt32LE(hashes[2 * i]!, FIXED_BYTES + 8 * i);
+    header.writeUInt32LE(hashes[2 * i + 1]!, FIXED_BYTES + 8 * i + 4);
     header.writeUInt32LE(pages[i]!, pagesAt + 4 * i);
   }
   return header;
@@ -79,13 +81,14 @@ export function decodePageHeader(frame: Buffer, pageCount: number): PageHeader {
   if (count < 1 || count > PAGES_PER_FRAME) bad(`page count ${count} is outside 1..${PAGES_PER_FRAME}`);
   if (frame.length !== pageHeaderBytes(count)) bad(`${frame.length} bytes for ${count} pages, expected ${pageHeaderBytes(count)}`);
   const pages = new Uint32Array(count);
-  const hashes = new BigUint64Array(count);
+  const hashes = new Uint32Array(2 * count);
   const pagesAt = FIXED_BYTES + 8 * count;
   for (let i = 0; i < count; i++) {
     const page = frame.readUInt32LE(pagesAt + 4 * i);
     if (page >= pageCount) bad(`page ${page} is outside the guest's ${pageCount} pages`);
     pages[i] = page;
-    hashes[i] = frame.readBigUInt64LE(FIXED_BYTES + 8 * i);
+    hashes[2 * i] = frame.readUInt32LE(FIXED_BYTES + 8 * i);
+    hashes[2 * i + 1] = frame.readUInt32LE(FIXED_BYTES + 8 * i + 4);
   }
   return { round: frame.readUInt32LE(4), flags: frame.readUInt16LE(2), pages, hashes };
 }

@@ -3,9 +3,10 @@
  * message (page numbers and xxh64s, page-frame.ts) followed by one data message.
  *
  * Passes over each byte, on this side:
- * - a run of consecutive pages (all of round 1, and runs in later rounds) is sent as a view of guest memory:
- *   one pass, the hash; the socket reads the bytes straight from guest memory;
- * - scattered pages are gathered into a staging buffer: two passes, the copy and the hash.
+ * - every page is hashed where it lies in guest memory (page-hash.ts: no copy into the hasher);
+ * - a run of consecutive pages (all of round 1, and runs in later rounds) is then sent as a view of guest memory:
+ *   the socket reads the bytes straight from guest memory;
+ * - scattered pages are gathered into a staging buffer: one more pass, the copy.
  *
  * Why sending a view is correct (DESIGN.md, "Sending straight from guest memory"): every page here was harvested
  * from the dirty log, i.e. its bit was cleared BEFORE we hash and send it. If the vCPU writes it after the clear,
@@ -18,7 +19,6 @@
  * and at most SEND_WINDOW_BYTES of page data are outstanding (backpressure).
  */
 import { PAGE_SIZE, PAGES_PER_FRAME, PEER_REPLY_TIMEOUT_MS, SEND_WINDOW_BYTES } from '../../shared/constants.js';
-import { hashBytes } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
 import { encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
@@ -43,8 +43,8 @@ export class PageSender {
   private readonly socket: FrameSocket;
   private readonly vm: VirtualMachine;
   private readonly options: PageSenderOptions;
-  /** The source's page-hash table: the hash of what it last sent of each page. */
-  readonly hashes: BigUint64Array;
+  /** The source's page-hash table: the xxh64 of what it last sent of each page, two words a page (page-hash.ts). */
+  readonly hashes: Uint32Array;
   private readonly stagingPool: Buffer[] = [];
   private outstandingBytes = 0;
   private drained: (() => void) | undefined;
@@ -54,7 +54,7 @@ export class PageSender {
     this.socket = socket;
     this.vm = vm;
     this.options = options;
-    this.hashes = new BigUint64Array(vm.pageCount);
+    this.hashes = new Uint32Array(2 * vm.pageCount);
   }
 
   /**
@@ -67,7 +67,8 @@ export class PageSender {
     const startedMs = now();
     let lastProgressMs = startedMs;
     const progress: SendProgress = { pagesSent: 0, bytesSent: 0 };
-    const frameHashes = new BigUint64Array(PAGES_PER_FRAME);
+    const frameHashes = new Uint32Array(2 * PAGES_PER_FRAME);
+    const { hasher } = this.vm;
 
     for (let first = 0; first < pages.length; first += PAGES_PER_FRAME) {
       if (signal.aborted) throw new FerryError(ErrorCode.CANCELLED, 'migration cancelled while sending pages');
@@ -77,6 +78,10 @@ export class PageSender {
       const firstPage = batch[0]!;
       const contiguous = batch[count - 1]! - firstPage === count - 1;
 
+      // Hash each page where it lies in guest memory (its dirty bit is already clear), then send the run as a view,
+      // or copy scattered pages into a staging buffer. Either way the bytes that leave may be newer than the hash if
+      // the vCPU wrote meanwhile; that write set the bit again, so the page goes again (see above).
+      for (let i = 0; i < count; i++) hasher.hashInto(batch[i]!, frameHashes, i);
       let data: Buffer;
       let staging: Buffer | undefined;
       if (contiguous) {
@@ -90,9 +95,9 @@ export class PageSender {
         data = staging.subarray(0, count * PAGE_SIZE);
       }
       for (let i = 0; i < count; i++) {
-        const hash = hashBytes(data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
-        frameHashes[i] = hash;
-        this.hashes[batch[i]!] = hash;
+        const page = batch[i]!;
+        this.hashes[2 * page] = frameHashes[2 * i]!;
+        this.hashes[2 * page + 1] = frameHashes[2 * i + 1]!;
       }
 
       // A fresh header each frame: the socket holds it until written. It is small; the page data is not copied.

@@ -13,7 +13,7 @@
  * destination cannot know whether the source committed, so it keeps the image parked, never running, and says so.
  */
 import { PAGE_SIZE } from '../../shared/constants.js';
-import { digestMemory, digestPageTable, formatDigest, hashBytes } from '../../shared/checksum.js';
+import { digestMemory, digestPageTable, formatDigest } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PAGE_FLAG_PAUSED, decodePageHeader, expectedDataBytes, isPageHeader, type PageHeader } from '../../shared/page-frame.js';
@@ -34,7 +34,8 @@ export class MigrationTarget {
   private readonly registry: Registry;
   private readonly faults: Faults;
   private readonly log: Logger;
-  private readonly hashes: BigUint64Array;
+  /** The destination's page-hash table: xxh64 of each page as installed, two words a page (page-hash.ts). */
+  private readonly hashes: Uint32Array;
   private pendingHeader: PageHeader | undefined;
   private phase: Phase = 'reserved';
   private pagesReceived = 0;
@@ -52,7 +53,7 @@ export class MigrationTarget {
     this.registry = registry;
     this.faults = faults;
     this.log = log;
-    this.hashes = new BigUint64Array(vm.pageCount);
+    this.hashes = new Uint32Array(2 * vm.pageCount);
     // Before verification nothing can have been committed, so a silent source costs only its reservation.
     this.watchdog = setInterval(() => {
       if ((this.phase === 'reserved' || this.phase === 'receiving') && performance.now() - this.lastHeardMs > RESERVATION_TIMEOUT_MS) {
@@ -120,14 +121,15 @@ export class MigrationTarget {
     } else {
       for (let i = 0; i < count; i++) memory.set(data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), pages[i]! * PAGE_SIZE);
     }
+    const { hasher } = this.vm;
+    const table = this.hashes;
     for (let i = 0; i < count; i++) {
       const page = pages[i]!;
-      const hash = hashBytes(memory.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE));
-      if (hash !== hashes[i]) {
+      hasher.hashInto(page, table, page);
+      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) {
         if (paused) this.damagedWhilePaused += 1;
         else this.pageMismatches += 1;
       }
-      this.hashes[page] = hash;
     }
     this.pagesReceived += count;
   }

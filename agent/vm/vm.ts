@@ -3,6 +3,7 @@
  */
 import { PAGE_SIZE } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
 import type { Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
 import { DirtyLog } from './dirty-log.js';
 import {
@@ -23,6 +24,8 @@ export class VirtualMachine {
   readonly workload: WorkloadSpec;
   /** All of guest memory, as bytes. Never hand `memory.buffer` itself to a socket: pass views (DESIGN.md). */
   readonly memory: Uint8Array;
+  /** Hashes guest pages where they lie (guest memory is shared wasm memory for it). */
+  readonly hasher: PageHasher;
   readonly dirtyLog: DirtyLog;
   readonly createdAt = new Date();
   state: VmState;
@@ -31,12 +34,13 @@ export class VirtualMachine {
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 
-  private constructor(spec: VmSpec, memory: SharedArrayBuffer, dirtyLog: DirtyLog, control: SharedArrayBuffer, vcpu: Vcpu, state: VmState) {
+  private constructor(spec: VmSpec, memory: WebAssembly.Memory, dirtyLog: DirtyLog, control: SharedArrayBuffer, vcpu: Vcpu, state: VmState) {
     this.name = spec.name;
     this.memoryBytes = spec.memoryBytes;
     this.pageCount = spec.memoryBytes / PAGE_SIZE;
     this.workload = spec.workload;
-    this.memory = new Uint8Array(memory);
+    this.memory = new Uint8Array(memory.buffer, 0, spec.memoryBytes);
+    this.hasher = new PageHasher(memory);
     this.dirtyLog = dirtyLog;
     this.control = controlViews(control);
     this.vcpu = vcpu;
@@ -49,13 +53,13 @@ export class VirtualMachine {
    */
   static async create(spec: VmSpec, state: VmState): Promise<VirtualMachine> {
     const pageCount = spec.memoryBytes / PAGE_SIZE;
-    const memory = new SharedArrayBuffer(spec.memoryBytes);
+    const memory = allocateGuestMemory(spec.memoryBytes);
     const dirtyLog = DirtyLog.allocate(pageCount);
     const control = new SharedArrayBuffer(CONTROL_BYTES);
     const { ints } = controlViews(control);
     Atomics.store(ints, ControlSlot.REG_X, spec.workload.seed | 0);
     writeRegisterN(ints, 0);
-    const vcpu = await Vcpu.start({ memory, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload });
+    const vcpu = await Vcpu.start({ memory: memory.buffer as SharedArrayBuffer, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload });
     return new VirtualMachine(spec, memory, dirtyLog, control, vcpu, state);
   }
 
