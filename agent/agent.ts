@@ -85,8 +85,8 @@ export class Agent {
   serveControl(connection: ControlServer): void {
     connection.handle('host.info', async () => this.hostInfo());
 
-    connection.handle('vm.create', async ({ name, memoryBytes, workload }) => {
-      const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'paused', 'be created');
+    connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc }) => {
+      const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'paused', 'be created', prealloc ?? false);
       await vm.resume();
       vm.state = 'running';
       this.log.info('vm created', { vm: name, memoryBytes, workload: workload.kind });

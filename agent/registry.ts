@@ -62,7 +62,7 @@ export class Registry {
    * Allocates a VM's memory and starts its vCPU parked, after checking the name is free and the memory fits.
    * `purpose` names the request in the refusal ("create", "receive").
    */
-  async allocate(spec: VmSpec, state: VmState, purpose: string): Promise<VirtualMachine> {
+  async allocate(spec: VmSpec, state: VmState, purpose: string, prealloc = false): Promise<VirtualMachine> {
     if (spec.workload.wssPages > spec.memoryBytes / 4096 || (spec.workload.hotPages ?? 0) > spec.workload.wssPages) {
       throw new FerryError(ErrorCode.BAD_INPUT, `the working set of ${spec.name} is larger than its memory (or its hot set than its working set)`, 'give --wss at most --memory, and --hot at most --wss');
     }
@@ -81,7 +81,7 @@ export class Registry {
       const vm = await VirtualMachine.create(spec, state);
       // A migration's destination will receive every page in round 1: take the memory now, as Xen's reservation
       // does, rather than page-faulting it in under the page stream.
-      if (state === 'migrating-in') await populate(vm.memory);
+      if (prealloc || state === 'migrating-in') await populate(vm.memory);
       this.vms.set(spec.name, vm);
       return vm;
     } finally {

@@ -13,12 +13,14 @@ export interface CreateOptions {
   wss?: string | undefined;
   seed: string;
   hot?: string | undefined;
+  prealloc?: boolean | undefined;
 }
 
 export interface VmRequest {
   name: string;
   memoryBytes: number;
   workload: WorkloadSpec;
+  prealloc?: boolean;
 }
 
 export function checkVmName(name: string): string {
@@ -57,5 +59,5 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
     }
     workload.hotPages = hotPages;
   }
-  return { name: checkVmName(name), memoryBytes, workload };
+  return { name: checkVmName(name), memoryBytes, workload, ...(options.prealloc ? { prealloc: true } : {}) };
 }

@@ -182,7 +182,13 @@ const byName = z.object({ name: vmNameSchema }).strict();
 export const controlOps = {
   'host.info': [empty, hostInfoSchema],
   'vm.create': [
-    z.object({ name: vmNameSchema, memoryBytes: memoryBytesSchema, workload: workloadSpecSchema }).strict(),
+    z.object({
+      name: vmNameSchema,
+      memoryBytes: memoryBytesSchema,
+      workload: workloadSpecSchema,
+      /** Back all guest memory with real pages at creation (QEMU's -mem-prealloc), not on first touch. */
+      prealloc: z.boolean().optional(),
+    }).strict(),
     vmInfoSchema,
   ],
   'vm.info': [byName, vmInfoSchema],

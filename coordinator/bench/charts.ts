@@ -85,9 +85,9 @@ function specs(runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpRe
   }
 
   // Measured against predicted total time, one point per run.
-  const modelled = runs.filter((run) => run.outcome === 'committed' && Number.isFinite(run.prediction.totalTimeMs));
+  const modelled = runs.filter((run) => run.outcome === 'committed' && Number.isFinite(run.predictedTotalTimeMs));
   if (modelled.length > 0) {
-    const values = modelled.map((run) => ({ scenario: run.scenario, predicted: run.prediction.totalTimeMs, measured: run.totalTimeMs }));
+    const values = modelled.map((run) => ({ scenario: run.scenario, predicted: run.predictedTotalTimeMs, measured: run.totalTimeMs }));
     const top = Math.max(...values.flatMap((value) => [value.predicted, value.measured])) * 1.05;
     charts['measured-vs-predicted'] = {
       ...base,

@@ -5,8 +5,9 @@
  * set of W pages, has dirtied W (1 - e^(-d t / W)) distinct pages after t seconds (each page escapes a write with
  * probability e^(-t d / W)). So round i+1 sends what round i left dirty, in t(i+1) = pages x 4 KiB / B, and rounds
  * shrink while d / B is small. The same stop rules as the agent's (shared/stop-rules.ts) end the rounds; the last
- * dirty set goes with the vCPU paused. Per-round latencies and the fixed costs of reservation, commit and activation
- * are not in the model: its error shows how much they weigh.
+ * dirty set goes with the vCPU paused. The model covers stages 2-3 (pre-copy and stop-and-copy); per-round latencies
+ * are not in it. The benchmark adds the stages it does not model (checks and reservation; commit and activation) as
+ * measured in the same run, and reports the model's error both on stages 2-3 and on the total.
  */
 import { PAGE_SIZE } from '../../shared/constants.js';
 import type { StopReason } from '../../shared/protocol.js';

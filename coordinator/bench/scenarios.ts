@@ -25,6 +25,12 @@ export const scenarioSchema = z.object({
   link: z.string().default('loopback'),
   maxBandwidth: z.string().optional(),
   maxDowntime: z.string().default('300ms'),
+  /**
+   * Back guest memory with real pages at creation (QEMU's -mem-prealloc). On by default: a guest that has run for a
+   * while has its memory resident, and a fresh guest's untouched memory would charge the migration for page faults
+   * no long-running guest pays.
+   */
+  prealloc: z.boolean().default(true),
   /** How long the guest runs before the migration starts. */
   warmup: z.string().default('1s'),
   /** A small scenario that proves the benchmark works, for CI. */

@@ -30,6 +30,7 @@ export interface ScenarioSummary {
   cpuVersusRawTcp: Spread;
   predictedTotalTimeMs: Spread;
   modelErrorTotalTime: Spread;
+  modelErrorTransferTime: Spread;
   predictedDowntimeMs: Spread;
   /** Memory size over round-1 throughput: the time the geometric bound is stated in. */
   memoryOverRound1Ms: Spread;
@@ -62,8 +63,9 @@ export function summarize(scenario: Scenario, runs: RunResult[], rawTcp: RawTcpR
     bytesSentOverMemory: of((run) => run.bytesSentOverMemory),
     cpuMsPerGiB: of((run) => run.cpu.msPerGiB),
     cpuVersusRawTcp: of((run) => run.cpu.msPerGiB / rawTcp.cpuMsPerGiB),
-    predictedTotalTimeMs: of((run) => run.prediction.totalTimeMs),
+    predictedTotalTimeMs: of((run) => run.predictedTotalTimeMs),
     modelErrorTotalTime: of((run) => run.predictionError.totalTime),
+    modelErrorTransferTime: of((run) => run.predictionError.transferTime),
     predictedDowntimeMs: of((run) => run.prediction.downtimeMs),
     memoryOverRound1Ms: of((run) => (run.memoryBytes / run.round1ThroughputBytesPerSec) * 1000),
     linkRateBytesPerSec: spread(runs.map((run) => run.linkRateBytesPerSec)).median,
@@ -111,7 +113,7 @@ export function checkTargets(summaries: ScenarioSummary[]): TargetCheck[] {
   const modelled = summaries.filter((summary) => Number.isFinite(summary.modelErrorTotalTime.median));
   if (modelled.length > 0) {
     const worst = Math.max(...modelled.map((summary) => Math.abs(summary.modelErrorTotalTime.median)));
-    checks.push({ what: 'model error on total time (worst scenario median)', target: '<= 10 %', measured: pct(worst), met: worst <= 0.1 });
+    checks.push({ what: 'model error on total time (worst scenario median; stages 0-1 and 4-5 as measured)', target: '<= 10 %', measured: pct(worst), met: worst <= 0.1 });
   }
   const over = find('over-link-1g');
   if (over) {
