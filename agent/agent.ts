@@ -24,6 +24,8 @@ export interface AgentSettings {
   capacityBytes: number;
   faults: Faults;
   log: Logger;
+  /** The cluster's shared secret, which this agent also presents to other agents. */
+  token: string;
   /** Opens the page stream to a destination agent; WebSockets unless a test gives an in-memory network. */
   dialPeer?: typeof connectToDestination;
 }
@@ -39,7 +41,10 @@ export class Agent {
   private readonly faults: Faults;
   private readonly log: Logger;
   private readonly incoming = new Map<string, MigrationTarget>();
+  /** Migrations this agent is the source of, by VM name: how to cancel each. */
+  private readonly outgoing = new Map<string, AbortController>();
   private readonly dialPeer: typeof connectToDestination;
+  private readonly token: string;
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;
@@ -47,6 +52,7 @@ export class Agent {
     this.faults = settings.faults;
     this.log = settings.log;
     this.dialPeer = settings.dialPeer ?? connectToDestination;
+    this.token = settings.token;
   }
 
   hostInfo(): HostInfo {
@@ -164,25 +170,45 @@ export class Agent {
         vm.state = 'migrating-out';
         let peer;
         try {
-          peer = await this.dialPeer(destination.url, migrationId, this.name, context.signal);
+          peer = await this.dialPeer(destination.url, migrationId, this.name, context.signal, this.token);
         } catch (error) {
           vm.state = wasRunning ? 'running' : 'paused';
           throw error;
         }
+        // Cancelled by `migrate.cancel`, or by the coordinator's connection closing.
+        const cancel = new AbortController();
+        const onClosed = (): void => cancel.abort(new FerryError(ErrorCode.CANCELLED, 'the coordinator disconnected'));
+        context.signal.addEventListener('abort', onClosed, { once: true });
+        this.outgoing.set(name, cancel);
         const report = await runSource({
           vm,
           wasRunning,
           registry: this.registry,
           peer,
           options,
-          signal: context.signal,
+          signal: cancel.signal,
           now: () => performance.now(),
           emit: (event) => void context.event(event),
           log: this.log,
+        }).finally(() => {
+          this.outgoing.delete(name);
+          context.signal.removeEventListener('abort', onClosed);
         });
         this.log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
         return report;
       });
+    });
+
+    connection.handle('migrate.cancel', async ({ name, reason }) => {
+      const cancel = this.outgoing.get(name);
+      if (!cancel) {
+        throw new FerryError(ErrorCode.VM_STATE, `${this.name} is not migrating ${name}`, 'run `ferry vm list` to see where it is and what it is doing');
+      }
+      this.log.info('migration cancel asked', { vm: name, reason });
+      cancel.abort(reason === 'timeout'
+        ? new FerryError(ErrorCode.TIMEOUT, `the migration of ${name} ran past its --timeout`, 'give it a longer --timeout, a faster link, or --max-rounds')
+        : new FerryError(ErrorCode.CANCELLED, `the migration of ${name} was cancelled`, 'the VM runs on its source as before'));
+      return { cancelling: true };
     });
   }
 

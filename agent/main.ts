@@ -10,6 +10,7 @@ import { initChecksums } from '../shared/checksum.js';
 import { MAX_MEMORY_BYTES } from '../shared/constants.js';
 import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
 import { hostNameSchema } from '../shared/protocol.js';
+import { checkToken, ensureTokenFile, readTokenFile } from '../shared/token.js';
 import { createLogger, type LogLevel } from '../shared/log.js';
 import { parseCount, parseSize } from '../shared/units.js';
 import { Agent } from './agent.js';
@@ -23,6 +24,7 @@ export interface AgentOptions {
   datastore: string;
   capacityBytes: number;
   logLevel: LogLevel;
+  tokenFile: string | undefined;
 }
 
 /** Every option and its default, resolved once. */
@@ -44,7 +46,18 @@ export function resolveAgentOptions(raw: Record<string, string | undefined>): Ag
     // Half the machine's memory by default: room for guests and for the host itself.
     capacityBytes: raw.capacity ? parseSize(raw.capacity) : Math.floor(os.totalmem() / 2),
     logLevel: logLevel as LogLevel,
+    tokenFile: raw.tokenFile,
   };
+}
+
+/** The token: --token-file, else FERRY_TOKEN, else one made (once) in the datastore. Never none. */
+async function resolveToken(options: AgentOptions): Promise<{ token: string; tokenFile?: string }> {
+  if (options.tokenFile) return { token: await readTokenFile(options.tokenFile), tokenFile: path.resolve(options.tokenFile) };
+  if (process.env.FERRY_TOKEN) return { token: checkToken(process.env.FERRY_TOKEN, 'FERRY_TOKEN') };
+  const file = path.join(options.datastore, 'token');
+  const { token, created } = await ensureTokenFile(file);
+  process.stderr.write(`${created ? 'made a new token' : 'using the token'} in ${file}: give it to \`ferry\` (FERRY_TOKEN or --token-file) and to the other agents\n`);
+  return { token, tokenFile: file };
 }
 
 async function main(): Promise<void> {
@@ -55,10 +68,13 @@ async function main(): Promise<void> {
     .option('--port <port>', 'port to listen on; 0 picks a free one', '7001')
     .option('--datastore <dir>', 'folder for this host\'s VM files (default ~/.ferry/<name>)')
     .option('--capacity <size>', 'guest memory this host will hold in total, e.g. 4GiB (default: half of RAM)')
+    .option('--token-file <file>', 'the cluster\'s shared secret (default: $FERRY_TOKEN, else one made in <datastore>/token)')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
     .addHelpText('after', `
 Prints one line on stdout when ready:
   {"event":"ready","name":"host-a","url":"ws://127.0.0.1:7001",...}
+Every connection, from the coordinator or another agent, must carry the token (Authorization: Bearer).
+Without --token-file or FERRY_TOKEN the agent makes one, writes it to <datastore>/token and says so.
 Logs go to stderr. SIGINT or SIGTERM stops the agent and its VMs.
 
 Example:
@@ -74,8 +90,9 @@ Example:
   await initChecksums();
   await mkdir(options.datastore, { recursive: true });
 
-  const agent = new Agent({ name: options.name, capacityBytes: options.capacityBytes, faults, log });
-  const server = await startServer(agent, options.host, options.port);
+  const { token, tokenFile } = await resolveToken(options);
+  const agent = new Agent({ name: options.name, capacityBytes: options.capacityBytes, faults, log, token });
+  const server = await startServer(agent, options.host, options.port, token);
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
@@ -90,6 +107,7 @@ Example:
   process.stdout.write(`${JSON.stringify({
     event: 'ready', name: options.name, url: server.url, pid: process.pid,
     capacityBytes: options.capacityBytes, maxVmBytes: MAX_MEMORY_BYTES, datastore: options.datastore,
+    ...(tokenFile ? { tokenFile } : {}),
   })}\n`);
   log.info('ready', { url: server.url, capacity: options.capacityBytes });
 }

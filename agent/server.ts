@@ -9,6 +9,7 @@ import { PAGES_PER_FRAME, PAGE_SIZE } from '../shared/constants.js';
 import { controlOps, peerOps } from '../shared/protocol.js';
 import { fromWebSocket } from '../shared/frame-socket.js';
 import { RpcConnection } from '../shared/rpc.js';
+import { isAuthorized } from '../shared/token.js';
 import type { Agent } from './agent.js';
 
 /** The largest frame any peer may send: one page-data message plus room for a control message. */
@@ -19,7 +20,7 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export async function startServer(agent: Agent, host: string, port: number): Promise<RunningServer> {
+export async function startServer(agent: Agent, host: string, port: number, token: string): Promise<RunningServer> {
   const server = http.createServer((_request, response) => {
     // Plain HTTP gets a hint and nothing else.
     response.writeHead(426, { 'content-type': 'text/plain' }).end('ferry-agent speaks WebSocket on /control and /peer\n');
@@ -38,6 +39,10 @@ export async function startServer(agent: Agent, host: string, port: number): Pro
     }
     if (path !== '/control' && path !== '/peer') {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+      return;
+    }
+    if (!isAuthorized(request.headers.authorization, token)) {
+      socket.end('HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nConnection: close\r\n\r\n');
       return;
     }
     sockets.handleUpgrade(request, socket, head, (ws) => {

@@ -9,7 +9,7 @@ import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } fro
 import { runBench } from './bench/command.js';
 import { toMarkdown } from './bench/output.js';
 import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
-import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, type Cluster } from './cluster.js';
+import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, withCredentials, type Cluster } from './cluster.js';
 import { withHost } from './connect.js';
 import { dumpMemory, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
@@ -22,11 +22,19 @@ import { checkVmName, toVmRequest } from './vm-spec.js';
 
 interface Global {
   cluster?: string;
+  tokenFile?: string;
 }
 
-async function cluster(command: Command): Promise<{ file: string; cluster: Cluster }> {
+/** The cluster file as stored (for editing it). */
+async function clusterFile(command: Command): Promise<{ file: string; cluster: Cluster }> {
   const file = clusterPath((command.optsWithGlobals() as Global).cluster);
   return { file, cluster: await loadCluster(file) };
+}
+
+/** The cluster with the token each host expects (for talking to the hosts). */
+async function cluster(command: Command): Promise<{ file: string; cluster: Cluster }> {
+  const { file, cluster: stored } = await clusterFile(command);
+  return { file, cluster: await withCredentials(stored, file, (command.optsWithGlobals() as Global).tokenFile) };
 }
 
 const int = (value: number): string => value.toLocaleString('en-US');
@@ -57,7 +65,7 @@ async function onVmHost<T>(command: Command, name: string, action: (client: Para
   return withHost(host, (client) => action(client));
 }
 
-export function migrationOptions(raw: { maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string }): MigrationOptions {
+export function migrationOptions(raw: { maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean }): MigrationOptions {
   const maxRounds = parseCount(raw.maxRounds, '--max-rounds');
   if (maxRounds < 1 || maxRounds > 1000) throw new FerryError(ErrorCode.BAD_INPUT, `--max-rounds ${raw.maxRounds} must be 1 to 1000`, `the default is Xen's ${STOP_RULES.maxRounds}`);
   const maxDowntimeMs = parseDuration(raw.maxDowntime);
@@ -68,6 +76,7 @@ export function migrationOptions(raw: { maxDowntime: string; maxBandwidth?: stri
     maxBandwidthBytesPerSec: raw.maxBandwidth ? parseRate(raw.maxBandwidth) : 0,
     maxRounds,
     verify: raw.verify,
+    autoConverge: raw.autoConverge ?? false,
   };
 }
 
@@ -77,9 +86,11 @@ export function buildProgram(): Command {
     .exitOverride()
     .description('Live-migrate VMs between ferry-agent hosts: pre-copy rounds, stop-and-copy, a verified commit.')
     .option('--cluster <path>', 'cluster file (default: $FERRY_CLUSTER, else ./ferry.cluster.json)')
+    .option('--token-file <file>', 'the agents\' shared secret (default: $FERRY_TOKEN, else the cluster file\'s tokenFile)')
     .showHelpAfterError('(run with --help for usage)')
     .addHelpText('after', `
-Quick start (two agents on this machine):
+Quick start (two agents on this machine, sharing one token):
+  export FERRY_TOKEN=$(openssl rand -hex 32)
   ferry-agent --name host-a --port 7001 &
   ferry-agent --name host-b --port 7002 &
   ferry hosts add host-a ws://127.0.0.1:7001
@@ -122,7 +133,7 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .description('add a host (creates the cluster file if there is none)')
     .option('--migration-url <url>', 'where other agents send this host page streams, if not <url> (a separate migration network)')
     .action(async (name: string, url: string, options: { migrationUrl?: string }, command: Command) => {
-      const { file, cluster: current } = await cluster(command);
+      const { file, cluster: current } = await clusterFile(command);
       await saveCluster(file, addHost(current, { name, url, ...(options.migrationUrl ? { migrationUrl: options.migrationUrl } : {}) }));
       process.stdout.write(`added ${name} (${url}${options.migrationUrl ? `, migrations via ${options.migrationUrl}` : ''}) to ${file}\n`);
     });
@@ -130,7 +141,7 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .command('rm <name>')
     .description('remove a host from the cluster file (its agent and VMs are not touched)')
     .action(async (name: string, _options: unknown, command: Command) => {
-      const { file, cluster: current } = await cluster(command);
+      const { file, cluster: current } = await clusterFile(command);
       await saveCluster(file, removeHost(current, name));
       process.stdout.write(`removed ${name} from ${file}\n`);
     });
@@ -224,27 +235,53 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
 
   program
     .command('migrate <name>')
-    .description('live-migrate a VM to another host')
-    .requiredOption('--to <host>', 'destination host')
+    .description('live-migrate a VM to another host, or cancel a migration under way')
+    .option('--to <host>', 'destination host (required unless --cancel)')
     .option('--max-downtime <duration>', 'downtime the stop rule aims to stay under', `${DEFAULT_MAX_DOWNTIME_MS}ms`)
     .option('--max-bandwidth <rate>', 'cap on the page stream, e.g. 1GiB/s or 1gbit (default: none)')
     .option('--max-rounds <n>', 'cap on pre-copy rounds', String(STOP_RULES.maxRounds))
     .addOption(new Option('--verify <mode>', 'pages: compare page-hash digests; full: also hash all memory while paused').choices(['pages', 'full']).default('pages'))
+    .option('--auto-converge', 'throttle the vCPU while it dirties memory faster than the link carries it (QEMU: 20 %, +10 % a round, at most 99 %)')
+    .option('--timeout <duration>', 'give up (and roll back) if not committed by then, e.g. 2m')
+    .option('--cancel', 'cancel the migration of this VM that is under way (from any terminal); it keeps running on its source')
     .option('--json', 'print the report as JSON on stdout')
     .option('--quiet', 'no progress on stderr')
     .addHelpText('after', `
 Pre-copy ends when fewer than ${STOP_RULES.fewDirtyPages} pages are dirty; or when a round shrinks the dirty set by
 less than ${STOP_RULES.minShrinkFraction * 100} % and the rest fits --max-downtime; or at a cap (--max-rounds, ${STOP_RULES.maxBytesFactor} x memory sent).
-Until the commit, any failure leaves the VM running on its source. Exit status is 0 only when committed.`)
-    .action(async (name: string, raw: { to: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; json?: boolean; quiet?: boolean }, command: Command) => {
-      const options = migrationOptions(raw);
+Until the commit, any failure leaves the VM running on its source. Ctrl-C, --timeout and
+\`ferry migrate NAME --cancel\` roll the migration back unless it has already committed.
+Exit status is 0 only when committed.`)
+    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; timeout?: string; cancel?: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
       const { cluster: hosts } = await cluster(command);
+      if (raw.cancel) {
+        const { host } = await locateVm(hosts, checkVmName(name));
+        await withHost(host, (client) => client.request('migrate.cancel', { name, reason: 'cancelled' }));
+        if (raw.json) printJson({ vm: name, host: host.name, cancelling: true });
+        else process.stdout.write(`cancelling the migration of ${name} from ${host.name}; unless it had already committed, it keeps running there\n`);
+        return;
+      }
+      if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b');
+      const options = migrationOptions(raw);
+      const timeoutMs = raw.timeout ? parseDuration(raw.timeout) : undefined;
       const progress = raw.quiet ? undefined : createProgress();
       const cancel = new AbortController();
-      const onSigint = (): void => cancel.abort();
-      process.once('SIGINT', onSigint);
-      const report = await migrateLive(hosts, { vm: checkVmName(name), to: raw.to, options }, { onEvent: (event) => progress?.onEvent(event), signal: cancel.signal });
-      process.off('SIGINT', onSigint);
+      let interrupts = 0;
+      const onSigint = (): void => {
+        interrupts += 1;
+        if (interrupts > 1) process.exit(130);
+        process.stderr.write('\ncancelling: the VM stays on its source unless the migration already committed (Ctrl-C again to stop waiting)\n');
+        cancel.abort(new FerryError(ErrorCode.CANCELLED, `the migration of ${name} was cancelled (Ctrl-C)`, 'the VM runs on its source as before'));
+      };
+      process.on('SIGINT', onSigint);
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+        cancel.abort(new FerryError(ErrorCode.TIMEOUT, `the migration of ${name} did not commit within ${raw.timeout}`, 'give it a longer --timeout, a faster link, or --max-rounds'));
+      }, timeoutMs);
+      const report = await migrateLive(hosts, { vm: checkVmName(name), to: raw.to, options }, { onEvent: (event) => progress?.onEvent(event), signal: cancel.signal })
+        .finally(() => {
+          process.off('SIGINT', onSigint);
+          if (timer) clearTimeout(timer);
+        });
       progress?.finish();
       if (raw.json) printJson(report);
       else process.stdout.write(`${formatReport(report)}\n`);

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { hostNameSchema } from '../shared/protocol.js';
+import { checkToken, readTokenFile } from '../shared/token.js';
 
 
 const agentUrlSchema = z.string().regex(/^wss?:\/\/[^\s]+$/, 'a host URL looks like ws://127.0.0.1:7001');
@@ -23,10 +24,15 @@ const hostEntrySchema = z.object({
    */
   migrationUrl: agentUrlSchema.optional(),
 });
-export type HostEntry = z.infer<typeof hostEntrySchema>;
+/** A host as the coordinator uses it: its entry, and the token to present to it (never written to the file). */
+export type HostEntry = z.infer<typeof hostEntrySchema> & { token?: string };
 
-const clusterSchema = z.object({ hosts: z.array(hostEntrySchema) });
-export type Cluster = z.infer<typeof clusterSchema>;
+const clusterSchema = z.object({
+  /** The cluster's shared secret, in a file of its own (relative to the cluster file). */
+  tokenFile: z.string().optional(),
+  hosts: z.array(hostEntrySchema),
+});
+export type Cluster = Omit<z.infer<typeof clusterSchema>, 'hosts'> & { hosts: HostEntry[] };
 
 export function clusterPath(explicit: string | undefined): string {
   return path.resolve(explicit ?? process.env.FERRY_CLUSTER ?? 'ferry.cluster.json');
@@ -59,7 +65,8 @@ export async function loadCluster(file: string): Promise<Cluster> {
 export async function saveCluster(file: string, cluster: Cluster): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
   const temporary = `${file}.${process.pid}.tmp`;
-  await writeFile(temporary, `${JSON.stringify(cluster, null, 2)}\n`);
+  const stored = { ...cluster, hosts: cluster.hosts.map(({ token: _token, ...entry }) => entry) };
+  await writeFile(temporary, `${JSON.stringify(stored, null, 2)}\n`);
   await rename(temporary, file);
 }
 
@@ -70,6 +77,18 @@ export function findHost(cluster: Cluster, name: string): HostEntry {
     throw new FerryError(ErrorCode.HOST_NOT_FOUND, `no host named ${name} in the cluster file (known: ${known})`, `add it with \`ferry hosts add ${name} ws://ADDRESS:PORT\``);
   }
   return host;
+}
+
+/**
+ * Gives every host the token to present: `--token-file`, else $FERRY_TOKEN, else the cluster file's `tokenFile`.
+ * None at all is allowed here; the agent then refuses with FERRY_ERR_UNAUTHORIZED and a hint.
+ */
+export async function withCredentials(cluster: Cluster, clusterFile: string, tokenFileOption: string | undefined): Promise<Cluster> {
+  let token: string | undefined;
+  if (tokenFileOption) token = await readTokenFile(tokenFileOption);
+  else if (process.env.FERRY_TOKEN) token = checkToken(process.env.FERRY_TOKEN, 'FERRY_TOKEN');
+  else if (cluster.tokenFile) token = await readTokenFile(path.resolve(path.dirname(clusterFile), cluster.tokenFile));
+  return token === undefined ? cluster : { ...cluster, hosts: cluster.hosts.map((host) => ({ ...host, token })) };
 }
 
 export function addHost(cluster: Cluster, entry: HostEntry): Cluster {

@@ -7,6 +7,7 @@ import { ErrorCode, FerryError } from '../shared/errors.js';
 import { controlOps, type ControlOps, type HostInfo } from '../shared/protocol.js';
 import { fromWebSocket } from '../shared/frame-socket.js';
 import { RpcConnection } from '../shared/rpc.js';
+import { bearer } from '../shared/token.js';
 import type { HostEntry } from './cluster.js';
 
 export type AgentClient = RpcConnection<Record<never, never>, ControlOps>;
@@ -17,6 +18,7 @@ const MAX_REPLY_BYTES = 8 * 1024 * 1024;
 
 export async function connectAgent(host: HostEntry): Promise<AgentClient> {
   const socket = new WebSocket(`${host.url.replace(/\/$/, '')}/control`, {
+    ...(host.token ? { headers: bearer(host.token) } : {}),
     perMessageDeflate: false,
     maxPayload: MAX_REPLY_BYTES,
     handshakeTimeout: CONNECT_TIMEOUT_MS,
@@ -24,6 +26,14 @@ export async function connectAgent(host: HostEntry): Promise<AgentClient> {
   await new Promise<void>((resolve, reject) => {
     socket.once('open', () => resolve());
     socket.once('error', (error) => {
+      if (/\b401\b/.test(error.message)) {
+        reject(new FerryError(
+          ErrorCode.UNAUTHORIZED,
+          `${host.name} refused the connection: ${host.token ? 'wrong token' : 'no token given'}`,
+          'set FERRY_TOKEN, or --token-file, to the agent\'s token (it says where it wrote it when it starts: <datastore>/token)',
+        ));
+        return;
+      }
       reject(new FerryError(
         ErrorCode.UNREACHABLE,
         `cannot reach ${host.name} at ${host.url}: ${error.message}`,

@@ -3,6 +3,7 @@
  * progress and report, the guest carrying on at its new host, and its memory checked against a replay of the
  * workload. Everything it starts, it stops.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -43,14 +44,18 @@ async function demo(): Promise<boolean> {
     say(bold('ferry: a live migration between two host agents on this machine'));
     say();
     say(bold('1. Two host agents, each its own process, on ports the OS picked'));
+    // Every connection to an agent carries the cluster's shared secret.
+    const token = randomBytes(32).toString('hex');
+    command('export FERRY_TOKEN=$(openssl rand -hex 32)');
     for (const name of ['host-a', 'host-b']) {
-      agents.push(await startLocalAgent({ name, capacity: '2GiB', datastore: path.join(workdir, name), logLevel: 'warn' }));
+      agents.push(await startLocalAgent({ name, capacity: '2GiB', datastore: path.join(workdir, name), logLevel: 'warn', token }));
     }
     let cluster: Cluster = { hosts: [] };
     for (const agent of agents) {
       cluster = addHost(cluster, { name: agent.name, url: agent.url });
       command(`ferry-agent --name ${agent.name} --port 0 --capacity 2GiB    # ${agent.url}, pid ${agent.pid}`);
     }
+    cluster = { ...cluster, hosts: cluster.hosts.map((host) => ({ ...host, token })) };
     const clusterFile = path.join(workdir, 'ferry.cluster.json');
     await saveCluster(clusterFile, cluster);
     const [hostA, hostB] = cluster.hosts as [Cluster['hosts'][number], Cluster['hosts'][number]];
@@ -73,7 +78,7 @@ async function demo(): Promise<boolean> {
     const progress = createProgress(process.stdout);
     const report = await migrateLive(cluster, {
       vm: 'web1', to: 'host-b',
-      options: { maxDowntimeMs: DEFAULT_MAX_DOWNTIME_MS, maxBandwidthBytesPerSec: 0, maxRounds: STOP_RULES.maxRounds, verify: 'pages' },
+      options: { maxDowntimeMs: DEFAULT_MAX_DOWNTIME_MS, maxBandwidthBytesPerSec: 0, maxRounds: STOP_RULES.maxRounds, verify: 'pages', autoConverge: false },
     }, { onEvent: (event) => progress.onEvent(event) });
     progress.finish();
     say();

@@ -26,6 +26,8 @@ export interface LocalAgentOptions {
   host?: string;
   /** Run the agent inside this network namespace (`ip netns exec`; needs root). */
   netns?: string;
+  /** The cluster's shared secret, given to the agent as FERRY_TOKEN. */
+  token?: string;
   /** Extra environment, e.g. FERRY_FAULTS. */
   env?: Record<string, string>;
   readyTimeoutMs?: number;
@@ -49,7 +51,7 @@ export async function startLocalAgent(options: LocalAgentOptions): Promise<Local
   if (options.datastore) args.push('--datastore', options.datastore);
   if (options.logLevel) args.push('--log-level', options.logLevel);
   const [command, commandArgs] = options.netns ? ['ip', ['netns', 'exec', options.netns, process.execPath, ...args]] : [process.execPath, args];
-  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
+  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(options.token ? { FERRY_TOKEN: options.token } : {}), ...options.env } });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
     stderr += chunk;

@@ -4,7 +4,7 @@
  * Pages never pass through here.
  */
 import { randomUUID } from 'node:crypto';
-import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
+import { ErrorCode, FerryError, abortReason, toFerryError } from '../shared/errors.js';
 import { migrationEventSchema, type MigrationEvent, type MigrationOptions, type StageReport } from '../shared/protocol.js';
 import { findHost, type Cluster } from './cluster.js';
 import { connectAgent, openHost, type AgentClient, type Connector } from './connect.js';
@@ -40,7 +40,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
 
   const base = {
     vm: request.vm, to: request.to, mode: 'live' as const, rounds: [], stages, bytesSent: 0,
-    maxDowntimeMs: request.options.maxDowntimeMs, throughputBytesPerSec: 0,
+    maxDowntimeMs: request.options.maxDowntimeMs, throughputBytesPerSec: 0, throttlePct: 0,
   };
   const failed = (from: string, memoryBytes: number, error: unknown): MigrationReport => {
     const last = stages.at(-1);
@@ -74,13 +74,20 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     enter(1, 'reservation');
     await destination.request('migrate.reserve', { migrationId, name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload }, { signal: hooks.signal });
 
-    // Stages 2-5 run between the two agents; the source reports them.
+    // Stages 2-5 run between the two agents; the source reports them. Cancelling now asks the source to stop, and
+    // its report (rolled back, or committed if the cancel came too late) is still awaited and returned.
     const offsetMs = now() - startedMs;
+    if (hooks.signal?.aborted) throw abortReason(hooks.signal, 'migration cancelled');
+    const sourceClient = source;
+    const onCancel = (): void => {
+      const reason = hooks.signal?.reason instanceof FerryError && hooks.signal.reason.code === ErrorCode.TIMEOUT ? 'timeout' : 'cancelled';
+      void sourceClient.request('migrate.cancel', { name: request.vm, reason }, { timeoutMs: 5000 }).catch(() => undefined);
+    };
+    hooks.signal?.addEventListener('abort', onCancel, { once: true });
     const sourceReport = await source.request(
       'migrate.start',
       { migrationId, name: request.vm, destination: { name: destinationHost.name, url: destinationHost.migrationUrl ?? destinationHost.url }, options: request.options },
       {
-        signal: hooks.signal,
         onEvent: (body) => {
           const parsed = migrationEventSchema.safeParse(body);
           if (!parsed.success) return;
@@ -88,7 +95,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
           hooks.onEvent?.(event.kind === 'stage' ? { ...event, atMs: event.atMs + offsetMs } : event);
         },
       },
-    );
+    ).finally(() => hooks.signal?.removeEventListener('abort', onCancel));
     const last = stages.at(-1);
     if (last) last.endMs = offsetMs;
     stages.push(...sourceReport.stages.map((stage) => ({ ...stage, startMs: stage.startMs + offsetMs, endMs: stage.endMs + offsetMs })));
@@ -113,6 +120,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
       ...(sourceReport.expectedDowntimeMs !== undefined ? { expectedDowntimeMs: sourceReport.expectedDowntimeMs } : {}),
       ...(exceeded ? { downtimeLimitExceededMs: sourceReport.downtimeMs! - request.options.maxDowntimeMs } : {}),
       bytesSent: sourceReport.bytesSent,
+      throttlePct: sourceReport.throttlePct,
       throughputBytesPerSec: sourceReport.rounds[0]?.throughputBytesPerSec ?? 0,
       ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
       ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),

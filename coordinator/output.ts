@@ -11,7 +11,7 @@ export const ExitCode = {
   FAILED: 1,
   /** The request itself was wrong: bad value, unknown host, usage error. Nothing was changed. */
   BAD_INPUT: 2,
-  /** A host could not be reached, or the connection to it broke. */
+  /** A host could not be reached, refused our token, or the connection to it broke. */
   UNREACHABLE: 3,
 } as const;
 
@@ -22,6 +22,7 @@ export function exitCodeFor(error: FerryError): number {
     case ErrorCode.HOST_EXISTS:
       return ExitCode.BAD_INPUT;
     case ErrorCode.UNREACHABLE:
+    case ErrorCode.UNAUTHORIZED:
     case ErrorCode.CONNECTION_LOST:
     case ErrorCode.TIMEOUT:
       return ExitCode.UNREACHABLE;

@@ -37,6 +37,9 @@ export function createProgress(stream: NodeJS.WriteStream = process.stderr): Pro
           print(`              round ${r.round}: ${r.pages.toLocaleString('en-US')} pages (${formatBytes(r.bytes)}) in ${formatDuration(r.durationMs)} at ${formatRate(r.throughputBytesPerSec)}; ${r.dirtyPagesAfter.toLocaleString('en-US')} dirtied meanwhile`);
           return;
         }
+        case 'throttle':
+          print(`              auto-converge: vCPU held back by ${event.pct} % after round ${event.round}`);
+          return;
         case 'progress': {
           if (!live) return;
           const fraction = event.pagesInRound > 0 ? event.pagesSent / event.pagesInRound : 0;

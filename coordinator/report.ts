@@ -35,6 +35,8 @@ export interface MigrationReport {
   verification?: Verification;
   /** The registers the guest continued from on the destination. */
   cpu?: { x: number; n: number };
+  /** Auto-converge: the highest throttle applied to the vCPU, percent of its rate (0: none). */
+  throttlePct: number;
 }
 
 export const stopReasonText: Record<StopReason, string> = {
@@ -97,6 +99,7 @@ export function formatReport(report: MigrationReport): string {
     if (verification.pageMismatches > 0) text += ` (${verification.pageMismatches} page(s) changed in flight and were resent or caught)`;
     facts.push(['verification', text]);
   }
+  if (report.throttlePct > 0) facts.push(['auto-converge', `the vCPU was held back by up to ${report.throttlePct} % of its rate`]);
   if (report.cpu) facts.push(['registers', `x=${report.cpu.x} n=${int(report.cpu.n)} handed to ${report.to}`]);
   const width = Math.max(...facts.map(([label]) => label.length));
   lines.push(...facts.map(([label, value]) => `  ${label.padEnd(width)}  ${value}`));

@@ -38,6 +38,13 @@ export const STOP_RULES = {
   maxBytesFactor: 3,
 } as const;
 
+/** Auto-converge, with QEMU's defaults: throttle the vCPU by 20 %, then 10 % more per stalled round, at most 99 %. */
+export const AUTO_CONVERGE = {
+  initialPct: 20,
+  incrementPct: 10,
+  maxPct: 99,
+} as const;
+
 /** QEMU's default downtime limit. */
 export const DEFAULT_MAX_DOWNTIME_MS = 300;
 

@@ -18,6 +18,8 @@ export const ErrorCode = {
   HOST_NOT_FOUND: 'FERRY_ERR_HOST_NOT_FOUND',
   /** A host by that name is already in the cluster file. */
   HOST_EXISTS: 'FERRY_ERR_HOST_EXISTS',
+  /** The agent refused the connection: no token, or the wrong one. */
+  UNAUTHORIZED: 'FERRY_ERR_UNAUTHORIZED',
   /** A host did not answer, or the connection to it failed. */
   UNREACHABLE: 'FERRY_ERR_UNREACHABLE',
   /** A connection closed while a request or migration depended on it. */
@@ -80,4 +82,9 @@ export function toFerryError(error: unknown): FerryError {
   }
   const message = error instanceof Error ? error.message : String(error);
   return new FerryError(ErrorCode.INTERNAL, message, undefined, { cause: error });
+}
+
+/** Why `signal` was aborted, as a FerryError: its own reason when that is one, else `fallback`. */
+export function abortReason(signal: AbortSignal, fallback: string): FerryError {
+  return signal.reason instanceof FerryError ? signal.reason : new FerryError(ErrorCode.CANCELLED, fallback);
 }

@@ -93,6 +93,8 @@ export const migrationOptionsSchema = z.object({
   maxBandwidthBytesPerSec: z.number().min(0),
   maxRounds: z.number().int().min(1).max(1000),
   verify: verifyModeSchema,
+  /** Throttle the vCPU while its dirty rate outruns the link (QEMU's auto-converge). */
+  autoConverge: z.boolean().default(false),
 });
 export type MigrationOptions = z.infer<typeof migrationOptionsSchema>;
 
@@ -153,6 +155,8 @@ export const sourceReportSchema = z.object({
   bytesSent: z.number(),
   verification: verificationSchema.optional(),
   registers: registersSchema.optional(),
+  /** Auto-converge: the highest throttle applied, percent of the vCPU's rate held back (0: none). */
+  throttlePct: z.number(),
 });
 export type SourceReport = z.infer<typeof sourceReportSchema>;
 
@@ -170,6 +174,7 @@ export const migrationEventSchema = z.discriminatedUnion('kind', [
     expectedDowntimeMs: z.number(),
   }),
   z.object({ kind: z.literal('round'), report: roundReportSchema }),
+  z.object({ kind: z.literal('throttle'), round: z.number(), pct: z.number() }),
 ]);
 export type MigrationEvent = z.infer<typeof migrationEventSchema>;
 
@@ -210,6 +215,14 @@ export const controlOps = {
       options: migrationOptionsSchema,
     }).strict(),
     sourceReportSchema,
+  ],
+  /**
+   * Stops the migration of VM `name` that this agent is the source of. Before the commit it rolls back (the
+   * `migrate.start` reply says so); after the commit it has no effect.
+   */
+  'migrate.cancel': [
+    z.object({ name: vmNameSchema, reason: z.enum(['cancelled', 'timeout']).default('cancelled') }).strict(),
+    z.object({ cancelling: z.boolean() }),
   ],
 } as const;
 

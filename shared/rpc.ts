@@ -11,7 +11,7 @@
  */
 import { Packr } from 'msgpackr';
 import type { z } from 'zod';
-import { ErrorCode, FerryError, toFerryError } from './errors.js';
+import { ErrorCode, FerryError, abortReason, toFerryError } from './errors.js';
 import type { FrameSocket } from './frame-socket.js';
 import { envelopeSchema, type Envelope, type OpName, type OpTable, type ReplyOf, type RequestOf } from './protocol.js';
 
@@ -104,7 +104,7 @@ export class RpcConnection<Local extends OpTable, Remote extends OpTable> {
     const id = this.nextId++;
     return new Promise<ReplyOf<Remote, K>>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
-      const onAbort = (): void => finish(new FerryError(ErrorCode.CANCELLED, `${op} was cancelled`));
+      const onAbort = (): void => finish(abortReason(options.signal!, `${op} was cancelled`));
       const finish = (error: FerryError | undefined, reply?: unknown): void => {
         if (!this.pending.delete(id)) return;
         if (timer) clearTimeout(timer);

@@ -4,6 +4,7 @@
  * the tests register right after creating the cluster, so it runs even when a test fails.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,6 +23,8 @@ export interface CliResult {
 
 export interface TestCluster {
   dir: string;
+  /** The shared secret every agent of this cluster was given; the CLI runs with it as FERRY_TOKEN. */
+  token: string;
   clusterFile: string;
   agents: Map<string, LocalAgent>;
   agent(name: string): LocalAgent;
@@ -52,17 +55,19 @@ export function runFerry(args: string[], env: Record<string, string> = {}): Prom
 }
 
 /** Starts the CLI without waiting for it, for tests that kill it midway. */
-export function spawnFerry(args: string[]): ChildProcess {
-  return spawn(process.execPath, [ferryEntry, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+export function spawnFerry(args: string[], env: Record<string, string> = {}): ChildProcess {
+  return spawn(process.execPath, [ferryEntry, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
 }
 
 export async function startCluster(agents: LocalAgentOptions[]): Promise<TestCluster> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-test-'));
   const clusterFile = path.join(dir, 'ferry.cluster.json');
   const running = new Map<string, LocalAgent>();
-  const ferry = (...args: string[]): Promise<CliResult> => runFerry(['--cluster', clusterFile, ...args]);
+  const token = randomBytes(24).toString('hex');
+  const ferry = (...args: string[]): Promise<CliResult> => runFerry(['--cluster', clusterFile, ...args], { FERRY_TOKEN: token });
   const cluster: TestCluster = {
     dir,
+    token,
     clusterFile,
     agents: running,
     agent: (name) => {
@@ -72,7 +77,7 @@ export async function startCluster(agents: LocalAgentOptions[]): Promise<TestClu
     },
     ferry,
     addAgent: async (options) => {
-      const agent = await startLocalAgent({ datastore: path.join(dir, options.name), logLevel: 'warn', ...options });
+      const agent = await startLocalAgent({ datastore: path.join(dir, options.name), logLevel: 'warn', token, ...options });
       running.set(options.name, agent);
       const added = await ferry('hosts', 'add', options.name, agent.url);
       if (added.code !== 0) throw new Error(`hosts add failed: ${added.stderr}`);

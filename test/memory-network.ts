@@ -43,6 +43,7 @@ export async function createMemoryNetwork(hosts: { name: string; capacityBytes?:
       capacityBytes: host.capacityBytes ?? 1024 ** 3,
       faults: parseFaults(host.faults),
       log,
+      token: 'memory-network-token',
       dialPeer: async (url, migrationId, from, signal) => {
         const [sourceEnd, destinationEnd] = createSocketPair({ cut: (from, data) => network.peerCut?.(from === 1, data) ?? false });
         peerLinks.push([sourceEnd, destinationEnd]);

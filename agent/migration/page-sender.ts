@@ -19,7 +19,7 @@
  * and at most SEND_WINDOW_BYTES of page data are outstanding (backpressure).
  */
 import { PAGE_SIZE, PAGES_PER_FRAME, PEER_REPLY_TIMEOUT_MS, SEND_WINDOW_BYTES } from '../../shared/constants.js';
-import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { ErrorCode, FerryError, abortReason } from '../../shared/errors.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
 import { encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
 import type { VirtualMachine } from '../vm/vm.js';
@@ -71,7 +71,7 @@ export class PageSender {
     const { hasher } = this.vm;
 
     for (let first = 0; first < pages.length; first += PAGES_PER_FRAME) {
-      if (signal.aborted) throw new FerryError(ErrorCode.CANCELLED, 'migration cancelled while sending pages');
+      if (signal.aborted) throw abortReason(signal, 'migration cancelled while sending pages');
       if (this.sendError) throw this.sendError;
       const batch = pages.subarray(first, first + PAGES_PER_FRAME);
       const count = batch.length;
@@ -133,7 +133,7 @@ export class PageSender {
   async flush(): Promise<void> {
     while (this.outstandingBytes > 0 && !this.sendError && !this.options.signal.aborted) await this.waitForDrain(0);
     if (this.sendError) throw this.sendError;
-    if (this.options.signal.aborted) throw new FerryError(ErrorCode.CANCELLED, 'migration cancelled while sending pages');
+    if (this.options.signal.aborted) throw abortReason(this.options.signal, 'migration cancelled while sending pages');
   }
 
   private waitForDrain(threshold = SEND_WINDOW_BYTES / 2): Promise<void> {

@@ -9,7 +9,7 @@
  * never resumes its copy: if the destination's activation cannot be confirmed, the VM stays suspended here.
  */
 import WebSocket from 'ws';
-import { PEER_REPLY_TIMEOUT_MS, PROTOCOL_VERSION } from '../../shared/constants.js';
+import { AUTO_CONVERGE, PEER_REPLY_TIMEOUT_MS, PROTOCOL_VERSION, STOP_RULES } from '../../shared/constants.js';
 import { digestMemory, digestPageTable, formatDigest } from '../../shared/checksum.js';
 import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
@@ -20,6 +20,7 @@ import {
 } from '../../shared/protocol.js';
 import { fromWebSocket } from '../../shared/frame-socket.js';
 import { RpcConnection } from '../../shared/rpc.js';
+import { bearer } from '../../shared/token.js';
 import type { Registry } from '../registry.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import { PageSender } from './page-sender.js';
@@ -32,10 +33,10 @@ export type PeerClient = RpcConnection<Record<never, never>, typeof peerOps>;
  * mask makes ws skip the masking pass (and the copy it needs) on both ends. Masking exists to protect browsers'
  * proxies, and there are none between two agents.
  */
-export async function connectToDestination(url: string, migrationId: string, from: string, signal: AbortSignal): Promise<PeerClient> {
+export async function connectToDestination(url: string, migrationId: string, from: string, signal: AbortSignal, token: string): Promise<PeerClient> {
   const socket = new WebSocket(`${url.replace(/\/$/, '')}/peer`, {
     generateMask: (mask: Buffer) => mask.fill(0),
-    headers: { 'x-ferry-protocol': String(PROTOCOL_VERSION) },
+    headers: { 'x-ferry-protocol': String(PROTOCOL_VERSION), ...bearer(token) },
     perMessageDeflate: false,
   });
   await new Promise<void>((resolve, reject) => {
@@ -43,7 +44,9 @@ export async function connectToDestination(url: string, migrationId: string, fro
     const fail = (error: Error): void => {
       signal.removeEventListener('abort', onAbort);
       socket.terminate();
-      reject(new FerryError(ErrorCode.UNREACHABLE, `cannot open the page stream to ${url}: ${error.message}`, 'check that the destination agent runs and that this host can reach it'));
+      reject(/\b401\b/.test(error.message)
+        ? new FerryError(ErrorCode.UNAUTHORIZED, `the destination at ${url} refused this agent's token`, 'give every agent of the cluster the same token (--token-file or FERRY_TOKEN)')
+        : new FerryError(ErrorCode.UNREACHABLE, `cannot open the page stream to ${url}: ${error.message}`, 'check that the destination agent runs and that this host can reach it'));
     };
     socket.once('open', () => {
       signal.removeEventListener('abort', onAbort);
@@ -98,14 +101,16 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   let verification: Verification | undefined;
   let expectedDowntime: number | undefined;
   let committed = false;
+  let throttlePct = 0;
   let pausedAtMs: number | undefined;
   let bytesSent = 0;
 
   // The peer connection closing is as fatal as a cancel.
   const abort = new AbortController();
-  const onAbort = (): void => abort.abort();
+  const onAbort = (): void => abort.abort(context.signal.reason);
+  const onPeerClosed = (): void => abort.abort(new FerryError(ErrorCode.CONNECTION_LOST, 'the connection to the destination closed', 'check that the destination agent is still running'));
   context.signal.addEventListener('abort', onAbort, { once: true });
-  peer.signal.addEventListener('abort', onAbort, { once: true });
+  peer.signal.addEventListener('abort', onPeerClosed, { once: true });
   const signal = abort.signal;
 
   const enterStage = (stage: number): void => {
@@ -124,6 +129,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     return {
       outcome,
       committed,
+      throttlePct,
       ...(error ? { error: error.toPayload() } : {}),
       ...(stopReason ? { stopReason } : {}),
       rounds,
@@ -188,6 +194,15 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         bandwidthBytesPerSec: bandwidth, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds,
       });
       if (stopReason) break;
+      // Auto-converge (QEMU): a round that did not shrink the dirty set by 10 % means the guest dirties memory about
+      // as fast as the link carries it; hold the vCPU back, 20 % at first and 10 % more each such round.
+      const stalled = dirtyPagesAfter > inRound * (1 - STOP_RULES.minShrinkFraction);
+      if (options.autoConverge && stalled && throttlePct < AUTO_CONVERGE.maxPct) {
+        throttlePct = throttlePct === 0 ? AUTO_CONVERGE.initialPct : Math.min(AUTO_CONVERGE.maxPct, throttlePct + AUTO_CONVERGE.incrementPct);
+        vm.setThrottle(throttlePct);
+        emit({ kind: 'throttle', round, pct: throttlePct });
+        log.info('auto-converge', { vm: vm.name, round, throttlePct });
+      }
       round += 1;
       pages = vm.dirtyLog.harvest(); // bits cleared here, BEFORE the pages are read by the sender
       log.debug('pre-copy round', { vm: vm.name, round, pages: pages.length });
@@ -208,7 +223,6 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       dirtyPagesAfter: 0, throughputBytesPerSec: (last.bytesSent / lastDurationMs) * 1000,
     };
     const registers = vm.registers();
-    const sourceMemoryDigest = options.verify === 'full' ? formatDigest(digestMemory(vm.memory)) : undefined;
 
     // Stage 4: commitment. The destination checks its image and answers with its digests; we compare.
     enterStage(4);
@@ -217,6 +231,8 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const asked = peer.request('peer.verify', { registers, mode: options.verify }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
     const sourceDigest = formatDigest(digestPageTable(sender.hashes));
+    // --verify full: hash all of memory here while the destination does the same there (the vCPU is paused).
+    const sourceMemoryDigest = options.verify === 'full' ? formatDigest(digestMemory(vm.memory)) : undefined;
     const digestMs = now() - verifyStartMs;
     const answer = await asked;
     const memoryMatch = sourceMemoryDigest === undefined || sourceMemoryDigest === answer.destMemoryDigest;
@@ -268,8 +284,10 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     await rollBack(context, wasRunning, error);
     return report('rolled-back', error);
   } finally {
+    // The throttle was the migration's, not the guest's: lift it (on the destination it never existed).
+    vm.setThrottle(0);
     context.signal.removeEventListener('abort', onAbort);
-    peer.signal.removeEventListener('abort', onAbort);
+    peer.signal.removeEventListener('abort', onPeerClosed);
   }
 }
 

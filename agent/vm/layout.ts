@@ -14,9 +14,9 @@
  *   control block  SharedArrayBuffer, CONTROL_BYTES
  *   Int32 slots (Atomics)                          Float64 slots (plain loads and stores)
  *   +-----+---------+-------+-------+-------+      +--------------+------------+
- *   | CMD | STATE   | REG_X | N_LO  | N_HI  | ...  | HEARTBEAT_MS | BLACKOUT_MS|
- *   +-----+---------+-------+-------+-------+      +--------------+------------+
- *    0     1         2       3       4              byte 32        byte 40
+ *   | CMD | STATE   | REG_X | N_LO  | N_HI  | THROTTLE | ...  | HEARTBEAT_MS | BLACKOUT_MS|
+ *   +-----+---------+-------+-------+-------+----------+      +--------------+------------+
+ *    0     1         2       3       4       5                 byte 32        byte 40
  *
  * What must stay true:
  * - Only the main thread writes CMD; only the vCPU writes STATE. Each side `Atomics.notify`s the slot it wrote.
@@ -39,6 +39,11 @@ export const ControlSlot = {
   REG_N_LO: 3,
   /** Register n: writes done, high bits. */
   REG_N_HI: 4,
+  /**
+   * Main thread -> vCPU: percent of its rate the vCPU holds back (auto-converge), 0 to 99. Read every loop turn;
+   * not part of the guest's state, so it never travels with the registers.
+   */
+  THROTTLE_PCT: 5,
 } as const;
 
 export const INT32_SLOTS = 8;

@@ -30,7 +30,7 @@ function run(data: VcpuWorkerData): void {
   const words = new Uint32Array(data.memory);
   const dirtyLog = new DirtyLog(data.dirtyLog, data.pageCount);
   const nextPage = workloadStep(data.workload);
-  const rate = data.workload.kind === 'idle' ? 0 : data.workload.rate;
+  const baseRate = data.workload.kind === 'idle' ? 0 : data.workload.rate;
   const registers: WorkloadRegisters = { x: 0, n: 0 };
 
   const setState = (state: number): void => {
@@ -42,9 +42,12 @@ function run(data: VcpuWorkerData): void {
     registers.n = readRegisterN(ints);
   };
 
-  // Rate pacing: `written` writes since `paceStart`; a write is due when the clock says so.
+  // Rate pacing: `written` writes since `paceStart`; a write is due when the clock says so. Auto-converge scales
+  // the rate down by THROTTLE_PCT; a change restarts the pacing.
   let paceStart = performance.now();
   let written = 0;
+  let throttle = 0;
+  let rate = baseRate;
 
   for (;;) {
     const command = Atomics.load(ints, ControlSlot.CMD);
@@ -69,6 +72,13 @@ function run(data: VcpuWorkerData): void {
       continue;
     }
 
+    const throttleNow = Atomics.load(ints, ControlSlot.THROTTLE_PCT);
+    if (throttleNow !== throttle) {
+      throttle = throttleNow;
+      rate = (baseRate * (100 - throttle)) / 100;
+      paceStart = performance.now();
+      written = 0;
+    }
     const elapsedMs = performance.now() - paceStart;
     const due = rate === 0 ? 0 : Math.floor((elapsedMs * rate) / 1000) - written;
     if (due <= 0) {

@@ -100,6 +100,15 @@ export class VirtualMachine {
     floats[ControlFloatSlot.HEARTBEAT_MS] = registers.heartbeatMs;
   }
 
+  /** Holds the vCPU to (100 - percent) % of its rate: auto-converge's throttle; 0 lifts it. */
+  setThrottle(percent: number): void {
+    Atomics.store(this.control.ints, ControlSlot.THROTTLE_PCT, Math.max(0, Math.min(99, Math.round(percent))));
+  }
+
+  get throttlePct(): number {
+    return Atomics.load(this.control.ints, ControlSlot.THROTTLE_PCT);
+  }
+
   /** Gap in the guest's heartbeat across its last resume. */
   lastBlackoutMs(): number {
     return this.control.floats[ControlFloatSlot.BLACKOUT_MS] ?? 0;

@@ -10,6 +10,7 @@
  * The addresses are private to namespaces this process creates and deletes.
  */
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { parseRate } from '../../shared/units.js';
 import type { Cluster } from '../cluster.js';
@@ -36,11 +37,14 @@ function portOf(url: string): string {
   return new URL(url).port;
 }
 
+/** The shared secret of the benchmark's agents. */
+const token = randomBytes(32).toString('hex');
+
 async function startPair(options: { name: string; host: string; netns?: string }[], capacity: string, workdir: string): Promise<[LocalAgent, LocalAgent]> {
   const started: LocalAgent[] = [];
   try {
     for (const option of options) {
-      started.push(await startLocalAgent({ ...option, capacity, datastore: `${workdir}/${option.name}`, logLevel: 'warn' }));
+      started.push(await startLocalAgent({ ...option, capacity, datastore: `${workdir}/${option.name}`, logLevel: 'warn', token }));
     }
   } catch (error) {
     await Promise.all(started.map((agent) => agent.stop()));
@@ -58,7 +62,7 @@ export function loopbackLink(): Link {
       const agents = await startPair([{ name: 'host-a', host: '127.0.0.1' }, { name: 'host-b', host: '127.0.0.1' }], capacity, workdir);
       return {
         agents,
-        cluster: { hosts: agents.map((agent) => ({ name: agent.name, url: agent.url })) },
+        cluster: { hosts: agents.map((agent) => ({ name: agent.name, url: agent.url, token })) },
         stop: async () => void (await Promise.all(agents.map((agent) => agent.stop()))),
       };
     },
@@ -127,6 +131,7 @@ export function shapedLink(rateText: string): Link {
             name: agent.name,
             url: `ws://${CONTROL_NS[i]}:${portOf(agent.url)}`,
             migrationUrl: `ws://${DATA[i]}:${portOf(agent.url)}`,
+            token,
           })),
         },
         stop: async () => void (await Promise.all(agents.map((agent) => agent.stop()))),

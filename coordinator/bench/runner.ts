@@ -113,6 +113,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       maxBandwidthBytesPerSec: scenario.maxBandwidth ? parseRate(scenario.maxBandwidth) : 0,
       maxRounds: STOP_RULES.maxRounds,
       verify: scenario.verify,
+      autoConverge: false,
     };
     const report = await migrateLive(bench.cluster, { vm: 'bench', to: 'host-b', options });
     const cpuAfter = [await cpuOf(hostA), await cpuOf(hostB)];

@@ -115,7 +115,7 @@ export function checkTargets(summaries: ScenarioSummary[]): TargetCheck[] {
     const worst = Math.max(...modelled.map((summary) => Math.abs(summary.modelErrorTotalTime.median)));
     checks.push({ what: 'model error on total time (worst scenario median; stages 0-1 and 4-5 as measured)', target: '<= 10 %', measured: pct(worst), met: worst <= 0.1 });
   }
-  const over = find('over-link-1g');
+  const over = find('over-link');
   if (over) {
     const capped = (over.stopReasons['max-rounds'] ?? 0) + (over.stopReasons['max-bytes'] ?? 0);
     checks.push({ what: 'dirty rate above the link', target: 'ends within the caps and says why', measured: `${over.committed}/${over.runs} committed, ${capped} ended by a cap`, met: over.committed === over.runs && capped === over.runs });

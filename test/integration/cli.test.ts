@@ -3,7 +3,10 @@
  * of bad input with stable codes and meaningful exit statuses.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import WebSocket from 'ws';
 import { connect, createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -61,7 +64,7 @@ describe('ferry CLI', () => {
 
   it('finds the cluster file through FERRY_CLUSTER', async () => {
     cluster = await startCluster([{ name: 'host-a' }]);
-    const listed = await runFerry(['hosts', '--json'], { FERRY_CLUSTER: cluster.clusterFile });
+    const listed = await runFerry(['hosts', '--json'], { FERRY_CLUSTER: cluster.clusterFile, FERRY_TOKEN: cluster.token });
     expect(listed.code).toBe(0);
     expect(listed.json()).toEqual([expect.objectContaining({ name: 'host-a', reachable: true })]);
   });
@@ -175,13 +178,48 @@ describe('ferry CLI', () => {
 
 describe('ferry-agent', () => {
   it('prints exactly one JSON ready line with its name and URL, and stops cleanly on SIGTERM', async () => {
-    const agent = await startLocalAgent({ name: 'host-x' });
+    const datastore = await mkdtemp(path.join(os.tmpdir(), 'ferry-agent-test-'));
+    const agent = await startLocalAgent({ name: 'host-x', datastore, env: { FERRY_TOKEN: '' } });
     try {
       expect(agent.url).toMatch(/^ws:\/\/127\.0\.0\.1:\d+$/);
     } finally {
       await agent.stop();
+      await rm(datastore, { recursive: true, force: true });
     }
     expect(await agent.exited).toBe(0);
+  });
+
+  it('never runs open: without a token it makes one, says where, and refuses connections that lack it', async () => {
+    const datastore = await mkdtemp(path.join(os.tmpdir(), 'ferry-agent-test-'));
+    const agent = await startLocalAgent({ name: 'host-x', datastore, env: { FERRY_TOKEN: '' } });
+    try {
+      const tokenFile = path.join(datastore, 'token');
+      expect(agent.log()).toContain(`made a new token in ${tokenFile}`);
+      const token = readFileSync(tokenFile, 'utf8').trim();
+      expect(token).toMatch(/^[0-9a-f]{64}$/);
+      expect(statSync(tokenFile).mode & 0o777).toBe(0o600);
+      const clusterFile = path.join(datastore, 'cluster.json');
+      expect((await runFerry(['--cluster', clusterFile, 'hosts', 'add', 'host-x', agent.url])).code).toBe(0);
+      const without = await runFerry(['--cluster', clusterFile, 'hosts', '--json'], { FERRY_TOKEN: '' });
+      expect(without.json()[0]).toMatchObject({ reachable: false, error: { code: 'FERRY_ERR_UNAUTHORIZED' } });
+      const wrong = await runFerry(['--cluster', clusterFile, 'vm', 'list', '--json'], { FERRY_TOKEN: 'f'.repeat(64) });
+      expect(wrong.stderr).toContain('wrong token');
+      const right = await runFerry(['--cluster', clusterFile, '--token-file', tokenFile, 'hosts', '--json'], { FERRY_TOKEN: '' });
+      expect(right.json()[0]).toMatchObject({ name: 'host-x', reachable: true });
+      // A raw upgrade without the header is refused before any WebSocket exists, on both endpoints.
+      for (const endpoint of ['/control', '/peer']) {
+        const status = await new Promise<number | undefined>((resolve) => {
+          const socket = new WebSocket(`${agent.url}${endpoint}`);
+          socket.on('unexpected-response', (_request, response) => resolve(response.statusCode));
+          socket.on('open', () => resolve(101));
+          socket.on('error', () => resolve(undefined));
+        });
+        expect(status).toBe(401);
+      }
+    } finally {
+      await agent.stop();
+      await rm(datastore, { recursive: true, force: true });
+    }
   });
 
   it('survives malformed upgrade requests and reset connections, and keeps serving', async () => {

@@ -90,7 +90,7 @@ describe('failures before the commit', () => {
     cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--rate', '10000', '--wss', '16MiB', '--seed', '8')).code).toBe(0);
-    const coordinator = spawnFerry(['--cluster', c.clusterFile, 'migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--json']);
+    const coordinator = spawnFerry(['--cluster', c.clusterFile, 'migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--json'], { FERRY_TOKEN: c.token });
     const exited = new Promise((resolve) => coordinator.once('exit', resolve));
     try {
       await eventually(async () => ((await vmInfo(c, 'web1')).state === 'migrating-out' ? true : undefined), 'the migration to start');
@@ -107,6 +107,61 @@ describe('failures before the commit', () => {
     await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
     const again = await c.ferry('migrate', 'web1', '--to', 'host-b', '--json');
     expect(again.code, again.stderr).toBe(0);
+  });
+
+  it('rolls back a migration that runs past --timeout, and the VM keeps running on its source', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--rate', '5000', '--wss', '16MiB', '--seed', '41')).code).toBe(0);
+    // 64 MiB at 16 MiB/s takes four seconds; the timeout is one.
+    const migrated = await c.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--timeout', '1s', '--json');
+    expect(migrated.code).toBe(1);
+    const report = migrated.json();
+    expect(report).toMatchObject({ outcome: 'rolled-back', error: { code: 'FERRY_ERR_TIMEOUT' } });
+    expect(report.totalTimeMs).toBeLessThan(4000);
+    await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
+    const hostB = (await c.ferry('hosts', '--json')).json<{ name: string; vms: string[] }[]>().find((host) => host.name === 'host-b')!;
+    expect(hostB.vms).toEqual([]);
+  });
+
+  for (const how of ['ferry migrate --cancel from another terminal', 'Ctrl-C'] as const) {
+    it(`rolls back a migration cancelled with ${how}`, async () => {
+      cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+      const c = cluster;
+      expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--rate', '5000', '--wss', '16MiB', '--seed', '43')).code).toBe(0);
+      const migrating = spawnFerry(['--cluster', c.clusterFile, 'migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--json'], { FERRY_TOKEN: c.token });
+      let stdout = '';
+      migrating.stdout!.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+      const exited = new Promise<number | null>((resolve) => migrating.once('exit', resolve));
+      try {
+        await eventually(async () => ((await vmInfo(c, 'web1')).state === 'migrating-out' ? true : undefined), 'the migration to start');
+        if (how === 'Ctrl-C') {
+          migrating.kill('SIGINT');
+        } else {
+          const cancelled = await c.ferry('migrate', 'web1', '--cancel');
+          expect(cancelled.code, cancelled.stderr).toBe(0);
+          expect(cancelled.stdout).toContain('cancelling the migration of web1 from host-a');
+        }
+        expect(await exited).toBe(1);
+      } finally {
+        migrating.kill('SIGKILL');
+      }
+      const report = JSON.parse(stdout);
+      expect(report).toMatchObject({ outcome: 'rolled-back', error: { code: 'FERRY_ERR_CANCELLED' } });
+      await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
+      // Nothing stale: it migrates again at once.
+      const again = await c.ferry('migrate', 'web1', '--to', 'host-b', '--json');
+      expect(again.code, again.stderr).toBe(0);
+    });
+  }
+
+  it('says so when asked to cancel a migration that is not under way', async () => {
+    cluster = await startCluster([{ name: 'host-a' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--seed', '47')).code).toBe(0);
+    const cancelled = await c.ferry('migrate', 'web1', '--cancel', '--json');
+    expect(cancelled.code).toBe(1);
+    expect(cancelled.json().error.code).toBe('FERRY_ERR_VM_STATE');
   });
 
   it('refuses a migration to the host the VM is already on, or to an unknown host, touching nothing', async () => {

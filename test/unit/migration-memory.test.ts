@@ -12,7 +12,7 @@ import { createMemoryNetwork, type MemoryNetwork } from '../memory-network.js';
 import { checkPatternImage } from '../replay.js';
 
 const MiB = 1024 * 1024;
-const defaults: MigrationOptions = { maxDowntimeMs: DEFAULT_MAX_DOWNTIME_MS, maxBandwidthBytesPerSec: 0, maxRounds: 30, verify: 'pages' };
+const defaults: MigrationOptions = { maxDowntimeMs: DEFAULT_MAX_DOWNTIME_MS, maxBandwidthBytesPerSec: 0, maxRounds: 30, verify: 'pages', autoConverge: false };
 
 let network: MemoryNetwork | undefined;
 afterEach(async () => {
@@ -204,6 +204,34 @@ describe('migration over the in-memory network', () => {
     expect(destination.vcpuRunning).toBe(true);
     expect(source.state).toBe('suspended');
     expect(source.vcpuRunning).toBe(false);
+  });
+
+  it('converges with --auto-converge where the same guest otherwise runs into the round cap, its memory intact', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    const net = network;
+    // 50,000 page writes a second into 2 MiB (512 pages) against a 32 MiB/s link: every round leaves the whole
+    // working set dirty again, and 10 ms of downtime is never enough for it.
+    const options = { ...defaults, maxBandwidthBytesPerSec: 32 * MiB, maxRounds: 20, maxDowntimeMs: 10 };
+    await createVm(net, 'host-a', 'hot1', 32 * MiB, 50_000, 512, 37);
+    const capped = await migrateLive(net.cluster, { vm: 'hot1', to: 'host-b', options }, { connect: net.connect });
+    expect(capped.outcome).toBe('committed');
+    expect(capped.stopReason).toBe('max-rounds');
+    expect(capped.throttlePct).toBe(0);
+
+    const events: MigrationEvent[] = [];
+    const converged = await migrateLive(net.cluster, { vm: 'hot1', to: 'host-a', options: { ...options, autoConverge: true } }, { connect: net.connect, onEvent: (event) => events.push(event) });
+    expect(converged.outcome).toBe('committed');
+    expect(['few-dirty-pages', 'converged-within-downtime']).toContain(converged.stopReason);
+    expect(converged.rounds.length).toBeLessThan(20);
+    expect(converged.throttlePct).toBeGreaterThanOrEqual(20);
+    const steps = events.filter((event) => event.kind === 'throttle').map((event) => (event as { pct: number }).pct);
+    expect(steps[0]).toBe(20);
+    for (let i = 1; i < steps.length; i++) expect(steps[i]).toBe(Math.min(99, steps[i - 1]! + 10));
+    // The throttle was the migration's: the guest runs at full rate on its new host.
+    const moved = net.agents.get('host-a')!.registry.get('hot1');
+    expect(moved.throttlePct).toBe(0);
+    await moved.pause();
+    expectReplayMatches(net, 'host-a', 'hot1');
   });
 
   it('refuses at reservation when the destination lacks memory, and the VM runs on untouched', async () => {
