@@ -7,8 +7,10 @@ import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import { controlOps, peerOps, type HostInfo, type VmInfo } from '../shared/protocol.js';
 import { RpcConnection } from '../shared/rpc.js';
-import type { Faults } from './faults.js';
-import { connectToDestination, runSource } from './migration/source.js';
+import { faultPoint, type Faults } from './faults.js';
+import { ActivationLog } from './migration/activation-log.js';
+import { Settlements } from './migration/settlement.js';
+import { connectToDestination, dialPeerAgent, runSource, type PeerClient } from './migration/source.js';
 import { MigrationTarget } from './migration/target.js';
 import { Registry } from './registry.js';
 import type { VirtualMachine } from './vm/vm.js';
@@ -28,6 +30,10 @@ export interface AgentSettings {
   token: string;
   /** Opens the page stream to a destination agent; WebSockets unless a test gives an in-memory network. */
   dialPeer?: typeof connectToDestination;
+  /** Opens an unbound peer connection, for settling a migration in doubt; WebSockets unless a test says otherwise. */
+  dialAgent?: (url: string, token: string) => Promise<PeerClient>;
+  /** Where the activation log lives (datastore/migrations); in memory when undefined. */
+  activationFolder?: string;
 }
 
 function cpuTime(): { userMs: number; systemMs: number } {
@@ -45,6 +51,8 @@ export class Agent {
   private readonly outgoing = new Map<string, AbortController>();
   private readonly dialPeer: typeof connectToDestination;
   private readonly token: string;
+  private readonly activations: ActivationLog;
+  readonly settlements: Settlements;
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;
@@ -53,6 +61,14 @@ export class Agent {
     this.log = settings.log;
     this.dialPeer = settings.dialPeer ?? connectToDestination;
     this.token = settings.token;
+    this.activations = new ActivationLog(settings.activationFolder);
+    const dialAgent = settings.dialAgent ?? dialPeerAgent;
+    this.settlements = new Settlements({
+      registry: this.registry,
+      incoming: this.incoming,
+      log: this.log,
+      dial: (url) => dialAgent(url, this.token),
+    });
   }
 
   hostInfo(): HostInfo {
@@ -62,7 +78,7 @@ export class Agent {
       capacityBytes: this.registry.capacityBytes,
       usedBytes: this.registry.usedBytes,
       freeBytes: this.registry.freeBytes,
-      vms: this.registry.list().map((vm) => ({ name: vm.name, host: this.name, state: vm.state, memoryBytes: vm.memoryBytes })),
+      vms: this.registry.list().map((vm) => ({ name: vm.name, host: this.name, state: vm.state, memoryBytes: vm.memoryBytes, epoch: vm.epoch })),
       cpu: cpuTime(),
     };
   }
@@ -142,12 +158,12 @@ export class Agent {
       }
     }));
 
-    connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload }) => {
+    connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload, epoch, sourceUrl }) => {
       if (this.incoming.has(migrationId)) {
         throw new FerryError(ErrorCode.VM_STATE, `migration ${migrationId} already has a reservation here`, 'start a new migration');
       }
       const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'migrating-in', 'receive it');
-      const target = new MigrationTarget(migrationId, vm, this.registry, this.faults, this.log);
+      const target = new MigrationTarget(migrationId, vm, this.registry, this.faults, this.log, { epoch, url: sourceUrl }, this.activations);
       target.onFinished = () => this.incoming.delete(migrationId);
       this.incoming.set(migrationId, target);
       this.log.info('reserved', { vm: name, memoryBytes, migration: migrationId });
@@ -181,6 +197,7 @@ export class Agent {
         context.signal.addEventListener('abort', onClosed, { once: true });
         this.outgoing.set(name, cancel);
         const report = await runSource({
+          faults: this.faults,
           vm,
           wasRunning,
           registry: this.registry,
@@ -190,6 +207,7 @@ export class Agent {
           now: () => performance.now(),
           emit: (event) => void context.event(event),
           log: this.log,
+          onInDoubt: (doubtful, resume) => this.settlements.add({ migrationId, vm: doubtful, destinationUrl: destination.url, resume }),
         }).finally(() => {
           this.outgoing.delete(name);
           context.signal.removeEventListener('abort', onClosed);
@@ -197,6 +215,20 @@ export class Agent {
         this.log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
         return report;
       });
+    });
+
+    connection.handle('vm.resolve', async ({ name }) => {
+      if (this.settlements.inDoubt.has(name)) {
+        const detail = await this.settlements.settleSource(name);
+        return { state: this.registry.has(name) ? this.registry.get(name).state : 'gone', detail };
+      }
+      const parked = [...this.incoming.values()].find((target) => target.vm.name === name && target.state === 'verified');
+      if (parked) {
+        const detail = await this.settlements.settleParked(parked);
+        return { state: this.registry.has(name) ? this.registry.get(name).state : 'gone', detail };
+      }
+      const vm = this.registry.get(name);
+      return { state: vm.state, detail: 'nothing in doubt here' };
     });
 
     connection.handle('migrate.cancel', async ({ name, reason }) => {
@@ -246,14 +278,27 @@ export class Agent {
       const startedMs = performance.now();
       const reply = current().verify(request);
       this.log.debug('verified', { tookMs: performance.now() - startedMs });
+      // 'after-verify' fires once the reply is on its way.
+      setImmediate(() => void faultPoint(this.faults, 'after-verify', this.log, () => connection.close()));
       return reply;
     });
     connection.handle('peer.activate', async ({ resume }) => {
       const startedMs = performance.now();
+      await faultPoint(this.faults, 'before-activation', this.log, () => connection.close());
       const reply = await current().activate(resume);
       this.log.debug('activated', { tookMs: performance.now() - startedMs });
       return reply;
     });
+    connection.handle('peer.settle', async ({ migrationId, resume }) => {
+      const found = this.incoming.get(migrationId);
+      if (found?.state === 'verified') {
+        await found.activate(resume);
+        return { phase: 'active' as const };
+      }
+      if (found) return { phase: found.state === 'active' ? 'active' as const : 'pending' as const };
+      return { phase: this.activations.activated(migrationId) ? 'active' as const : 'unknown' as const };
+    });
+    connection.handle('peer.holds', async ({ migrationId, name }) => ({ state: this.settlements.holds(migrationId, name) }));
     connection.handle('peer.abort', async ({ reason }) => {
       await current().drop(`the source aborted: ${reason}`, { keepVerified: false });
       return {};
@@ -261,6 +306,7 @@ export class Agent {
   }
 
   async shutdown(): Promise<void> {
+    this.settlements.stop();
     await this.registry.releaseAll();
   }
 }

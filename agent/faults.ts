@@ -1,26 +1,70 @@
 /**
- * Fault switches for tests, off unless FERRY_FAULTS names them. A switch never touches guest memory on the side
- * that owns the VM: it damages what travels, to prove that verification catches it.
+ * Fault switches for tests, off unless FERRY_FAULTS names them (comma-separated). A switch never touches guest
+ * memory on the side that owns the VM: it damages what travels, or stops the agent, at a chosen point.
  *
- *   FERRY_FAULTS=corrupt-page:1023     the destination flips one byte of page 1023 the first time it arrives,
- *                                      before checking it, as if the wire had damaged it
+ *   corrupt-page:N           the destination flips one byte of page N the first time it arrives, before checking it,
+ *                            as if the wire had damaged it
+ *   ACTION@POINT             at POINT, the agent that reaches it (source or destination) does ACTION, once:
+ *     ACTION  crash          exit at once (SIGKILL itself: no cleanup, like a host that dies)
+ *             drop           close the page stream
+ *             stall          stop working on the migration (it hangs; timeouts must notice)
+ *     POINT   round-N        source: round N's pages are sent, before the round's sync
+ *             stop-and-copy  source: the vCPU is paused, before the last pages are sent
+ *             after-verify   destination: its verification reply has been sent
+ *             after-commit   source: it has committed, before asking for activation
+ *             before-activation  destination: asked to activate, before it resumes the vCPU
+ *
+ *   e.g. FERRY_FAULTS=crash@after-commit   or   FERRY_FAULTS=stall@round-2,corrupt-page:7
  */
 import { ErrorCode, FerryError } from '../shared/errors.js';
+import type { Logger } from '../shared/log.js';
+
+export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation'] as const;
+export type FaultPoint = (typeof faultPoints)[number] | `round-${number}`;
+export type FaultAction = 'crash' | 'drop' | 'stall';
 
 export interface Faults {
   /** Page number to damage on arrival, once. */
   corruptPage: number | undefined;
+  /** Armed actions by point, each fired once. */
+  at: Map<string, FaultAction>;
 }
 
 export function parseFaults(text: string | undefined): Faults {
-  const faults: Faults = { corruptPage: undefined };
+  const faults: Faults = { corruptPage: undefined, at: new Map() };
   for (const item of (text ?? '').split(',').map((part) => part.trim()).filter(Boolean)) {
-    const [name, value] = item.split(':');
-    if (name === 'corrupt-page' && value !== undefined && /^\d+$/.test(value)) {
-      faults.corruptPage = Number(value);
-    } else {
-      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known faults: corrupt-page:<page>');
+    const corrupt = /^corrupt-page:(\d+)$/.exec(item);
+    const action = /^(crash|drop|stall)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation)$/.exec(item);
+    if (corrupt) faults.corruptPage = Number(corrupt[1]);
+    else if (action) faults.at.set(action[2]!, action[1] as FaultAction);
+    else {
+      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, and crash|drop|stall @ round-N|stop-and-copy|after-verify|after-commit|before-activation');
     }
   }
   return faults;
+}
+
+/**
+ * Called by the migration code at each point. Resolves at once unless a fault is armed there: then it crashes the
+ * process, closes the stream (`drop`) and resolves, or never resolves (`stall`).
+ */
+export async function faultPoint(faults: Faults | undefined, point: FaultPoint, log: Logger, drop: () => void): Promise<void> {
+  const action = faults?.at.get(point);
+  if (!action) return;
+  faults!.at.delete(point);
+  log.warn(`fault: ${action} at ${point}`);
+  switch (action) {
+    case 'crash':
+      process.kill(process.pid, 'SIGKILL');
+      return new Promise<void>(() => undefined);
+    case 'drop':
+      drop();
+      return;
+    case 'stall':
+      return new Promise<void>(() => undefined);
+    default: {
+      const unreachable: never = action;
+      return unreachable;
+    }
+  }
 }

@@ -91,7 +91,10 @@ Example:
   await mkdir(options.datastore, { recursive: true });
 
   const { token, tokenFile } = await resolveToken(options);
-  const agent = new Agent({ name: options.name, capacityBytes: options.capacityBytes, faults, log, token });
+  const agent = new Agent({
+    name: options.name, capacityBytes: options.capacityBytes, faults, log, token,
+    activationFolder: path.join(options.datastore, 'migrations'),
+  });
   const server = await startServer(agent, options.host, options.port, token);
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {

@@ -215,6 +215,23 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
       else process.stdout.write(`wrote ${formatBytes(metadata.memoryBytes)} of ${name} to ${options.out} (n=${int(metadata.cpu.n)}), metadata in ${options.out}.json\n`);
     });
 
+  vm.command('resolve <name>')
+    .description('settle a migration of this VM left in doubt (a lost commit acknowledgement) now, and say where it runs')
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { json?: boolean }, command: Command) => {
+      const { cluster: hosts } = await cluster(command);
+      const surveys = await surveyHosts(hosts);
+      const holders = surveys.filter((survey) => survey.info?.vms.some((vm) => vm.name === checkVmName(name)));
+      if (holders.length === 0) throw new FerryError(ErrorCode.VM_NOT_FOUND, `no host that answered holds ${name}`, 'run `ferry vm list`');
+      const results = [];
+      for (const holder of holders) {
+        const result = await withHost(holder.host, (client) => client.request('vm.resolve', { name }));
+        results.push({ host: holder.host.name, ...result });
+      }
+      if (options.json) printJson(results);
+      else for (const result of results) process.stdout.write(`${name} on ${result.host}: ${result.state} (${result.detail})\n`);
+    });
+
   vm.command('check <name>')
     .description('pattern VMs: check every page of guest memory against a replay of the workload from its seed')
     .option('--json', 'print JSON')

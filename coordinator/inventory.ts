@@ -30,7 +30,7 @@ export function allVms(surveys: HostSurvey[]): VmSummary[] {
 
 /**
  * The host that holds VM `name`. A VM mid-migration shows on both hosts (leaving one, arriving on the other);
- * the host where it is not arriving is the one that holds it.
+ * the host where it is not arriving is the one that holds it; between two such, the higher ownership epoch.
  */
 export async function locateVm(cluster: Cluster, name: string, connect: Connector = connectAgent): Promise<{ host: HostEntry; vm: VmSummary }> {
   if (cluster.hosts.length === 0) {
@@ -40,7 +40,8 @@ export async function locateVm(cluster: Cluster, name: string, connect: Connecto
   const found = surveys.flatMap((survey) =>
     (survey.info?.vms ?? []).filter((vm) => vm.name === name).map((vm) => ({ host: survey.host, vm })),
   );
-  const holder = found.find((entry) => entry.vm.state !== 'migrating-in') ?? found[0];
+  // The newest copy that is not still arriving: after a migration in doubt, the higher epoch is the VM.
+  const holder = [...found].sort((a, b) => Number(a.vm.state === 'migrating-in') - Number(b.vm.state === 'migrating-in') || b.vm.epoch - a.vm.epoch)[0];
   if (holder) return holder;
   const down = surveys.filter((survey) => survey.error).map((survey) => survey.host.name);
   throw new FerryError(

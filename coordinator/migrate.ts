@@ -72,7 +72,10 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
 
     // Stage 1: reservation. The destination checks capacity and allocates a container of the same size.
     enter(1, 'reservation');
-    await destination.request('migrate.reserve', { migrationId, name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload }, { signal: hooks.signal });
+    await destination.request('migrate.reserve', {
+      migrationId, name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch,
+      sourceUrl: located.host.migrationUrl ?? located.host.url,
+    }, { signal: hooks.signal });
 
     // Stages 2-5 run between the two agents; the source reports them. Cancelling now asks the source to stop, and
     // its report (rolled back, or committed if the cancel came too late) is still awaited and returned.

@@ -60,6 +60,8 @@ export const vmSummarySchema = z.object({
   host: z.string(),
   state: vmStateSchema,
   memoryBytes: z.number(),
+  /** Ownership epoch: 1 at creation, one more with each committed migration. A copy with a lower epoch is stale. */
+  epoch: z.number(),
 });
 export type VmSummary = z.infer<typeof vmSummarySchema>;
 
@@ -203,7 +205,16 @@ export const controlOps = {
   /** Events: binary frames of guest memory in order, then the reply with the image's metadata. */
   'vm.dump': [byName, z.object({ info: vmInfoSchema, wasRunning: z.boolean() })],
   'migrate.reserve': [
-    z.object({ migrationId: z.string(), name: vmNameSchema, memoryBytes: memoryBytesSchema, workload: workloadSpecSchema }).strict(),
+    z.object({
+      migrationId: z.string(),
+      name: vmNameSchema,
+      memoryBytes: memoryBytesSchema,
+      workload: workloadSpecSchema,
+      /** The source's epoch; the destination's copy takes the next one at activation. */
+      epoch: z.number().int().min(1),
+      /** Where the destination can reach the source's agent, to settle a commit whose acknowledgement was lost. */
+      sourceUrl: z.string(),
+    }).strict(),
     z.object({ freeBytesAfter: z.number() }),
   ],
   'migrate.release': [z.object({ migrationId: z.string() }).strict(), empty],
@@ -216,6 +227,8 @@ export const controlOps = {
     }).strict(),
     sourceReportSchema,
   ],
+  /** Settles, now, a migration of VM `name` left in doubt here (a lost commit acknowledgement); says what holds it. */
+  'vm.resolve': [byName, z.object({ state: z.string(), detail: z.string() })],
   /**
    * Stops the migration of VM `name` that this agent is the source of. Before the commit it rolls back (the
    * `migrate.start` reply says so); after the commit it has no effect.
@@ -237,7 +250,7 @@ export const peerOps = {
   'peer.sync': [z.object({ round: z.number().int().min(1) }).strict(), z.object({ pagesReceived: z.number() })],
   /** Stop-and-copy is done: every page is sent. The destination checks its image and answers with its digests. */
   'peer.verify': [
-    z.object({ registers: registersSchema, mode: verifyModeSchema }).strict(),
+    z.object({ registers: registersSchema, mode: verifyModeSchema, resume: z.boolean() }).strict(),
     z.object({
       destDigest: z.string(),
       destMemoryDigest: z.string().optional(),
@@ -252,6 +265,18 @@ export const peerOps = {
   ],
   /** The source gives up before commit: the destination drops its reservation. */
   'peer.abort': [z.object({ reason: z.string() }).strict(), empty],
+  /**
+   * Source to destination, on a fresh connection, after a commit whose activation went unconfirmed: "I committed
+   * migration M". A verified image is activated now. The reply says what the destination knows of M: `active` (it
+   * runs the VM, or did: the source frees its copy) or `unknown` (it never activated M, so the source's copy is the VM).
+   */
+  'peer.settle': [z.object({ migrationId: z.string(), resume: z.boolean() }).strict(), z.object({ phase: z.enum(['active', 'unknown', 'pending']) })],
+  /**
+   * Destination to source, about a verified image whose source went silent: `committed` (the source passed its
+   * commit point: activate), `running` (it rolled back and runs the VM: drop the image), `pending` (still deciding),
+   * or `none` (it holds no copy: it restarted or died; the verified image is the only one left: activate).
+   */
+  'peer.holds': [z.object({ migrationId: z.string(), name: vmNameSchema }).strict(), z.object({ state: z.enum(['committed', 'running', 'pending', 'none']) })],
 } as const;
 
 export type OpTable = Record<string, readonly [z.ZodType, z.ZodType]>;

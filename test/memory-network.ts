@@ -50,6 +50,11 @@ export async function createMemoryNetwork(hosts: { name: string; capacityBytes?:
         agentAt(url).servePeer(new RpcConnection(destinationEnd, peerOps, {}));
         return greetDestination(new RpcConnection(sourceEnd, {}, peerOps), migrationId, from, signal);
       },
+      dialAgent: async (url) => {
+        const [callerEnd, agentEnd] = createSocketPair({ cut: (from, data) => network.peerCut?.(from === 1, data) ?? false });
+        agentAt(url).servePeer(new RpcConnection(agentEnd, peerOps, {}));
+        return new RpcConnection(callerEnd, {}, peerOps);
+      },
     }));
   }
   const connect: Connector = async (host): Promise<AgentClient> => {

@@ -21,6 +21,7 @@ import {
 import { fromWebSocket } from '../../shared/frame-socket.js';
 import { RpcConnection } from '../../shared/rpc.js';
 import { bearer } from '../../shared/token.js';
+import { faultPoint, type Faults } from '../faults.js';
 import type { Registry } from '../registry.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import { PageSender } from './page-sender.js';
@@ -58,6 +59,19 @@ export async function connectToDestination(url: string, migrationId: string, fro
   return greetDestination(new RpcConnection(fromWebSocket(socket), {}, peerOps), migrationId, from, signal);
 }
 
+/** A fresh peer connection to the agent at `url`, not bound to any migration (for settling one in doubt). */
+export async function dialPeerAgent(url: string, token: string): Promise<PeerClient> {
+  const socket = new WebSocket(`${url.replace(/\/$/, '')}/peer`, { headers: bearer(token), perMessageDeflate: false, handshakeTimeout: 5000 });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('open', () => resolve());
+    socket.once('error', (error) => {
+      socket.terminate();
+      reject(new FerryError(ErrorCode.UNREACHABLE, `cannot reach the agent at ${url}: ${error.message}`, 'the agents settle as soon as they can talk again'));
+    });
+  });
+  return new RpcConnection(fromWebSocket(socket), {}, peerOps);
+}
+
 /** Binds a fresh peer connection to the destination's reservation for this migration. */
 export async function greetDestination(peer: PeerClient, migrationId: string, from: string, signal: AbortSignal): Promise<PeerClient> {
   try {
@@ -70,6 +84,8 @@ export async function greetDestination(peer: PeerClient, migrationId: string, fr
 }
 
 export interface SourceContext {
+  /** Test-only fault switches (faults.ts); undefined in normal runs. */
+  faults?: Faults;
   vm: VirtualMachine;
   /** Whether the guest was running when the migration was asked for (a paused one stays paused). */
   wasRunning: boolean;
@@ -81,6 +97,8 @@ export interface SourceContext {
   now: () => number;
   emit: (event: MigrationEvent) => void;
   log: Logger;
+  /** Called when the commit's acknowledgement is lost: the VM stays suspended until settled (settlement.ts). */
+  onInDoubt?: (vm: VirtualMachine, resume: boolean) => void;
 }
 
 const stageNames: Record<number, string> = {
@@ -176,6 +194,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       const inRound = pages.length;
       Object.assign(current, { round, pagesInRound: inRound, startMs: roundStartMs, bytesBefore: bytesSent });
       const sent = await sender.send(pages, round, 0);
+      await faultPoint(context.faults, `round-${round}`, log, () => peer.close());
       await peer.request('peer.sync', { round }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
       bytesSent += sent.bytesSent;
       const durationMs = Math.max(now() - roundStartMs, 0.001);
@@ -213,6 +232,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     pausedAtMs = now();
     if (vm.vcpuRunning) await vm.pause();
     vm.state = 'suspended';
+    await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
     const lastPages = vm.dirtyLog.harvest();
     const lastStartMs = now();
     const last = await sender.send(lastPages, round + 1, PAGE_FLAG_PAUSED);
@@ -228,7 +248,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     enterStage(4);
     // Ask first, then compute our own digest while the destination computes its own.
     const verifyStartMs = now();
-    const asked = peer.request('peer.verify', { registers, mode: options.verify }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+    const asked = peer.request('peer.verify', { registers, mode: options.verify, resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
     const sourceDigest = formatDigest(digestPageTable(sender.hashes));
     // --verify full: hash all of memory here while the destination does the same there (the vCPU is paused).
@@ -252,6 +272,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
     committed = true;
     log.info('committed', { vm: vm.name, digest: sourceDigest });
+    await faultPoint(context.faults, 'after-commit', log, () => peer.close());
     log.debug('commit timing', { digestMs, verifyRoundTripMs: now() - verifyStartMs });
 
     // Stage 5: activation on the destination, then the source frees its copy.
@@ -275,10 +296,11 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       // The destination has a verified image and may be running it: never resume here (no two copies).
       log.error('activation not confirmed after commit; keeping the VM suspended', { vm: vm.name, error: error.message });
       peer.close();
+      context.onInDoubt?.(vm, wasRunning);
       return report('failed', new FerryError(
         error.code,
         `${vm.name} was committed to the destination but its activation was not confirmed: ${error.message}`,
-        `the VM stays suspended here so that it never runs twice; run \`ferry vm list\` to see whether the destination runs it`,
+        `the VM stays suspended here, so that it never runs twice, until the destination says how it ended: the agents settle it as soon as they can talk, or run \`ferry vm resolve ${vm.name}\``,
       ));
     }
     await rollBack(context, wasRunning, error);

@@ -20,6 +20,7 @@ import { PAGE_FLAG_PAUSED, decodePageHeader, expectedDataBytes, isPageHeader, ty
 import type { PeerOps, ReplyOf, RequestOf } from '../../shared/protocol.js';
 import type { Faults } from '../faults.js';
 import type { Registry } from '../registry.js';
+import type { ActivationLog } from './activation-log.js';
 import type { VirtualMachine } from '../vm/vm.js';
 
 /** A reservation whose source stays silent this long (never connects, or stalls mid-stream) is dropped. */
@@ -47,8 +48,28 @@ export class MigrationTarget {
   closeStream: (() => void) | undefined;
   onFinished: (() => void) | undefined;
 
-  constructor(migrationId: string, vm: VirtualMachine, registry: Registry, faults: Faults, log: Logger) {
+  /** The source's epoch, and where to reach the source to settle a verified image it went silent on. */
+  readonly sourceEpoch: number;
+  readonly sourceUrl: string;
+  /** Whether the guest was running at the source: the activation resumes it then. Known from verification. */
+  resumeOnActivation = true;
+  /** The page stream closed while verified: the settlement loop (settlement.ts) takes over. */
+  streamClosed = false;
+  private readonly activations: ActivationLog;
+
+  constructor(
+    migrationId: string,
+    vm: VirtualMachine,
+    registry: Registry,
+    faults: Faults,
+    log: Logger,
+    source: { epoch: number; url: string },
+    activations: ActivationLog,
+  ) {
     this.migrationId = migrationId;
+    this.sourceEpoch = source.epoch;
+    this.sourceUrl = source.url;
+    this.activations = activations;
     this.vm = vm;
     this.registry = registry;
     this.faults = faults;
@@ -149,6 +170,7 @@ export class MigrationTarget {
       throw new FerryError(ErrorCode.PROTOCOL, `verification of ${this.vm.name} asked while ${this.pendingHeader ? 'page data is still due' : `the migration is ${this.phase}`}`);
     }
     this.vm.setRegisters(request.registers);
+    this.resumeOnActivation = request.resume;
     this.phase = 'verified';
     return {
       destDigest: formatDigest(digestPageTable(this.hashes)),
@@ -160,18 +182,22 @@ export class MigrationTarget {
 
   /** Stage 5: the source has committed; this copy is the VM now. */
   async activate(resume: boolean): Promise<ReplyOf<PeerOps, 'peer.activate'>> {
+    if (this.phase === 'active') return { guestBlackoutMs: this.vm.lastBlackoutMs() }; // settled twice: same answer
     if (this.phase !== 'verified') {
       throw new FerryError(ErrorCode.PROTOCOL, `activation of ${this.vm.name} asked while the migration is ${this.phase}`);
     }
     this.phase = 'active';
     clearInterval(this.watchdog);
+    // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it).
+    this.activations.record(this.migrationId, this.vm.name, this.sourceEpoch + 1);
+    this.vm.epoch = this.sourceEpoch + 1;
     if (resume) {
       await this.vm.resume();
       this.vm.state = 'running';
     } else {
       this.vm.state = 'paused';
     }
-    this.log.info('activated', { vm: this.vm.name, migration: this.migrationId });
+    this.log.info('activated', { vm: this.vm.name, migration: this.migrationId, epoch: this.vm.epoch });
     this.onFinished?.();
     return { guestBlackoutMs: resume ? this.vm.lastBlackoutMs() : 0 };
   }
@@ -184,7 +210,8 @@ export class MigrationTarget {
     if (this.phase === 'reserved' || this.phase === 'receiving') {
       void this.drop('the page stream closed before the commit', { keepVerified: true });
     } else if (this.phase === 'verified') {
-      this.log.warn('peer connection closed between verification and activation; keeping the image parked, not running', { vm: this.vm.name });
+      this.streamClosed = true;
+      this.log.warn('peer connection closed between verification and activation; keeping the image parked until the source says how it ended', { vm: this.vm.name });
     }
   }
 

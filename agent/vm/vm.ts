@@ -29,6 +29,8 @@ export class VirtualMachine {
   readonly dirtyLog: DirtyLog;
   readonly createdAt = new Date();
   state: VmState;
+  /** Ownership epoch: 1 at creation, one more with each committed migration (protocol.ts, vmSummarySchema). */
+  epoch = 1;
   /** The operation that has this VM to itself right now (a dump, a migration, a pause); undefined when none. */
   busy: string | undefined;
   private readonly control: ControlViews;
@@ -126,6 +128,7 @@ export class VirtualMachine {
       host,
       state: this.state,
       memoryBytes: this.memoryBytes,
+      epoch: this.epoch,
       workload: this.workload,
       cpu: { x, n },
       lastBlackoutMs: this.lastBlackoutMs(),

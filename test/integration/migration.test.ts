@@ -63,7 +63,7 @@ describe('live migration between two agent processes', () => {
 
     // The source no longer lists it; exactly one copy exists.
     const listed = (await c.ferry('vm', 'list', '--json')).json<{ name: string; host: string }[]>();
-    expect(listed).toEqual([{ name: 'web1', host: 'host-b', state: 'running', memoryBytes: 64 * 1024 * 1024 }]);
+    expect(listed).toEqual([{ name: 'web1', host: 'host-b', state: 'running', memoryBytes: 64 * 1024 * 1024, epoch: 2 }]);
     const hosts = (await c.ferry('hosts', '--json')).json<{ name: string; vms: string[]; freeBytes: number; capacityBytes: number }[]>();
     const hostA = hosts.find((host) => host.name === 'host-a')!;
     expect(hostA.vms).toEqual([]);

@@ -39,6 +39,14 @@ function expectReplayMatches(net: MemoryNetwork, host: string, name: string): vo
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+async function eventually(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await sleep(50);
+  }
+}
+
 describe('migration over the in-memory network', () => {
   it('commits a running pattern VM, hands over its registers, and frees the source', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
@@ -172,38 +180,65 @@ describe('migration over the in-memory network', () => {
     }
   };
 
-  it('keeps the only committed image when the activation request is lost after the commit: no copy runs, none is dropped', async () => {
+  it('settles a commit whose activation request was lost: the destination activates, the source frees its copy', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
-    await createVm(network, 'host-a', 'web1', 8 * MiB, 2000, 512, 19);
-    network.peerCut = (fromDestination, data) => !fromDestination && message(data, (envelope) => envelope.t === 'req' && envelope.op === 'peer.activate');
-    const report = await migrateLive(network.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: network.connect });
+    const net = network;
+    await createVm(net, 'host-a', 'web1', 8 * MiB, 2000, 512, 19);
+    net.peerCut = (fromDestination, data) => !fromDestination && message(data, (envelope) => envelope.t === 'req' && envelope.op === 'peer.activate');
+    const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
+    net.peerCut = undefined;
     expect(report.outcome).toBe('failed');
     expect(report.verification?.match).toBe(true);
     expect(report.error?.message).toContain('committed');
-    const source = network.agents.get('host-a')!.registry.get('web1');
-    const destination = network.agents.get('host-b')!.registry.get('web1');
-    // The coordinator asked host-b to release the reservation; a verified image is not released.
-    expect(source.state).toBe('suspended');
-    expect(destination.state).toBe('migrating-in');
+    // Never two running copies meanwhile; then the agents settle it on their own.
+    const source = net.agents.get('host-a')!.registry.get('web1');
     expect(source.vcpuRunning).toBe(false);
-    expect(destination.vcpuRunning).toBe(false);
-    // Both hold the committed image.
-    expectReplayMatches(network, 'host-b', 'web1');
-    expectReplayMatches(network, 'host-a', 'web1');
+    await eventually(() => !net.agents.get('host-a')!.registry.has('web1'));
+    const destination = net.agents.get('host-b')!.registry.get('web1');
+    expect(destination.state).toBe('running');
+    expect(destination.epoch).toBe(2);
+    await destination.pause();
+    expectReplayMatches(net, 'host-b', 'web1');
   });
 
-  it('never runs two copies when the activation reply is lost: the destination runs, the source stays suspended', async () => {
+  it('settles a commit whose activation reply was lost: one copy runs throughout, the source frees its copy', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
-    await createVm(network, 'host-a', 'web1', 8 * MiB, 2000, 512, 23);
-    network.peerCut = (fromDestination, data) => fromDestination && message(data, (envelope) => envelope.t === 'res' && envelope.ok && typeof (envelope.body as { guestBlackoutMs?: unknown }).guestBlackoutMs === 'number');
-    const report = await migrateLive(network.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: network.connect });
+    const net = network;
+    await createVm(net, 'host-a', 'web1', 8 * MiB, 2000, 512, 23);
+    net.peerCut = (fromDestination, data) => fromDestination && message(data, (envelope) => envelope.t === 'res' && envelope.ok && typeof (envelope.body as { guestBlackoutMs?: unknown }).guestBlackoutMs === 'number');
+    const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
+    net.peerCut = undefined;
     expect(report.outcome).toBe('failed');
-    const source = network.agents.get('host-a')!.registry.get('web1');
-    const destination = network.agents.get('host-b')!.registry.get('web1');
-    expect(destination.state).toBe('running');
+    const destination = net.agents.get('host-b')!.registry.get('web1');
     expect(destination.vcpuRunning).toBe(true);
-    expect(source.state).toBe('suspended');
-    expect(source.vcpuRunning).toBe(false);
+    expect(net.agents.get('host-a')!.registry.get('web1').vcpuRunning).toBe(false);
+    await eventually(() => !net.agents.get('host-a')!.registry.has('web1'));
+    expect(destination.state).toBe('running');
+  });
+
+  it('resumes the source copy when the destination lost the image before activating it', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    const net = network;
+    await createVm(net, 'host-a', 'web1', 8 * MiB, 2000, 512, 53);
+    // Lose the activation, and every settlement attempt until the destination has lost its image too, as a
+    // destination that crashed and restarted before activating would have.
+    const settling = ['peer.activate', 'peer.settle', 'peer.holds'];
+    net.peerCut = (_fromDestination, data) => message(data, (envelope) => envelope.t === 'req' && settling.includes(envelope.op));
+    const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
+    expect(report.outcome).toBe('failed');
+    const parked = net.agents.get('host-b')!.registry.get('web1');
+    await net.agents.get('host-b')!.registry.release(parked);
+    (net.agents.get('host-b') as unknown as { incoming: Map<string, unknown> }).incoming.clear();
+    net.peerCut = undefined;
+    const client = await net.connect(net.cluster.hosts[0]!);
+    const resolved = await client.request('vm.resolve', { name: 'web1' });
+    client.close();
+    expect(resolved.detail).toContain('never ran it');
+    const source = net.agents.get('host-a')!.registry.get('web1');
+    expect(source.state).toBe('running');
+    expect(source.epoch).toBe(1);
+    await source.pause();
+    expectReplayMatches(net, 'host-a', 'web1');
   });
 
   it('converges with --auto-converge where the same guest otherwise runs into the round cap, its memory intact', async () => {

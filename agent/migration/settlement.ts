@@ -1,0 +1,134 @@
+/**
+ * Settling migrations left in doubt: a commit whose acknowledgement was lost.
+ *
+ * Two copies of a VM can outlive such a migration, and never more than one may run:
+ * - the source's, suspended after its commit point (it never resumes it blindly);
+ * - the destination's, verified and parked (it never runs it on its own).
+ * Each side asks the other, on a fresh peer connection, every second until it gets an answer (and at once when
+ * `ferry vm resolve` asks):
+ * - the source asks the destination `peer.settle`: `active` (it runs the VM, or did: the source frees its copy), or
+ *   `unknown` (its activation log proves it never ran the VM: the source's copy is the VM, and resumes);
+ * - the destination asks the source `peer.holds`: `committed` or `none` (the source committed, or holds no copy at
+ *   all, having died: the verified image is the VM, and activates), `running` (the source rolled back: the image is
+ *   dropped), or `pending` (ask again).
+ * Ownership epochs (1 at creation, +1 per commit) tell the copies apart in listings.
+ */
+import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
+import { toFerryError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/log.js';
+import type { Registry } from '../registry.js';
+import type { VirtualMachine } from '../vm/vm.js';
+import type { PeerClient } from './source.js';
+import type { MigrationTarget } from './target.js';
+
+const SETTLE_INTERVAL_MS = 1000;
+
+export interface InDoubt {
+  migrationId: string;
+  vm: VirtualMachine;
+  destinationUrl: string;
+  /** Whether the guest was running before the migration: resumed so if its copy turns out to be the VM. */
+  resume: boolean;
+}
+
+export interface SettlementDeps {
+  registry: Registry;
+  incoming: Map<string, MigrationTarget>;
+  log: Logger;
+  /** A fresh, unbound peer connection to the agent at `url`. */
+  dial: (url: string) => Promise<PeerClient>;
+}
+
+export class Settlements {
+  /** The source's side: its suspended copies whose destination's outcome is unknown, by VM name. */
+  readonly inDoubt = new Map<string, InDoubt>();
+  private readonly deps: SettlementDeps;
+  private readonly timer: NodeJS.Timeout;
+  private busy = false;
+
+  constructor(deps: SettlementDeps) {
+    this.deps = deps;
+    this.timer = setInterval(() => void this.settleAll(), SETTLE_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  add(entry: InDoubt): void {
+    this.inDoubt.set(entry.vm.name, entry);
+    this.deps.log.warn('migration in doubt: keeping the VM suspended until the destination says how it ended', { vm: entry.vm.name, migration: entry.migrationId });
+  }
+
+  /** The destination's answer to `peer.holds`: what this (source) agent holds of `name` for migration `migrationId`. */
+  holds(migrationId: string, name: string): 'committed' | 'running' | 'pending' | 'none' {
+    const doubt = this.inDoubt.get(name);
+    if (doubt?.migrationId === migrationId) return 'committed';
+    if (!this.deps.registry.has(name)) return 'none';
+    const state = this.deps.registry.get(name).state;
+    return state === 'running' || state === 'paused' ? 'running' : 'pending';
+  }
+
+  private async settleAll(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      for (const name of [...this.inDoubt.keys()]) await this.settleSource(name).catch(() => undefined);
+      for (const target of [...this.deps.incoming.values()]) {
+        if (target.state === 'verified' && target.streamClosed) await this.settleParked(target).catch(() => undefined);
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** Source side: ask the destination how migration ended; free or resume our copy accordingly. */
+  async settleSource(name: string): Promise<string> {
+    const doubt = this.inDoubt.get(name);
+    if (!doubt) return 'nothing in doubt here';
+    const { log, registry } = this.deps;
+    const peer = await this.deps.dial(doubt.destinationUrl);
+    try {
+      const { phase } = await peer.request('peer.settle', { migrationId: doubt.migrationId, resume: doubt.resume }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+      if (phase === 'pending') return 'the destination has not decided yet';
+      this.inDoubt.delete(name);
+      if (phase === 'active') {
+        await registry.release(doubt.vm);
+        log.info('settled: the destination runs the VM; freed the copy here', { vm: name, migration: doubt.migrationId });
+        return 'the destination runs it; the copy here was freed';
+      }
+      if (doubt.resume) await doubt.vm.resume();
+      doubt.vm.state = doubt.resume ? 'running' : 'paused';
+      log.info('settled: the destination never ran the VM; resumed the copy here', { vm: name, migration: doubt.migrationId });
+      return 'the destination never ran it; resumed here';
+    } finally {
+      peer.close();
+    }
+  }
+
+  /** Destination side: ask the silent source how the migration ended; activate or drop our verified image. */
+  async settleParked(target: MigrationTarget): Promise<string> {
+    const { log } = this.deps;
+    let peer: PeerClient;
+    try {
+      peer = await this.deps.dial(target.sourceUrl);
+    } catch (error) {
+      return `the source is unreachable (${toFerryError(error).message}); the image stays parked`;
+    }
+    try {
+      const { state } = await peer.request('peer.holds', { migrationId: target.migrationId, name: target.vm.name }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+      if (state === 'pending') return 'the source has not decided yet';
+      if (state === 'running') {
+        await target.drop('the source rolled back and runs the VM', { keepVerified: false });
+        log.info('settled: the source runs the VM; dropped the image here', { vm: target.vm.name, migration: target.migrationId });
+        return 'the source runs it; the image here was dropped';
+      }
+      await target.activate(target.resumeOnActivation);
+      log.info(`settled: the source ${state === 'committed' ? 'committed' : 'holds no copy'}; activated the image here`, { vm: target.vm.name, migration: target.migrationId });
+      return `the source ${state === 'committed' ? 'had committed' : 'holds no copy'}; activated here`;
+    } finally {
+      peer.close();
+    }
+  }
+}
