@@ -273,7 +273,11 @@ export class Agent {
       if (!target) throw new FerryError(ErrorCode.PROTOCOL, 'peer.hello must come first', 'the peer is not a compatible ferry-agent');
       return target;
     };
-    connection.handle('peer.sync', async () => current().sync());
+    connection.handle('peer.sync', async ({ round }) => {
+      const reply = current().sync();
+      await faultPoint(this.faults, `round-${round}`, this.log, () => connection.close());
+      return reply;
+    });
     connection.handle('peer.verify', async (request) => {
       const startedMs = performance.now();
       const reply = current().verify(request);

@@ -24,6 +24,8 @@ export interface LocalAgentOptions {
   logLevel?: string;
   /** Address to bind (default 127.0.0.1). */
   host?: string;
+  /** Port to listen on (default 0: the OS picks one). */
+  port?: number;
   /** Run the agent inside this network namespace (`ip netns exec`; needs root). */
   netns?: string;
   /** The cluster's shared secret, given to the agent as FERRY_TOKEN. */
@@ -46,7 +48,7 @@ export interface LocalAgent {
 }
 
 export async function startLocalAgent(options: LocalAgentOptions): Promise<LocalAgent> {
-  const args = [agentEntry(), '--name', options.name, '--port', '0', '--host', options.host ?? '127.0.0.1'];
+  const args = [agentEntry(), '--name', options.name, '--port', String(options.port ?? 0), '--host', options.host ?? '127.0.0.1'];
   if (options.capacity) args.push('--capacity', options.capacity);
   if (options.datastore) args.push('--datastore', options.datastore);
   if (options.logLevel) args.push('--log-level', options.logLevel);

@@ -31,6 +31,11 @@ export interface TestCluster {
   ferry(...args: string[]): Promise<CliResult>;
   /** Starts one more agent and adds it to the cluster file through the CLI. */
   addAgent(options: LocalAgentOptions): Promise<LocalAgent>;
+  /**
+   * Starts agent `name` again, after it died, on the same port and datastore (a host that rebooted), without the
+   * fault switches it had.
+   */
+  restartAgent(name: string): Promise<LocalAgent>;
   stop(): Promise<void>;
 }
 
@@ -81,6 +86,15 @@ export async function startCluster(agents: LocalAgentOptions[]): Promise<TestClu
       running.set(options.name, agent);
       const added = await ferry('hosts', 'add', options.name, agent.url);
       if (added.code !== 0) throw new Error(`hosts add failed: ${added.stderr}`);
+      return agent;
+    },
+    restartAgent: async (name) => {
+      const old = running.get(name);
+      if (!old) throw new Error(`no agent ${name}`);
+      await old.stop(2000);
+      const port = Number(new URL(old.url).port);
+      const agent = await startLocalAgent({ name, port, datastore: path.join(dir, name), logLevel: 'warn', token });
+      running.set(name, agent);
       return agent;
     },
     stop: async () => {

@@ -158,6 +158,7 @@ export class MigrationTarget {
   /** Every frame before this request has been installed (frames are handled in order, synchronously). */
   sync(): ReplyOf<PeerOps, 'peer.sync'> {
     this.lastHeardMs = performance.now();
+    // Test-only: a `round-N` fault fires on the destination here, when round N's pages are all in.
     if (this.phase !== 'receiving') {
       throw new FerryError(ErrorCode.PROTOCOL, `sync for ${this.vm.name} while the migration is ${this.phase}`);
     }

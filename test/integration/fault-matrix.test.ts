@@ -1,0 +1,83 @@
+/**
+ * Faults at each point of a migration, in each party, checked by replaying the pattern workload: the VM ends on
+ * exactly one host (or on none only where the host holding it was killed), its memory matches replay, and a later
+ * migration of it succeeds. The agents crash (SIGKILL themselves) or drop the page stream at the exact point named
+ * by FERRY_FAULTS (agent/faults.ts); a crashed host is then started again, as a host that rebooted, where the test
+ * needs it back.
+ */
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { checkDump } from '../replay.js';
+import { eventually, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+
+let cluster: TestCluster | undefined;
+afterEach(async () => {
+  await cluster?.stop();
+  cluster = undefined;
+});
+
+type Party = 'source' | 'destination';
+interface Case {
+  fault: string;
+  party: Party;
+  /** Where the VM must end up: a host, or nowhere (the host holding it died with it). */
+  endsOn: 'host-a' | 'host-b' | 'none';
+  /** Restart this host (it crashed) before checking. */
+  restart?: 'host-a' | 'host-b';
+}
+
+const cases: Case[] = [
+  { fault: 'crash@round-2', party: 'source', endsOn: 'none' },
+  { fault: 'crash@stop-and-copy', party: 'source', endsOn: 'none' },
+  { fault: 'crash@after-commit', party: 'source', endsOn: 'host-b', restart: 'host-a' },
+  { fault: 'crash@round-2', party: 'destination', endsOn: 'host-a', restart: 'host-b' },
+  { fault: 'crash@after-verify', party: 'destination', endsOn: 'host-a', restart: 'host-b' },
+  { fault: 'crash@before-activation', party: 'destination', endsOn: 'host-a', restart: 'host-b' },
+  { fault: 'drop@round-2', party: 'source', endsOn: 'host-a' },
+  { fault: 'drop@stop-and-copy', party: 'source', endsOn: 'host-a' },
+  { fault: 'drop@after-verify', party: 'destination', endsOn: 'host-b' },
+  { fault: 'drop@after-commit', party: 'source', endsOn: 'host-b' },
+  { fault: 'drop@before-activation', party: 'destination', endsOn: 'host-b' },
+];
+
+interface Listed { name: string; host: string; state: string; epoch: number }
+
+describe('fault matrix', () => {
+  for (const c of cases) {
+    it(`${c.fault} in the ${c.party}: the VM ends ${c.endsOn === 'none' ? 'nowhere (its host died with it)' : `running on ${c.endsOn} only`}, matching replay`, async () => {
+      const faulty = { env: { FERRY_FAULTS: c.fault } };
+      cluster = await startCluster([
+        { name: 'host-a', ...(c.party === 'source' ? faulty : {}) },
+        { name: 'host-b', ...(c.party === 'destination' ? faulty : {}) },
+      ]);
+      const t = cluster;
+      expect((await t.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '32MiB', '--rate', '5000', '--wss', '8MiB', '--seed', '61')).code).toBe(0);
+      await waitForWrites(t, 'web1', 1000);
+      // 64 MiB/s makes round 1 take half a second, so there is always a round 2.
+      const migrated = await t.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '64MiB/s', '--json');
+      expect(migrated.code).not.toBe(0);
+      expect(t.agent(c.party === 'source' ? 'host-a' : 'host-b').log()).toContain(`fault: ${c.fault.replace('@', ' at ')}`);
+      if (c.restart) await t.restartAgent(c.restart);
+
+      // Settled: exactly one copy, running, where it should be (the agents settle on their own within seconds).
+      const listed = await eventually(async () => {
+        const vms = (await t.ferry('vm', 'list', '--json')).json<Listed[]>().filter((vm) => vm.name === 'web1');
+        if (c.endsOn === 'none') return vms.length === 0 ? vms : undefined;
+        return vms.length === 1 && vms[0]!.host === c.endsOn && vms[0]!.state === 'running' ? vms : undefined;
+      }, `web1 to settle ${c.endsOn === 'none' ? 'nowhere' : `on ${c.endsOn}`}`, 30_000);
+      if (c.endsOn === 'none') return;
+      expect(listed[0]!.epoch).toBe(c.endsOn === 'host-b' ? 2 : 1);
+
+      const info = await vmInfo(t, 'web1');
+      await waitForWrites(t, 'web1', info.cpu.n);
+      const file = path.join(t.dir, 'settled.bin');
+      expect((await t.ferry('vm', 'dump', 'web1', '--out', file)).code).toBe(0);
+      expect(checkDump(file)).toMatchObject({ ok: true, badPages: [] });
+
+      // Nothing stale is left: it migrates again, to the other host.
+      const again = await t.ferry('migrate', 'web1', '--to', c.endsOn === 'host-a' ? 'host-b' : 'host-a', '--json');
+      expect(again.code, again.stderr).toBe(0);
+      expect(again.json().outcome).toBe('committed');
+    });
+  }
+});
