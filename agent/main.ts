@@ -2,7 +2,7 @@
 /**
  * ferry-agent: the host agent. Prints exactly one JSON line on stdout when it is ready, logs to stderr.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
@@ -25,6 +25,8 @@ export interface AgentOptions {
   capacityBytes: number;
   logLevel: LogLevel;
   tokenFile: string | undefined;
+  tlsCert: string | undefined;
+  tlsKey: string | undefined;
 }
 
 /** Every option and its default, resolved once. */
@@ -34,6 +36,9 @@ export function resolveAgentOptions(raw: Record<string, string | undefined>): Ag
   if (!named.success) throw new FerryError(ErrorCode.BAD_INPUT, `--name "${name}": ${named.error.issues[0]?.message}`, 'for example: --name host-a');
   const port = parseCount(raw.port ?? '7001', '--port');
   if (port > 65535) throw new FerryError(ErrorCode.BAD_INPUT, `--port ${port} is above 65535`, 'use 0 to let the OS pick a free port');
+  if ((raw.tlsCert === undefined) !== (raw.tlsKey === undefined)) {
+    throw new FerryError(ErrorCode.BAD_INPUT, '--tls-cert and --tls-key go together', 'give both, or neither for plain ws://');
+  }
   const logLevel = raw.logLevel ?? 'info';
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) {
     throw new FerryError(ErrorCode.BAD_INPUT, `--log-level ${logLevel} is not one of debug, info, warn, error`, 'the default is info');
@@ -47,6 +52,8 @@ export function resolveAgentOptions(raw: Record<string, string | undefined>): Ag
     capacityBytes: raw.capacity ? parseSize(raw.capacity) : Math.floor(os.totalmem() / 2),
     logLevel: logLevel as LogLevel,
     tokenFile: raw.tokenFile,
+    tlsCert: raw.tlsCert,
+    tlsKey: raw.tlsKey,
   };
 }
 
@@ -69,6 +76,8 @@ async function main(): Promise<void> {
     .option('--datastore <dir>', 'folder for this host\'s VM files (default ~/.ferry/<name>)')
     .option('--capacity <size>', 'guest memory this host will hold in total, e.g. 4GiB (default: half of RAM)')
     .option('--token-file <file>', 'the cluster\'s shared secret (default: $FERRY_TOKEN, else one made in <datastore>/token)')
+    .option('--tls-cert <file>', 'serve wss:// with this certificate (PEM); clients trust it via their CAs or NODE_EXTRA_CA_CERTS')
+    .option('--tls-key <file>', 'the certificate\'s private key (PEM)')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
     .addHelpText('after', `
 Prints one line on stdout when ready:
@@ -95,7 +104,13 @@ Example:
     name: options.name, capacityBytes: options.capacityBytes, faults, log, token,
     activationFolder: path.join(options.datastore, 'migrations'),
   });
-  const server = await startServer(agent, options.host, options.port, token);
+  const readPem = async (file: string, what: string): Promise<Buffer> => readFile(file).catch((error: Error) => {
+    throw new FerryError(ErrorCode.IO, `cannot read the TLS ${what} ${file}: ${error.message}`, 'give PEM files that this user can read');
+  });
+  const tls = options.tlsCert && options.tlsKey
+    ? { cert: await readPem(options.tlsCert, 'certificate'), key: await readPem(options.tlsKey, 'key') }
+    : undefined;
+  const server = await startServer(agent, options.host, options.port, token, tls);
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;

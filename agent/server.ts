@@ -3,6 +3,7 @@
  * agent's page stream) to WebSockets. Anything else is refused before the upgrade.
  */
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { PAGES_PER_FRAME, PAGE_SIZE } from '../shared/constants.js';
@@ -20,11 +21,21 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export async function startServer(agent: Agent, host: string, port: number, token: string): Promise<RunningServer> {
-  const server = http.createServer((_request, response) => {
-    // Plain HTTP gets a hint and nothing else.
+export interface TlsFiles {
+  cert: Buffer;
+  key: Buffer;
+}
+
+/**
+ * Listens on `host:port`, over TLS (wss://) when `tls` is given. Clients trust the certificate through the system's
+ * CAs, or NODE_EXTRA_CA_CERTS for a private CA.
+ */
+export async function startServer(agent: Agent, host: string, port: number, token: string, tls?: TlsFiles): Promise<RunningServer> {
+  // Plain HTTP gets a hint and nothing else.
+  const hint = (_request: http.IncomingMessage, response: http.ServerResponse): void => {
     response.writeHead(426, { 'content-type': 'text/plain' }).end('ferry-agent speaks WebSocket on /control and /peer\n');
-  });
+  };
+  const server = tls ? https.createServer({ cert: tls.cert, key: tls.key }, hint) : http.createServer(hint);
   const sockets = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false });
 
   server.on('upgrade', (request, socket, head) => {
@@ -61,7 +72,7 @@ export async function startServer(agent: Agent, host: string, port: number, toke
   const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
 
   return {
-    url: `ws://${shownHost}:${address.port}`,
+    url: `${tls ? 'wss' : 'ws'}://${shownHost}:${address.port}`,
     close: () =>
       new Promise<void>((resolve) => {
         for (const client of sockets.clients) client.terminate();

@@ -34,6 +34,14 @@ export async function connectAgent(host: HostEntry): Promise<AgentClient> {
         ));
         return;
       }
+      if (/certificate|self.signed|SSL|TLS/i.test(error.message)) {
+        reject(new FerryError(
+          ErrorCode.UNREACHABLE,
+          `cannot trust ${host.name} at ${host.url}: ${error.message}`,
+          'trust the agent\'s certificate: set NODE_EXTRA_CA_CERTS to the PEM of the CA that signed it (or of the certificate itself)',
+        ));
+        return;
+      }
       reject(new FerryError(
         ErrorCode.UNREACHABLE,
         `cannot reach ${host.name} at ${host.url}: ${error.message}`,

@@ -28,6 +28,8 @@ export interface LocalAgentOptions {
   port?: number;
   /** Run the agent inside this network namespace (`ip netns exec`; needs root). */
   netns?: string;
+  /** More command-line arguments, e.g. --tls-cert and --tls-key. */
+  extraArgs?: string[];
   /** The cluster's shared secret, given to the agent as FERRY_TOKEN. */
   token?: string;
   /** Extra environment, e.g. FERRY_FAULTS. */
@@ -52,6 +54,7 @@ export async function startLocalAgent(options: LocalAgentOptions): Promise<Local
   if (options.capacity) args.push('--capacity', options.capacity);
   if (options.datastore) args.push('--datastore', options.datastore);
   if (options.logLevel) args.push('--log-level', options.logLevel);
+  if (options.extraArgs) args.push(...options.extraArgs);
   const [command, commandArgs] = options.netns ? ['ip', ['netns', 'exec', options.netns, process.execPath, ...args]] : [process.execPath, args];
   const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(options.token ? { FERRY_TOKEN: options.token } : {}), ...options.env } });
   let stderr = '';
