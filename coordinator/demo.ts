@@ -110,7 +110,7 @@ async function demo(): Promise<boolean> {
     say(bold('Summary'));
     say(`   downtime ${formatDuration(report.downtimeMs ?? 0)}, guest blackout ${formatDuration(report.guestBlackoutMs ?? 0)}, ` +
       `${report.rounds.length} pre-copy rounds, ${formatBytes(report.bytesSent)} sent, verified: ${report.verification?.match ? 'yes' : 'no'}, memory matches replay: ${check.ok ? 'yes' : 'no'}`);
-    say(dim(`   Try it yourself: start two agents with ferry-agent, add them with \`ferry hosts add\`, and run the commands above (ferry --help).`));
+    say(dim('   Try it yourself: export FERRY_TOKEN, start two agents with ferry-agent, add them with `ferry hosts add`, and run the commands above (README.md, ferry --help).'));
     return check.ok;
   } finally {
     await stopAll();
