@@ -258,7 +258,10 @@ export class Agent {
     };
     connection.signal.addEventListener('abort', () => target?.connectionClosed(), { once: true });
 
-    connection.handle('peer.hello', async ({ migrationId }) => {
+    connection.handle('peer.hello', async ({ migrationId, version }) => {
+      if (version !== PROTOCOL_VERSION) {
+        throw new FerryError(ErrorCode.PROTOCOL_VERSION, `the source speaks protocol ${version}, ${this.name} speaks ${PROTOCOL_VERSION}`, 'run the same ferry version on every host');
+      }
       if (target) throw new FerryError(ErrorCode.PROTOCOL, 'this page stream already belongs to a migration', 'open a new connection per migration');
       const found = this.incoming.get(migrationId);
       if (!found) {

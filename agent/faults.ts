@@ -8,6 +8,7 @@
  *     ACTION  crash          exit at once (SIGKILL itself: no cleanup, like a host that dies)
  *             drop           close the page stream
  *             stall          stop working on the migration (it hangs; timeouts must notice)
+ *             delay          hold the migration there for 1.5 s, then go on (time for a test to kill another party)
  *     POINT   round-N        source: round N's pages are sent, before the round's sync
  *             stop-and-copy  source: the vCPU is paused, before the last pages are sent
  *             after-verify   destination: its verification reply has been sent
@@ -21,7 +22,10 @@ import type { Logger } from '../shared/log.js';
 
 export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation'] as const;
 export type FaultPoint = (typeof faultPoints)[number] | `round-${number}`;
-export type FaultAction = 'crash' | 'drop' | 'stall';
+export type FaultAction = 'crash' | 'drop' | 'stall' | 'delay';
+
+/** How long `delay` holds a migration at its point. */
+export const FAULT_DELAY_MS = 1500;
 
 export interface Faults {
   /** Page number to damage on arrival, once. */
@@ -34,11 +38,11 @@ export function parseFaults(text: string | undefined): Faults {
   const faults: Faults = { corruptPage: undefined, at: new Map() };
   for (const item of (text ?? '').split(',').map((part) => part.trim()).filter(Boolean)) {
     const corrupt = /^corrupt-page:(\d+)$/.exec(item);
-    const action = /^(crash|drop|stall)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation)$/.exec(item);
+    const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation)$/.exec(item);
     if (corrupt) faults.corruptPage = Number(corrupt[1]);
     else if (action) faults.at.set(action[2]!, action[1] as FaultAction);
     else {
-      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, and crash|drop|stall @ round-N|stop-and-copy|after-verify|after-commit|before-activation');
+      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation');
     }
   }
   return faults;
@@ -62,6 +66,8 @@ export async function faultPoint(faults: Faults | undefined, point: FaultPoint, 
       return;
     case 'stall':
       return new Promise<void>(() => undefined);
+    case 'delay':
+      return new Promise<void>((resolve) => setTimeout(resolve, FAULT_DELAY_MS));
     default: {
       const unreachable: never = action;
       return unreachable;

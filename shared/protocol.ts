@@ -241,7 +241,7 @@ export const controlOps = {
 
 /** Requests the source agent sends its destination on the peer connection. */
 export const peerOps = {
-  'peer.hello': [z.object({ migrationId: z.string(), from: z.string() }).strict(), z.object({ name: z.string() })],
+  'peer.hello': [z.object({ migrationId: z.string(), from: z.string(), version: z.number().int() }).strict(), z.object({ name: z.string() })],
   /**
    * Answered once the destination has installed every page sent before it (the stream is ordered). Each round
    * ends with it, so round times and rates are measured to the destination, not to the local socket buffer, and

@@ -75,7 +75,7 @@ export async function dialPeerAgent(url: string, token: string): Promise<PeerCli
 /** Binds a fresh peer connection to the destination's reservation for this migration. */
 export async function greetDestination(peer: PeerClient, migrationId: string, from: string, signal: AbortSignal): Promise<PeerClient> {
   try {
-    await peer.request('peer.hello', { migrationId, from }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+    await peer.request('peer.hello', { migrationId, from, version: PROTOCOL_VERSION }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
   } catch (error) {
     peer.close();
     throw error;

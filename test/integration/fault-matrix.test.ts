@@ -8,7 +8,7 @@
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { checkDump } from '../replay.js';
-import { eventually, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { eventually, spawnFerry, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -78,6 +78,51 @@ describe('fault matrix', () => {
       const again = await t.ferry('migrate', 'web1', '--to', c.endsOn === 'host-a' ? 'host-b' : 'host-a', '--json');
       expect(again.code, again.stderr).toBe(0);
       expect(again.json().outcome).toBe('committed');
+    });
+  }
+});
+
+/**
+ * The coordinator killed at each point. An agent is held at the point for 1.5 s (`delay@POINT`) so that the
+ * coordinator's SIGKILL lands there. Before the commit its disconnection rolls the migration back; from the commit
+ * on, the agents finish without it.
+ */
+const coordinatorCases: { point: string; holder: 'host-a' | 'host-b'; endsOn: 'host-a' | 'host-b' }[] = [
+  { point: 'round-2', holder: 'host-a', endsOn: 'host-a' },
+  { point: 'stop-and-copy', holder: 'host-a', endsOn: 'host-a' },
+  { point: 'after-verify', holder: 'host-b', endsOn: 'host-b' },
+  { point: 'after-commit', holder: 'host-a', endsOn: 'host-b' },
+  { point: 'before-activation', holder: 'host-b', endsOn: 'host-b' },
+];
+
+describe('fault matrix: the coordinator killed', () => {
+  for (const c of coordinatorCases) {
+    it(`at ${c.point}: the VM ends running on ${c.endsOn} only, matching replay`, async () => {
+      const delayed = { env: { FERRY_FAULTS: `delay@${c.point}` } };
+      cluster = await startCluster([
+        { name: 'host-a', ...(c.holder === 'host-a' ? delayed : {}) },
+        { name: 'host-b', ...(c.holder === 'host-b' ? delayed : {}) },
+      ]);
+      const t = cluster;
+      expect((await t.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '32MiB', '--rate', '5000', '--wss', '8MiB', '--seed', '67')).code).toBe(0);
+      await waitForWrites(t, 'web1', 1000);
+      const coordinator = spawnFerry(['--cluster', t.clusterFile, 'migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '64MiB/s', '--json'], { FERRY_TOKEN: t.token });
+      const exited = new Promise((resolve) => coordinator.once('exit', resolve));
+      try {
+        await eventually(async () => (t.agent(c.holder).log().includes(`fault: delay at ${c.point}`) ? true : undefined), `the migration to reach ${c.point}`);
+      } finally {
+        coordinator.kill('SIGKILL');
+        await exited;
+      }
+      await eventually(async () => {
+        const vms = (await t.ferry('vm', 'list', '--json')).json<Listed[]>().filter((vm) => vm.name === 'web1');
+        return vms.length === 1 && vms[0]!.host === c.endsOn && vms[0]!.state === 'running' ? vms : undefined;
+      }, `web1 to settle on ${c.endsOn}`, 30_000);
+      const file = path.join(t.dir, 'settled.bin');
+      expect((await t.ferry('vm', 'dump', 'web1', '--out', file)).code).toBe(0);
+      expect(checkDump(file)).toMatchObject({ ok: true, badPages: [] });
+      const again = await t.ferry('migrate', 'web1', '--to', c.endsOn === 'host-a' ? 'host-b' : 'host-a', '--json');
+      expect(again.code, again.stderr).toBe(0);
     });
   }
 });
