@@ -5,9 +5,10 @@
 import { PROTOCOL_VERSION } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import { controlOps, peerOps, type HostInfo, type VmInfo } from '../shared/protocol.js';
+import { controlOps, peerOps, type HostInfo, type Registers, type VmInfo } from '../shared/protocol.js';
 import { RpcConnection } from '../shared/rpc.js';
 import { faultPoint, type Faults } from './faults.js';
+import { Datastore, vmConfigSchema, type StoredVm, type VmConfig } from './datastore.js';
 import { ActivationLog } from './migration/activation-log.js';
 import { Settlements } from './migration/settlement.js';
 import { connectToDestination, dialPeerAgent, runSource, type PeerClient } from './migration/source.js';
@@ -34,6 +35,8 @@ export interface AgentSettings {
   dialAgent?: (url: string, token: string) => Promise<PeerClient>;
   /** Where the activation log lives (datastore/migrations); in memory when undefined. */
   activationFolder?: string;
+  /** The VMs' files (datastore.ts); none in the in-memory test network, whose VMs live in memory only. */
+  datastore?: Datastore;
 }
 
 function cpuTime(): { userMs: number; systemMs: number } {
@@ -53,6 +56,9 @@ export class Agent {
   private readonly token: string;
   private readonly activations: ActivationLog;
   readonly settlements: Settlements;
+  private readonly files: Datastore | undefined;
+  /** VMs that exist here only as files: powered off (defined) or suspended to disk. */
+  private readonly stored = new Map<string, StoredVm & { registers?: Registers }>();
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;
@@ -62,13 +68,57 @@ export class Agent {
     this.dialPeer = settings.dialPeer ?? connectToDestination;
     this.token = settings.token;
     this.activations = new ActivationLog(settings.activationFolder);
+    this.files = settings.datastore;
     const dialAgent = settings.dialAgent ?? dialPeerAgent;
     this.settlements = new Settlements({
       registry: this.registry,
       incoming: this.incoming,
       log: this.log,
       dial: (url) => dialAgent(url, this.token),
+      forgetFiles: (name) => this.forgetFiles(name),
     });
+  }
+
+  /** Finds the VMs in the datastore, powered off or suspended: what an agent that restarts comes back to. */
+  async loadDatastore(): Promise<number> {
+    if (!this.files) return 0;
+    for (const found of await this.files.scan()) {
+      this.stored.set(found.config.name, found);
+      this.registry.stored.add(found.config.name);
+      await this.files.log(found.config.name, `agent ${this.name} started: found ${found.suspended ? 'suspended' : 'powered off'}`);
+    }
+    return this.stored.size;
+  }
+
+  private async forgetFiles(name: string): Promise<void> {
+    await this.files?.remove(name);
+  }
+
+  private async logEvent(name: string, event: string): Promise<void> {
+    await this.files?.log(name, event).catch(() => undefined);
+  }
+
+  /** VM info for a VM with memory here, or one that exists only as files; with the tail of its log. */
+  private async vmInfo(name: string): Promise<VmInfo> {
+    const tail = async (): Promise<string[]> => ((await this.files?.readLog(name)) ?? '').trim().split('\n').filter(Boolean).slice(-20);
+    const entry = this.stored.get(name);
+    if (entry && !this.registry.hasMachine(name)) {
+      const { config } = entry;
+      return {
+        name, host: this.name, state: entry.suspended ? 'suspended' : 'defined', memoryBytes: config.memoryBytes, epoch: config.epoch,
+        workload: config.workload, disks: config.disks,
+        cpu: entry.registers ? { x: entry.registers.x, n: entry.registers.n } : { x: config.workload.seed, n: 0 },
+        lastBlackoutMs: 0, createdAt: config.createdAt, log: await tail(),
+      };
+    }
+    return { ...this.registry.get(name).info(this.name), log: await tail() };
+  }
+
+  private configOf(vm: VirtualMachine): VmConfig {
+    return {
+      name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch, disks: vm.disks,
+      network: null, createdAt: vm.createdAt.toISOString(),
+    };
   }
 
   hostInfo(): HostInfo {
@@ -78,7 +128,12 @@ export class Agent {
       capacityBytes: this.registry.capacityBytes,
       usedBytes: this.registry.usedBytes,
       freeBytes: this.registry.freeBytes,
-      vms: this.registry.list().map((vm) => ({ name: vm.name, host: this.name, state: vm.state, memoryBytes: vm.memoryBytes, epoch: vm.epoch })),
+      vms: [
+        ...this.registry.list().map((vm) => ({ name: vm.name, host: this.name, state: vm.state, memoryBytes: vm.memoryBytes, epoch: vm.epoch })),
+        ...[...this.stored.values()]
+          .filter((entry) => !this.registry.hasMachine(entry.config.name))
+          .map(({ config, suspended }) => ({ name: config.name, host: this.name, state: suspended ? 'suspended' as const : 'defined' as const, memoryBytes: config.memoryBytes, epoch: config.epoch })),
+      ],
       cpu: cpuTime(),
     };
   }
@@ -107,15 +162,90 @@ export class Agent {
   serveControl(connection: ControlServer): void {
     connection.handle('host.info', async () => this.hostInfo());
 
-    connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc }) => {
+    connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes }) => {
       const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'paused', 'be created', prealloc ?? false);
+      try {
+        if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes }];
+        await this.files?.create(this.configOf(vm), undefined, '');
+        await this.logEvent(name, `created on ${this.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}`);
+      } catch (error) {
+        await this.registry.release(vm);
+        throw error;
+      }
       await vm.resume();
       vm.state = 'running';
+      await this.logEvent(name, 'started');
       this.log.info('vm created', { vm: name, memoryBytes, workload: workload.kind });
-      return vm.info(this.name);
+      return this.vmInfo(name);
     });
 
-    connection.handle('vm.info', async ({ name }) => this.registry.get(name).info(this.name));
+    connection.handle('vm.info', async ({ name }) => {
+      if (!this.registry.has(name)) this.registry.get(name); // throws VM_NOT_FOUND with its hint
+      return this.vmInfo(name);
+    });
+
+    connection.handle('vm.start', async ({ name }) => {
+      const entry = this.stored.get(name);
+      if (!entry || this.registry.hasMachine(name)) {
+        const vm = this.registry.get(name);
+        throw new FerryError(ErrorCode.VM_STATE, `${name} is already ${vm.state} on ${this.name}`, 'start is for a VM that is powered off or suspended');
+      }
+      const { config } = entry;
+      this.registry.stored.delete(name);
+      let vm: VirtualMachine;
+      try {
+        vm = await this.registry.allocate({ name, memoryBytes: config.memoryBytes, workload: config.workload }, 'paused', 'start');
+      } catch (error) {
+        this.registry.stored.add(name);
+        throw error;
+      }
+      vm.epoch = config.epoch;
+      vm.disks = config.disks;
+      try {
+        if (entry.suspended && this.files) {
+          // Exactly where it was: memory and registers as saved (checked against their digest).
+          vm.setRegisters(await this.files.loadSuspend(name, vm.memory));
+        }
+      } catch (error) {
+        await this.registry.release(vm);
+        this.registry.stored.add(name);
+        throw error;
+      }
+      this.stored.delete(name);
+      await vm.resume();
+      vm.state = 'running';
+      if (entry.suspended) await this.files?.dropSuspend(name);
+      await this.logEvent(name, entry.suspended ? 'resumed from suspend' : 'started (powered on)');
+      return this.vmInfo(name);
+    });
+
+    connection.handle('vm.stop', async ({ name }) => this.exclusive(name, 'stop', async (vm) => {
+      const config = this.configOf(vm);
+      await this.registry.release(vm);
+      this.stored.set(name, { config, suspended: false });
+      this.registry.stored.add(name);
+      await this.logEvent(name, 'stopped (powered off; memory discarded)');
+      return this.vmInfo(name);
+    }));
+
+    connection.handle('vm.suspend', async ({ name }) => this.exclusive(name, 'suspend', async (vm) => {
+      if (!this.files) throw new FerryError(ErrorCode.VM_STATE, `${this.name} has no datastore to suspend ${name} to`, 'run the agent with --datastore');
+      const wasRunning = vm.state === 'running';
+      if (wasRunning) await vm.pause();
+      const registers = vm.registers();
+      try {
+        await this.files.saveSuspend(name, vm.memory, registers);
+      } catch (error) {
+        if (wasRunning) await vm.resume();
+        throw error;
+      }
+      const config = this.configOf(vm);
+      await this.registry.release(vm);
+      this.stored.set(name, { config, suspended: true, registers });
+      this.registry.stored.add(name);
+      await this.logEvent(name, `suspended to disk at n=${registers.n}`);
+      return this.vmInfo(name);
+    }));
 
     connection.handle('vm.pause', async ({ name }) => this.exclusive(name, 'pause', async (vm) => {
       if (vm.state === 'running') {
@@ -133,11 +263,23 @@ export class Agent {
       return vm.info(this.name);
     }));
 
-    connection.handle('vm.destroy', async ({ name }) => this.exclusive(name, 'destroy', async (vm) => {
-      await this.registry.release(vm);
+    connection.handle('vm.destroy', async ({ name, deleteDisks }) => {
+      const disks = this.stored.get(name)?.config.disks ?? (this.registry.hasMachine(name) ? this.registry.get(name).disks : []);
+      if (disks.length > 0 && !deleteDisks) {
+        throw new FerryError(ErrorCode.BAD_INPUT, `destroying ${name} would delete its disks (${disks.map((disk) => disk.file).join(', ')})`, `add --yes to delete them: \`ferry vm destroy ${name} --yes\``);
+      }
+      if (this.registry.hasMachine(name)) {
+        await this.exclusive(name, 'destroy', async (vm) => this.registry.release(vm));
+      } else if (this.stored.has(name)) {
+        this.stored.delete(name);
+        this.registry.stored.delete(name);
+      } else {
+        this.registry.get(name); // VM_NOT_FOUND
+      }
+      await this.files?.remove(name);
       this.log.info('vm destroyed', { vm: name });
       return {};
-    }));
+    });
 
     connection.handle('vm.dump', async ({ name }, context) => this.exclusive(name, 'dump', async (vm) => {
       const wasRunning = vm.state === 'running';
@@ -164,6 +306,11 @@ export class Agent {
       }
       const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'migrating-in', 'receive it');
       const target = new MigrationTarget(migrationId, vm, this.registry, this.faults, this.log, { epoch, url: sourceUrl }, this.activations);
+      target.registerFiles = async (files, newEpoch) => {
+        if (!this.files) return;
+        const config = vmConfigSchema.parse({ ...JSON.parse(files.config), epoch: newEpoch });
+        await this.files.create(config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${this.name} (migration ${migrationId}, epoch ${newEpoch})\n`);
+      };
       target.onFinished = () => this.incoming.delete(migrationId);
       this.incoming.set(migrationId, target);
       this.log.info('reserved', { vm: name, memoryBytes, migration: migrationId });
@@ -181,7 +328,14 @@ export class Agent {
         throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${this.name}`, 'pick another destination');
       }
       return this.exclusive(name, 'migration', async (vm) => {
+        if (vm.disks.length > 0) {
+          throw new FerryError(ErrorCode.VM_STATE, `${name} has disks on ${this.name}'s local datastore (${vm.disks.map((disk) => disk.file).join(', ')}); live migration moves memory, not disks`, 'stop the VM and move its folder, or create it without --disk');
+        }
         this.log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
+        await this.logEvent(name, `migrating to ${destination.name} (migration ${migrationId})`);
+        const files = this.files
+          ? { config: JSON.stringify(this.configOf(vm)), nvram: new Uint8Array(await this.files.readNvram(name)), log: await this.files.readLog(name) }
+          : undefined;
         const wasRunning = vm.state === 'running';
         vm.state = 'migrating-out';
         let peer;
@@ -197,6 +351,8 @@ export class Agent {
         context.signal.addEventListener('abort', onClosed, { once: true });
         this.outgoing.set(name, cancel);
         const report = await runSource({
+          ...(files ? { files } : {}),
+          forgetFiles: (vmName) => this.forgetFiles(vmName),
           faults: this.faults,
           vm,
           wasRunning,
@@ -213,6 +369,7 @@ export class Agent {
           context.signal.removeEventListener('abort', onClosed);
         });
         this.log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
+        if (report.outcome === 'rolled-back') await this.logEvent(name, `migration to ${destination.name} rolled back: ${report.error?.message ?? ''}`);
         return report;
       });
     });
@@ -306,6 +463,15 @@ export class Agent {
       return { phase: this.activations.activated(migrationId) ? 'active' as const : 'unknown' as const };
     });
     connection.handle('peer.holds', async ({ migrationId, name }) => ({ state: this.settlements.holds(migrationId, name) }));
+    connection.handle('peer.forget', async ({ name, epoch }) => {
+      const entry = this.stored.get(name);
+      if (!entry || this.registry.hasMachine(name) || entry.config.epoch >= epoch) return { forgot: false };
+      this.stored.delete(name);
+      this.registry.stored.delete(name);
+      await this.files?.remove(name);
+      this.log.info('forgot a stale definition: the VM runs elsewhere at a later epoch', { vm: name, epoch });
+      return { forgot: true };
+    });
     connection.handle('peer.abort', async ({ reason }) => {
       await current().drop(`the source aborted: ${reason}`, { keepVerified: false });
       return {};

@@ -14,6 +14,7 @@ import { checkToken, ensureTokenFile, readTokenFile } from '../shared/token.js';
 import { createLogger, type LogLevel } from '../shared/log.js';
 import { parseCount, parseSize } from '../shared/units.js';
 import { Agent } from './agent.js';
+import { Datastore } from './datastore.js';
 import { parseFaults } from './faults.js';
 import { startServer } from './server.js';
 
@@ -103,7 +104,10 @@ Example:
   const agent = new Agent({
     name: options.name, capacityBytes: options.capacityBytes, faults, log, token,
     activationFolder: path.join(options.datastore, 'migrations'),
+    datastore: new Datastore(options.datastore),
   });
+  const found = await agent.loadDatastore();
+  if (found > 0) log.info('found VMs in the datastore, powered off or suspended', { count: found });
   const readPem = async (file: string, what: string): Promise<Buffer> => readFile(file).catch((error: Error) => {
     throw new FerryError(ErrorCode.IO, `cannot read the TLS ${what} ${file}: ${error.message}`, 'give PEM files that this user can read');
   });

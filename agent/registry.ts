@@ -25,6 +25,8 @@ export class Registry {
   private readonly vms = new Map<string, VirtualMachine>();
   /** Names being created right now, with their size: taken before the (async) allocation, so two can't race. */
   private readonly claims = new Map<string, number>();
+  /** Names of VMs that exist only as files here (powered off or suspended): taken, though they hold no memory. */
+  readonly stored = new Set<string>();
 
   constructor(hostName: string, capacityBytes: number) {
     this.hostName = hostName;
@@ -47,7 +49,12 @@ export class Registry {
   }
 
   has(name: string): boolean {
-    return this.vms.has(name) || this.claims.has(name);
+    return this.vms.has(name) || this.claims.has(name) || this.stored.has(name);
+  }
+
+  /** A VM with memory here (running, paused, or in a migration), as opposed to files only. */
+  hasMachine(name: string): boolean {
+    return this.vms.has(name);
   }
 
   get(name: string): VirtualMachine {

@@ -51,7 +51,8 @@ function describeVm(info: VmInfo): string {
     ['  registers', `x=${info.cpu.x} n=${int(info.cpu.n)}`],
     ['  last blackout', info.lastBlackoutMs > 0 ? formatDuration(info.lastBlackoutMs) : '-'],
     ['  created', info.createdAt],
-  ]);
+    ...(info.disks && info.disks.length > 0 ? [['  disks', info.disks.map((disk) => `${disk.file} (${formatBytes(disk.sizeBytes)})`).join(', ')]] : []),
+  ]) + (info.log && info.log.length > 0 ? `\n  log (latest last):\n${info.log.map((line) => `    ${line}`).join('\n')}` : '');
 }
 
 function vmRows(vms: VmSummary[]): string {
@@ -157,8 +158,9 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--seed <n>', 'xorshift32 seed for pattern and hotset, not 0', '1')
     .option('--hot <size>', 'hotset: the hot region that takes 7 of 8 writes (default: wss / 8)')
     .option('--prealloc', 'back all guest memory with real pages now, not on first touch (like QEMU -mem-prealloc)')
+    .option('--disk <size>', 'give it a sparse disk image (disk0.img) of this size in the host\'s datastore')
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; json?: boolean }, command: Command) => {
+    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; disk?: string; json?: boolean }, command: Command) => {
       const request = toVmRequest(name, options);
       const { cluster: hosts } = await cluster(command);
       const info = await withHost(findHost(hosts, options.on), (client) => client.request('vm.create', request));
@@ -198,10 +200,27 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
       });
   }
 
+  for (const [verb, text] of [
+    ['start', 'power on a VM that is powered off, or resume a suspended one exactly where it was'],
+    ['stop', 'power a VM off: its memory is discarded, its files stay'],
+    ['suspend', 'save a VM\'s memory and registers to its host\'s datastore and free its memory'],
+  ] as const) {
+    vm.command(`${verb} <name>`)
+      .description(text)
+      .option('--json', 'print JSON')
+      .action(async (name: string, options: { json?: boolean }, command: Command) => {
+        const op = verb === 'start' ? 'vm.start' : verb === 'stop' ? 'vm.stop' : 'vm.suspend';
+        const info = await onVmHost(command, name, (client) => client.request(op, { name }));
+        if (options.json) printJson(info);
+        else process.stdout.write(`${info.name} on ${info.host}: ${info.state}\n`);
+      });
+  }
+
   vm.command('destroy <name>')
-    .description('stop a VM and free its memory')
-    .action(async (name: string, _options: unknown, command: Command) => {
-      await onVmHost(command, name, (client) => client.request('vm.destroy', { name }));
+    .description('remove a VM: its memory, and its files on the host (disks only with --yes)')
+    .option('--yes', 'also delete its disk images')
+    .action(async (name: string, options: { yes?: boolean }, command: Command) => {
+      await onVmHost(command, name, (client) => client.request('vm.destroy', { name, deleteDisks: options.yes ?? false }));
       process.stdout.write(`destroyed ${name}\n`);
     });
 

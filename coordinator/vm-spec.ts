@@ -14,6 +14,7 @@ export interface CreateOptions {
   seed: string;
   hot?: string | undefined;
   prealloc?: boolean | undefined;
+  disk?: string | undefined;
 }
 
 export interface VmRequest {
@@ -21,6 +22,7 @@ export interface VmRequest {
   memoryBytes: number;
   workload: WorkloadSpec;
   prealloc?: boolean;
+  diskBytes?: number;
 }
 
 export function checkVmName(name: string): string {
@@ -59,5 +61,9 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
     }
     workload.hotPages = hotPages;
   }
-  return { name: checkVmName(name), memoryBytes, workload, ...(options.prealloc ? { prealloc: true } : {}) };
+  const diskBytes = options.disk ? parseSize(options.disk) : undefined;
+  if (diskBytes !== undefined && (diskBytes < PAGE_SIZE || diskBytes > 2 ** 50)) {
+    throw new FerryError(ErrorCode.BAD_INPUT, `--disk ${options.disk} is not a disk size ferry can make`, 'e.g. --disk 1GiB (sparse: it takes no space until written)');
+  }
+  return { name: checkVmName(name), memoryBytes, workload, ...(options.prealloc ? { prealloc: true } : {}), ...(diskBytes ? { diskBytes } : {}) };
 }

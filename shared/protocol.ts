@@ -52,7 +52,13 @@ export const registersSchema = z.object({
 });
 export type Registers = z.infer<typeof registersSchema>;
 
-export const vmStateSchema = z.enum(['running', 'paused', 'migrating-out', 'suspended', 'migrating-in']);
+/**
+ * running, paused: the vCPU runs or is paused, memory in the agent. defined: powered off, files only. suspended:
+ * powered off with its memory and registers saved in the datastore. migrating-out (pre-copy), handing-over (the
+ * source with its vCPU paused, from stop-and-copy until the destination confirms; after a lost commit
+ * acknowledgement, until settled) and migrating-in (the destination's reservation): a migration's states.
+ */
+export const vmStateSchema = z.enum(['running', 'paused', 'defined', 'suspended', 'migrating-out', 'handing-over', 'migrating-in']);
 export type VmState = z.infer<typeof vmStateSchema>;
 
 export const vmSummarySchema = z.object({
@@ -67,6 +73,10 @@ export type VmSummary = z.infer<typeof vmSummarySchema>;
 
 export const vmInfoSchema = vmSummarySchema.extend({
   workload: workloadSpecSchema,
+  /** Disk images in the VM's datastore folder. */
+  disks: z.array(z.object({ file: z.string(), sizeBytes: z.number() })).optional(),
+  /** The last lines of the VM's log (vm.log): what happened to it. */
+  log: z.array(z.string()).optional(),
   cpu: z.object({ x: z.number(), n: z.number() }),
   /** Gap in the guest's heartbeat at its last resume (a pause, or a migration's activation). */
   lastBlackoutMs: z.number(),
@@ -195,13 +205,22 @@ export const controlOps = {
       workload: workloadSpecSchema,
       /** Back all guest memory with real pages at creation (QEMU's -mem-prealloc), not on first touch. */
       prealloc: z.boolean().optional(),
+      /** Size of a sparse disk image (disk0.img) to create in the VM's folder. */
+      diskBytes: z.number().int().positive().optional(),
     }).strict(),
     vmInfoSchema,
   ],
+  /** Powers a defined VM on (fresh memory), or resumes a suspended one exactly from its saved memory and registers. */
+  'vm.start': [byName, vmInfoSchema],
+  /** Powers a VM off: its memory is discarded, its files stay. */
+  'vm.stop': [byName, vmInfoSchema],
+  /** Saves a VM's memory and registers to its datastore folder and frees its memory. */
+  'vm.suspend': [byName, vmInfoSchema],
   'vm.info': [byName, vmInfoSchema],
   'vm.pause': [byName, vmInfoSchema],
   'vm.resume': [byName, vmInfoSchema],
-  'vm.destroy': [byName, empty],
+  /** Removes a VM and its files; `deleteDisks` must be true when it has disks. */
+  'vm.destroy': [z.object({ name: vmNameSchema, deleteDisks: z.boolean().optional() }).strict(), empty],
   /** Events: binary frames of guest memory in order, then the reply with the image's metadata. */
   'vm.dump': [byName, z.object({ info: vmInfoSchema, wasRunning: z.boolean() })],
   'migrate.reserve': [
@@ -250,7 +269,13 @@ export const peerOps = {
   'peer.sync': [z.object({ round: z.number().int().min(1) }).strict(), z.object({ pagesReceived: z.number() })],
   /** Stop-and-copy is done: every page is sent. The destination checks its image and answers with its digests. */
   'peer.verify': [
-    z.object({ registers: registersSchema, mode: verifyModeSchema, resume: z.boolean() }).strict(),
+    z.object({
+      registers: registersSchema,
+      mode: verifyModeSchema,
+      resume: z.boolean(),
+      /** The VM's small files (config.json, nvram.bin, vm.log), registered in the destination's datastore at activation. */
+      files: z.object({ config: z.string(), nvram: z.instanceof(Uint8Array), log: z.string() }).optional(),
+    }).strict(),
     z.object({
       destDigest: z.string(),
       destMemoryDigest: z.string().optional(),
@@ -277,6 +302,8 @@ export const peerOps = {
    * or `none` (it holds no copy: it restarted or died; the verified image is the only one left: activate).
    */
   'peer.holds': [z.object({ migrationId: z.string(), name: vmNameSchema }).strict(), z.object({ state: z.enum(['committed', 'running', 'pending', 'none']) })],
+  /** Destination to source, after activating on `none`: drop a powered-off definition of `name` older than `epoch`. */
+  'peer.forget': [z.object({ name: vmNameSchema, epoch: z.number().int() }).strict(), z.object({ forgot: z.boolean() })],
 } as const;
 
 export type OpTable = Record<string, readonly [z.ZodType, z.ZodType]>;

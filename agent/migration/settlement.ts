@@ -37,6 +37,8 @@ export interface SettlementDeps {
   log: Logger;
   /** A fresh, unbound peer connection to the agent at `url`. */
   dial: (url: string) => Promise<PeerClient>;
+  /** Removes the VM's files from this agent's datastore (its copy moved away for good). */
+  forgetFiles: (name: string) => Promise<void>;
 }
 
 export class Settlements {
@@ -65,7 +67,8 @@ export class Settlements {
   holds(migrationId: string, name: string): 'committed' | 'running' | 'pending' | 'none' {
     const doubt = this.inDoubt.get(name);
     if (doubt?.migrationId === migrationId) return 'committed';
-    if (!this.deps.registry.has(name)) return 'none';
+    // Files alone (a powered-off definition left by a restart) hold no copy of the guest's memory.
+    if (!this.deps.registry.hasMachine(name)) return 'none';
     const state = this.deps.registry.get(name).state;
     return state === 'running' || state === 'paused' ? 'running' : 'pending';
   }
@@ -95,6 +98,7 @@ export class Settlements {
       this.inDoubt.delete(name);
       if (phase === 'active') {
         await registry.release(doubt.vm);
+        await this.deps.forgetFiles(name);
         log.info('settled: the destination runs the VM; freed the copy here', { vm: name, migration: doubt.migrationId });
         return 'the destination runs it; the copy here was freed';
       }
@@ -125,6 +129,8 @@ export class Settlements {
         return 'the source runs it; the image here was dropped';
       }
       await target.activate(target.resumeOnActivation);
+      // A source that restarted may still have the VM's files, powered off, one epoch behind: it can drop them.
+      if (state === 'none') await peer.request('peer.forget', { name: target.vm.name, epoch: target.vm.epoch }, { timeoutMs: PEER_REPLY_TIMEOUT_MS }).catch(() => undefined);
       log.info(`settled: the source ${state === 'committed' ? 'committed' : 'holds no copy'}; activated the image here`, { vm: target.vm.name, migration: target.migrationId });
       return `the source ${state === 'committed' ? 'had committed' : 'holds no copy'}; activated here`;
     } finally {

@@ -84,6 +84,8 @@ export async function greetDestination(peer: PeerClient, migrationId: string, fr
 }
 
 export interface SourceContext {
+  /** The VM's small files to carry to the destination (none in the in-memory network, which has no datastore). */
+  files?: { config: string; nvram: Uint8Array<ArrayBuffer>; log: string };
   /** Test-only fault switches (faults.ts); undefined in normal runs. */
   faults?: Faults;
   vm: VirtualMachine;
@@ -97,6 +99,8 @@ export interface SourceContext {
   now: () => number;
   emit: (event: MigrationEvent) => void;
   log: Logger;
+  /** Removes the VM's files here once the destination has them and runs the VM. */
+  forgetFiles?: (name: string) => Promise<void>;
   /** Called when the commit's acknowledgement is lost: the VM stays suspended until settled (settlement.ts). */
   onInDoubt?: (vm: VirtualMachine, resume: boolean) => void;
 }
@@ -231,7 +235,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     enterStage(3);
     pausedAtMs = now();
     if (vm.vcpuRunning) await vm.pause();
-    vm.state = 'suspended';
+    vm.state = 'handing-over';
     await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
     const lastPages = vm.dirtyLog.harvest();
     const lastStartMs = now();
@@ -248,7 +252,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     enterStage(4);
     // Ask first, then compute our own digest while the destination computes its own.
     const verifyStartMs = now();
-    const asked = peer.request('peer.verify', { registers, mode: options.verify, resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+    const asked = peer.request('peer.verify', { registers, mode: options.verify, resume: wasRunning, ...(context.files ? { files: context.files } : {}) }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
     const sourceDigest = formatDigest(digestPageTable(sender.hashes));
     // --verify full: hash all of memory here while the destination does the same there (the vCPU is paused).
@@ -282,6 +286,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const activatedAtMs = now();
     log.debug('activation timing', { activateRoundTripMs: activatedAtMs - activateStartMs });
     await context.registry.release(vm);
+    await context.forgetFiles?.(vm.name);
     peer.close();
     const result = report('committed');
     return {

@@ -55,6 +55,9 @@ export class MigrationTarget {
   resumeOnActivation = true;
   /** The page stream closed while verified: the settlement loop (settlement.ts) takes over. */
   streamClosed = false;
+  /** The VM's small files, from verification; written to this agent's datastore at activation by `registerFiles`. */
+  private files: RequestOf<PeerOps, 'peer.verify'>['files'];
+  registerFiles: ((files: NonNullable<RequestOf<PeerOps, 'peer.verify'>['files']>, epoch: number) => Promise<void>) | undefined;
   private readonly activations: ActivationLog;
 
   constructor(
@@ -172,6 +175,7 @@ export class MigrationTarget {
     }
     this.vm.setRegisters(request.registers);
     this.resumeOnActivation = request.resume;
+    this.files = request.files;
     this.phase = 'verified';
     return {
       destDigest: formatDigest(digestPageTable(this.hashes)),
@@ -189,6 +193,8 @@ export class MigrationTarget {
     }
     this.phase = 'active';
     clearInterval(this.watchdog);
+    // The VM's files join this datastore first, then the activation is recorded, then the vCPU runs.
+    if (this.files) await this.registerFiles?.(this.files, this.sourceEpoch + 1);
     // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it).
     this.activations.record(this.migrationId, this.vm.name, this.sourceEpoch + 1);
     this.vm.epoch = this.sourceEpoch + 1;

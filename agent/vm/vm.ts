@@ -31,6 +31,8 @@ export class VirtualMachine {
   state: VmState;
   /** Ownership epoch: 1 at creation, one more with each committed migration (protocol.ts, vmSummarySchema). */
   epoch = 1;
+  /** Disk images in the VM's datastore folder (config.json's `disks`). */
+  disks: { file: string; sizeBytes: number }[] = [];
   /** The operation that has this VM to itself right now (a dump, a migration, a pause); undefined when none. */
   busy: string | undefined;
   private readonly control: ControlViews;
@@ -130,6 +132,7 @@ export class VirtualMachine {
       memoryBytes: this.memoryBytes,
       epoch: this.epoch,
       workload: this.workload,
+      disks: this.disks,
       cpu: { x, n },
       lastBlackoutMs: this.lastBlackoutMs(),
       createdAt: this.createdAt.toISOString(),

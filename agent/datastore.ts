@@ -1,0 +1,205 @@
+/**
+ * An agent's datastore: one folder per VM, named after it.
+ *
+ *   <datastore>/vms/<name>/
+ *     config.json   name, memory, vCPU workload, disks, network, ownership epoch (written whole: temp, fsync, rename)
+ *     nvram.bin     the VM's BIOS settings: 64 bytes, "FERRYNV1", the boot order, a SHA-256 check (nvram.ts)
+ *     vm.log        what happened to the VM, a line per event, appended
+ *     disk0.img     a sparse disk image, when the VM has a disk
+ *     suspend.bin   guest memory, when suspended (with suspend.json: registers and a digest of the image)
+ *
+ * A crash never leaves a half-written config.json (write, sync, rename), and a suspend image counts only once its
+ * suspend.json, written last, says so. Leftover temporary files are removed when the agent starts.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { appendFile, mkdir, open, readFile, readdir, rename, rm, truncate } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { ErrorCode, FerryError } from '../shared/errors.js';
+import { registersSchema, workloadSpecSchema, type Registers } from '../shared/protocol.js';
+
+export const vmConfigSchema = z.object({
+  name: z.string(),
+  memoryBytes: z.number().int().positive(),
+  workload: workloadSpecSchema,
+  epoch: z.number().int().min(1),
+  disks: z.array(z.object({ file: z.string().regex(/^disk\d+\.img$/), sizeBytes: z.number().int().positive() })),
+  network: z.object({ ip: z.string(), prefix: z.number().int(), gateway: z.string(), mac: z.string() }).nullable(),
+  createdAt: z.string(),
+});
+export type VmConfig = z.infer<typeof vmConfigSchema>;
+
+const suspendSchema = z.object({ registers: registersSchema, memoryBytes: z.number(), sha256: z.string(), takenAt: z.string() });
+
+export interface StoredVm {
+  config: VmConfig;
+  suspended: boolean;
+}
+
+const NVRAM_MAGIC = 'FERRYNV1';
+
+/** BIOS settings: magic, format version, boot order (disk, network), zeros, and a SHA-256 check of the first 32 bytes. */
+export function defaultNvram(): Buffer {
+  const nvram = Buffer.alloc(64);
+  nvram.write(NVRAM_MAGIC, 0, 'ascii');
+  nvram.writeUInt16LE(1, 8);
+  Buffer.from([1, 2, 0, 0]).copy(nvram, 10); // boot order: 1 = disk, 2 = network
+  createHash('sha256').update(nvram.subarray(0, 32)).digest().copy(nvram, 32);
+  return nvram;
+}
+
+export function nvramIsValid(nvram: Buffer): boolean {
+  return nvram.length === 64
+    && nvram.toString('ascii', 0, 8) === NVRAM_MAGIC
+    && createHash('sha256').update(nvram.subarray(0, 32)).digest().equals(nvram.subarray(32, 64));
+}
+
+/** A locally administered, unicast MAC address. */
+export function randomMac(): string {
+  const bytes = randomBytes(6);
+  bytes[0] = (bytes[0]! & 0xfe) | 0x02;
+  return [...bytes].map((byte) => byte.toString(16).padStart(2, '0')).join(':');
+}
+
+async function writeWhole(file: string, data: string | Buffer): Promise<void> {
+  const temporary = `${file}.tmp`;
+  const handle = await open(temporary, 'w');
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await rename(temporary, file);
+  const folder = await open(path.dirname(file), 'r');
+  try {
+    await folder.sync();
+  } finally {
+    await folder.close();
+  }
+}
+
+export class Datastore {
+  readonly root: string;
+
+  constructor(root: string) {
+    this.root = root;
+  }
+
+  private folder(name: string): string {
+    return path.join(this.root, 'vms', name);
+  }
+
+  files(name: string): string[] {
+    return existsSync(this.folder(name)) ? [this.folder(name)] : [];
+  }
+
+  /** Every VM found in the datastore, after removing what a crash may have left half-written. */
+  async scan(): Promise<StoredVm[]> {
+    const vms = path.join(this.root, 'vms');
+    await mkdir(vms, { recursive: true });
+    const found: StoredVm[] = [];
+    for (const name of await readdir(vms)) {
+      const folder = path.join(vms, name);
+      for (const file of await readdir(folder).catch(() => [])) {
+        if (file.endsWith('.tmp')) await rm(path.join(folder, file), { force: true });
+      }
+      try {
+        const config = vmConfigSchema.parse(JSON.parse(await readFile(path.join(folder, 'config.json'), 'utf8')));
+        found.push({ config, suspended: existsSync(path.join(folder, 'suspend.json')) });
+      } catch {
+        // No whole config: a VM whose creation did not finish. Leave its files for a person to look at.
+      }
+    }
+    return found;
+  }
+
+  /** Writes a new VM's folder: config, NVRAM, log, sparse disks. */
+  async create(config: VmConfig, nvram: Buffer = defaultNvram(), log = ''): Promise<void> {
+    const folder = this.folder(config.name);
+    await mkdir(folder, { recursive: true });
+    for (const disk of config.disks) {
+      const file = path.join(folder, disk.file);
+      if (!existsSync(file)) {
+        await (await open(file, 'w')).close();
+        await truncate(file, disk.sizeBytes); // sparse: takes no blocks until written
+      }
+    }
+    await writeWhole(path.join(folder, 'nvram.bin'), nvram);
+    if (log) await writeWhole(path.join(folder, 'vm.log'), log);
+    await this.writeConfig(config);
+  }
+
+  async writeConfig(config: VmConfig): Promise<void> {
+    await writeWhole(path.join(this.folder(config.name), 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+  }
+
+  async log(name: string, event: string): Promise<void> {
+    await appendFile(path.join(this.folder(name), 'vm.log'), `${new Date().toISOString()} ${event}\n`);
+  }
+
+  async readLog(name: string): Promise<string> {
+    return readFile(path.join(this.folder(name), 'vm.log'), 'utf8').catch(() => '');
+  }
+
+  async readNvram(name: string): Promise<Buffer> {
+    return readFile(path.join(this.folder(name), 'nvram.bin'));
+  }
+
+  /** Saves guest memory and registers; the image counts once suspend.json (written last) exists. */
+  async saveSuspend(name: string, memory: Uint8Array, registers: Registers): Promise<void> {
+    const folder = this.folder(name);
+    const image = path.join(folder, 'suspend.bin');
+    const hash = createHash('sha256');
+    const handle = await open(`${image}.tmp`, 'w');
+    try {
+      const chunk = 8 * 1024 * 1024;
+      for (let offset = 0; offset < memory.length; offset += chunk) {
+        const part = memory.subarray(offset, Math.min(offset + chunk, memory.length));
+        hash.update(part);
+        await handle.write(part);
+      }
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(`${image}.tmp`, image);
+    await writeWhole(path.join(folder, 'suspend.json'), JSON.stringify({ registers, memoryBytes: memory.length, sha256: hash.digest('hex'), takenAt: new Date().toISOString() }));
+  }
+
+  /** Reads a suspend image back into `memory` (checked against its digest) and returns the registers. */
+  async loadSuspend(name: string, memory: Uint8Array): Promise<Registers> {
+    const folder = this.folder(name);
+    const meta = suspendSchema.parse(JSON.parse(await readFile(path.join(folder, 'suspend.json'), 'utf8')));
+    if (meta.memoryBytes !== memory.length) {
+      throw new FerryError(ErrorCode.IO, `the suspend image of ${name} is ${meta.memoryBytes} bytes, its memory ${memory.length}`, 'the VM\'s files are inconsistent; stop it to discard the image');
+    }
+    const hash = createHash('sha256');
+    const handle = await open(path.join(folder, 'suspend.bin'), 'r');
+    try {
+      const chunk = 8 * 1024 * 1024;
+      for (let offset = 0; offset < memory.length; offset += chunk) {
+        const part = memory.subarray(offset, Math.min(offset + chunk, memory.length));
+        await handle.read(part, 0, part.length, offset);
+        hash.update(part);
+      }
+    } finally {
+      await handle.close();
+    }
+    if (hash.digest('hex') !== meta.sha256) {
+      throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the suspend image of ${name} does not match its digest`, 'the image is damaged; stop the VM to discard it');
+    }
+    return meta.registers;
+  }
+
+  async dropSuspend(name: string): Promise<void> {
+    const folder = this.folder(name);
+    await rm(path.join(folder, 'suspend.json'), { force: true });
+    await rm(path.join(folder, 'suspend.bin'), { force: true });
+  }
+
+  async remove(name: string): Promise<void> {
+    await rm(this.folder(name), { recursive: true, force: true });
+  }
+}
