@@ -5,7 +5,7 @@
 import { PROTOCOL_VERSION } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import { controlOps, peerOps, type HostInfo, type Registers, type VmInfo } from '../shared/protocol.js';
+import { controlOps, peerOps, type HostInfo, type VmInfo } from '../shared/protocol.js';
 import { RpcConnection } from '../shared/rpc.js';
 import { faultPoint, type Faults } from './faults.js';
 import { Datastore, vmConfigSchema, type StoredVm, type VmConfig } from './datastore.js';
@@ -58,7 +58,7 @@ export class Agent {
   readonly settlements: Settlements;
   private readonly files: Datastore | undefined;
   /** VMs that exist here only as files: powered off (defined) or suspended to disk. */
-  private readonly stored = new Map<string, StoredVm & { registers?: Registers }>();
+  private readonly stored = new Map<string, StoredVm>();
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;

@@ -35,6 +35,8 @@ const suspendSchema = z.object({ registers: registersSchema, memoryBytes: z.numb
 export interface StoredVm {
   config: VmConfig;
   suspended: boolean;
+  /** A suspended VM's registers, as saved. */
+  registers?: Registers;
 }
 
 const NVRAM_MAGIC = 'FERRYNV1';
@@ -107,7 +109,13 @@ export class Datastore {
       }
       try {
         const config = vmConfigSchema.parse(JSON.parse(await readFile(path.join(folder, 'config.json'), 'utf8')));
-        found.push({ config, suspended: existsSync(path.join(folder, 'suspend.json')) });
+        const suspendFile = path.join(folder, 'suspend.json');
+        if (existsSync(suspendFile)) {
+          const { registers } = suspendSchema.parse(JSON.parse(await readFile(suspendFile, 'utf8')));
+          found.push({ config, suspended: true, registers });
+        } else {
+          found.push({ config, suspended: false });
+        }
       } catch {
         // No whole config: a VM whose creation did not finish. Leave its files for a person to look at.
       }
