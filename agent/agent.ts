@@ -8,7 +8,7 @@ import type { Logger } from '../shared/log.js';
 import { controlOps, peerOps, type HostInfo, type VmInfo } from '../shared/protocol.js';
 import { RpcConnection } from '../shared/rpc.js';
 import { faultPoint, type Faults } from './faults.js';
-import { Datastore, vmConfigSchema, type StoredVm, type VmConfig } from './datastore.js';
+import { Datastore, randomMac, vmConfigSchema, type StoredVm, type VmConfig } from './datastore.js';
 import { ActivationLog } from './migration/activation-log.js';
 import { Settlements } from './migration/settlement.js';
 import { connectToDestination, dialPeerAgent, runSource, type PeerClient } from './migration/source.js';
@@ -39,6 +39,9 @@ export interface AgentSettings {
   datastore?: Datastore;
 }
 
+/** How often leases are checked: a VM outlives its lease by at most this. */
+const LEASE_CHECK_MS = 1000;
+
 function cpuTime(): { userMs: number; systemMs: number } {
   const usage = process.cpuUsage();
   return { userMs: usage.user / 1000, systemMs: usage.system / 1000 };
@@ -59,6 +62,7 @@ export class Agent {
   private readonly files: Datastore | undefined;
   /** VMs that exist here only as files: powered off (defined) or suspended to disk. */
   private readonly stored = new Map<string, StoredVm>();
+  private readonly leases: NodeJS.Timeout;
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;
@@ -77,6 +81,8 @@ export class Agent {
       dial: (url) => dialAgent(url, this.token),
       forgetFiles: (name) => this.forgetFiles(name),
     });
+    this.leases = setInterval(() => void this.releaseExpired(), LEASE_CHECK_MS);
+    this.leases.unref();
   }
 
   /** Finds the VMs in the datastore, powered off or suspended: what an agent that restarts comes back to. */
@@ -106,7 +112,7 @@ export class Agent {
       const { config } = entry;
       return {
         name, host: this.name, state: entry.suspended ? 'suspended' : 'defined', memoryBytes: config.memoryBytes, epoch: config.epoch,
-        workload: config.workload, disks: config.disks,
+        workload: config.workload, disks: config.disks, network: config.network, leaseUntil: config.leaseUntil,
         cpu: entry.registers ? { x: entry.registers.x, n: entry.registers.n } : { x: config.workload.seed, n: 0 },
         lastBlackoutMs: 0, createdAt: config.createdAt, log: await tail(),
       };
@@ -117,11 +123,30 @@ export class Agent {
   private configOf(vm: VirtualMachine): VmConfig {
     return {
       name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch, disks: vm.disks,
-      network: null, createdAt: vm.createdAt.toISOString(),
+      network: vm.network, leaseUntil: vm.leaseUntil, createdAt: vm.createdAt.toISOString(),
     };
   }
 
-  hostInfo(): HostInfo {
+  /** Releases every VM whose lease has ended: destroyed, files and disks with it (they were provisioned so). */
+  private async releaseExpired(): Promise<void> {
+    const now = Date.now();
+    const expired = (lease: string | null | undefined): boolean => lease !== null && lease !== undefined && Date.parse(lease) <= now;
+    for (const vm of this.registry.list()) {
+      if (!expired(vm.leaseUntil) || (vm.state !== 'running' && vm.state !== 'paused') || vm.busy) continue;
+      await this.exclusive(vm.name, 'release', async (held) => this.registry.release(held)).catch(() => undefined);
+      await this.files?.remove(vm.name);
+      this.log.info('lease ended: VM released', { vm: vm.name });
+    }
+    for (const [name, entry] of [...this.stored]) {
+      if (!expired(entry.config.leaseUntil) || this.registry.hasMachine(name)) continue;
+      this.stored.delete(name);
+      this.registry.stored.delete(name);
+      await this.files?.remove(name);
+      this.log.info('lease ended: VM released', { vm: name });
+    }
+  }
+
+  async hostInfo(): Promise<HostInfo> {
     return {
       name: this.name,
       version: PROTOCOL_VERSION,
@@ -129,11 +154,12 @@ export class Agent {
       usedBytes: this.registry.usedBytes,
       freeBytes: this.registry.freeBytes,
       vms: [
-        ...this.registry.list().map((vm) => ({ name: vm.name, host: this.name, state: vm.state, memoryBytes: vm.memoryBytes, epoch: vm.epoch })),
+        ...this.registry.list().map((vm) => ({ name: vm.name, host: this.name, state: vm.state, memoryBytes: vm.memoryBytes, epoch: vm.epoch, ...(vm.network ? { ip: vm.network.ip } : {}) })),
         ...[...this.stored.values()]
           .filter((entry) => !this.registry.hasMachine(entry.config.name))
-          .map(({ config, suspended }) => ({ name: config.name, host: this.name, state: suspended ? 'suspended' as const : 'defined' as const, memoryBytes: config.memoryBytes, epoch: config.epoch })),
+          .map(({ config, suspended }) => ({ name: config.name, host: this.name, state: suspended ? 'suspended' as const : 'defined' as const, memoryBytes: config.memoryBytes, epoch: config.epoch, ...(config.network ? { ip: config.network.ip } : {}) })),
       ],
+      diskFreeBytes: this.files ? await this.files.freeBytes() : 0,
       cpu: cpuTime(),
     };
   }
@@ -160,14 +186,16 @@ export class Agent {
   }
 
   serveControl(connection: ControlServer): void {
-    connection.handle('host.info', async () => this.hostInfo());
+    connection.handle('host.info', () => this.hostInfo());
 
-    connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes }) => {
+    connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil }) => {
       const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'paused', 'be created', prealloc ?? false);
       try {
         if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes }];
+        if (network) vm.network = { ...network, mac: randomMac() };
+        if (leaseUntil) vm.leaseUntil = leaseUntil;
         await this.files?.create(this.configOf(vm), undefined, '');
-        await this.logEvent(name, `created on ${this.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}`);
+        await this.logEvent(name, `created on ${this.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}`);
       } catch (error) {
         await this.registry.release(vm);
         throw error;
@@ -201,6 +229,8 @@ export class Agent {
       }
       vm.epoch = config.epoch;
       vm.disks = config.disks;
+      vm.network = config.network;
+      vm.leaseUntil = config.leaseUntil;
       try {
         if (entry.suspended && this.files) {
           // Exactly where it was: memory and registers as saved (checked against their digest).
@@ -309,6 +339,8 @@ export class Agent {
       target.registerFiles = async (files, newEpoch) => {
         if (!this.files) return;
         const config = vmConfigSchema.parse({ ...JSON.parse(files.config), epoch: newEpoch });
+        vm.network = config.network;
+        vm.leaseUntil = config.leaseUntil;
         await this.files.create(config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${this.name} (migration ${migrationId}, epoch ${newEpoch})\n`);
       };
       target.onFinished = () => this.incoming.delete(migrationId);
@@ -480,6 +512,7 @@ export class Agent {
 
   async shutdown(): Promise<void> {
     this.settlements.stop();
+    clearInterval(this.leases);
     await this.registry.releaseAll();
   }
 }

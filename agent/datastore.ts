@@ -13,11 +13,11 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { appendFile, mkdir, open, readFile, readdir, rename, rm, truncate } from 'node:fs/promises';
+import { appendFile, mkdir, open, readFile, readdir, rename, rm, statfs, truncate } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { ErrorCode, FerryError } from '../shared/errors.js';
-import { registersSchema, workloadSpecSchema, type Registers } from '../shared/protocol.js';
+import { networkSchema, registersSchema, workloadSpecSchema, type Registers } from '../shared/protocol.js';
 
 export const vmConfigSchema = z.object({
   name: z.string(),
@@ -25,7 +25,8 @@ export const vmConfigSchema = z.object({
   workload: workloadSpecSchema,
   epoch: z.number().int().min(1),
   disks: z.array(z.object({ file: z.string().regex(/^disk\d+\.img$/), sizeBytes: z.number().int().positive() })),
-  network: z.object({ ip: z.string(), prefix: z.number().int(), gateway: z.string(), mac: z.string() }).nullable(),
+  network: networkSchema.nullable(),
+  leaseUntil: z.string().nullable().default(null),
   createdAt: z.string(),
 });
 export type VmConfig = z.infer<typeof vmConfigSchema>;
@@ -93,8 +94,11 @@ export class Datastore {
     return path.join(this.root, 'vms', name);
   }
 
-  files(name: string): string[] {
-    return existsSync(this.folder(name)) ? [this.folder(name)] : [];
+  /** Free bytes on the file system that holds the datastore. */
+  async freeBytes(): Promise<number> {
+    await mkdir(this.root, { recursive: true });
+    const stats = await statfs(this.root);
+    return stats.bavail * stats.bsize;
   }
 
   /** Every VM found in the datastore, after removing what a crash may have left half-written. */

@@ -17,6 +17,8 @@ import { migrateLive } from './migrate.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
 import { checkPattern } from './pattern-check.js';
 import { createProgress } from './progress.js';
+import { provision } from './provision.js';
+import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
 import { checkVmName, toVmRequest } from './vm-spec.js';
 
@@ -52,6 +54,8 @@ function describeVm(info: VmInfo): string {
     ['  last blackout', info.lastBlackoutMs > 0 ? formatDuration(info.lastBlackoutMs) : '-'],
     ['  created', info.createdAt],
     ...(info.disks && info.disks.length > 0 ? [['  disks', info.disks.map((disk) => `${disk.file} (${formatBytes(disk.sizeBytes)})`).join(', ')]] : []),
+    ...(info.network ? [['  network', `${info.network.ip}/${info.network.prefix} via ${info.network.gateway}, MAC ${info.network.mac}`]] : []),
+    ...(info.leaseUntil ? [['  lease', `until ${info.leaseUntil}`]] : []),
   ]) + (info.log && info.log.length > 0 ? `\n  log (latest last):\n${info.log.map((line) => `    ${line}`).join('\n')}` : '');
 }
 
@@ -328,6 +332,43 @@ Exit status is 0 only when committed.`)
         : report.outcome === 'failed' && report.error
           ? exitCodeFor(FerryError.fromPayload(report.error))
           : ExitCode.FAILED;
+    });
+
+  const templates = program.command('template').description('VM templates: built in, and yours in ferry.templates.json beside the cluster file');
+  templates
+    .command('list', { isDefault: true })
+    .description('every template: memory, disk, workload')
+    .option('--json', 'print JSON')
+    .action(async (options: { json?: boolean }, command: Command) => {
+      const { file } = await clusterFile(command);
+      const all = await loadTemplates(file);
+      if (options.json) {
+        printJson(all);
+        return;
+      }
+      process.stdout.write(`${formatTable([['NAME', 'MEMORY', 'DISK', 'WORKLOAD', 'FROM'], ...all.map((t) => [t.name, t.memory, t.disk, `${t.workload}${t.rate ? ` ${t.rate}/s` : ''}`, t.source])])}\n`);
+    });
+
+  program
+    .command('provision <name>')
+    .description('create a VM from a template on a host with room, give it an address, start it')
+    .requiredOption('--template <name>', 'which template (ferry template list)')
+    .option('--on <host>', 'this host rather than the one with the most free memory')
+    .option('--ip <address>', 'auto (from the cluster file\'s pool), or an address like 10.0.0.5/24')
+    .option('--lease <duration>', 'release the VM (destroy it with its files) after this long, e.g. 2h')
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { template: string; on?: string; ip?: string; lease?: string; json?: boolean }, command: Command) => {
+      const { file, cluster: hosts } = await cluster(command);
+      const leaseMs = options.lease ? parseDuration(options.lease) : undefined;
+      if (leaseMs !== undefined && leaseMs <= 0) throw new FerryError(ErrorCode.BAD_INPUT, '--lease must be longer than zero', 'e.g. --lease 2h');
+      const { info, choice } = await provision(file, hosts, { name, template: options.template, on: options.on, ip: options.ip, leaseMs });
+      if (options.json) {
+        printJson({ ...info, choice });
+        return;
+      }
+      process.stdout.write(`provisioned ${info.name} ${choice}\n`);
+      if (info.network) process.stdout.write(`  network ${info.network.ip}/${info.network.prefix} via ${info.network.gateway}, MAC ${info.network.mac}\n`);
+      if (info.leaseUntil) process.stdout.write(`  leased until ${info.leaseUntil}\n`);
     });
 
   program

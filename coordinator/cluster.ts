@@ -30,6 +30,12 @@ export type HostEntry = z.infer<typeof hostEntrySchema> & { token?: string };
 const clusterSchema = z.object({
   /** The cluster's shared secret, in a file of its own (relative to the cluster file). */
   tokenFile: z.string().optional(),
+  /** The address pool that `ferry provision --ip auto` hands out from, e.g. {"pool":"10.0.0.10-10.0.0.250","prefix":24,"gateway":"10.0.0.1"}. */
+  network: z.object({
+    pool: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}-\d{1,3}(\.\d{1,3}){3}$/, 'a pool looks like 10.0.0.10-10.0.0.250'),
+    prefix: z.number().int().min(0).max(32),
+    gateway: z.string(),
+  }).optional(),
   hosts: z.array(hostEntrySchema),
 });
 export type Cluster = Omit<z.infer<typeof clusterSchema>, 'hosts'> & { hosts: HostEntry[] };

@@ -68,11 +68,25 @@ export const vmSummarySchema = z.object({
   memoryBytes: z.number(),
   /** Ownership epoch: 1 at creation, one more with each committed migration. A copy with a lower epoch is stale. */
   epoch: z.number(),
+  /** Its IP address, when it has a network configuration (so that provisioning never hands one out twice). */
+  ip: z.string().optional(),
 });
 export type VmSummary = z.infer<typeof vmSummarySchema>;
 
+/** A VM's network configuration: its address, prefix length, gateway and MAC. */
+export const networkSchema = z.object({
+  ip: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/),
+  prefix: z.number().int().min(0).max(32),
+  gateway: z.string(),
+  mac: z.string(),
+});
+export type Network = z.infer<typeof networkSchema>;
+
 export const vmInfoSchema = vmSummarySchema.extend({
   workload: workloadSpecSchema,
+  network: networkSchema.nullable().optional(),
+  /** When the VM is released (destroyed with its files), if it was provisioned with a lease. */
+  leaseUntil: z.string().nullable().optional(),
   /** Disk images in the VM's datastore folder. */
   disks: z.array(z.object({ file: z.string(), sizeBytes: z.number() })).optional(),
   /** The last lines of the VM's log (vm.log): what happened to it. */
@@ -91,6 +105,8 @@ export const hostInfoSchema = z.object({
   usedBytes: z.number(),
   freeBytes: z.number(),
   vms: z.array(vmSummarySchema),
+  /** Free space where the agent's datastore lives. */
+  diskFreeBytes: z.number(),
   /** CPU time the agent process has used so far, all its threads (vCPUs included): for benchmarks. */
   cpu: z.object({ userMs: z.number(), systemMs: z.number() }),
 });
@@ -207,6 +223,10 @@ export const controlOps = {
       prealloc: z.boolean().optional(),
       /** Size of a sparse disk image (disk0.img) to create in the VM's folder. */
       diskBytes: z.number().int().positive().optional(),
+      /** Network configuration; the agent adds a MAC address. */
+      network: networkSchema.omit({ mac: true }).optional(),
+      /** Release the VM (destroy it with its files) at this time (ISO 8601). */
+      leaseUntil: z.string().datetime().optional(),
     }).strict(),
     vmInfoSchema,
   ],

@@ -4,7 +4,7 @@
 import { PAGE_SIZE } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
-import type { Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
+import type { Network, Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
 import { DirtyLog } from './dirty-log.js';
 import {
   CONTROL_BYTES, ControlFloatSlot, ControlSlot, VcpuState, controlViews, readRegisterN, writeRegisterN, type ControlViews,
@@ -33,6 +33,9 @@ export class VirtualMachine {
   epoch = 1;
   /** Disk images in the VM's datastore folder (config.json's `disks`). */
   disks: { file: string; sizeBytes: number }[] = [];
+  network: Network | null = null;
+  /** Released at this time (ISO 8601), when provisioned with a lease. */
+  leaseUntil: string | null = null;
   /** The operation that has this VM to itself right now (a dump, a migration, a pause); undefined when none. */
   busy: string | undefined;
   private readonly control: ControlViews;
@@ -133,6 +136,8 @@ export class VirtualMachine {
       epoch: this.epoch,
       workload: this.workload,
       disks: this.disks,
+      network: this.network,
+      leaseUntil: this.leaseUntil,
       cpu: { x, n },
       lastBlackoutMs: this.lastBlackoutMs(),
       createdAt: this.createdAt.toISOString(),

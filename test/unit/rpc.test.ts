@@ -13,7 +13,7 @@ const clientRemoteOps = { ...controlOps, ...peerOps };
 type Server = RpcConnection<typeof controlOps, typeof noOps>;
 type Client = RpcConnection<typeof noOps, typeof clientRemoteOps>;
 
-const hostInfo: HostInfo = { name: 'host-a', version: 1, capacityBytes: 8 * 1024 ** 3, usedBytes: 0, freeBytes: 8 * 1024 ** 3, vms: [], cpu: { userMs: 1, systemMs: 2 } };
+const hostInfo: HostInfo = { name: 'host-a', version: 1, capacityBytes: 8 * 1024 ** 3, usedBytes: 0, freeBytes: 8 * 1024 ** 3, vms: [], diskFreeBytes: 0, cpu: { userMs: 1, systemMs: 2 } };
 
 let wss: WebSocketServer | undefined;
 const sockets: WebSocket[] = [];
