@@ -10,6 +10,7 @@ import { RpcConnection } from '../shared/rpc.js';
 import { faultPoint, type Faults } from './faults.js';
 import { Datastore, randomMac, vmConfigSchema, type StoredVm, type VmConfig } from './datastore.js';
 import { ActivationLog } from './migration/activation-log.js';
+import { ColdTarget, sendColdCopy } from './migration/cold.js';
 import { Settlements } from './migration/settlement.js';
 import { connectToDestination, dialPeerAgent, runSource, type PeerClient } from './migration/source.js';
 import { MigrationTarget } from './migration/target.js';
@@ -63,6 +64,9 @@ export class Agent {
   /** VMs that exist here only as files: powered off (defined) or suspended to disk. */
   private readonly stored = new Map<string, StoredVm>();
   private readonly leases: NodeJS.Timeout;
+  private readonly dialAgent: (url: string, token: string) => Promise<PeerClient>;
+  /** Powered-off VMs whose files are being sent away right now. */
+  private readonly coldBusy = new Set<string>();
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;
@@ -74,6 +78,7 @@ export class Agent {
     this.activations = new ActivationLog(settings.activationFolder);
     this.files = settings.datastore;
     const dialAgent = settings.dialAgent ?? dialPeerAgent;
+    this.dialAgent = dialAgent;
     this.settlements = new Settlements({
       registry: this.registry,
       incoming: this.incoming,
@@ -81,7 +86,7 @@ export class Agent {
       dial: (url) => dialAgent(url, this.token),
       forgetFiles: (name) => this.forgetFiles(name),
     });
-    this.leases = setInterval(() => void this.releaseExpired(), LEASE_CHECK_MS);
+    this.leases = setInterval(() => void this.releaseExpired().then(() => this.settleColdMarks()), LEASE_CHECK_MS);
     this.leases.unref();
   }
 
@@ -125,6 +130,30 @@ export class Agent {
       name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch, disks: vm.disks,
       network: vm.network, leaseUntil: vm.leaseUntil, createdAt: vm.createdAt.toISOString(),
     };
+  }
+
+  /**
+   * For each VM that arrived by cold migration and is still marked: tell its source to forget its older copy (it may
+   * have crashed before deleting it), then drop the mark. Unreachable sources are asked again next time.
+   */
+  private async settleColdMarks(): Promise<void> {
+    for (const [name, entry] of [...this.stored]) {
+      const mark = entry.config.coldFrom;
+      if (!mark || !this.files) continue;
+      try {
+        const peer = await this.dialAgent(mark.sourceUrl, this.token);
+        try {
+          await peer.request('peer.forget', { name, epoch: entry.config.epoch }, { timeoutMs: 5000 });
+        } finally {
+          peer.close();
+        }
+        const { coldFrom: _settled, ...config } = entry.config;
+        await this.files.writeConfig(config);
+        this.stored.set(name, { ...entry, config });
+      } catch {
+        // the source is unreachable: ask again next tick
+      }
+    }
   }
 
   /** Releases every VM whose lease has ended: destroyed, files and disks with it (they were provisioned so). */
@@ -213,6 +242,7 @@ export class Agent {
     });
 
     connection.handle('vm.start', async ({ name }) => {
+      if (this.coldBusy.has(name)) throw new FerryError(ErrorCode.VM_STATE, `cannot start ${name}: a cold migration of it is under way`, 'wait for it to finish');
       const entry = this.stored.get(name);
       if (!entry || this.registry.hasMachine(name)) {
         const vm = this.registry.get(name);
@@ -294,6 +324,7 @@ export class Agent {
     }));
 
     connection.handle('vm.destroy', async ({ name, deleteDisks }) => {
+      if (this.coldBusy.has(name)) throw new FerryError(ErrorCode.VM_STATE, `cannot destroy ${name}: a cold migration of it is under way`, 'wait for it to finish');
       const disks = this.stored.get(name)?.config.disks ?? (this.registry.hasMachine(name) ? this.registry.get(name).disks : []);
       if (disks.length > 0 && !deleteDisks) {
         throw new FerryError(ErrorCode.BAD_INPUT, `destroying ${name} would delete its disks (${disks.map((disk) => disk.file).join(', ')})`, `add --yes to delete them: \`ferry vm destroy ${name} --yes\``);
@@ -420,6 +451,45 @@ export class Agent {
       return { state: vm.state, detail: 'nothing in doubt here' };
     });
 
+    connection.handle('cold.start', async ({ migrationId, name, destination, sourceUrl }) => {
+      const entry = this.stored.get(name);
+      if (!entry || this.registry.hasMachine(name)) {
+        const vm = this.registry.get(name);
+        throw new FerryError(ErrorCode.VM_STATE, `${name} is ${vm.state}: cold migration moves a VM that is powered off or suspended`, `stop or suspend it first (\`ferry vm stop ${name}\`), or migrate it live`);
+      }
+      if (!this.files) throw new FerryError(ErrorCode.VM_STATE, `${this.name} keeps no files`, 'run the agent with --datastore');
+      if (this.coldBusy.has(name)) throw new FerryError(ErrorCode.VM_STATE, `a cold migration of ${name} is under way`, 'wait for it to finish');
+      this.coldBusy.add(name);
+      const startedMs = performance.now();
+      try {
+        await this.logEvent(name, `cold migration to ${destination.name} (migration ${migrationId})`);
+        const peer = await this.dialAgent(destination.url, this.token);
+        let sent;
+        try {
+          sent = await sendColdCopy(this.files, entry.config, migrationId, sourceUrl, peer);
+        } finally {
+          peer.close();
+        }
+        // Registered there: this copy goes.
+        await faultPoint(this.faults, 'cold-sent', this.log, () => undefined);
+        this.stored.delete(name);
+        this.registry.stored.delete(name);
+        await this.files.remove(name);
+        this.log.info('cold migration finished', { vm: name, to: destination.name, bytes: sent.bytesSent });
+        return {
+          files: sent.manifest,
+          bytesSent: sent.bytesSent,
+          bytesSkipped: sent.bytesSkipped,
+          durationMs: performance.now() - startedMs,
+        };
+      } catch (error) {
+        await this.logEvent(name, `cold migration to ${destination.name} failed: ${(error as Error).message}`);
+        throw error;
+      } finally {
+        this.coldBusy.delete(name);
+      }
+    });
+
     connection.handle('migrate.cancel', async ({ name, reason }) => {
       const cancel = this.outgoing.get(name);
       if (!cancel) {
@@ -495,6 +565,38 @@ export class Agent {
       return { phase: this.activations.activated(migrationId) ? 'active' as const : 'unknown' as const };
     });
     connection.handle('peer.holds', async ({ migrationId, name }) => ({ state: this.settlements.holds(migrationId, name) }));
+    let cold: ColdTarget | undefined;
+    connection.signal.addEventListener('abort', () => void cold?.abandon(), { once: true });
+    connection.handle('cold.begin', async (request) => {
+      if (!this.files) throw new FerryError(ErrorCode.VM_STATE, `${this.name} keeps no files`, 'run the agent with --datastore');
+      if (cold) throw new FerryError(ErrorCode.PROTOCOL, 'this connection already carries a cold migration', 'open a new connection per migration');
+      if (this.registry.has(request.name)) {
+        throw new FerryError(ErrorCode.VM_EXISTS, `${this.name} already has a VM named ${request.name}`, 'destroy it there first, or pick another host');
+      }
+      cold = new ColdTarget(this.files, request);
+      await cold.begin();
+      return {};
+    });
+    const coldTarget = (): ColdTarget => {
+      if (!cold) throw new FerryError(ErrorCode.PROTOCOL, 'cold.begin must come first', 'the peer is not a compatible ferry-agent');
+      return cold;
+    };
+    connection.handle('cold.chunk', async (request) => {
+      await coldTarget().chunk(request);
+      return {};
+    });
+    connection.handle('cold.finish', async ({ manifest }) => {
+      const target = coldTarget();
+      const reply = await target.finish(manifest);
+      const arrived = (await this.files!.scan()).find((found) => found.config.name === target.name);
+      if (arrived) {
+        this.stored.set(target.name, arrived);
+        this.registry.stored.add(target.name);
+        await this.logEvent(target.name, `arrived on ${this.name} by cold migration (epoch ${arrived.config.epoch})`);
+      }
+      await faultPoint(this.faults, 'cold-registered', this.log, () => connection.close());
+      return reply;
+    });
     connection.handle('peer.forget', async ({ name, epoch }) => {
       const entry = this.stored.get(name);
       if (!entry || this.registry.hasMachine(name) || entry.config.epoch >= epoch) return { forgot: false };

@@ -27,6 +27,8 @@ export const vmConfigSchema = z.object({
   disks: z.array(z.object({ file: z.string().regex(/^disk\d+\.img$/), sizeBytes: z.number().int().positive() })),
   network: networkSchema.nullable(),
   leaseUntil: z.string().nullable().default(null),
+  /** Set on a VM that arrived by cold migration until its source has dropped its copy (cold.ts). */
+  coldFrom: z.object({ migrationId: z.string(), sourceUrl: z.string() }).optional(),
   createdAt: z.string(),
 });
 export type VmConfig = z.infer<typeof vmConfigSchema>;
@@ -90,8 +92,27 @@ export class Datastore {
     this.root = root;
   }
 
-  private folder(name: string): string {
+  folder(name: string): string {
     return path.join(this.root, 'vms', name);
+  }
+
+  /** Where a cold migration's files gather before they are registered; emptied when the agent starts. */
+  stagingFolder(migrationId: string): string {
+    return path.join(this.root, 'staging', migrationId);
+  }
+
+  /** Moves a finished staging folder into place as VM `name`'s folder (one rename), and syncs the parent. */
+  async adopt(stagingFolder: string, name: string): Promise<void> {
+    const target = this.folder(name);
+    if (existsSync(target)) throw new FerryError(ErrorCode.VM_EXISTS, `${name} already has a folder in ${this.root}`, 'destroy it first, or migrate under another host');
+    await mkdir(path.dirname(target), { recursive: true });
+    await rename(stagingFolder, target);
+    const parent = await open(path.dirname(target), 'r');
+    try {
+      await parent.sync();
+    } finally {
+      await parent.close();
+    }
   }
 
   /** Free bytes on the file system that holds the datastore. */
@@ -105,6 +126,8 @@ export class Datastore {
   async scan(): Promise<StoredVm[]> {
     const vms = path.join(this.root, 'vms');
     await mkdir(vms, { recursive: true });
+    // A cold migration that never finished leaves a staging folder: its source still has the VM.
+    await rm(path.join(this.root, 'staging'), { recursive: true, force: true });
     const found: StoredVm[] = [];
     for (const name of await readdir(vms)) {
       const folder = path.join(vms, name);

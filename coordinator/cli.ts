@@ -13,6 +13,7 @@ import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, w
 import { withHost } from './connect.js';
 import { dumpMemory, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
+import { migrateCold, formatColdReport } from './migrate-cold.js';
 import { migrateLive } from './migrate.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
 import { checkPattern } from './pattern-check.js';
@@ -284,6 +285,7 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--auto-converge', 'throttle the vCPU while it dirties memory faster than the link carries it (QEMU: 20 %, +10 % a round, at most 99 %)')
     .option('--timeout <duration>', 'give up (and roll back) if not committed by then, e.g. 2m')
     .option('--cancel', 'cancel the migration of this VM that is under way (from any terminal); it keeps running on its source')
+    .option('--cold', 'move a powered-off or suspended VM: its files, checked, registered on the destination, deleted here')
     .option('--json', 'print the report as JSON on stdout')
     .option('--quiet', 'no progress on stderr')
     .addHelpText('after', `
@@ -292,8 +294,16 @@ less than ${STOP_RULES.minShrinkFraction * 100} % and the rest fits --max-downti
 Until the commit, any failure leaves the VM running on its source. Ctrl-C, --timeout and
 \`ferry migrate NAME --cancel\` roll the migration back unless it has already committed.
 Exit status is 0 only when committed.`)
-    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; timeout?: string; cancel?: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
+    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; timeout?: string; cancel?: boolean; cold?: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
       const { cluster: hosts } = await cluster(command);
+      if (raw.cold) {
+        if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');
+        const report = await migrateCold(hosts, { vm: checkVmName(name), to: raw.to });
+        if (raw.json) printJson(report);
+        else process.stdout.write(`${formatColdReport(report)}\n`);
+        process.exitCode = report.outcome === 'committed' ? ExitCode.OK : report.error ? exitCodeFor(FerryError.fromPayload(report.error)) : ExitCode.FAILED;
+        return;
+      }
       if (raw.cancel) {
         const { host } = await locateVm(hosts, checkVmName(name));
         await withHost(host, (client) => client.request('migrate.cancel', { name, reason: 'cancelled' }));

@@ -52,6 +52,15 @@ export function digestMemory(memory: Uint8Array): bigint {
   return digestChunks(memory);
 }
 
+/** An xxh64 fed in pieces (a file read in chunks); pieces of at most HASH_CHUNK_BYTES. */
+export function streamingHash(): { update(bytes: Uint8Array): void; digest(): bigint } {
+  const stream = hasher().create64();
+  return {
+    update: (bytes) => void stream.update(bytes),
+    digest: () => stream.digest(),
+  };
+}
+
 /** Digests travel and print as 16 hex digits. */
 export function formatDigest(digest: bigint): string {
   return digest.toString(16).padStart(16, '0');

@@ -269,6 +269,19 @@ export const controlOps = {
   /** Settles, now, a migration of VM `name` left in doubt here (a lost commit acknowledgement); says what holds it. */
   'vm.resolve': [byName, z.object({ state: z.string(), detail: z.string() })],
   /**
+   * Cold migration of a powered-off or suspended VM: this (source) agent streams every file of the VM to the
+   * destination, which checks and registers them; then the source deletes its copy. Events: progress.
+   */
+  'cold.start': [
+    z.object({ migrationId: z.string(), name: vmNameSchema, destination: z.object({ name: z.string(), url: z.string() }), sourceUrl: z.string() }).strict(),
+    z.object({
+      files: z.array(z.object({ file: z.string(), bytes: z.number(), xxh64: z.string() })),
+      bytesSent: z.number(),
+      bytesSkipped: z.number(),
+      durationMs: z.number(),
+    }),
+  ],
+  /**
    * Stops the migration of VM `name` that this agent is the source of. Before the commit it rolls back (the
    * `migrate.start` reply says so); after the commit it has no effect.
    */
@@ -322,6 +335,21 @@ export const peerOps = {
    * or `none` (it holds no copy: it restarted or died; the verified image is the only one left: activate).
    */
   'peer.holds': [z.object({ migrationId: z.string(), name: vmNameSchema }).strict(), z.object({ state: z.enum(['committed', 'running', 'pending', 'none']) })],
+  /** Cold migration: a staging folder for VM `name` (its config, the source's epoch). */
+  'cold.begin': [z.object({ migrationId: z.string(), name: vmNameSchema, epoch: z.number().int().min(1), sourceUrl: z.string() }).strict(), empty],
+  /** One checked chunk of a file: `data` with its xxh64, or `zeroBytes` of zeros not sent (sparse files stay sparse). */
+  'cold.chunk': [
+    z.object({
+      file: z.string().regex(/^(config\.json|nvram\.bin|vm\.log|suspend\.json|suspend\.bin|disk\d+\.img)$/),
+      offset: z.number().int().min(0),
+      data: z.instanceof(Uint8Array).optional(),
+      zeroBytes: z.number().int().min(0).optional(),
+      xxh64: z.string().optional(),
+    }).strict(),
+    empty,
+  ],
+  /** Every file sent: check sizes and digests against the manifest, sync, and register the VM (atomic rename). */
+  'cold.finish': [z.object({ manifest: z.array(z.object({ file: z.string(), bytes: z.number(), xxh64: z.string() })) }).strict(), z.object({ registered: z.boolean() })],
   /** Destination to source, after activating on `none`: drop a powered-off definition of `name` older than `epoch`. */
   'peer.forget': [z.object({ name: vmNameSchema, epoch: z.number().int() }).strict(), z.object({ forgot: z.boolean() })],
 } as const;

@@ -1,0 +1,161 @@
+/**
+ * Cold migration of a powered-off or suspended VM, as VMware describes it: move the files, register the VM on the new
+ * host, delete it from the old one.
+ *
+ * The source streams every file of the VM's folder in 1 MiB chunks, each with its xxh64 (checked on arrival); runs of
+ * zeros travel as a length only, so sparse disks stay sparse. The destination writes into a staging folder; at the end
+ * it syncs every file, checks sizes and whole-file xxh64s against the source's manifest, and registers the VM with one
+ * rename of the staging folder into place. Only then does the source delete its copy.
+ *
+ * Exactly one host holds the VM whatever crashes where:
+ * - before the rename: the destination's staging folder is dropped (when the stream closes, or when it restarts);
+ *   the source never deleted anything;
+ * - after the rename: the registered copy carries `coldFrom` in its config, and its host keeps telling the source to
+ *   forget its older copy (`peer.forget`, epochs decide) until the source says it holds none; then the mark goes.
+ */
+import { mkdir, open, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
+import { formatDigest, hashBytes, streamingHash } from '../../shared/checksum.js';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import type { PeerOps, RequestOf, ReplyOf } from '../../shared/protocol.js';
+import { vmConfigSchema, type Datastore, type VmConfig } from '../datastore.js';
+import type { PeerClient } from './source.js';
+
+const CHUNK_BYTES = 1024 * 1024;
+const ZEROS = Buffer.alloc(CHUNK_BYTES);
+
+type Manifest = RequestOf<PeerOps, 'cold.finish'>['manifest'];
+
+/** Source side: streams the VM's folder to the destination; resolves once the destination has registered it. */
+export async function sendColdCopy(
+  datastore: Datastore,
+  config: VmConfig,
+  migrationId: string,
+  sourceUrl: string,
+  peer: PeerClient,
+): Promise<{ manifest: Manifest; bytesSent: number; bytesSkipped: number }> {
+  const folder = datastore.folder(config.name);
+  const timeout = { timeoutMs: PEER_REPLY_TIMEOUT_MS };
+  await peer.request('cold.begin', { migrationId, name: config.name, epoch: config.epoch, sourceUrl }, timeout);
+  const manifest: Manifest = [];
+  let bytesSent = 0;
+  let bytesSkipped = 0;
+  const files = (await readdir(folder)).filter((file) => !file.endsWith('.tmp')).sort();
+  for (const file of files) {
+    const handle = await open(path.join(folder, file), 'r');
+    try {
+      const { size } = await handle.stat();
+      const whole = streamingHash();
+      const buffer = Buffer.alloc(CHUNK_BYTES);
+      for (let offset = 0; offset < size; offset += CHUNK_BYTES) {
+        const length = Math.min(CHUNK_BYTES, size - offset);
+        await handle.read(buffer, 0, length, offset);
+        const chunk = buffer.subarray(0, length);
+        whole.update(chunk);
+        if (chunk.equals(ZEROS.subarray(0, length))) {
+          await peer.request('cold.chunk', { file, offset, zeroBytes: length }, timeout);
+          bytesSkipped += length;
+        } else {
+          await peer.request('cold.chunk', { file, offset, data: new Uint8Array(chunk), xxh64: formatDigest(hashBytes(chunk)) }, timeout);
+          bytesSent += length;
+        }
+      }
+      if (size === 0) await peer.request('cold.chunk', { file, offset: 0, zeroBytes: 0 }, timeout);
+      manifest.push({ file, bytes: size, xxh64: formatDigest(whole.digest()) });
+    } finally {
+      await handle.close();
+    }
+  }
+  const { registered } = await peer.request('cold.finish', { manifest }, { timeoutMs: 5 * PEER_REPLY_TIMEOUT_MS });
+  if (!registered) throw new FerryError(ErrorCode.INTERNAL, `the destination did not register ${config.name}`);
+  return { manifest, bytesSent, bytesSkipped };
+}
+
+/** Destination side: one incoming cold migration, from `cold.begin` to `cold.finish`. */
+export class ColdTarget {
+  readonly name: string;
+  private readonly migrationId: string;
+  private readonly epoch: number;
+  private readonly sourceUrl: string;
+  private readonly datastore: Datastore;
+  private readonly staging: string;
+  private phase: 'receiving' | 'finishing' | 'registered' = 'receiving';
+
+  constructor(datastore: Datastore, request: RequestOf<PeerOps, 'cold.begin'>) {
+    this.datastore = datastore;
+    this.name = request.name;
+    this.migrationId = request.migrationId;
+    this.epoch = request.epoch;
+    this.sourceUrl = request.sourceUrl;
+    this.staging = datastore.stagingFolder(request.migrationId);
+  }
+
+  async begin(): Promise<void> {
+    await mkdir(this.staging, { recursive: true });
+  }
+
+  async chunk({ file, offset, data, zeroBytes, xxh64 }: RequestOf<PeerOps, 'cold.chunk'>): Promise<void> {
+    if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${file} arrived after the cold migration of ${this.name} finished`);
+    if (data && (!xxh64 || formatDigest(hashBytes(data)) !== xxh64)) {
+      throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `a chunk of ${file} at ${offset} arrived damaged`, 'the source keeps the VM; retry the cold migration');
+    }
+    if (data && data.length > CHUNK_BYTES) throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${data.length} bytes is larger than ${CHUNK_BYTES}`);
+    const handle = await open(path.join(this.staging, file), 'a+').then(async (created) => {
+      await created.close();
+      return open(path.join(this.staging, file), 'r+');
+    });
+    try {
+      if (data) await handle.write(data, 0, data.length, offset);
+      else if (zeroBytes) {
+        const { size } = await handle.stat();
+        if (size < offset + zeroBytes) await handle.truncate(offset + zeroBytes); // a hole: zeros, no blocks
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async finish(manifest: Manifest): Promise<ReplyOf<PeerOps, 'cold.finish'>> {
+    this.phase = 'finishing';
+    const present = (await readdir(this.staging)).sort();
+    const expected = manifest.map((entry) => entry.file).sort();
+    if (present.join() !== expected.join()) {
+      throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `files of ${this.name} differ from the manifest: have ${present.join(', ')}, expected ${expected.join(', ')}`, 'retry the cold migration');
+    }
+    for (const entry of manifest) {
+      const file = path.join(this.staging, entry.file);
+      if ((await stat(file)).size !== entry.bytes) await truncate(file, entry.bytes);
+      const handle = await open(file, 'r');
+      try {
+        const whole = streamingHash();
+        const buffer = Buffer.alloc(CHUNK_BYTES);
+        for (let offset = 0; offset < entry.bytes; offset += CHUNK_BYTES) {
+          const length = Math.min(CHUNK_BYTES, entry.bytes - offset);
+          await handle.read(buffer, 0, length, offset);
+          whole.update(buffer.subarray(0, length));
+        }
+        await handle.sync();
+        if (formatDigest(whole.digest()) !== entry.xxh64) {
+          throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `${entry.file} of ${this.name} does not match the source's digest`, 'the source keeps the VM; retry the cold migration');
+        }
+      } finally {
+        await handle.close();
+      }
+    }
+    // The registered copy is one epoch ahead, and marked until its source has forgotten its own copy.
+    const configFile = path.join(this.staging, 'config.json');
+    const config = vmConfigSchema.parse(JSON.parse(await readFile(configFile, 'utf8')));
+    const registered: VmConfig = { ...config, epoch: this.epoch + 1, coldFrom: { migrationId: this.migrationId, sourceUrl: this.sourceUrl } };
+    await writeFile(configFile, `${JSON.stringify(registered, null, 2)}\n`);
+    await this.datastore.adopt(this.staging, this.name);
+    this.phase = 'registered';
+    return { registered: true };
+  }
+
+  /** The stream closed before the VM was registered: drop what arrived. */
+  async abandon(): Promise<void> {
+    if (this.phase === 'registered') return;
+    await rm(this.staging, { recursive: true, force: true });
+  }
+}
