@@ -582,6 +582,7 @@ export class Agent {
       return cold;
     };
     connection.handle('cold.chunk', async (request) => {
+      await faultPoint(this.faults, 'cold-receiving', this.log, () => connection.close());
       await coldTarget().chunk(request);
       return {};
     });

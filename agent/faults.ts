@@ -14,6 +14,7 @@
  *             after-verify   destination: its verification reply has been sent
  *             after-commit   source: it has committed, before asking for activation
  *             before-activation  destination: asked to activate, before it resumes the vCPU
+ *             cold-receiving     cold migration, destination: the first chunk has arrived
  *             cold-registered    cold migration, destination: the VM is registered, before it says so
  *             cold-sent          cold migration, source: the destination registered the VM, before deleting here
  *
@@ -22,7 +23,7 @@
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 
-export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation', 'cold-registered', 'cold-sent'] as const;
+export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation', 'cold-receiving', 'cold-registered', 'cold-sent'] as const;
 export type FaultPoint = (typeof faultPoints)[number] | `round-${number}`;
 export type FaultAction = 'crash' | 'drop' | 'stall' | 'delay';
 
@@ -40,11 +41,11 @@ export function parseFaults(text: string | undefined): Faults {
   const faults: Faults = { corruptPage: undefined, at: new Map() };
   for (const item of (text ?? '').split(',').map((part) => part.trim()).filter(Boolean)) {
     const corrupt = /^corrupt-page:(\d+)$/.exec(item);
-    const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation|cold-registered|cold-sent)$/.exec(item);
+    const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent)$/.exec(item);
     if (corrupt) faults.corruptPage = Number(corrupt[1]);
     else if (action) faults.at.set(action[2]!, action[1] as FaultAction);
     else {
-      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-registered|cold-sent');
+      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent');
     }
   }
   return faults;

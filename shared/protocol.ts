@@ -337,14 +337,13 @@ export const peerOps = {
   'peer.holds': [z.object({ migrationId: z.string(), name: vmNameSchema }).strict(), z.object({ state: z.enum(['committed', 'running', 'pending', 'none']) })],
   /** Cold migration: a staging folder for VM `name` (its config, the source's epoch). */
   'cold.begin': [z.object({ migrationId: z.string(), name: vmNameSchema, epoch: z.number().int().min(1), sourceUrl: z.string() }).strict(), empty],
-  /** One checked chunk of a file: `data` with its xxh64, or `zeroBytes` of zeros not sent (sparse files stay sparse). */
+  /** One checked chunk of a file: `data` with its xxh64. Chunks of zeros are not sent: `cold.finish` gives each file its full size, the gaps as holes (sparse files stay sparse). */
   'cold.chunk': [
     z.object({
       file: z.string().regex(/^(config\.json|nvram\.bin|vm\.log|suspend\.json|suspend\.bin|disk\d+\.img)$/),
       offset: z.number().int().min(0),
-      data: z.instanceof(Uint8Array).optional(),
-      zeroBytes: z.number().int().min(0).optional(),
-      xxh64: z.string().optional(),
+      data: z.instanceof(Uint8Array),
+      xxh64: z.string(),
     }).strict(),
     empty,
   ],

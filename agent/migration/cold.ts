@@ -13,7 +13,8 @@
  * - after the rename: the registered copy carries `coldFrom` in its config, and its host keeps telling the source to
  *   forget its older copy (`peer.forget`, epochs decide) until the source says it holds none; then the mark goes.
  */
-import { mkdir, open, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { mkdir, open, readFile, readdir, rm, stat, truncate, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { formatDigest, hashBytes, streamingHash } from '../../shared/checksum.js';
@@ -23,6 +24,8 @@ import { vmConfigSchema, type Datastore, type VmConfig } from '../datastore.js';
 import type { PeerClient } from './source.js';
 
 const CHUNK_BYTES = 1024 * 1024;
+/** Chunks the source keeps in flight: the stream is not a round trip per MiB. */
+const WINDOW = 8;
 const ZEROS = Buffer.alloc(CHUNK_BYTES);
 
 type Manifest = RequestOf<PeerOps, 'cold.finish'>['manifest'];
@@ -42,6 +45,7 @@ export async function sendColdCopy(
   let bytesSent = 0;
   let bytesSkipped = 0;
   const files = (await readdir(folder)).filter((file) => !file.endsWith('.tmp')).sort();
+  const inFlight: Promise<unknown>[] = [];
   for (const file of files) {
     const handle = await open(path.join(folder, file), 'r');
     try {
@@ -54,19 +58,20 @@ export async function sendColdCopy(
         const chunk = buffer.subarray(0, length);
         whole.update(chunk);
         if (chunk.equals(ZEROS.subarray(0, length))) {
-          await peer.request('cold.chunk', { file, offset, zeroBytes: length }, timeout);
-          bytesSkipped += length;
+          bytesSkipped += length; // a hole, or zeros: the destination's file gets its full size at the end
         } else {
-          await peer.request('cold.chunk', { file, offset, data: new Uint8Array(chunk), xxh64: formatDigest(hashBytes(chunk)) }, timeout);
+          // Up to WINDOW chunks in flight: the copy (Uint8Array.from) frees `buffer` for the next read.
+          inFlight.push(peer.request('cold.chunk', { file, offset, data: Uint8Array.from(chunk), xxh64: formatDigest(hashBytes(chunk)) }, timeout));
           bytesSent += length;
+          if (inFlight.length >= WINDOW) await inFlight.shift();
         }
       }
-      if (size === 0) await peer.request('cold.chunk', { file, offset: 0, zeroBytes: 0 }, timeout);
       manifest.push({ file, bytes: size, xxh64: formatDigest(whole.digest()) });
     } finally {
       await handle.close();
     }
   }
+  await Promise.all(inFlight);
   const { registered } = await peer.request('cold.finish', { manifest }, { timeoutMs: 5 * PEER_REPLY_TIMEOUT_MS });
   if (!registered) throw new FerryError(ErrorCode.INTERNAL, `the destination did not register ${config.name}`);
   return { manifest, bytesSent, bytesSkipped };
@@ -81,6 +86,7 @@ export class ColdTarget {
   private readonly datastore: Datastore;
   private readonly staging: string;
   private phase: 'receiving' | 'finishing' | 'registered' = 'receiving';
+  private readonly handles = new Map<string, FileHandle>();
 
   constructor(datastore: Datastore, request: RequestOf<PeerOps, 'cold.begin'>) {
     this.datastore = datastore;
@@ -95,29 +101,34 @@ export class ColdTarget {
     await mkdir(this.staging, { recursive: true });
   }
 
-  async chunk({ file, offset, data, zeroBytes, xxh64 }: RequestOf<PeerOps, 'cold.chunk'>): Promise<void> {
+  async chunk({ file, offset, data, xxh64 }: RequestOf<PeerOps, 'cold.chunk'>): Promise<void> {
     if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${file} arrived after the cold migration of ${this.name} finished`);
-    if (data && (!xxh64 || formatDigest(hashBytes(data)) !== xxh64)) {
+    if (formatDigest(hashBytes(data)) !== xxh64) {
       throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `a chunk of ${file} at ${offset} arrived damaged`, 'the source keeps the VM; retry the cold migration');
     }
-    if (data && data.length > CHUNK_BYTES) throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${data.length} bytes is larger than ${CHUNK_BYTES}`);
-    const handle = await open(path.join(this.staging, file), 'a+').then(async (created) => {
-      await created.close();
-      return open(path.join(this.staging, file), 'r+');
-    });
-    try {
-      if (data) await handle.write(data, 0, data.length, offset);
-      else if (zeroBytes) {
-        const { size } = await handle.stat();
-        if (size < offset + zeroBytes) await handle.truncate(offset + zeroBytes); // a hole: zeros, no blocks
-      }
-    } finally {
-      await handle.close();
+    if (data.length > CHUNK_BYTES) throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${data.length} bytes is larger than ${CHUNK_BYTES}`);
+    await (await this.handle(file)).write(data, 0, data.length, offset);
+  }
+
+  /** One open handle per file while chunks arrive (chunks of a file may arrive in any order: writes are positional). */
+  private async handle(file: string): Promise<FileHandle> {
+    let handle = this.handles.get(file);
+    if (!handle) {
+      handle = await open(path.join(this.staging, file), constants.O_RDWR | constants.O_CREAT, 0o600);
+      this.handles.set(file, handle);
     }
+    return handle;
+  }
+
+  private async closeHandles(): Promise<void> {
+    for (const handle of this.handles.values()) await handle.close().catch(() => undefined);
+    this.handles.clear();
   }
 
   async finish(manifest: Manifest): Promise<ReplyOf<PeerOps, 'cold.finish'>> {
     this.phase = 'finishing';
+    for (const entry of manifest) await this.handle(entry.file); // empty files, and files that are all holes
+    await this.closeHandles();
     const present = (await readdir(this.staging)).sort();
     const expected = manifest.map((entry) => entry.file).sort();
     if (present.join() !== expected.join()) {
@@ -156,6 +167,7 @@ export class ColdTarget {
   /** The stream closed before the VM was registered: drop what arrived. */
   async abandon(): Promise<void> {
     if (this.phase === 'registered') return;
+    await this.closeHandles();
     await rm(this.staging, { recursive: true, force: true });
   }
 }

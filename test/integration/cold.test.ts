@@ -114,13 +114,15 @@ describe('cold migration', () => {
   }
 
   it('a destination killed mid-stream leaves the VM on the source, no staging left after it restarts, and it moves again', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    // The destination holds the stream at its first chunk for 1.5 s: the kill lands mid-stream.
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'delay@cold-receiving' } }]);
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '512MiB')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
-    scribble(path.join(folderOf(c, 'host-a', 'web1'), 'disk0.img'), 0, 384 * MiB); // enough to take a while
+    scribble(path.join(folderOf(c, 'host-a', 'web1'), 'disk0.img'), 0, 64 * MiB);
     const moving = c.ferry('migrate', 'web1', '--to', 'host-b', '--cold');
-    await eventually(async () => (existsSync(path.join(c.dir, 'host-b', 'staging')) ? true : undefined), 'the stream to start', 20_000);
+    await eventually(async () => (c.agent('host-b').log().includes('fault: delay at cold-receiving') ? true : undefined), 'the stream to start', 20_000);
+    expect(existsSync(path.join(c.dir, 'host-b', 'staging'))).toBe(true);
     c.agent('host-b').child.kill('SIGKILL');
     expect((await moving).code).not.toBe(0);
     expect(await listed(c)).toEqual([expect.objectContaining({ name: 'web1', host: 'host-a', state: 'defined', epoch: 1 })]);
