@@ -311,16 +311,18 @@ export class Agent {
       if (vm.state === 'running') {
         await vm.pause();
         vm.state = 'paused';
+        await this.logEvent(name, 'paused');
       }
-      return vm.info(this.name);
+      return this.vmInfo(name);
     }));
 
     connection.handle('vm.resume', async ({ name }) => this.exclusive(name, 'resume', async (vm) => {
       if (vm.state === 'paused') {
         await vm.resume();
         vm.state = 'running';
+        await this.logEvent(name, 'resumed');
       }
-      return vm.info(this.name);
+      return this.vmInfo(name);
     }));
 
     connection.handle('vm.destroy', async ({ name, deleteDisks }) => {
