@@ -101,6 +101,15 @@ export class Agent {
     return this.stored.size;
   }
 
+  /** A VM whose disks are on shared storage can come here only if this agent mounts the same storage. */
+  private async requireSharedStorage(name: string, wanted: string | undefined): Promise<void> {
+    if (wanted === undefined) return;
+    const mine = await this.files?.sharedStorageId();
+    if (mine !== wanted) {
+      throw new FerryError(ErrorCode.VM_STATE, `${name}'s disks are on shared storage that ${this.name} does not mount`, 'start this agent with the same --shared-storage as the source, or pick a host that mounts it');
+    }
+  }
+
   private async forgetFiles(name: string): Promise<void> {
     await this.files?.remove(name);
   }
@@ -189,6 +198,7 @@ export class Agent {
           .map(({ config, suspended }) => ({ name: config.name, host: this.name, state: suspended ? 'suspended' as const : 'defined' as const, memoryBytes: config.memoryBytes, epoch: config.epoch, ...(config.network ? { ip: config.network.ip } : {}) })),
       ],
       diskFreeBytes: this.files ? await this.files.freeBytes() : 0,
+      ...(this.files?.shared ? { sharedStorageId: await this.files.sharedStorageId() } : {}),
       cpu: cpuTime(),
     };
   }
@@ -220,7 +230,7 @@ export class Agent {
     connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil }) => {
       const vm = await this.registry.allocate({ name, memoryBytes, workload }, 'paused', 'be created', prealloc ?? false);
       try {
-        if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes }];
+        if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes, ...(this.files?.shared ? { shared: true } : {}) }];
         if (network) vm.network = { ...network, mac: randomMac() };
         if (leaseUntil) vm.leaseUntil = leaseUntil;
         await this.files?.create(this.configOf(vm), undefined, '');
@@ -339,7 +349,7 @@ export class Agent {
       } else {
         this.registry.get(name); // VM_NOT_FOUND
       }
-      await this.files?.remove(name);
+      await this.files?.remove(name, true);
       this.log.info('vm destroyed', { vm: name });
       return {};
     });
@@ -363,7 +373,8 @@ export class Agent {
       }
     }));
 
-    connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload, epoch, sourceUrl }) => {
+    connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload, epoch, sourceUrl, sharedStorageId }) => {
+      await this.requireSharedStorage(name, sharedStorageId);
       if (this.incoming.has(migrationId)) {
         throw new FerryError(ErrorCode.VM_STATE, `migration ${migrationId} already has a reservation here`, 'start a new migration');
       }
@@ -393,8 +404,13 @@ export class Agent {
         throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${this.name}`, 'pick another destination');
       }
       return this.exclusive(name, 'migration', async (vm) => {
-        if (vm.disks.length > 0) {
-          throw new FerryError(ErrorCode.VM_STATE, `${name} has disks on ${this.name}'s local datastore (${vm.disks.map((disk) => disk.file).join(', ')}); live migration moves memory, not disks`, 'stop the VM and move its folder, or create it without --disk');
+        const local = vm.disks.filter((disk) => !disk.shared);
+        if (local.length > 0) {
+          throw new FerryError(
+            ErrorCode.VM_STATE,
+            `${name} has disks on ${this.name}'s local storage only (${local.map((disk) => disk.file).join(', ')}): live migration moves memory, not local disks`,
+            `stop it and move it cold (\`ferry vm stop ${name}\`, then \`ferry migrate ${name} --to ${destination.name} --cold\`), or keep its disks on storage both hosts mount (ferry-agent --shared-storage)`,
+          );
         }
         this.log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
         await this.logEvent(name, `migrating to ${destination.name} (migration ${migrationId})`);
@@ -468,7 +484,8 @@ export class Agent {
         const peer = await this.dialAgent(destination.url, this.token);
         let sent;
         try {
-          sent = await sendColdCopy(this.files, entry.config, migrationId, sourceUrl, peer);
+          const sharedStorageId = entry.config.disks.some((disk) => disk.shared) ? await this.files.sharedStorageId() : undefined;
+          sent = await sendColdCopy(this.files, entry.config, migrationId, sourceUrl, peer, sharedStorageId);
         } finally {
           peer.close();
         }
@@ -570,6 +587,7 @@ export class Agent {
     let cold: ColdTarget | undefined;
     connection.signal.addEventListener('abort', () => void cold?.abandon(), { once: true });
     connection.handle('cold.begin', async (request) => {
+      await this.requireSharedStorage(request.name, request.sharedStorageId);
       if (!this.files) throw new FerryError(ErrorCode.VM_STATE, `${this.name} keeps no files`, 'run the agent with --datastore');
       if (cold) throw new FerryError(ErrorCode.PROTOCOL, 'this connection already carries a cold migration', 'open a new connection per migration');
       if (this.registry.has(request.name)) {

@@ -24,7 +24,8 @@ export const vmConfigSchema = z.object({
   memoryBytes: z.number().int().positive(),
   workload: workloadSpecSchema,
   epoch: z.number().int().min(1),
-  disks: z.array(z.object({ file: z.string().regex(/^disk\d+\.img$/), sizeBytes: z.number().int().positive() })),
+  /** Disk images: in the VM's folder, or (`shared`) in the shared storage every agent of the cluster mounts. */
+  disks: z.array(z.object({ file: z.string().regex(/^disk\d+\.img$/), sizeBytes: z.number().int().positive(), shared: z.boolean().optional() })),
   network: networkSchema.nullable(),
   leaseUntil: z.string().nullable().default(null),
   /** Set on a VM that arrived by cold migration until its source has dropped its copy (cold.ts). */
@@ -87,9 +88,41 @@ async function writeWhole(file: string, data: string | Buffer): Promise<void> {
 
 export class Datastore {
   readonly root: string;
+  /** Storage every agent of the cluster mounts at the same path (--shared-storage), for disks that stay put. */
+  readonly shared: string | undefined;
 
-  constructor(root: string) {
+  constructor(root: string, shared?: string) {
     this.root = root;
+    this.shared = shared;
+  }
+
+  /** The shared storage's identity: a random id kept in it, the same for every agent that mounts it. */
+  async sharedStorageId(): Promise<string | undefined> {
+    if (!this.shared) return undefined;
+    const file = path.join(this.shared, '.ferry-storage-id');
+    try {
+      return (await readFile(file, 'utf8')).trim();
+    } catch {
+      await mkdir(this.shared, { recursive: true });
+      const id = randomBytes(16).toString('hex');
+      try {
+        const handle = await open(file, 'wx');
+        await handle.writeFile(`${id}\n`);
+        await handle.close();
+        return id;
+      } catch {
+        return (await readFile(file, 'utf8')).trim(); // another agent made it first
+      }
+    }
+  }
+
+  /** Where a disk image lives. */
+  diskPath(vm: string, disk: { file: string; shared?: boolean | undefined }): string {
+    if (disk.shared) {
+      if (!this.shared) throw new FerryError(ErrorCode.IO, `${vm}'s ${disk.file} is on shared storage, and this agent mounts none`, 'start the agent with --shared-storage DIR');
+      return path.join(this.shared, vm, disk.file);
+    }
+    return path.join(this.folder(vm), disk.file);
   }
 
   folder(name: string): string {
@@ -155,7 +188,8 @@ export class Datastore {
     const folder = this.folder(config.name);
     await mkdir(folder, { recursive: true });
     for (const disk of config.disks) {
-      const file = path.join(folder, disk.file);
+      const file = this.diskPath(config.name, disk);
+      await mkdir(path.dirname(file), { recursive: true });
       if (!existsSync(file)) {
         await (await open(file, 'w')).close();
         await truncate(file, disk.sizeBytes); // sparse: takes no blocks until written
@@ -234,7 +268,9 @@ export class Datastore {
     await rm(path.join(folder, 'suspend.bin'), { force: true });
   }
 
-  async remove(name: string): Promise<void> {
+  /** Removes the VM's folder; with `sharedDisks`, its disks on shared storage too (they are not removed otherwise). */
+  async remove(name: string, sharedDisks = false): Promise<void> {
     await rm(this.folder(name), { recursive: true, force: true });
+    if (sharedDisks && this.shared) await rm(path.join(this.shared, name), { recursive: true, force: true });
   }
 }

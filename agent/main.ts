@@ -28,6 +28,7 @@ export interface AgentOptions {
   tokenFile: string | undefined;
   tlsCert: string | undefined;
   tlsKey: string | undefined;
+  sharedStorage: string | undefined;
 }
 
 /** Every option and its default, resolved once. */
@@ -55,6 +56,7 @@ export function resolveAgentOptions(raw: Record<string, string | undefined>): Ag
     tokenFile: raw.tokenFile,
     tlsCert: raw.tlsCert,
     tlsKey: raw.tlsKey,
+    sharedStorage: raw.sharedStorage,
   };
 }
 
@@ -77,6 +79,7 @@ async function main(): Promise<void> {
     .option('--datastore <dir>', 'folder for this host\'s VM files (default ~/.ferry/<name>)')
     .option('--capacity <size>', 'guest memory this host will hold in total, e.g. 4GiB (default: half of RAM)')
     .option('--token-file <file>', 'the cluster\'s shared secret (default: $FERRY_TOKEN, else one made in <datastore>/token)')
+    .option('--shared-storage <dir>', 'storage every agent of the cluster mounts at this path: disks made here stay put when their VM migrates live')
     .option('--tls-cert <file>', 'serve wss:// with this certificate (PEM); clients trust it via their CAs or NODE_EXTRA_CA_CERTS')
     .option('--tls-key <file>', 'the certificate\'s private key (PEM)')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
@@ -104,7 +107,7 @@ Example:
   const agent = new Agent({
     name: options.name, capacityBytes: options.capacityBytes, faults, log, token,
     activationFolder: path.join(options.datastore, 'migrations'),
-    datastore: new Datastore(options.datastore),
+    datastore: new Datastore(options.datastore, options.sharedStorage ? path.resolve(options.sharedStorage) : undefined),
   });
   const found = await agent.loadDatastore();
   if (found > 0) log.info('found VMs in the datastore, powered off or suspended', { count: found });

@@ -66,7 +66,8 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     if (located.vm.state !== 'running' && located.vm.state !== 'paused') {
       throw new FerryError(ErrorCode.VM_STATE, `${request.vm} is ${located.vm.state} on ${from}`, 'wait for its current migration to finish');
     }
-    source = (await openHost(located.host, connect)).client;
+    const opened = await openHost(located.host, connect);
+    source = opened.client;
     destination = (await openHost(destinationHost, connect)).client;
     const vm = await source.request('vm.info', { name: request.vm });
 
@@ -75,6 +76,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     await destination.request('migrate.reserve', {
       migrationId, name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch,
       sourceUrl: located.host.migrationUrl ?? located.host.url,
+      ...(vm.disks?.some((disk) => disk.shared) && opened.info.sharedStorageId ? { sharedStorageId: opened.info.sharedStorageId } : {}),
     }, { signal: hooks.signal });
 
     // Stages 2-5 run between the two agents; the source reports them. Cancelling now asks the source to stop, and

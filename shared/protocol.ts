@@ -87,8 +87,8 @@ export const vmInfoSchema = vmSummarySchema.extend({
   network: networkSchema.nullable().optional(),
   /** When the VM is released (destroyed with its files), if it was provisioned with a lease. */
   leaseUntil: z.string().nullable().optional(),
-  /** Disk images in the VM's datastore folder. */
-  disks: z.array(z.object({ file: z.string(), sizeBytes: z.number() })).optional(),
+  /** Disk images: in the VM's datastore folder, or on shared storage (`shared`). */
+  disks: z.array(z.object({ file: z.string(), sizeBytes: z.number(), shared: z.boolean().optional() })).optional(),
   /** The last lines of the VM's log (vm.log): what happened to it. */
   log: z.array(z.string()).optional(),
   cpu: z.object({ x: z.number(), n: z.number() }),
@@ -107,6 +107,8 @@ export const hostInfoSchema = z.object({
   vms: z.array(vmSummarySchema),
   /** Free space where the agent's datastore lives. */
   diskFreeBytes: z.number(),
+  /** The identity of the shared storage this agent mounts (--shared-storage), if any. */
+  sharedStorageId: z.string().optional(),
   /** CPU time the agent process has used so far, all its threads (vCPUs included): for benchmarks. */
   cpu: z.object({ userMs: z.number(), systemMs: z.number() }),
 });
@@ -253,6 +255,8 @@ export const controlOps = {
       epoch: z.number().int().min(1),
       /** Where the destination can reach the source's agent, to settle a commit whose acknowledgement was lost. */
       sourceUrl: z.string(),
+      /** The VM's disks are on this shared storage: the destination must mount it too. */
+      sharedStorageId: z.string().optional(),
     }).strict(),
     z.object({ freeBytesAfter: z.number() }),
   ],
@@ -336,7 +340,7 @@ export const peerOps = {
    */
   'peer.holds': [z.object({ migrationId: z.string(), name: vmNameSchema }).strict(), z.object({ state: z.enum(['committed', 'running', 'pending', 'none']) })],
   /** Cold migration: a staging folder for VM `name` (its config, the source's epoch). */
-  'cold.begin': [z.object({ migrationId: z.string(), name: vmNameSchema, epoch: z.number().int().min(1), sourceUrl: z.string() }).strict(), empty],
+  'cold.begin': [z.object({ migrationId: z.string(), name: vmNameSchema, epoch: z.number().int().min(1), sourceUrl: z.string(), sharedStorageId: z.string().optional() }).strict(), empty],
   /** One checked chunk of a file: `data` with its xxh64. Chunks of zeros are not sent: `cold.finish` gives each file its full size, the gaps as holes (sparse files stay sparse). */
   'cold.chunk': [
     z.object({

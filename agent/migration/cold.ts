@@ -37,10 +37,11 @@ export async function sendColdCopy(
   migrationId: string,
   sourceUrl: string,
   peer: PeerClient,
+  sharedStorageId?: string,
 ): Promise<{ manifest: Manifest; bytesSent: number; bytesSkipped: number }> {
   const folder = datastore.folder(config.name);
   const timeout = { timeoutMs: PEER_REPLY_TIMEOUT_MS };
-  await peer.request('cold.begin', { migrationId, name: config.name, epoch: config.epoch, sourceUrl }, timeout);
+  await peer.request('cold.begin', { migrationId, name: config.name, epoch: config.epoch, sourceUrl, ...(sharedStorageId ? { sharedStorageId } : {}) }, timeout);
   const manifest: Manifest = [];
   let bytesSent = 0;
   let bytesSkipped = 0;

@@ -32,7 +32,7 @@ export class VirtualMachine {
   /** Ownership epoch: 1 at creation, one more with each committed migration (protocol.ts, vmSummarySchema). */
   epoch = 1;
   /** Disk images in the VM's datastore folder (config.json's `disks`). */
-  disks: { file: string; sizeBytes: number }[] = [];
+  disks: { file: string; sizeBytes: number; shared?: boolean }[] = [];
   network: Network | null = null;
   /** Released at this time (ISO 8601), when provisioned with a lease. */
   leaseUntil: string | null = null;

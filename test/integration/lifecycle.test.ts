@@ -123,7 +123,8 @@ describe('VM lifecycle on disk', () => {
     const refused = await c.ferry('migrate', 'db1', '--to', 'host-b', '--json');
     expect(refused.code).toBe(1);
     expect(refused.json().error).toMatchObject({ code: 'FERRY_ERR_VM_STATE' });
-    expect(refused.json().error.message).toContain('live migration moves memory, not disks');
+    expect(refused.json().error.message).toContain('live migration moves memory, not local disks');
+    expect(refused.json().error.hint).toContain('ferry migrate db1 --to host-b --cold');
     expect((await vmInfo(c, 'db1'))).toMatchObject({ host: 'host-a', state: 'running' });
   });
 });
