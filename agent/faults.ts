@@ -8,7 +8,7 @@
  *     ACTION  crash          exit at once (SIGKILL itself: no cleanup, like a host that dies)
  *             drop           close the page stream
  *             stall          stop working on the migration (it hangs; timeouts must notice)
- *             delay          hold the migration there for 1.5 s, then go on (time for a test to kill another party)
+ *             delay          hold the migration there for 3 s, then go on (time for a test to kill another party)
  *     POINT   round-N        source: round N's pages are sent, before the round's sync
  *             stop-and-copy  source: the vCPU is paused, before the last pages are sent
  *             after-verify   destination: its verification reply has been sent
@@ -28,7 +28,7 @@ export type FaultPoint = (typeof faultPoints)[number] | `round-${number}`;
 export type FaultAction = 'crash' | 'drop' | 'stall' | 'delay';
 
 /** How long `delay` holds a migration at its point. */
-export const FAULT_DELAY_MS = 1500;
+export const FAULT_DELAY_MS = 3000;
 
 export interface Faults {
   /** Page number to damage on arrival, once. */

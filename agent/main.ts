@@ -127,6 +127,8 @@ Example:
     await agent.shutdown();
     process.exit(0);
   };
+  // A promise nobody awaited must not take the host's VMs down with the agent: say so loudly and go on.
+  process.on('unhandledRejection', (reason) => log.error('unhandled rejection (a bug in ferry-agent)', { reason: String(reason) }));
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.stdout.write(`${JSON.stringify({

@@ -62,7 +62,9 @@ export async function sendColdCopy(
           bytesSkipped += length; // a hole, or zeros: the destination's file gets its full size at the end
         } else {
           // Up to WINDOW chunks in flight: the copy (Uint8Array.from) frees `buffer` for the next read.
-          inFlight.push(peer.request('cold.chunk', { file, offset, data: Uint8Array.from(chunk), xxh64: formatDigest(hashBytes(chunk)) }, timeout));
+          const sending = peer.request('cold.chunk', { file, offset, data: Uint8Array.from(chunk), xxh64: formatDigest(hashBytes(chunk)) }, timeout);
+          sending.catch(() => undefined); // awaited below; never an unhandled rejection while another is awaited
+          inFlight.push(sending);
           bytesSent += length;
           if (inFlight.length >= WINDOW) await inFlight.shift();
         }

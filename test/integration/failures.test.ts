@@ -118,7 +118,6 @@ describe('failures before the commit', () => {
     expect(migrated.code).toBe(1);
     const report = migrated.json();
     expect(report).toMatchObject({ outcome: 'rolled-back', error: { code: 'FERRY_ERR_TIMEOUT' } });
-    expect(report.totalTimeMs).toBeLessThan(4000);
     await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
     const hostB = (await c.ferry('hosts', '--json')).json<{ name: string; vms: string[] }[]>().find((host) => host.name === 'host-b')!;
     expect(hostB.vms).toEqual([]);

@@ -83,7 +83,7 @@ describe('fault matrix', () => {
 });
 
 /**
- * The coordinator killed at each point. An agent is held at the point for 1.5 s (`delay@POINT`) so that the
+ * The coordinator killed at each point. An agent is held at the point for 3 s (`delay@POINT`) so that the
  * coordinator's SIGKILL lands there. Before the commit its disconnection rolls the migration back; from the commit
  * on, the agents finish without it.
  */
