@@ -469,7 +469,7 @@ export class Agent {
       return { state: vm.state, detail: 'nothing in doubt here' };
     });
 
-    connection.handle('cold.start', async ({ migrationId, name, destination, sourceUrl }) => {
+    connection.handle('cold.start', async ({ migrationId, name, destination, sourceUrl }, context) => {
       const entry = this.stored.get(name);
       if (!entry || this.registry.hasMachine(name)) {
         const vm = this.registry.get(name);
@@ -485,7 +485,7 @@ export class Agent {
         let sent;
         try {
           const sharedStorageId = entry.config.disks.some((disk) => disk.shared) ? await this.files.sharedStorageId() : undefined;
-          sent = await sendColdCopy(this.files, entry.config, migrationId, sourceUrl, peer, sharedStorageId);
+          sent = await sendColdCopy(this.files, entry.config, migrationId, sourceUrl, peer, sharedStorageId, (progress) => void context.event(progress));
         } finally {
           peer.close();
         }

@@ -13,7 +13,7 @@ import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, w
 import { withHost } from './connect.js';
 import { dumpMemory, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
-import { migrateCold, formatColdReport } from './migrate-cold.js';
+import { coldProgressPrinter, formatColdReport, migrateCold } from './migrate-cold.js';
 import { migrateLive } from './migrate.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
 import { checkPattern } from './pattern-check.js';
@@ -298,7 +298,9 @@ Exit status is 0 only when committed.`)
       const { cluster: hosts } = await cluster(command);
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');
-        const report = await migrateCold(hosts, { vm: checkVmName(name), to: raw.to });
+        const printer = raw.quiet ? undefined : coldProgressPrinter();
+        const report = await migrateCold(hosts, { vm: checkVmName(name), to: raw.to }, (progress) => printer?.onProgress(progress));
+        printer?.finish();
         if (raw.json) printJson(report);
         else process.stdout.write(`${formatColdReport(report)}\n`);
         process.exitCode = report.outcome === 'committed' ? ExitCode.OK : report.error ? exitCodeFor(FerryError.fromPayload(report.error)) : ExitCode.FAILED;

@@ -27,7 +27,13 @@ export interface ColdMigrationReport {
   throughputBytesPerSec: number;
 }
 
-export async function migrateCold(cluster: Cluster, request: { vm: string; to: string }): Promise<ColdMigrationReport> {
+export interface ColdProgress {
+  file: string;
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+export async function migrateCold(cluster: Cluster, request: { vm: string; to: string }, onProgress?: (progress: ColdProgress) => void): Promise<ColdMigrationReport> {
   const startedMs = performance.now();
   let from = '?';
   let source: AgentClient | undefined;
@@ -47,7 +53,7 @@ export async function migrateCold(cluster: Cluster, request: { vm: string; to: s
       name: request.vm,
       destination: { name: destinationHost.name, url: destinationHost.migrationUrl ?? destinationHost.url },
       sourceUrl: located.host.migrationUrl ?? located.host.url,
-    });
+    }, { onEvent: (body) => onProgress?.(body as ColdProgress) });
     const bytes = result.files.reduce((total, file) => total + file.bytes, 0);
     const totalTimeMs = performance.now() - startedMs;
     return {
@@ -59,6 +65,25 @@ export async function migrateCold(cluster: Cluster, request: { vm: string; to: s
   } finally {
     source?.close();
   }
+}
+
+/** On a terminal, one redrawn line: how far, which file, how fast. */
+export function coldProgressPrinter(stream: NodeJS.WriteStream = process.stderr): { onProgress(progress: ColdProgress): void; finish(): void } {
+  const startedMs = performance.now();
+  let drawn = false;
+  return {
+    onProgress(progress) {
+      if (!stream.isTTY) return;
+      const fraction = progress.bytesTotal > 0 ? progress.bytesDone / progress.bytesTotal : 1;
+      const filled = Math.round(fraction * 24);
+      const rate = (progress.bytesDone / Math.max(performance.now() - startedMs, 1)) * 1000;
+      stream.write(`\r\x1b[2K  [${'#'.repeat(filled)}${'.'.repeat(24 - filled)}] ${(fraction * 100).toFixed(0).padStart(3)}%  ${progress.file}  ${formatBytes(progress.bytesDone)} of ${formatBytes(progress.bytesTotal)}  ${formatRate(rate)}`);
+      drawn = true;
+    },
+    finish() {
+      if (drawn) stream.write('\r\x1b[2K');
+    },
+  };
 }
 
 export function formatColdReport(report: ColdMigrationReport): string {

@@ -38,6 +38,7 @@ export async function sendColdCopy(
   sourceUrl: string,
   peer: PeerClient,
   sharedStorageId?: string,
+  onProgress?: (progress: { file: string; bytesDone: number; bytesTotal: number }) => void,
 ): Promise<{ manifest: Manifest; bytesSent: number; bytesSkipped: number }> {
   const folder = datastore.folder(config.name);
   const timeout = { timeoutMs: PEER_REPLY_TIMEOUT_MS };
@@ -47,6 +48,9 @@ export async function sendColdCopy(
   let bytesSkipped = 0;
   const files = (await readdir(folder)).filter((file) => !file.endsWith('.tmp')).sort();
   const inFlight: Promise<unknown>[] = [];
+  let bytesTotal = 0;
+  for (const file of files) bytesTotal += (await stat(path.join(folder, file))).size;
+  let lastProgressMs = 0;
   for (const file of files) {
     const handle = await open(path.join(folder, file), 'r');
     try {
@@ -67,6 +71,10 @@ export async function sendColdCopy(
           inFlight.push(sending);
           bytesSent += length;
           if (inFlight.length >= WINDOW) await inFlight.shift();
+        }
+        if (onProgress && performance.now() - lastProgressMs > 100) {
+          lastProgressMs = performance.now();
+          onProgress({ file, bytesDone: bytesSent + bytesSkipped, bytesTotal });
         }
       }
       manifest.push({ file, bytes: size, xxh64: formatDigest(whole.digest()) });

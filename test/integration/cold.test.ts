@@ -7,6 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, openSync, readFileSync, readdirSync, statSync, writeSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { migrateCold } from '../../coordinator/migrate-cold.js';
 import { checkDump } from '../replay.js';
 import { eventually, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
@@ -58,6 +59,21 @@ describe('cold migration', () => {
     expect(readFileSync(path.join(arrived, 'vm.log'), 'utf8')).toMatch(/cold migration to host-b[\s\S]*arrived on host-b by cold migration/);
     expect(await listed(c)).toEqual([expect.objectContaining({ name: 'web1', host: 'host-b', state: 'defined', epoch: 2 })]);
     expect((await c.ferry('vm', 'start', 'web1')).code).toBe(0);
+  });
+
+  it('reports progress while the files move', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'db1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '256MiB')).code).toBe(0);
+    expect((await c.ferry('vm', 'stop', 'db1')).code).toBe(0);
+    scribble(path.join(folderOf(c, 'host-a', 'db1'), 'disk0.img'), 0, 128 * MiB);
+    const hosts = (JSON.parse(readFileSync(c.clusterFile, 'utf8')) as { hosts: { name: string; url: string }[] }).hosts.map((host) => ({ ...host, token: c.token }));
+    const progress: { file: string; bytesDone: number; bytesTotal: number }[] = [];
+    const report = await migrateCold({ hosts }, { vm: 'db1', to: 'host-b' }, (event) => progress.push(event));
+    expect(report.outcome).toBe('committed');
+    expect(progress.length).toBeGreaterThan(0);
+    expect(progress.every((event) => event.bytesTotal === report.bytes && event.bytesDone <= event.bytesTotal)).toBe(true);
+    expect(progress.map((event) => event.bytesDone)).toEqual([...progress.map((event) => event.bytesDone)].sort((a, b) => a - b));
   });
 
   it('moves a suspended VM, which then resumes on the new host exactly where it was', async () => {
