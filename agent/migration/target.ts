@@ -193,8 +193,6 @@ export class MigrationTarget {
     }
     this.phase = 'active';
     clearInterval(this.watchdog);
-    // The VM's files join this datastore first, then the activation is recorded, then the vCPU runs.
-    if (this.files) await this.registerFiles?.(this.files, this.sourceEpoch + 1);
     // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it).
     this.activations.record(this.migrationId, this.vm.name, this.sourceEpoch + 1);
     this.vm.epoch = this.sourceEpoch + 1;
@@ -205,6 +203,13 @@ export class MigrationTarget {
       this.vm.state = 'paused';
     }
     this.log.info('activated', { vm: this.vm.name, migration: this.migrationId, epoch: this.vm.epoch });
+    // The VM's files join this datastore once it runs: writing and syncing them is no part of its downtime.
+    const files = this.files;
+    if (files) {
+      void this.registerFiles?.(files, this.vm.epoch).catch((error: unknown) => {
+        this.log.error('could not write the VM\'s files into the datastore', { vm: this.vm.name, error: String(error) });
+      });
+    }
     this.onFinished?.();
     return { guestBlackoutMs: resume ? this.vm.lastBlackoutMs() : 0 };
   }

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from '
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { checkDump } from '../replay.js';
-import { startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { eventually, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -115,6 +115,8 @@ describe('VM lifecycle on disk', () => {
     expect((await c.ferry('migrate', 'web1', '--to', 'host-b', '--json')).code).toBe(0);
     expect(existsSync(folderOf(c, 'host-a', 'web1'))).toBe(false);
     const moved = folderOf(c, 'host-b', 'web1');
+    // The destination writes the VM's files once the VM runs there, just after it answers: wait for them.
+    await eventually(async () => (existsSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json')) ? true : undefined), 'the files on host-b');
     expect(JSON.parse(readFileSync(path.join(moved, 'config.json'), 'utf8'))).toMatchObject({ name: 'web1', epoch: 2 });
     expect(readFileSync(path.join(moved, 'vm.log'), 'utf8')).toMatch(/created on host-a[\s\S]*migrating to host-b[\s\S]*arrived on host-b/);
     expect(readFileSync(path.join(moved, 'nvram.bin')).toString('ascii', 0, 8)).toBe('FERRYNV1');

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startCluster, vmInfo, type TestCluster } from '../harness.js';
+import { eventually, startCluster, vmInfo, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -35,6 +35,8 @@ describe('shared storage', () => {
     const moved = await c.ferry('migrate', 'web1', '--to', 'host-b', '--json');
     expect(moved.code, moved.stderr).toBe(0);
     expect(existsSync(disk)).toBe(true);
+    // The destination writes the VM's files once the VM runs there, just after it answers: wait for them.
+    await eventually(async () => (existsSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json')) ? true : undefined), 'the files on host-b');
     const config = JSON.parse(readFileSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json'), 'utf8'));
     expect(config.disks).toEqual([{ file: 'disk0.img', sizeBytes: 256 * 1024 * 1024, shared: true }]);
     expect(existsSync(path.join(c.dir, 'host-a', 'vms', 'web1'))).toBe(false);
