@@ -111,6 +111,11 @@ export async function startCluster(agents: LocalAgentOptions[]): Promise<TestClu
   return cluster;
 }
 
+/** Where agent `host` of this cluster keeps VM `vm`'s files (the harness gives each agent `<dir>/<host>` as datastore). */
+export function vmFolder(cluster: TestCluster, host: string, vm: string): string {
+  return path.join(cluster.dir, host, 'vms', vm);
+}
+
 /** Polls `probe` until it returns a value, or fails after `timeoutMs`. */
 export async function eventually<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { migrateCold } from '../../coordinator/migrate-cold.js';
 import { checkDump } from '../replay.js';
-import { eventually, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { eventually, startCluster, vmFolder, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -18,7 +18,6 @@ afterEach(async () => {
 });
 
 const MiB = 1024 * 1024;
-const folderOf = (c: TestCluster, host: string, vm: string): string => path.join(c.dir, host, 'vms', vm);
 const sha = (file: string): string => createHash('sha256').update(readFileSync(file)).digest('hex');
 
 /** Writes `bytes` of random data into the VM's disk at `offset`: a disk with something on it, and holes. */
@@ -37,7 +36,7 @@ describe('cold migration', () => {
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '16MiB', '--rate', '500', '--disk', '1GiB')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
-    const source = folderOf(c, 'host-a', 'web1');
+    const source = vmFolder(c, 'host-a', 'web1');
     scribble(path.join(source, 'disk0.img'), 100 * MiB, 8 * MiB);
     const before = Object.fromEntries(readdirSync(source).map((file) => [file, file === 'config.json' || file === 'vm.log' ? null : sha(path.join(source, file))]));
 
@@ -51,7 +50,7 @@ describe('cold migration', () => {
     expect(report.throughputBytesPerSec).toBeGreaterThan(0);
 
     expect(existsSync(source)).toBe(false);
-    const arrived = folderOf(c, 'host-b', 'web1');
+    const arrived = vmFolder(c, 'host-b', 'web1');
     for (const [file, digest] of Object.entries(before)) if (digest) expect(sha(path.join(arrived, file))).toBe(digest);
     const disk = statSync(path.join(arrived, 'disk0.img'));
     expect(disk.size).toBe(1024 * MiB);
@@ -66,7 +65,7 @@ describe('cold migration', () => {
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'db1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '256MiB')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'db1')).code).toBe(0);
-    scribble(path.join(folderOf(c, 'host-a', 'db1'), 'disk0.img'), 0, 128 * MiB);
+    scribble(path.join(vmFolder(c, 'host-a', 'db1'), 'disk0.img'), 0, 128 * MiB);
     const hosts = (JSON.parse(readFileSync(c.clusterFile, 'utf8')) as { hosts: { name: string; url: string }[] }).hosts.map((host) => ({ ...host, token: c.token }));
     const progress: { file: string; bytesDone: number; bytesTotal: number }[] = [];
     const report = await migrateCold({ hosts }, { vm: 'db1', to: 'host-b' }, (event) => progress.push(event));
@@ -114,8 +113,8 @@ describe('cold migration', () => {
       const c = cluster;
       expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '64MiB')).code).toBe(0);
       expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
-      scribble(path.join(folderOf(c, 'host-a', 'web1'), 'disk0.img'), 0, 4 * MiB);
-      const disk = sha(path.join(folderOf(c, 'host-a', 'web1'), 'disk0.img'));
+      scribble(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'), 0, 4 * MiB);
+      const disk = sha(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'));
       expect((await c.ferry('migrate', 'web1', '--to', 'host-b', '--cold')).code).not.toBe(0);
       await c.restartAgent(crash.party);
       const settled = await eventually(async () => {
@@ -123,8 +122,8 @@ describe('cold migration', () => {
         return vms.length === 1 && vms[0]!.host === crash.endsOn ? vms : undefined;
       }, `web1 registered on ${crash.endsOn} only`, 20_000);
       expect(settled[0]!.state).toBe('defined');
-      expect(sha(path.join(folderOf(c, crash.endsOn, 'web1'), 'disk0.img'))).toBe(disk);
-      expect(existsSync(folderOf(c, crash.endsOn === 'host-a' ? 'host-b' : 'host-a', 'web1'))).toBe(false);
+      expect(sha(path.join(vmFolder(c, crash.endsOn, 'web1'), 'disk0.img'))).toBe(disk);
+      expect(existsSync(vmFolder(c, crash.endsOn === 'host-a' ? 'host-b' : 'host-a', 'web1'))).toBe(false);
       expect(existsSync(path.join(c.dir, 'host-b', 'staging'))).toBe(false);
     });
   }
@@ -134,8 +133,8 @@ describe('cold migration', () => {
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '64MiB')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
-    scribble(path.join(folderOf(c, 'host-a', 'web1'), 'disk0.img'), 0, 16 * MiB);
-    const disk = sha(path.join(folderOf(c, 'host-a', 'web1'), 'disk0.img'));
+    scribble(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'), 0, 16 * MiB);
+    const disk = sha(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'));
     const moving = c.ferry('migrate', 'web1', '--to', 'host-b', '--cold');
     await eventually(async () => (c.agent('host-b').log().includes('fault: stall at cold-receiving') ? true : undefined), 'the stream to start', 20_000);
     c.agent('host-a').child.kill('SIGKILL');
@@ -143,7 +142,7 @@ describe('cold migration', () => {
     await eventually(async () => (existsSync(path.join(c.dir, 'host-b', 'staging', '')) && readdirSync(path.join(c.dir, 'host-b', 'staging')).length > 0 ? undefined : true), 'host-b to drop its staging folder');
     await c.restartAgent('host-a');
     expect(await listed(c)).toEqual([expect.objectContaining({ name: 'web1', host: 'host-a', state: 'defined', epoch: 1 })]);
-    expect(sha(path.join(folderOf(c, 'host-a', 'web1'), 'disk0.img'))).toBe(disk);
+    expect(sha(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'))).toBe(disk);
   });
 
   it('a destination killed mid-stream leaves the VM on the source, no staging left after it restarts, and it moves again', async () => {
@@ -152,7 +151,7 @@ describe('cold migration', () => {
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '512MiB')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
-    scribble(path.join(folderOf(c, 'host-a', 'web1'), 'disk0.img'), 0, 64 * MiB);
+    scribble(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'), 0, 64 * MiB);
     const moving = c.ferry('migrate', 'web1', '--to', 'host-b', '--cold');
     await eventually(async () => (c.agent('host-b').log().includes('fault: stall at cold-receiving') ? true : undefined), 'the stream to start', 20_000);
     expect(existsSync(path.join(c.dir, 'host-b', 'staging'))).toBe(true);

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from '
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { checkDump } from '../replay.js';
-import { eventually, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { eventually, startCluster, vmFolder, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -15,7 +15,6 @@ afterEach(async () => {
 });
 
 const MiB = 1024 * 1024;
-const folderOf = (c: TestCluster, host: string, vm: string): string => path.join(c.dir, host, 'vms', vm);
 
 async function expectReplay(c: TestCluster, name: string): Promise<void> {
   const file = path.join(c.dir, `${name}-${Date.now()}.bin`);
@@ -28,7 +27,7 @@ describe('VM lifecycle on disk', () => {
     cluster = await startCluster([{ name: 'host-a' }]);
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '16MiB', '--rate', '1000', '--seed', '3', '--disk', '1GiB')).code).toBe(0);
-    const folder = folderOf(c, 'host-a', 'web1');
+    const folder = vmFolder(c, 'host-a', 'web1');
     expect(readdirSync(folder).sort()).toEqual(['config.json', 'disk0.img', 'nvram.bin', 'vm.log']);
     const config = JSON.parse(readFileSync(path.join(folder, 'config.json'), 'utf8'));
     expect(config).toMatchObject({ name: 'web1', memoryBytes: 16 * MiB, epoch: 1, disks: [{ file: 'disk0.img', sizeBytes: 1024 * MiB }], workload: { kind: 'pattern', seed: 3 } });
@@ -67,7 +66,7 @@ describe('VM lifecycle on disk', () => {
     await waitForWrites(c, 'web1', 2000);
     const suspended = (await c.ferry('vm', 'suspend', 'web1', '--json')).json();
     expect(suspended.state).toBe('suspended');
-    expect(existsSync(path.join(folderOf(c, 'host-a', 'web1'), 'suspend.bin'))).toBe(true);
+    expect(existsSync(path.join(vmFolder(c, 'host-a', 'web1'), 'suspend.bin'))).toBe(true);
 
     await c.restartAgent('host-a');
     const found = await vmInfo(c, 'web1');
@@ -78,7 +77,7 @@ describe('VM lifecycle on disk', () => {
     expect(resumed.state).toBe('running');
     expect(resumed.cpu.n).toBeGreaterThanOrEqual(suspended.cpu.n);
     await waitForWrites(c, 'web1', suspended.cpu.n);
-    expect(existsSync(path.join(folderOf(c, 'host-a', 'web1'), 'suspend.bin'))).toBe(false);
+    expect(existsSync(path.join(vmFolder(c, 'host-a', 'web1'), 'suspend.bin'))).toBe(false);
     await expectReplay(c, 'web1');
   });
 
@@ -86,7 +85,7 @@ describe('VM lifecycle on disk', () => {
     cluster = await startCluster([{ name: 'host-a' }]);
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--seed', '2')).code).toBe(0);
-    const folder = folderOf(c, 'host-a', 'web1');
+    const folder = vmFolder(c, 'host-a', 'web1');
     writeFileSync(path.join(folder, 'config.json.tmp'), '{"half": ');
     c.agent('host-a').child.kill('SIGKILL');
     await c.restartAgent('host-a');
@@ -105,7 +104,7 @@ describe('VM lifecycle on disk', () => {
     expect(refused.stderr).toContain('--yes');
     expect((await vmInfo(c, 'db1')).state).toBe('running');
     expect((await c.ferry('vm', 'destroy', 'db1', '--yes')).code).toBe(0);
-    expect(existsSync(folderOf(c, 'host-a', 'db1'))).toBe(false);
+    expect(existsSync(vmFolder(c, 'host-a', 'db1'))).toBe(false);
   });
 
   it('carries a VM\'s files along with a live migration, and refuses one whose disks are local', async () => {
@@ -113,8 +112,8 @@ describe('VM lifecycle on disk', () => {
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '16MiB', '--rate', '2000', '--seed', '13')).code).toBe(0);
     expect((await c.ferry('migrate', 'web1', '--to', 'host-b', '--json')).code).toBe(0);
-    expect(existsSync(folderOf(c, 'host-a', 'web1'))).toBe(false);
-    const moved = folderOf(c, 'host-b', 'web1');
+    expect(existsSync(vmFolder(c, 'host-a', 'web1'))).toBe(false);
+    const moved = vmFolder(c, 'host-b', 'web1');
     // The destination writes the VM's files once the VM runs there, just after it answers: wait for them.
     await eventually(async () => (existsSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json')) ? true : undefined), 'the files on host-b');
     expect(JSON.parse(readFileSync(path.join(moved, 'config.json'), 'utf8'))).toMatchObject({ name: 'web1', epoch: 2 });
