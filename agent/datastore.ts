@@ -68,6 +68,16 @@ export function randomMac(): string {
   return [...bytes].map((byte) => byte.toString(16).padStart(2, '0')).join(':');
 }
 
+/** Makes a rename in `folder` durable: the folder's own entry list is synced. */
+async function syncFolder(folder: string): Promise<void> {
+  const handle = await open(folder, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 async function writeWhole(file: string, data: string | Buffer): Promise<void> {
   const temporary = `${file}.tmp`;
   const handle = await open(temporary, 'w');
@@ -78,12 +88,7 @@ async function writeWhole(file: string, data: string | Buffer): Promise<void> {
     await handle.close();
   }
   await rename(temporary, file);
-  const folder = await open(path.dirname(file), 'r');
-  try {
-    await folder.sync();
-  } finally {
-    await folder.close();
-  }
+  await syncFolder(path.dirname(file));
 }
 
 export class Datastore {
@@ -140,12 +145,7 @@ export class Datastore {
     if (existsSync(target)) throw new FerryError(ErrorCode.VM_EXISTS, `${name} already has a folder in ${this.root}`, 'destroy it first, or migrate under another host');
     await mkdir(path.dirname(target), { recursive: true });
     await rename(stagingFolder, target);
-    const parent = await open(path.dirname(target), 'r');
-    try {
-      await parent.sync();
-    } finally {
-      await parent.close();
-    }
+    await syncFolder(path.dirname(target));
   }
 
   /** Free bytes on the file system that holds the datastore. */
