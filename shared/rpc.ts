@@ -132,16 +132,6 @@ export class RpcConnection<Local extends OpTable, Remote extends OpTable> {
     });
   }
 
-  /** Sends a frame as is (page data); resolves when the socket has written it, after which `frame` may be reused. */
-  sendRaw(frame: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.socket.send(frame, (error) => {
-        if (error) reject(new FerryError(ErrorCode.CONNECTION_LOST, `connection lost while sending: ${error.message}`));
-        else resolve();
-      });
-    });
-  }
-
   close(code = 1000, reason = ''): void {
     this.socket.close(code, reason);
     this.shutdown();

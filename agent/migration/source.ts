@@ -30,46 +30,39 @@ import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
 export type PeerClient = RpcConnection<Record<never, never>, typeof peerOps>;
 
 /**
- * Opens the page stream to the destination. The source is the WebSocket client here, so it masks frames; a zero
- * mask makes ws skip the masking pass (and the copy it needs) on both ends. Masking exists to protect browsers'
- * proxies, and there are none between two agents.
+ * A fresh peer connection to the agent at `url`, presenting the cluster's token. This agent is the WebSocket client
+ * here, so it masks frames; a zero mask makes ws skip the masking pass (and the copy it needs) on both ends. Masking
+ * exists to protect browsers' proxies, and there are none between two agents.
  */
-export async function connectToDestination(url: string, migrationId: string, from: string, signal: AbortSignal, token: string): Promise<PeerClient> {
+export async function dialPeerAgent(url: string, token: string, signal?: AbortSignal): Promise<PeerClient> {
   const socket = new WebSocket(`${url.replace(/\/$/, '')}/peer`, {
     generateMask: (mask: Buffer) => mask.fill(0),
-    headers: { 'x-ferry-protocol': String(PROTOCOL_VERSION), ...bearer(token) },
+    headers: bearer(token),
     perMessageDeflate: false,
+    handshakeTimeout: 5000,
   });
   await new Promise<void>((resolve, reject) => {
     const onAbort = (): void => fail(new Error('cancelled'));
     const fail = (error: Error): void => {
-      signal.removeEventListener('abort', onAbort);
+      signal?.removeEventListener('abort', onAbort);
       socket.terminate();
       reject(/\b401\b/.test(error.message)
-        ? new FerryError(ErrorCode.UNAUTHORIZED, `the destination at ${url} refused this agent's token`, 'give every agent of the cluster the same token (--token-file or FERRY_TOKEN)')
-        : new FerryError(ErrorCode.UNREACHABLE, `cannot open the page stream to ${url}: ${error.message}`, 'check that the destination agent runs and that this host can reach it'));
+        ? new FerryError(ErrorCode.UNAUTHORIZED, `the agent at ${url} refused this agent's token`, 'give every agent of the cluster the same token (--token-file or FERRY_TOKEN)')
+        : new FerryError(ErrorCode.UNREACHABLE, `cannot reach the agent at ${url}: ${error.message}`, 'check that it runs and that this host can reach it'));
     };
     socket.once('open', () => {
-      signal.removeEventListener('abort', onAbort);
+      signal?.removeEventListener('abort', onAbort);
       resolve();
     });
     socket.once('error', fail);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-  return greetDestination(new RpcConnection(fromWebSocket(socket), {}, peerOps), migrationId, from, signal);
-}
-
-/** A fresh peer connection to the agent at `url`, not bound to any migration (for settling one in doubt). */
-export async function dialPeerAgent(url: string, token: string): Promise<PeerClient> {
-  const socket = new WebSocket(`${url.replace(/\/$/, '')}/peer`, { headers: bearer(token), perMessageDeflate: false, handshakeTimeout: 5000 });
-  await new Promise<void>((resolve, reject) => {
-    socket.once('open', () => resolve());
-    socket.once('error', (error) => {
-      socket.terminate();
-      reject(new FerryError(ErrorCode.UNREACHABLE, `cannot reach the agent at ${url}: ${error.message}`, 'the agents settle as soon as they can talk again'));
-    });
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
   return new RpcConnection(fromWebSocket(socket), {}, peerOps);
+}
+
+/** Opens the page stream to the destination: a peer connection bound to this migration's reservation. */
+export async function connectToDestination(url: string, migrationId: string, from: string, signal: AbortSignal, token: string): Promise<PeerClient> {
+  return greetDestination(await dialPeerAgent(url, token, signal), migrationId, from, signal);
 }
 
 /** Binds a fresh peer connection to the destination's reservation for this migration. */
