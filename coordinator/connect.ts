@@ -1,55 +1,28 @@
 /**
  * The coordinator's control connection to one agent.
  */
-import WebSocket from 'ws';
 import { PROTOCOL_VERSION } from '../shared/constants.js';
+import { dialAgent, DIAL_TIMEOUT_MS } from '../shared/dial.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { controlOps, type ControlOps, type HostInfo } from '../shared/protocol.js';
-import { fromWebSocket } from '../shared/frame-socket.js';
-import { RpcConnection } from '../shared/rpc.js';
-import { bearer } from '../shared/token.js';
+import type { RpcConnection } from '../shared/rpc.js';
 import type { HostEntry } from './cluster.js';
 
 export type AgentClient = RpcConnection<Record<never, never>, ControlOps>;
 
-const CONNECT_TIMEOUT_MS = 5000;
 /** Dumps arrive as 1 MiB chunks inside MessagePack events. */
 const MAX_REPLY_BYTES = 8 * 1024 * 1024;
 
 export async function connectAgent(host: HostEntry): Promise<AgentClient> {
-  const socket = new WebSocket(`${host.url.replace(/\/$/, '')}/control`, {
-    ...(host.token ? { headers: bearer(host.token) } : {}),
-    perMessageDeflate: false,
+  return dialAgent({
+    url: host.url,
+    path: '/control',
+    token: host.token,
+    label: host.name,
     maxPayload: MAX_REPLY_BYTES,
-    handshakeTimeout: CONNECT_TIMEOUT_MS,
-  });
-  await new Promise<void>((resolve, reject) => {
-    socket.once('open', () => resolve());
-    socket.once('error', (error) => {
-      if (/\b401\b/.test(error.message)) {
-        reject(new FerryError(
-          ErrorCode.UNAUTHORIZED,
-          `${host.name} refused the connection: ${host.token ? 'wrong token' : 'no token given'}`,
-          'set FERRY_TOKEN, or --token-file, to the agent\'s token (it says where it wrote it when it starts: <datastore>/token)',
-        ));
-        return;
-      }
-      if (/certificate|self.signed|SSL|TLS/i.test(error.message)) {
-        reject(new FerryError(
-          ErrorCode.UNREACHABLE,
-          `cannot trust ${host.name} at ${host.url}: ${error.message}`,
-          'trust the agent\'s certificate: set NODE_EXTRA_CA_CERTS to the PEM of the CA that signed it (or of the certificate itself)',
-        ));
-        return;
-      }
-      reject(new FerryError(
-        ErrorCode.UNREACHABLE,
-        `cannot reach ${host.name} at ${host.url}: ${error.message}`,
-        `is ferry-agent running there? start it with \`ferry-agent --name ${host.name} --port ${portOf(host.url)}\``,
-      ));
-    });
-  });
-  return new RpcConnection(fromWebSocket(socket), {}, controlOps);
+    unreachableHint: `is ferry-agent running there? start it with \`ferry-agent --name ${host.name} --port ${portOf(host.url)}\``,
+    unauthorizedHint: 'set FERRY_TOKEN, or --token-file, to the agent\'s token (it says where it wrote it when it starts: <datastore>/token)',
+  }, controlOps);
 }
 
 function portOf(url: string): string {
@@ -67,7 +40,7 @@ export type Connector = (host: HostEntry) => Promise<AgentClient>;
 export async function openHost(host: HostEntry, connect: Connector = connectAgent): Promise<{ client: AgentClient; info: HostInfo }> {
   const client = await connect(host);
   try {
-    const info = await client.request('host.info', {}, { timeoutMs: CONNECT_TIMEOUT_MS });
+    const info = await client.request('host.info', {}, { timeoutMs: DIAL_TIMEOUT_MS });
     if (info.version !== PROTOCOL_VERSION) {
       throw new FerryError(ErrorCode.PROTOCOL_VERSION, `${host.name} speaks protocol ${info.version}, this ferry speaks ${PROTOCOL_VERSION}`, 'run the same ferry version on every host');
     }
