@@ -14,7 +14,7 @@ import { checkToken, ensureTokenFile, readTokenFile } from '../shared/token.js';
 import { createLogger, type LogLevel } from '../shared/log.js';
 import { parseCount, parseSize } from '../shared/units.js';
 import { Agent } from './agent.js';
-import { Datastore } from './datastore.js';
+import { Datastore } from './datastore/datastore.js';
 import { parseFaults } from './faults.js';
 import { startServer } from './server.js';
 

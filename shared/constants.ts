@@ -17,6 +17,9 @@ export const MIN_MEMORY_BYTES = 1024 * 1024;
  */
 export const MAX_MEMORY_BYTES = 4 * 1024 * 1024 * 1024;
 
+/** The largest disk image (and so the largest file of a VM folder) ferry makes or accepts: 1 PiB, far past any test. */
+export const MAX_DISK_BYTES = 2 ** 50;
+
 /**
  * Pages per page-data frame: 256 pages = 1 MiB. Measured here, ws moves 1 MiB binary frames at about raw-TCP
  * speed; smaller frames pay per-frame overhead, larger ones only delay the first byte.

@@ -10,7 +10,7 @@
  * it, any number of events `{t:"evt", id, body}` (migration progress, dump chunks announced).
  */
 import { z } from 'zod';
-import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from './constants.js';
+import { MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from './constants.js';
 import { ErrorCode } from './errors.js';
 
 export const vmNameSchema = z
@@ -20,6 +20,27 @@ export const vmNameSchema = z
 export const hostNameSchema = z
   .string()
   .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/i, 'a host name is 1-63 letters, digits, dots, dashes or underscores');
+
+/**
+ * A migration's id: a UUID the coordinator draws. The destination names its staging folder and its activation log
+ * entry after it, so nothing else may pass (a `../` here once reached outside the datastore).
+ */
+export const migrationIdSchema = z.uuid('a migration id is a UUID');
+
+/** Where an agent listens: a ws:// or wss:// URL without spaces. Agents dial these, so nothing else passes. */
+export const agentUrlSchema = z.string().max(2048).regex(/^wss?:\/\/[^\s/]+(\/[^\s]*)?$/, 'an agent URL looks like ws://127.0.0.1:7001');
+
+/**
+ * The files of a VM's datastore folder that may travel between agents, by name: one schema for a cold migration's
+ * chunks and its manifest, so a name from the network can never be a path (no `/`, no `..`, no NUL).
+ */
+export const vmFileNameSchema = z.string().regex(/^(config\.json|nvram\.bin|vm\.log|suspend\.json|suspend\.bin|disk\d{1,3}\.img)$/, 'not a file of a VM folder');
+
+/** The identity of a shared storage (datastore.ts makes it): 32 hex digits. */
+export const sharedStorageIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'a shared storage id is 32 hex digits');
+
+/** A whole-file or chunk digest as it travels: xxh64 in 16 hex digits. */
+const xxh64HexSchema = z.string().regex(/^[0-9a-f]{16}$/, 'an xxh64 digest is 16 hex digits');
 
 export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential']);
 export type WorkloadKind = z.infer<typeof workloadKindSchema>;
@@ -224,7 +245,7 @@ export const controlOps = {
       /** Back all guest memory with real pages at creation (QEMU's -mem-prealloc), not on first touch. */
       prealloc: z.boolean().optional(),
       /** Size of a sparse disk image (disk0.img) to create in the VM's folder. */
-      diskBytes: z.number().int().positive().optional(),
+      diskBytes: z.number().int().min(PAGE_SIZE).max(MAX_DISK_BYTES).optional(),
       /** Network configuration; the agent adds a MAC address. */
       network: networkSchema.omit({ mac: true }).optional(),
       /** Release the VM (destroy it with its files) at this time (ISO 8601). */
@@ -247,25 +268,25 @@ export const controlOps = {
   'vm.dump': [byName, z.object({ info: vmInfoSchema, wasRunning: z.boolean() })],
   'migrate.reserve': [
     z.object({
-      migrationId: z.string(),
+      migrationId: migrationIdSchema,
       name: vmNameSchema,
       memoryBytes: memoryBytesSchema,
       workload: workloadSpecSchema,
       /** The source's epoch; the destination's copy takes the next one at activation. */
       epoch: z.number().int().min(1),
       /** Where the destination can reach the source's agent, to settle a commit whose acknowledgement was lost. */
-      sourceUrl: z.string(),
+      sourceUrl: agentUrlSchema,
       /** The VM's disks are on this shared storage: the destination must mount it too. */
-      sharedStorageId: z.string().optional(),
+      sharedStorageId: sharedStorageIdSchema.optional(),
     }).strict(),
     z.object({ freeBytesAfter: z.number() }),
   ],
-  'migrate.release': [z.object({ migrationId: z.string() }).strict(), empty],
+  'migrate.release': [z.object({ migrationId: migrationIdSchema }).strict(), empty],
   'migrate.start': [
     z.object({
-      migrationId: z.string(),
+      migrationId: migrationIdSchema,
       name: vmNameSchema,
-      destination: z.object({ name: z.string(), url: z.string() }),
+      destination: z.object({ name: hostNameSchema, url: agentUrlSchema }).strict(),
       options: migrationOptionsSchema,
     }).strict(),
     sourceReportSchema,
@@ -277,9 +298,9 @@ export const controlOps = {
    * destination, which checks and registers them; then the source deletes its copy. Events: progress.
    */
   'cold.start': [
-    z.object({ migrationId: z.string(), name: vmNameSchema, destination: z.object({ name: z.string(), url: z.string() }), sourceUrl: z.string() }).strict(),
+    z.object({ migrationId: migrationIdSchema, name: vmNameSchema, destination: z.object({ name: hostNameSchema, url: agentUrlSchema }).strict(), sourceUrl: agentUrlSchema }).strict(),
     z.object({
-      files: z.array(z.object({ file: z.string(), bytes: z.number(), xxh64: z.string() })),
+      files: z.array(z.object({ file: vmFileNameSchema, bytes: z.number(), xxh64: xxh64HexSchema })),
       bytesSent: z.number(),
       bytesSkipped: z.number(),
       durationMs: z.number(),
@@ -297,7 +318,7 @@ export const controlOps = {
 
 /** Requests the source agent sends its destination on the peer connection. */
 export const peerOps = {
-  'peer.hello': [z.object({ migrationId: z.string(), from: z.string(), version: z.number().int() }).strict(), z.object({ name: z.string() })],
+  'peer.hello': [z.object({ migrationId: migrationIdSchema, from: hostNameSchema, version: z.number().int() }).strict(), z.object({ name: z.string() })],
   /**
    * Answered once the destination has installed every page sent before it (the stream is ordered). Each round
    * ends with it, so round times and rates are measured to the destination, not to the local socket buffer, and
@@ -332,27 +353,27 @@ export const peerOps = {
    * migration M". A verified image is activated now. The reply says what the destination knows of M: `active` (it
    * runs the VM, or did: the source frees its copy) or `unknown` (it never activated M, so the source's copy is the VM).
    */
-  'peer.settle': [z.object({ migrationId: z.string(), resume: z.boolean() }).strict(), z.object({ phase: z.enum(['active', 'unknown', 'pending']) })],
+  'peer.settle': [z.object({ migrationId: migrationIdSchema, resume: z.boolean() }).strict(), z.object({ phase: z.enum(['active', 'unknown', 'pending']) })],
   /**
    * Destination to source, about a verified image whose source went silent: `committed` (the source passed its
    * commit point: activate), `running` (it rolled back and runs the VM: drop the image), `pending` (still deciding),
    * or `none` (it holds no copy: it restarted or died; the verified image is the only one left: activate).
    */
-  'peer.holds': [z.object({ migrationId: z.string(), name: vmNameSchema }).strict(), z.object({ state: z.enum(['committed', 'running', 'pending', 'none']) })],
+  'peer.holds': [z.object({ migrationId: migrationIdSchema, name: vmNameSchema }).strict(), z.object({ state: z.enum(['committed', 'running', 'pending', 'none']) })],
   /** Cold migration: a staging folder for VM `name` (its config, the source's epoch). */
-  'cold.begin': [z.object({ migrationId: z.string(), name: vmNameSchema, epoch: z.number().int().min(1), sourceUrl: z.string(), sharedStorageId: z.string().optional() }).strict(), empty],
+  'cold.begin': [z.object({ migrationId: migrationIdSchema, name: vmNameSchema, epoch: z.number().int().min(1), sourceUrl: agentUrlSchema, sharedStorageId: sharedStorageIdSchema.optional() }).strict(), empty],
   /** One checked chunk of a file: `data` with its xxh64. Chunks of zeros are not sent: `cold.finish` gives each file its full size, the gaps as holes (sparse files stay sparse). */
   'cold.chunk': [
     z.object({
-      file: z.string().regex(/^(config\.json|nvram\.bin|vm\.log|suspend\.json|suspend\.bin|disk\d+\.img)$/),
-      offset: z.number().int().min(0),
+      file: vmFileNameSchema,
+      offset: z.number().int().min(0).max(MAX_DISK_BYTES),
       data: z.instanceof(Uint8Array),
-      xxh64: z.string(),
+      xxh64: xxh64HexSchema,
     }).strict(),
     empty,
   ],
   /** Every file sent: check sizes and digests against the manifest, sync, and register the VM (atomic rename). */
-  'cold.finish': [z.object({ manifest: z.array(z.object({ file: z.string(), bytes: z.number(), xxh64: z.string() })) }).strict(), z.object({ registered: z.boolean() })],
+  'cold.finish': [z.object({ manifest: z.array(z.object({ file: vmFileNameSchema, bytes: z.number().int().min(0).max(MAX_DISK_BYTES), xxh64: xxh64HexSchema }).strict()).max(64) }).strict(), z.object({ registered: z.boolean() })],
   /** Destination to source, after activating on `none`: drop a powered-off definition of `name` older than `epoch`. */
   'peer.forget': [z.object({ name: vmNameSchema, epoch: z.number().int() }).strict(), z.object({ forgot: z.boolean() })],
 } as const;

@@ -4,7 +4,7 @@
  * the same migration logic as the process tests, without processes or ports.
  */
 import { Agent } from '../agent/agent.js';
-import { greetDestination } from '../agent/migration/source.js';
+import { greetDestination } from '../agent/migration/peer-client.js';
 import { parseFaults } from '../agent/faults.js';
 import { initChecksums } from '../shared/checksum.js';
 import { createSocketPair, type FrameSocket } from '../shared/frame-socket.js';
@@ -31,9 +31,10 @@ export async function createMemoryNetwork(hosts: { name: string; capacityBytes?:
   const peerLinks: FrameSocket[][] = [];
   const network = { peerCut: undefined as MemoryNetwork['peerCut'] };
   const log = createLogger('memory', 'error');
-  const urlOf = (name: string): string => `memory://${name}`;
+  // Agent URLs are checked as ws:// URLs wherever they travel; in-memory hosts get made-up ones that no socket dials.
+  const urlOf = (name: string): string => `ws://${name}.memory`;
   const agentAt = (url: string): Agent => {
-    const agent = agents.get(url.replace('memory://', ''));
+    const agent = agents.get(url.replace(/^ws:\/\/(.*)\.memory$/, '$1'));
     if (!agent) throw new Error(`nothing at ${url}`);
     return agent;
   };

@@ -20,8 +20,9 @@ import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { formatDigest, hashBytes, streamingHash } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { PeerOps, RequestOf, ReplyOf } from '../../shared/protocol.js';
-import { vmConfigSchema, type Datastore, type VmConfig } from '../datastore.js';
-import type { PeerClient } from './source.js';
+import { vmConfigSchema, type VmConfig } from '../datastore/config.js';
+import type { Datastore } from '../datastore/datastore.js';
+import type { PeerClient } from './peer-client.js';
 
 const CHUNK_BYTES = 1024 * 1024;
 /** Chunks the source keeps in flight: the stream is not a round trip per MiB. */
@@ -95,8 +96,9 @@ export class ColdTarget {
   private readonly epoch: number;
   private readonly sourceUrl: string;
   private readonly datastore: Datastore;
-  private readonly staging: string;
-  private phase: 'receiving' | 'finishing' | 'registered' = 'receiving';
+  private phase: 'receiving' | 'finishing' | 'registered' | 'abandoned' = 'receiving';
+  /** Whether this connection made the staging folder (and so may remove it). */
+  private ownsStaging = false;
   private readonly handles = new Map<string, FileHandle>();
 
   constructor(datastore: Datastore, request: RequestOf<PeerOps, 'cold.begin'>) {
@@ -105,19 +107,34 @@ export class ColdTarget {
     this.migrationId = request.migrationId;
     this.epoch = request.epoch;
     this.sourceUrl = request.sourceUrl;
-    this.staging = datastore.stagingFolder(request.migrationId);
   }
 
+  /** The VM's folder is in place: nothing of it is staging any more. */
+  get registered(): boolean {
+    return this.phase === 'registered';
+  }
+
+  /** Makes the staging folder; one per migration id, so a second stream can never share (or remove) another's. */
   async begin(): Promise<void> {
-    await mkdir(this.staging, { recursive: true });
+    const staging = this.datastore.stagingFolder(this.migrationId);
+    await mkdir(path.dirname(staging), { recursive: true });
+    try {
+      await mkdir(staging);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
+        throw new FerryError(ErrorCode.VM_STATE, `cold migration ${this.migrationId} is already under way here`, 'start a new migration (a new id)');
+      }
+      throw error;
+    }
+    this.ownsStaging = true;
   }
 
   async chunk({ file, offset, data, xxh64 }: RequestOf<PeerOps, 'cold.chunk'>): Promise<void> {
     if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${file} arrived after the cold migration of ${this.name} finished`);
+    if (data.length > CHUNK_BYTES) throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${data.length} bytes is larger than ${CHUNK_BYTES}`);
     if (formatDigest(hashBytes(data)) !== xxh64) {
       throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `a chunk of ${file} at ${offset} arrived damaged`, 'the source keeps the VM; retry the cold migration');
     }
-    if (data.length > CHUNK_BYTES) throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${data.length} bytes is larger than ${CHUNK_BYTES}`);
     await (await this.handle(file)).write(data, 0, data.length, offset);
   }
 
@@ -125,7 +142,7 @@ export class ColdTarget {
   private async handle(file: string): Promise<FileHandle> {
     let handle = this.handles.get(file);
     if (!handle) {
-      handle = await open(path.join(this.staging, file), constants.O_RDWR | constants.O_CREAT, 0o600);
+      handle = await open(this.datastore.stagingFile(this.migrationId, file), constants.O_RDWR | constants.O_CREAT, 0o600);
       this.handles.set(file, handle);
     }
     return handle;
@@ -137,16 +154,17 @@ export class ColdTarget {
   }
 
   async finish(manifest: Manifest): Promise<ReplyOf<PeerOps, 'cold.finish'>> {
+    if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `cold.finish for ${this.name} while the migration is ${this.phase}`);
     this.phase = 'finishing';
     for (const entry of manifest) await this.handle(entry.file); // empty files, and files that are all holes
     await this.closeHandles();
-    const present = (await readdir(this.staging)).sort();
+    const present = (await readdir(this.datastore.stagingFolder(this.migrationId))).sort();
     const expected = manifest.map((entry) => entry.file).sort();
     if (present.join() !== expected.join()) {
       throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `files of ${this.name} differ from the manifest: have ${present.join(', ')}, expected ${expected.join(', ')}`, 'retry the cold migration');
     }
     for (const entry of manifest) {
-      const file = path.join(this.staging, entry.file);
+      const file = this.datastore.stagingFile(this.migrationId, entry.file);
       if ((await stat(file)).size !== entry.bytes) await truncate(file, entry.bytes);
       const handle = await open(file, 'r');
       try {
@@ -166,19 +184,23 @@ export class ColdTarget {
       }
     }
     // The registered copy is one epoch ahead, and marked until its source has forgotten its own copy.
-    const configFile = path.join(this.staging, 'config.json');
+    const configFile = this.datastore.stagingFile(this.migrationId, 'config.json');
     const config = vmConfigSchema.parse(JSON.parse(await readFile(configFile, 'utf8')));
     const registered: VmConfig = { ...config, epoch: this.epoch + 1, coldFrom: { migrationId: this.migrationId, sourceUrl: this.sourceUrl } };
     await writeFile(configFile, `${JSON.stringify(registered, null, 2)}\n`);
-    await this.datastore.adopt(this.staging, this.name);
+    if (config.name !== this.name) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the cold migration ${this.name}`, 'the source is not a compatible ferry-agent');
+    }
+    await this.datastore.adopt(this.migrationId, this.name);
     this.phase = 'registered';
     return { registered: true };
   }
 
   /** The stream closed before the VM was registered: drop what arrived. */
   async abandon(): Promise<void> {
-    if (this.phase === 'registered') return;
+    if (this.phase === 'registered' || this.phase === 'abandoned') return;
+    this.phase = 'abandoned';
     await this.closeHandles();
-    await rm(this.staging, { recursive: true, force: true });
+    if (this.ownsStaging) await rm(this.datastore.stagingFolder(this.migrationId), { recursive: true, force: true });
   }
 }

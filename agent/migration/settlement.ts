@@ -16,9 +16,9 @@
 import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { toFerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import type { Registry } from '../registry.js';
+import type { Catalog } from '../catalog.js';
 import type { VirtualMachine } from '../vm/vm.js';
-import type { PeerClient } from './source.js';
+import type { PeerClient } from './peer-client.js';
 import type { MigrationTarget } from './target.js';
 
 const SETTLE_INTERVAL_MS = 1000;
@@ -32,7 +32,7 @@ export interface InDoubt {
 }
 
 export interface SettlementDeps {
-  registry: Registry;
+  catalog: Catalog;
   incoming: Map<string, MigrationTarget>;
   log: Logger;
   /** A fresh, unbound peer connection to the agent at `url`. */
@@ -68,8 +68,9 @@ export class Settlements {
     const doubt = this.inDoubt.get(name);
     if (doubt?.migrationId === migrationId) return 'committed';
     // Files alone (a powered-off definition left by a restart) hold no copy of the guest's memory.
-    if (!this.deps.registry.hasMachine(name)) return 'none';
-    const state = this.deps.registry.get(name).state;
+    const vm = this.deps.catalog.findMachine(name);
+    if (!vm) return 'none';
+    const { state } = vm;
     return state === 'running' || state === 'paused' ? 'running' : 'pending';
   }
 
@@ -77,9 +78,17 @@ export class Settlements {
     if (this.busy) return;
     this.busy = true;
     try {
-      for (const name of [...this.inDoubt.keys()]) await this.settleSource(name).catch(() => undefined);
+      // An unreachable peer is the expected case here (it is down; ask again next second): said at debug level.
+      for (const name of [...this.inDoubt.keys()]) {
+        await this.settleSource(name).catch((error: unknown) => {
+          this.deps.log.debug('settlement: the destination did not answer yet', { vm: name, error: toFerryError(error).message });
+        });
+      }
       for (const target of [...this.deps.incoming.values()]) {
-        if (target.state === 'verified' && target.streamClosed) await this.settleParked(target).catch(() => undefined);
+        if (target.state !== 'verified' || !target.streamClosed) continue;
+        await this.settleParked(target).catch((error: unknown) => {
+          this.deps.log.warn('settlement: could not settle a parked image', { vm: target.vm.name, migration: target.migrationId, error: toFerryError(error).message });
+        });
       }
     } finally {
       this.busy = false;
@@ -90,14 +99,14 @@ export class Settlements {
   async settleSource(name: string): Promise<string> {
     const doubt = this.inDoubt.get(name);
     if (!doubt) return 'nothing in doubt here';
-    const { log, registry } = this.deps;
+    const { log, catalog } = this.deps;
     const peer = await this.deps.dial(doubt.destinationUrl);
     try {
       const { phase } = await peer.request('peer.settle', { migrationId: doubt.migrationId, resume: doubt.resume }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
       if (phase === 'pending') return 'the destination has not decided yet';
       this.inDoubt.delete(name);
       if (phase === 'active') {
-        await registry.release(doubt.vm);
+        await catalog.release(doubt.vm);
         await this.deps.forgetFiles(name);
         log.info('settled: the destination runs the VM; freed the copy here', { vm: name, migration: doubt.migrationId });
         return 'the destination runs it; the copy here was freed';
@@ -130,7 +139,12 @@ export class Settlements {
       }
       await target.activate(target.resumeOnActivation);
       // A source that restarted may still have the VM's files, powered off, one epoch behind: it can drop them.
-      if (state === 'none') await peer.request('peer.forget', { name: target.vm.name, epoch: target.vm.epoch }, { timeoutMs: PEER_REPLY_TIMEOUT_MS }).catch(() => undefined);
+      if (state === 'none') {
+        await peer.request('peer.forget', { name: target.vm.name, epoch: target.vm.epoch }, { timeoutMs: PEER_REPLY_TIMEOUT_MS }).catch((error: unknown) => {
+          // Harmless: the stale definition stays there, one epoch behind, until someone destroys it.
+          log.warn('settlement: the source did not drop its stale definition', { vm: target.vm.name, error: toFerryError(error).message });
+        });
+      }
       log.info(`settled: the source ${state === 'committed' ? 'committed' : 'holds no copy'}; activated the image here`, { vm: target.vm.name, migration: target.migrationId });
       return `the source ${state === 'committed' ? 'had committed' : 'holds no copy'}; activated here`;
     } finally {

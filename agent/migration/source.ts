@@ -8,73 +8,21 @@
  * as before, its memory untouched (the sender only ever reads guest memory). After the commit point the source
  * never resumes its copy: if the destination's activation cannot be confirmed, the VM stays suspended here.
  */
-import WebSocket from 'ws';
-import { AUTO_CONVERGE, PEER_REPLY_TIMEOUT_MS, PROTOCOL_VERSION, STOP_RULES } from '../../shared/constants.js';
+import { AUTO_CONVERGE, PEER_REPLY_TIMEOUT_MS, STOP_RULES } from '../../shared/constants.js';
 import { digestMemory, digestPageTable, formatDigest } from '../../shared/checksum.js';
 import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PAGE_FLAG_PAUSED } from '../../shared/page-frame.js';
 import {
-  peerOps, type MigrationEvent, type MigrationOptions, type RoundReport, type SourceReport, type StageReport,
+  type MigrationEvent, type MigrationOptions, type RoundReport, type SourceReport, type StageReport,
   type StopReason, type Verification,
 } from '../../shared/protocol.js';
-import { fromWebSocket } from '../../shared/frame-socket.js';
-import { RpcConnection } from '../../shared/rpc.js';
-import { bearer } from '../../shared/token.js';
 import { faultPoint, type Faults } from '../faults.js';
-import type { Registry } from '../registry.js';
+import type { Catalog } from '../catalog.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import { PageSender } from './page-sender.js';
+import type { PeerClient } from './peer-client.js';
 import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
-
-export type PeerClient = RpcConnection<Record<never, never>, typeof peerOps>;
-
-/**
- * A fresh peer connection to the agent at `url`, presenting the cluster's token. This agent is the WebSocket client
- * here, so it masks frames; a zero mask makes ws skip the masking pass (and the copy it needs) on both ends. Masking
- * exists to protect browsers' proxies, and there are none between two agents.
- */
-export async function dialPeerAgent(url: string, token: string, signal?: AbortSignal): Promise<PeerClient> {
-  const socket = new WebSocket(`${url.replace(/\/$/, '')}/peer`, {
-    generateMask: (mask: Buffer) => mask.fill(0),
-    headers: bearer(token),
-    perMessageDeflate: false,
-    handshakeTimeout: 5000,
-  });
-  await new Promise<void>((resolve, reject) => {
-    const onAbort = (): void => fail(new Error('cancelled'));
-    const fail = (error: Error): void => {
-      signal?.removeEventListener('abort', onAbort);
-      socket.terminate();
-      reject(/\b401\b/.test(error.message)
-        ? new FerryError(ErrorCode.UNAUTHORIZED, `the agent at ${url} refused this agent's token`, 'give every agent of the cluster the same token (--token-file or FERRY_TOKEN)')
-        : new FerryError(ErrorCode.UNREACHABLE, `cannot reach the agent at ${url}: ${error.message}`, 'check that it runs and that this host can reach it'));
-    };
-    socket.once('open', () => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    });
-    socket.once('error', fail);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-  return new RpcConnection(fromWebSocket(socket), {}, peerOps);
-}
-
-/** Opens the page stream to the destination: a peer connection bound to this migration's reservation. */
-export async function connectToDestination(url: string, migrationId: string, from: string, signal: AbortSignal, token: string): Promise<PeerClient> {
-  return greetDestination(await dialPeerAgent(url, token, signal), migrationId, from, signal);
-}
-
-/** Binds a fresh peer connection to the destination's reservation for this migration. */
-export async function greetDestination(peer: PeerClient, migrationId: string, from: string, signal: AbortSignal): Promise<PeerClient> {
-  try {
-    await peer.request('peer.hello', { migrationId, from, version: PROTOCOL_VERSION }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
-  } catch (error) {
-    peer.close();
-    throw error;
-  }
-  return peer;
-}
 
 export interface SourceContext {
   /** The VM's small files to carry to the destination (none in the in-memory network, which has no datastore). */
@@ -84,7 +32,8 @@ export interface SourceContext {
   vm: VirtualMachine;
   /** Whether the guest was running when the migration was asked for (a paused one stays paused). */
   wasRunning: boolean;
-  registry: Registry;
+  /** Frees the VM here once the destination runs it. */
+  catalog: Pick<Catalog, 'release'>;
   peer: PeerClient;
   options: MigrationOptions;
   /** Aborted when the migration must stop: cancelled, or the coordinator's connection closed. */
@@ -278,7 +227,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const activated = await peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
     const activatedAtMs = now();
     log.debug('activation timing', { activateRoundTripMs: activatedAtMs - activateStartMs });
-    await context.registry.release(vm);
+    await context.catalog.release(vm);
     await context.forgetFiles?.(vm.name);
     peer.close();
     const result = report('committed');
@@ -314,7 +263,10 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
 async function rollBack(context: SourceContext, wasRunning: boolean, error: FerryError): Promise<void> {
   const { vm, peer, log } = context;
   log.warn('rolling back', { vm: vm.name, code: error.code, error: error.message });
-  await peer.request('peer.abort', { reason: error.message }, { timeoutMs: 2000 }).catch(() => undefined);
+  // The destination also drops its reservation when the stream closes; the abort only says why, sooner.
+  await peer.request('peer.abort', { reason: error.message }, { timeoutMs: 2000 }).catch((abortError: unknown) => {
+    log.debug('the destination did not take the abort; it drops the reservation when the stream closes', { vm: vm.name, error: String(abortError) });
+  });
   peer.close();
   try {
     if (wasRunning && !vm.vcpuRunning) await vm.resume();

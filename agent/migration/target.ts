@@ -19,7 +19,7 @@ import type { Logger } from '../../shared/log.js';
 import { PAGE_FLAG_PAUSED, decodePageHeader, expectedDataBytes, isPageHeader, type PageHeader } from '../../shared/page-frame.js';
 import type { PeerOps, ReplyOf, RequestOf } from '../../shared/protocol.js';
 import type { Faults } from '../faults.js';
-import type { Registry } from '../registry.js';
+import type { Catalog } from '../catalog.js';
 import type { ActivationLog } from './activation-log.js';
 import type { VirtualMachine } from '../vm/vm.js';
 
@@ -32,7 +32,7 @@ type Phase = 'reserved' | 'receiving' | 'verified' | 'active' | 'dropped';
 export class MigrationTarget {
   readonly migrationId: string;
   readonly vm: VirtualMachine;
-  private readonly registry: Registry;
+  private readonly catalog: Pick<Catalog, 'release'>;
   private readonly faults: Faults;
   private readonly log: Logger;
   /** The destination's page-hash table: xxh64 of each page as installed, two words a page (page-hash.ts). */
@@ -63,7 +63,7 @@ export class MigrationTarget {
   constructor(
     migrationId: string,
     vm: VirtualMachine,
-    registry: Registry,
+    catalog: Pick<Catalog, 'release'>,
     faults: Faults,
     log: Logger,
     source: { epoch: number; url: string },
@@ -74,7 +74,7 @@ export class MigrationTarget {
     this.sourceUrl = source.url;
     this.activations = activations;
     this.vm = vm;
-    this.registry = registry;
+    this.catalog = catalog;
     this.faults = faults;
     this.log = log;
     this.hashes = new Uint32Array(2 * vm.pageCount);
@@ -242,7 +242,7 @@ export class MigrationTarget {
     this.phase = 'dropped';
     clearInterval(this.watchdog);
     this.log.info('reservation dropped', { vm: this.vm.name, migration: this.migrationId, reason });
-    await this.registry.release(this.vm);
+    await this.catalog.release(this.vm);
     this.onFinished?.();
   }
 }

@@ -36,8 +36,6 @@ export class VirtualMachine {
   network: Network | null = null;
   /** Released at this time (ISO 8601), when provisioned with a lease. */
   leaseUntil: string | null = null;
-  /** The operation that has this VM to itself right now (a dump, a migration, a pause); undefined when none. */
-  busy: string | undefined;
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 

@@ -166,4 +166,25 @@ describe('cold migration', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(await listed(c)).toEqual([expect.objectContaining({ name: 'web1', host: 'host-b', epoch: 2 })]);
   });
+
+  it('takes two cold migrations into one destination at once: both register, neither loses a file', async () => {
+    // host-b holds the first stream at its first chunk for 3 s; the second runs and finishes meanwhile.
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'delay@cold-receiving' } }]);
+    const c = cluster;
+    const digests: Record<string, string> = {};
+    for (const name of ['web1', 'web2']) {
+      expect((await c.ferry('vm', 'create', name, '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '64MiB')).code).toBe(0);
+      expect((await c.ferry('vm', 'stop', name)).code).toBe(0);
+      scribble(path.join(vmFolder(c, 'host-a', name), 'disk0.img'), 0, 2 * MiB);
+      digests[name] = sha(path.join(vmFolder(c, 'host-a', name), 'disk0.img'));
+    }
+    const first = c.ferry('migrate', 'web1', '--to', 'host-b', '--cold', '--json');
+    await eventually(async () => (c.agent('host-b').log().includes('fault: delay at cold-receiving') ? true : undefined), 'the first stream to start', 20_000);
+    const second = await c.ferry('migrate', 'web2', '--to', 'host-b', '--cold', '--json');
+    expect(second.code, second.stderr).toBe(0);
+    const firstDone = await first;
+    expect(firstDone.code, firstDone.stderr).toBe(0);
+    expect((await listed(c)).map((vm) => `${vm.name}@${vm.host}`).sort()).toEqual(['web1@host-b', 'web2@host-b']);
+    for (const name of ['web1', 'web2']) expect(sha(path.join(vmFolder(c, 'host-b', name), 'disk0.img'))).toBe(digests[name]);
+  });
 });

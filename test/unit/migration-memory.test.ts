@@ -30,7 +30,7 @@ async function createVm(net: MemoryNetwork, host: string, name: string, memoryBy
 }
 
 function expectReplayMatches(net: MemoryNetwork, host: string, name: string): void {
-  const vm = net.agents.get(host)!.registry.get(name);
+  const vm = net.agents.get(host)!.catalog.machine(name);
   const { x, n } = vm.registers();
   const result = checkPatternImage(vm.memory, { seed: vm.workload.seed, wssPages: vm.workload.wssPages, x, n });
   expect(result.badPages).toEqual([]);
@@ -61,8 +61,8 @@ describe('migration over the in-memory network', () => {
     expect(events.filter((event) => event.kind === 'stage').map((event) => (event as { stage: number }).stage)).toEqual([0, 1, 2, 3, 4, 5]);
     expect(events.filter((event) => event.kind === 'round')).toHaveLength(report.rounds.length);
 
-    expect(network.agents.get('host-a')!.registry.list()).toEqual([]);
-    const moved = network.agents.get('host-b')!.registry.get('web1');
+    expect(network.agents.get('host-a')!.catalog.machines()).toEqual([]);
+    const moved = network.agents.get('host-b')!.catalog.machine('web1');
     expect(moved.state).toBe('running');
     expect(moved.registers().n).toBeGreaterThanOrEqual(report.cpu!.n);
     await sleep(100);
@@ -84,9 +84,9 @@ describe('migration over the in-memory network', () => {
     expect(report.outcome).toBe('rolled-back');
     expect(report.error?.code).toMatch(/FERRY_ERR_(CONNECTION_LOST|CANCELLED)/);
 
-    const source = net.agents.get('host-a')!.registry.get('web1');
+    const source = net.agents.get('host-a')!.catalog.machine('web1');
     expect(source.state).toBe('running');
-    expect(net.agents.get('host-b')!.registry.list()).toEqual([]);
+    expect(net.agents.get('host-b')!.catalog.machines()).toEqual([]);
     const before = source.registers().n;
     await sleep(100);
     expect(source.registers().n).toBeGreaterThan(before);
@@ -103,7 +103,7 @@ describe('migration over the in-memory network', () => {
     expect(report.stopReason).toBe('max-rounds');
     expect(report.rounds).toHaveLength(3);
     expect(report.downtimeLimitExceededMs).toBeGreaterThan(0);
-    const moved = network.agents.get('host-b')!.registry.get('hot1');
+    const moved = network.agents.get('host-b')!.catalog.machine('hot1');
     await moved.pause();
     expectReplayMatches(network, 'host-b', 'hot1');
   });
@@ -120,7 +120,7 @@ describe('migration over the in-memory network', () => {
     expect(outcomes).toEqual(['committed', 'failed']);
     const refused = first.outcome === 'failed' ? first : second;
     expect(refused.error?.code).toBe('FERRY_ERR_VM_STATE');
-    const holders = ['host-a', 'host-b', 'host-c'].filter((host) => network!.agents.get(host)!.registry.has('web1'));
+    const holders = ['host-a', 'host-b', 'host-c'].filter((host) => network!.agents.get(host)!.catalog.has('web1'));
     expect(holders).toEqual([first.outcome === 'committed' ? 'host-b' : 'host-c']);
   });
 
@@ -164,7 +164,7 @@ describe('migration over the in-memory network', () => {
     const { seed, wssPages } = dumped.info.workload;
     expect(checkPatternImage(image, { seed, wssPages, ...dumped.info.cpu }).ok).toBe(true);
     const host = report.outcome === 'committed' ? 'host-b' : 'host-a';
-    const vm = net.agents.get(host)!.registry.get('web1');
+    const vm = net.agents.get(host)!.catalog.machine('web1');
     expect(vm.state).toBe('running');
     await vm.pause();
     expectReplayMatches(net, host, 'web1');
@@ -191,10 +191,10 @@ describe('migration over the in-memory network', () => {
     expect(report.verification?.match).toBe(true);
     expect(report.error?.message).toContain('committed');
     // Never two running copies meanwhile; then the agents settle it on their own.
-    const source = net.agents.get('host-a')!.registry.get('web1');
+    const source = net.agents.get('host-a')!.catalog.machine('web1');
     expect(source.vcpuRunning).toBe(false);
-    await eventually(() => !net.agents.get('host-a')!.registry.has('web1'));
-    const destination = net.agents.get('host-b')!.registry.get('web1');
+    await eventually(() => !net.agents.get('host-a')!.catalog.has('web1'));
+    const destination = net.agents.get('host-b')!.catalog.machine('web1');
     expect(destination.state).toBe('running');
     expect(destination.epoch).toBe(2);
     await destination.pause();
@@ -209,10 +209,10 @@ describe('migration over the in-memory network', () => {
     const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
     net.peerCut = undefined;
     expect(report.outcome).toBe('failed');
-    const destination = net.agents.get('host-b')!.registry.get('web1');
+    const destination = net.agents.get('host-b')!.catalog.machine('web1');
     expect(destination.vcpuRunning).toBe(true);
-    expect(net.agents.get('host-a')!.registry.get('web1').vcpuRunning).toBe(false);
-    await eventually(() => !net.agents.get('host-a')!.registry.has('web1'));
+    expect(net.agents.get('host-a')!.catalog.machine('web1').vcpuRunning).toBe(false);
+    await eventually(() => !net.agents.get('host-a')!.catalog.has('web1'));
     expect(destination.state).toBe('running');
   });
 
@@ -226,15 +226,15 @@ describe('migration over the in-memory network', () => {
     net.peerCut = (_fromDestination, data) => message(data, (envelope) => envelope.t === 'req' && settling.includes(envelope.op));
     const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
     expect(report.outcome).toBe('failed');
-    const parked = net.agents.get('host-b')!.registry.get('web1');
-    await net.agents.get('host-b')!.registry.release(parked);
+    const parked = net.agents.get('host-b')!.catalog.machine('web1');
+    await net.agents.get('host-b')!.catalog.release(parked);
     (net.agents.get('host-b') as unknown as { incoming: Map<string, unknown> }).incoming.clear();
     net.peerCut = undefined;
     const client = await net.connect(net.cluster.hosts[0]!);
     const resolved = await client.request('vm.resolve', { name: 'web1' });
     client.close();
     expect(resolved.detail).toContain('never ran it');
-    const source = net.agents.get('host-a')!.registry.get('web1');
+    const source = net.agents.get('host-a')!.catalog.machine('web1');
     expect(source.state).toBe('running');
     expect(source.epoch).toBe(1);
     await source.pause();
@@ -263,7 +263,7 @@ describe('migration over the in-memory network', () => {
     expect(steps[0]).toBe(20);
     for (let i = 1; i < steps.length; i++) expect(steps[i]).toBe(Math.min(99, steps[i - 1]! + 10));
     // The throttle was the migration's: the guest runs at full rate on its new host.
-    const moved = net.agents.get('host-a')!.registry.get('hot1');
+    const moved = net.agents.get('host-a')!.catalog.machine('hot1');
     expect(moved.throttlePct).toBe(0);
     await moved.pause();
     expectReplayMatches(net, 'host-a', 'hot1');
@@ -276,6 +276,6 @@ describe('migration over the in-memory network', () => {
     expect(report.outcome).toBe('failed');
     expect(report.error).toMatchObject({ code: 'FERRY_ERR_CAPACITY' });
     expect(report.error!.message).toContain('host-b has 4 MiB free of 4 MiB, and web1 needs 8 MiB');
-    expect(network.agents.get('host-a')!.registry.get('web1').state).toBe('running');
+    expect(network.agents.get('host-a')!.catalog.machine('web1').state).toBe('running');
   });
 });

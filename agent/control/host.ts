@@ -1,0 +1,30 @@
+/**
+ * The coordinator's requests about the host itself.
+ */
+import { PROTOCOL_VERSION } from '../../shared/constants.js';
+import type { HostInfo } from '../../shared/protocol.js';
+import type { Agent, ControlServer } from '../agent.js';
+
+function cpuTime(): { userMs: number; systemMs: number } {
+  const usage = process.cpuUsage();
+  return { userMs: usage.user / 1000, systemMs: usage.system / 1000 };
+}
+
+export async function hostInfo(agent: Agent): Promise<HostInfo> {
+  const { catalog, files } = agent;
+  return {
+    name: agent.name,
+    version: PROTOCOL_VERSION,
+    capacityBytes: catalog.capacityBytes,
+    usedBytes: catalog.usedBytes,
+    freeBytes: catalog.freeBytes,
+    vms: catalog.summaries(),
+    diskFreeBytes: files ? await files.freeBytes() : 0,
+    ...(files?.shared ? { sharedStorageId: await files.sharedStorageId() } : {}),
+    cpu: cpuTime(),
+  };
+}
+
+export function serveHostControl(connection: ControlServer, agent: Agent): void {
+  connection.handle('host.info', () => hostInfo(agent));
+}

@@ -1,0 +1,143 @@
+/**
+ * The coordinator's requests that move VMs: a live migration's reservation here (stage 1) and its run from here as
+ * the source (stages 2-5, migration/source.ts), its cancel, and a cold migration of a powered-off VM's files.
+ */
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import type { Agent, ControlServer } from '../agent.js';
+import { vmConfigSchema } from '../datastore/config.js';
+import { faultPoint } from '../faults.js';
+import { sendColdCopy } from '../migration/cold.js';
+import { runSource } from '../migration/source.js';
+import { MigrationTarget } from '../migration/target.js';
+
+export function serveMigrateControl(connection: ControlServer, agent: Agent): void {
+  const { catalog, log } = agent;
+
+  connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload, epoch, sourceUrl, sharedStorageId }) => {
+    await agent.requireSharedStorage(name, sharedStorageId);
+    if (agent.incoming.has(migrationId)) {
+      throw new FerryError(ErrorCode.VM_STATE, `migration ${migrationId} already has a reservation here`, 'start a new migration');
+    }
+    const vm = await catalog.allocate({ name, memoryBytes, workload }, 'migrating-in', 'receive it');
+    const target = new MigrationTarget(migrationId, vm, catalog, agent.faults, log, { epoch, url: sourceUrl }, agent.activations);
+    target.registerFiles = async (files, newEpoch) => {
+      if (!agent.files) return;
+      const config = vmConfigSchema.parse({ ...JSON.parse(files.config), epoch: newEpoch });
+      if (config.name !== name) throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the migration ${name}`);
+      vm.network = config.network;
+      vm.leaseUntil = config.leaseUntil;
+      await agent.files.create(config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${agent.name} (migration ${migrationId}, epoch ${newEpoch})\n`);
+    };
+    target.onFinished = () => agent.incoming.delete(migrationId);
+    agent.incoming.set(migrationId, target);
+    log.info('reserved', { vm: name, memoryBytes, migration: migrationId });
+    return { freeBytesAfter: catalog.freeBytes };
+  });
+
+  connection.handle('migrate.release', async ({ migrationId }) => {
+    // A verified image is kept: its source may have committed (target.ts says why).
+    await agent.incoming.get(migrationId)?.drop('released by the coordinator', { keepVerified: true });
+    return {};
+  });
+
+  connection.handle('migrate.start', async ({ migrationId, name, destination, options }, context) => {
+    if (destination.name === agent.name) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${agent.name}`, 'pick another destination');
+    }
+    return catalog.exclusive(name, 'migration', async (vm) => {
+      const local = vm.disks.filter((disk) => !disk.shared);
+      if (local.length > 0) {
+        throw new FerryError(
+          ErrorCode.VM_STATE,
+          `${name} has disks on ${agent.name}'s local storage only (${local.map((disk) => disk.file).join(', ')}): live migration moves memory, not local disks`,
+          `stop it and move it cold (\`ferry vm stop ${name}\`, then \`ferry migrate ${name} --to ${destination.name} --cold\`), or keep its disks on storage both hosts mount (ferry-agent --shared-storage)`,
+        );
+      }
+      log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
+      await agent.logEvent(name, `migrating to ${destination.name} (migration ${migrationId})`);
+      const files = agent.files
+        ? { config: JSON.stringify(agent.configOf(vm)), nvram: new Uint8Array(await agent.files.readNvram(name)), log: await agent.files.readLog(name) }
+        : undefined;
+      const wasRunning = vm.state === 'running';
+      vm.state = 'migrating-out';
+      let peer;
+      try {
+        peer = await agent.dialPeer(destination.url, migrationId, agent.name, context.signal, agent.token);
+      } catch (error) {
+        vm.state = wasRunning ? 'running' : 'paused';
+        throw error;
+      }
+      // Cancelled by `migrate.cancel`, or by the coordinator's connection closing.
+      const cancel = new AbortController();
+      const onClosed = (): void => cancel.abort(new FerryError(ErrorCode.CANCELLED, 'the coordinator disconnected'));
+      context.signal.addEventListener('abort', onClosed, { once: true });
+      agent.outgoing.set(name, cancel);
+      const report = await runSource({
+        ...(files ? { files } : {}),
+        forgetFiles: (vmName) => agent.forgetFiles(vmName),
+        faults: agent.faults,
+        vm,
+        wasRunning,
+        catalog,
+        peer,
+        options,
+        signal: cancel.signal,
+        now: () => performance.now(),
+        emit: (event) => void context.event(event),
+        log,
+        onInDoubt: (doubtful, resume) => agent.settlements.add({ migrationId, vm: doubtful, destinationUrl: destination.url, resume }),
+      }).finally(() => {
+        agent.outgoing.delete(name);
+        context.signal.removeEventListener('abort', onClosed);
+      });
+      log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
+      if (report.outcome === 'rolled-back') await agent.logEvent(name, `migration to ${destination.name} rolled back: ${report.error?.message ?? ''}`);
+      return report;
+    });
+  });
+
+  connection.handle('migrate.cancel', async ({ name, reason }) => {
+    const cancel = agent.outgoing.get(name);
+    if (!cancel) {
+      throw new FerryError(ErrorCode.VM_STATE, `${agent.name} is not migrating ${name}`, 'run `ferry vm list` to see where it is and what it is doing');
+    }
+    log.info('migration cancel asked', { vm: name, reason });
+    cancel.abort(reason === 'timeout'
+      ? new FerryError(ErrorCode.TIMEOUT, `the migration of ${name} ran past its --timeout`, 'give it a longer --timeout, a faster link, or --max-rounds')
+      : new FerryError(ErrorCode.CANCELLED, `the migration of ${name} was cancelled`, 'the VM runs on its source as before'));
+    return { cancelling: true };
+  });
+
+  connection.handle('cold.start', async ({ migrationId, name, destination, sourceUrl }, context) => {
+    const files = agent.files;
+    if (!files) throw new FerryError(ErrorCode.VM_STATE, `${agent.name} keeps no files`, 'run the agent with --datastore');
+    return catalog.holdStored(name, 'cold migration', async (stored) => {
+      const startedMs = performance.now();
+      try {
+        await agent.logEvent(name, `cold migration to ${destination.name} (migration ${migrationId})`);
+        const peer = await agent.dial(destination.url);
+        let sent;
+        try {
+          const sharedStorageId = stored.config.disks.some((disk) => disk.shared) ? await files.sharedStorageId() : undefined;
+          sent = await sendColdCopy(files, stored.config, migrationId, sourceUrl, peer, sharedStorageId, (progress) => void context.event(progress));
+        } finally {
+          peer.close();
+        }
+        // Registered there: this copy goes.
+        await faultPoint(agent.faults, 'cold-sent', log, () => undefined);
+        catalog.forgetStored(name);
+        await files.remove(name);
+        log.info('cold migration finished', { vm: name, to: destination.name, bytes: sent.bytesSent });
+        return {
+          files: sent.manifest,
+          bytesSent: sent.bytesSent,
+          bytesSkipped: sent.bytesSkipped,
+          durationMs: performance.now() - startedMs,
+        };
+      } catch (error) {
+        await agent.logEvent(name, `cold migration to ${destination.name} failed: ${(error as Error).message}`);
+        throw error;
+      }
+    });
+  });
+}

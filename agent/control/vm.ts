@@ -1,0 +1,151 @@
+/**
+ * The coordinator's requests about one VM's life: create, info, power on and off, suspend, pause and resume,
+ * dump, destroy, and settling a migration of it left in doubt. Each asks the catalog for the VM and holds it for
+ * the length of the operation.
+ */
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import type { VmInfo } from '../../shared/protocol.js';
+import type { Agent, ControlServer } from '../agent.js';
+import { randomMac } from '../datastore/config.js';
+
+/** Dump chunks: 1 MiB, the size ws moves at full speed. */
+const DUMP_CHUNK_BYTES = 1024 * 1024;
+
+export function serveVmControl(connection: ControlServer, agent: Agent): void {
+  const { catalog, log } = agent;
+
+  connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil }) => {
+    const vm = await catalog.allocate({ name, memoryBytes, workload }, 'paused', 'be created', prealloc ?? false);
+    try {
+      if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes, ...(agent.files?.shared ? { shared: true } : {}) }];
+      if (network) vm.network = { ...network, mac: randomMac() };
+      if (leaseUntil) vm.leaseUntil = leaseUntil;
+      await agent.files?.create(agent.configOf(vm), undefined, '');
+      await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}`);
+    } catch (error) {
+      await catalog.release(vm);
+      throw error;
+    }
+    await vm.resume();
+    vm.state = 'running';
+    await agent.logEvent(name, 'started');
+    log.info('vm created', { vm: name, memoryBytes, workload: workload.kind });
+    return agent.vmInfo(name);
+  });
+
+  connection.handle('vm.info', async ({ name }) => {
+    catalog.require(name);
+    return agent.vmInfo(name);
+  });
+
+  connection.handle('vm.start', async ({ name }) => {
+    const { vm, stored } = await catalog.powerOn(name, async (machine, { suspended }) => {
+      // Exactly where it was: memory and registers as saved (checked against their digest).
+      if (suspended && agent.files) machine.setRegisters(await agent.files.loadSuspend(name, machine.memory));
+    });
+    await vm.resume();
+    vm.state = 'running';
+    if (stored.suspended) await agent.files?.dropSuspend(name);
+    await agent.logEvent(name, stored.suspended ? 'resumed from suspend' : 'started (powered on)');
+    return agent.vmInfo(name);
+  });
+
+  connection.handle('vm.stop', async ({ name }) => catalog.exclusive(name, 'stop', async (vm) => {
+    await catalog.powerOff(vm, { config: agent.configOf(vm), suspended: false });
+    await agent.logEvent(name, 'stopped (powered off; memory discarded)');
+    return agent.vmInfo(name);
+  }));
+
+  connection.handle('vm.suspend', async ({ name }) => catalog.exclusive(name, 'suspend', async (vm) => {
+    if (!agent.files) throw new FerryError(ErrorCode.VM_STATE, `${agent.name} has no datastore to suspend ${name} to`, 'run the agent with --datastore');
+    const wasRunning = vm.state === 'running';
+    if (wasRunning) await vm.pause();
+    const registers = vm.registers();
+    try {
+      await agent.files.saveSuspend(name, vm.memory, registers);
+    } catch (error) {
+      if (wasRunning) await vm.resume();
+      throw error;
+    }
+    await catalog.powerOff(vm, { config: agent.configOf(vm), suspended: true, registers });
+    await agent.logEvent(name, `suspended to disk at n=${registers.n}`);
+    return agent.vmInfo(name);
+  }));
+
+  connection.handle('vm.pause', async ({ name }) => catalog.exclusive(name, 'pause', async (vm) => {
+    if (vm.state === 'running') {
+      await vm.pause();
+      vm.state = 'paused';
+      await agent.logEvent(name, 'paused');
+    }
+    return agent.vmInfo(name);
+  }));
+
+  connection.handle('vm.resume', async ({ name }) => catalog.exclusive(name, 'resume', async (vm) => {
+    if (vm.state === 'paused') {
+      await vm.resume();
+      vm.state = 'running';
+      await agent.logEvent(name, 'resumed');
+    }
+    return agent.vmInfo(name);
+  }));
+
+  connection.handle('vm.destroy', async ({ name, deleteDisks }) => {
+    const askDisks = (disks: { file: string }[]): void => {
+      if (disks.length > 0 && !deleteDisks) {
+        throw new FerryError(ErrorCode.BAD_INPUT, `destroying ${name} would delete its disks (${disks.map((disk) => disk.file).join(', ')})`, `add --yes to delete them: \`ferry vm destroy ${name} --yes\``);
+      }
+    };
+    if (catalog.findStored(name)) {
+      await catalog.holdStored(name, 'destroy', async (stored) => {
+        askDisks(stored.config.disks);
+        catalog.forgetStored(name);
+      });
+    } else {
+      await catalog.exclusive(name, 'destroy', async (vm) => {
+        askDisks(vm.disks);
+        await catalog.release(vm);
+      });
+    }
+    await agent.files?.remove(name, true);
+    log.info('vm destroyed', { vm: name });
+    return {};
+  });
+
+  connection.handle('vm.dump', async ({ name }, context) => catalog.exclusive(name, 'dump', async (vm) => {
+    const wasRunning = vm.state === 'running';
+    if (wasRunning) await vm.pause();
+    vm.state = 'paused';
+    try {
+      const info: VmInfo = vm.info(agent.name);
+      for (let offset = 0; offset < vm.memoryBytes && !context.signal.aborted; offset += DUMP_CHUNK_BYTES) {
+        const length = Math.min(DUMP_CHUNK_BYTES, vm.memoryBytes - offset);
+        await context.event({ offset, data: Buffer.from(vm.memory.buffer, offset, length) });
+      }
+      return { info, wasRunning };
+    } finally {
+      if (wasRunning) {
+        await vm.resume();
+        vm.state = 'running';
+      }
+    }
+  }));
+
+  connection.handle('vm.resolve', async ({ name }) => {
+    const stateNow = (): string => {
+      const stored = catalog.findStored(name);
+      return catalog.findMachine(name)?.state ?? (stored ? (stored.suspended ? 'suspended' : 'defined') : 'gone');
+    };
+    if (agent.settlements.inDoubt.has(name)) {
+      const detail = await agent.settlements.settleSource(name);
+      return { state: stateNow(), detail };
+    }
+    const parked = [...agent.incoming.values()].find((target) => target.vm.name === name && target.state === 'verified');
+    if (parked) {
+      const detail = await agent.settlements.settleParked(parked);
+      return { state: stateNow(), detail };
+    }
+    catalog.require(name);
+    return { state: stateNow(), detail: 'nothing in doubt here' };
+  });
+}

@@ -1,0 +1,40 @@
+/**
+ * What a VM folder's `config.json` holds, and what the datastore knows of a VM that exists only as files.
+ */
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import {
+  agentUrlSchema, migrationIdSchema, networkSchema, registersSchema, vmNameSchema, workloadSpecSchema, type Registers,
+} from '../../shared/protocol.js';
+
+export const vmConfigSchema = z.object({
+  name: vmNameSchema,
+  memoryBytes: z.number().int().positive(),
+  workload: workloadSpecSchema,
+  epoch: z.number().int().min(1),
+  /** Disk images: in the VM's folder, or (`shared`) in the shared storage every agent of the cluster mounts. */
+  disks: z.array(z.object({ file: z.string().regex(/^disk\d{1,3}\.img$/), sizeBytes: z.number().int().positive(), shared: z.boolean().optional() })),
+  network: networkSchema.nullable(),
+  leaseUntil: z.string().nullable().default(null),
+  /** Set on a VM that arrived by cold migration until its source has dropped its copy (migration/cold.ts). */
+  coldFrom: z.object({ migrationId: migrationIdSchema, sourceUrl: agentUrlSchema }).optional(),
+  createdAt: z.string(),
+});
+export type VmConfig = z.infer<typeof vmConfigSchema>;
+
+export const suspendSchema = z.object({ registers: registersSchema, memoryBytes: z.number(), sha256: z.string(), takenAt: z.string() });
+
+/** A VM that exists here only as files: powered off (defined), or suspended to disk. */
+export interface StoredVm {
+  config: VmConfig;
+  suspended: boolean;
+  /** A suspended VM's registers, as saved. */
+  registers?: Registers;
+}
+
+/** A locally administered, unicast MAC address. */
+export function randomMac(): string {
+  const bytes = randomBytes(6);
+  bytes[0] = (bytes[0]! & 0xfe) | 0x02;
+  return [...bytes].map((byte) => byte.toString(16).padStart(2, '0')).join(':');
+}

@@ -1,0 +1,69 @@
+/**
+ * Another agent's live migration into this host: the page stream (binary frames, straight into the reservation's
+ * guest memory) and the requests of stages 2-5 on the same connection. The reservation itself was made on the
+ * control connection (control/migrate.ts); `peer.hello` binds this connection to it.
+ */
+import { PROTOCOL_VERSION } from '../../shared/constants.js';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import type { Agent, PeerServer } from '../agent.js';
+import { faultPoint } from '../faults.js';
+import type { MigrationTarget } from '../migration/target.js';
+
+export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
+  const { faults, log } = agent;
+  let target: MigrationTarget | undefined;
+  connection.rawFrameHook = (frame) => {
+    if (!target) return false;
+    try {
+      return target.takeFrame(frame);
+    } catch (error) {
+      log.warn('bad page frame; closing the page stream', { error: (error as Error).message });
+      connection.close(1008, 'bad page frame');
+      return true;
+    }
+  };
+  connection.signal.addEventListener('abort', () => target?.connectionClosed(), { once: true });
+
+  connection.handle('peer.hello', async ({ migrationId, version }) => {
+    if (version !== PROTOCOL_VERSION) {
+      throw new FerryError(ErrorCode.PROTOCOL_VERSION, `the source speaks protocol ${version}, ${agent.name} speaks ${PROTOCOL_VERSION}`, 'run the same ferry version on every host');
+    }
+    if (target) throw new FerryError(ErrorCode.PROTOCOL, 'this page stream already belongs to a migration', 'open a new connection per migration');
+    const found = agent.incoming.get(migrationId);
+    if (!found) {
+      throw new FerryError(ErrorCode.VM_NOT_FOUND, `no reservation for migration ${migrationId} on ${agent.name}`, 'the reservation expired or was released; start the migration again');
+    }
+    found.attach();
+    found.closeStream = () => connection.close(1001, 'reservation expired');
+    target = found;
+    return { name: agent.name };
+  });
+  const current = (): MigrationTarget => {
+    if (!target) throw new FerryError(ErrorCode.PROTOCOL, 'peer.hello must come first', 'the peer is not a compatible ferry-agent');
+    return target;
+  };
+  connection.handle('peer.sync', async ({ round }) => {
+    const reply = current().sync();
+    await faultPoint(faults, `round-${round}`, log, () => connection.close());
+    return reply;
+  });
+  connection.handle('peer.verify', async (request) => {
+    const startedMs = performance.now();
+    const reply = current().verify(request);
+    log.debug('verified', { tookMs: performance.now() - startedMs });
+    // 'after-verify' fires once the reply is on its way.
+    setImmediate(() => void faultPoint(faults, 'after-verify', log, () => connection.close()));
+    return reply;
+  });
+  connection.handle('peer.activate', async ({ resume }) => {
+    const startedMs = performance.now();
+    await faultPoint(faults, 'before-activation', log, () => connection.close());
+    const reply = await current().activate(resume);
+    log.debug('activated', { tookMs: performance.now() - startedMs });
+    return reply;
+  });
+  connection.handle('peer.abort', async ({ reason }) => {
+    await current().drop(`the source aborted: ${reason}`, { keepVerified: false });
+    return {};
+  });
+}
