@@ -3,7 +3,7 @@
  *
  *   <datastore>/vms/<name>/
  *     config.json   name, memory, vCPU workload, disks, network, ownership epoch (written whole: temp, fsync, rename)
- *     nvram.bin     the VM's BIOS settings: 64 bytes, "FERRYNV1", the boot order, a SHA-256 check (nvram.ts)
+ *     nvram.bin     the VM's BIOS settings: 64 bytes, "FERRYNV1", the boot order, a SHA-256 check (nvramIsValid, below)
  *     vm.log        what happened to the VM, a line per event, appended
  *     disk0.img     a sparse disk image, when the VM has a disk
  *     suspend.bin   guest memory, when suspended (with suspend.json: registers and a digest of the image)
