@@ -38,7 +38,10 @@ export class Leases {
       for (const stored of catalog.storedVms()) {
         const { name } = stored.config;
         if (!expired(stored.config.leaseUntil) || catalog.busyWith(name)) continue;
-        await this.release(name, () => catalog.holdStored(name, 'release', async () => void catalog.forgetStored(name)));
+        await this.release(name, () => catalog.holdStored(name, 'release', async () => {
+          await this.agent.files?.remove(name, true);
+          catalog.forgetStored(name);
+        }));
       }
     } finally {
       this.busy = false;

@@ -6,12 +6,13 @@ import { mkdir, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
+import { z } from 'zod';
 import { initChecksums } from '../shared/checksum.js';
 import { MAX_MEMORY_BYTES } from '../shared/constants.js';
 import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
 import { hostNameSchema } from '../shared/protocol.js';
 import { checkToken, ensureTokenFile, readTokenFile } from '../shared/token.js';
-import { createLogger, type LogLevel } from '../shared/log.js';
+import { createLogger, type Logger, type LogLevel } from '../shared/log.js';
 import { parseCount, parseSize } from '../shared/units.js';
 import { Agent } from './agent.js';
 import { Datastore } from './datastore/datastore.js';
@@ -31,28 +32,33 @@ export interface AgentOptions {
   sharedStorage: string | undefined;
 }
 
-/** Every option and its default, resolved once. */
+/** Every option's default, once: `--help` shows these, and `resolveAgentOptions` applies them. */
+const DEFAULTS = { host: '127.0.0.1', port: '7001', logLevel: 'info' } as const;
+const logLevelSchema = z.enum(['debug', 'info', 'warn', 'error']);
+const portSchema = z.number().int().max(65535, 'a port is at most 65535 (0 lets the OS pick a free one)');
+
+/** Checks one option with its schema; a refusal names the option and the fix. */
+function check<T>(schema: z.ZodType<T>, value: unknown, option: string, hint: string): T {
+  const parsed = schema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  throw new FerryError(ErrorCode.BAD_INPUT, `${option} ${String(value)}: ${parsed.error.issues[0]?.message ?? 'not allowed'}`, hint);
+}
+
+/** Every option resolved once, checked with the schemas that also check what travels between hosts. */
 export function resolveAgentOptions(raw: Record<string, string | undefined>): AgentOptions {
-  const name = raw.name ?? os.hostname();
-  const named = hostNameSchema.safeParse(name);
-  if (!named.success) throw new FerryError(ErrorCode.BAD_INPUT, `--name "${name}": ${named.error.issues[0]?.message}`, 'for example: --name host-a');
-  const port = parseCount(raw.port ?? '7001', '--port');
-  if (port > 65535) throw new FerryError(ErrorCode.BAD_INPUT, `--port ${port} is above 65535`, 'use 0 to let the OS pick a free port');
+  const name = check(hostNameSchema, raw.name ?? os.hostname(), '--name', 'for example: --name host-a');
+  const port = check(portSchema, parseCount(raw.port ?? DEFAULTS.port, '--port'), '--port', 'use 0 to let the OS pick a free port');
   if ((raw.tlsCert === undefined) !== (raw.tlsKey === undefined)) {
     throw new FerryError(ErrorCode.BAD_INPUT, '--tls-cert and --tls-key go together', 'give both, or neither for plain ws://');
   }
-  const logLevel = raw.logLevel ?? 'info';
-  if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) {
-    throw new FerryError(ErrorCode.BAD_INPUT, `--log-level ${logLevel} is not one of debug, info, warn, error`, 'the default is info');
-  }
   return {
     name,
-    host: raw.host ?? '127.0.0.1',
+    host: raw.host ?? DEFAULTS.host,
     port,
     datastore: path.resolve(raw.datastore ?? path.join(os.homedir(), '.ferry', name)),
     // Half the machine's memory by default: room for guests and for the host itself.
     capacityBytes: raw.capacity ? parseSize(raw.capacity) : Math.floor(os.totalmem() / 2),
-    logLevel: logLevel as LogLevel,
+    logLevel: check(logLevelSchema, raw.logLevel ?? DEFAULTS.logLevel, '--log-level', `one of ${logLevelSchema.options.join(', ')}; the default is ${DEFAULTS.logLevel}`),
     tokenFile: raw.tokenFile,
     tlsCert: raw.tlsCert,
     tlsKey: raw.tlsKey,
@@ -61,49 +67,51 @@ export function resolveAgentOptions(raw: Record<string, string | undefined>): Ag
 }
 
 /** The token: --token-file, else FERRY_TOKEN, else one made (once) in the datastore. Never none. */
-async function resolveToken(options: AgentOptions): Promise<{ token: string; tokenFile?: string }> {
+async function resolveToken(options: AgentOptions, log: Logger): Promise<{ token: string; tokenFile?: string }> {
   if (options.tokenFile) return { token: await readTokenFile(options.tokenFile), tokenFile: path.resolve(options.tokenFile) };
   if (process.env.FERRY_TOKEN) return { token: checkToken(process.env.FERRY_TOKEN, 'FERRY_TOKEN') };
   const file = path.join(options.datastore, 'token');
   const { token, created } = await ensureTokenFile(file);
-  process.stderr.write(`${created ? 'made a new token' : 'using the token'} in ${file}: give it to \`ferry\` (FERRY_TOKEN or --token-file) and to the other agents\n`);
+  // A token made here must reach the other hosts by hand: said at warn level, so that any --log-level shows it.
+  const say = created ? log.warn : log.info;
+  say(`${created ? 'made a new token' : 'using the token'} in ${file}: give it to \`ferry\` (FERRY_TOKEN or --token-file) and to the other agents`, { tokenFile: file });
   return { token, tokenFile: file };
 }
 
 async function main(): Promise<void> {
   const program = new Command('ferry-agent')
     .description('Host agent for ferry: holds VMs (guest memory, vCPU worker) and sends and receives live migrations.')
-    .option('--name <name>', 'this host\'s name in the cluster', os.hostname())
-    .option('--host <address>', 'address to listen on', '127.0.0.1')
-    .option('--port <port>', 'port to listen on; 0 picks a free one', '7001')
+    .option('--name <name>', 'this host\'s name in the cluster (default: the machine\'s host name)')
+    .option('--host <address>', `address to listen on (default: ${DEFAULTS.host})`)
+    .option('--port <port>', `port to listen on; 0 picks a free one (default: ${DEFAULTS.port})`)
     .option('--datastore <dir>', 'folder for this host\'s VM files (default ~/.ferry/<name>)')
     .option('--capacity <size>', 'guest memory this host will hold in total, e.g. 4GiB (default: half of RAM)')
     .option('--token-file <file>', 'the cluster\'s shared secret (default: $FERRY_TOKEN, else one made in <datastore>/token)')
     .option('--shared-storage <dir>', 'storage every agent of the cluster mounts at this path: disks made here stay put when their VM migrates live')
     .option('--tls-cert <file>', 'serve wss:// with this certificate (PEM); clients trust it via their CAs or NODE_EXTRA_CA_CERTS')
     .option('--tls-key <file>', 'the certificate\'s private key (PEM)')
-    .option('--log-level <level>', 'debug, info, warn or error', 'info')
+    .option('--log-level <level>', `${logLevelSchema.options.join(', ')} (default: ${DEFAULTS.logLevel})`)
     .addHelpText('after', `
 Prints one line on stdout when ready:
   {"event":"ready","name":"host-a","url":"ws://127.0.0.1:7001",...}
 Every connection, from the coordinator or another agent, must carry the token (Authorization: Bearer).
 Without --token-file or FERRY_TOKEN the agent makes one, writes it to <datastore>/token and says so.
-Logs go to stderr. SIGINT or SIGTERM stops the agent and its VMs.
+Logs go to stderr, one JSON object per line. SIGINT or SIGTERM stops the agent and its VMs.
 
 Example:
   ferry-agent --name host-a --port 7001 --capacity 4GiB`)
     .parse();
 
   const options = resolveAgentOptions(program.opts());
-  if (options.capacityBytes > os.totalmem()) {
-    process.stderr.write(`warning: --capacity ${options.capacityBytes} is more than this machine's memory\n`);
-  }
   const log = createLogger(options.name, options.logLevel);
+  if (options.capacityBytes > os.totalmem()) {
+    log.warn('--capacity is more than this machine\'s memory', { capacityBytes: options.capacityBytes, totalBytes: os.totalmem() });
+  }
   const faults = parseFaults(process.env.FERRY_FAULTS);
   await initChecksums();
   await mkdir(options.datastore, { recursive: true });
 
-  const { token, tokenFile } = await resolveToken(options);
+  const { token, tokenFile } = await resolveToken(options, log);
   const agent = new Agent({
     name: options.name, capacityBytes: options.capacityBytes, faults, log, token,
     activationFolder: path.join(options.datastore, 'migrations'),

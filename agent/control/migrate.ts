@@ -125,8 +125,8 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         }
         // Registered there: this copy goes.
         await faultPoint(agent.faults, 'cold-sent', log, () => undefined);
-        catalog.forgetStored(name);
         await files.remove(name);
+        catalog.forgetStored(name);
         log.info('cold migration finished', { vm: name, to: destination.name, bytes: sent.bytesSent });
         return {
           files: sent.manifest,

@@ -99,6 +99,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     if (catalog.findStored(name)) {
       await catalog.holdStored(name, 'destroy', async (stored) => {
         askDisks(stored.config.disks);
+        await agent.files?.remove(name, true);
         catalog.forgetStored(name);
       });
     } else {
@@ -106,8 +107,8 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
         askDisks(vm.disks);
         await catalog.release(vm);
       });
+      await agent.files?.remove(name, true);
     }
-    await agent.files?.remove(name, true);
     log.info('vm destroyed', { vm: name });
     return {};
   });

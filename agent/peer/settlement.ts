@@ -25,8 +25,11 @@ export function serveSettlementPeer(connection: PeerServer, agent: Agent): void 
     const stored = catalog.findStored(name);
     // Only files, only older, and only when nothing holds them: a running VM, or a newer copy, is never dropped.
     if (!stored || stored.config.epoch >= epoch || catalog.busyWith(name)) return { forgot: false };
-    catalog.forgetStored(name);
-    await agent.files?.remove(name);
+    // Files first, then the entry: the VM is listed here until nothing of it is left.
+    await catalog.holdStored(name, 'forget', async () => {
+      await agent.files?.remove(name);
+      catalog.forgetStored(name);
+    });
     log.info('forgot a stale definition: the VM runs elsewhere at a later epoch', { vm: name, epoch });
     return { forgot: true };
   });
