@@ -69,7 +69,7 @@ export class Agent {
   readonly dialPeer: typeof connectToDestination;
   /** An unbound peer connection to the agent at `url`, with this cluster's token. */
   readonly dial: (url: string) => Promise<PeerClient>;
-  private readonly leases: Leases;
+  readonly leases: Leases;
   private readonly coldMarks: ColdMarks;
 
   constructor(settings: AgentSettings) {
