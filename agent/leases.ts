@@ -5,46 +5,39 @@
  * files are never deleted unless the VM itself was released.
  */
 import type { Agent } from './agent.js';
+import { every, type Periodic } from './periodic.js';
 
 /** How often leases are checked: a VM outlives its lease by at most this (plus a busy operation's length). */
 const LEASE_CHECK_MS = 1000;
 
 export class Leases {
   private readonly agent: Agent;
-  private readonly timer: NodeJS.Timeout;
-  private busy = false;
+  private readonly loop: Periodic;
 
   constructor(agent: Agent) {
     this.agent = agent;
-    this.timer = setInterval(() => void this.releaseExpired(), LEASE_CHECK_MS);
-    this.timer.unref();
+    this.loop = every(LEASE_CHECK_MS, 'leases', agent.log, () => this.releaseExpired());
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.loop.stop();
   }
 
-  /** Releases every VM whose lease has ended. */
+  /** Releases every VM whose lease has ended by `now`. */
   async releaseExpired(now = Date.now()): Promise<void> {
-    if (this.busy) return;
-    this.busy = true;
-    try {
-      const { catalog } = this.agent;
-      const expired = (lease: string | null | undefined): boolean => lease !== null && lease !== undefined && Date.parse(lease) <= now;
-      for (const vm of catalog.machines()) {
-        if (!expired(vm.leaseUntil) || (vm.state !== 'running' && vm.state !== 'paused') || catalog.busyWith(vm.name)) continue;
-        await this.release(vm.name, () => catalog.exclusive(vm.name, 'release', (held) => catalog.release(held)));
-      }
-      for (const stored of catalog.storedVms()) {
-        const { name } = stored.config;
-        if (!expired(stored.config.leaseUntil) || catalog.busyWith(name)) continue;
-        await this.release(name, () => catalog.holdStored(name, 'release', async () => {
-          await this.agent.files?.remove(name, true);
-          catalog.forgetStored(name);
-        }));
-      }
-    } finally {
-      this.busy = false;
+    const { catalog } = this.agent;
+    const expired = (lease: string | null | undefined): boolean => lease !== null && lease !== undefined && Date.parse(lease) <= now;
+    for (const vm of catalog.machines()) {
+      if (!expired(vm.leaseUntil) || (vm.state !== 'running' && vm.state !== 'paused') || catalog.busyWith(vm.name)) continue;
+      await this.release(vm.name, () => catalog.exclusive(vm.name, 'release', (held) => catalog.release(held)));
+    }
+    for (const stored of catalog.storedVms()) {
+      const { name } = stored.config;
+      if (!expired(stored.config.leaseUntil) || catalog.busyWith(name)) continue;
+      await this.release(name, () => catalog.holdStored(name, 'release', async () => {
+        await this.agent.files?.remove(name, true);
+        catalog.forgetStored(name);
+      }));
     }
   }
 

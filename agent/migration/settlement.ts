@@ -17,6 +17,7 @@ import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { toFerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import type { Catalog } from '../catalog.js';
+import { every, type Periodic } from '../periodic.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import type { PeerClient } from './peer-client.js';
 import type { MigrationTarget } from './target.js';
@@ -45,17 +46,15 @@ export class Settlements {
   /** The source's side: its suspended copies whose destination's outcome is unknown, by VM name. */
   readonly inDoubt = new Map<string, InDoubt>();
   private readonly deps: SettlementDeps;
-  private readonly timer: NodeJS.Timeout;
-  private busy = false;
+  private readonly loop: Periodic;
 
   constructor(deps: SettlementDeps) {
     this.deps = deps;
-    this.timer = setInterval(() => void this.settleAll(), SETTLE_INTERVAL_MS);
-    this.timer.unref();
+    this.loop = every(SETTLE_INTERVAL_MS, 'settlement', deps.log, () => this.settleAll());
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.loop.stop();
   }
 
   add(entry: InDoubt): void {
@@ -75,23 +74,17 @@ export class Settlements {
   }
 
   private async settleAll(): Promise<void> {
-    if (this.busy) return;
-    this.busy = true;
-    try {
-      // An unreachable peer is the expected case here (it is down; ask again next second): said at debug level.
-      for (const name of [...this.inDoubt.keys()]) {
-        await this.settleSource(name).catch((error: unknown) => {
-          this.deps.log.debug('settlement: the destination did not answer yet', { vm: name, error: toFerryError(error).message });
-        });
-      }
-      for (const target of [...this.deps.incoming.values()]) {
-        if (target.state !== 'verified' || !target.streamClosed) continue;
-        await this.settleParked(target).catch((error: unknown) => {
-          this.deps.log.warn('settlement: could not settle a parked image', { vm: target.vm.name, migration: target.migrationId, error: toFerryError(error).message });
-        });
-      }
-    } finally {
-      this.busy = false;
+    // An unreachable peer is the expected case here (it is down; ask again next second): said at debug level.
+    for (const name of [...this.inDoubt.keys()]) {
+      await this.settleSource(name).catch((error: unknown) => {
+        this.deps.log.debug('settlement: the destination did not answer yet', { vm: name, error: toFerryError(error).message });
+      });
+    }
+    for (const target of [...this.deps.incoming.values()]) {
+      if (target.state !== 'verified' || !target.streamClosed) continue;
+      await this.settleParked(target).catch((error: unknown) => {
+        this.deps.log.warn('settlement: could not settle a parked image', { vm: target.vm.name, migration: target.migrationId, error: toFerryError(error).message });
+      });
     }
   }
 

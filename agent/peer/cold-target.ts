@@ -8,6 +8,7 @@ import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import type { Agent, PeerServer } from '../agent.js';
 import { faultPoint } from '../faults.js';
 import { ColdTarget } from '../migration/cold.js';
+import { every, type Periodic } from '../periodic.js';
 
 export function serveColdTarget(connection: PeerServer, agent: Agent): void {
   const { catalog, faults, log } = agent;
@@ -66,46 +67,39 @@ const COLD_MARK_INTERVAL_MS = 1000;
  */
 export class ColdMarks {
   private readonly agent: Agent;
-  private readonly timer: NodeJS.Timeout;
-  private busy = false;
+  private readonly loop: Periodic;
 
   constructor(agent: Agent) {
     this.agent = agent;
-    this.timer = setInterval(() => void this.settle(), COLD_MARK_INTERVAL_MS);
-    this.timer.unref();
+    this.loop = every(COLD_MARK_INTERVAL_MS, 'cold-migration marks', agent.log, () => this.settle());
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.loop.stop();
   }
 
   private async settle(): Promise<void> {
     const { catalog, files, log } = this.agent;
-    if (this.busy || !files) return;
-    this.busy = true;
-    try {
-      for (const stored of catalog.storedVms()) {
-        const mark = stored.config.coldFrom;
-        if (!mark) continue;
-        const { name } = stored.config;
+    if (!files) return;
+    for (const stored of catalog.storedVms()) {
+      const mark = stored.config.coldFrom;
+      if (!mark) continue;
+      const { name } = stored.config;
+      try {
+        const peer = await this.agent.dial(mark.sourceUrl);
         try {
-          const peer = await this.agent.dial(mark.sourceUrl);
-          try {
-            await peer.request('peer.forget', { name, epoch: stored.config.epoch }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
-          } finally {
-            peer.close();
-          }
-          if (catalog.findStored(name) !== stored) continue; // started, moved or destroyed meanwhile
-          const { coldFrom: _settled, ...config } = stored.config;
-          await files.writeConfig(config);
-          catalog.updateStored({ ...stored, config });
-        } catch (error) {
-          // Expected while the source is down: it is asked again next second.
-          log.debug('the source of a cold migration did not confirm it dropped its copy yet', { vm: name, source: mark.sourceUrl, error: toFerryError(error).message });
+          await peer.request('peer.forget', { name, epoch: stored.config.epoch }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+        } finally {
+          peer.close();
         }
+        if (catalog.findStored(name) !== stored) continue; // started, moved or destroyed meanwhile
+        const { coldFrom: _settled, ...config } = stored.config;
+        await files.writeConfig(config);
+        catalog.updateStored({ ...stored, config });
+      } catch (error) {
+        // Expected while the source is down: it is asked again next second.
+        log.debug('the source of a cold migration did not confirm it dropped its copy yet', { vm: name, source: mark.sourceUrl, error: toFerryError(error).message });
       }
-    } finally {
-      this.busy = false;
     }
   }
 }
