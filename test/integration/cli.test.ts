@@ -3,7 +3,7 @@
  * of bad input with stable codes and meaningful exit statuses.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import WebSocket from 'ws';
@@ -60,6 +60,21 @@ describe('ferry CLI', () => {
     const missing = await c.ferry('hosts', 'rm', 'host-a');
     expect(missing.code).toBe(2);
     expect(missing.stderr).toContain('FERRY_ERR_HOST_NOT_FOUND');
+  });
+
+  it('keeps the address pool and the token file when hosts are added and removed', async () => {
+    cluster = await startCluster([]);
+    const c = cluster;
+    const network = { pool: '10.9.0.10-10.9.0.20', prefix: 24, gateway: '10.9.0.1' };
+    writeFileSync(c.clusterFile, JSON.stringify({ tokenFile: 'ferry.token', network, hosts: [{ name: 'host-a', url: 'ws://127.0.0.1:7001' }] }));
+    const added = await c.ferry('hosts', 'add', 'host-b', 'ws://127.0.0.1:7002');
+    expect(added.code, added.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(c.clusterFile, 'utf8'))).toEqual({
+      tokenFile: 'ferry.token', network, hosts: [{ name: 'host-a', url: 'ws://127.0.0.1:7001' }, { name: 'host-b', url: 'ws://127.0.0.1:7002' }],
+    });
+    const removed = await c.ferry('hosts', 'rm', 'host-a');
+    expect(removed.code, removed.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(c.clusterFile, 'utf8'))).toEqual({ tokenFile: 'ferry.token', network, hosts: [{ name: 'host-b', url: 'ws://127.0.0.1:7002' }] });
   });
 
   it('finds the cluster file through FERRY_CLUSTER', async () => {
