@@ -13,11 +13,11 @@ import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, w
 import { withHost } from './connect.js';
 import { dumpMemory, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
-import { coldProgressPrinter, formatColdReport, migrateCold } from './migrate-cold.js';
+import { formatColdReport, migrateCold } from './migrate-cold.js';
 import { migrateLive } from './migrate.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
 import { checkPattern } from './pattern-check.js';
-import { createProgress } from './progress.js';
+import { coldProgress, migrationProgress } from './progress.js';
 import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
@@ -298,9 +298,10 @@ Exit status is 0 only when committed.`)
       const { cluster: hosts } = await cluster(command);
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');
-        const printer = raw.quiet ? undefined : coldProgressPrinter();
-        const report = await migrateCold(hosts, { vm: checkVmName(name), to: raw.to }, (progress) => printer?.onProgress(progress));
-        printer?.finish();
+        const progress = raw.quiet ? undefined : coldProgress();
+        // Finished in `finally` so that not even a throw can leave a progress line to follow the report or error.
+        const report = await migrateCold(hosts, { vm: checkVmName(name), to: raw.to }, (event) => progress?.onProgress(event))
+          .finally(() => progress?.finish());
         if (raw.json) printJson(report);
         else process.stdout.write(`${formatColdReport(report)}\n`);
         process.exitCode = report.outcome === 'committed' ? ExitCode.OK : report.error ? exitCodeFor(FerryError.fromPayload(report.error)) : ExitCode.FAILED;
@@ -316,13 +317,15 @@ Exit status is 0 only when committed.`)
       if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b');
       const options = migrationOptions(raw);
       const timeoutMs = raw.timeout ? parseDuration(raw.timeout) : undefined;
-      const progress = raw.quiet ? undefined : createProgress();
+      const progress = raw.quiet ? undefined : migrationProgress();
       const cancel = new AbortController();
       let interrupts = 0;
       const onSigint = (): void => {
         interrupts += 1;
         if (interrupts > 1) process.exit(130);
-        process.stderr.write('\ncancelling: the VM stays on its source unless the migration already committed (Ctrl-C again to stop waiting)\n');
+        const notice = 'cancelling: the VM stays on its source unless the migration already committed (Ctrl-C again to stop waiting)';
+        if (progress) progress.log(notice);
+        else process.stderr.write(`${notice}\n`);
         cancel.abort(new FerryError(ErrorCode.CANCELLED, `the migration of ${name} was cancelled (Ctrl-C)`, 'the VM runs on its source as before'));
       };
       process.on('SIGINT', onSigint);
@@ -333,8 +336,9 @@ Exit status is 0 only when committed.`)
         .finally(() => {
           process.off('SIGINT', onSigint);
           if (timer) clearTimeout(timer);
+          // Every outcome (committed, failed, rolled back, cancelled, thrown) ends the progress before the report.
+          progress?.finish();
         });
-      progress?.finish();
       if (raw.json) printJson(report);
       else process.stdout.write(`${formatReport(report)}\n`);
       // A migration that was refused before it began says why in its exit code (2 bad input, 3 unreachable);
@@ -418,7 +422,6 @@ Examples:
         ...(raw.link ? { link: raw.link } : {}),
         repeat,
         command: `ferry ${process.argv.slice(2).join(' ')}`,
-        log: (line) => process.stderr.write(`${line}\n`),
       });
       if (raw.json) printJson(results);
       else process.stdout.write(toMarkdown(results));
