@@ -2,9 +2,9 @@
  * The `ferry` command line: every command, its options, defaults and help, in one place.
  */
 import { Command, Option } from 'commander';
-import { DEFAULT_MAX_DOWNTIME_MS, STOP_RULES } from '../shared/constants.js';
+import { DEFAULT_MAX_DOWNTIME_MS, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, STOP_RULES } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
-import type { HostInfo, MigrationOptions, VmInfo, VmSummary } from '../shared/protocol.js';
+import { verifyModeSchema, workloadKindSchema, type HostInfo, type VmInfo, type VmSummary } from '../shared/protocol.js';
 import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } from '../shared/units.js';
 import { runBench } from './bench/command.js';
 import { toMarkdown } from './bench/output.js';
@@ -15,6 +15,8 @@ import { dumpMemory, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
 import { formatColdReport, migrateCold } from './migrate-cold.js';
 import { migrateLive } from './migrate.js';
+import { migrationOptions } from './migrate-options.js';
+import { typedSize } from './option-check.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
 import { checkPattern } from './pattern-check.js';
 import { coldProgress, migrationProgress } from './progress.js';
@@ -69,21 +71,6 @@ async function onVmHost<T>(command: Command, name: string, action: (client: Para
   const { cluster: hosts } = await cluster(command);
   const { host } = await locateVm(hosts, checkVmName(name));
   return withHost(host, (client) => action(client));
-}
-
-export function migrationOptions(raw: { maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean }): MigrationOptions {
-  const maxRounds = parseCount(raw.maxRounds, '--max-rounds');
-  if (maxRounds < 1 || maxRounds > 1000) throw new FerryError(ErrorCode.BAD_INPUT, `--max-rounds ${raw.maxRounds} must be 1 to 1000`, `the default is Xen's ${STOP_RULES.maxRounds}`);
-  const maxDowntimeMs = parseDuration(raw.maxDowntime);
-  if (maxDowntimeMs <= 0) throw new FerryError(ErrorCode.BAD_INPUT, '--max-downtime must be above zero', 'e.g. --max-downtime 300ms');
-  if (raw.verify !== 'pages' && raw.verify !== 'full') throw new FerryError(ErrorCode.BAD_INPUT, `--verify ${raw.verify} is not pages or full`, 'pages compares page-hash digests; full also hashes all memory');
-  return {
-    maxDowntimeMs,
-    maxBandwidthBytesPerSec: raw.maxBandwidth ? parseRate(raw.maxBandwidth) : 0,
-    maxRounds,
-    verify: raw.verify,
-    autoConverge: raw.autoConverge ?? false,
-  };
 }
 
 export function buildProgram(): Command {
@@ -156,8 +143,8 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
   vm.command('create <name>')
     .description('create a VM on a host and start it')
     .requiredOption('--on <host>', 'the host to create it on')
-    .option('--memory <size>', 'guest memory, 1MiB to 4GiB', '256MiB')
-    .addOption(new Option('--workload <kind>', 'what the vCPU runs').choices(['idle', 'pattern', 'hotset', 'sequential']).default('pattern'))
+    .option('--memory <size>', `guest memory, ${typedSize(MIN_MEMORY_BYTES)} to ${typedSize(MAX_MEMORY_BYTES)}`, '256MiB')
+    .addOption(new Option('--workload <kind>', 'what the vCPU runs').choices(workloadKindSchema.options).default('pattern'))
     .option('--rate <writes>', 'page writes per second', '20000')
     .option('--wss <size>', 'working set the workload writes into (default: all memory)')
     .option('--seed <n>', 'xorshift32 seed for pattern and hotset, not 0', '1')
@@ -281,7 +268,7 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--max-downtime <duration>', 'downtime the stop rule aims to stay under', `${DEFAULT_MAX_DOWNTIME_MS}ms`)
     .option('--max-bandwidth <rate>', 'cap on the page stream, e.g. 1GiB/s or 1gbit (default: none)')
     .option('--max-rounds <n>', 'cap on pre-copy rounds', String(STOP_RULES.maxRounds))
-    .addOption(new Option('--verify <mode>', 'pages: compare page-hash digests; full: also hash all memory while paused').choices(['pages', 'full']).default('pages'))
+    .addOption(new Option('--verify <mode>', 'pages: compare page-hash digests; full: also hash all memory while paused').choices(verifyModeSchema.options).default('pages'))
     .option('--auto-converge', 'throttle the vCPU while it dirties memory faster than the link carries it (QEMU: 20 %, +10 % a round, at most 99 %)')
     .option('--timeout <duration>', 'give up (and roll back) if not committed by then, e.g. 2m')
     .option('--cancel', 'cancel the migration of this VM that is under way (from any terminal); it keeps running on its source')

@@ -131,6 +131,8 @@ describe('ferry CLI', () => {
       [['--rate', 'fast'], /whole number/],
       [['--seed', '0'], /cannot be 0/],
       [['--wss', '1GiB'], /between 4KiB and the VM's memory/],
+      [['--rate', '10000001'], /--rate 10000001 is above 10,000,000/],
+      [['--disk', '0'], /--disk 0 must be above 0 B/],
     ];
     for (const [args, expected] of cases) {
       const result = await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', ...args, '--json');
@@ -147,6 +149,10 @@ describe('ferry CLI', () => {
     const badDowntime = await c.ferry('migrate', 'web1', '--to', 'host-a', '--max-downtime', 'soon');
     expect(badDowntime.code).toBe(2);
     expect(badDowntime.stderr).toContain('300ms');
+    const badRounds = await c.ferry('migrate', 'web1', '--to', 'host-a', '--max-rounds', '0', '--json');
+    expect(badRounds.code).toBe(2);
+    expect(badRounds.stderr).toContain('--max-rounds 0 is below 1');
+    expect(badRounds.json().error.code).toBe('FERRY_ERR_BAD_INPUT');
     expect((await c.ferry('vm', 'list', '--json')).json()).toEqual([]);
   });
 
