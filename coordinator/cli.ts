@@ -2,9 +2,9 @@
  * The `ferry` command line: every command, its options, defaults and help, in one place.
  */
 import { Command, Option } from 'commander';
-import { DEFAULT_MAX_DOWNTIME_MS, STOP_RULES } from '../shared/constants.js';
+import { DEFAULT_MAX_DOWNTIME_MS, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, STOP_RULES } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
-import type { HostInfo, MigrationOptions, VmInfo, VmSummary } from '../shared/protocol.js';
+import { verifyModeSchema, workloadKindSchema, type HostInfo, type VmInfo, type VmSummary } from '../shared/protocol.js';
 import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } from '../shared/units.js';
 import { runBench } from './bench/command.js';
 import { toMarkdown } from './bench/output.js';
@@ -13,11 +13,13 @@ import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, w
 import { withHost } from './connect.js';
 import { dumpMemory, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
-import { coldProgressPrinter, formatColdReport, migrateCold } from './migrate-cold.js';
+import { formatColdReport, migrateCold } from './migrate-cold.js';
 import { migrateLive } from './migrate.js';
+import { migrationOptions } from './migrate-options.js';
+import { typedSize } from './option-check.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
 import { checkPattern } from './pattern-check.js';
-import { createProgress } from './progress.js';
+import { coldProgress, migrationProgress } from './progress.js';
 import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
@@ -69,21 +71,6 @@ async function onVmHost<T>(command: Command, name: string, action: (client: Para
   const { cluster: hosts } = await cluster(command);
   const { host } = await locateVm(hosts, checkVmName(name));
   return withHost(host, (client) => action(client));
-}
-
-export function migrationOptions(raw: { maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean }): MigrationOptions {
-  const maxRounds = parseCount(raw.maxRounds, '--max-rounds');
-  if (maxRounds < 1 || maxRounds > 1000) throw new FerryError(ErrorCode.BAD_INPUT, `--max-rounds ${raw.maxRounds} must be 1 to 1000`, `the default is Xen's ${STOP_RULES.maxRounds}`);
-  const maxDowntimeMs = parseDuration(raw.maxDowntime);
-  if (maxDowntimeMs <= 0) throw new FerryError(ErrorCode.BAD_INPUT, '--max-downtime must be above zero', 'e.g. --max-downtime 300ms');
-  if (raw.verify !== 'pages' && raw.verify !== 'full') throw new FerryError(ErrorCode.BAD_INPUT, `--verify ${raw.verify} is not pages or full`, 'pages compares page-hash digests; full also hashes all memory');
-  return {
-    maxDowntimeMs,
-    maxBandwidthBytesPerSec: raw.maxBandwidth ? parseRate(raw.maxBandwidth) : 0,
-    maxRounds,
-    verify: raw.verify,
-    autoConverge: raw.autoConverge ?? false,
-  };
 }
 
 export function buildProgram(): Command {
@@ -156,8 +143,8 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
   vm.command('create <name>')
     .description('create a VM on a host and start it')
     .requiredOption('--on <host>', 'the host to create it on')
-    .option('--memory <size>', 'guest memory, 1MiB to 4GiB', '256MiB')
-    .addOption(new Option('--workload <kind>', 'what the vCPU runs').choices(['idle', 'pattern', 'hotset', 'sequential']).default('pattern'))
+    .option('--memory <size>', `guest memory, ${typedSize(MIN_MEMORY_BYTES)} to ${typedSize(MAX_MEMORY_BYTES)}`, '256MiB')
+    .addOption(new Option('--workload <kind>', 'what the vCPU runs').choices(workloadKindSchema.options).default('pattern'))
     .option('--rate <writes>', 'page writes per second', '20000')
     .option('--wss <size>', 'working set the workload writes into (default: all memory)')
     .option('--seed <n>', 'xorshift32 seed for pattern and hotset, not 0', '1')
@@ -281,7 +268,7 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--max-downtime <duration>', 'downtime the stop rule aims to stay under', `${DEFAULT_MAX_DOWNTIME_MS}ms`)
     .option('--max-bandwidth <rate>', 'cap on the page stream, e.g. 1GiB/s or 1gbit (default: none)')
     .option('--max-rounds <n>', 'cap on pre-copy rounds', String(STOP_RULES.maxRounds))
-    .addOption(new Option('--verify <mode>', 'pages: compare page-hash digests; full: also hash all memory while paused').choices(['pages', 'full']).default('pages'))
+    .addOption(new Option('--verify <mode>', 'pages: compare page-hash digests; full: also hash all memory while paused').choices(verifyModeSchema.options).default('pages'))
     .option('--auto-converge', 'throttle the vCPU while it dirties memory faster than the link carries it (QEMU: 20 %, +10 % a round, at most 99 %)')
     .option('--timeout <duration>', 'give up (and roll back) if not committed by then, e.g. 2m')
     .option('--cancel', 'cancel the migration of this VM that is under way (from any terminal); it keeps running on its source')
@@ -298,9 +285,10 @@ Exit status is 0 only when committed.`)
       const { cluster: hosts } = await cluster(command);
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');
-        const printer = raw.quiet ? undefined : coldProgressPrinter();
-        const report = await migrateCold(hosts, { vm: checkVmName(name), to: raw.to }, (progress) => printer?.onProgress(progress));
-        printer?.finish();
+        const progress = raw.quiet ? undefined : coldProgress();
+        // Finished in `finally` so that not even a throw can leave a progress line to follow the report or error.
+        const report = await migrateCold(hosts, { vm: checkVmName(name), to: raw.to }, (event) => progress?.onProgress(event))
+          .finally(() => progress?.finish());
         if (raw.json) printJson(report);
         else process.stdout.write(`${formatColdReport(report)}\n`);
         process.exitCode = report.outcome === 'committed' ? ExitCode.OK : report.error ? exitCodeFor(FerryError.fromPayload(report.error)) : ExitCode.FAILED;
@@ -316,13 +304,15 @@ Exit status is 0 only when committed.`)
       if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b');
       const options = migrationOptions(raw);
       const timeoutMs = raw.timeout ? parseDuration(raw.timeout) : undefined;
-      const progress = raw.quiet ? undefined : createProgress();
+      const progress = raw.quiet ? undefined : migrationProgress();
       const cancel = new AbortController();
       let interrupts = 0;
       const onSigint = (): void => {
         interrupts += 1;
         if (interrupts > 1) process.exit(130);
-        process.stderr.write('\ncancelling: the VM stays on its source unless the migration already committed (Ctrl-C again to stop waiting)\n');
+        const notice = 'cancelling: the VM stays on its source unless the migration already committed (Ctrl-C again to stop waiting)';
+        if (progress) progress.log(notice);
+        else process.stderr.write(`${notice}\n`);
         cancel.abort(new FerryError(ErrorCode.CANCELLED, `the migration of ${name} was cancelled (Ctrl-C)`, 'the VM runs on its source as before'));
       };
       process.on('SIGINT', onSigint);
@@ -333,8 +323,9 @@ Exit status is 0 only when committed.`)
         .finally(() => {
           process.off('SIGINT', onSigint);
           if (timer) clearTimeout(timer);
+          // Every outcome (committed, failed, rolled back, cancelled, thrown) ends the progress before the report.
+          progress?.finish();
         });
-      progress?.finish();
       if (raw.json) printJson(report);
       else process.stdout.write(`${formatReport(report)}\n`);
       // A migration that was refused before it began says why in its exit code (2 bad input, 3 unreachable);
@@ -418,7 +409,6 @@ Examples:
         ...(raw.link ? { link: raw.link } : {}),
         repeat,
         command: `ferry ${process.argv.slice(2).join(' ')}`,
-        log: (line) => process.stderr.write(`${line}\n`),
       });
       if (raw.json) printJson(results);
       else process.stdout.write(toMarkdown(results));

@@ -105,10 +105,11 @@ export function addHost(cluster: Cluster, entry: HostEntry): Cluster {
   if (cluster.hosts.some((host) => host.name === entry.name)) {
     throw new FerryError(ErrorCode.HOST_EXISTS, `the cluster already has a host named ${entry.name}`, `remove it first with \`ferry hosts rm ${entry.name}\``);
   }
-  return { hosts: [...cluster.hosts, parsed.data] };
+  // Spread the cluster so that the fields this edit does not concern (the pool, the token file) survive it.
+  return { ...cluster, hosts: [...cluster.hosts, parsed.data] };
 }
 
 export function removeHost(cluster: Cluster, name: string): Cluster {
   findHost(cluster, name);
-  return { hosts: cluster.hosts.filter((host) => host.name !== name) };
+  return { ...cluster, hosts: cluster.hosts.filter((host) => host.name !== name) };
 }

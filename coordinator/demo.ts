@@ -19,7 +19,7 @@ import { startLocalAgent, type LocalAgent } from './local-agent.js';
 import { migrateLive } from './migrate.js';
 import { printError } from './output.js';
 import { checkPattern } from './pattern-check.js';
-import { createProgress } from './progress.js';
+import { migrationProgress } from './progress.js';
 import { formatReport } from './report.js';
 import { toVmRequest } from './vm-spec.js';
 
@@ -75,7 +75,7 @@ async function demo(): Promise<boolean> {
     say();
     say(bold('3. Live migration to host-b: pre-copy rounds while the guest runs, then a short stop-and-copy'));
     command('ferry migrate web1 --to host-b');
-    const progress = createProgress(process.stdout);
+    const progress = migrationProgress(process.stdout);
     const report = await migrateLive(cluster, {
       vm: 'web1', to: 'host-b',
       options: { maxDowntimeMs: DEFAULT_MAX_DOWNTIME_MS, maxBandwidthBytesPerSec: 0, maxRounds: STOP_RULES.maxRounds, verify: 'pages', autoConverge: false },

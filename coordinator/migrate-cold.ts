@@ -67,25 +67,6 @@ export async function migrateCold(cluster: Cluster, request: { vm: string; to: s
   }
 }
 
-/** On a terminal, one redrawn line: how far, which file, how fast. */
-export function coldProgressPrinter(stream: NodeJS.WriteStream = process.stderr): { onProgress(progress: ColdProgress): void; finish(): void } {
-  const startedMs = performance.now();
-  let drawn = false;
-  return {
-    onProgress(progress) {
-      if (!stream.isTTY) return;
-      const fraction = progress.bytesTotal > 0 ? progress.bytesDone / progress.bytesTotal : 1;
-      const filled = Math.round(fraction * 24);
-      const rate = (progress.bytesDone / Math.max(performance.now() - startedMs, 1)) * 1000;
-      stream.write(`\r\x1b[2K  [${'#'.repeat(filled)}${'.'.repeat(24 - filled)}] ${(fraction * 100).toFixed(0).padStart(3)}%  ${progress.file}  ${formatBytes(progress.bytesDone)} of ${formatBytes(progress.bytesTotal)}  ${formatRate(rate)}`);
-      drawn = true;
-    },
-    finish() {
-      if (drawn) stream.write('\r\x1b[2K');
-    },
-  };
-}
-
 export function formatColdReport(report: ColdMigrationReport): string {
   const lines = [`cold migration of ${report.vm}: ${report.from} -> ${report.to}   ${report.outcome === 'committed' ? 'COMMITTED' : 'FAILED'}`];
   if (report.error) {

@@ -1,54 +1,109 @@
 /**
- * Live progress of a migration on a terminal (stderr): a line per stage and per finished round, and below them
- * one line that redraws itself with the round under way: how far, how fast, how fast the guest dirties memory,
- * and the downtime a stop-and-copy would cost now. Written by hand: it is one redrawn line, and a progress-bar
- * library would still need all of these fields formatted.
+ * Progress on the terminal, for every long command: live migration, cold migration and `ferry bench`. Lines that
+ * stay (a stage, a finished round, a benchmark run), and on a TTY one line below them that redraws itself (the
+ * round under way, the file being copied). Where the stream is not a TTY (a pipe, a file, a CI log) the redrawn
+ * line is not written at all, so a log holds whole lines and no escape codes.
+ *
+ * `finish()` ends the display for good: it clears the redrawn line and everything that arrives later is dropped.
+ * Callers finish it before they write a report or an error, on every path, so no progress can land after them.
+ *
+ * Written by hand rather than with cli-progress: that library redraws from a throttle timer and, off a TTY, prints
+ * on an interval, so its output depends on time and another timer has to be stopped on every path; lines that
+ * stay above a bar need its multi-bar mode; and our lines carry fields computed per event (dirty rate, downtime
+ * now) that would still be formatted here. What is left, one redrawn line and a bar, is a few lines of code whose
+ * output a test can check exactly with a fake stream.
  */
 import type { MigrationEvent } from '../shared/protocol.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
+import type { ColdProgress } from './migrate-cold.js';
 
-const BAR_WIDTH = 24;
+/** The part of a stream the display needs; `process.stderr` in the CLI, a fake in tests. */
+export interface ProgressStream {
+  write(text: string): unknown;
+  isTTY?: boolean | undefined;
+}
 
-export interface ProgressDisplay {
-  onEvent(event: MigrationEvent): void;
-  /** Clears the redrawn line; call before printing anything else. */
+export interface ProgressLine {
+  /** True on a TTY: the redrawn line is shown. */
+  readonly live: boolean;
+  /** A line that stays; on a TTY it is written above the redrawn line. */
+  log(line: string): void;
+  /** Replaces the redrawn line on a TTY; elsewhere dropped (it changes too often for a log). */
+  redraw(line: string): void;
+  /** Clears the redrawn line; nothing is written after this. Safe to call twice. */
   finish(): void;
 }
 
-export function createProgress(stream: NodeJS.WriteStream = process.stderr): ProgressDisplay {
+const CLEAR_LINE = '\r\x1b[2K';
+const BAR_WIDTH = 24;
+
+export function createProgressLine(stream: ProgressStream = process.stderr): ProgressLine {
   const live = stream.isTTY === true;
   let drawn = false;
+  let finished = false;
   const clear = (): void => {
-    if (drawn) stream.write('\r\x1b[2K');
+    if (drawn) stream.write(CLEAR_LINE);
     drawn = false;
   };
-  const print = (line: string): void => {
-    clear();
-    stream.write(`${line}\n`);
+  return {
+    live,
+    log(line) {
+      if (finished) return;
+      clear();
+      stream.write(`${line}\n`);
+    },
+    redraw(line) {
+      if (finished || !live) return;
+      stream.write(`${CLEAR_LINE}${line}`);
+      drawn = true;
+    },
+    finish() {
+      clear();
+      finished = true;
+    },
   };
+}
+
+/** `[######..................]`: how far, in a fixed width so the fields after it do not move. */
+export function progressBar(fraction: number): string {
+  const filled = Math.round(Math.min(Math.max(fraction, 0), 1) * BAR_WIDTH);
+  return `[${'#'.repeat(filled)}${'.'.repeat(BAR_WIDTH - filled)}]`;
+}
+
+const percent = (fraction: number): string => `${(fraction * 100).toFixed(0).padStart(3)}%`;
+const int = (value: number): string => value.toLocaleString('en-US');
+
+export interface MigrationProgress {
+  onEvent(event: MigrationEvent): void;
+  /** A line of the CLI's own (a cancel notice) among the progress lines. */
+  log(line: string): void;
+  finish(): void;
+}
+
+/**
+ * A live migration: a line per stage and per finished round, and the redrawn line with the round under way: how
+ * far, how fast, how fast the guest dirties memory, and the downtime a stop-and-copy would cost now.
+ */
+export function migrationProgress(stream: ProgressStream = process.stderr): MigrationProgress {
+  const line = createProgressLine(stream);
   return {
     onEvent(event) {
       switch (event.kind) {
         case 'stage':
-          print(`  [${formatDuration(event.atMs).padStart(9)}] stage ${event.stage}: ${event.name}`);
+          line.log(`  [${formatDuration(event.atMs).padStart(9)}] stage ${event.stage}: ${event.name}`);
           return;
         case 'round': {
           const r = event.report;
-          print(`              round ${r.round}: ${r.pages.toLocaleString('en-US')} pages (${formatBytes(r.bytes)}) in ${formatDuration(r.durationMs)} at ${formatRate(r.throughputBytesPerSec)}; ${r.dirtyPagesAfter.toLocaleString('en-US')} dirtied meanwhile`);
+          line.log(`              round ${r.round}: ${int(r.pages)} pages (${formatBytes(r.bytes)}) in ${formatDuration(r.durationMs)} at ${formatRate(r.throughputBytesPerSec)}; ${int(r.dirtyPagesAfter)} dirtied meanwhile`);
           return;
         }
         case 'throttle':
-          print(`              auto-converge: vCPU held back by ${event.pct} % after round ${event.round}`);
+          line.log(`              auto-converge: vCPU held back by ${event.pct} % after round ${event.round}`);
           return;
         case 'progress': {
-          if (!live) return;
           const fraction = event.pagesInRound > 0 ? event.pagesSent / event.pagesInRound : 0;
-          const filled = Math.round(fraction * BAR_WIDTH);
-          const bar = `${'#'.repeat(filled)}${'.'.repeat(BAR_WIDTH - filled)}`;
-          const left = (event.pagesInRound - event.pagesSent).toLocaleString('en-US');
-          clear();
-          stream.write(`              round ${event.round} [${bar}] ${(fraction * 100).toFixed(0).padStart(3)}%  ${left} pages left  ${formatRate(event.rateBytesPerSec)}  dirtying ${Math.round(event.dirtyPagesPerSec).toLocaleString('en-US')} pages/s  downtime now ~${formatDuration(event.expectedDowntimeMs)}`);
-          drawn = true;
+          const left = int(event.pagesInRound - event.pagesSent);
+          line.redraw(`              round ${event.round} ${progressBar(fraction)} ${percent(fraction)}  ${left} pages left  ${formatRate(event.rateBytesPerSec)}  dirtying ${int(Math.round(event.dirtyPagesPerSec))} pages/s  downtime now ~${formatDuration(event.expectedDowntimeMs)}`);
           return;
         }
         default: {
@@ -57,6 +112,43 @@ export function createProgress(stream: NodeJS.WriteStream = process.stderr): Pro
         }
       }
     },
-    finish: clear,
+    log: (text) => line.log(text),
+    finish: () => line.finish(),
+  };
+}
+
+/** A cold migration: on a TTY, the redrawn line with how far, which file, how fast. */
+export function coldProgress(stream: ProgressStream = process.stderr, now: () => number = () => performance.now()): { onProgress(progress: ColdProgress): void; finish(): void } {
+  const line = createProgressLine(stream);
+  const startedMs = now();
+  return {
+    onProgress(progress) {
+      const fraction = progress.bytesTotal > 0 ? progress.bytesDone / progress.bytesTotal : 1;
+      const rate = (progress.bytesDone / Math.max(now() - startedMs, 1)) * 1000;
+      line.redraw(`  ${progressBar(fraction)} ${percent(fraction)}  ${progress.file}  ${formatBytes(progress.bytesDone)} of ${formatBytes(progress.bytesTotal)}  ${formatRate(rate)}`);
+    },
+    finish: () => line.finish(),
+  };
+}
+
+/**
+ * `ferry bench`: runs done of all, the one starting, and an estimate of the time left. Redrawn on a TTY; elsewhere
+ * a line per run, since a benchmark's log is read afterwards and runs are minutes apart.
+ */
+export function runProgress(total: number, stream: ProgressStream = process.stderr, now: () => number = () => performance.now()): { step(label: string): void; log(line: string): void; finish(): void } {
+  const line = createProgressLine(stream);
+  const startedMs = now();
+  let done = 0;
+  return {
+    step(label) {
+      const elapsedMs = now() - startedMs;
+      const eta = done > 0 ? formatDuration(((total - done) * elapsedMs) / done) : '?';
+      const text = `${progressBar(total > 0 ? done / total : 0)} ${done}/${total} runs, ${label}, eta ${eta}`;
+      if (line.live) line.redraw(text);
+      else line.log(text);
+      done += 1;
+    },
+    log: (text) => line.log(text),
+    finish: () => line.finish(),
   };
 }

@@ -2,12 +2,12 @@
  * `ferry provision`: a VM from a template, on a host that has room (memory and disk), with a network address from
  * the cluster's pool that no VM has, and optionally a lease after which its host releases it.
  */
-import { open, rm, stat } from 'node:fs/promises';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { VmInfo } from '../shared/protocol.js';
 import { PAGE_SIZE } from '../shared/constants.js';
 import { formatBytes, parseSize } from '../shared/units.js';
 import type { Cluster } from './cluster.js';
+import { withClusterLock } from './cluster-lock.js';
 import { withHost } from './connect.js';
 import { allVms, surveyHosts } from './inventory.js';
 import { loadTemplates } from './templates.js';
@@ -36,28 +36,6 @@ function validIp(ip: string): boolean {
   return parts.length === 4 && parts.every((part) => /^\d{1,3}$/.test(part) && Number(part) <= 255);
 }
 
-/** Holds a lock file beside the cluster file while `action` runs, so two provisions never hand out one address. */
-async function withLock<T>(clusterFile: string, action: () => Promise<T>): Promise<T> {
-  const lock = `${clusterFile}.provision.lock`;
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      await (await open(lock, 'wx')).close();
-      break;
-    } catch {
-      const age = await stat(lock).then((info) => Date.now() - info.mtimeMs).catch(() => 0);
-      if (age > 60_000) await rm(lock, { force: true }); // left by a ferry that died
-      if (Date.now() > deadline) throw new FerryError(ErrorCode.VM_STATE, `another ferry provision holds ${lock}`, 'wait for it, or remove the lock if no provision runs');
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-  }
-  try {
-    return await action();
-  } finally {
-    await rm(lock, { force: true });
-  }
-}
-
 export async function provision(clusterFile: string, cluster: Cluster, request: ProvisionRequest): Promise<Provisioned> {
   const name = checkVmName(request.name);
   const templates = await loadTemplates(clusterFile);
@@ -67,7 +45,8 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
   }
   const memoryBytes = parseSize(template.memory);
   const diskBytes = parseSize(template.disk);
-  return withLock(clusterFile, async () => {
+  // Held from the survey to the create, so that two provisions never both see one address free.
+  return withClusterLock(clusterFile, 'provision', async () => {
     const surveys = await surveyHosts(cluster);
     const vms = allVms(surveys);
     if (vms.some((vm) => vm.name === name)) {

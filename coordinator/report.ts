@@ -48,6 +48,18 @@ export const stopReasonText: Record<StopReason, string> = {
 
 const int = (value: number): string => value.toLocaleString('en-US');
 
+/**
+ * A migration refused in stage 0 never learns the VM's size (memoryBytes is 0), and one that failed before round 1
+ * sent nothing: neither may divide by zero into "NaN x".
+ */
+function describeSent(bytesSent: number, memoryBytes: number): string {
+  const memory = memoryBytes > 0 ? ` of ${formatBytes(memoryBytes)} of memory` : '';
+  if (bytesSent === 0) return `nothing${memory}`;
+  const pages = `${int(Math.round(bytesSent / PAGE_SIZE))} pages`;
+  if (memoryBytes === 0) return `${formatBytes(bytesSent)} (${pages})`;
+  return `${formatBytes(bytesSent)} for ${formatBytes(memoryBytes)} of memory (${(bytesSent / memoryBytes).toFixed(2)} x, ${pages})`;
+}
+
 export function formatReport(report: MigrationReport): string {
   const lines: string[] = [];
   const verdict = report.outcome === 'committed' ? 'COMMITTED' : report.outcome === 'rolled-back' ? 'ROLLED BACK' : 'FAILED';
@@ -89,7 +101,7 @@ export function formatReport(report: MigrationReport): string {
   }
   if (report.guestBlackoutMs !== undefined) facts.push(['guest blackout', `${formatDuration(report.guestBlackoutMs)}  (gap in the guest's own heartbeat)`]);
   facts.push(['total time', formatDuration(report.totalTimeMs)]);
-  facts.push(['sent', `${formatBytes(report.bytesSent)} for ${formatBytes(report.memoryBytes)} of memory (${(report.bytesSent / report.memoryBytes).toFixed(2)} x, ${int(Math.round(report.bytesSent / PAGE_SIZE))} pages)`]);
+  facts.push(['sent', describeSent(report.bytesSent, report.memoryBytes)]);
   if (report.throughputBytesPerSec > 0) facts.push(['throughput', `${formatRate(report.throughputBytesPerSec)} (round 1)`]);
   const verification = report.verification;
   if (verification) {

@@ -1,10 +1,13 @@
 /**
- * `ferry vm create` options, as typed, into a VM request an agent accepts.
+ * `ferry vm create` options, as typed, into a VM request an agent accepts. The limits are those of the agent's own
+ * `vm.create` schema (shared/protocol.ts); only the rules that tie one option to another are checked here.
  */
-import { PAGE_SIZE } from '../shared/constants.js';
+import type { z } from 'zod';
+import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
-import { memoryBytesSchema, vmNameSchema, workloadKindSchema, type WorkloadSpec } from '../shared/protocol.js';
+import { controlOps, vmNameSchema, workloadKindSchema, type WorkloadSpec } from '../shared/protocol.js';
 import { formatBytes, parseCount, parseSize } from '../shared/units.js';
+import { checkOptions, typedSize, type OptionSource } from './option-check.js';
 
 export interface CreateOptions {
   memory: string;
@@ -17,13 +20,11 @@ export interface CreateOptions {
   disk?: string | undefined;
 }
 
-export interface VmRequest {
-  name: string;
-  memoryBytes: number;
-  workload: WorkloadSpec;
-  prealloc?: boolean;
-  diskBytes?: number;
-}
+const vmCreateSchema = controlOps['vm.create'][0];
+export type VmRequest = z.infer<typeof vmCreateSchema>;
+
+/** Disks are written in whole 4 KiB blocks, and a sparse image above 1 PiB is beyond what datastores here hold. */
+const MAX_DISK_BYTES = 2 ** 50;
 
 export function checkVmName(name: string): string {
   const parsed = vmNameSchema.safeParse(name);
@@ -34,36 +35,41 @@ export function checkVmName(name: string): string {
 }
 
 export function toVmRequest(name: string, options: CreateOptions): VmRequest {
+  const vmName = checkVmName(name);
   const memoryBytes = parseSize(options.memory);
-  const memory = memoryBytesSchema.safeParse(memoryBytes);
-  if (!memory.success) {
-    throw new FerryError(ErrorCode.BAD_INPUT, `--memory ${options.memory} (${formatBytes(memoryBytes)}) is not allowed: ${memory.error.issues[0]?.message}`, 'give 1MiB to 4GiB, a whole number of 4 KiB pages, e.g. 256MiB');
-  }
-  const kind = workloadKindSchema.safeParse(options.workload);
-  if (!kind.success) {
-    throw new FerryError(ErrorCode.BAD_INPUT, `unknown workload "${options.workload}"`, `pick one of: ${workloadKindSchema.options.join(', ')}`);
-  }
   const wssBytes = options.wss ? parseSize(options.wss) : memoryBytes;
-  if (wssBytes < PAGE_SIZE || wssBytes > memoryBytes) {
+  const workload: WorkloadSpec = {
+    kind: options.workload as WorkloadSpec['kind'],
+    rate: parseCount(options.rate, '--rate'),
+    wssPages: Math.floor(wssBytes / PAGE_SIZE),
+    seed: parseCount(options.seed, '--seed'),
+    ...(options.hot ? { hotPages: Math.floor(parseSize(options.hot) / PAGE_SIZE) } : {}),
+  };
+  const diskBytes = options.disk === undefined ? undefined : parseSize(options.disk);
+  const sources: Record<string, OptionSource> = {
+    memoryBytes: { option: '--memory', typed: options.memory, unit: 'bytes', hint: `give ${typedSize(MIN_MEMORY_BYTES)} to ${typedSize(MAX_MEMORY_BYTES)}, a whole number of 4 KiB pages, e.g. 256MiB` },
+    'workload.kind': { option: '--workload', typed: options.workload, unit: 'text', hint: `pick one of: ${workloadKindSchema.options.join(', ')}` },
+    'workload.rate': { option: '--rate', typed: options.rate, unit: 'count', hint: 'page writes per second, e.g. 20000' },
+    'workload.wssPages': { option: '--wss', typed: options.wss ?? options.memory, unit: 'pages', hint: 'e.g. --memory 256MiB --wss 64MiB' },
+    'workload.seed': { option: '--seed', typed: options.seed, unit: 'count', hint: 'xorshift32 never leaves 0, so the seed cannot be 0' },
+    'workload.hotPages': { option: '--hot', typed: options.hot ?? '', unit: 'pages', hint: 'e.g. --wss 64MiB --hot 8MiB' },
+    diskBytes: { option: '--disk', typed: options.disk ?? '', unit: 'bytes', hint: 'e.g. --disk 1GiB (sparse: it takes no space until written)' },
+  };
+  const request = checkOptions(vmCreateSchema, {
+    name: vmName, memoryBytes, workload,
+    ...(options.prealloc ? { prealloc: true } : {}),
+    ...(diskBytes !== undefined ? { diskBytes } : {}),
+  }, sources);
+
+  // Rules between options, which no single field's schema can hold.
+  if (wssBytes > memoryBytes) {
     throw new FerryError(ErrorCode.BAD_INPUT, `--wss ${options.wss} must be between 4KiB and the VM's memory (${formatBytes(memoryBytes)})`, 'e.g. --memory 256MiB --wss 64MiB');
   }
-  const seed = parseCount(options.seed, '--seed');
-  if (seed < 1 || seed > 0xffffffff) {
-    throw new FerryError(ErrorCode.BAD_INPUT, `--seed ${options.seed} must be 1 to 4294967295`, 'xorshift32 never leaves 0, so the seed cannot be 0');
+  if (request.workload.hotPages !== undefined && request.workload.hotPages > request.workload.wssPages) {
+    throw new FerryError(ErrorCode.BAD_INPUT, `--hot ${options.hot} must be between 4KiB and the working set (${formatBytes(request.workload.wssPages * PAGE_SIZE)})`, 'e.g. --wss 64MiB --hot 8MiB');
   }
-  const rate = parseCount(options.rate, '--rate');
-  if (rate > 10_000_000) throw new FerryError(ErrorCode.BAD_INPUT, `--rate ${options.rate} is above 10,000,000 page writes per second`, 'use a lower rate');
-  const workload: WorkloadSpec = { kind: kind.data, rate, wssPages: Math.floor(wssBytes / PAGE_SIZE), seed };
-  if (options.hot) {
-    const hotPages = Math.floor(parseSize(options.hot) / PAGE_SIZE);
-    if (hotPages < 1 || hotPages > workload.wssPages) {
-      throw new FerryError(ErrorCode.BAD_INPUT, `--hot ${options.hot} must be between 4KiB and the working set`, 'e.g. --wss 64MiB --hot 8MiB');
-    }
-    workload.hotPages = hotPages;
+  if (request.diskBytes !== undefined && (request.diskBytes < PAGE_SIZE || request.diskBytes > MAX_DISK_BYTES)) {
+    throw new FerryError(ErrorCode.BAD_INPUT, `--disk ${options.disk} is not a disk size ferry can make (4KiB to ${typedSize(MAX_DISK_BYTES)})`, 'e.g. --disk 1GiB (sparse: it takes no space until written)');
   }
-  const diskBytes = options.disk ? parseSize(options.disk) : undefined;
-  if (diskBytes !== undefined && (diskBytes < PAGE_SIZE || diskBytes > 2 ** 50)) {
-    throw new FerryError(ErrorCode.BAD_INPUT, `--disk ${options.disk} is not a disk size ferry can make`, 'e.g. --disk 1GiB (sparse: it takes no space until written)');
-  }
-  return { name: checkVmName(name), memoryBytes, workload, ...(options.prealloc ? { prealloc: true } : {}), ...(diskBytes ? { diskBytes } : {}) };
+  return request;
 }

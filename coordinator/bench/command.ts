@@ -5,7 +5,8 @@
 import os from 'node:os';
 import path from 'node:path';
 import { rm } from 'node:fs/promises';
-import { formatDuration, formatRate } from '../../shared/units.js';
+import { formatRate } from '../../shared/units.js';
+import { runProgress, type ProgressStream } from '../progress.js';
 import type { RawTcpResult } from './baseline.js';
 import { writeCharts } from './charts.js';
 import { describeEnvironment } from './environment.js';
@@ -23,28 +24,8 @@ export interface BenchOptions {
   /** Run every scenario over this shaped link instead of its own. */
   link?: string;
   command: string;
-  log: (line: string) => void;
-}
-
-/** A progress line on a terminal (redrawn), or a line per run elsewhere. */
-function progressLine(total: number): { step(label: string): void; done(): void } {
-  const tty = process.stderr.isTTY === true;
-  const started = performance.now();
-  let finished = 0;
-  return {
-    step(label) {
-      const elapsed = performance.now() - started;
-      const eta = finished > 0 ? formatDuration(((total - finished) * elapsed) / finished) : '?';
-      const width = 24;
-      const filled = Math.round((finished / total) * width);
-      const line = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${finished}/${total} runs, ${label}, eta ${eta}`;
-      process.stderr.write(tty ? `\r\x1b[2K${line}` : `${line}\n`);
-      finished += 1;
-    },
-    done() {
-      if (tty) process.stderr.write('\r\x1b[2K');
-    },
-  };
+  /** Where progress and notes go (stderr in the CLI): through one display, so a note never lands on a redrawn line. */
+  stream?: ProgressStream;
 }
 
 export async function runBench(options: BenchOptions): Promise<BenchResults> {
@@ -57,22 +38,23 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const baselines: Record<string, RawTcpResult> = {};
   const summaries: BenchResults['summaries'] = [];
   const workdir = benchWorkdir();
-  const progress = progressLine(selected.length * options.repeat);
+  const stream = options.stream ?? process.stderr;
+  const progress = runProgress(selected.length * options.repeat, stream);
   try {
     for (const wanted of linkNames) {
       let link: Link;
       try {
         link = wanted === 'loopback' ? loopbackLink() : shapedLink(wanted);
       } catch (error) {
-        options.log(`link ${wanted} is not available here (${(error as Error).message}); running its scenarios on loopback`);
+        progress.log(`link ${wanted} is not available here (${(error as Error).message}); running its scenarios on loopback`);
         link = loopbackLink();
       }
       try {
         const smoke = selected.every((scenario) => scenario.smoke);
-        options.log(`measuring raw TCP on ${link.name} ...`);
+        progress.log(`measuring raw TCP on ${link.name} ...`);
         const rawTcp = await measureBaseline(link, smoke);
         baselines[link.name] = rawTcp;
-        options.log(`raw TCP on ${link.name}: ${formatRate(rawTcp.bytesPerSec)}`);
+        progress.log(`raw TCP on ${link.name}: ${formatRate(rawTcp.bytesPerSec)}`);
         for (const scenario of selected.filter((entry) => linkOf(entry) === wanted)) {
           const scenarioRuns: RunResult[] = [];
           for (let repeat = 1; repeat <= options.repeat; repeat++) {
@@ -87,7 +69,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       }
     }
   } finally {
-    progress.done();
+    progress.finish();
     await rm(workdir, { recursive: true, force: true });
   }
 
@@ -105,6 +87,6 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const loopbackBaseline = baselines.loopback ?? Object.values(baselines)[0];
   if (loopbackBaseline) results.charts = await writeCharts(out, runs, summaries, loopbackBaseline);
   await writeResults(out, results);
-  options.log(`results in ${out}${os.EOL}`);
+  stream.write(`results in ${out}${os.EOL}${os.EOL}`);
   return results;
 }

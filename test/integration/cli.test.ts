@@ -3,7 +3,7 @@
  * of bad input with stable codes and meaningful exit statuses.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import WebSocket from 'ws';
@@ -19,6 +19,28 @@ afterEach(async () => {
   await cluster?.stop();
   cluster = undefined;
 });
+
+/**
+ * Runs the real CLI with stdout and stderr on one file, as a terminal shows them, so that the order of progress
+ * and report is observable. Waits for it to exit; the exit code is returned with the combined output.
+ */
+async function ferryInterleaved(c: TestCluster, args: string[]): Promise<{ code: number | null; output: string }> {
+  const file = path.join(c.dir, `interleaved-${Date.now()}.txt`);
+  const fd = openSync(file, 'w');
+  try {
+    const child = spawn(process.execPath, [fileURLToPath(new URL('../../dist/coordinator/main.js', import.meta.url)), '--cluster', c.clusterFile, ...args], {
+      stdio: ['ignore', fd, fd],
+      env: { ...process.env, FERRY_TOKEN: c.token },
+    });
+    const code = await new Promise<number | null>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('exit', resolve);
+    });
+    return { code, output: readFileSync(file, 'utf8') };
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /** A port nothing listens on: bound by the OS, then released. */
 async function closedPort(): Promise<number> {
@@ -62,6 +84,21 @@ describe('ferry CLI', () => {
     expect(missing.stderr).toContain('FERRY_ERR_HOST_NOT_FOUND');
   });
 
+  it('keeps the address pool and the token file when hosts are added and removed', async () => {
+    cluster = await startCluster([]);
+    const c = cluster;
+    const network = { pool: '10.9.0.10-10.9.0.20', prefix: 24, gateway: '10.9.0.1' };
+    writeFileSync(c.clusterFile, JSON.stringify({ tokenFile: 'ferry.token', network, hosts: [{ name: 'host-a', url: 'ws://127.0.0.1:7001' }] }));
+    const added = await c.ferry('hosts', 'add', 'host-b', 'ws://127.0.0.1:7002');
+    expect(added.code, added.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(c.clusterFile, 'utf8'))).toEqual({
+      tokenFile: 'ferry.token', network, hosts: [{ name: 'host-a', url: 'ws://127.0.0.1:7001' }, { name: 'host-b', url: 'ws://127.0.0.1:7002' }],
+    });
+    const removed = await c.ferry('hosts', 'rm', 'host-a');
+    expect(removed.code, removed.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(c.clusterFile, 'utf8'))).toEqual({ tokenFile: 'ferry.token', network, hosts: [{ name: 'host-b', url: 'ws://127.0.0.1:7002' }] });
+  });
+
   it('finds the cluster file through FERRY_CLUSTER', async () => {
     cluster = await startCluster([{ name: 'host-a' }]);
     const listed = await runFerry(['hosts', '--json'], { FERRY_CLUSTER: cluster.clusterFile, FERRY_TOKEN: cluster.token });
@@ -94,6 +131,8 @@ describe('ferry CLI', () => {
       [['--rate', 'fast'], /whole number/],
       [['--seed', '0'], /cannot be 0/],
       [['--wss', '1GiB'], /between 4KiB and the VM's memory/],
+      [['--rate', '10000001'], /--rate 10000001 is above 10,000,000/],
+      [['--disk', '0'], /--disk 0 must be above 0 B/],
     ];
     for (const [args, expected] of cases) {
       const result = await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', ...args, '--json');
@@ -110,6 +149,10 @@ describe('ferry CLI', () => {
     const badDowntime = await c.ferry('migrate', 'web1', '--to', 'host-a', '--max-downtime', 'soon');
     expect(badDowntime.code).toBe(2);
     expect(badDowntime.stderr).toContain('300ms');
+    const badRounds = await c.ferry('migrate', 'web1', '--to', 'host-a', '--max-rounds', '0', '--json');
+    expect(badRounds.code).toBe(2);
+    expect(badRounds.stderr).toContain('--max-rounds 0 is below 1');
+    expect(badRounds.json().error.code).toBe('FERRY_ERR_BAD_INPUT');
     expect((await c.ferry('vm', 'list', '--json')).json()).toEqual([]);
   });
 
@@ -173,6 +216,36 @@ describe('ferry CLI', () => {
     expect(meta).toMatchObject({ vm: 'web1', memoryBytes: 8 * 1024 * 1024, pageSize: 4096, workload: { kind: 'pattern', seed: 21, wssPages: 1024, rate: 2000 } });
     expect(meta.cpu.n).toBeGreaterThan(0);
     expect((await vmInfo(c, 'web1')).state).toBe('running'); // resumed after the dump
+  });
+});
+
+describe('ferry migrate output', () => {
+  it('ends its progress before the report when a migration is refused at reservation', async () => {
+    cluster = await startCluster([{ name: 'host-a', capacity: '256MiB' }, { name: 'host-b', capacity: '32MiB' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--workload', 'idle')).code).toBe(0);
+    const { code, output } = await ferryInterleaved(c, ['migrate', 'web1', '--to', 'host-b']);
+    expect(code, output).toBe(1);
+    const lines = output.split('\n');
+    const reportStart = lines.findIndex((line) => line.startsWith('live migration of web1: host-a -> host-b'));
+    expect(reportStart, output).toBeGreaterThan(0);
+    const progressLines = lines.flatMap((line, index) => (/^\s+\[\s*[\d.]+ \S+\] stage \d/.test(line) ? [index] : []));
+    expect(progressLines.length, output).toBeGreaterThanOrEqual(2); // stage 0 and stage 1
+    expect(Math.max(...progressLines), output).toBeLessThan(reportStart);
+    expect(output).toContain('FERRY_ERR_CAPACITY');
+    expect(output).not.toMatch(/NaN/);
+  });
+
+  it('ends its progress before the report when the destination is not in the cluster file', async () => {
+    cluster = await startCluster([]);
+    const { code, output } = await ferryInterleaved(cluster, ['migrate', 'x', '--to', 'y']);
+    expect(code, output).toBe(2);
+    const lines = output.split('\n');
+    const stageLine = lines.findIndex((line) => /stage 0: pre-migration$/.test(line));
+    const reportStart = lines.findIndex((line) => line.startsWith('live migration of x'));
+    expect(stageLine, output).toBeGreaterThanOrEqual(0);
+    expect(stageLine, output).toBeLessThan(reportStart);
+    expect(output).not.toMatch(/NaN/);
   });
 });
 

@@ -2,6 +2,7 @@
  * Provisioning from templates onto a host with room, with addresses from the cluster's pool, and leases.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { eventually, startCluster, vmInfo, type TestCluster } from '../harness.js';
@@ -54,6 +55,32 @@ describe('templates and provisioning', () => {
     const config = JSON.parse(readFileSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json'), 'utf8'));
     expect(config.network).toMatchObject({ ip: '10.9.0.10', prefix: 24, gateway: '10.9.0.1' });
     expect(config.disks).toEqual([{ file: 'disk0.img', sizeBytes: 2 * 1024 ** 3 }]);
+  });
+
+  it('never hands one address to two provisions run at once: the last free one goes to exactly one of them', async () => {
+    cluster = await startCluster([{ name: 'host-a', capacity: '512MiB' }, { name: 'host-b', capacity: '512MiB' }]);
+    const c = cluster;
+    addPool(c, '10.9.0.10-10.9.0.11');
+    expect((await c.ferry('provision', 'web0', '--template', 'small', '--ip', 'auto')).code).toBe(0); // takes 10.9.0.10
+    // A host that holds every connection for a while, then drops it: each provision's survey of the cluster lasts
+    // that long, so two provisions started together would both see the last address free but for the lock.
+    const slowHost = createServer((socket) => {
+      setTimeout(() => socket.destroy(), 1500);
+    });
+    await new Promise<void>((resolve) => slowHost.listen(0, '127.0.0.1', resolve));
+    try {
+      expect((await c.ferry('hosts', 'add', 'host-slow', `ws://127.0.0.1:${(slowHost.address() as AddressInfo).port}`)).code).toBe(0);
+      const results = await Promise.all(['web1', 'web2'].map((name) => c.ferry('provision', name, '--template', 'small', '--ip', 'auto', '--json')));
+      const provisioned = results.filter((result) => result.code === 0).map((result) => result.json());
+      expect(provisioned.map((info) => info.network.ip)).toEqual(['10.9.0.11']);
+      const [refused] = results.filter((result) => result.code !== 0);
+      expect(refused?.json().error.code, refused?.stderr).toBe('FERRY_ERR_CAPACITY');
+      expect(refused?.stderr).toContain('the address pool 10.9.0.10-10.9.0.11 is used up');
+    } finally {
+      await new Promise((resolve) => slowHost.close(resolve));
+    }
+    const vms = (await c.ferry('vm', 'list', '--json')).json<{ name: string; ip?: string }[]>();
+    expect(vms.map((vm) => vm.ip).sort()).toEqual(['10.9.0.10', '10.9.0.11']);
   });
 
   it('refuses a request that fits nowhere with each host\'s free capacity in the message', async () => {

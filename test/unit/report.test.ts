@@ -63,6 +63,26 @@ function rolledBack(): MigrationReport {
   };
 }
 
+/** What migrateLive returns when stage 0 fails: the VM was never found, so neither its host nor its size is known. */
+function refusedBeforeRounds(): MigrationReport {
+  return {
+    vm: 'x',
+    from: '?',
+    to: 'y',
+    throttlePct: 0,
+    mode: 'live',
+    outcome: 'failed',
+    error: { code: 'FERRY_ERR_HOST_NOT_FOUND', message: 'no host named y in the cluster file (known: none yet)', hint: 'add it with `ferry hosts add y ws://ADDRESS:PORT`' },
+    rounds: [],
+    stages: [{ stage: 0, name: 'pre-migration', startMs: 0.03, endMs: 0.7 }],
+    totalTimeMs: 0.75,
+    maxDowntimeMs: 300,
+    bytesSent: 0,
+    memoryBytes: 0,
+    throughputBytesPerSec: 0,
+  };
+}
+
 describe('formatReport', () => {
   it('says COMMITTED and names the VM and both hosts for a committed migration', () => {
     const text = formatReport(committed());
@@ -129,5 +149,20 @@ describe('formatReport', () => {
     const text = formatReport(report);
     expect(text).toContain(stopReasonText['max-rounds']);
     expect(text).toMatch(/over the limit\s+150\.0 ms/);
+  });
+
+  it('prints no NaN or Infinity for a migration refused before its first round, and says nothing was sent', () => {
+    const text = formatReport(refusedBeforeRounds());
+    expect(text).not.toMatch(/NaN|Infinity/);
+    expect(text.split('\n')[0]).toContain('FAILED');
+    expect(text).toContain('FERRY_ERR_HOST_NOT_FOUND');
+    expect(text).toMatch(/sent\s+nothing/);
+  });
+
+  it('prints no NaN when the VM was found but the migration failed before any page was sent', () => {
+    const report = { ...refusedBeforeRounds(), from: 'host-a', memoryBytes: 64 * MiB };
+    const text = formatReport(report);
+    expect(text).not.toMatch(/NaN|Infinity/);
+    expect(text).toMatch(/sent\s+nothing of 64 MiB of memory/);
   });
 });

@@ -1,0 +1,31 @@
+/**
+ * `ferry migrate` options, as typed, into the migration options the protocol carries. Their limits (a round cap of
+ * 1 to 1000, a downtime above zero, the verify modes) are those of `migrationOptionsSchema` in shared/protocol.ts.
+ */
+import { STOP_RULES } from '../shared/constants.js';
+import { migrationOptionsSchema, type MigrationOptions } from '../shared/protocol.js';
+import { parseCount, parseDuration, parseRate } from '../shared/units.js';
+import { checkOptions } from './option-check.js';
+
+export interface TypedMigrationOptions {
+  maxDowntime: string;
+  maxBandwidth?: string | undefined;
+  maxRounds: string;
+  verify: string;
+  autoConverge?: boolean | undefined;
+}
+
+export function migrationOptions(raw: TypedMigrationOptions): MigrationOptions {
+  return checkOptions(migrationOptionsSchema, {
+    maxDowntimeMs: parseDuration(raw.maxDowntime),
+    maxBandwidthBytesPerSec: raw.maxBandwidth ? parseRate(raw.maxBandwidth) : 0,
+    maxRounds: parseCount(raw.maxRounds, '--max-rounds'),
+    verify: raw.verify,
+    autoConverge: raw.autoConverge ?? false,
+  }, {
+    maxDowntimeMs: { option: '--max-downtime', typed: raw.maxDowntime, unit: 'ms', hint: 'e.g. --max-downtime 300ms' },
+    maxBandwidthBytesPerSec: { option: '--max-bandwidth', typed: raw.maxBandwidth ?? '', unit: 'bytes', hint: 'e.g. --max-bandwidth 1GiB/s, or leave it out for no cap' },
+    maxRounds: { option: '--max-rounds', typed: raw.maxRounds, unit: 'count', hint: `the default is Xen's ${STOP_RULES.maxRounds}` },
+    verify: { option: '--verify', typed: raw.verify, unit: 'text', hint: 'pages compares page-hash digests; full also hashes all memory' },
+  });
+}
