@@ -86,14 +86,20 @@ export const DEFAULT_PAIR_BUDGET_BYTES = 4 * 1024 * 1024;
  *
  * - An outbox is the sender's own queue (ws's, or Node's writable buffer): unbounded, and it holds the caller's
  *   buffer itself, not a copy.
- * - "Take" copies the message's bytes into the peer's inbox (that copy is the wire: the bytes as they were at that
- *   moment, so a sender that changes a buffer before its callback is caught) and then fires the send callback. It
- *   happens on a later turn of the event loop than `send`, and only while the peer's inbox has room.
+ * - "Take" copies a message's bytes into the peer's inbox: that copy is the wire, the bytes as they were at that
+ *   moment, so a sender that changes a buffer before its callback is caught. It happens on a later turn of the
+ *   event loop than `send`, and only while the peer's inbox has room.
+ * - Callbacks follow Node's socket writes, which ws sends through. A message the kernel takes at once is a write of
+ *   its own, and its callback fires when it is taken. Once one does not fit, everything queued from it on goes out
+ *   as one writev, whose callbacks all fire when its last byte is taken (measured here). So here: once a message
+ *   does not fit, it and all queued behind it form one batch, and their callbacks fire when the last is taken. A
+ *   sender sees progress in steps of up to all it had queued (for the page sender, its window).
  * - "Read" hands inbox messages to the end's listeners in order, unless the end is paused.
  * - A close travels as a mark behind the messages sent before it; the link goes down for both ends when the peer
  *   reads the mark, or after `closeTimeoutMs`. A cut (SocketPairOptions.cut) leaves a mark in place of the lost
- *   message and takes nothing more from that end; the link goes down when the peer reads that mark. Going down fails every message still in an outbox and drops what
- *   was taken but not read, as a TCP connection's teardown would.
+ *   message and takes nothing more from that end; the link goes down when the peer reads that mark. Going down
+ *   fails every message whose callback has not fired and drops what was taken but not read, as a TCP connection's
+ *   teardown would.
  */
 export function createSocketPair(options: SocketPairOptions = {}): [MemoryFrameSocket, MemoryFrameSocket] {
   const budgetBytes = options.budgetBytes ?? DEFAULT_PAIR_BUDGET_BYTES;
@@ -108,6 +114,10 @@ export function createSocketPair(options: SocketPairOptions = {}): [MemoryFrameS
   interface End {
     readonly index: 0 | 1;
     readonly outbox: (Outgoing | typeof CLOSE_MARK)[];
+    /** Outbox entries, from its head, that belong to the batch being taken; 0 when none is. */
+    batchLeft: number;
+    /** Messages of that batch already taken, their callbacks waiting for the rest of it. */
+    readonly batchTaken: Outgoing[];
     readonly inbox: (Buffer | typeof CLOSE_MARK | typeof CUT_MARK)[];
     inboxBytes: number;
     paused: boolean;
@@ -119,7 +129,8 @@ export function createSocketPair(options: SocketPairOptions = {}): [MemoryFrameS
     readonly closeListeners: (() => void)[];
   }
   const newEnd = (index: 0 | 1): End => ({
-    index, outbox: [], inbox: [], inboxBytes: 0, paused: false, closing: false, cut: false, messageListeners: [], closeListeners: [],
+    index, outbox: [], batchLeft: 0, batchTaken: [], inbox: [], inboxBytes: 0, paused: false, closing: false, cut: false,
+    messageListeners: [], closeListeners: [],
   });
   const ends: [End, End] = [newEnd(0), newEnd(1)];
   let down = false;
@@ -140,7 +151,9 @@ export function createSocketPair(options: SocketPairOptions = {}): [MemoryFrameS
     clearTimeout(closeTimer);
     const failed: Outgoing[] = [];
     for (const end of ends) {
+      failed.push(...end.batchTaken.splice(0));
       for (const item of end.outbox.splice(0)) if (item !== CLOSE_MARK) failed.push(item);
+      end.batchLeft = 0;
       end.inbox.length = 0;
       end.inboxBytes = 0;
     }
@@ -148,29 +161,34 @@ export function createSocketPair(options: SocketPairOptions = {}): [MemoryFrameS
     for (const end of ends) for (const listener of end.closeListeners) listener();
   };
 
-  /** Moves what fits from `writer`'s outbox into `reader`'s inbox, firing each send callback after its copy. */
+  /** Moves what fits from `writer`'s outbox into `reader`'s inbox, firing send callbacks as described above. */
   const take = (writer: End, reader: End): void => {
     while (!down && !writer.cut && writer.outbox.length > 0) {
       const head = writer.outbox[0]!;
-      if (head === CLOSE_MARK) {
-        writer.outbox.shift();
-        reader.inbox.push(CLOSE_MARK);
-        moved = true;
-        continue;
+      const bytes = head === CLOSE_MARK ? 0 : head.data.length;
+      if (reader.inboxBytes > 0 && reader.inboxBytes + bytes > budgetBytes) {
+        if (writer.batchLeft === 0) writer.batchLeft = writer.outbox.length;
+        return;
       }
-      if (reader.inboxBytes > 0 && reader.inboxBytes + head.data.length > budgetBytes) return;
       writer.outbox.shift();
       moved = true;
-      if (options.cut?.(writer.index, head.data)) {
+      const inBatch = writer.batchLeft > 0;
+      if (inBatch) writer.batchLeft--;
+      if (head === CLOSE_MARK) {
+        reader.inbox.push(CLOSE_MARK);
+      } else if (options.cut?.(writer.index, head.data)) {
         writer.cut = true;
         reader.inbox.push(CUT_MARK);
         head.callback?.(new Error('link cut'));
         return;
+      } else {
+        const wire = Buffer.from(head.data);
+        reader.inbox.push(wire);
+        reader.inboxBytes += wire.length;
+        if (inBatch) writer.batchTaken.push(head);
+        else head.callback?.();
       }
-      const wire = Buffer.from(head.data);
-      reader.inbox.push(wire);
-      reader.inboxBytes += wire.length;
-      head.callback?.();
+      if (inBatch && writer.batchLeft === 0) for (const taken of writer.batchTaken.splice(0)) taken.callback?.();
     }
   };
 

@@ -145,6 +145,32 @@ describe.each(bothPairs)('FrameSocket over $name', (factory: PairFactory) => {
     expect(received.map((message) => message.readUInt32LE(0))).toEqual(messages.map((_, index) => index));
   });
 
+  it('reports progress to a sender in steps: once the buffers fill, what was queued behind them is acknowledged together, when the last of it is taken', async () => {
+    const pair = await open();
+    onTestFinished(() => pair.destroy());
+    let read = 0;
+    // A slow reader, once it reads again: one message, then a short pause.
+    pair.b.onMessage(() => {
+      read++;
+      pair.pause('b');
+      void delay(5).then(() => pair.resume('b'));
+    });
+    pair.pause('b');
+    const messages = moreThanTheBuffers();
+    const sent = sendAll(pair.a, messages);
+    const held = await settledValue(() => sent.ok);
+    expect(held).toBeLessThan(messages.length / 2);
+    pair.resume('b');
+    await vi.waitFor(() => expect(read).toBeGreaterThan(messages.length / 2 + 4), wait);
+    // The peer has read well past what was taken while it was paused, yet at most the one write that was pending
+    // when the buffers filled has been acknowledged (ws writes it alone; the in-memory pair batches it too).
+    expect(sent.ok).toBeLessThanOrEqual(held + 1);
+    await vi.waitFor(() => {
+      expect(sent.ok).toBe(messages.length);
+      expect(read).toBe(messages.length);
+    }, wait);
+  });
+
   it('takes a message\'s bytes when it takes the message, not at send: a buffer changed before its callback goes out changed, one changed after goes out as sent', async () => {
     const pair = await open();
     onTestFinished(() => pair.destroy());
