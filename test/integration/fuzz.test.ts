@@ -3,6 +3,7 @@
  * stays up, answering, with the VM's memory exactly what replay says.
  */
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { Packr } from 'msgpackr';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -99,9 +100,9 @@ describe('fuzzing a live agent', () => {
           for (let i = 0; i < burst; i++) socket.send(randomFrame(random));
           sent += burst;
           remaining -= burst;
-          await new Promise((resolve) => setTimeout(resolve, 2));
+          await delay(2);
         }
-        await new Promise((resolve) => setTimeout(resolve, 50));
+        await delay(50);
         socket.terminate();
         reconnects += 1;
       }
