@@ -15,7 +15,9 @@ export interface FrameSocket {
    * The callback fires once per message, in send order, never before `send` returns: without an error once the
    * connection has taken the message (ws: written to the kernel; the in-memory pair: copied into the peer's
    * receive buffer), with one if the connection closed first. A peer that stops reading holds callbacks back once
-   * the buffers between the two ends are full: the backpressure a sender waits on.
+   * the buffers between the two ends are full: the backpressure a sender waits on. Past that point progress comes
+   * in steps: Node writes everything queued behind a full socket as one writev, and its callbacks fire together
+   * when the last byte is taken, so a sender may hear nothing until a peer has read all it had queued.
    */
   send(data: Buffer, callback?: (error?: Error) => void): void;
   /**
