@@ -9,6 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { expect, vi } from 'vitest';
 import { startLocalAgent, type LocalAgent, type LocalAgentOptions } from '../coordinator/local-agent.js';
 
 const ferryEntry = fileURLToPath(new URL('../dist/coordinator/main.js', import.meta.url));
@@ -116,16 +117,12 @@ export function vmFolder(cluster: TestCluster, host: string, vm: string): string
   return path.join(cluster.dir, host, 'vms', vm);
 }
 
-/** Polls `probe` until it returns a value, or fails after `timeoutMs`. */
-export async function eventually<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
+/**
+ * How integration tests wait for something to happen: `vi.waitFor(check, patiently)` retries `check` until it stops
+ * throwing. 20 s, because agents are real processes on a machine shared with other work; a wait that passes returns
+ * as soon as its check does.
+ */
+export const patiently = { timeout: 20_000, interval: 100 } as const;
 
 export interface VmInfoJson {
   name: string;
@@ -145,8 +142,9 @@ export async function vmInfo(cluster: TestCluster, name: string): Promise<VmInfo
 
 /** Waits until the VM's write count has grown past `n`. */
 export function waitForWrites(cluster: TestCluster, name: string, n: number): Promise<VmInfoJson> {
-  return eventually(async () => {
+  return vi.waitFor(async () => {
     const info = await vmInfo(cluster, name);
-    return info.cpu.n > n ? info : undefined;
-  }, `${name} to pass ${n} writes`);
+    expect(info.cpu.n, `${name}'s write count`).toBeGreaterThan(n);
+    return info;
+  }, patiently);
 }

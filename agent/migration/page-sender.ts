@@ -37,6 +37,11 @@ export interface PageSenderOptions {
   /** Called at most every `progressIntervalMs` with the round's progress so far. */
   onProgress?: (progress: SendProgress) => void;
   progressIntervalMs?: number;
+  /**
+   * How long the socket may take no page data, while the sender waits on it, before the send fails. Default
+   * PEER_REPLY_TIMEOUT_MS; tests shorten it.
+   */
+  stallTimeoutMs?: number;
 }
 
 export class PageSender {
@@ -138,21 +143,22 @@ export class PageSender {
 
   private waitForDrain(threshold = SEND_WINDOW_BYTES / 2): Promise<void> {
     const { signal } = this.options;
+    const stallTimeoutMs = this.options.stallTimeoutMs ?? PEER_REPLY_TIMEOUT_MS;
     const done = (): boolean => this.outstandingBytes <= threshold || this.sendError !== undefined || signal.aborted;
     if (done()) return Promise.resolve();
     return new Promise((resolve) => {
       // A destination that stops reading (hung, or stopped) must not hold the guest here forever: if the socket
-      // takes nothing for PEER_REPLY_TIMEOUT_MS, the send fails and the migration rolls back.
-      let stalled = setTimeout(onStall, PEER_REPLY_TIMEOUT_MS);
+      // takes nothing for stallTimeoutMs, the send fails and the migration rolls back.
+      let stalled = setTimeout(onStall, stallTimeoutMs);
       const sender = this;
       function onStall(): void {
-        sender.sendError ??= new FerryError(ErrorCode.TIMEOUT, `the destination took no page data for ${PEER_REPLY_TIMEOUT_MS / 1000} s`, 'check that the destination agent is alive and not overloaded');
+        sender.sendError ??= new FerryError(ErrorCode.TIMEOUT, `the destination took no page data for ${stallTimeoutMs / 1000} s`, 'check that the destination agent is alive and not overloaded');
         finish();
       }
       function finish(): void {
         if (!done()) {
           clearTimeout(stalled);
-          stalled = setTimeout(onStall, PEER_REPLY_TIMEOUT_MS);
+          stalled = setTimeout(onStall, stallTimeoutMs);
           return;
         }
         clearTimeout(stalled);

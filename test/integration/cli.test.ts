@@ -9,6 +9,7 @@ import os from 'node:os';
 import WebSocket from 'ws';
 import { connect, createServer } from 'node:net';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startLocalAgent } from '../../coordinator/local-agent.js';
@@ -192,7 +193,7 @@ describe('ferry CLI', () => {
     await waitForWrites(c, 'web1', 500);
     const paused = (await c.ferry('vm', 'pause', 'web1', '--json')).json();
     expect(paused.state).toBe('paused');
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await delay(300);
     expect((await vmInfo(c, 'web1')).cpu).toEqual(paused.cpu);
     expect((await c.ferry('vm', 'resume', 'web1', '--json')).json().state).toBe('running');
     await waitForWrites(c, 'web1', paused.cpu.n);

@@ -6,10 +6,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, openSync, readFileSync, readdirSync, statSync, writeSync, closeSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { migrateCold } from '../../coordinator/migrate-cold.js';
 import { checkDump } from '../replay.js';
-import { eventually, startCluster, vmFolder, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { patiently, startCluster, vmFolder, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -117,10 +117,11 @@ describe('cold migration', () => {
       const disk = sha(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'));
       expect((await c.ferry('migrate', 'web1', '--to', 'host-b', '--cold')).code).not.toBe(0);
       await c.restartAgent(crash.party);
-      const settled = await eventually(async () => {
+      const settled = await vi.waitFor(async () => {
         const vms = (await listed(c)).filter((vm) => vm.name === 'web1');
-        return vms.length === 1 && vms[0]!.host === crash.endsOn ? vms : undefined;
-      }, `web1 registered on ${crash.endsOn} only`, 20_000);
+        expect(vms, `web1 registered on ${crash.endsOn} only`).toEqual([expect.objectContaining({ host: crash.endsOn })]);
+        return vms;
+      }, patiently);
       expect(settled[0]!.state).toBe('defined');
       expect(sha(path.join(vmFolder(c, crash.endsOn, 'web1'), 'disk0.img'))).toBe(disk);
       expect(existsSync(vmFolder(c, crash.endsOn === 'host-a' ? 'host-b' : 'host-a', 'web1'))).toBe(false);
@@ -138,10 +139,13 @@ describe('cold migration', () => {
     scribble(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'), 0, 16 * MiB);
     const disk = sha(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'));
     const moving = c.ferry('migrate', 'web1', '--to', 'host-b', '--cold');
-    await eventually(async () => (c.agent('host-b').log().includes('fault: stall at cold-receiving') ? true : undefined), 'the stream to start', 20_000);
+    await vi.waitFor(() => expect(c.agent('host-b').log(), "host-b's log").toContain('fault: stall at cold-receiving'), patiently);
     c.agent('host-a').child.kill('SIGKILL');
     expect((await moving).code).not.toBe(0);
-    await eventually(async () => (existsSync(path.join(c.dir, 'host-b', 'staging', '')) && readdirSync(path.join(c.dir, 'host-b', 'staging')).length > 0 ? undefined : true), 'host-b to drop its staging folder');
+    await vi.waitFor(() => {
+      const staging = path.join(c.dir, 'host-b', 'staging');
+      expect(existsSync(staging) ? readdirSync(staging) : [], "host-b's staging folder").toEqual([]);
+    }, patiently);
     await c.restartAgent('host-a');
     expect(await listed(c)).toEqual([expect.objectContaining({ name: 'web1', host: 'host-a', state: 'defined', epoch: 1 })]);
     expect(sha(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'))).toBe(disk);
@@ -155,7 +159,7 @@ describe('cold migration', () => {
     expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
     scribble(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'), 0, 64 * MiB);
     const moving = c.ferry('migrate', 'web1', '--to', 'host-b', '--cold');
-    await eventually(async () => (c.agent('host-b').log().includes('fault: stall at cold-receiving') ? true : undefined), 'the stream to start', 20_000);
+    await vi.waitFor(() => expect(c.agent('host-b').log(), "host-b's log").toContain('fault: stall at cold-receiving'), patiently);
     expect(existsSync(path.join(c.dir, 'host-b', 'staging'))).toBe(true);
     c.agent('host-b').child.kill('SIGKILL');
     const result = await moving;
@@ -181,7 +185,7 @@ describe('cold migration', () => {
       digests[name] = sha(path.join(vmFolder(c, 'host-a', name), 'disk0.img'));
     }
     const first = c.ferry('migrate', 'web1', '--to', 'host-b', '--cold', '--json');
-    await eventually(async () => (c.agent('host-b').log().includes('fault: delay at cold-receiving') ? true : undefined), 'the first stream to start', 20_000);
+    await vi.waitFor(() => expect(c.agent('host-b').log(), "host-b's log").toContain('fault: delay at cold-receiving'), patiently);
     const second = await c.ferry('migrate', 'web2', '--to', 'host-b', '--cold', '--json');
     expect(second.code, second.stderr).toBe(0);
     const firstDone = await first;

@@ -2,9 +2,10 @@
  * Whatever goes wrong before the commit, the VM keeps running on its source with its memory intact.
  */
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { checkDump } from '../replay.js';
-import { eventually, spawnFerry, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { patiently, spawnFerry, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -76,7 +77,8 @@ describe('failures before the commit', () => {
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--rate', '10000', '--wss', '16MiB', '--seed', '5')).code).toBe(0);
     // At 16 MiB/s round 1 alone takes 4 s: the kill lands in the middle of it.
     const migrating = c.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--json');
-    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await vi.waitFor(async () => expect((await vmInfo(c, 'web1')).state, 'web1 migrating').toBe('migrating-out'), patiently);
+    await delay(500);
     c.agent('host-b').child.kill('SIGKILL');
     const migrated = await migrating;
     expect(migrated.code).toBe(1);
@@ -93,17 +95,17 @@ describe('failures before the commit', () => {
     const coordinator = spawnFerry(['--cluster', c.clusterFile, 'migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--json'], { FERRY_TOKEN: c.token });
     const exited = new Promise((resolve) => coordinator.once('exit', resolve));
     try {
-      await eventually(async () => ((await vmInfo(c, 'web1')).state === 'migrating-out' ? true : undefined), 'the migration to start');
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      await vi.waitFor(async () => expect((await vmInfo(c, 'web1')).state, 'web1 migrating').toBe('migrating-out'), patiently);
+      await delay(500);
     } finally {
       coordinator.kill('SIGKILL');
       await exited;
     }
-    await eventually(async () => ((await vmInfo(c, 'web1')).state === 'running' ? true : undefined), 'the source to resume web1');
-    await eventually(async () => {
+    await vi.waitFor(async () => expect((await vmInfo(c, 'web1')).state, 'web1 on the source').toBe('running'), patiently);
+    await vi.waitFor(async () => {
       const hostB = (await c.ferry('hosts', '--json')).json<{ name: string; vms: string[] }[]>().find((host) => host.name === 'host-b')!;
-      return hostB.vms.length === 0 ? true : undefined;
-    }, 'host-b to drop its reservation');
+      expect(hostB.vms, 'reservations left on host-b').toEqual([]);
+    }, patiently);
     await expectRunningOnSourceWithIntactMemory(c, 'web1', 'host-a');
     const again = await c.ferry('migrate', 'web1', '--to', 'host-b', '--json');
     expect(again.code, again.stderr).toBe(0);
@@ -133,7 +135,7 @@ describe('failures before the commit', () => {
       migrating.stdout!.setEncoding('utf8').on('data', (text: string) => (stdout += text));
       const exited = new Promise<number | null>((resolve) => migrating.once('exit', resolve));
       try {
-        await eventually(async () => ((await vmInfo(c, 'web1')).state === 'migrating-out' ? true : undefined), 'the migration to start');
+        await vi.waitFor(async () => expect((await vmInfo(c, 'web1')).state, 'web1 migrating').toBe('migrating-out'), patiently);
         if (how === 'Ctrl-C') {
           migrating.kill('SIGINT');
         } else {

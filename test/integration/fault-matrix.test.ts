@@ -6,9 +6,9 @@
  * needs it back.
  */
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { checkDump } from '../replay.js';
-import { eventually, spawnFerry, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { patiently, spawnFerry, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -60,11 +60,12 @@ describe('fault matrix', () => {
       if (c.restart) await t.restartAgent(c.restart);
 
       // Settled: exactly one copy, running, where it should be (the agents settle on their own within seconds).
-      const listed = await eventually(async () => {
+      const listed = await vi.waitFor(async () => {
         const vms = (await t.ferry('vm', 'list', '--json')).json<Listed[]>().filter((vm) => vm.name === 'web1');
-        if (c.endsOn === 'none') return vms.length === 0 ? vms : undefined;
-        return vms.length === 1 && vms[0]!.host === c.endsOn && vms[0]!.state === 'running' ? vms : undefined;
-      }, `web1 to settle ${c.endsOn === 'none' ? 'nowhere' : `on ${c.endsOn}`}`, 30_000);
+        const settled = c.endsOn === 'none' ? [] : [expect.objectContaining({ host: c.endsOn, state: 'running' })];
+        expect(vms, `web1 settled ${c.endsOn === 'none' ? 'nowhere' : `on ${c.endsOn}`}`).toEqual(settled);
+        return vms;
+      }, { ...patiently, timeout: 30_000 });
       if (c.endsOn === 'none') return;
       expect(listed[0]!.epoch).toBe(c.endsOn === 'host-b' ? 2 : 1);
 
@@ -109,15 +110,15 @@ describe('fault matrix: the coordinator killed', () => {
       const coordinator = spawnFerry(['--cluster', t.clusterFile, 'migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '64MiB/s', '--json'], { FERRY_TOKEN: t.token });
       const exited = new Promise((resolve) => coordinator.once('exit', resolve));
       try {
-        await eventually(async () => (t.agent(c.holder).log().includes(`fault: delay at ${c.point}`) ? true : undefined), `the migration to reach ${c.point}`);
+        await vi.waitFor(() => expect(t.agent(c.holder).log(), `${c.holder}'s log`).toContain(`fault: delay at ${c.point}`), patiently);
       } finally {
         coordinator.kill('SIGKILL');
         await exited;
       }
-      await eventually(async () => {
+      await vi.waitFor(async () => {
         const vms = (await t.ferry('vm', 'list', '--json')).json<Listed[]>().filter((vm) => vm.name === 'web1');
-        return vms.length === 1 && vms[0]!.host === c.endsOn && vms[0]!.state === 'running' ? vms : undefined;
-      }, `web1 to settle on ${c.endsOn}`, 30_000);
+        expect(vms, `web1 settled on ${c.endsOn}`).toEqual([expect.objectContaining({ host: c.endsOn, state: 'running' })]);
+      }, { ...patiently, timeout: 30_000 });
       const file = path.join(t.dir, 'settled.bin');
       expect((await t.ferry('vm', 'dump', 'web1', '--out', file)).code).toBe(0);
       expect(checkDump(file)).toMatchObject({ ok: true, badPages: [] });

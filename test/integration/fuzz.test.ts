@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { Packr } from 'msgpackr';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -112,9 +113,9 @@ describe('fuzzing a live agent', () => {
           for (let i = 0; i < burst; i++) socket.send(randomFrame(random));
           sent += burst;
           remaining -= burst;
-          await new Promise((resolve) => setTimeout(resolve, 2));
+          await delay(2);
         }
-        await new Promise((resolve) => setTimeout(resolve, 50));
+        await delay(50);
         socket.terminate();
         reconnects += 1;
       }

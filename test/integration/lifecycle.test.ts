@@ -4,9 +4,9 @@
  */
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { checkDump } from '../replay.js';
-import { eventually, startCluster, vmFolder, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { patiently, startCluster, vmFolder, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -115,7 +115,7 @@ describe('VM lifecycle on disk', () => {
     expect(existsSync(vmFolder(c, 'host-a', 'web1'))).toBe(false);
     const moved = vmFolder(c, 'host-b', 'web1');
     // The destination writes the VM's files once the VM runs there, just after it answers: wait for them.
-    await eventually(async () => (existsSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json')) ? true : undefined), 'the files on host-b');
+    await vi.waitFor(() => expect(existsSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json')), 'the files on host-b').toBe(true), patiently);
     expect(JSON.parse(readFileSync(path.join(moved, 'config.json'), 'utf8'))).toMatchObject({ name: 'web1', epoch: 2 });
     expect(readFileSync(path.join(moved, 'vm.log'), 'utf8')).toMatch(/created on host-a[\s\S]*migrating to host-b[\s\S]*arrived on host-b/);
     expect(readFileSync(path.join(moved, 'nvram.bin')).toString('ascii', 0, 8)).toBe('FERRYNV1');

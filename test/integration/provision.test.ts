@@ -4,8 +4,8 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { eventually, startCluster, vmInfo, type TestCluster } from '../harness.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { patiently, startCluster, vmInfo, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -104,7 +104,7 @@ describe('templates and provisioning', () => {
     expect(leased.code, leased.stderr).toBe(0);
     expect(leased.stdout).toContain('leased until');
     expect((await vmInfo(c, 'tmp1')).state).toBe('running');
-    await eventually(async () => ((await c.ferry('vm', 'list', '--json')).json<unknown[]>().length === 0 ? true : undefined), 'the lease to end', 15_000);
+    await vi.waitFor(async () => expect((await c.ferry('vm', 'list', '--json')).json<unknown[]>(), 'VMs left after the lease').toEqual([]), { ...patiently, timeout: 15_000 });
     expect(existsSync(path.join(c.dir, 'host-a', 'vms', 'tmp1'))).toBe(false);
   });
 });

@@ -4,8 +4,8 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { eventually, startCluster, vmInfo, type TestCluster } from '../harness.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { patiently, startCluster, vmInfo, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -36,7 +36,7 @@ describe('shared storage', () => {
     expect(moved.code, moved.stderr).toBe(0);
     expect(existsSync(disk)).toBe(true);
     // The destination writes the VM's files once the VM runs there, just after it answers: wait for them.
-    await eventually(async () => (existsSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json')) ? true : undefined), 'the files on host-b');
+    await vi.waitFor(() => expect(existsSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json')), 'the files on host-b').toBe(true), patiently);
     const config = JSON.parse(readFileSync(path.join(c.dir, 'host-b', 'vms', 'web1', 'config.json'), 'utf8'));
     expect(config.disks).toEqual([{ file: 'disk0.img', sizeBytes: 256 * 1024 * 1024, shared: true }]);
     expect(existsSync(path.join(c.dir, 'host-a', 'vms', 'web1'))).toBe(false);

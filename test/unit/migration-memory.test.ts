@@ -2,7 +2,8 @@
  * The migration logic over the in-memory twin of the network (test/memory-network.ts): real agents, real VMs and
  * vCPU threads, the real coordinator driver, in-memory sockets. Guest memory is checked by replay.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { DEFAULT_MAX_DOWNTIME_MS } from '../../shared/constants.js';
 import type { MigrationEvent, MigrationOptions } from '../../shared/protocol.js';
 import { migrateLive } from '../../coordinator/migrate.js';
@@ -37,21 +38,14 @@ function expectReplayMatches(net: MemoryNetwork, host: string, name: string): vo
   expect(result.ok).toBe(true);
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function eventually(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await sleep(50);
-  }
-}
+/** How these tests wait for the agents to settle something on their own. */
+const patiently = { timeout: 10_000, interval: 50 } as const;
 
 describe('migration over the in-memory network', () => {
   it('commits a running pattern VM, hands over its registers, and frees the source', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
     await createVm(network, 'host-a', 'web1', 16 * MiB, 20_000, 2048, 7);
-    await sleep(200);
+    await delay(200);
     const events: MigrationEvent[] = [];
     const report = await migrateLive(network.cluster, { vm: 'web1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 64 * MiB } }, { connect: network.connect, onEvent: (event) => events.push(event) });
     expect(report.error).toBeUndefined();
@@ -65,7 +59,7 @@ describe('migration over the in-memory network', () => {
     const moved = network.agents.get('host-b')!.catalog.machine('web1');
     expect(moved.state).toBe('running');
     expect(moved.registers().n).toBeGreaterThanOrEqual(report.cpu!.n);
-    await sleep(100);
+    await delay(100);
     expect(moved.registers().n).toBeGreaterThan(report.cpu!.n);
     await moved.pause();
     expectReplayMatches(network, 'host-b', 'web1');
@@ -77,7 +71,7 @@ describe('migration over the in-memory network', () => {
     const net = network;
     // 32 MiB at 16 MiB/s: round 1 takes two seconds; cut the link after a quarter of it.
     const migrating = migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 16 * MiB } }, { connect: net.connect });
-    await sleep(500);
+    await delay(500);
     expect(net.peerLinks).toHaveLength(1);
     net.peerLinks[0]![0]!.close();
     const report = await migrating;
@@ -88,7 +82,7 @@ describe('migration over the in-memory network', () => {
     expect(source.state).toBe('running');
     expect(net.agents.get('host-b')!.catalog.machines()).toEqual([]);
     const before = source.registers().n;
-    await sleep(100);
+    await delay(100);
     expect(source.registers().n).toBeGreaterThan(before);
     await source.pause();
     expectReplayMatches(net, 'host-a', 'web1');
@@ -130,7 +124,7 @@ describe('migration over the in-memory network', () => {
     const net = network;
     // 32 MiB at 16 MiB/s: two seconds of pre-copy to knock on.
     const migrating = migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 16 * MiB } }, { connect: net.connect });
-    await sleep(300);
+    await delay(300);
     const client = await net.connect(net.cluster.hosts[0]!);
     for (const op of ['vm.dump', 'vm.pause', 'vm.resume', 'vm.destroy'] as const) {
       await expect(client.request(op, { name: 'web1' })).rejects.toMatchObject({ code: 'FERRY_ERR_VM_STATE' });
@@ -193,7 +187,7 @@ describe('migration over the in-memory network', () => {
     // Never two running copies meanwhile; then the agents settle it on their own.
     const source = net.agents.get('host-a')!.catalog.machine('web1');
     expect(source.vcpuRunning).toBe(false);
-    await eventually(() => !net.agents.get('host-a')!.catalog.has('web1'));
+    await vi.waitFor(() => expect(net.agents.get('host-a')!.catalog.has('web1'), 'web1 still on host-a').toBe(false), patiently);
     const destination = net.agents.get('host-b')!.catalog.machine('web1');
     expect(destination.state).toBe('running');
     expect(destination.epoch).toBe(2);
@@ -212,7 +206,7 @@ describe('migration over the in-memory network', () => {
     const destination = net.agents.get('host-b')!.catalog.machine('web1');
     expect(destination.vcpuRunning).toBe(true);
     expect(net.agents.get('host-a')!.catalog.machine('web1').vcpuRunning).toBe(false);
-    await eventually(() => !net.agents.get('host-a')!.catalog.has('web1'));
+    await vi.waitFor(() => expect(net.agents.get('host-a')!.catalog.has('web1'), 'web1 still on host-a').toBe(false), patiently);
     expect(destination.state).toBe('running');
   });
 

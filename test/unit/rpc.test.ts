@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
@@ -138,7 +139,7 @@ describe('RpcConnection over real WebSockets', () => {
   it('keeps concurrent requests apart by id', async () => {
     const { url } = await startServer((server) => {
       server.handle('host.info', async () => {
-        await new Promise((resolve) => setTimeout(resolve, 30));
+        await delay(30);
         return hostInfo;
       });
       server.handle('vm.info', async ({ name }) => {
@@ -242,7 +243,7 @@ describe('RpcConnection over real WebSockets', () => {
   it('rejects with FERRY_ERR_TIMEOUT when no reply comes in time, and ignores the late reply', async () => {
     const { url } = await startServer((server) => {
       server.handle('host.info', async () => {
-        await new Promise((resolve) => setTimeout(resolve, 200));
+        await delay(200);
         return hostInfo;
       });
     });
