@@ -133,7 +133,7 @@ describe('ferry CLI', () => {
       [['--seed', '0'], /cannot be 0/],
       [['--wss', '1GiB'], /between 4KiB and the VM's memory/],
       [['--rate', '10000001'], /--rate 10000001 is above 10,000,000/],
-      [['--disk', '0'], /--disk 0 must be above 0 B/],
+      [['--disk', '0'], /--disk 0 is below 4 KiB/],
     ];
     for (const [args, expected] of cases) {
       const result = await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', ...args, '--json');
