@@ -220,6 +220,7 @@ export class Catalog {
       vm.disks = config.disks;
       vm.network = config.network;
       vm.leaseUntil = config.leaseUntil;
+      vm.cpuModel = config.cpuModel;
       await load(vm, entry.stored);
     } catch (error) {
       await vm?.destroy();

@@ -9,16 +9,20 @@ import { faultPoint } from '../faults.js';
 import { sendColdCopy } from '../migration/cold.js';
 import { runSource } from '../migration/source.js';
 import { MigrationTarget } from '../migration/target.js';
+import { requireCpu } from '../vm/cpu-model.js';
 
 export function serveMigrateControl(connection: ControlServer, agent: Agent): void {
   const { catalog, log } = agent;
 
-  connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload, epoch, sourceUrl, sharedStorageId }) => {
+  connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload, epoch, sourceUrl, sharedStorageId, cpuModel }) => {
+    // Stage 1 refuses what the destination cannot run: the guest goes on using every flag it was started with.
+    requireCpu(agent.name, agent.hostCpu, { name, cpu: cpuModel }, 'receive-live');
     await agent.requireSharedStorage(name, sharedStorageId);
     if (agent.incoming.has(migrationId)) {
       throw new FerryError(ErrorCode.VM_STATE, `migration ${migrationId} already has a reservation here`, 'start a new migration');
     }
     const vm = await catalog.allocate({ name, memoryBytes, workload }, 'migrating-in', 'receive it');
+    vm.cpuModel = { model: cpuModel.model, flags: [...cpuModel.flags] };
     const target = new MigrationTarget(migrationId, vm, catalog, agent.faults, log, { epoch, url: sourceUrl }, agent.activations);
     target.registerFiles = async (files, newEpoch) => {
       if (!agent.files) return;
@@ -119,7 +123,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         let sent;
         try {
           const sharedStorageId = stored.config.disks.some((disk) => disk.shared) ? await files.sharedStorageId() : undefined;
-          sent = await sendColdCopy(files, stored.config, migrationId, sourceUrl, peer, sharedStorageId, (progress) => void context.event(progress));
+          sent = await sendColdCopy(files, stored.config, stored.suspended, migrationId, sourceUrl, peer, sharedStorageId, (progress) => void context.event(progress));
         } finally {
           peer.close();
         }

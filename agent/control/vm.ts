@@ -7,6 +7,7 @@ import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { VmInfo } from '../../shared/protocol.js';
 import type { Agent, ControlServer } from '../agent.js';
 import { randomMac } from '../datastore/config.js';
+import { requireCpu, resolveCpuModel } from '../vm/cpu-model.js';
 
 /** Dump chunks: 1 MiB, the size ws moves at full speed. */
 const DUMP_CHUNK_BYTES = 1024 * 1024;
@@ -14,14 +15,17 @@ const DUMP_CHUNK_BYTES = 1024 * 1024;
 export function serveVmControl(connection: ControlServer, agent: Agent): void {
   const { catalog, log } = agent;
 
-  connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil }) => {
+  connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil, cpuModel: requested }) => {
+    const cpuModel = resolveCpuModel(requested, agent.hostCpu);
+    requireCpu(agent.name, agent.hostCpu, { name, cpu: cpuModel }, 'create');
     const vm = await catalog.allocate({ name, memoryBytes, workload }, 'paused', 'be created', prealloc ?? false);
     try {
+      vm.cpuModel = cpuModel;
       if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes, ...(agent.files?.shared ? { shared: true } : {}) }];
       if (network) vm.network = { ...network, mac: randomMac() };
       if (leaseUntil) vm.leaseUntil = leaseUntil;
       await agent.files?.create(agent.configOf(vm), undefined, '');
-      await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}`);
+      await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}, cpu ${cpuModel.model} (${cpuModel.flags.length} flags)`);
     } catch (error) {
       await catalog.release(vm);
       throw error;
@@ -39,14 +43,25 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
   });
 
   connection.handle('vm.start', async ({ name }) => {
-    const { vm, stored } = await catalog.powerOn(name, async (machine, { suspended }) => {
+    // A suspended guest resumes using the flags it was saved with; a named model boots with its own flags; a `host`
+    // VM boots fresh with this host's, whatever host it started on before (it may have moved cold since).
+    const found = catalog.findStored(name);
+    if (found?.suspended) requireCpu(agent.name, agent.hostCpu, { name, cpu: found.config.cpuModel }, 'resume');
+    else if (found && found.config.cpuModel.model !== 'host') requireCpu(agent.name, agent.hostCpu, { name, cpu: found.config.cpuModel }, 'start');
+    let newFlags = false;
+    const { vm, stored } = await catalog.powerOn(name, async (machine, { suspended, config }) => {
       // Exactly where it was: memory and registers as saved (checked against their digest).
       if (suspended && agent.files) machine.setRegisters(await agent.files.loadSuspend(name, machine.memory));
+      if (!suspended && config.cpuModel.model === 'host') {
+        machine.cpuModel = { model: 'host', flags: [...agent.hostCpu.flags] };
+        newFlags = machine.cpuModel.flags.join(' ') !== config.cpuModel.flags.join(' ');
+      }
     });
     await vm.resume();
     vm.state = 'running';
     if (stored.suspended) await agent.files?.dropSuspend(name);
-    await agent.logEvent(name, stored.suspended ? 'resumed from suspend' : 'started (powered on)');
+    if (newFlags) await agent.files?.writeConfig(agent.configOf(vm));
+    await agent.logEvent(name, stored.suspended ? 'resumed from suspend' : `started (powered on)${newFlags ? `, cpu host: ${agent.name}'s ${vm.cpuModel.flags.length} flags` : ''}`);
     return agent.vmInfo(name);
   });
 
