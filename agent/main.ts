@@ -168,6 +168,6 @@ Example:
 
 main().catch((error: unknown) => {
   const failure = toFerryError(error);
-  process.stderr.write(`ferry-agent: ${failure.message}${failure.hint ? `\n  hint: ${failure.hint}` : ''}\n`);
+  process.stderr.write(`ferry-agent: ${failure.message}${failure.hint ? `\n  hint: ${failure.hint}` : ''}\n  code: ${failure.code}\n`);
   process.exit(failure.code === ErrorCode.BAD_INPUT ? 2 : 1);
 });
