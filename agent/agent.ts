@@ -47,7 +47,7 @@ export interface AgentSettings {
   /** Opens the page stream to a destination agent; WebSockets unless a test gives an in-memory network. */
   dialPeer?: typeof connectToDestination;
   /** Opens an unbound peer connection (settlement, cold migration); WebSockets unless a test says otherwise. */
-  dialAgent?: (url: string, token: string) => Promise<PeerClient>;
+  dialAgent?: (url: string, token: string, signal?: AbortSignal) => Promise<PeerClient>;
   /** Where the activation log lives (datastore/migrations); in memory when undefined. */
   activationFolder?: string;
   /** The VMs' files; none in the in-memory test network, whose VMs live in memory only. */
@@ -70,13 +70,11 @@ export class Agent {
   readonly hostCpu: HostCpu;
   /** Live migrations coming in: their reservations, by migration id. */
   readonly incoming = new Map<string, MigrationTarget>();
-  /** Live migrations going out, by VM name: how to cancel each. */
-  readonly outgoing = new Map<string, AbortController>();
   readonly activations: ActivationLog;
   readonly settlements: Settlements;
   readonly dialPeer: typeof connectToDestination;
   /** An unbound peer connection to the agent at `url`, with this cluster's token. */
-  readonly dial: (url: string) => Promise<PeerClient>;
+  readonly dial: (url: string, signal?: AbortSignal) => Promise<PeerClient>;
   readonly leases: Leases;
   private readonly coldMarks: ColdMarks;
 
@@ -90,7 +88,7 @@ export class Agent {
     this.hostCpu = settings.hostCpu ?? UNKNOWN_CPU;
     this.dialPeer = settings.dialPeer ?? connectToDestination;
     const dialAgent = settings.dialAgent ?? dialPeerAgent;
-    this.dial = (url) => dialAgent(url, this.token);
+    this.dial = (url, signal) => dialAgent(url, this.token, signal);
     this.activations = new ActivationLog(settings.activationFolder);
     this.settlements = new Settlements({
       catalog: this.catalog,

@@ -12,7 +12,12 @@
  * - one entry per name: a VM is a machine, or files, or being allocated, never two of these at once;
  * - memory promised (machines + claims) never exceeds the capacity;
  * - an entry's `busy` names the one operation that has the VM to itself (a dump, a migration, a cold copy, a
- *   suspend); no second one starts until it ends, so a migration never takes a dump's pause for the guest's own.
+ *   suspend); no second one starts until it ends, so a migration never takes a dump's pause for the guest's own;
+ * - a VM's setup (files written, suspend image loaded, vCPU resumed) happens under its claim, so nothing can act
+ *   on a VM that is half made.
+ *
+ * Migrations keep their own indexes (reservations by migration id, copies in doubt: agent.ts, settlement.ts), each
+ * pointing at a VM that lives here.
  */
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { VmState, VmSummary } from '../shared/protocol.js';
@@ -24,6 +29,8 @@ interface MachineEntry {
   kind: 'machine';
   vm: VirtualMachine;
   busy?: string | undefined;
+  /** How to stop the operation that holds it, when that operation can be cancelled (a live migration). */
+  cancel?: AbortController | undefined;
 }
 interface StoredEntry {
   kind: 'stored';
@@ -132,16 +139,19 @@ export class Catalog {
     return this.entries.get(name)?.busy;
   }
 
-  /** A line per VM for listings; VMs being allocated are not listed yet. */
+  /** A line per VM for listings; new VMs and reservations being allocated are not listed yet. */
   summaries(): VmSummary[] {
     const summaries: VmSummary[] = [];
     for (const entry of this.entries.values()) {
       if (entry.kind === 'machine') {
         const { vm } = entry;
         summaries.push({ name: vm.name, host: this.hostName, state: vm.state, memoryBytes: vm.memoryBytes, epoch: vm.epoch, ...(vm.network ? { ip: vm.network.ip } : {}) });
-      } else if (entry.kind === 'stored') {
-        const { config } = entry.stored;
-        summaries.push({ name: config.name, host: this.hostName, state: stateOf(entry.stored), memoryBytes: config.memoryBytes, epoch: config.epoch, ...(config.network ? { ip: config.network.ip } : {}) });
+      } else {
+        // A VM being powered on is listed as it was until it runs (its address stays taken meanwhile).
+        const stored = entry.kind === 'stored' ? entry.stored : entry.was?.stored;
+        if (!stored) continue;
+        const { config } = stored;
+        summaries.push({ name: config.name, host: this.hostName, state: stateOf(stored), memoryBytes: config.memoryBytes, epoch: config.epoch, ...(config.network ? { ip: config.network.ip } : {}) });
       }
     }
     return summaries;
@@ -175,9 +185,10 @@ export class Catalog {
 
   /**
    * A new VM: checks the name is free and the memory fits, claims both (so two requests cannot race), allocates
-   * memory and starts the vCPU parked. `purpose` names the request in a refusal ("be created", "receive it").
+   * memory, starts the vCPU parked, and runs `setup` (files, first resume) while the name is still claimed.
+   * `purpose` names the request in a refusal ("be created", "receive it"). If anything fails, nothing is left.
    */
-  async allocate(spec: VmSpec, state: VmState, purpose: string, prealloc = false): Promise<VirtualMachine> {
+  async allocate(spec: VmSpec, state: VmState, purpose: string, options: { prealloc?: boolean; setup?: (vm: VirtualMachine) => Promise<void> } = {}): Promise<VirtualMachine> {
     if (spec.workload.wssPages > spec.memoryBytes / 4096 || (spec.workload.hotPages ?? 0) > spec.workload.wssPages) {
       throw new FerryError(ErrorCode.BAD_INPUT, `the working set of ${spec.name} is larger than its memory (or its hot set than its working set)`, 'give --wss at most --memory, and --hot at most --wss');
     }
@@ -187,21 +198,24 @@ export class Catalog {
     this.checkRoom(spec.name, spec.memoryBytes, purpose);
     const claim: ClaimEntry = { kind: 'claim', bytes: spec.memoryBytes, busy: purpose };
     this.entries.set(spec.name, claim);
+    let vm: VirtualMachine | undefined;
     try {
-      const vm = await this.build(spec, state, prealloc);
-      this.entries.set(spec.name, { kind: 'machine', vm });
-      return vm;
+      vm = await this.build(spec, state, options.prealloc ?? false);
+      await options.setup?.(vm);
     } catch (error) {
+      await vm?.destroy();
       if (this.entries.get(spec.name) === claim) this.entries.delete(spec.name);
       throw error;
     }
+    this.entries.set(spec.name, { kind: 'machine', vm });
+    return vm;
   }
 
   /**
-   * Powers on a files-only VM: its memory is allocated and `load` fills it (a suspend image) before it becomes a
-   * machine. If anything fails, the VM is files only again, as it was.
+   * Powers on a files-only VM: its memory is allocated and `setup` fills and starts it (a suspend image, the vCPU
+   * resumed) before it becomes a machine, all under its claim. If anything fails, the VM is files only again.
    */
-  async powerOn(name: string, load: (vm: VirtualMachine, stored: StoredVm) => Promise<void>): Promise<{ vm: VirtualMachine; stored: StoredVm }> {
+  async powerOn(name: string, setup: (vm: VirtualMachine, stored: StoredVm) => Promise<void>): Promise<{ vm: VirtualMachine; stored: StoredVm }> {
     const entry = this.entries.get(name);
     if (entry?.kind !== 'stored') {
       if (!entry) throw this.notFound(name);
@@ -221,7 +235,7 @@ export class Catalog {
       vm.network = config.network;
       vm.leaseUntil = config.leaseUntil;
       vm.cpuModel = config.cpuModel;
-      await load(vm, entry.stored);
+      await setup(vm, entry.stored);
     } catch (error) {
       await vm?.destroy();
       if (this.entries.get(name) === claim) this.entries.set(name, entry);
@@ -292,21 +306,32 @@ export class Catalog {
 
   /**
    * Runs `operation` with running or paused VM `name` to itself: nothing else may act on it meanwhile (a dump, a
-   * pause or a migration never interleave on one VM).
+   * pause or a migration never interleave on one VM). The signal it is given aborts on `cancel(name, ...)`.
    */
-  async exclusive<T>(name: string, action: string, operation: (vm: VirtualMachine) => Promise<T>): Promise<T> {
+  async exclusive<T>(name: string, action: string, operation: (vm: VirtualMachine, signal: AbortSignal) => Promise<T>): Promise<T> {
     const vm = this.machine(name);
     const entry = this.entries.get(name) as MachineEntry;
     if (vm.state !== 'running' && vm.state !== 'paused') {
       throw new FerryError(ErrorCode.VM_STATE, `cannot ${action} ${name}: it is ${vm.state}`, 'wait for its migration to finish, then retry');
     }
     if (entry.busy) throw busyError(name, action, entry.busy);
+    const cancel = new AbortController();
     entry.busy = action;
+    entry.cancel = cancel;
     try {
-      return await operation(vm);
+      return await operation(vm, cancel.signal);
     } finally {
       entry.busy = undefined;
+      entry.cancel = undefined;
     }
+  }
+
+  /** Cancels the `action` that holds VM `name` (a live migration), with `reason`; false when none does. */
+  cancel(name: string, action: string, reason: Error): boolean {
+    const entry = this.entries.get(name);
+    if (entry?.kind !== 'machine' || entry.busy !== action || !entry.cancel) return false;
+    entry.cancel.abort(reason);
+    return true;
   }
 
   /** Runs `operation` with files-only VM `name` to itself (a cold copy of its files). */

@@ -1,8 +1,8 @@
 /**
  * Leases: a VM provisioned with `--lease` is released (destroyed, files and disks with it: it was provisioned so)
  * once its lease ends, by the agent that holds it, whether or not a coordinator is around. A VM busy with something
- * else (a migration, a dump) is released once that ends; a release that fails is logged and tried again, and its
- * files are never deleted unless the VM itself was released.
+ * else (a migration, a dump) is released once that ends. A release that fails is logged and tried again; the VM
+ * stays listed until its files are gone, and a VM that cannot be held keeps its files.
  */
 import type { Agent } from './agent.js';
 import { every, type Periodic } from './periodic.js';
@@ -25,37 +25,33 @@ export class Leases {
 
   /** Releases every VM whose lease has ended by `now`. */
   async releaseExpired(now = Date.now()): Promise<void> {
-    const { catalog } = this.agent;
+    const { catalog, files } = this.agent;
     const expired = (lease: string | null | undefined): boolean => lease !== null && lease !== undefined && Date.parse(lease) <= now;
+    // Under the VM's hold, files first, then the name: a failure leaves the VM listed, to be tried again.
     for (const vm of catalog.machines()) {
       if (!expired(vm.leaseUntil) || (vm.state !== 'running' && vm.state !== 'paused') || catalog.busyWith(vm.name)) continue;
-      await this.release(vm.name, () => catalog.exclusive(vm.name, 'release', (held) => catalog.release(held)));
+      await this.release(vm.name, () => catalog.exclusive(vm.name, 'release', async (held) => {
+        await files?.remove(held.name, true);
+        await catalog.release(held);
+      }));
     }
     for (const stored of catalog.storedVms()) {
       const { name } = stored.config;
       if (!expired(stored.config.leaseUntil) || catalog.busyWith(name)) continue;
       await this.release(name, () => catalog.holdStored(name, 'release', async () => {
-        await this.agent.files?.remove(name, true);
+        await files?.remove(name, true);
         catalog.forgetStored(name);
       }));
     }
   }
 
-  /** Releases one VM with `forget`, then deletes its files; a failure is logged and leaves the files in place. */
-  private async release(name: string, forget: () => Promise<void>): Promise<void> {
-    const { files, log } = this.agent;
+  private async release(name: string, retire: () => Promise<void>): Promise<void> {
     try {
-      await forget();
+      await retire();
     } catch (error) {
-      log.warn('lease ended but the VM could not be released now; trying again', { vm: name, error: String(error) });
+      this.agent.log.warn('lease ended but the VM could not be released now; trying again', { vm: name, error: String(error) });
       return;
     }
-    try {
-      await files?.remove(name, true);
-    } catch (error) {
-      log.error('lease ended and the VM was released, but its files could not be deleted', { vm: name, error: String(error) });
-      return;
-    }
-    log.info('lease ended: VM released', { vm: name });
+    this.agent.log.info('lease ended: VM released', { vm: name });
   }
 }

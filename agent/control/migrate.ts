@@ -22,16 +22,23 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       throw new FerryError(ErrorCode.VM_STATE, `migration ${migrationId} already has a reservation here`, 'start a new migration');
     }
     const vm = await catalog.allocate({ name, memoryBytes, workload }, 'migrating-in', 'receive it');
+    if (agent.incoming.has(migrationId)) {
+      // Another reservation under the same id got here first while memory was allocated.
+      await catalog.release(vm);
+      throw new FerryError(ErrorCode.VM_STATE, `migration ${migrationId} already has a reservation here`, 'start a new migration');
+    }
     vm.cpuModel = { model: cpuModel.model, flags: [...cpuModel.flags] };
     const target = new MigrationTarget(migrationId, vm, catalog, agent.faults, log, { epoch, url: sourceUrl }, agent.activations);
-    target.registerFiles = async (files, newEpoch) => {
+    // Called as the VM starts running here; it takes the VM at once (before any other request can), so nothing acts
+    // on it until its files are written.
+    target.registerFiles = (files, newEpoch) => catalog.exclusive(name, 'file registration', async () => {
       if (!agent.files) return;
       const config = vmConfigSchema.parse({ ...JSON.parse(files.config), epoch: newEpoch });
       if (config.name !== name) throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the migration ${name}`);
       vm.network = config.network;
       vm.leaseUntil = config.leaseUntil;
       await agent.files.create(config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${agent.name} (migration ${migrationId}, epoch ${newEpoch})\n`);
-    };
+    });
     target.onFinished = () => agent.incoming.delete(migrationId);
     agent.incoming.set(migrationId, target);
     log.info('reserved', { vm: name, memoryBytes, migration: migrationId });
@@ -48,7 +55,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
     if (destination.name === agent.name) {
       throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${agent.name}`, 'pick another destination');
     }
-    return catalog.exclusive(name, 'migration', async (vm) => {
+    return catalog.exclusive(name, 'migration', async (vm, cancelled) => {
       const local = vm.disks.filter((disk) => !disk.shared);
       if (local.length > 0) {
         throw new FerryError(
@@ -71,11 +78,12 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         vm.state = wasRunning ? 'running' : 'paused';
         throw error;
       }
-      // Cancelled by `migrate.cancel`, or by the coordinator's connection closing.
+      // Cancelled by `migrate.cancel` (through the catalog), or by the coordinator's connection closing.
       const cancel = new AbortController();
+      const onCancelled = (): void => cancel.abort(cancelled.reason);
       const onClosed = (): void => cancel.abort(new FerryError(ErrorCode.CANCELLED, 'the coordinator disconnected'));
+      cancelled.addEventListener('abort', onCancelled, { once: true });
       context.signal.addEventListener('abort', onClosed, { once: true });
-      agent.outgoing.set(name, cancel);
       const report = await runSource({
         ...(files ? { files } : {}),
         forgetFiles: (vmName) => agent.forgetFiles(vmName),
@@ -91,7 +99,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         log,
         onInDoubt: (doubtful, resume) => agent.settlements.add({ migrationId, vm: doubtful, destinationUrl: destination.url, resume }),
       }).finally(() => {
-        agent.outgoing.delete(name);
+        cancelled.removeEventListener('abort', onCancelled);
         context.signal.removeEventListener('abort', onClosed);
       });
       log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
@@ -101,14 +109,13 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
   });
 
   connection.handle('migrate.cancel', async ({ name, reason }) => {
-    const cancel = agent.outgoing.get(name);
-    if (!cancel) {
+    const why = reason === 'timeout'
+      ? new FerryError(ErrorCode.TIMEOUT, `the migration of ${name} ran past its --timeout`, 'give it a longer --timeout, a faster link, or --max-rounds')
+      : new FerryError(ErrorCode.CANCELLED, `the migration of ${name} was cancelled`, 'the VM runs on its source as before');
+    if (!catalog.cancel(name, 'migration', why)) {
       throw new FerryError(ErrorCode.VM_STATE, `${agent.name} is not migrating ${name}`, 'run `ferry vm list` to see where it is and what it is doing');
     }
     log.info('migration cancel asked', { vm: name, reason });
-    cancel.abort(reason === 'timeout'
-      ? new FerryError(ErrorCode.TIMEOUT, `the migration of ${name} ran past its --timeout`, 'give it a longer --timeout, a faster link, or --max-rounds')
-      : new FerryError(ErrorCode.CANCELLED, `the migration of ${name} was cancelled`, 'the VM runs on its source as before'));
     return { cancelling: true };
   });
 
@@ -119,7 +126,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       const startedMs = performance.now();
       try {
         await agent.logEvent(name, `cold migration to ${destination.name} (migration ${migrationId})`);
-        const peer = await agent.dial(destination.url);
+        const peer = await agent.dial(destination.url, context.signal);
         let sent;
         try {
           const sharedStorageId = stored.config.disks.some((disk) => disk.shared) ? await files.sharedStorageId() : undefined;

@@ -18,21 +18,26 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
   connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil, cpuModel: requested }) => {
     const cpuModel = resolveCpuModel(requested, agent.hostCpu);
     requireCpu(agent.name, agent.hostCpu, { name, cpu: cpuModel }, 'create');
-    const vm = await catalog.allocate({ name, memoryBytes, workload }, 'paused', 'be created', prealloc ?? false);
-    try {
-      vm.cpuModel = cpuModel;
-      if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes, ...(agent.files?.shared ? { shared: true } : {}) }];
-      if (network) vm.network = { ...network, mac: randomMac() };
-      if (leaseUntil) vm.leaseUntil = leaseUntil;
-      await agent.files?.create(agent.configOf(vm), undefined, '');
-      await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}, cpu ${cpuModel.model} (${cpuModel.flags.length} flags)`);
-    } catch (error) {
-      await catalog.release(vm);
-      throw error;
-    }
-    await vm.resume();
-    vm.state = 'running';
-    await agent.logEvent(name, 'started');
+    await catalog.allocate({ name, memoryBytes, workload }, 'paused', 'be created', {
+      prealloc: prealloc ?? false,
+      // Under the name's claim: nothing can act on the VM until its files exist and its vCPU runs.
+      setup: async (vm) => {
+        vm.cpuModel = cpuModel;
+        if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes, ...(agent.files?.shared ? { shared: true } : {}) }];
+        if (network) vm.network = { ...network, mac: randomMac() };
+        if (leaseUntil) vm.leaseUntil = leaseUntil;
+        await agent.files?.create(agent.configOf(vm), undefined, '');
+        try {
+          await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}, cpu ${cpuModel.model} (${cpuModel.flags.length} flags)`);
+          await vm.resume();
+        } catch (error) {
+          await agent.files?.remove(name).catch((cleanup: unknown) => log.warn('could not remove the files of a VM whose creation failed', { vm: name, error: String(cleanup) }));
+          throw error;
+        }
+        vm.state = 'running';
+        await agent.logEvent(name, 'started');
+      },
+    });
     log.info('vm created', { vm: name, memoryBytes, workload: workload.kind });
     return agent.vmInfo(name);
   });
@@ -48,20 +53,23 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     const found = catalog.findStored(name);
     if (found?.suspended) requireCpu(agent.name, agent.hostCpu, { name, cpu: found.config.cpuModel }, 'resume');
     else if (found && found.config.cpuModel.model !== 'host') requireCpu(agent.name, agent.hostCpu, { name, cpu: found.config.cpuModel }, 'start');
-    let newFlags = false;
-    const { vm, stored } = await catalog.powerOn(name, async (machine, { suspended, config }) => {
-      // Exactly where it was: memory and registers as saved (checked against their digest).
-      if (suspended && agent.files) machine.setRegisters(await agent.files.loadSuspend(name, machine.memory));
-      if (!suspended && config.cpuModel.model === 'host') {
-        machine.cpuModel = { model: 'host', flags: [...agent.hostCpu.flags] };
-        newFlags = machine.cpuModel.flags.join(' ') !== config.cpuModel.flags.join(' ');
+    await catalog.powerOn(name, async (vm, { suspended, config }) => {
+      if (suspended && agent.files) {
+        // Exactly where it was: memory and registers as saved (checked against their digest). The image goes before
+        // the vCPU runs: a crash from here on finds the VM powered off, never a stale image to rewind it to.
+        vm.setRegisters(await agent.files.loadSuspend(name, vm.memory));
+        await agent.files.dropSuspend(name);
       }
+      let newFlags = false;
+      if (!suspended && config.cpuModel.model === 'host') {
+        vm.cpuModel = { model: 'host', flags: [...agent.hostCpu.flags] };
+        newFlags = vm.cpuModel.flags.join(' ') !== config.cpuModel.flags.join(' ');
+        if (newFlags) await agent.files?.writeConfig(agent.configOf(vm));
+      }
+      await vm.resume();
+      vm.state = 'running';
+      await agent.logEvent(name, suspended ? 'resumed from suspend' : `started (powered on)${newFlags ? `, cpu host: ${agent.name}'s ${vm.cpuModel.flags.length} flags` : ''}`);
     });
-    await vm.resume();
-    vm.state = 'running';
-    if (stored.suspended) await agent.files?.dropSuspend(name);
-    if (newFlags) await agent.files?.writeConfig(agent.configOf(vm));
-    await agent.logEvent(name, stored.suspended ? 'resumed from suspend' : `started (powered on)${newFlags ? `, cpu host: ${agent.name}'s ${vm.cpuModel.flags.length} flags` : ''}`);
     return agent.vmInfo(name);
   });
 
@@ -120,9 +128,10 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     } else {
       await catalog.exclusive(name, 'destroy', async (vm) => {
         askDisks(vm.disks);
+        // Files first, then the name: nothing created under the name meanwhile can lose its files to this.
+        await agent.files?.remove(name, true);
         await catalog.release(vm);
       });
-      await agent.files?.remove(name, true);
     }
     log.info('vm destroyed', { vm: name });
     return {};

@@ -71,19 +71,21 @@ export class Datastore {
   async sharedStorageId(): Promise<string | undefined> {
     if (!this.shared) return undefined;
     const file = path.join(this.shared, '.ferry-storage-id');
+    const existing = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    });
+    if (existing !== undefined) return existing.trim();
+    await mkdir(this.shared, { recursive: true });
+    const id = randomBytes(16).toString('hex');
     try {
-      return (await readFile(file, 'utf8')).trim();
-    } catch {
-      await mkdir(this.shared, { recursive: true });
-      const id = randomBytes(16).toString('hex');
-      try {
-        const handle = await open(file, 'wx');
-        await handle.writeFile(`${id}\n`);
-        await handle.close();
-        return id;
-      } catch {
-        return (await readFile(file, 'utf8')).trim(); // another agent made it first
-      }
+      const handle = await open(file, 'wx');
+      await handle.writeFile(`${id}\n`);
+      await handle.close();
+      return id;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      return (await readFile(file, 'utf8')).trim(); // another agent made it first
     }
   }
 
@@ -149,6 +151,7 @@ export class Datastore {
         recovered.unreadable.push({ name, error: (error as Error).message });
         continue;
       }
+      // An entry of vms/ that is not a folder holds no temporary files; readStored below says what it is.
       for (const file of await readdir(folder).catch(() => [] as string[])) {
         if (file.endsWith('.tmp')) await rm(path.join(folder, file), { force: true });
       }
@@ -172,20 +175,36 @@ export class Datastore {
     return { config, suspended: true, registers };
   }
 
-  /** Writes a new VM's folder: config, NVRAM, log, sparse disks. */
+  /**
+   * Writes a new VM's folder: config, NVRAM, log, sparse disks. A folder already there (a creation that never
+   * finished, left for a person to look at) is refused rather than reused; a folder this call made and could not
+   * finish is removed. Disks on shared storage that exist already are kept: they are the VM's own, arriving live.
+   */
   async create(config: VmConfigFile, nvram: Buffer = defaultNvram(), log = ''): Promise<void> {
-    await mkdir(this.folder(config.name), { recursive: true });
-    for (const disk of config.disks) {
-      const file = this.diskPath(config.name, disk);
-      await mkdir(path.dirname(file), { recursive: true });
-      if (!existsSync(file)) {
-        await (await open(file, 'w')).close();
-        await truncate(file, disk.sizeBytes); // sparse: takes no blocks until written
-      }
+    const folder = this.folder(config.name);
+    await mkdir(path.dirname(folder), { recursive: true });
+    try {
+      await mkdir(folder);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      throw new FerryError(ErrorCode.VM_EXISTS, `${this.root} already has a folder for ${config.name}, though no VM of that name`, `look at ${folder} (a creation that never finished?) and remove it, or pick another name`);
     }
-    await writeWhole(this.file(config.name, 'nvram.bin'), nvram);
-    if (log) await writeWhole(this.file(config.name, 'vm.log'), log);
-    await this.writeConfig(config);
+    try {
+      for (const disk of config.disks) {
+        const file = this.diskPath(config.name, disk);
+        await mkdir(path.dirname(file), { recursive: true });
+        if (!existsSync(file)) {
+          await (await open(file, 'w')).close();
+          await truncate(file, disk.sizeBytes); // sparse: takes no blocks until written
+        }
+      }
+      await writeWhole(this.file(config.name, 'nvram.bin'), nvram);
+      if (log) await writeWhole(this.file(config.name, 'vm.log'), log);
+      await this.writeConfig(config);
+    } catch (error) {
+      await rm(folder, { recursive: true, force: true });
+      throw error;
+    }
   }
 
   async writeConfig(config: VmConfigFile): Promise<void> {
@@ -197,7 +216,10 @@ export class Datastore {
   }
 
   async readLog(name: string): Promise<string> {
-    return readFile(this.file(name, 'vm.log'), 'utf8').catch(() => '');
+    return readFile(this.file(name, 'vm.log'), 'utf8').catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return ''; // a VM without files (no datastore), or one whose log was never written
+      throw error;
+    });
   }
 
   async readNvram(name: string): Promise<Buffer> {

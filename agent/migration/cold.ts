@@ -14,9 +14,9 @@
  *   forget its older copy (`peer.forget`, epochs decide) until the source says it holds none; then the mark goes.
  */
 import { constants } from 'node:fs';
-import { mkdir, open, readFile, readdir, rm, stat, truncate, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rm, stat, truncate, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
+import { MAX_DISK_BYTES, PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { formatDigest, hashBytes, streamingHash } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { PeerOps, RequestOf, ReplyOf } from '../../shared/protocol.js';
@@ -105,6 +105,10 @@ export class ColdTarget {
   /** Whether this connection made the staging folder (and so may remove it). */
   private ownsStaging = false;
   private readonly handles = new Map<string, FileHandle>();
+  /** The begin or finish under way: `abandon` waits for it, so it never races a rename or a mkdir. */
+  private step: Promise<unknown> = Promise.resolve();
+  /** Chunk writes under way: `finish` waits for them, so nothing lands in a file after it was checked. */
+  private readonly writing = new Set<Promise<void>>();
 
   constructor(datastore: Datastore, request: RequestOf<PeerOps, 'cold.begin'>) {
     this.datastore = datastore;
@@ -121,7 +125,13 @@ export class ColdTarget {
   }
 
   /** Makes the staging folder; one per migration id, so a second stream can never share (or remove) another's. */
-  async begin(): Promise<void> {
+  begin(): Promise<void> {
+    const begun = this.makeStaging();
+    this.step = begun.catch(() => undefined);
+    return begun;
+  }
+
+  private async makeStaging(): Promise<void> {
     const staging = this.datastore.stagingFolder(this.migrationId);
     await mkdir(path.dirname(staging), { recursive: true });
     try {
@@ -138,10 +148,24 @@ export class ColdTarget {
   async chunk({ file, offset, data, xxh64 }: RequestOf<PeerOps, 'cold.chunk'>): Promise<void> {
     if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${file} arrived after the cold migration of ${this.name} finished`);
     if (data.length > CHUNK_BYTES) throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${data.length} bytes is larger than ${CHUNK_BYTES}`);
+    if (offset + data.length > MAX_DISK_BYTES) throw new FerryError(ErrorCode.BAD_INPUT, `a chunk of ${file} ends past ${MAX_DISK_BYTES} bytes`, 'no VM file is that large');
     if (formatDigest(hashBytes(data)) !== xxh64) {
       throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `a chunk of ${file} at ${offset} arrived damaged`, 'the source keeps the VM; retry the cold migration');
     }
-    await (await this.handle(file)).write(data, 0, data.length, offset);
+    const write = (async () => {
+      await (await this.handle(file)).write(data, 0, data.length, offset);
+    })();
+    this.writing.add(write);
+    try {
+      await write;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EFBIG') {
+        throw new FerryError(ErrorCode.BAD_INPUT, `a chunk of ${file} at ${offset} is past the largest file this file system holds`, 'no VM file is that large');
+      }
+      throw error;
+    } finally {
+      this.writing.delete(write);
+    }
   }
 
   /** One open handle per file while chunks arrive (chunks of a file may arrive in any order: writes are positional). */
@@ -155,13 +179,22 @@ export class ColdTarget {
   }
 
   private async closeHandles(): Promise<void> {
+    // A close that fails leaves nothing to do: the file is checked (finish) or removed (abandon) next, and either
+    // notices what went wrong.
     for (const handle of this.handles.values()) await handle.close().catch(() => undefined);
     this.handles.clear();
   }
 
-  async finish(manifest: Manifest): Promise<ReplyOf<PeerOps, 'cold.finish'>> {
+  finish(manifest: Manifest): Promise<ReplyOf<PeerOps, 'cold.finish'>> {
     if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `cold.finish for ${this.name} while the migration is ${this.phase}`);
     this.phase = 'finishing';
+    const finished = this.checkAndRegister(manifest);
+    this.step = finished.catch(() => undefined);
+    return finished;
+  }
+
+  private async checkAndRegister(manifest: Manifest): Promise<ReplyOf<PeerOps, 'cold.finish'>> {
+    await Promise.allSettled([...this.writing]);
     for (const entry of manifest) await this.handle(entry.file); // empty files, and files that are all holes
     await this.closeHandles();
     const present = (await readdir(this.datastore.stagingFolder(this.migrationId))).sort();
@@ -192,22 +225,32 @@ export class ColdTarget {
     // The registered copy is one epoch ahead, and marked until its source has forgotten its own copy.
     const configFile = this.datastore.stagingFile(this.migrationId, 'config.json');
     const config = vmConfigSchema.parse(JSON.parse(await readFile(configFile, 'utf8')));
+    if (config.name !== this.name) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the cold migration ${this.name}`, 'the source is not a compatible ferry-agent');
+    }
     // A config from before CPU models gets the model the source loaded it with (its host's flags, which a
     // suspended guest was running with), not this host's.
     const registered: VmConfigFile = {
       ...config, cpuModel: config.cpuModel ?? this.cpuModel, epoch: this.epoch + 1, coldFrom: { migrationId: this.migrationId, sourceUrl: this.sourceUrl },
     };
-    await writeFile(configFile, `${JSON.stringify(registered, null, 2)}\n`);
-    if (config.name !== this.name) {
-      throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the cold migration ${this.name}`, 'the source is not a compatible ferry-agent');
+    const handle = await open(configFile, 'w');
+    try {
+      await handle.writeFile(`${JSON.stringify(registered, null, 2)}\n`);
+      await handle.sync(); // before the rename makes it the VM's config
+    } finally {
+      await handle.close();
     }
     await this.datastore.adopt(this.migrationId, this.name);
     this.phase = 'registered';
     return { registered: true };
   }
 
-  /** The stream closed before the VM was registered: drop what arrived. */
+  /**
+   * The stream closed. A begin or finish under way ends first; then, unless the VM was registered, what arrived is
+   * dropped.
+   */
   async abandon(): Promise<void> {
+    await this.step;
     if (this.phase === 'registered' || this.phase === 'abandoned') return;
     this.phase = 'abandoned';
     await this.closeHandles();

@@ -82,9 +82,8 @@ export class Settlements {
     }
     for (const target of [...this.deps.incoming.values()]) {
       if (target.state !== 'verified' || !target.streamClosed) continue;
-      await this.settleParked(target).catch((error: unknown) => {
-        this.deps.log.warn('settlement: could not settle a parked image', { vm: target.vm.name, migration: target.migrationId, error: toFerryError(error).message });
-      });
+      const detail = await this.settleParked(target).catch((error: unknown) => `could not settle: ${toFerryError(error).message}`);
+      if (target.state === 'verified') this.deps.log.debug('settlement: the image stays parked', { vm: target.vm.name, migration: target.migrationId, detail });
     }
   }
 
@@ -99,8 +98,8 @@ export class Settlements {
       if (phase === 'pending') return 'the destination has not decided yet';
       this.inDoubt.delete(name);
       if (phase === 'active') {
-        await catalog.release(doubt.vm);
         await this.deps.forgetFiles(name);
+        await catalog.release(doubt.vm);
         log.info('settled: the destination runs the VM; freed the copy here', { vm: name, migration: doubt.migrationId });
         return 'the destination runs it; the copy here was freed';
       }

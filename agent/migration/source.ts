@@ -227,8 +227,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const activated = await peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
     const activatedAtMs = now();
     log.debug('activation timing', { activateRoundTripMs: activatedAtMs - activateStartMs });
-    await context.catalog.release(vm);
+    // Files first, then the name (catalog.ts): this host keeps listing the VM until nothing of it is left here.
     await context.forgetFiles?.(vm.name);
+    await context.catalog.release(vm);
     peer.close();
     const result = report('committed');
     return {

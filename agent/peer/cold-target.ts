@@ -14,12 +14,16 @@ import { every, type Periodic } from '../periodic.js';
 export function serveColdTarget(connection: PeerServer, agent: Agent): void {
   const { catalog, faults, log } = agent;
   let cold: { target: ColdTarget; name: ReturnType<typeof catalog.claimName> } | undefined;
+  // The stream closed: whatever step is under way ends first (ColdTarget.abandon waits for it); then what arrived
+  // goes, and the name is freed, unless the VM was registered.
   connection.signal.addEventListener('abort', () => {
     if (!cold) return;
     const { target, name } = cold;
-    target.abandon()
+    void target.abandon()
       .catch((error: unknown) => log.warn('could not remove an abandoned cold migration\'s staging folder; the agent removes it when it restarts', { vm: target.name, error: String(error) }))
-      .finally(() => name.drop()); // no-op once the VM settled into the catalog
+      .then(() => {
+        if (!target.registered) name.drop();
+      });
   }, { once: true });
 
   connection.handle('cold.begin', async (request) => {
@@ -30,13 +34,16 @@ export function serveColdTarget(connection: PeerServer, agent: Agent): void {
     if (cold) throw new FerryError(ErrorCode.PROTOCOL, 'this connection already carries a cold migration', 'open a new connection per migration');
     const target = new ColdTarget(agent.files, request);
     const name = catalog.claimName(request.name, 'cold migration');
+    // Known to the close handler before the first await: a stream that closes while the staging folder is made
+    // still has it removed and its name freed.
+    cold = { target, name };
     try {
       await target.begin();
     } catch (error) {
+      cold = undefined;
       name.drop();
       throw error;
     }
-    cold = { target, name };
     return {};
   });
   const current = (): NonNullable<typeof cold> => {
@@ -53,9 +60,14 @@ export function serveColdTarget(connection: PeerServer, agent: Agent): void {
     const reply = await target.finish(manifest);
     // Only this VM joins the catalog: its folder is read as it now lies (staging folders of other migrations under
     // way, and temporary files of other VMs, are theirs; they are cleaned only when the agent starts).
-    const arrived = await agent.files!.readStored(target.name);
-    name.settle(arrived);
-    await agent.logEvent(target.name, `arrived on ${agent.name} by cold migration (epoch ${arrived.config.epoch})`);
+    try {
+      name.settle(await agent.files!.readStored(target.name));
+    } catch (error) {
+      name.drop();
+      log.error('a VM arrived by cold migration but its folder could not be read; the agent lists it after a restart if it can', { vm: target.name, error: String(error) });
+      throw error;
+    }
+    await agent.logEvent(target.name, `arrived on ${agent.name} by cold migration (epoch ${catalog.findStored(target.name)?.config.epoch ?? '?'})`);
     await faultPoint(faults, 'cold-registered', log, () => connection.close());
     return reply;
   });

@@ -1,0 +1,87 @@
+/**
+ * Requests that race on one VM, against a real agent in-process (real datastore on disk, real vCPU threads): the
+ * catalog holds a VM that is being set up, so nothing acts on it half made. Each race is widened by slowing one
+ * real datastore step, so it happens every time rather than once in a while.
+ */
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { Agent } from '../../agent/agent.js';
+import { Datastore } from '../../agent/datastore/datastore.js';
+import { parseFaults } from '../../agent/faults.js';
+import { initChecksums } from '../../shared/checksum.js';
+import { createSocketPair } from '../../shared/frame-socket.js';
+import { createLogger } from '../../shared/log.js';
+import { controlOps } from '../../shared/protocol.js';
+import { RpcConnection } from '../../shared/rpc.js';
+
+let cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const step of cleanup.reverse()) await step();
+  cleanup = [];
+  vi.restoreAllMocks();
+});
+
+async function startAgent(): Promise<{ agent: Agent; files: Datastore; dir: string; control: RpcConnection<Record<never, never>, typeof controlOps> }> {
+  await initChecksums();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-races-'));
+  cleanup.push(() => rm(dir, { recursive: true, force: true }));
+  const files = new Datastore(dir);
+  const agent = new Agent({ name: 'host-a', capacityBytes: 64 * 1024 * 1024, faults: parseFaults(undefined), token: 'races-test-token-0123456789', log: createLogger('host-a', 'error'), datastore: files });
+  cleanup.push(() => agent.shutdown());
+  await agent.loadDatastore();
+  const [coordinatorEnd, agentEnd] = createSocketPair();
+  agent.serveControl(new RpcConnection(agentEnd, controlOps, {}));
+  const control = new RpcConnection(coordinatorEnd, {}, controlOps);
+  cleanup.push(async () => control.close());
+  return { agent, files, dir, control };
+}
+
+const pattern = { kind: 'pattern' as const, rate: 2000, wssPages: 64, seed: 9 };
+const codeOf = (attempt: Promise<unknown>): Promise<string> => attempt.then(() => 'ok', (error: { code: string }) => error.code);
+
+/** Makes one datastore method take 300 ms longer, as a slow disk would. */
+function slow<K extends 'create' | 'dropSuspend'>(files: Datastore, method: K): void {
+  const original = files[method].bind(files) as (...args: unknown[]) => Promise<void>;
+  const slowed = async (...args: unknown[]): Promise<void> => {
+    await delay(300);
+    return original(...args);
+  };
+  vi.spyOn(files, method).mockImplementation(slowed as never);
+}
+
+describe('requests racing on one VM', () => {
+  it('refuses a destroy while the VM is still being created, and the VM it then has is whole', async () => {
+    const { files, dir, control } = await startAgent();
+    slow(files, 'create');
+    const creating = control.request('vm.create', { name: 'web1', memoryBytes: 1024 * 1024, workload: pattern, diskBytes: 1024 * 1024 }, { timeoutMs: 10_000 });
+    await delay(50);
+    expect(await codeOf(control.request('vm.destroy', { name: 'web1', deleteDisks: true }, { timeoutMs: 10_000 }))).toBe('FERRY_ERR_VM_STATE');
+    expect(await creating).toMatchObject({ name: 'web1', state: 'running' });
+    expect(existsSync(path.join(dir, 'vms', 'web1', 'config.json'))).toBe(true);
+    expect(await codeOf(control.request('vm.destroy', { name: 'web1', deleteDisks: true }, { timeoutMs: 10_000 }))).toBe('ok');
+    expect(existsSync(path.join(dir, 'vms', 'web1'))).toBe(false);
+  });
+
+  it('refuses a suspend while a resume from suspend is under way, and the VM suspends and resumes again after', async () => {
+    const { agent, files, control } = await startAgent();
+    await control.request('vm.create', { name: 'web1', memoryBytes: 1024 * 1024, workload: pattern }, { timeoutMs: 10_000 });
+    await delay(100);
+    const suspended = await control.request('vm.suspend', { name: 'web1' }, { timeoutMs: 10_000 });
+    slow(files, 'dropSuspend');
+    const starting = control.request('vm.start', { name: 'web1' }, { timeoutMs: 10_000 });
+    await delay(50);
+    expect(await codeOf(control.request('vm.suspend', { name: 'web1' }, { timeoutMs: 10_000 }))).toBe('FERRY_ERR_VM_STATE');
+    expect(await starting).toMatchObject({ state: 'running' });
+    expect(agent.catalog.machine('web1').registers().n).toBeGreaterThanOrEqual(suspended.cpu.n);
+    vi.restoreAllMocks();
+    // Its saved state is consistent: it suspends, and resumes exactly, again.
+    const again = await control.request('vm.suspend', { name: 'web1' }, { timeoutMs: 10_000 });
+    const resumed = await control.request('vm.start', { name: 'web1' }, { timeoutMs: 10_000 });
+    expect(resumed.state).toBe('running');
+    expect(resumed.cpu.n).toBeGreaterThanOrEqual(again.cpu.n);
+  });
+});
