@@ -12,6 +12,7 @@
  *   datastore/              the VMs' files
  *   migration/              the migration algorithms themselves (source, target, settlement, cold)
  */
+import type { HostCpu } from '../shared/cpu.js';
 import type { Logger } from '../shared/log.js';
 import type { controlOps, peerOps, VmInfo } from '../shared/protocol.js';
 import type { RpcConnection } from '../shared/rpc.js';
@@ -51,7 +52,12 @@ export interface AgentSettings {
   activationFolder?: string;
   /** The VMs' files; none in the in-memory test network, whose VMs live in memory only. */
   datastore?: Datastore;
+  /** This host's CPU as read at start (host-cpu.ts); a host that gave none offers no flags. */
+  hostCpu?: HostCpu;
 }
+
+/** The CPU of a host that reported none: no flags, so it runs only VMs that need none. */
+const UNKNOWN_CPU: HostCpu = { vendor: 'unknown', model: 'unknown', flags: [], level: null, masked: [] };
 
 export class Agent {
   readonly name: string;
@@ -60,6 +66,8 @@ export class Agent {
   readonly log: Logger;
   readonly token: string;
   readonly files: Datastore | undefined;
+  /** This host's CPU: the flags it offers guests, read once at start. */
+  readonly hostCpu: HostCpu;
   /** Live migrations coming in: their reservations, by migration id. */
   readonly incoming = new Map<string, MigrationTarget>();
   readonly activations: ActivationLog;
@@ -77,6 +85,7 @@ export class Agent {
     this.log = settings.log;
     this.token = settings.token;
     this.files = settings.datastore;
+    this.hostCpu = settings.hostCpu ?? UNKNOWN_CPU;
     this.dialPeer = settings.dialPeer ?? connectToDestination;
     const dialAgent = settings.dialAgent ?? dialPeerAgent;
     this.dial = (url, signal) => dialAgent(url, this.token, signal);
@@ -136,6 +145,7 @@ export class Agent {
         name, host: this.name, state: stored.suspended ? 'suspended' : 'defined', memoryBytes: config.memoryBytes, epoch: config.epoch,
         workload: config.workload, disks: config.disks, network: config.network, leaseUntil: config.leaseUntil,
         cpu: stored.registers ? { x: stored.registers.x, n: stored.registers.n } : { x: config.workload.seed, n: 0 },
+        cpuModel: config.cpuModel,
         lastBlackoutMs: 0, createdAt: config.createdAt, log: await tail(),
       };
     }
@@ -145,7 +155,7 @@ export class Agent {
   configOf(vm: VirtualMachine): VmConfig {
     return {
       name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch, disks: vm.disks,
-      network: vm.network, leaseUntil: vm.leaseUntil, createdAt: vm.createdAt.toISOString(),
+      network: vm.network, leaseUntil: vm.leaseUntil, createdAt: vm.createdAt.toISOString(), cpuModel: vm.cpuModel,
     };
   }
 

@@ -234,6 +234,7 @@ export class Catalog {
       vm.disks = config.disks;
       vm.network = config.network;
       vm.leaseUntil = config.leaseUntil;
+      vm.cpuModel = config.cpuModel;
       await setup(vm, entry.stored);
     } catch (error) {
       await vm?.destroy();

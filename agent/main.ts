@@ -10,12 +10,14 @@ import { z } from 'zod';
 import { initChecksums } from '../shared/checksum.js';
 import { MAX_MEMORY_BYTES } from '../shared/constants.js';
 import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
+import { cpuFlagSchema, cpuFlagsSchema, sortedFlags } from '../shared/cpu.js';
 import { hostNameSchema } from '../shared/protocol.js';
 import { checkToken, ensureTokenFile, readTokenFile } from '../shared/token.js';
 import { createLogger, type Logger, type LogLevel } from '../shared/log.js';
 import { parseCount, parseSize } from '../shared/units.js';
 import { Agent } from './agent.js';
 import { Datastore } from './datastore/datastore.js';
+import { readHostCpu } from './host-cpu.js';
 import { parseFaults } from './faults.js';
 import { startServer } from './server.js';
 
@@ -30,6 +32,8 @@ export interface AgentOptions {
   tlsCert: string | undefined;
   tlsKey: string | undefined;
   sharedStorage: string | undefined;
+  /** CPU flags to hide from guests (--cpu-mask), as /proc/cpuinfo names them. */
+  cpuMask: string[];
 }
 
 /** Every option's default, once: `--help` shows these, and `resolveAgentOptions` applies them. */
@@ -63,7 +67,18 @@ export function resolveAgentOptions(raw: Record<string, string | undefined>): Ag
     tlsCert: raw.tlsCert,
     tlsKey: raw.tlsKey,
     sharedStorage: raw.sharedStorage,
+    cpuMask: raw.cpuMask === undefined ? [] : parseCpuMask(raw.cpuMask),
   };
+}
+
+/** `--cpu-mask avx512f,avx2`: flag names as /proc/cpuinfo writes them, comma-separated. */
+function parseCpuMask(text: string): string[] {
+  const flags = text.split(',').map((flag) => flag.trim());
+  const hint = 'name flags as /proc/cpuinfo writes them, comma-separated, e.g. --cpu-mask avx512f,avx512bw';
+  if (flags.some((flag) => flag === '')) throw new FerryError(ErrorCode.BAD_INPUT, `--cpu-mask ${JSON.stringify(text)} has an empty flag name`, hint);
+  for (const flag of flags) check(cpuFlagSchema, flag, '--cpu-mask', hint);
+  check(cpuFlagsSchema, flags, '--cpu-mask', hint);
+  return sortedFlags(flags);
 }
 
 /** The token: --token-file, else FERRY_TOKEN, else one made (once) in the datastore. Never none. */
@@ -90,6 +105,7 @@ async function main(): Promise<void> {
     .option('--shared-storage <dir>', 'storage every agent of the cluster mounts at this path: disks made here stay put when their VM migrates live')
     .option('--tls-cert <file>', 'serve wss:// with this certificate (PEM); clients trust it via their CAs or NODE_EXTRA_CA_CERTS')
     .option('--tls-key <file>', 'the certificate\'s private key (PEM)')
+    .option('--cpu-mask <flags>', 'CPU flags to hide from guests, comma-separated as /proc/cpuinfo names them (pins this host to an older level, e.g. everything above x86-64-v2)')
     .option('--log-level <level>', `${logLevelSchema.options.join(', ')} (default: ${DEFAULTS.logLevel})`)
     .addHelpText('after', `
 Prints one line on stdout when ready:
@@ -99,7 +115,8 @@ Without --token-file or FERRY_TOKEN the agent makes one, writes it to <datastore
 Logs go to stderr, one JSON object per line. SIGINT or SIGTERM stops the agent and its VMs.
 
 Example:
-  ferry-agent --name host-a --port 7001 --capacity 4GiB`)
+  ferry-agent --name host-a --port 7001 --capacity 4GiB
+  ferry-agent --name host-b --port 7002 --cpu-mask avx,avx2,fma    # hide flags: an older host for a mixed cluster`)
     .parse();
 
   const options = resolveAgentOptions(program.opts());
@@ -112,10 +129,12 @@ Example:
   await mkdir(options.datastore, { recursive: true });
 
   const { token, tokenFile } = await resolveToken(options, log);
+  const hostCpu = await readHostCpu(options.cpuMask, log);
+  log.info('host cpu', { vendor: hostCpu.vendor, model: hostCpu.model, level: hostCpu.level, flagCount: hostCpu.flags.length, masked: hostCpu.masked });
   const agent = new Agent({
-    name: options.name, capacityBytes: options.capacityBytes, faults, log, token,
+    name: options.name, capacityBytes: options.capacityBytes, faults, log, token, hostCpu,
     activationFolder: path.join(options.datastore, 'migrations'),
-    datastore: new Datastore(options.datastore, options.sharedStorage ? path.resolve(options.sharedStorage) : undefined),
+    datastore: new Datastore(options.datastore, options.sharedStorage ? path.resolve(options.sharedStorage) : undefined, hostCpu.flags),
   });
   const found = await agent.loadDatastore();
   if (found > 0) log.info('found VMs in the datastore, powered off or suspended', { count: found });
@@ -149,6 +168,6 @@ Example:
 
 main().catch((error: unknown) => {
   const failure = toFerryError(error);
-  process.stderr.write(`ferry-agent: ${failure.message}${failure.hint ? `\n  hint: ${failure.hint}` : ''}\n`);
+  process.stderr.write(`ferry-agent: ${failure.message}${failure.hint ? `\n  hint: ${failure.hint}` : ''}\n  code: ${failure.code}\n`);
   process.exit(failure.code === ErrorCode.BAD_INPUT ? 2 : 1);
 });

@@ -3,6 +3,7 @@
  */
 import { Command, Option } from 'commander';
 import { DEFAULT_MAX_DOWNTIME_MS, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, STOP_RULES } from '../shared/constants.js';
+import { cpuModelNameSchema, highestLevel, type CpuModelName } from '../shared/cpu.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { verifyModeSchema, workloadKindSchema, type HostInfo, type VmInfo, type VmSummary } from '../shared/protocol.js';
 import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } from '../shared/units.js';
@@ -24,6 +25,7 @@ import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
 import { checkVmName, toVmRequest } from './vm-spec.js';
+import { DEFAULT_CPU_MODEL, clusterBaseline, cpuModelRequest, formatBaseline, levelText } from './cpu-models.js';
 
 interface Global {
   cluster?: string;
@@ -54,12 +56,20 @@ function describeVm(info: VmInfo): string {
     ['  memory', formatBytes(info.memoryBytes)],
     ['  workload', workload],
     ['  registers', `x=${info.cpu.x} n=${int(info.cpu.n)}`],
+    ['  cpu model', `${info.cpuModel.model}: ${info.cpuModel.flags.length} flags${highestLevel(info.cpuModel.flags) ? `, ${highestLevel(info.cpuModel.flags)}` : ''}`],
     ['  last blackout', info.lastBlackoutMs > 0 ? formatDuration(info.lastBlackoutMs) : '-'],
     ['  created', info.createdAt],
     ...(info.disks && info.disks.length > 0 ? [['  disks', info.disks.map((disk) => `${disk.file} (${formatBytes(disk.sizeBytes)})`).join(', ')]] : []),
     ...(info.network ? [['  network', `${info.network.ip}/${info.network.prefix} via ${info.network.gateway}, MAC ${info.network.mac}`]] : []),
     ...(info.leaseUntil ? [['  lease', `until ${info.leaseUntil}`]] : []),
   ]) + (info.log && info.log.length > 0 ? `\n  log (latest last):\n${info.log.map((line) => `    ${line}`).join('\n')}` : '');
+}
+
+/** `--cpu MODEL` for vm create and provision; provision leaves it unset so that a template's `cpu` can apply. */
+function cpuOption(fromTemplate = false): Option {
+  const option = new Option('--cpu <model>', `CPU model: host (every flag of its host: fastest, moves only to hosts that have them all), a level, or baseline (the flags every host has now: moves live anywhere in the cluster)${fromTemplate ? '; default: the template\'s, else baseline' : ''}`)
+    .choices(cpuModelNameSchema.options);
+  return fromTemplate ? option : option.default(DEFAULT_CPU_MODEL);
 }
 
 function vmRows(vms: VmSummary[]): string {
@@ -104,7 +114,7 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
       if (options.json) {
         printJson(surveys.map((s) => ({
           name: s.host.name, url: s.host.url, reachable: s.info !== undefined,
-          ...(s.info ? { capacityBytes: s.info.capacityBytes, freeBytes: s.info.freeBytes, vms: s.info.vms.map((vm) => vm.name) } : { error: s.error?.toPayload() }),
+          ...(s.info ? { capacityBytes: s.info.capacityBytes, freeBytes: s.info.freeBytes, vms: s.info.vms.map((vm) => vm.name), hostCpu: s.info.hostCpu } : { error: s.error?.toPayload() }),
         })));
         return;
       }
@@ -112,12 +122,12 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
         process.stdout.write(`no hosts in ${file} yet: add one with \`ferry hosts add host-a ws://127.0.0.1:7001\`\n`);
         return;
       }
-      const rows = [['NAME', 'URL', 'STATUS', 'CAPACITY', 'FREE', 'VMS']];
+      const rows = [['NAME', 'URL', 'STATUS', 'CAPACITY', 'FREE', 'LEVEL', 'CPU', 'VMS']];
       for (const s of surveys) {
         const info: HostInfo | undefined = s.info;
         rows.push(info
-          ? [s.host.name, s.host.url, 'up', formatBytes(info.capacityBytes), formatBytes(info.freeBytes), info.vms.map((vm) => vm.name).join(', ') || '-']
-          : [s.host.name, s.host.url, `down (${s.error?.code ?? '?'})`, '-', '-', '-']);
+          ? [s.host.name, s.host.url, 'up', formatBytes(info.capacityBytes), formatBytes(info.freeBytes), levelText(info.hostCpu), `${info.hostCpu.vendor} ${info.hostCpu.model}`, info.vms.map((vm) => vm.name).join(', ') || '-']
+          : [s.host.name, s.host.url, `down (${s.error?.code ?? '?'})`, '-', '-', '-', '-', '-']);
       }
       process.stdout.write(`${formatTable(rows, [3, 4])}\n`);
     });
@@ -151,13 +161,17 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--hot <size>', 'hotset: the hot region that takes 7 of 8 writes (default: wss / 8)')
     .option('--prealloc', 'back all guest memory with real pages now, not on first touch (like QEMU -mem-prealloc)')
     .option('--disk <size>', 'give it a sparse disk image (disk0.img) of this size in the host\'s datastore')
+    .addOption(cpuOption())
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; disk?: string; json?: boolean }, command: Command) => {
+    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; disk?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
       const request = toVmRequest(name, options);
       const { cluster: hosts } = await cluster(command);
-      const info = await withHost(findHost(hosts, options.on), (client) => client.request('vm.create', request));
+      const host = findHost(hosts, options.on);
+      // Only a baseline needs the other hosts: it is what they all have now.
+      const cpuModel = cpuModelRequest(options.cpu, options.cpu === 'baseline' ? await surveyHosts(hosts) : []);
+      const info = await withHost(host, (client) => client.request('vm.create', { ...request, cpuModel }));
       if (options.json) printJson(info);
-      else process.stdout.write(`created ${info.name} on ${info.host}: ${formatBytes(info.memoryBytes)}, ${info.workload.kind}, running\n`);
+      else process.stdout.write(`created ${info.name} on ${info.host}: ${formatBytes(info.memoryBytes)}, ${info.workload.kind}, cpu ${info.cpuModel.model} (${info.cpuModel.flags.length} flags), running\n`);
     });
 
   vm.command('list')
@@ -359,19 +373,33 @@ Exit status is 0 only when committed.`)
     .option('--on <host>', 'this host rather than the one with the most free memory')
     .option('--ip <address>', 'auto (from the cluster file\'s pool), or an address like 10.0.0.5/24')
     .option('--lease <duration>', 'release the VM (destroy it with its files) after this long, e.g. 2h')
+    .addOption(cpuOption(true))
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { template: string; on?: string; ip?: string; lease?: string; json?: boolean }, command: Command) => {
+    .action(async (name: string, options: { template: string; on?: string; ip?: string; lease?: string; cpu?: CpuModelName; json?: boolean }, command: Command) => {
       const { file, cluster: hosts } = await cluster(command);
       const leaseMs = options.lease ? parseDuration(options.lease) : undefined;
       if (leaseMs !== undefined && leaseMs <= 0) throw new FerryError(ErrorCode.BAD_INPUT, '--lease must be longer than zero', 'e.g. --lease 2h');
-      const { info, choice } = await provision(file, hosts, { name, template: options.template, on: options.on, ip: options.ip, leaseMs });
+      const { info, choice, skipped } = await provision(file, hosts, { name, template: options.template, on: options.on, ip: options.ip, leaseMs, cpu: options.cpu });
       if (options.json) {
-        printJson({ ...info, choice });
+        printJson({ ...info, choice, skipped });
         return;
       }
       process.stdout.write(`provisioned ${info.name} ${choice}\n`);
+      for (const skip of skipped) process.stdout.write(`  skipped ${skip.host}: ${skip.reason}\n`);
+      process.stdout.write(`  cpu ${info.cpuModel.model} (${info.cpuModel.flags.length} flags)\n`);
       if (info.network) process.stdout.write(`  network ${info.network.ip}/${info.network.prefix} via ${info.network.gateway}, MAC ${info.network.mac}\n`);
       if (info.leaseUntil) process.stdout.write(`  leased until ${info.leaseUntil}\n`);
+    });
+
+  const cpu = program.command('cpu').description('CPU models: what the hosts of the cluster have in common');
+  cpu.command('baseline')
+    .description('the CPU flags every reachable host has now, and their x86-64 level: what --cpu baseline gives a new VM')
+    .option('--json', 'print JSON: {"level","flags","hosts","unreachable"}')
+    .action(async (options: { json?: boolean }, command: Command) => {
+      const { cluster: hosts } = await cluster(command);
+      const baseline = clusterBaseline(await surveyHosts(hosts));
+      if (options.json) printJson(baseline);
+      else process.stdout.write(`${formatBaseline(baseline)}\n`);
     });
 
   program

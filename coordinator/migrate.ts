@@ -71,10 +71,11 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     destination = (await openHost(destinationHost, connect)).client;
     const vm = await source.request('vm.info', { name: request.vm });
 
-    // Stage 1: reservation. The destination checks capacity and allocates a container of the same size.
+    // Stage 1: reservation. The destination checks it has every CPU flag of the VM's model, and capacity, and
+    // allocates a container of the same size.
     enter(1, 'reservation');
     await destination.request('migrate.reserve', {
-      migrationId, name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch,
+      migrationId, name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch, cpuModel: vm.cpuModel,
       sourceUrl: located.host.migrationUrl ?? located.host.url,
       ...(vm.disks?.some((disk) => disk.shared) && opened.info.sharedStorageId ? { sharedStorageId: opened.info.sharedStorageId } : {}),
     }, { signal: hooks.signal });

@@ -26,6 +26,10 @@ export function exitCodeFor(error: FerryError): number {
     case ErrorCode.CONNECTION_LOST:
     case ErrorCode.TIMEOUT:
       return ExitCode.UNREACHABLE;
+    // A valid request an agent refused (no room; a CPU without the VM's flags): carried out and not done.
+    case ErrorCode.CAPACITY:
+    case ErrorCode.CPU_INCOMPATIBLE:
+      return ExitCode.FAILED;
     default:
       return ExitCode.FAILED;
   }

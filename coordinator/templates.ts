@@ -1,11 +1,12 @@
 /**
  * VM templates: a few built in, and the user's own in `ferry.templates.json` beside the cluster file, as
- * `{"templates": [{"name", "memory", "disk", "workload", "rate"?, "wss"?}]}`. A user template may replace a built-in
+ * `{"templates": [{"name", "memory", "disk", "workload", "rate"?, "wss"?, "cpu"?}]}`. A user template may replace a built-in
  * one of the same name.
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { cpuModelNameSchema } from '../shared/cpu.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { workloadKindSchema } from '../shared/protocol.js';
 
@@ -17,6 +18,8 @@ export const templateSchema = z.object({
   rate: z.number().int().min(0).default(0),
   wss: z.string().optional(),
   description: z.string().default(''),
+  /** The CPU model of VMs made from it (`host`, a level, `baseline`); `--cpu` overrides it; default `baseline`. */
+  cpu: cpuModelNameSchema.optional(),
 });
 export type Template = z.infer<typeof templateSchema>;
 

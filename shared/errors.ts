@@ -12,6 +12,12 @@ export const ErrorCode = {
   VM_NOT_FOUND: 'FERRY_ERR_VM_NOT_FOUND',
   /** A VM by that name already exists. */
   VM_EXISTS: 'FERRY_ERR_VM_EXISTS',
+  /**
+   * The host lacks CPU flags the VM's CPU model needs (shared/cpu.ts): at creation, at a live migration's
+   * reservation, when a suspended VM would resume there or arrive there cold, or at a fresh start of a named model.
+   * The message names the missing flags.
+   */
+  CPU_INCOMPATIBLE: 'FERRY_ERR_CPU_INCOMPATIBLE',
   /** The VM is in a state that does not allow the request (for example migrating, or already paused). */
   VM_STATE: 'FERRY_ERR_VM_STATE',
   /** No host by that name in the cluster file. */

@@ -11,6 +11,7 @@
  */
 import { z } from 'zod';
 import { MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from './constants.js';
+import { cpuModelRequestSchema, hostCpuSchema, vmCpuModelSchema } from './cpu.js';
 import { ErrorCode } from './errors.js';
 
 export const vmNameSchema = z
@@ -113,6 +114,8 @@ export const vmInfoSchema = vmSummarySchema.extend({
   /** The last lines of the VM's log (vm.log): what happened to it. */
   log: z.array(z.string()).optional(),
   cpu: z.object({ x: z.number(), n: z.number() }),
+  /** Its CPU model and the flags its guest was started with (shared/cpu.ts); `cpu` above is its registers. */
+  cpuModel: vmCpuModelSchema,
   /** Gap in the guest's heartbeat at its last resume (a pause, or a migration's activation). */
   lastBlackoutMs: z.number(),
   createdAt: z.string(),
@@ -132,6 +135,8 @@ export const hostInfoSchema = z.object({
   sharedStorageId: z.string().optional(),
   /** CPU time the agent process has used so far, all its threads (vCPUs included): for benchmarks. */
   cpu: z.object({ userMs: z.number(), systemMs: z.number() }),
+  /** The host's CPU: vendor, model, the flags it offers guests (less `--cpu-mask`), their x86-64 level. */
+  hostCpu: hostCpuSchema,
 });
 export type HostInfo = z.infer<typeof hostInfoSchema>;
 
@@ -250,6 +255,8 @@ export const controlOps = {
       network: networkSchema.omit({ mac: true }).optional(),
       /** Release the VM (destroy it with its files) at this time (ISO 8601). */
       leaseUntil: z.string().datetime().optional(),
+      /** Its CPU model: `host`, a level, or `baseline` with the cluster's common flags; none is a baseline of this host. */
+      cpuModel: cpuModelRequestSchema.optional(),
     }).strict(),
     vmInfoSchema,
   ],
@@ -278,6 +285,8 @@ export const controlOps = {
       sourceUrl: agentUrlSchema,
       /** The VM's disks are on this shared storage: the destination must mount it too. */
       sharedStorageId: sharedStorageIdSchema.optional(),
+      /** The VM's CPU model: the destination must have every flag of it (FERRY_ERR_CPU_INCOMPATIBLE). */
+      cpuModel: vmCpuModelSchema,
     }).strict(),
     z.object({ freeBytesAfter: z.number() }),
   ],
@@ -360,8 +369,14 @@ export const peerOps = {
    * or `none` (it holds no copy: it restarted or died; the verified image is the only one left: activate).
    */
   'peer.holds': [z.object({ migrationId: migrationIdSchema, name: vmNameSchema }).strict(), z.object({ state: z.enum(['committed', 'running', 'pending', 'none']) })],
-  /** Cold migration: a staging folder for VM `name` (its config, the source's epoch). */
-  'cold.begin': [z.object({ migrationId: migrationIdSchema, name: vmNameSchema, epoch: z.number().int().min(1), sourceUrl: agentUrlSchema, sharedStorageId: sharedStorageIdSchema.optional() }).strict(), empty],
+  /**
+   * Cold migration: a staging folder for VM `name` (its config, the source's epoch). A `suspended` VM resumes with
+   * its CPU model's flags, so the destination must have them; a powered-off one boots fresh and is not checked.
+   */
+  'cold.begin': [z.object({
+    migrationId: migrationIdSchema, name: vmNameSchema, epoch: z.number().int().min(1), sourceUrl: agentUrlSchema, sharedStorageId: sharedStorageIdSchema.optional(),
+    cpuModel: vmCpuModelSchema, suspended: z.boolean(),
+  }).strict(), empty],
   /** One checked chunk of a file: `data` with its xxh64. Chunks of zeros are not sent: `cold.finish` gives each file its full size, the gaps as holes (sparse files stay sparse). */
   'cold.chunk': [
     z.object({

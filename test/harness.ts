@@ -34,9 +34,9 @@ export interface TestCluster {
   addAgent(options: LocalAgentOptions): Promise<LocalAgent>;
   /**
    * Starts agent `name` again, after it died, on the same port and datastore (a host that rebooted), without the
-   * fault switches it had.
+   * fault switches it had; `extraArgs` are command-line arguments for the new process (e.g. `--cpu-mask`).
    */
-  restartAgent(name: string): Promise<LocalAgent>;
+  restartAgent(name: string, extraArgs?: string[]): Promise<LocalAgent>;
   stop(): Promise<void>;
 }
 
@@ -89,12 +89,12 @@ export async function startCluster(agents: LocalAgentOptions[]): Promise<TestClu
       if (added.code !== 0) throw new Error(`hosts add failed: ${added.stderr}`);
       return agent;
     },
-    restartAgent: async (name) => {
+    restartAgent: async (name, extraArgs) => {
       const old = running.get(name);
       if (!old) throw new Error(`no agent ${name}`);
       await old.stop(2000);
       const port = Number(new URL(old.url).port);
-      const agent = await startLocalAgent({ name, port, datastore: path.join(dir, name), logLevel: 'warn', token });
+      const agent = await startLocalAgent({ name, port, datastore: path.join(dir, name), logLevel: 'warn', token, ...(extraArgs ? { extraArgs } : {}) });
       running.set(name, agent);
       return agent;
     },

@@ -22,6 +22,7 @@ export async function hostInfo(agent: Agent): Promise<HostInfo> {
     diskFreeBytes: files ? await files.freeBytes() : 0,
     ...(files?.shared ? { sharedStorageId: await files.sharedStorageId() } : {}),
     cpu: cpuTime(),
+    hostCpu: agent.hostCpu,
   };
 }
 

@@ -9,11 +9,14 @@ import { faultPoint } from '../faults.js';
 import { sendColdCopy } from '../migration/cold.js';
 import { runSource } from '../migration/source.js';
 import { MigrationTarget } from '../migration/target.js';
+import { requireCpu } from '../vm/cpu-model.js';
 
 export function serveMigrateControl(connection: ControlServer, agent: Agent): void {
   const { catalog, log } = agent;
 
-  connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload, epoch, sourceUrl, sharedStorageId }) => {
+  connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload, epoch, sourceUrl, sharedStorageId, cpuModel }) => {
+    // Stage 1 refuses what the destination cannot run: the guest goes on using every flag it was started with.
+    requireCpu(agent.name, agent.hostCpu, { name, cpu: cpuModel }, 'receive-live');
     await agent.requireSharedStorage(name, sharedStorageId);
     if (agent.incoming.has(migrationId)) {
       throw new FerryError(ErrorCode.VM_STATE, `migration ${migrationId} already has a reservation here`, 'start a new migration');
@@ -24,6 +27,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       await catalog.release(vm);
       throw new FerryError(ErrorCode.VM_STATE, `migration ${migrationId} already has a reservation here`, 'start a new migration');
     }
+    vm.cpuModel = { model: cpuModel.model, flags: [...cpuModel.flags] };
     const target = new MigrationTarget(migrationId, vm, catalog, agent.faults, log, { epoch, url: sourceUrl }, agent.activations);
     // Called as the VM starts running here; it takes the VM at once (before any other request can), so nothing acts
     // on it until its files are written.
@@ -126,7 +130,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         let sent;
         try {
           const sharedStorageId = stored.config.disks.some((disk) => disk.shared) ? await files.sharedStorageId() : undefined;
-          sent = await sendColdCopy(files, stored.config, migrationId, sourceUrl, peer, sharedStorageId, (progress) => void context.event(progress));
+          sent = await sendColdCopy(files, stored.config, stored.suspended, migrationId, sourceUrl, peer, sharedStorageId, (progress) => void context.event(progress));
         } finally {
           peer.close();
         }

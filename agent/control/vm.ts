@@ -7,6 +7,7 @@ import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { VmInfo } from '../../shared/protocol.js';
 import type { Agent, ControlServer } from '../agent.js';
 import { randomMac } from '../datastore/config.js';
+import { requireCpu, resolveCpuModel } from '../vm/cpu-model.js';
 
 /** Dump chunks: 1 MiB, the size ws moves at full speed. */
 const DUMP_CHUNK_BYTES = 1024 * 1024;
@@ -14,17 +15,20 @@ const DUMP_CHUNK_BYTES = 1024 * 1024;
 export function serveVmControl(connection: ControlServer, agent: Agent): void {
   const { catalog, log } = agent;
 
-  connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil }) => {
+  connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil, cpuModel: requested }) => {
+    const cpuModel = resolveCpuModel(requested, agent.hostCpu);
+    requireCpu(agent.name, agent.hostCpu, { name, cpu: cpuModel }, 'create');
     await catalog.allocate({ name, memoryBytes, workload }, 'paused', 'be created', {
       prealloc: prealloc ?? false,
       // Under the name's claim: nothing can act on the VM until its files exist and its vCPU runs.
       setup: async (vm) => {
+        vm.cpuModel = cpuModel;
         if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes, ...(agent.files?.shared ? { shared: true } : {}) }];
         if (network) vm.network = { ...network, mac: randomMac() };
         if (leaseUntil) vm.leaseUntil = leaseUntil;
         await agent.files?.create(agent.configOf(vm), undefined, '');
         try {
-          await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}`);
+          await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}, cpu ${cpuModel.model} (${cpuModel.flags.length} flags)`);
           await vm.resume();
         } catch (error) {
           await agent.files?.remove(name).catch((cleanup: unknown) => log.warn('could not remove the files of a VM whose creation failed', { vm: name, error: String(cleanup) }));
@@ -44,16 +48,27 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
   });
 
   connection.handle('vm.start', async ({ name }) => {
-    await catalog.powerOn(name, async (vm, { suspended }) => {
+    // A suspended guest resumes using the flags it was saved with; a named model boots with its own flags; a `host`
+    // VM boots fresh with this host's, whatever host it started on before (it may have moved cold since).
+    const found = catalog.findStored(name);
+    if (found?.suspended) requireCpu(agent.name, agent.hostCpu, { name, cpu: found.config.cpuModel }, 'resume');
+    else if (found && found.config.cpuModel.model !== 'host') requireCpu(agent.name, agent.hostCpu, { name, cpu: found.config.cpuModel }, 'start');
+    await catalog.powerOn(name, async (vm, { suspended, config }) => {
       if (suspended && agent.files) {
         // Exactly where it was: memory and registers as saved (checked against their digest). The image goes before
         // the vCPU runs: a crash from here on finds the VM powered off, never a stale image to rewind it to.
         vm.setRegisters(await agent.files.loadSuspend(name, vm.memory));
         await agent.files.dropSuspend(name);
       }
+      let newFlags = false;
+      if (!suspended && config.cpuModel.model === 'host') {
+        vm.cpuModel = { model: 'host', flags: [...agent.hostCpu.flags] };
+        newFlags = vm.cpuModel.flags.join(' ') !== config.cpuModel.flags.join(' ');
+        if (newFlags) await agent.files?.writeConfig(agent.configOf(vm));
+      }
       await vm.resume();
       vm.state = 'running';
-      await agent.logEvent(name, suspended ? 'resumed from suspend' : 'started (powered on)');
+      await agent.logEvent(name, suspended ? 'resumed from suspend' : `started (powered on)${newFlags ? `, cpu host: ${agent.name}'s ${vm.cpuModel.flags.length} flags` : ''}`);
     });
     return agent.vmInfo(name);
   });

@@ -3,6 +3,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
+import { vmCpuModelSchema, type VmCpuModel } from '../../shared/cpu.js';
 import {
   agentUrlSchema, migrationIdSchema, networkSchema, registersSchema, vmNameSchema, workloadSpecSchema, type Registers,
 } from '../../shared/protocol.js';
@@ -19,8 +20,22 @@ export const vmConfigSchema = z.object({
   /** Set on a VM that arrived by cold migration until its source has dropped its copy (migration/cold.ts). */
   coldFrom: z.object({ migrationId: migrationIdSchema, sourceUrl: agentUrlSchema }).optional(),
   createdAt: z.string(),
+  /**
+   * The VM's CPU model and the flags its guest was started with (shared/cpu.ts). A config written before ferry had
+   * CPU models has none: it loads as `baseline` with the flags of the host it is on (`withCpuModel`), which is what
+   * that VM has been running with.
+   */
+  cpuModel: vmCpuModelSchema.optional(),
 });
-export type VmConfig = z.infer<typeof vmConfigSchema>;
+/** config.json as it may lie on disk, from any version of ferry. */
+export type VmConfigFile = z.infer<typeof vmConfigSchema>;
+/** A VM's config once loaded: its CPU model always known. */
+export type VmConfig = VmConfigFile & { cpuModel: VmCpuModel };
+
+/** A config as loaded on a host whose CPU offers `hostFlags`: one without a CPU model gets that host's, as `baseline`. */
+export function withCpuModel(config: VmConfigFile, hostFlags: readonly string[]): VmConfig {
+  return { ...config, cpuModel: config.cpuModel ?? { model: 'baseline', flags: [...hostFlags] } };
+}
 
 export const suspendSchema = z.object({ registers: registersSchema, memoryBytes: z.number(), sha256: z.string(), takenAt: z.string() });
 

@@ -2,7 +2,7 @@
  * An agent's datastore: one folder per VM, named after it.
  *
  *   <datastore>/vms/<name>/
- *     config.json   name, memory, vCPU workload, disks, network, ownership epoch (written whole: temp, fsync, rename)
+ *     config.json   name, memory, vCPU workload, disks, network, ownership epoch, CPU model (written whole: temp, fsync, rename)
  *     nvram.bin     the VM's BIOS settings: 64 bytes with a SHA-256 check (nvram.ts)
  *     vm.log        what happened to the VM, a line per event, appended
  *     disk0.img     a sparse disk image, when the VM has a disk
@@ -21,7 +21,7 @@ import { appendFile, mkdir, open, readFile, readdir, rename, rm, statfs, truncat
 import path from 'node:path';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Registers } from '../../shared/protocol.js';
-import { suspendSchema, vmConfigSchema, type StoredVm, type VmConfig } from './config.js';
+import { suspendSchema, vmConfigSchema, withCpuModel, type StoredVm, type VmConfigFile } from './config.js';
 import { defaultNvram } from './nvram.js';
 import { resolveInside } from './paths.js';
 
@@ -58,10 +58,13 @@ export class Datastore {
   readonly root: string;
   /** Storage every agent of the cluster mounts at the same path (--shared-storage), for disks that stay put. */
   readonly shared: string | undefined;
+  /** The flags this host's CPU offers guests: the CPU model of a VM whose config predates CPU models. */
+  readonly hostCpuFlags: readonly string[];
 
-  constructor(root: string, shared?: string) {
+  constructor(root: string, shared?: string, hostCpuFlags: readonly string[] = []) {
     this.root = root;
     this.shared = shared;
+    this.hostCpuFlags = hostCpuFlags;
   }
 
   /** The shared storage's identity: a random id kept in it, the same for every agent that mounts it. */
@@ -164,7 +167,7 @@ export class Datastore {
 
   /** One VM as its files describe it: its config, and whether it is suspended (with the saved registers). */
   async readStored(name: string): Promise<StoredVm> {
-    const config = vmConfigSchema.parse(JSON.parse(await readFile(this.file(name, 'config.json'), 'utf8')));
+    const config = withCpuModel(vmConfigSchema.parse(JSON.parse(await readFile(this.file(name, 'config.json'), 'utf8'))), this.hostCpuFlags);
     if (config.name !== name) throw new FerryError(ErrorCode.IO, `the folder ${name} holds the config of ${config.name}`, 'rename the folder or fix its config.json');
     const suspendFile = this.file(name, 'suspend.json');
     if (!existsSync(suspendFile)) return { config, suspended: false };
@@ -177,7 +180,7 @@ export class Datastore {
    * finished, left for a person to look at) is refused rather than reused; a folder this call made and could not
    * finish is removed. Disks on shared storage that exist already are kept: they are the VM's own, arriving live.
    */
-  async create(config: VmConfig, nvram: Buffer = defaultNvram(), log = ''): Promise<void> {
+  async create(config: VmConfigFile, nvram: Buffer = defaultNvram(), log = ''): Promise<void> {
     const folder = this.folder(config.name);
     await mkdir(path.dirname(folder), { recursive: true });
     try {
@@ -204,7 +207,7 @@ export class Datastore {
     }
   }
 
-  async writeConfig(config: VmConfig): Promise<void> {
+  async writeConfig(config: VmConfigFile): Promise<void> {
     await writeWhole(this.file(config.name, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
   }
 

@@ -20,7 +20,8 @@ import { MAX_DISK_BYTES, PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js
 import { formatDigest, hashBytes, streamingHash } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { PeerOps, RequestOf, ReplyOf } from '../../shared/protocol.js';
-import { vmConfigSchema, type VmConfig } from '../datastore/config.js';
+import type { VmCpuModel } from '../../shared/cpu.js';
+import { vmConfigSchema, type VmConfig, type VmConfigFile } from '../datastore/config.js';
 import type { Datastore } from '../datastore/datastore.js';
 import type { PeerClient } from './peer-client.js';
 
@@ -35,6 +36,7 @@ type Manifest = RequestOf<PeerOps, 'cold.finish'>['manifest'];
 export async function sendColdCopy(
   datastore: Datastore,
   config: VmConfig,
+  suspended: boolean,
   migrationId: string,
   sourceUrl: string,
   peer: PeerClient,
@@ -43,7 +45,9 @@ export async function sendColdCopy(
 ): Promise<{ manifest: Manifest; bytesSent: number; bytesSkipped: number }> {
   const folder = datastore.folder(config.name);
   const timeout = { timeoutMs: PEER_REPLY_TIMEOUT_MS };
-  await peer.request('cold.begin', { migrationId, name: config.name, epoch: config.epoch, sourceUrl, ...(sharedStorageId ? { sharedStorageId } : {}) }, timeout);
+  await peer.request('cold.begin', {
+    migrationId, name: config.name, epoch: config.epoch, sourceUrl, ...(sharedStorageId ? { sharedStorageId } : {}), cpuModel: config.cpuModel, suspended,
+  }, timeout);
   const manifest: Manifest = [];
   let bytesSent = 0;
   let bytesSkipped = 0;
@@ -95,6 +99,7 @@ export class ColdTarget {
   private readonly migrationId: string;
   private readonly epoch: number;
   private readonly sourceUrl: string;
+  private readonly cpuModel: VmCpuModel;
   private readonly datastore: Datastore;
   private phase: 'receiving' | 'finishing' | 'registered' | 'abandoned' = 'receiving';
   /** Whether this connection made the staging folder (and so may remove it). */
@@ -111,6 +116,7 @@ export class ColdTarget {
     this.migrationId = request.migrationId;
     this.epoch = request.epoch;
     this.sourceUrl = request.sourceUrl;
+    this.cpuModel = request.cpuModel;
   }
 
   /** The VM's folder is in place: nothing of it is staging any more. */
@@ -222,7 +228,11 @@ export class ColdTarget {
     if (config.name !== this.name) {
       throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the cold migration ${this.name}`, 'the source is not a compatible ferry-agent');
     }
-    const registered: VmConfig = { ...config, epoch: this.epoch + 1, coldFrom: { migrationId: this.migrationId, sourceUrl: this.sourceUrl } };
+    // A config from before CPU models gets the model the source loaded it with (its host's flags, which a
+    // suspended guest was running with), not this host's.
+    const registered: VmConfigFile = {
+      ...config, cpuModel: config.cpuModel ?? this.cpuModel, epoch: this.epoch + 1, coldFrom: { migrationId: this.migrationId, sourceUrl: this.sourceUrl },
+    };
     const handle = await open(configFile, 'w');
     try {
       await handle.writeFile(`${JSON.stringify(registered, null, 2)}\n`);

@@ -8,6 +8,7 @@ import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import type { Agent, PeerServer } from '../agent.js';
 import { faultPoint } from '../faults.js';
 import { ColdTarget } from '../migration/cold.js';
+import { requireCpu } from '../vm/cpu-model.js';
 import { every, type Periodic } from '../periodic.js';
 
 export function serveColdTarget(connection: PeerServer, agent: Agent): void {
@@ -27,6 +28,8 @@ export function serveColdTarget(connection: PeerServer, agent: Agent): void {
 
   connection.handle('cold.begin', async (request) => {
     await agent.requireSharedStorage(request.name, request.sharedStorageId);
+    // A suspended guest resumes with the flags it was saved running with; a powered-off one boots fresh here.
+    if (request.suspended) requireCpu(agent.name, agent.hostCpu, { name: request.name, cpu: request.cpuModel }, 'receive-suspended');
     if (!agent.files) throw new FerryError(ErrorCode.VM_STATE, `${agent.name} keeps no files`, 'run the agent with --datastore');
     if (cold) throw new FerryError(ErrorCode.PROTOCOL, 'this connection already carries a cold migration', 'open a new connection per migration');
     const target = new ColdTarget(agent.files, request);

@@ -4,6 +4,7 @@
 import { PAGE_SIZE } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
+import type { VmCpuModel } from '../../shared/cpu.js';
 import type { Network, Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
 import { DirtyLog } from './dirty-log.js';
 import {
@@ -36,6 +37,11 @@ export class VirtualMachine {
   network: Network | null = null;
   /** Released at this time (ISO 8601), when provisioned with a lease. */
   leaseUntil: string | null = null;
+  /**
+   * Its CPU model and the flags its guest was started with (agent/vm/cpu-model.ts). Set by whoever makes the VM
+   * (creation, a reservation, a power-on); a VM made without one needs no flags.
+   */
+  cpuModel: VmCpuModel = { model: 'baseline', flags: [] };
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 
@@ -137,6 +143,7 @@ export class VirtualMachine {
       network: this.network,
       leaseUntil: this.leaseUntil,
       cpu: { x, n },
+      cpuModel: this.cpuModel,
       lastBlackoutMs: this.lastBlackoutMs(),
       createdAt: this.createdAt.toISOString(),
     };

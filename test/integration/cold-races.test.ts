@@ -54,7 +54,7 @@ describe('a cold migration stream that closes at a bad moment', () => {
       const peer = await dialAgent({ url, path: '/peer', token: c.token }, peerOps);
       const pending: Promise<unknown>[] = [];
       const send = (promise: Promise<unknown>): void => void pending.push(promise.catch(() => undefined));
-      send(peer.request('cold.begin', { migrationId: randomUUID(), name, epoch: 1, sourceUrl: 'ws://127.0.0.1:9' }, { timeoutMs: 10_000 }));
+      send(peer.request('cold.begin', { migrationId: randomUUID(), name, epoch: 1, sourceUrl: 'ws://127.0.0.1:9', cpuModel: { model: 'baseline', flags: [] }, suspended: false }, { timeoutMs: 10_000 }));
       if (moment.after === 'finish') {
         const files = vmFiles(name);
         for (const [file, data] of files) {

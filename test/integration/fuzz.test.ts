@@ -171,7 +171,7 @@ describe('names from the network never become paths outside the datastore', () =
       }
     };
     const hostile = ['..', '../..', '../../victim', '../victim', path.join(c.dir, 'victim'), '/tmp', 'a/b', 'x\u0000y', '', '.'];
-    const begin = (fields: Record<string, unknown>): Record<string, unknown> => ({ migrationId: randomUUID(), name: 'web9', epoch: 1, sourceUrl: 'ws://127.0.0.1:9', ...fields });
+    const begin = (fields: Record<string, unknown>): Record<string, unknown> => ({ migrationId: randomUUID(), name: 'web9', epoch: 1, sourceUrl: 'ws://127.0.0.1:9', cpuModel: { model: 'baseline', flags: [] }, suspended: false, ...fields });
     for (const bad of hostile) {
       expect(await codeOf('cold.begin', begin({ migrationId: bad })), `migrationId ${JSON.stringify(bad)}`).toBe('FERRY_ERR_BAD_INPUT');
       expect(await codeOf('cold.begin', begin({ name: bad })), `name ${JSON.stringify(bad)}`).toBe('FERRY_ERR_BAD_INPUT');

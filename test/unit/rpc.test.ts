@@ -14,7 +14,7 @@ const clientRemoteOps = { ...controlOps, ...peerOps };
 type Server = RpcConnection<typeof controlOps, typeof noOps>;
 type Client = RpcConnection<typeof noOps, typeof clientRemoteOps>;
 
-const hostInfo: HostInfo = { name: 'host-a', version: 1, capacityBytes: 8 * 1024 ** 3, usedBytes: 0, freeBytes: 8 * 1024 ** 3, vms: [], diskFreeBytes: 0, cpu: { userMs: 1, systemMs: 2 } };
+const hostInfo: HostInfo = { name: 'host-a', version: 1, capacityBytes: 8 * 1024 ** 3, usedBytes: 0, freeBytes: 8 * 1024 ** 3, vms: [], diskFreeBytes: 0, cpu: { userMs: 1, systemMs: 2 }, hostCpu: { vendor: 'GenuineIntel', model: 'test', flags: ['sse2'], level: null, masked: [] } };
 
 let wss: WebSocketServer | undefined;
 const sockets: WebSocket[] = [];
