@@ -199,9 +199,14 @@ export class Catalog {
 
   /**
    * Powers on a files-only VM: its memory is allocated and `load` fills it (a suspend image) before it becomes a
-   * machine. If anything fails, the VM is files only again, as it was.
+   * machine; `boot.configDrive` is the config drive a fresh boot reads. If anything fails, the VM is files only
+   * again, as it was.
    */
-  async powerOn(name: string, load: (vm: VirtualMachine, stored: StoredVm) => Promise<void>): Promise<{ vm: VirtualMachine; stored: StoredVm }> {
+  async powerOn(
+    name: string,
+    load: (vm: VirtualMachine, stored: StoredVm) => Promise<void>,
+    boot: { configDrive?: string | undefined } = {},
+  ): Promise<{ vm: VirtualMachine; stored: StoredVm }> {
     const entry = this.entries.get(name);
     if (entry?.kind !== 'stored') {
       if (!entry) throw this.notFound(name);
@@ -215,11 +220,12 @@ export class Catalog {
     this.entries.set(name, claim);
     let vm: VirtualMachine | undefined;
     try {
-      vm = await this.build({ name, memoryBytes: config.memoryBytes, workload: config.workload }, 'paused', false);
+      vm = await this.build({ name, memoryBytes: config.memoryBytes, workload: config.workload, configDrive: boot.configDrive }, 'paused', false);
       vm.epoch = config.epoch;
       vm.disks = config.disks;
       vm.network = config.network;
       vm.leaseUntil = config.leaseUntil;
+      vm.image = config.image;
       await load(vm, entry.stored);
     } catch (error) {
       await vm?.destroy();

@@ -10,6 +10,7 @@ import { runBench } from './bench/command.js';
 import { toMarkdown } from './bench/output.js';
 import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
 import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, withCredentials, type Cluster } from './cluster.js';
+import { addImageCommands } from './commands/image.js';
 import { withHost } from './connect.js';
 import { dumpMemory, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
@@ -336,6 +337,8 @@ Exit status is 0 only when committed.`)
           ? exitCodeFor(FerryError.fromPayload(report.error))
           : ExitCode.FAILED;
     });
+
+  addImageCommands(program, cluster);
 
   const templates = program.command('template').description('VM templates: built in, and yours in ferry.templates.json beside the cluster file');
   templates

@@ -14,6 +14,10 @@ export const ErrorCode = {
   VM_EXISTS: 'FERRY_ERR_VM_EXISTS',
   /** The VM is in a state that does not allow the request (for example migrating, or already paused). */
   VM_STATE: 'FERRY_ERR_VM_STATE',
+  /** No image by that name where it was looked for. */
+  IMAGE_NOT_FOUND: 'FERRY_ERR_IMAGE_NOT_FOUND',
+  /** An image by that name, with other contents, is already there. */
+  IMAGE_EXISTS: 'FERRY_ERR_IMAGE_EXISTS',
   /** No host by that name in the cluster file. */
   HOST_NOT_FOUND: 'FERRY_ERR_HOST_NOT_FOUND',
   /** A host by that name is already in the cluster file. */

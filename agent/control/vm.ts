@@ -6,7 +6,9 @@
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { VmInfo } from '../../shared/protocol.js';
 import type { Agent, ControlServer } from '../agent.js';
+import { formatBytes } from '../../shared/units.js';
 import { randomMac } from '../datastore/config.js';
+import { configDriveText, makeConfigDrive } from '../datastore/config-drive.js';
 
 /** Dump chunks: 1 MiB, the size ws moves at full speed. */
 const DUMP_CHUNK_BYTES = 1024 * 1024;
@@ -14,16 +16,38 @@ const DUMP_CHUNK_BYTES = 1024 * 1024;
 export function serveVmControl(connection: ControlServer, agent: Agent): void {
   const { catalog, log } = agent;
 
-  connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil }) => {
-    const vm = await catalog.allocate({ name, memoryBytes, workload }, 'paused', 'be created', prealloc ?? false);
+  connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil, image, configDrive }) => {
+    const { files } = agent;
+    if ((image !== undefined || configDrive !== undefined) && !files) {
+      throw new FerryError(ErrorCode.VM_STATE, `${agent.name} keeps no files: no images, no config drives`, 'run the agent with --datastore');
+    }
+    // The image is looked up before any memory is taken: a host without it refuses at once.
+    const manifest = image !== undefined ? await files!.images.get(image, agent.name) : undefined;
+    if (manifest && diskBytes !== undefined && diskBytes < manifest.bytes) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `a disk of ${formatBytes(diskBytes)} cannot hold image ${manifest.name} (${formatBytes(manifest.bytes)})`, 'give a disk at least as large as the image, or none (the disk is then the image\'s size)');
+    }
+    const fullNetwork = network ? { ...network, mac: randomMac() } : null;
+    // Made before the VM, so that its guest reads it when it boots.
+    const drive = configDrive ? configDriveText(makeConfigDrive(name, fullNetwork, configDrive.userData)) : undefined;
+    const vm = await catalog.allocate({ name, memoryBytes, workload, configDrive: drive }, 'paused', 'be created', prealloc ?? false);
+    const diskSize = manifest ? Math.max(diskBytes ?? 0, manifest.bytes) : diskBytes;
+    let cloned = '';
     try {
-      if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes, ...(agent.files?.shared ? { shared: true } : {}) }];
-      if (network) vm.network = { ...network, mac: randomMac() };
+      if (diskSize) vm.disks = [{ file: 'disk0.img', sizeBytes: diskSize, ...(files?.shared ? { shared: true } : {}) }];
+      vm.network = fullNetwork;
       if (leaseUntil) vm.leaseUntil = leaseUntil;
-      await agent.files?.create(agent.configOf(vm), undefined, '');
-      await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}`);
+      if (manifest) {
+        const clone = await files!.cloneImage(manifest, name, vm.disks[0]!);
+        vm.image = { name: manifest.name, xxh64: manifest.xxh64, cloneMethod: clone.method, cloneMs: clone.durationMs };
+        cloned = `, disk0.img cloned from image ${manifest.name} (${clone.method}${clone.reflinkRefused ? `: no reflink here, ${clone.reflinkRefused}` : ''}, ${Math.round(clone.durationMs)} ms)`;
+        log.info('image cloned', { vm: name, image: manifest.name, method: clone.method, durationMs: clone.durationMs, ...(clone.reflinkRefused ? { reflinkRefused: clone.reflinkRefused } : {}) });
+      }
+      await files?.create(agent.configOf(vm), undefined, '', drive);
+      await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskSize ? `, disk0.img of ${diskSize} bytes` : ''}${cloned}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}${drive ? ', config drive cidata.json' : ''}`);
     } catch (error) {
       await catalog.release(vm);
+      // What this request wrote goes with it; the name was ours (the catalog refused it if taken).
+      if (manifest || drive) await files?.remove(name);
       throw error;
     }
     await vm.resume();
@@ -39,10 +63,17 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
   });
 
   connection.handle('vm.start', async ({ name }) => {
-    const { vm, stored } = await catalog.powerOn(name, async (machine, { suspended }) => {
+    // A fresh boot reads the config drive; a suspended guest read it when it first booted, and keeps what it took.
+    const suspended = catalog.findStored(name)?.suspended ?? false;
+    const configDrive = suspended ? undefined : await agent.files?.readConfigDriveText(name);
+    const { vm, stored } = await catalog.powerOn(name, async (machine, { suspended: fromSuspend }) => {
       // Exactly where it was: memory and registers as saved (checked against their digest).
-      if (suspended && agent.files) machine.setRegisters(await agent.files.loadSuspend(name, machine.memory));
-    });
+      if (fromSuspend && agent.files) {
+        const saved = await agent.files.loadSuspend(name, machine.memory);
+        machine.setRegisters(saved.registers);
+        machine.guest = saved.guest;
+      }
+    }, { configDrive });
     await vm.resume();
     vm.state = 'running';
     if (stored.suspended) await agent.files?.dropSuspend(name);
@@ -62,7 +93,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     if (wasRunning) await vm.pause();
     const registers = vm.registers();
     try {
-      await agent.files.saveSuspend(name, vm.memory, registers);
+      await agent.files.saveSuspend(name, vm.memory, registers, vm.guest);
     } catch (error) {
       if (wasRunning) await vm.resume();
       throw error;

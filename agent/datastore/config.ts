@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import {
-  agentUrlSchema, migrationIdSchema, networkSchema, registersSchema, vmNameSchema, workloadSpecSchema, type Registers,
+  agentUrlSchema, guestFactsSchema, migrationIdSchema, networkSchema, registersSchema, vmInfoSchema, vmNameSchema, workloadSpecSchema, type Registers,
 } from '../../shared/protocol.js';
 
 export const vmConfigSchema = z.object({
@@ -19,10 +19,13 @@ export const vmConfigSchema = z.object({
   /** Set on a VM that arrived by cold migration until its source has dropped its copy (migration/cold.ts). */
   coldFrom: z.object({ migrationId: migrationIdSchema, sourceUrl: agentUrlSchema }).optional(),
   createdAt: z.string(),
+  /** The image disk0 was cloned from at provisioning, how, and how long it took. */
+  image: vmInfoSchema.shape.image,
 });
 export type VmConfig = z.infer<typeof vmConfigSchema>;
 
-export const suspendSchema = z.object({ registers: registersSchema, memoryBytes: z.number(), sha256: z.string(), takenAt: z.string() });
+/** suspend.json; `guest`: what the guest had taken from its config drive, which it keeps across a suspend. */
+export const suspendSchema = z.object({ registers: registersSchema, memoryBytes: z.number(), sha256: z.string(), takenAt: z.string(), guest: guestFactsSchema.optional() });
 
 /** A VM that exists here only as files: powered off (defined), or suspended to disk. */
 export interface StoredVm {

@@ -4,7 +4,7 @@
 import { PAGE_SIZE } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
-import type { Network, Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
+import type { GuestFacts, Network, Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
 import { DirtyLog } from './dirty-log.js';
 import {
   CONTROL_BYTES, ControlFloatSlot, ControlSlot, VcpuState, controlViews, readRegisterN, writeRegisterN, type ControlViews,
@@ -15,6 +15,8 @@ export interface VmSpec {
   name: string;
   memoryBytes: number;
   workload: WorkloadSpec;
+  /** Its config drive's text, read by the guest at boot; none for a migration's destination (its guest is running). */
+  configDrive?: string | undefined;
 }
 
 export class VirtualMachine {
@@ -36,6 +38,13 @@ export class VirtualMachine {
   network: Network | null = null;
   /** Released at this time (ISO 8601), when provisioned with a lease. */
   leaseUntil: string | null = null;
+  /** The image disk0 was cloned from (config.json's `image`). */
+  image: VmInfo['image'];
+  /**
+   * What the guest took from its config drive at boot: guest state, like the registers, so a live migration carries
+   * it and a suspend keeps it; a fresh boot reads the drive again.
+   */
+  guest: GuestFacts | undefined;
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 
@@ -50,6 +59,7 @@ export class VirtualMachine {
     this.control = controlViews(control);
     this.vcpu = vcpu;
     this.state = state;
+    this.guest = vcpu.guest;
   }
 
   /**
@@ -64,7 +74,10 @@ export class VirtualMachine {
     const { ints } = controlViews(control);
     Atomics.store(ints, ControlSlot.REG_X, spec.workload.seed | 0);
     writeRegisterN(ints, 0);
-    const vcpu = await Vcpu.start({ memory: memory.buffer as SharedArrayBuffer, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload });
+    const vcpu = await Vcpu.start({
+      memory: memory.buffer as SharedArrayBuffer, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload,
+      ...(spec.configDrive !== undefined ? { configDrive: spec.configDrive } : {}),
+    });
     return new VirtualMachine(spec, memory, dirtyLog, control, vcpu, state);
   }
 
@@ -139,6 +152,8 @@ export class VirtualMachine {
       cpu: { x, n },
       lastBlackoutMs: this.lastBlackoutMs(),
       createdAt: this.createdAt.toISOString(),
+      ...(this.image ? { image: this.image } : {}),
+      ...(this.guest ? { guest: this.guest } : {}),
     };
   }
 }
