@@ -180,7 +180,7 @@ describe('images', () => {
     expect(ghost.json().error.hint).toContain('ferry image import FILE --name no-such-image');
   });
 
-  it('carries the config drive and what the guest took from it through a live and a cold migration; guest memory still matches replay', async () => {
+  it('carries the config drive and what the guest took from it through a live and a cold migration and a suspend; guest memory still matches replay', async () => {
     cluster = await startCluster([]);
     const c = cluster;
     const shared = path.join(c.dir, 'shared');
@@ -210,6 +210,11 @@ describe('images', () => {
     expect(readFileSync(path.join(vmFolder(c, 'host-a', 'web1'), 'cidata.json'), 'utf8')).toBe(drive);
     expect((await c.ferry('vm', 'start', 'web1')).code).toBe(0);
     expect(await vmInfo(c, 'web1')).toMatchObject({ host: 'host-a', state: 'running', guest: { hostname: 'web1' } });
+    // A suspended guest does not boot again: what it took from the drive is kept with its saved state.
+    expect((await c.ferry('vm', 'suspend', 'web1')).code).toBe(0);
+    expect(JSON.parse(readFileSync(path.join(vmFolder(c, 'host-a', 'web1'), 'suspend.json'), 'utf8')).guest).toEqual({ hostname: 'web1' });
+    expect((await c.ferry('vm', 'start', 'web1')).code).toBe(0);
+    expect(await vmInfo(c, 'web1')).toMatchObject({ state: 'running', guest: { hostname: 'web1' } });
   });
 
   it('refuses bad names, damaged chunks, chunks past the end and truncated imports, leaving nothing behind', async () => {
