@@ -5,19 +5,22 @@
  *   control/host.ts         the coordinator's requests about the host
  *   control/vm.ts           ... about one VM's life: create, info, power, pause, dump, destroy, resolve
  *   control/migrate.ts      ... that start, reserve, cancel live and cold migrations
+ *   control/image.ts        ... about the images this host holds: list, capture, verify, remove, send to another
  *   peer/live-target.ts     another agent's page stream into a reservation here
  *   peer/settlement.ts      another agent asking how a migration in doubt ended, or telling this one to forget a VM
  *   peer/cold-target.ts     another agent's cold migration into this datastore, and settling what arrived
+ *   peer/image-target.ts    an image arriving, from another agent or imported by the coordinator (both connections)
  *   leases.ts               releasing VMs whose lease has ended
  *   datastore/              the VMs' files
  *   migration/              the migration algorithms themselves (source, target, settlement, cold)
  */
 import type { HostCpu } from '../shared/cpu.js';
 import type { Logger } from '../shared/log.js';
-import type { controlOps, peerOps, VmInfo } from '../shared/protocol.js';
+import type { ConfigDrive, controlOps, peerOps, VmInfo } from '../shared/protocol.js';
 import type { RpcConnection } from '../shared/rpc.js';
 import { Catalog } from './catalog.js';
 import { serveHostControl } from './control/host.js';
+import { serveImageControl } from './control/image.js';
 import { serveMigrateControl } from './control/migrate.js';
 import { serveVmControl } from './control/vm.js';
 import type { VmConfig } from './datastore/config.js';
@@ -29,6 +32,7 @@ import { connectToDestination, dialPeerAgent, type PeerClient } from './migratio
 import { Settlements } from './migration/settlement.js';
 import type { MigrationTarget } from './migration/target.js';
 import { ColdMarks, serveColdTarget } from './peer/cold-target.js';
+import { serveImageReceiver } from './peer/image-target.js';
 import { serveLiveTarget } from './peer/live-target.js';
 import { serveSettlementPeer } from './peer/settlement.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
@@ -138,6 +142,8 @@ export class Agent {
   /** VM info for a VM with memory here, or one that exists only as files; with the tail of its log. */
   async vmInfo(name: string): Promise<VmInfo> {
     const tail = async (): Promise<string[]> => ((await this.files?.readLog(name)) ?? '').trim().split('\n').filter(Boolean).slice(-20);
+    const configDrive = await this.readConfigDrive(name);
+    const drive = configDrive ? { configDrive } : {};
     const stored = this.catalog.findStored(name);
     if (stored) {
       const { config } = stored;
@@ -146,16 +152,27 @@ export class Agent {
         workload: config.workload, disks: config.disks, network: config.network, leaseUntil: config.leaseUntil,
         cpu: stored.registers ? { x: stored.registers.x, n: stored.registers.n } : { x: config.workload.seed, n: 0 },
         cpuModel: config.cpuModel,
-        lastBlackoutMs: 0, createdAt: config.createdAt, log: await tail(),
+        lastBlackoutMs: 0, createdAt: config.createdAt, log: await tail(), ...(config.image ? { image: config.image } : {}), ...drive,
       };
     }
-    return { ...this.catalog.machine(name).info(this.name), log: await tail() };
+    return { ...this.catalog.machine(name).info(this.name), log: await tail(), ...drive };
+  }
+
+  /** The VM's config drive; one that cannot be read is said in the log, and shown as none. */
+  private async readConfigDrive(name: string): Promise<ConfigDrive | undefined> {
+    try {
+      return await this.files?.readConfigDrive(name);
+    } catch (error) {
+      this.log.warn('the VM\'s config drive (cidata.json) cannot be read', { vm: name, error: String(error) });
+      return undefined;
+    }
   }
 
   configOf(vm: VirtualMachine): VmConfig {
     return {
       name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch, disks: vm.disks,
       network: vm.network, leaseUntil: vm.leaseUntil, createdAt: vm.createdAt.toISOString(), cpuModel: vm.cpuModel,
+      ...(vm.image ? { image: vm.image } : {}),
     };
   }
 
@@ -163,12 +180,15 @@ export class Agent {
     serveHostControl(connection, this);
     serveVmControl(connection, this);
     serveMigrateControl(connection, this);
+    serveImageControl(connection, this);
+    serveImageReceiver(connection, this);
   }
 
   servePeer(connection: PeerServer): void {
     serveLiveTarget(connection, this);
     serveSettlementPeer(connection, this);
     serveColdTarget(connection, this);
+    serveImageReceiver(connection, this);
   }
 
   async shutdown(): Promise<void> {

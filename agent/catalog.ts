@@ -213,9 +213,14 @@ export class Catalog {
 
   /**
    * Powers on a files-only VM: its memory is allocated and `setup` fills and starts it (a suspend image, the vCPU
-   * resumed) before it becomes a machine, all under its claim. If anything fails, the VM is files only again.
+   * resumed) before it becomes a machine, all under its claim; `boot.configDrive` is the config drive a fresh boot
+   * reads. If anything fails, the VM is files only again.
    */
-  async powerOn(name: string, setup: (vm: VirtualMachine, stored: StoredVm) => Promise<void>): Promise<{ vm: VirtualMachine; stored: StoredVm }> {
+  async powerOn(
+    name: string,
+    setup: (vm: VirtualMachine, stored: StoredVm) => Promise<void>,
+    boot: { configDrive?: string | undefined } = {},
+  ): Promise<{ vm: VirtualMachine; stored: StoredVm }> {
     const entry = this.entries.get(name);
     if (entry?.kind !== 'stored') {
       if (!entry) throw this.notFound(name);
@@ -229,12 +234,13 @@ export class Catalog {
     this.entries.set(name, claim);
     let vm: VirtualMachine | undefined;
     try {
-      vm = await this.build({ name, memoryBytes: config.memoryBytes, workload: config.workload }, 'paused', false);
+      vm = await this.build({ name, memoryBytes: config.memoryBytes, workload: config.workload, configDrive: boot.configDrive }, 'paused', false);
       vm.epoch = config.epoch;
       vm.disks = config.disks;
       vm.network = config.network;
       vm.leaseUntil = config.leaseUntil;
       vm.cpuModel = config.cpuModel;
+      vm.image = config.image;
       await setup(vm, entry.stored);
     } catch (error) {
       await vm?.destroy();

@@ -5,12 +5,13 @@ import { Command, Option } from 'commander';
 import { DEFAULT_MAX_DOWNTIME_MS, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, STOP_RULES } from '../shared/constants.js';
 import { cpuModelNameSchema, highestLevel, type CpuModelName } from '../shared/cpu.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
-import { verifyModeSchema, workloadKindSchema, type HostInfo, type VmInfo, type VmSummary } from '../shared/protocol.js';
+import { verifyModeSchema, workloadKindSchema, type ConfigDrive, type HostInfo, type VmInfo, type VmSummary } from '../shared/protocol.js';
 import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } from '../shared/units.js';
 import { runBench } from './bench/command.js';
 import { toMarkdown } from './bench/output.js';
 import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
 import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, withCredentials, type Cluster } from './cluster.js';
+import { addImageCommands } from './commands/image.js';
 import { withHost } from './connect.js';
 import { dumpMemory, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
@@ -20,7 +21,7 @@ import { migrationOptions } from './migrate-options.js';
 import { typedSize } from './option-check.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
 import { checkPattern } from './pattern-check.js';
-import { coldProgress, migrationProgress } from './progress.js';
+import { coldProgress, imageProgress, migrationProgress } from './progress.js';
 import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
@@ -62,6 +63,9 @@ function describeVm(info: VmInfo): string {
     ...(info.disks && info.disks.length > 0 ? [['  disks', info.disks.map((disk) => `${disk.file} (${formatBytes(disk.sizeBytes)})`).join(', ')]] : []),
     ...(info.network ? [['  network', `${info.network.ip}/${info.network.prefix} via ${info.network.gateway}, MAC ${info.network.mac}`]] : []),
     ...(info.leaseUntil ? [['  lease', `until ${info.leaseUntil}`]] : []),
+    ...(info.image ? [['  image', `disk0.img cloned from ${info.image.name} (xxh64 ${info.image.xxh64}) by ${describeClone(info.image.cloneMethod)} in ${formatDuration(info.image.cloneMs)}`]] : []),
+    ...(info.configDrive ? [['  config drive', describeConfigDrive(info.configDrive)]] : []),
+    ...(info.guest ? [['  guest', `hostname ${info.guest.hostname} (read from its config drive at boot)`]] : []),
   ]) + (info.log && info.log.length > 0 ? `\n  log (latest last):\n${info.log.map((line) => `    ${line}`).join('\n')}` : '');
 }
 
@@ -70,6 +74,17 @@ function cpuOption(fromTemplate = false): Option {
   const option = new Option('--cpu <model>', `CPU model: host (every flag of its host: fastest, moves only to hosts that have them all), a level, or baseline (the flags every host has now: moves live anywhere in the cluster)${fromTemplate ? '; default: the template\'s, else baseline' : ''}`)
     .choices(cpuModelNameSchema.options);
   return fromTemplate ? option : option.default(DEFAULT_CPU_MODEL);
+}
+
+function describeClone(method: string): string {
+  return method === 'reflink' ? 'reflink (blocks shared, copy on write)' : 'sparse copy (zeros skipped; no reflink on this file system)';
+}
+
+function describeConfigDrive(drive: ConfigDrive): string {
+  const network = drive['network-config'];
+  return `cidata.json: hostname ${drive['meta-data']['local-hostname']}, instance ${drive['meta-data']['instance-id']}`
+    + `${network ? `, ${network.address}/${network.prefix} via ${network.gateway} (${network.mac})` : ', no network'}`
+    + `, user-data ${Buffer.byteLength(drive['user-data'])} bytes`;
 }
 
 function vmRows(vms: VmSummary[]): string {
@@ -351,6 +366,8 @@ Exit status is 0 only when committed.`)
           : ExitCode.FAILED;
     });
 
+  addImageCommands(program, cluster);
+
   const templates = program.command('template').description('VM templates: built in, and yours in ferry.templates.json beside the cluster file');
   templates
     .command('list', { isDefault: true })
@@ -363,7 +380,7 @@ Exit status is 0 only when committed.`)
         printJson(all);
         return;
       }
-      process.stdout.write(`${formatTable([['NAME', 'MEMORY', 'DISK', 'WORKLOAD', 'FROM'], ...all.map((t) => [t.name, t.memory, t.disk, `${t.workload}${t.rate ? ` ${t.rate}/s` : ''}`, t.source])])}\n`);
+      process.stdout.write(`${formatTable([['NAME', 'MEMORY', 'DISK', 'WORKLOAD', 'IMAGE', 'FROM'], ...all.map((t) => [t.name, t.memory, t.disk ?? '(image)', `${t.workload}${t.rate ? ` ${t.rate}/s` : ''}`, t.image ?? '-', t.source])])}\n`);
     });
 
   program
@@ -374,19 +391,29 @@ Exit status is 0 only when committed.`)
     .option('--ip <address>', 'auto (from the cluster file\'s pool), or an address like 10.0.0.5/24')
     .option('--lease <duration>', 'release the VM (destroy it with its files) after this long, e.g. 2h')
     .addOption(cpuOption(true))
+    .option('--only-holders', 'image templates: only hosts that hold the image already (default: send it to the host chosen)')
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { template: string; on?: string; ip?: string; lease?: string; cpu?: CpuModelName; json?: boolean }, command: Command) => {
+    .option('--quiet', 'no progress on stderr')
+    .action(async (name: string, options: { template: string; on?: string; ip?: string; lease?: string; cpu?: CpuModelName; onlyHolders?: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
       const { file, cluster: hosts } = await cluster(command);
       const leaseMs = options.lease ? parseDuration(options.lease) : undefined;
       if (leaseMs !== undefined && leaseMs <= 0) throw new FerryError(ErrorCode.BAD_INPUT, '--lease must be longer than zero', 'e.g. --lease 2h');
-      const { info, choice, skipped } = await provision(file, hosts, { name, template: options.template, on: options.on, ip: options.ip, leaseMs, cpu: options.cpu });
+      const progress = options.quiet ? undefined : imageProgress();
+      const provisioned = await provision(file, hosts, {
+        name, template: options.template, on: options.on, ip: options.ip, leaseMs, cpu: options.cpu, onlyHolders: options.onlyHolders,
+        onImageProgress: (host, event) => progress?.onProgress(host, event),
+      }).finally(() => progress?.finish());
+      const { info, choice, skipped, image } = provisioned;
       if (options.json) {
-        printJson({ ...info, choice, skipped });
+        printJson({ ...info, choice, skipped, ...(image?.sent ? { imageSent: image.sent } : {}) });
         return;
       }
       process.stdout.write(`provisioned ${info.name} ${choice}\n`);
       for (const skip of skipped) process.stdout.write(`  skipped ${skip.host}: ${skip.reason}\n`);
       process.stdout.write(`  cpu ${info.cpuModel.model} (${info.cpuModel.flags.length} flags)\n`);
+      if (image?.sent) process.stdout.write(`  image ${image.name} sent to ${info.host} from ${image.sent.from} first: ${formatBytes(image.sent.bytes)} (${formatBytes(image.sent.bytesSent)} sent, zeros as holes) in ${formatDuration(image.sent.durationMs)}\n`);
+      if (image) process.stdout.write(`  disk0.img cloned from image ${image.name} by ${describeClone(image.cloneMethod)} in ${formatDuration(image.cloneMs)}\n`);
+      if (info.configDrive) process.stdout.write(`  config drive ${describeConfigDrive(info.configDrive)}\n`);
       if (info.network) process.stdout.write(`  network ${info.network.ip}/${info.network.prefix} via ${info.network.gateway}, MAC ${info.network.mac}\n`);
       if (info.leaseUntil) process.stdout.write(`  leased until ${info.leaseUntil}\n`);
     });

@@ -1,7 +1,7 @@
 /**
- * Progress on the terminal, for every long command: live migration, cold migration and `ferry bench`. Lines that
- * stay (a stage, a finished round, a benchmark run), and on a TTY one line below them that redraws itself (the
- * round under way, the file being copied). Where the stream is not a TTY (a pipe, a file, a CI log) the redrawn
+ * Progress on the terminal, for every long command: live migration, cold migration, image transfers and `ferry
+ * bench`. Lines that stay (a stage, a finished round, a benchmark run), and on a TTY one line below them that redraws
+ * itself (the round under way, the file being copied). Where the stream is not a TTY (a pipe, a file, a CI log) the redrawn
  * line is not written at all, so a log holds whole lines and no escape codes.
  *
  * `finish()` ends the display for good: it clears the redrawn line and everything that arrives later is dropped.
@@ -127,6 +127,25 @@ export function coldProgress(stream: ProgressStream = process.stderr, now: () =>
       const rate = (progress.bytesDone / Math.max(now() - startedMs, 1)) * 1000;
       line.redraw(`  ${progressBar(fraction)} ${percent(fraction)}  ${progress.file}  ${formatBytes(progress.bytesDone)} of ${formatBytes(progress.bytesTotal)}  ${formatRate(rate)}`);
     },
+    finish: () => line.finish(),
+  };
+}
+
+/**
+ * An image moving to hosts, one after another (`ferry image import`, or one sent before a provision): on a TTY, the
+ * redrawn line with the host it goes to, how far, how fast.
+ */
+export function imageProgress(stream: ProgressStream = process.stderr, now: () => number = () => performance.now()): { onProgress(host: string, progress: { bytesDone: number; bytesTotal: number }): void; log(line: string): void; finish(): void } {
+  const line = createProgressLine(stream);
+  let current: { host: string; startedMs: number } | undefined;
+  return {
+    onProgress(host, progress) {
+      if (current?.host !== host) current = { host, startedMs: now() };
+      const fraction = progress.bytesTotal > 0 ? progress.bytesDone / progress.bytesTotal : 1;
+      const rate = (progress.bytesDone / Math.max(now() - current.startedMs, 1)) * 1000;
+      line.redraw(`  ${host} ${progressBar(fraction)} ${percent(fraction)}  ${formatBytes(progress.bytesDone)} of ${formatBytes(progress.bytesTotal)}  ${formatRate(rate)}`);
+    },
+    log: (text) => line.log(text),
     finish: () => line.finish(),
   };
 }

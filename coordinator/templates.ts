@@ -1,26 +1,34 @@
 /**
  * VM templates: a few built in, and the user's own in `ferry.templates.json` beside the cluster file, as
- * `{"templates": [{"name", "memory", "disk", "workload", "rate"?, "wss"?, "cpu"?}]}`. A user template may replace a built-in
- * one of the same name.
+ * `{"templates": [{"name", "memory", "disk"?, "workload", "rate"?, "wss"?, "cpu"?, "image"?, "userData"?}]}`. A user
+ * template may replace a built-in one of the same name.
+ *
+ * `cpu` is the CPU model of VMs made from it. `image` names the software the VM starts with: provisioning clones it
+ * into the VM's disk0 (its size, or `disk` if that is larger). `userData` goes into the VM's config drive
+ * (cidata.json) for the guest to read. A template needs a `disk`, an `image`, or both.
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { cpuModelNameSchema } from '../shared/cpu.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
-import { workloadKindSchema } from '../shared/protocol.js';
+import { imageNameSchema, MAX_USER_DATA_BYTES, workloadKindSchema } from '../shared/protocol.js';
 
 export const templateSchema = z.object({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/),
   memory: z.string(),
-  disk: z.string(),
+  disk: z.string().optional(),
   workload: workloadKindSchema,
   rate: z.number().int().min(0).default(0),
   wss: z.string().optional(),
   description: z.string().default(''),
   /** The CPU model of VMs made from it (`host`, a level, `baseline`); `--cpu` overrides it; default `baseline`. */
   cpu: cpuModelNameSchema.optional(),
-});
+  /** The image cloned into disk0 (ferry image list). */
+  image: imageNameSchema.optional(),
+  /** User data for the config drive (cloud-init's user-data): a script, a cloud-config, anything the guest reads. */
+  userData: z.string().max(MAX_USER_DATA_BYTES).optional(),
+}).refine((template) => template.disk !== undefined || template.image !== undefined, { message: 'a template needs a disk, an image, or both', path: ['disk'] });
 export type Template = z.infer<typeof templateSchema>;
 
 export const builtInTemplates: Template[] = [

@@ -20,6 +20,10 @@ export const ErrorCode = {
   CPU_INCOMPATIBLE: 'FERRY_ERR_CPU_INCOMPATIBLE',
   /** The VM is in a state that does not allow the request (for example migrating, or already paused). */
   VM_STATE: 'FERRY_ERR_VM_STATE',
+  /** No image by that name where it was looked for. */
+  IMAGE_NOT_FOUND: 'FERRY_ERR_IMAGE_NOT_FOUND',
+  /** An image by that name, with other contents, is already there. */
+  IMAGE_EXISTS: 'FERRY_ERR_IMAGE_EXISTS',
   /** No host by that name in the cluster file. */
   HOST_NOT_FOUND: 'FERRY_ERR_HOST_NOT_FOUND',
   /** A host by that name is already in the cluster file. */

@@ -35,13 +35,21 @@ export const agentUrlSchema = z.string().max(2048).regex(/^wss?:\/\/[^\s/]+(\/[^
  * The files of a VM's datastore folder that may travel between agents, by name: one schema for a cold migration's
  * chunks and its manifest, so a name from the network can never be a path (no `/`, no `..`, no NUL).
  */
-export const vmFileNameSchema = z.string().regex(/^(config\.json|nvram\.bin|vm\.log|suspend\.json|suspend\.bin|disk\d{1,3}\.img)$/, 'not a file of a VM folder');
+export const vmFileNameSchema = z.string().regex(/^(config\.json|nvram\.bin|vm\.log|cidata\.json|suspend\.json|suspend\.bin|disk\d{1,3}\.img)$/, 'not a file of a VM folder');
+
+/** An image's name: it names a folder of each agent's datastore (images/<name>/), so it is held as tight as a VM's. */
+export const imageNameSchema = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/i, 'an image name is 1-63 letters, digits, dots, dashes or underscores');
+
+/** An image transfer's id: a UUID its sender draws; it names the receiver's staging folder. */
+export const transferIdSchema = z.uuid('a transfer id is a UUID');
 
 /** The identity of a shared storage (datastore.ts makes it): 32 hex digits. */
 export const sharedStorageIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'a shared storage id is 32 hex digits');
 
 /** A whole-file or chunk digest as it travels: xxh64 in 16 hex digits. */
-const xxh64HexSchema = z.string().regex(/^[0-9a-f]{16}$/, 'an xxh64 digest is 16 hex digits');
+export const xxh64HexSchema = z.string().regex(/^[0-9a-f]{16}$/, 'an xxh64 digest is 16 hex digits');
 
 export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential']);
 export type WorkloadKind = z.infer<typeof workloadKindSchema>;
@@ -104,6 +112,55 @@ export const networkSchema = z.object({
 });
 export type Network = z.infer<typeof networkSchema>;
 
+/** User data a config drive may carry: 16 KiB, EC2's limit for user data. */
+export const MAX_USER_DATA_BYTES = 16 * 1024;
+
+/**
+ * A VM's config drive, `cidata.json` in its folder: cloud-init's NoCloud seed (meta-data, network-config, user-data)
+ * as one flat file, so that cold and live migration carry it like the VM's other small files. The guest reads it
+ * when it boots (agent/vm/vcpu-worker.ts).
+ */
+export const configDriveSchema = z.object({
+  'meta-data': z.object({
+    'instance-id': z.string().regex(/^[A-Za-z0-9._-]{1,64}$/),
+    'local-hostname': vmNameSchema,
+  }),
+  'network-config': z.object({
+    address: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/),
+    prefix: z.number().int().min(0).max(32),
+    gateway: z.string(),
+    mac: z.string(),
+  }).nullable(),
+  'user-data': z.string().max(MAX_USER_DATA_BYTES),
+});
+export type ConfigDrive = z.infer<typeof configDriveSchema>;
+
+/** What a running guest took from its config drive at boot. */
+export const guestFactsSchema = z.object({ hostname: z.string().max(255) });
+export type GuestFacts = z.infer<typeof guestFactsSchema>;
+
+/** How an image became a VM's disk: a reflink (shared blocks, copy on write) or a sparse copy (zeros skipped). */
+export const cloneMethodSchema = z.enum(['reflink', 'sparse-copy']);
+export type CloneMethod = z.infer<typeof cloneMethodSchema>;
+
+/** Where an image came from: a file imported through the coordinator, or a powered-off VM's first disk. */
+export const imageSourceSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('import'), file: z.string().max(4096) }).strict(),
+  z.object({ kind: z.literal('capture'), vm: vmNameSchema, host: hostNameSchema }).strict(),
+]);
+
+/** An image's manifest.json: what it is, and the digest every copy of it is checked against. */
+export const imageManifestSchema = z.object({
+  name: imageNameSchema,
+  bytes: z.number().int().min(1).max(MAX_DISK_BYTES),
+  xxh64: xxh64HexSchema,
+  /** What it holds, in words: operating system, drivers, middleware, applications. */
+  holds: z.string().max(4096),
+  source: imageSourceSchema,
+  createdAt: z.string().max(64),
+}).strict();
+export type ImageManifest = z.infer<typeof imageManifestSchema>;
+
 export const vmInfoSchema = vmSummarySchema.extend({
   workload: workloadSpecSchema,
   network: networkSchema.nullable().optional(),
@@ -119,6 +176,12 @@ export const vmInfoSchema = vmSummarySchema.extend({
   /** Gap in the guest's heartbeat at its last resume (a pause, or a migration's activation). */
   lastBlackoutMs: z.number(),
   createdAt: z.string(),
+  /** The image its disk0 was cloned from, how, and how long the clone took. */
+  image: z.object({ name: imageNameSchema, xxh64: xxh64HexSchema, cloneMethod: cloneMethodSchema, cloneMs: z.number() }).optional(),
+  /** Its config drive (cidata.json), when it was provisioned with one. */
+  configDrive: configDriveSchema.optional(),
+  /** What the running guest took from its config drive at boot. */
+  guest: guestFactsSchema.optional(),
 });
 export type VmInfo = z.infer<typeof vmInfoSchema>;
 
@@ -236,6 +299,23 @@ export type MigrationEvent = z.infer<typeof migrationEventSchema>;
 
 const empty = z.object({}).strict();
 const byName = z.object({ name: vmNameSchema }).strict();
+const destinationSchema = z.object({ name: hostNameSchema, url: agentUrlSchema }).strict();
+
+/**
+ * Receiving an image in checked chunks (shared/file-chunks.ts): the same three requests on /control (an import from
+ * the coordinator) and on /peer (one agent sending another an image it holds).
+ */
+export const imageReceiveOps = {
+  /** Stages an image (everything of its manifest but the digest, which comes at the end). */
+  'image.begin': [z.object({ transferId: transferIdSchema, image: imageManifestSchema.omit({ xxh64: true }) }).strict(), empty],
+  /** One chunk of the image's disk, at most 1 MiB, with its xxh64. Chunks of zeros are not sent: they become holes. */
+  'image.chunk': [
+    z.object({ transferId: transferIdSchema, offset: z.number().int().min(0).max(MAX_DISK_BYTES), data: z.instanceof(Uint8Array), xxh64: xxh64HexSchema }).strict(),
+    empty,
+  ],
+  /** Every chunk sent: size, sync, check the whole-file digest, and register the image with one rename. */
+  'image.finish': [z.object({ transferId: transferIdSchema, xxh64: xxh64HexSchema }).strict(), z.object({ image: imageManifestSchema })],
+} as const;
 
 /**
  * Requests an agent answers on its control connection: op -> [request body, reply body].
@@ -257,6 +337,10 @@ export const controlOps = {
       leaseUntil: z.string().datetime().optional(),
       /** Its CPU model: `host`, a level, or `baseline` with the cluster's common flags; none is a baseline of this host. */
       cpuModel: cpuModelRequestSchema.optional(),
+      /** Clone this image (held by the agent) into disk0.img; `diskBytes`, when given, must be at least its size. */
+      image: imageNameSchema.optional(),
+      /** Write a config drive (cidata.json) with this user data; the agent adds meta-data and network-config. */
+      configDrive: z.object({ userData: z.string().max(MAX_USER_DATA_BYTES) }).strict().optional(),
     }).strict(),
     vmInfoSchema,
   ],
@@ -307,7 +391,7 @@ export const controlOps = {
    * destination, which checks and registers them; then the source deletes its copy. Events: progress.
    */
   'cold.start': [
-    z.object({ migrationId: migrationIdSchema, name: vmNameSchema, destination: z.object({ name: hostNameSchema, url: agentUrlSchema }).strict(), sourceUrl: agentUrlSchema }).strict(),
+    z.object({ migrationId: migrationIdSchema, name: vmNameSchema, destination: destinationSchema, sourceUrl: agentUrlSchema }).strict(),
     z.object({
       files: z.array(z.object({ file: vmFileNameSchema, bytes: z.number(), xxh64: xxh64HexSchema })),
       bytesSent: z.number(),
@@ -322,6 +406,22 @@ export const controlOps = {
   'migrate.cancel': [
     z.object({ name: vmNameSchema, reason: z.enum(['cancelled', 'timeout']).default('cancelled') }).strict(),
     z.object({ cancelling: z.boolean() }),
+  ],
+  /** The images this agent holds, each with the blocks its disk takes (holes do not). */
+  'image.list': [empty, z.object({ images: z.array(imageManifestSchema.extend({ allocatedBytes: z.number() })) })],
+  ...imageReceiveOps,
+  /** Makes image `name` on this agent from powered-off VM `vm`'s first disk. */
+  'image.capture': [
+    z.object({ vm: vmNameSchema, name: imageNameSchema, holds: z.string().max(4096).optional() }).strict(),
+    z.object({ image: imageManifestSchema, durationMs: z.number() }),
+  ],
+  /** Re-reads image `name` and compares its digest with its manifest's. */
+  'image.verify': [z.object({ name: imageNameSchema }).strict(), z.object({ xxh64: xxh64HexSchema, match: z.boolean(), durationMs: z.number() })],
+  'image.remove': [z.object({ name: imageNameSchema }).strict(), z.object({ removed: z.boolean() })],
+  /** Sends image `name`, held here, to the agent `destination` (peer ops image.begin/chunk/finish). Events: progress. */
+  'image.send': [
+    z.object({ name: imageNameSchema, destination: destinationSchema }).strict(),
+    z.object({ bytes: z.number(), bytesSent: z.number(), durationMs: z.number() }),
   ],
 } as const;
 
@@ -340,8 +440,13 @@ export const peerOps = {
       registers: registersSchema,
       mode: verifyModeSchema,
       resume: z.boolean(),
-      /** The VM's small files (config.json, nvram.bin, vm.log), registered in the destination's datastore at activation. */
-      files: z.object({ config: z.string(), nvram: z.instanceof(Uint8Array), log: z.string() }).optional(),
+      /**
+       * The VM's small files (config.json, nvram.bin, vm.log, and its config drive cidata.json when it has one),
+       * registered in the destination's datastore at activation.
+       */
+      files: z.object({ config: z.string(), nvram: z.instanceof(Uint8Array), log: z.string(), configDrive: z.string().max(4 * MAX_USER_DATA_BYTES).optional() }).optional(),
+      /** What the guest took from its config drive at boot: guest state, carried like the registers. */
+      guest: guestFactsSchema.optional(),
     }).strict(),
     z.object({
       destDigest: z.string(),
@@ -391,6 +496,7 @@ export const peerOps = {
   'cold.finish': [z.object({ manifest: z.array(z.object({ file: vmFileNameSchema, bytes: z.number().int().min(0).max(MAX_DISK_BYTES), xxh64: xxh64HexSchema }).strict()).max(64) }).strict(), z.object({ registered: z.boolean() })],
   /** Destination to source, after activating on `none`: drop a powered-off definition of `name` older than `epoch`. */
   'peer.forget': [z.object({ name: vmNameSchema, epoch: z.number().int() }).strict(), z.object({ forgot: z.boolean() })],
+  ...imageReceiveOps,
 } as const;
 
 export type OpTable = Record<string, readonly [z.ZodType, z.ZodType]>;
@@ -398,6 +504,7 @@ export type OpName<T extends OpTable> = keyof T & string;
 export type RequestOf<T extends OpTable, K extends OpName<T>> = z.infer<T[K][0]>;
 export type ReplyOf<T extends OpTable, K extends OpName<T>> = z.infer<T[K][1]>;
 export type ControlOps = typeof controlOps;
+export type ImageReceiveOps = typeof imageReceiveOps;
 export type PeerOps = typeof peerOps;
 
 export const envelopeSchema = z.union([

@@ -4,12 +4,23 @@
  */
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Agent, ControlServer } from '../agent.js';
-import { vmConfigSchema } from '../datastore/config.js';
+import { vmConfigSchema, type VmConfig } from '../datastore/config.js';
+import type { Datastore } from '../datastore/datastore.js';
+import { configDriveText, parseConfigDrive } from '../datastore/config-drive.js';
 import { faultPoint } from '../faults.js';
 import { sendColdCopy } from '../migration/cold.js';
-import { runSource } from '../migration/source.js';
+import { runSource, type SourceContext } from '../migration/source.js';
 import { MigrationTarget } from '../migration/target.js';
 import { requireCpu } from '../vm/cpu-model.js';
+
+/** The small files a live migration carries: config, NVRAM, log, and the config drive when the VM has one. */
+async function smallFiles(files: Datastore, config: VmConfig): Promise<NonNullable<SourceContext['files']>> {
+  const configDrive = await files.readConfigDriveText(config.name);
+  return {
+    config: JSON.stringify(config), nvram: new Uint8Array(await files.readNvram(config.name)), log: await files.readLog(config.name),
+    ...(configDrive !== undefined ? { configDrive } : {}),
+  };
+}
 
 export function serveMigrateControl(connection: ControlServer, agent: Agent): void {
   const { catalog, log } = agent;
@@ -37,7 +48,10 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       if (config.name !== name) throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the migration ${name}`);
       vm.network = config.network;
       vm.leaseUntil = config.leaseUntil;
-      await agent.files.create(config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${agent.name} (migration ${migrationId}, epoch ${newEpoch})\n`);
+      vm.image = config.image;
+      // The config drive is checked before it is written: it becomes a file here, and a guest reads it at its next boot.
+      const configDrive = files.configDrive === undefined ? undefined : configDriveText(parseConfigDrive(files.configDrive));
+      await agent.files.create(config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${agent.name} (migration ${migrationId}, epoch ${newEpoch})\n`, configDrive);
     });
     target.onFinished = () => agent.incoming.delete(migrationId);
     agent.incoming.set(migrationId, target);
@@ -66,9 +80,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       }
       log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
       await agent.logEvent(name, `migrating to ${destination.name} (migration ${migrationId})`);
-      const files = agent.files
-        ? { config: JSON.stringify(agent.configOf(vm)), nvram: new Uint8Array(await agent.files.readNvram(name)), log: await agent.files.readLog(name) }
-        : undefined;
+      const files = agent.files ? await smallFiles(agent.files, agent.configOf(vm)) : undefined;
       const wasRunning = vm.state === 'running';
       vm.state = 'migrating-out';
       let peer;

@@ -5,8 +5,10 @@
  */
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { VmInfo } from '../../shared/protocol.js';
+import { formatBytes } from '../../shared/units.js';
 import type { Agent, ControlServer } from '../agent.js';
 import { randomMac } from '../datastore/config.js';
+import { configDriveText, makeConfigDrive } from '../datastore/config-drive.js';
 import { requireCpu, resolveCpuModel } from '../vm/cpu-model.js';
 
 /** Dump chunks: 1 MiB, the size ws moves at full speed. */
@@ -15,23 +17,45 @@ const DUMP_CHUNK_BYTES = 1024 * 1024;
 export function serveVmControl(connection: ControlServer, agent: Agent): void {
   const { catalog, log } = agent;
 
-  connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil, cpuModel: requested }) => {
+  connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil, cpuModel: requested, image, configDrive }) => {
+    const { files } = agent;
+    if ((image !== undefined || configDrive !== undefined) && !files) {
+      throw new FerryError(ErrorCode.VM_STATE, `${agent.name} keeps no files: no images, no config drives`, 'run the agent with --datastore');
+    }
     const cpuModel = resolveCpuModel(requested, agent.hostCpu);
     requireCpu(agent.name, agent.hostCpu, { name, cpu: cpuModel }, 'create');
-    await catalog.allocate({ name, memoryBytes, workload }, 'paused', 'be created', {
+    // The image is looked up before any memory is taken: a host without it refuses at once.
+    const manifest = image !== undefined ? await files!.images.get(image, agent.name) : undefined;
+    if (manifest && diskBytes !== undefined && diskBytes < manifest.bytes) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `a disk of ${formatBytes(diskBytes)} cannot hold image ${manifest.name} (${formatBytes(manifest.bytes)})`, 'give a disk at least as large as the image, or none (the disk is then the image\'s size)');
+    }
+    const fullNetwork = network ? { ...network, mac: randomMac() } : null;
+    // Made before the VM, so that its guest reads it when it boots.
+    const drive = configDrive ? configDriveText(makeConfigDrive(name, fullNetwork, configDrive.userData)) : undefined;
+    const diskSize = manifest ? Math.max(diskBytes ?? 0, manifest.bytes) : diskBytes;
+    await catalog.allocate({ name, memoryBytes, workload, configDrive: drive }, 'paused', 'be created', {
       prealloc: prealloc ?? false,
       // Under the name's claim: nothing can act on the VM until its files exist and its vCPU runs.
       setup: async (vm) => {
         vm.cpuModel = cpuModel;
-        if (diskBytes) vm.disks = [{ file: 'disk0.img', sizeBytes: diskBytes, ...(agent.files?.shared ? { shared: true } : {}) }];
-        if (network) vm.network = { ...network, mac: randomMac() };
+        if (diskSize) vm.disks = [{ file: 'disk0.img', sizeBytes: diskSize, ...(files?.shared ? { shared: true } : {}) }];
+        vm.network = fullNetwork;
         if (leaseUntil) vm.leaseUntil = leaseUntil;
-        await agent.files?.create(agent.configOf(vm), undefined, '');
+        await files?.makeFolder(name);
         try {
-          await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskBytes ? `, disk0.img of ${diskBytes} bytes` : ''}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}, cpu ${cpuModel.model} (${cpuModel.flags.length} flags)`);
+          let cloned = '';
+          if (manifest) {
+            const clone = await files!.cloneImage(manifest, name, vm.disks[0]!);
+            vm.image = { name: manifest.name, xxh64: manifest.xxh64, cloneMethod: clone.method, cloneMs: clone.durationMs };
+            cloned = `, disk0.img cloned from image ${manifest.name} (${clone.method}${clone.reflinkRefused ? `: no reflink here, ${clone.reflinkRefused}` : ''}, ${Math.round(clone.durationMs)} ms)`;
+            log.info('image cloned', { vm: name, image: manifest.name, method: clone.method, durationMs: clone.durationMs, ...(clone.reflinkRefused ? { reflinkRefused: clone.reflinkRefused } : {}) });
+          }
+          await files?.fill(agent.configOf(vm), undefined, '', drive);
+          await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskSize ? `, disk0.img of ${diskSize} bytes` : ''}${cloned}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}, cpu ${cpuModel.model} (${cpuModel.flags.length} flags)${drive ? ', config drive cidata.json' : ''}`);
           await vm.resume();
         } catch (error) {
-          await agent.files?.remove(name).catch((cleanup: unknown) => log.warn('could not remove the files of a VM whose creation failed', { vm: name, error: String(cleanup) }));
+          // The folder was made by this request (makeFolder refuses one already there): it goes with it.
+          await files?.remove(name).catch((cleanup: unknown) => log.warn('could not remove the files of a VM whose creation failed', { vm: name, error: String(cleanup) }));
           throw error;
         }
         vm.state = 'running';
@@ -53,11 +77,15 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     const found = catalog.findStored(name);
     if (found?.suspended) requireCpu(agent.name, agent.hostCpu, { name, cpu: found.config.cpuModel }, 'resume');
     else if (found && found.config.cpuModel.model !== 'host') requireCpu(agent.name, agent.hostCpu, { name, cpu: found.config.cpuModel }, 'start');
+    // A fresh boot reads the config drive; a suspended guest read it when it first booted, and keeps what it took.
+    const configDrive = found && !found.suspended ? await agent.files?.readConfigDriveText(name) : undefined;
     await catalog.powerOn(name, async (vm, { suspended, config }) => {
       if (suspended && agent.files) {
         // Exactly where it was: memory and registers as saved (checked against their digest). The image goes before
         // the vCPU runs: a crash from here on finds the VM powered off, never a stale image to rewind it to.
-        vm.setRegisters(await agent.files.loadSuspend(name, vm.memory));
+        const saved = await agent.files.loadSuspend(name, vm.memory);
+        vm.setRegisters(saved.registers);
+        vm.guest = saved.guest;
         await agent.files.dropSuspend(name);
       }
       let newFlags = false;
@@ -69,7 +97,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
       await vm.resume();
       vm.state = 'running';
       await agent.logEvent(name, suspended ? 'resumed from suspend' : `started (powered on)${newFlags ? `, cpu host: ${agent.name}'s ${vm.cpuModel.flags.length} flags` : ''}`);
-    });
+    }, { configDrive });
     return agent.vmInfo(name);
   });
 
@@ -85,7 +113,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     if (wasRunning) await vm.pause();
     const registers = vm.registers();
     try {
-      await agent.files.saveSuspend(name, vm.memory, registers);
+      await agent.files.saveSuspend(name, vm.memory, registers, vm.guest);
     } catch (error) {
       if (wasRunning) await vm.resume();
       throw error;

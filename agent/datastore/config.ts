@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { vmCpuModelSchema, type VmCpuModel } from '../../shared/cpu.js';
 import {
-  agentUrlSchema, migrationIdSchema, networkSchema, registersSchema, vmNameSchema, workloadSpecSchema, type Registers,
+  agentUrlSchema, guestFactsSchema, migrationIdSchema, networkSchema, registersSchema, vmInfoSchema, vmNameSchema, workloadSpecSchema, type Registers,
 } from '../../shared/protocol.js';
 
 export const vmConfigSchema = z.object({
@@ -26,6 +26,8 @@ export const vmConfigSchema = z.object({
    * that VM has been running with.
    */
   cpuModel: vmCpuModelSchema.optional(),
+  /** The image disk0 was cloned from at provisioning, how, and how long it took. */
+  image: vmInfoSchema.shape.image,
 });
 /** config.json as it may lie on disk, from any version of ferry. */
 export type VmConfigFile = z.infer<typeof vmConfigSchema>;
@@ -37,7 +39,8 @@ export function withCpuModel(config: VmConfigFile, hostFlags: readonly string[])
   return { ...config, cpuModel: config.cpuModel ?? { model: 'baseline', flags: [...hostFlags] } };
 }
 
-export const suspendSchema = z.object({ registers: registersSchema, memoryBytes: z.number(), sha256: z.string(), takenAt: z.string() });
+/** suspend.json; `guest`: what the guest had taken from its config drive, which it keeps across a suspend. */
+export const suspendSchema = z.object({ registers: registersSchema, memoryBytes: z.number(), sha256: z.string(), takenAt: z.string(), guest: guestFactsSchema.optional() });
 
 /** A VM that exists here only as files: powered off (defined), or suspended to disk. */
 export interface StoredVm {

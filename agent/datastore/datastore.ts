@@ -5,9 +5,12 @@
  *     config.json   name, memory, vCPU workload, disks, network, ownership epoch, CPU model (written whole: temp, fsync, rename)
  *     nvram.bin     the VM's BIOS settings: 64 bytes with a SHA-256 check (nvram.ts)
  *     vm.log        what happened to the VM, a line per event, appended
- *     disk0.img     a sparse disk image, when the VM has a disk
+ *     disk0.img     a sparse disk image, when the VM has a disk (cloned from an image when provisioned from one)
+ *     cidata.json   its config drive, when provisioned (config-drive.ts)
  *     suspend.bin   guest memory, when suspended (with suspend.json: registers and a digest of the image)
- *   <datastore>/staging/<migration id>/   a cold migration's files until they are registered (migration/cold.ts)
+ *   <datastore>/images/<name>/            an image: disk.img and manifest.json (images.ts)
+ *   <datastore>/staging/<id>/             a cold migration's files, or an image being received or captured, until
+ *                                         they are registered (migration/cold.ts, images.ts)
  *
  * A crash never leaves a half-written config.json (write, sync, rename), and a suspend image counts only once its
  * suspend.json, written last, says so. Leftover temporary files and staging folders are removed when the agent
@@ -20,8 +23,11 @@ import { existsSync } from 'node:fs';
 import { appendFile, mkdir, open, readFile, readdir, rename, rm, statfs, truncate } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
-import type { Registers } from '../../shared/protocol.js';
+import type { ConfigDrive, GuestFacts, ImageManifest, Registers } from '../../shared/protocol.js';
 import { suspendSchema, vmConfigSchema, withCpuModel, type StoredVm, type VmConfigFile } from './config.js';
+import { CONFIG_DRIVE_FILE, configDriveText, parseConfigDrive } from './config-drive.js';
+import { cloneDisk, type Cloned } from './clone.js';
+import { ImageStore } from './images.js';
 import { defaultNvram } from './nvram.js';
 import { resolveInside } from './paths.js';
 
@@ -60,11 +66,14 @@ export class Datastore {
   readonly shared: string | undefined;
   /** The flags this host's CPU offers guests: the CPU model of a VM whose config predates CPU models. */
   readonly hostCpuFlags: readonly string[];
+  /** The images this agent holds. */
+  readonly images: ImageStore;
 
   constructor(root: string, shared?: string, hostCpuFlags: readonly string[] = []) {
     this.root = root;
     this.shared = shared;
     this.hostCpuFlags = hostCpuFlags;
+    this.images = new ImageStore(this);
   }
 
   /** The shared storage's identity: a random id kept in it, the same for every agent that mounts it. */
@@ -126,6 +135,26 @@ export class Datastore {
     await syncFolder(path.dirname(target));
   }
 
+  /**
+   * Clones image `image` into VM `name`'s disk (clone.ts: a reflink where the file system can, else a sparse copy),
+   * grown to `disk.sizeBytes` if that is larger. Written beside the disk as a `.tmp` file and renamed into place, so a
+   * crash leaves no half disk under the disk's name (and `recover` removes the `.tmp`).
+   */
+  async cloneImage(image: ImageManifest, name: string, disk: { file: string; sizeBytes: number; shared?: boolean | undefined }): Promise<Cloned> {
+    const target = this.diskPath(name, disk);
+    const temporary = `${target}.tmp`;
+    await mkdir(path.dirname(target), { recursive: true });
+    try {
+      const cloned = await cloneDisk(this.images.diskPath(image.name), temporary, image, disk.sizeBytes);
+      await rename(temporary, target);
+      await syncFolder(path.dirname(target));
+      return cloned;
+    } catch (error) {
+      await rm(temporary, { force: true });
+      throw error;
+    }
+  }
+
   /** Free bytes on the file system that holds the datastore. */
   async freeBytes(): Promise<number> {
     await mkdir(this.root, { recursive: true });
@@ -176,33 +205,47 @@ export class Datastore {
   }
 
   /**
-   * Writes a new VM's folder: config, NVRAM, log, sparse disks. A folder already there (a creation that never
-   * finished, left for a person to look at) is refused rather than reused; a folder this call made and could not
-   * finish is removed. Disks on shared storage that exist already are kept: they are the VM's own, arriving live.
+   * Makes a new VM's folder, empty. A folder already there (a creation that never finished, left for a person to
+   * look at) is refused rather than reused. Whoever made it removes it if the VM is not finished (`remove`).
    */
-  async create(config: VmConfigFile, nvram: Buffer = defaultNvram(), log = ''): Promise<void> {
-    const folder = this.folder(config.name);
+  async makeFolder(name: string): Promise<void> {
+    const folder = this.folder(name);
     await mkdir(path.dirname(folder), { recursive: true });
     try {
       await mkdir(folder);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      throw new FerryError(ErrorCode.VM_EXISTS, `${this.root} already has a folder for ${config.name}, though no VM of that name`, `look at ${folder} (a creation that never finished?) and remove it, or pick another name`);
+      throw new FerryError(ErrorCode.VM_EXISTS, `${this.root} already has a folder for ${name}, though no VM of that name`, `look at ${folder} (a creation that never finished?) and remove it, or pick another name`);
     }
-    try {
-      for (const disk of config.disks) {
-        const file = this.diskPath(config.name, disk);
-        await mkdir(path.dirname(file), { recursive: true });
-        if (!existsSync(file)) {
-          await (await open(file, 'w')).close();
-          await truncate(file, disk.sizeBytes); // sparse: takes no blocks until written
-        }
+  }
+
+  /**
+   * Fills a VM folder made by `makeFolder`: config drive, NVRAM, log, sparse disks (a disk already in place, cloned
+   * from an image, is kept; so is a disk on shared storage, which is the VM's own arriving live), and config.json
+   * last: the VM exists once it does.
+   */
+  async fill(config: VmConfigFile, nvram: Buffer = defaultNvram(), log = '', configDrive?: string): Promise<void> {
+    if (configDrive !== undefined) await writeWhole(this.file(config.name, CONFIG_DRIVE_FILE), configDrive);
+    for (const disk of config.disks) {
+      const file = this.diskPath(config.name, disk);
+      await mkdir(path.dirname(file), { recursive: true });
+      if (!existsSync(file)) {
+        await (await open(file, 'w')).close();
+        await truncate(file, disk.sizeBytes); // sparse: takes no blocks until written
       }
-      await writeWhole(this.file(config.name, 'nvram.bin'), nvram);
-      if (log) await writeWhole(this.file(config.name, 'vm.log'), log);
-      await this.writeConfig(config);
+    }
+    await writeWhole(this.file(config.name, 'nvram.bin'), nvram);
+    if (log) await writeWhole(this.file(config.name, 'vm.log'), log);
+    await this.writeConfig(config);
+  }
+
+  /** `makeFolder` and `fill` in one: a folder this call made and could not finish is removed. */
+  async create(config: VmConfigFile, nvram: Buffer = defaultNvram(), log = '', configDrive?: string): Promise<void> {
+    await this.makeFolder(config.name);
+    try {
+      await this.fill(config, nvram, log, configDrive);
     } catch (error) {
-      await rm(folder, { recursive: true, force: true });
+      await rm(this.folder(config.name), { recursive: true, force: true });
       throw error;
     }
   }
@@ -222,12 +265,32 @@ export class Datastore {
     });
   }
 
+  /** The VM's config drive as it lies (the text that travels with it), or undefined when it has none. */
+  async readConfigDriveText(name: string): Promise<string | undefined> {
+    try {
+      return await readFile(this.file(name, CONFIG_DRIVE_FILE), 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw error;
+    }
+  }
+
+  /** The VM's config drive, checked, or undefined when it has none. */
+  async readConfigDrive(name: string): Promise<ConfigDrive | undefined> {
+    const text = await this.readConfigDriveText(name);
+    return text === undefined ? undefined : parseConfigDrive(text);
+  }
+
+  async writeConfigDrive(name: string, drive: ConfigDrive): Promise<void> {
+    await writeWhole(this.file(name, CONFIG_DRIVE_FILE), configDriveText(drive));
+  }
+
   async readNvram(name: string): Promise<Buffer> {
     return readFile(this.file(name, 'nvram.bin'));
   }
 
   /** Saves guest memory and registers; the image counts once suspend.json (written last) exists. */
-  async saveSuspend(name: string, memory: Uint8Array, registers: Registers): Promise<void> {
+  async saveSuspend(name: string, memory: Uint8Array, registers: Registers, guest?: GuestFacts): Promise<void> {
     const image = this.file(name, 'suspend.bin');
     const hash = createHash('sha256');
     const handle = await open(`${image}.tmp`, 'w');
@@ -243,11 +306,11 @@ export class Datastore {
       await handle.close();
     }
     await rename(`${image}.tmp`, image);
-    await writeWhole(this.file(name, 'suspend.json'), JSON.stringify({ registers, memoryBytes: memory.length, sha256: hash.digest('hex'), takenAt: new Date().toISOString() }));
+    await writeWhole(this.file(name, 'suspend.json'), JSON.stringify({ registers, memoryBytes: memory.length, sha256: hash.digest('hex'), takenAt: new Date().toISOString(), ...(guest ? { guest } : {}) }));
   }
 
-  /** Reads a suspend image back into `memory` (checked against its digest) and returns the registers. */
-  async loadSuspend(name: string, memory: Uint8Array): Promise<Registers> {
+  /** Reads a suspend image back into `memory` (checked against its digest); returns the registers and guest facts. */
+  async loadSuspend(name: string, memory: Uint8Array): Promise<{ registers: Registers; guest?: GuestFacts | undefined }> {
     const meta = suspendSchema.parse(JSON.parse(await readFile(this.file(name, 'suspend.json'), 'utf8')));
     if (meta.memoryBytes !== memory.length) {
       throw new FerryError(ErrorCode.IO, `the suspend image of ${name} is ${meta.memoryBytes} bytes, its memory ${memory.length}`, 'the VM\'s files are inconsistent; stop it to discard the image');
@@ -267,7 +330,7 @@ export class Datastore {
     if (hash.digest('hex') !== meta.sha256) {
       throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the suspend image of ${name} does not match its digest`, 'the image is damaged; stop the VM to discard it');
     }
-    return meta.registers;
+    return { registers: meta.registers, guest: meta.guest };
   }
 
   async dropSuspend(name: string): Promise<void> {

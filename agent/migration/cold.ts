@@ -2,10 +2,11 @@
  * Cold migration of a powered-off or suspended VM, as VMware describes it: move the files, register the VM on the new
  * host, delete it from the old one.
  *
- * The source streams every file of the VM's folder in 1 MiB chunks, each with its xxh64 (checked on arrival); runs of
- * zeros travel as a length only, so sparse disks stay sparse. The destination writes into a staging folder; at the end
- * it syncs every file, checks sizes and whole-file xxh64s against the source's manifest, and registers the VM with one
- * rename of the staging folder into place. Only then does the source delete its copy.
+ * The source streams every file of the VM's folder in 1 MiB chunks, each with its xxh64 (checked on arrival); chunks
+ * of zeros are not sent, so sparse disks stay sparse (shared/file-chunks.ts, which image transfers use too). The
+ * destination writes into a staging folder; at the end it syncs every file, checks sizes and whole-file xxh64s against
+ * the source's manifest, and registers the VM with one rename of the staging folder into place. Only then does the
+ * source delete its copy.
  *
  * Exactly one host holds the VM whatever crashes where:
  * - before the rename: the destination's staging folder is dropped (when the stream closes, or when it restarts);
@@ -14,21 +15,16 @@
  *   forget its older copy (`peer.forget`, epochs decide) until the source says it holds none; then the mark goes.
  */
 import { constants } from 'node:fs';
-import { mkdir, open, readFile, readdir, rm, stat, truncate, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { MAX_DISK_BYTES, PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
-import { formatDigest, hashBytes, streamingHash } from '../../shared/checksum.js';
+import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { ChunkWindow, checkChunk, sealFile, sendFileChunks } from '../../shared/file-chunks.js';
 import type { PeerOps, RequestOf, ReplyOf } from '../../shared/protocol.js';
 import type { VmCpuModel } from '../../shared/cpu.js';
 import { vmConfigSchema, type VmConfig, type VmConfigFile } from '../datastore/config.js';
 import type { Datastore } from '../datastore/datastore.js';
 import type { PeerClient } from './peer-client.js';
-
-const CHUNK_BYTES = 1024 * 1024;
-/** Chunks the source keeps in flight: the stream is not a round trip per MiB. */
-const WINDOW = 8;
-const ZEROS = Buffer.alloc(CHUNK_BYTES);
 
 type Manifest = RequestOf<PeerOps, 'cold.finish'>['manifest'];
 
@@ -52,42 +48,30 @@ export async function sendColdCopy(
   let bytesSent = 0;
   let bytesSkipped = 0;
   const files = (await readdir(folder)).filter((file) => !file.endsWith('.tmp')).sort();
-  const inFlight: Promise<unknown>[] = [];
   let bytesTotal = 0;
   for (const file of files) bytesTotal += (await stat(path.join(folder, file))).size;
+  // One window for the whole folder: the chunks of the next file go out while the last ones of this file land.
+  const window = new ChunkWindow();
+  let bytesBefore = 0;
   let lastProgressMs = 0;
   for (const file of files) {
-    const handle = await open(path.join(folder, file), 'r');
-    try {
-      const { size } = await handle.stat();
-      const whole = streamingHash();
-      const buffer = Buffer.alloc(CHUNK_BYTES);
-      for (let offset = 0; offset < size; offset += CHUNK_BYTES) {
-        const length = Math.min(CHUNK_BYTES, size - offset);
-        await handle.read(buffer, 0, length, offset);
-        const chunk = buffer.subarray(0, length);
-        whole.update(chunk);
-        if (chunk.equals(ZEROS.subarray(0, length))) {
-          bytesSkipped += length; // a hole, or zeros: the destination's file gets its full size at the end
-        } else {
-          // Up to WINDOW chunks in flight: the copy (Uint8Array.from) frees `buffer` for the next read.
-          const sending = peer.request('cold.chunk', { file, offset, data: Uint8Array.from(chunk), xxh64: formatDigest(hashBytes(chunk)) }, timeout);
-          sending.catch(() => undefined); // awaited below; never an unhandled rejection while another is awaited
-          inFlight.push(sending);
-          bytesSent += length;
-          if (inFlight.length >= WINDOW) await inFlight.shift();
-        }
+    const sent = await sendFileChunks(
+      path.join(folder, file),
+      (chunk) => peer.request('cold.chunk', { file, ...chunk }, timeout),
+      window,
+      (bytesDone) => {
         if (onProgress && performance.now() - lastProgressMs > 100) {
           lastProgressMs = performance.now();
-          onProgress({ file, bytesDone: bytesSent + bytesSkipped, bytesTotal });
+          onProgress({ file, bytesDone: bytesBefore + bytesDone, bytesTotal });
         }
-      }
-      manifest.push({ file, bytes: size, xxh64: formatDigest(whole.digest()) });
-    } finally {
-      await handle.close();
-    }
+      },
+    );
+    bytesBefore += sent.bytes;
+    bytesSent += sent.bytesSent;
+    bytesSkipped += sent.bytesSkipped;
+    manifest.push({ file, bytes: sent.bytes, xxh64: sent.xxh64 });
   }
-  await Promise.all(inFlight);
+  await window.drain();
   const { registered } = await peer.request('cold.finish', { manifest }, { timeoutMs: 5 * PEER_REPLY_TIMEOUT_MS });
   if (!registered) throw new FerryError(ErrorCode.INTERNAL, `the destination did not register ${config.name}`);
   return { manifest, bytesSent, bytesSkipped };
@@ -147,11 +131,7 @@ export class ColdTarget {
 
   async chunk({ file, offset, data, xxh64 }: RequestOf<PeerOps, 'cold.chunk'>): Promise<void> {
     if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${file} arrived after the cold migration of ${this.name} finished`);
-    if (data.length > CHUNK_BYTES) throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${data.length} bytes is larger than ${CHUNK_BYTES}`);
-    if (offset + data.length > MAX_DISK_BYTES) throw new FerryError(ErrorCode.BAD_INPUT, `a chunk of ${file} ends past ${MAX_DISK_BYTES} bytes`, 'no VM file is that large');
-    if (formatDigest(hashBytes(data)) !== xxh64) {
-      throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `a chunk of ${file} at ${offset} arrived damaged`, 'the source keeps the VM; retry the cold migration');
-    }
+    checkChunk({ offset, data, xxh64 }, file, 'the source keeps the VM; retry the cold migration');
     const write = (async () => {
       await (await this.handle(file)).write(data, 0, data.length, offset);
     })();
@@ -203,24 +183,7 @@ export class ColdTarget {
       throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `files of ${this.name} differ from the manifest: have ${present.join(', ')}, expected ${expected.join(', ')}`, 'retry the cold migration');
     }
     for (const entry of manifest) {
-      const file = this.datastore.stagingFile(this.migrationId, entry.file);
-      if ((await stat(file)).size !== entry.bytes) await truncate(file, entry.bytes);
-      const handle = await open(file, 'r');
-      try {
-        const whole = streamingHash();
-        const buffer = Buffer.alloc(CHUNK_BYTES);
-        for (let offset = 0; offset < entry.bytes; offset += CHUNK_BYTES) {
-          const length = Math.min(CHUNK_BYTES, entry.bytes - offset);
-          await handle.read(buffer, 0, length, offset);
-          whole.update(buffer.subarray(0, length));
-        }
-        await handle.sync();
-        if (formatDigest(whole.digest()) !== entry.xxh64) {
-          throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `${entry.file} of ${this.name} does not match the source's digest`, 'the source keeps the VM; retry the cold migration');
-        }
-      } finally {
-        await handle.close();
-      }
+      await sealFile(this.datastore.stagingFile(this.migrationId, entry.file), entry, `${entry.file} of ${this.name}`, 'the source keeps the VM; retry the cold migration');
     }
     // The registered copy is one epoch ahead, and marked until its source has forgotten its own copy.
     const configFile = this.datastore.stagingFile(this.migrationId, 'config.json');

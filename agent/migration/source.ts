@@ -26,7 +26,7 @@ import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
 
 export interface SourceContext {
   /** The VM's small files to carry to the destination (none in the in-memory network, which has no datastore). */
-  files?: { config: string; nvram: Uint8Array<ArrayBuffer>; log: string };
+  files?: { config: string; nvram: Uint8Array<ArrayBuffer>; log: string; configDrive?: string };
   /** Test-only fault switches (faults.ts); undefined in normal runs. */
   faults?: Faults;
   vm: VirtualMachine;
@@ -194,7 +194,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     enterStage(4);
     // Ask first, then compute our own digest while the destination computes its own.
     const verifyStartMs = now();
-    const asked = peer.request('peer.verify', { registers, mode: options.verify, resume: wasRunning, ...(context.files ? { files: context.files } : {}) }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+    const asked = peer.request('peer.verify', {
+      registers, mode: options.verify, resume: wasRunning, ...(context.files ? { files: context.files } : {}), ...(vm.guest ? { guest: vm.guest } : {}),
+    }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
     const sourceDigest = formatDigest(digestPageTable(sender.hashes));
     // --verify full: hash all of memory here while the destination does the same there (the vCPU is paused).

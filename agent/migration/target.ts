@@ -174,6 +174,7 @@ export class MigrationTarget {
       throw new FerryError(ErrorCode.PROTOCOL, `verification of ${this.vm.name} asked while ${this.pendingHeader ? 'page data is still due' : `the migration is ${this.phase}`}`);
     }
     this.vm.setRegisters(request.registers);
+    this.vm.guest = request.guest;
     this.resumeOnActivation = request.resume;
     this.files = request.files;
     this.phase = 'verified';

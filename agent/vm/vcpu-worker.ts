@@ -4,8 +4,12 @@
  * It reads its command (layout.ts, CMD) between every two page writes, never inside one, so a paused vCPU never
  * leaves a half-written page and its registers always describe a finished write. It waits with Atomics.wait on
  * the CMD slot, both while paused and while ahead of its rate, so a pause request wakes it at once.
+ *
+ * At boot, before its first write, the guest reads its config drive when it has one (agent/datastore/config-drive.ts)
+ * and reports what it took (its hostname) to the agent by a message. That is all it does with it: guest memory is not
+ * touched, so the `pattern` workload's memory stays a pure function of its seed and write count.
  */
-import { workerData } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { HEARTBEAT_INTERVAL_MS } from '../../shared/constants.js';
 import type { WorkloadSpec } from '../../shared/protocol.js';
 import { DirtyLog } from './dirty-log.js';
@@ -20,12 +24,35 @@ export interface VcpuWorkerData {
   control: SharedArrayBuffer;
   pageCount: number;
   workload: WorkloadSpec;
+  /** The config drive's text, when the VM boots with one (a fresh power-on); not for a migration's destination. */
+  configDrive?: string | undefined;
+}
+
+/** What the guest reports after reading its config drive. */
+export interface GuestBootMessage {
+  kind: 'guest';
+  hostname: string | null;
+}
+
+/**
+ * The guest's side of the config drive, written as a guest would: read the seed, take `meta-data.local-hostname`.
+ * A seed it cannot read gives it no hostname; it boots anyway, as cloud-init does without a datasource.
+ */
+function bootFromConfigDrive(text: string): GuestBootMessage {
+  try {
+    const seed = JSON.parse(text) as { 'meta-data'?: { 'local-hostname'?: unknown } };
+    const hostname = seed['meta-data']?.['local-hostname'];
+    return { kind: 'guest', hostname: typeof hostname === 'string' ? hostname : null };
+  } catch {
+    return { kind: 'guest', hostname: null };
+  }
 }
 
 /** Never write more than this many pages between two heartbeats, so the guest clock keeps ticking under load. */
 const WRITES_PER_TURN = 256;
 
 function run(data: VcpuWorkerData): void {
+  if (data.configDrive !== undefined) parentPort?.postMessage(bootFromConfigDrive(data.configDrive));
   const { ints, floats } = controlViews(data.control);
   const words = new Uint32Array(data.memory);
   const dirtyLog = new DirtyLog(data.dirtyLog, data.pageCount);

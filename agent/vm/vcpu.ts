@@ -7,7 +7,8 @@ import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { ControlSlot, VcpuCommand, VcpuState, controlViews } from './layout.js';
-import type { VcpuWorkerData } from './vcpu-worker.js';
+import type { GuestFacts } from '../../shared/protocol.js';
+import type { GuestBootMessage, VcpuWorkerData } from './vcpu-worker.js';
 
 /**
  * The worker's compiled file. Node 20 cannot start a `.ts` worker, so when this module itself runs from the
@@ -26,6 +27,9 @@ export class Vcpu {
   private readonly worker: Worker;
   private exited = false;
   private failure: Error | undefined;
+  /** What the guest took from its config drive at boot, once it has said (vcpu-worker.ts). */
+  private readonly booted: Promise<GuestBootMessage>;
+  guest: GuestFacts | undefined;
 
   private constructor(data: VcpuWorkerData) {
     this.ints = controlViews(data.control).ints;
@@ -33,6 +37,11 @@ export class Vcpu {
     Atomics.store(this.ints, ControlSlot.CMD, VcpuCommand.PAUSE);
     Atomics.store(this.ints, ControlSlot.STATE, VcpuState.STARTING);
     this.worker = new Worker(workerUrl(), { workerData: data, name: 'vcpu' });
+    this.booted = new Promise((resolve) => {
+      this.worker.on('message', (message: GuestBootMessage) => {
+        if (message.kind === 'guest') resolve(message);
+      });
+    });
     this.worker.on('error', (error) => {
       this.failure = error;
     });
@@ -47,6 +56,17 @@ export class Vcpu {
   static async start(data: VcpuWorkerData): Promise<Vcpu> {
     const vcpu = new Vcpu(data);
     await vcpu.reach(VcpuState.PAUSED);
+    if (data.configDrive !== undefined) {
+      // The worker posts its report before it first parks, so it is on its way by now.
+      let timer: NodeJS.Timeout | undefined;
+      const report = await Promise.race([
+        vcpu.booted,
+        new Promise<undefined>((resolve) => {
+          timer = setTimeout(() => resolve(undefined), HANDSHAKE_TIMEOUT_MS);
+        }),
+      ]).finally(() => clearTimeout(timer));
+      if (report?.hostname) vcpu.guest = { hostname: report.hostname };
+    }
     return vcpu;
   }
 

@@ -5,7 +5,7 @@ import { PAGE_SIZE } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
 import type { VmCpuModel } from '../../shared/cpu.js';
-import type { Network, Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
+import type { GuestFacts, Network, Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
 import { DirtyLog } from './dirty-log.js';
 import {
   CONTROL_BYTES, ControlFloatSlot, ControlSlot, VcpuState, controlViews, readRegisterN, writeRegisterN, type ControlViews,
@@ -16,6 +16,8 @@ export interface VmSpec {
   name: string;
   memoryBytes: number;
   workload: WorkloadSpec;
+  /** Its config drive's text, read by the guest at boot; none for a migration's destination (its guest is running). */
+  configDrive?: string | undefined;
 }
 
 export class VirtualMachine {
@@ -42,6 +44,13 @@ export class VirtualMachine {
    * (creation, a reservation, a power-on); a VM made without one needs no flags.
    */
   cpuModel: VmCpuModel = { model: 'baseline', flags: [] };
+  /** The image disk0 was cloned from (config.json's `image`). */
+  image: VmInfo['image'];
+  /**
+   * What the guest took from its config drive at boot: guest state, like the registers, so a live migration carries
+   * it and a suspend keeps it; a fresh boot reads the drive again.
+   */
+  guest: GuestFacts | undefined;
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 
@@ -56,6 +65,7 @@ export class VirtualMachine {
     this.control = controlViews(control);
     this.vcpu = vcpu;
     this.state = state;
+    this.guest = vcpu.guest;
   }
 
   /**
@@ -70,7 +80,10 @@ export class VirtualMachine {
     const { ints } = controlViews(control);
     Atomics.store(ints, ControlSlot.REG_X, spec.workload.seed | 0);
     writeRegisterN(ints, 0);
-    const vcpu = await Vcpu.start({ memory: memory.buffer as SharedArrayBuffer, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload });
+    const vcpu = await Vcpu.start({
+      memory: memory.buffer as SharedArrayBuffer, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload,
+      ...(spec.configDrive !== undefined ? { configDrive: spec.configDrive } : {}),
+    });
     return new VirtualMachine(spec, memory, dirtyLog, control, vcpu, state);
   }
 
@@ -146,6 +159,8 @@ export class VirtualMachine {
       cpuModel: this.cpuModel,
       lastBlackoutMs: this.lastBlackoutMs(),
       createdAt: this.createdAt.toISOString(),
+      ...(this.image ? { image: this.image } : {}),
+      ...(this.guest ? { guest: this.guest } : {}),
     };
   }
 }

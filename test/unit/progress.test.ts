@@ -1,10 +1,10 @@
 /**
- * The one progress display behind `ferry migrate`, `ferry migrate --cold` and `ferry bench`, checked on a fake
+ * The one progress display behind `ferry migrate`, `ferry migrate --cold`, image transfers and `ferry bench`, checked on a fake
  * stream: what reaches a TTY and what reaches a log, and that nothing follows `finish()`.
  */
 import { describe, expect, it } from 'vitest';
 import type { MigrationEvent } from '../../shared/protocol.js';
-import { coldProgress, createProgressLine, migrationProgress, progressBar, runProgress, type ProgressStream } from '../../coordinator/progress.js';
+import { coldProgress, createProgressLine, imageProgress, migrationProgress, progressBar, runProgress, type ProgressStream } from '../../coordinator/progress.js';
 
 function fakeStream(isTTY: boolean): ProgressStream & { text(): string } {
   const writes: string[] = [];
@@ -77,6 +77,23 @@ describe('progress display', () => {
     const log = fakeStream(false);
     const quiet = coldProgress(log);
     quiet.onProgress({ file: 'disk0.img', bytesDone: 1, bytesTotal: 2 });
+    quiet.finish();
+    expect(log.text()).toBe('');
+  });
+
+  it('shows an image transfer by host on a TTY, its rate from when that host began, and nothing in a log', () => {
+    let nowMs = 0;
+    const tty = fakeStream(true);
+    const image = imageProgress(tty, () => nowMs);
+    nowMs = 5000; // host-a begins 5 s in: its rate counts from then
+    image.onProgress('host-a', { bytesDone: 0, bytesTotal: 4 * 1024 ** 3 });
+    nowMs = 6000;
+    image.onProgress('host-a', { bytesDone: 1024 ** 3, bytesTotal: 4 * 1024 ** 3 });
+    image.finish();
+    expect(tty.text()).toContain(`host-a ${progressBar(0.25)}  25%  1 GiB of 4 GiB  1 GiB/s`);
+    const log = fakeStream(false);
+    const quiet = imageProgress(log);
+    quiet.onProgress('host-a', { bytesDone: 1, bytesTotal: 2 });
     quiet.finish();
     expect(log.text()).toBe('');
   });
