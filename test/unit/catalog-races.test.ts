@@ -44,7 +44,7 @@ const pattern = { kind: 'pattern' as const, rate: 2000, wssPages: 64, seed: 9 };
 const codeOf = (attempt: Promise<unknown>): Promise<string> => attempt.then(() => 'ok', (error: { code: string }) => error.code);
 
 /** Makes one datastore method take 300 ms longer, as a slow disk would. */
-function slow<K extends 'create' | 'dropSuspend'>(files: Datastore, method: K): void {
+function slow<K extends 'fill' | 'dropSuspend'>(files: Datastore, method: K): void {
   const original = files[method].bind(files) as (...args: unknown[]) => Promise<void>;
   const slowed = async (...args: unknown[]): Promise<void> => {
     await delay(300);
@@ -56,7 +56,7 @@ function slow<K extends 'create' | 'dropSuspend'>(files: Datastore, method: K): 
 describe('requests racing on one VM', () => {
   it('refuses a destroy while the VM is still being created, and the VM it then has is whole', async () => {
     const { files, dir, control } = await startAgent();
-    slow(files, 'create');
+    slow(files, 'fill');
     const creating = control.request('vm.create', { name: 'web1', memoryBytes: 1024 * 1024, workload: pattern, diskBytes: 1024 * 1024 }, { timeoutMs: 10_000 });
     await delay(50);
     expect(await codeOf(control.request('vm.destroy', { name: 'web1', deleteDisks: true }, { timeoutMs: 10_000 }))).toBe('FERRY_ERR_VM_STATE');
