@@ -11,6 +11,7 @@
  *   peer/cold-target.ts     another agent's cold migration into this datastore, and settling what arrived
  *   peer/image-target.ts    an image arriving, from another agent or imported by the coordinator (both connections)
  *   leases.ts               releasing VMs whose lease has ended
+ *   vm/net/                 a VM's network device (rings in guest memory), its host backend, who serves its address
  *   datastore/              the VMs' files
  *   migration/              the migration algorithms themselves (source, target, settlement, cold)
  */
@@ -37,6 +38,7 @@ import { serveLiveTarget } from './peer/live-target.js';
 import { serveSettlementPeer } from './peer/settlement.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { VirtualMachine } from './vm/vm.js';
+import { loopbackMode, type AddressMode } from './vm/net/address.js';
 
 export type ControlServer = RpcConnection<typeof controlOps, Record<never, never>>;
 export type PeerServer = RpcConnection<typeof peerOps, Record<never, never>>;
@@ -58,6 +60,8 @@ export interface AgentSettings {
   datastore?: Datastore;
   /** This host's CPU as read at start (host-cpu.ts); a host that gave none offers no flags. */
   hostCpu?: HostCpu;
+  /** Who serves VMs' addresses on this host (vm/net/address.ts); loopback unless said otherwise. */
+  addressMode?: AddressMode;
 }
 
 /** The CPU of a host that reported none: no flags, so it runs only VMs that need none. */
@@ -80,6 +84,8 @@ export class Agent {
   /** An unbound peer connection to the agent at `url`, with this cluster's token. */
   readonly dial: (url: string, signal?: AbortSignal) => Promise<PeerClient>;
   readonly leases: Leases;
+  /** How this host serves VMs' addresses: loopback here; the namespaces mode will sit beside it. */
+  readonly addressMode: AddressMode;
   private readonly coldMarks: ColdMarks;
 
   constructor(settings: AgentSettings) {
@@ -90,6 +96,7 @@ export class Agent {
     this.token = settings.token;
     this.files = settings.datastore;
     this.hostCpu = settings.hostCpu ?? UNKNOWN_CPU;
+    this.addressMode = settings.addressMode ?? loopbackMode;
     this.dialPeer = settings.dialPeer ?? connectToDestination;
     const dialAgent = settings.dialAgent ?? dialPeerAgent;
     this.dial = (url, signal) => dialAgent(url, this.token, signal);
@@ -149,7 +156,7 @@ export class Agent {
       const { config } = stored;
       return {
         name, host: this.name, state: stored.suspended ? 'suspended' : 'defined', memoryBytes: config.memoryBytes, epoch: config.epoch,
-        workload: config.workload, disks: config.disks, network: config.network, leaseUntil: config.leaseUntil,
+        workload: config.workload, disks: config.disks, network: config.network, address: null, leaseUntil: config.leaseUntil,
         cpu: stored.registers ? { x: stored.registers.x, n: stored.registers.n } : { x: config.workload.seed, n: 0 },
         cpuModel: config.cpuModel,
         lastBlackoutMs: 0, createdAt: config.createdAt, log: await tail(), ...(config.image ? { image: config.image } : {}), ...drive,

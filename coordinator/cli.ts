@@ -62,6 +62,7 @@ function describeVm(info: VmInfo): string {
     ['  created', info.createdAt],
     ...(info.disks && info.disks.length > 0 ? [['  disks', info.disks.map((disk) => `${disk.file} (${formatBytes(disk.sizeBytes)})`).join(', ')]] : []),
     ...(info.network ? [['  network', `${info.network.ip}/${info.network.prefix} via ${info.network.gateway}, MAC ${info.network.mac}`]] : []),
+    ...(info.address ? [['  address', `${info.address} (UDP)`]] : []),
     ...(info.leaseUntil ? [['  lease', `until ${info.leaseUntil}`]] : []),
     ...(info.image ? [['  image', `disk0.img cloned from ${info.image.name} (xxh64 ${info.image.xxh64}) by ${describeClone(info.image.cloneMethod)} in ${formatDuration(info.image.cloneMs)}`]] : []),
     ...(info.configDrive ? [['  config drive', describeConfigDrive(info.configDrive)]] : []),
@@ -176,17 +177,22 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--hot <size>', 'hotset: the hot region that takes 7 of 8 writes (default: wss / 8)')
     .option('--prealloc', 'back all guest memory with real pages now, not on first touch (like QEMU -mem-prealloc)')
     .option('--disk <size>', 'give it a sparse disk image (disk0.img) of this size in the host\'s datastore')
+    .option('--ip <address>', 'its address, served on UDP port 7777 (loopback mode: in 127.0.0.0/8, e.g. 127.100.0.5)')
     .addOption(cpuOption())
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; disk?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
+    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; disk?: string; ip?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
       const request = toVmRequest(name, options);
       const { cluster: hosts } = await cluster(command);
       const host = findHost(hosts, options.on);
+      if (request.network) {
+        const holder = allVms(await surveyHosts(hosts)).find((other) => other.ip === request.network!.ip);
+        if (holder) throw new FerryError(ErrorCode.BAD_INPUT, `${request.network.ip} is already used by ${holder.name} on ${holder.host}`, 'pick another address, or provision with --ip auto');
+      }
       // Only a baseline needs the other hosts: it is what they all have now.
       const cpuModel = cpuModelRequest(options.cpu, options.cpu === 'baseline' ? await surveyHosts(hosts) : []);
       const info = await withHost(host, (client) => client.request('vm.create', { ...request, cpuModel }));
       if (options.json) printJson(info);
-      else process.stdout.write(`created ${info.name} on ${info.host}: ${formatBytes(info.memoryBytes)}, ${info.workload.kind}, cpu ${info.cpuModel.model} (${info.cpuModel.flags.length} flags), running\n`);
+      else process.stdout.write(`created ${info.name} on ${info.host}: ${formatBytes(info.memoryBytes)}, ${info.workload.kind}, cpu ${info.cpuModel.model} (${info.cpuModel.flags.length} flags)${info.address ? `, serving ${info.address}` : ''}, running\n`);
     });
 
   vm.command('list')

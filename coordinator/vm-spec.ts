@@ -3,7 +3,7 @@
  * `vm.create` schema (shared/protocol.ts); only the rules that tie one option to another are checked here.
  */
 import type { z } from 'zod';
-import { MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from '../shared/constants.js';
+import { MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, NET_REGION_PAGES, PAGE_SIZE } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { controlOps, vmNameSchema, workloadKindSchema, type WorkloadSpec } from '../shared/protocol.js';
 import { formatBytes, parseCount, parseSize } from '../shared/units.js';
@@ -18,6 +18,19 @@ export interface CreateOptions {
   hot?: string | undefined;
   prealloc?: boolean | undefined;
   disk?: string | undefined;
+  /** Its address, `IP` or `IP/PREFIX` (loopback mode: in 127.0.0.0/8). */
+  ip?: string | undefined;
+}
+
+/** `--ip IP[/PREFIX]` as a network configuration; loopback addresses need no gateway, so it is the host itself. */
+export function parseIpOption(text: string, defaultPrefix = 8): { ip: string; prefix: number; gateway: string } {
+  const [ip, prefixText, ...rest] = text.split('/');
+  const prefix = Number(prefixText ?? defaultPrefix);
+  const parts = (ip ?? '').split('.');
+  const valid = rest.length === 0 && parts.length === 4 && parts.every((part) => /^\d{1,3}$/.test(part) && Number(part) <= 255)
+    && Number.isInteger(prefix) && prefix >= 0 && prefix <= 32;
+  if (!valid) throw new FerryError(ErrorCode.BAD_INPUT, `--ip ${text} is not an address`, 'write it like 127.100.0.5 (or 127.100.0.5/16)');
+  return { ip: ip!, prefix, gateway: '127.0.0.1' };
 }
 
 const vmCreateSchema = controlOps['vm.create'][0];
@@ -34,7 +47,9 @@ export function checkVmName(name: string): string {
 export function toVmRequest(name: string, options: CreateOptions): VmRequest {
   const vmName = checkVmName(name);
   const memoryBytes = parseSize(options.memory);
-  const wssBytes = options.wss ? parseSize(options.wss) : memoryBytes;
+  // An addressed VM's device takes the top of its memory: the default working set stops below it.
+  const network = options.ip === undefined ? undefined : parseIpOption(options.ip);
+  const wssBytes = options.wss ? parseSize(options.wss) : network ? Math.max(memoryBytes - NET_REGION_PAGES * PAGE_SIZE, PAGE_SIZE) : memoryBytes;
   const workload: WorkloadSpec = {
     kind: options.workload as WorkloadSpec['kind'],
     rate: parseCount(options.rate, '--rate'),
@@ -56,6 +71,7 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
     name: vmName, memoryBytes, workload,
     ...(options.prealloc ? { prealloc: true } : {}),
     ...(diskBytes !== undefined ? { diskBytes } : {}),
+    ...(network ? { network } : {}),
   }, sources);
 
   // Rules between options, which no single field's schema can hold.

@@ -56,3 +56,11 @@ export const PEER_REPLY_TIMEOUT_MS = 30_000;
 
 /** How often the vCPU refreshes its heartbeat when it has nothing to write (idle workload, or rate-limited). */
 export const HEARTBEAT_INTERVAL_MS = 1;
+
+/**
+ * The guest's network device (agent/vm/net/device.ts): the last NET_REGION_PAGES pages of an addressed VM's memory
+ * (a header page and two rings of 256 1-KiB slots), and the UDP port its service answers on (DESIGN.md, "Guest
+ * service protocol"). Here because the CLI leaves room for the device when it picks a working set.
+ */
+export const NET_REGION_PAGES = 129;
+export const NET_SERVICE_PORT = 7777;

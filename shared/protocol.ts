@@ -51,7 +51,7 @@ export const sharedStorageIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'a share
 /** A whole-file or chunk digest as it travels: xxh64 in 16 hex digits. */
 export const xxh64HexSchema = z.string().regex(/^[0-9a-f]{16}$/, 'an xxh64 digest is 16 hex digits');
 
-export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential']);
+export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential', 'kv']);
 export type WorkloadKind = z.infer<typeof workloadKindSchema>;
 
 export const workloadSpecSchema = z.object({
@@ -164,6 +164,8 @@ export type ImageManifest = z.infer<typeof imageManifestSchema>;
 export const vmInfoSchema = vmSummarySchema.extend({
   workload: workloadSpecSchema,
   network: networkSchema.nullable().optional(),
+  /** Where its guest service answers ("IP:PORT", DESIGN.md "Guest service protocol"), when it serves one on its host. */
+  address: z.string().nullable().optional(),
   /** When the VM is released (destroyed with its files), if it was provisioned with a lease. */
   leaseUntil: z.string().nullable().optional(),
   /** Disk images: in the VM's datastore folder, or on shared storage (`shared`). */
@@ -276,6 +278,14 @@ export const sourceReportSchema = z.object({
   registers: registersSchema.optional(),
   /** Auto-converge: the highest throttle applied, percent of the vCPU's rate held back (0: none). */
   throttlePct: z.number(),
+  /** The VM's address moving with it (agent/migration/net-handover.ts), when it serves one. */
+  network: z.object({
+    address: z.string(),
+    /** When the destination started serving the address, in ms from the pause. */
+    servingAfterPauseMs: z.number().optional(),
+    /** Datagrams that reached the source after the pause and were forwarded to the destination. */
+    forwarded: z.number(),
+  }).optional(),
 });
 export type SourceReport = z.infer<typeof sourceReportSchema>;
 
@@ -447,6 +457,8 @@ export const peerOps = {
       files: z.object({ config: z.string(), nvram: z.instanceof(Uint8Array), log: z.string(), configDrive: z.string().max(4 * MAX_USER_DATA_BYTES).optional() }).optional(),
       /** What the guest took from its config drive at boot: guest state, carried like the registers. */
       guest: guestFactsSchema.optional(),
+      /** Its network configuration: the destination serves its address from activation on. */
+      network: networkSchema.nullable().optional(),
     }).strict(),
     z.object({
       destDigest: z.string(),
@@ -458,7 +470,23 @@ export const peerOps = {
   /** The source has committed: the destination is primary now and resumes the vCPU. */
   'peer.activate': [
     z.object({ resume: z.boolean() }).strict(),
-    z.object({ guestBlackoutMs: z.number() }),
+    /** `servingAfterMs`: from the request's arrival until the destination served the VM's address (when it has one). */
+    z.object({ guestBlackoutMs: z.number(), servingAfterMs: z.number().optional() }),
+  ],
+  /**
+   * Source to destination, from the commit until the source gives the VM's address up: datagrams that reached the
+   * source for the VM, in arrival order. Before activation the destination keeps them (host side); from it, they go
+   * into the VM's RX ring.
+   */
+  'net.forward': [
+    z.object({
+      datagrams: z.array(z.object({
+        ip: z.number().int().min(0).max(0xffffffff),
+        port: z.number().int().min(1).max(65535),
+        data: z.instanceof(Uint8Array).refine((data) => data.length <= 65_535, 'a UDP datagram is at most 65,535 bytes'),
+      }).strict()).max(4096),
+    }).strict(),
+    empty,
   ],
   /** The source gives up before commit: the destination drops its reservation. */
   'peer.abort': [z.object({ reason: z.string() }).strict(), empty],

@@ -9,6 +9,7 @@
  *   (the first hotPages pages of the working set), otherwise anywhere in the working set.
  * sequential: a scanner: p = (n - 1) mod wssPages, in order; x is unused and stays at the seed.
  * idle: writes nothing.
+ * kv: writes no pages of its own: it serves its table over the network (agent/vm/net/kv-table.ts); x and n stay.
  * Every workload writes whole pages with the same fill, so any memory image can be told apart by write.
  */
 import { PAGE_SIZE } from './constants.js';
@@ -51,6 +52,7 @@ export function workloadStep(spec: WorkloadSpec): NextPage {
   const wss = spec.wssPages;
   switch (spec.kind) {
     case 'idle':
+    case 'kv':
       return () => -1;
     case 'pattern':
       return (registers) => {

@@ -12,6 +12,7 @@ import { sendColdCopy } from '../migration/cold.js';
 import { runSource, type SourceContext } from '../migration/source.js';
 import { MigrationTarget } from '../migration/target.js';
 import { requireCpu } from '../vm/cpu-model.js';
+import { attachNetwork } from '../vm/net/attach.js';
 
 /** The small files a live migration carries: config, NVRAM, log, and the config drive when the VM has one. */
 async function smallFiles(files: Datastore, config: VmConfig): Promise<NonNullable<SourceContext['files']>> {
@@ -53,6 +54,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       const configDrive = files.configDrive === undefined ? undefined : configDriveText(parseConfigDrive(files.configDrive));
       await agent.files.create(config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${agent.name} (migration ${migrationId}, epoch ${newEpoch})\n`, configDrive);
     });
+    target.attachNetwork = (earlier) => attachNetwork(vm, { mode: agent.addressMode, log, fresh: false, earlier });
     target.onFinished = () => agent.incoming.delete(migrationId);
     agent.incoming.set(migrationId, target);
     log.info('reserved', { vm: name, memoryBytes, migration: migrationId });

@@ -10,6 +10,8 @@ import type { Agent, ControlServer } from '../agent.js';
 import { randomMac } from '../datastore/config.js';
 import { configDriveText, makeConfigDrive } from '../datastore/config-drive.js';
 import { requireCpu, resolveCpuModel } from '../vm/cpu-model.js';
+import { attachNetwork, networkRefusal } from '../vm/net/attach.js';
+import { PAGE_SIZE } from '../../shared/constants.js';
 
 /** Dump chunks: 1 MiB, the size ws moves at full speed. */
 const DUMP_CHUNK_BYTES = 1024 * 1024;
@@ -22,6 +24,8 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     if ((image !== undefined || configDrive !== undefined) && !files) {
       throw new FerryError(ErrorCode.VM_STATE, `${agent.name} keeps no files: no images, no config drives`, 'run the agent with --datastore');
     }
+    const refusal = networkRefusal(agent.addressMode, name, memoryBytes / PAGE_SIZE, workload, network);
+    if (refusal) throw refusal;
     const cpuModel = resolveCpuModel(requested, agent.hostCpu);
     requireCpu(agent.name, agent.hostCpu, { name, cpu: cpuModel }, 'create');
     // The image is looked up before any memory is taken: a host without it refuses at once.
@@ -51,6 +55,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
             log.info('image cloned', { vm: name, image: manifest.name, method: clone.method, durationMs: clone.durationMs, ...(clone.reflinkRefused ? { reflinkRefused: clone.reflinkRefused } : {}) });
           }
           await files?.fill(agent.configOf(vm), undefined, '', drive);
+          await attachNetwork(vm, { mode: agent.addressMode, log, fresh: true });
           await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskSize ? `, disk0.img of ${diskSize} bytes` : ''}${cloned}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}, cpu ${cpuModel.model} (${cpuModel.flags.length} flags)${drive ? ', config drive cidata.json' : ''}`);
           await vm.resume();
         } catch (error) {
@@ -88,6 +93,8 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
         vm.guest = saved.guest;
         await agent.files.dropSuspend(name);
       }
+      // Its device: made afresh at a fresh boot, found in the saved memory of a suspended guest.
+      await attachNetwork(vm, { mode: agent.addressMode, log, fresh: !suspended });
       let newFlags = false;
       if (!suspended && config.cpuModel.model === 'host') {
         vm.cpuModel = { model: 'host', flags: [...agent.hostCpu.flags] };

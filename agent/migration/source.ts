@@ -20,6 +20,7 @@ import {
 import { faultPoint, type Faults } from '../faults.js';
 import type { Catalog } from '../catalog.js';
 import type { VirtualMachine } from '../vm/vm.js';
+import { NetHandover } from './net-handover.js';
 import { PageSender } from './page-sender.js';
 import type { PeerClient } from './peer-client.js';
 import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
@@ -68,6 +69,8 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   let throttlePct = 0;
   let pausedAtMs: number | undefined;
   let bytesSent = 0;
+  let servingAfterPauseMs: number | undefined;
+  const network = new NetHandover(vm, peer, log);
 
   // The peer connection closing is as fatal as a cancel.
   const abort = new AbortController();
@@ -102,6 +105,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       ...(expectedDowntime !== undefined ? { expectedDowntimeMs: expectedDowntime } : {}),
       bytesSent,
       ...(verification ? { verification } : {}),
+      ...(network.report(servingAfterPauseMs) ? { network: network.report(servingAfterPauseMs) } : {}),
     };
   };
 
@@ -177,6 +181,8 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     enterStage(3);
     pausedAtMs = now();
     if (vm.vcpuRunning) await vm.pause();
+    // Before the harvest below: from here the agent leaves the rings alone, so the last copy carries them exactly.
+    network.hold();
     vm.state = 'handing-over';
     await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
     const lastPages = vm.dirtyLog.harvest();
@@ -196,6 +202,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const verifyStartMs = now();
     const asked = peer.request('peer.verify', {
       registers, mode: options.verify, resume: wasRunning, ...(context.files ? { files: context.files } : {}), ...(vm.guest ? { guest: vm.guest } : {}),
+      network: vm.network,
     }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
     const sourceDigest = formatDigest(digestPageTable(sender.hashes));
@@ -219,6 +226,8 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     }
     // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
     committed = true;
+    // Kept datagrams, and each new one, go to the destination now: on this connection, so before the activation.
+    network.commit();
     log.info('committed', { vm: vm.name, digest: sourceDigest });
     await faultPoint(context.faults, 'after-commit', log, () => peer.close());
     log.debug('commit timing', { digestMs, verifyRoundTripMs: now() - verifyStartMs });
@@ -229,6 +238,10 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const activated = await peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
     const activatedAtMs = now();
     log.debug('activation timing', { activateRoundTripMs: activatedAtMs - activateStartMs });
+    // Measured on each side's own clock: pause to asking, then the destination's asked to serving. It leaves out the
+    // request's one-way trip, so it may be early by that much; never later than the activation's reply.
+    if (activated.servingAfterMs !== undefined) servingAfterPauseMs = Math.min(activateStartMs - pausedAtMs + activated.servingAfterMs, activatedAtMs - pausedAtMs);
+    await network.finish();
     // Files first, then the name (catalog.ts): this host keeps listing the VM until nothing of it is left here.
     await context.forgetFiles?.(vm.name);
     await context.catalog.release(vm);
@@ -253,7 +266,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         `the VM stays suspended here, so that it never runs twice, until the destination says how it ended: the agents settle it as soon as they can talk, or run \`ferry vm resolve ${vm.name}\``,
       ));
     }
-    await rollBack(context, wasRunning, error);
+    await rollBack(context, wasRunning, error, network);
     return report('rolled-back', error);
   } finally {
     // The throttle was the migration's, not the guest's: lift it (on the destination it never existed).
@@ -263,8 +276,10 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   }
 }
 
-async function rollBack(context: SourceContext, wasRunning: boolean, error: FerryError): Promise<void> {
+async function rollBack(context: SourceContext, wasRunning: boolean, error: FerryError, network: NetHandover): Promise<void> {
   const { vm, peer, log } = context;
+  // Datagrams kept since the pause go into the ring before any new one: the VM serves its address here as before.
+  network.rollBack();
   log.warn('rolling back', { vm: vm.name, code: error.code, error: error.message });
   // The destination also drops its reservation when the stream closes; the abort only says why, sooner.
   await peer.request('peer.abort', { reason: error.message }, { timeoutMs: 2000 }).catch((abortError: unknown) => {

@@ -22,6 +22,10 @@ import type { Faults } from '../faults.js';
 import type { Catalog } from '../catalog.js';
 import type { ActivationLog } from './activation-log.js';
 import type { VirtualMachine } from '../vm/vm.js';
+import type { ClientDatagram } from '../vm/net/address.js';
+
+/** Datagrams forwarded before activation that the destination keeps at most (net-handover.ts). */
+const MAX_FORWARDED_EARLY = 4096;
 
 /** A reservation whose source stays silent this long (never connects, or stalls mid-stream) is dropped. */
 export const RESERVATION_TIMEOUT_MS = 60_000;
@@ -59,6 +63,10 @@ export class MigrationTarget {
   private files: RequestOf<PeerOps, 'peer.verify'>['files'];
   registerFiles: ((files: NonNullable<RequestOf<PeerOps, 'peer.verify'>['files']>, epoch: number) => Promise<void>) | undefined;
   private readonly activations: ActivationLog;
+  /** Datagrams the source forwarded before activation, in order: they go into the RX ring at activation. */
+  private forwardedEarly: ClientDatagram[] = [];
+  /** Serves the VM's address here (vm/net/attach.ts), given what was forwarded early; set by the agent. */
+  attachNetwork: ((earlier: ClientDatagram[]) => Promise<boolean>) | undefined;
 
   constructor(
     migrationId: string,
@@ -175,6 +183,7 @@ export class MigrationTarget {
     }
     this.vm.setRegisters(request.registers);
     this.vm.guest = request.guest;
+    if (request.network !== undefined) this.vm.network = request.network;
     this.resumeOnActivation = request.resume;
     this.files = request.files;
     this.phase = 'verified';
@@ -197,6 +206,17 @@ export class MigrationTarget {
     // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it).
     this.activations.record(this.migrationId, this.vm.name, this.sourceEpoch + 1);
     this.vm.epoch = this.sourceEpoch + 1;
+    // The address before the guest runs: what was forwarded first, then whatever arrives here.
+    const servingStartMs = performance.now();
+    let servingAfterMs: number | undefined;
+    try {
+      const earlier = this.forwardedEarly;
+      this.forwardedEarly = [];
+      if (await this.attachNetwork?.(earlier)) servingAfterMs = performance.now() - servingStartMs;
+    } catch (error) {
+      // The VM is committed here: it runs, without its address, rather than not at all. Said loudly.
+      this.log.error('could not serve the VM\'s address after activation', { vm: this.vm.name, error: String(error) });
+    }
     if (resume) {
       await this.vm.resume();
       this.vm.state = 'running';
@@ -212,7 +232,20 @@ export class MigrationTarget {
       });
     }
     this.onFinished?.();
-    return { guestBlackoutMs: resume ? this.vm.lastBlackoutMs() : 0 };
+    return { guestBlackoutMs: resume ? this.vm.lastBlackoutMs() : 0, ...(servingAfterMs !== undefined ? { servingAfterMs } : {}) };
+  }
+
+  /** Datagrams the source forwarded: kept until activation, then straight to the VM's RX ring. */
+  takeForwarded(datagrams: ClientDatagram[]): void {
+    this.lastHeardMs = performance.now();
+    if (this.phase === 'active') {
+      for (const datagram of datagrams) this.vm.net?.deliver(datagram);
+      return;
+    }
+    if (this.phase !== 'receiving' && this.phase !== 'verified') return;
+    const room = MAX_FORWARDED_EARLY - this.forwardedEarly.length;
+    if (datagrams.length > room) this.log.warn('too many datagrams forwarded before activation; dropping the rest', { vm: this.vm.name, dropped: datagrams.length - room });
+    this.forwardedEarly.push(...datagrams.slice(0, Math.max(room, 0)));
   }
 
   /**

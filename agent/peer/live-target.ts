@@ -62,6 +62,10 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     log.debug('activated', { tookMs: performance.now() - startedMs });
     return reply;
   });
+  connection.handle('net.forward', async ({ datagrams }) => {
+    current().takeForwarded(datagrams);
+    return {};
+  });
   connection.handle('peer.abort', async ({ reason }) => {
     await current().drop(`the source aborted: ${reason}`, { keepVerified: false });
     return {};

@@ -13,10 +13,10 @@
  *
  *   control block  SharedArrayBuffer, CONTROL_BYTES
  *   Int32 slots (Atomics)                          Float64 slots (plain loads and stores)
- *   +-----+---------+-------+-------+-------+      +--------------+------------+
- *   | CMD | STATE   | REG_X | N_LO  | N_HI  | THROTTLE | ...  | HEARTBEAT_MS | BLACKOUT_MS|
- *   +-----+---------+-------+-------+-------+----------+      +--------------+------------+
- *    0     1         2       3       4       5                 byte 32        byte 40
+ *   +-----+-------+-------+------+------+----------+----------+-------------+   +--------------+-------------+
+ *   | CMD | STATE | REG_X | N_LO | N_HI | THROTTLE | DOORBELL | NET_PRESENT |   | HEARTBEAT_MS | BLACKOUT_MS |
+ *   +-----+-------+-------+------+------+----------+----------+-------------+   +--------------+-------------+
+ *    0     1       2       3      4      5          6          7                byte 32        byte 40
  *
  * What must stay true:
  * - Only the main thread writes CMD; only the vCPU writes STATE. Each side `Atomics.notify`s the slot it wrote.
@@ -24,6 +24,7 @@
  * - REG_X, REG_N_LO and REG_N_HI describe the last finished write. The vCPU writes them while running; while the
  *   vCPU is PAUSED (or not yet started) only the main thread writes them, and the vCPU reloads them on resume.
  *   That is how a migration hands the destination's vCPU the source's registers.
+ * - The vCPU sleeps on DOORBELL (never on CMD while running): every CMD store is followed by a DOORBELL bump.
  * - HEARTBEAT_MS is the guest clock: the wall-clock time (ms since the epoch) of the vCPU's last loop turn. It is
  *   read by humans and reports, never used for synchronisation, so plain Float64 stores suffice.
  */
@@ -44,6 +45,17 @@ export const ControlSlot = {
    * not part of the guest's state, so it never travels with the registers.
    */
   THROTTLE_PCT: 5,
+  /**
+   * Main thread -> vCPU: bumped (Atomics.add, then notify) whenever the vCPU has something new to look at: a
+   * command, or a request put into its network device's RX ring. An idle vCPU sleeps on this slot with the value it
+   * read before it last looked, so a bump between its look and its sleep wakes it at once (no lost wake-up).
+   */
+  DOORBELL: 6,
+  /**
+   * Main thread -> vCPU: 1 when the VM has a network device (an address) and the vCPU serves its rings
+   * (agent/vm/net/device.ts), 0 otherwise. Written only while the vCPU is paused or not yet started.
+   */
+  NET_PRESENT: 7,
 } as const;
 
 export const INT32_SLOTS = 8;

@@ -17,6 +17,9 @@ import {
   ControlFloatSlot, ControlSlot, VcpuCommand, VcpuState, controlViews, readRegisterN, wallClockMs, writeRegisterN,
 } from './layout.js';
 import { fillPage, workloadStep, type WorkloadRegisters } from '../../shared/workloads.js';
+import { NetDevice } from './net/device.js';
+import { serveRequest } from './net/guest-service.js';
+import { KvTable } from './net/kv-table.js';
 
 export interface VcpuWorkerData {
   memory: SharedArrayBuffer;
@@ -50,6 +53,8 @@ function bootFromConfigDrive(text: string): GuestBootMessage {
 
 /** Never write more than this many pages between two heartbeats, so the guest clock keeps ticking under load. */
 const WRITES_PER_TURN = 256;
+/** Requests served per loop turn at most, so that page writes and the pause check keep their turn under load. */
+const REQUESTS_PER_TURN = 64;
 
 function run(data: VcpuWorkerData): void {
   if (data.configDrive !== undefined) parentPort?.postMessage(bootFromConfigDrive(data.configDrive));
@@ -57,8 +62,37 @@ function run(data: VcpuWorkerData): void {
   const words = new Uint32Array(data.memory);
   const dirtyLog = new DirtyLog(data.dirtyLog, data.pageCount);
   const nextPage = workloadStep(data.workload);
-  const baseRate = data.workload.kind === 'idle' ? 0 : data.workload.rate;
+  const baseRate = data.workload.kind === 'idle' || data.workload.kind === 'kv' ? 0 : data.workload.rate;
   const registers: WorkloadRegisters = { x: 0, n: 0 };
+  // The network device and the kv table, made the first time the VM has an address (NET_PRESENT) and served.
+  let device: NetDevice | undefined;
+  let table: KvTable | undefined;
+
+  /**
+   * Serves up to REQUESTS_PER_TURN requests from the RX ring, each whole (device.ts): read, answer (the table's
+   * writes), reply into the TX ring, then free the RX slot. Checks the command between two requests, never inside
+   * one. Returns how many it served.
+   */
+  const serveNetwork = (): number => {
+    device ??= new NetDevice(data.memory, data.pageCount, dirtyLog);
+    if (!device.isValid()) return 0; // no device this build understands: touch nothing
+    if (data.workload.kind === 'kv') table ??= new KvTable(data.memory, data.workload.wssPages, dirtyLog);
+    let served = 0;
+    while (served < REQUESTS_PER_TURN && Atomics.load(ints, ControlSlot.CMD) === VcpuCommand.RUN) {
+      const request = device.peekRx();
+      if (!request) break;
+      const reply = serveRequest(request.data, request.length, table);
+      if (reply && !device.pushTx(request.ip, request.port, reply)) break; // TX full: the agent is draining it
+      device.takeRx();
+      device.countServed();
+      served += 1;
+    }
+    if (served > 0) {
+      const { array, index } = device.notifyWords;
+      Atomics.notify(array, index);
+    }
+    return served;
+  };
 
   const setState = (state: number): void => {
     Atomics.store(ints, ControlSlot.STATE, state);
@@ -77,6 +111,8 @@ function run(data: VcpuWorkerData): void {
   let rate = baseRate;
 
   for (;;) {
+    // Read before looking at anything: a bump after this wakes the sleep below at once (layout.ts, DOORBELL).
+    const doorbell = Atomics.load(ints, ControlSlot.DOORBELL);
     const command = Atomics.load(ints, ControlSlot.CMD);
     if (command === VcpuCommand.STOP) break;
 
@@ -99,6 +135,8 @@ function run(data: VcpuWorkerData): void {
       continue;
     }
 
+    const served = Atomics.load(ints, ControlSlot.NET_PRESENT) === 1 ? serveNetwork() : 0;
+
     const throttleNow = Atomics.load(ints, ControlSlot.THROTTLE_PCT);
     if (throttleNow !== throttle) {
       throttle = throttleNow;
@@ -109,10 +147,11 @@ function run(data: VcpuWorkerData): void {
     const elapsedMs = performance.now() - paceStart;
     const due = rate === 0 ? 0 : Math.floor((elapsedMs * rate) / 1000) - written;
     if (due <= 0) {
-      // Nothing due: sleep a heartbeat interval (a pause request still wakes us at once). Waking for every single
-      // write would cost a futex round trip per page; instead the writes that fall due meanwhile go in one turn.
+      // Nothing due: sleep a heartbeat interval (a pause request or a request in the RX ring still wakes us at once).
+      // Waking for every single write would cost a futex round trip per page; instead the writes that fall due
+      // meanwhile go in one turn.
       floats[ControlFloatSlot.HEARTBEAT_MS] = wallClockMs();
-      Atomics.wait(ints, ControlSlot.CMD, VcpuCommand.RUN, HEARTBEAT_INTERVAL_MS);
+      if (served === 0) Atomics.wait(ints, ControlSlot.DOORBELL, doorbell, HEARTBEAT_INTERVAL_MS);
       continue;
     }
 

@@ -97,7 +97,19 @@ export class Vcpu {
 
   private command(command: number): void {
     Atomics.store(this.ints, ControlSlot.CMD, command);
-    Atomics.notify(this.ints, ControlSlot.CMD);
+    Atomics.notify(this.ints, ControlSlot.CMD); // a paused vCPU sleeps on CMD
+    this.ring(); // a running one on DOORBELL
+  }
+
+  /** Wakes the vCPU to look again: a request is waiting in its RX ring (layout.ts, DOORBELL). */
+  ring(): void {
+    Atomics.add(this.ints, ControlSlot.DOORBELL, 1);
+    Atomics.notify(this.ints, ControlSlot.DOORBELL);
+  }
+
+  /** Says whether the vCPU serves a network device; only while it is paused or parked (layout.ts, NET_PRESENT). */
+  setNetPresent(present: boolean): void {
+    Atomics.store(this.ints, ControlSlot.NET_PRESENT, present ? 1 : 0);
   }
 
   private async reach(target: State): Promise<void> {

@@ -11,6 +11,8 @@ import {
   CONTROL_BYTES, ControlFloatSlot, ControlSlot, VcpuState, controlViews, readRegisterN, writeRegisterN, type ControlViews,
 } from './layout.js';
 import { Vcpu } from './vcpu.js';
+import type { NetBackend } from './net/backend.js';
+import { NetDevice } from './net/device.js';
 
 export interface VmSpec {
   name: string;
@@ -51,6 +53,8 @@ export class VirtualMachine {
    * it and a suspend keeps it; a fresh boot reads the drive again.
    */
   guest: GuestFacts | undefined;
+  /** The network device's host side, while the VM serves its address on this host (net/attach.ts). */
+  net: NetBackend | undefined;
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 
@@ -100,7 +104,31 @@ export class VirtualMachine {
   }
 
   async destroy(): Promise<void> {
+    const net = this.net;
+    this.net = undefined;
+    await net?.stop();
     await this.vcpu.stop();
+  }
+
+  /** The rings of its network device, over its guest memory (net/device.ts). */
+  netDevice(): NetDevice {
+    return new NetDevice(this.memory.buffer as SharedArrayBuffer, this.pageCount, this.dirtyLog);
+  }
+
+  /** Whether the vCPU serves the device; only while it is paused (layout.ts, NET_PRESENT). */
+  setNetPresent(present: boolean): void {
+    if (this.vcpuRunning) throw new FerryError(ErrorCode.INTERNAL, `cannot change ${this.name}'s network device while its vCPU runs`);
+    this.vcpu.setNetPresent(present);
+  }
+
+  /** Wakes the vCPU: a request waits in its RX ring. */
+  ringDoorbell(): void {
+    this.vcpu.ring();
+  }
+
+  /** "IP:PORT" while it serves an address here, else null. */
+  get address(): string | null {
+    return this.net?.address ?? null;
   }
 
   /** The registers; exact while the vCPU is paused, a recent finished write while it runs. */
@@ -154,6 +182,7 @@ export class VirtualMachine {
       workload: this.workload,
       disks: this.disks,
       network: this.network,
+      address: this.address,
       leaseUntil: this.leaseUntil,
       cpu: { x, n },
       cpuModel: this.cpuModel,
