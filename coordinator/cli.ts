@@ -26,6 +26,7 @@ import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
 import { checkVmName, toVmRequest } from './vm-spec.js';
+import { runProbe, type ProbeResult } from './probe.js';
 import { DEFAULT_CPU_MODEL, clusterBaseline, cpuModelRequest, formatBaseline, levelText } from './cpu-models.js';
 
 interface Global {
@@ -51,6 +52,7 @@ function describeVm(info: VmInfo): string {
   const w = info.workload;
   const workload = w.kind === 'idle'
     ? 'idle'
+    : w.kind === 'kv' ? `kv: a key-value table over ${formatBytes(w.wssPages * 4096)} (${int(w.wssPages)} pages), served on the network`
     : `${w.kind}, ${int(w.rate)} page writes/s over ${formatBytes(w.wssPages * 4096)} (${int(w.wssPages)} pages), seed ${w.seed}${w.hotPages ? `, hot ${formatBytes(w.hotPages * 4096)}` : ''}`;
   return formatTable([
     [`${info.name}`, `on ${info.host}, ${info.state}`],
@@ -68,6 +70,16 @@ function describeVm(info: VmInfo): string {
     ...(info.configDrive ? [['  config drive', describeConfigDrive(info.configDrive)]] : []),
     ...(info.guest ? [['  guest', `hostname ${info.guest.hostname} (read from its config drive at boot)`]] : []),
   ]) + (info.log && info.log.length > 0 ? `\n  log (latest last):\n${info.log.map((line) => `    ${line}`).join('\n')}` : '');
+}
+
+function describeProbe(result: ProbeResult): string {
+  const { latencyMs: l, writes } = result;
+  return formatTable([
+    ['requests', `${int(result.sent)} sent, ${int(result.answered)} answered, ${int(result.retries)} retries, ${int(result.unanswered)} never answered, ${int(result.errors)} ERROR replies`],
+    ['latency', `p50 ${l.p50.toFixed(3)} ms, p90 ${l.p90.toFixed(3)} ms, p99 ${l.p99.toFixed(3)} ms, p99.9 ${l.p999.toFixed(3)} ms, max ${l.max.toFixed(3)} ms`],
+    ['longest gap', `${result.longestGapMs.toFixed(1)} ms between two replies (client-observed outage), ${(result.longestGapAtMs / 1000).toFixed(2)} s in`],
+    ['writes', `${int(writes.checked)} keys read back: ${writes.lost === 0 ? 'every acknowledged PUT is there' : `${int(writes.lost)} lost (${writes.lostKeys.join(', ')})`}`],
+  ]);
 }
 
 /** `--cpu MODEL` for vm create and provision; provision leaves it unset so that a template's `cpu` can apply. */
@@ -242,6 +254,27 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
         else process.stdout.write(`${info.name} on ${info.host}: ${info.state}\n`);
       });
   }
+
+  vm.command('probe <name>')
+    .description('be a client of the VM\'s service: a steady mix of PUT and GET over UDP, with retries; latency, outage, lost writes')
+    .option('--rate <requests>', 'requests per second', '1000')
+    .option('--duration <time>', 'how long to send, e.g. 10s', '10s')
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { rate: string; duration: string; json?: boolean }, command: Command) => {
+      const ratePerSec = parseCount(options.rate, '--rate');
+      const durationMs = parseDuration(options.duration);
+      if (ratePerSec < 1 || ratePerSec > 200_000) throw new FerryError(ErrorCode.BAD_INPUT, `--rate ${options.rate} must be 1 to 200,000 requests a second`, 'e.g. --rate 1000');
+      const info = await onVmHost(command, name, (client) => client.request('vm.info', { name }));
+      if (!info.address) throw new FerryError(ErrorCode.VM_STATE, `${name} serves no address`, 'give a VM an address when making it: `ferry vm create NAME --workload kv --ip 127.100.0.5` or `ferry provision NAME --ip auto`');
+      if (info.workload.kind !== 'kv') throw new FerryError(ErrorCode.VM_STATE, `${name} runs the ${info.workload.kind} workload, which answers only PING`, 'probe a VM made with --workload kv');
+      if (!options.json) process.stdout.write(`probing ${name} at ${info.address}: ${int(ratePerSec)} requests/s for ${formatDuration(durationMs)}\n`);
+      const result = await runProbe({
+        address: info.address, ratePerSec, durationMs,
+        ...(options.json ? {} : { onTick: (tick) => process.stdout.write(`  sent ${int(tick.sent)}, answered ${int(tick.answered)}, outstanding ${int(tick.outstanding)}, longest gap ${formatDuration(tick.longestGapMs)}\n`) }),
+      });
+      if (options.json) printJson(result);
+      else process.stdout.write(`${describeProbe(result)}\n`);
+    });
 
   vm.command('destroy <name>')
     .description('remove a VM: its memory, and its files on the host (disks only with --yes)')

@@ -127,6 +127,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
       ...(exceeded ? { downtimeLimitExceededMs: sourceReport.downtimeMs! - request.options.maxDowntimeMs } : {}),
       bytesSent: sourceReport.bytesSent,
       throttlePct: sourceReport.throttlePct,
+      ...(sourceReport.network ? { network: sourceReport.network } : {}),
       throughputBytesPerSec: sourceReport.rounds[0]?.throughputBytesPerSec ?? 0,
       ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
       ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),

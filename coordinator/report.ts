@@ -2,7 +2,7 @@
  * The migration report: what `ferry migrate --json` prints, and its readable form.
  */
 import type { ErrorPayload } from '../shared/errors.js';
-import type { RoundReport, StageReport, StopReason, Verification } from '../shared/protocol.js';
+import type { RoundReport, SourceReport, StageReport, StopReason, Verification } from '../shared/protocol.js';
 import { PAGE_SIZE, STOP_RULES } from '../shared/constants.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 import { formatTable } from './output.js';
@@ -37,6 +37,11 @@ export interface MigrationReport {
   cpu?: { x: number; n: number };
   /** Auto-converge: the highest throttle applied to the vCPU, percent of its rate (0: none). */
   throttlePct: number;
+  /**
+   * The VM's address moving with it: the address, when the destination started serving it (ms from the pause), and
+   * the datagrams that reached the source after the pause and were forwarded to the destination.
+   */
+  network?: SourceReport['network'];
 }
 
 export const stopReasonText: Record<StopReason, string> = {
@@ -112,6 +117,10 @@ export function formatReport(report: MigrationReport): string {
     facts.push(['verification', text]);
   }
   if (report.throttlePct > 0) facts.push(['auto-converge', `the vCPU was held back by up to ${report.throttlePct} % of its rate`]);
+  if (report.network) {
+    const serving = report.network.servingAfterPauseMs !== undefined ? `served from ${report.to} ${formatDuration(report.network.servingAfterPauseMs)} after the pause` : `not confirmed served from ${report.to}`;
+    facts.push(['network', `${report.network.address}: ${serving}; ${int(report.network.forwarded)} datagram(s) forwarded from ${report.from} during the switchover`]);
+  }
   if (report.cpu) facts.push(['registers', `x=${report.cpu.x} n=${int(report.cpu.n)} handed to ${report.to}`]);
   const width = Math.max(...facts.map(([label]) => label.length));
   lines.push(...facts.map(([label, value]) => `  ${label.padEnd(width)}  ${value}`));

@@ -121,6 +121,9 @@ export class PageSender {
       progress.pagesSent += count;
       progress.bytesSent += data.length;
       if (this.outstandingBytes > SEND_WINDOW_BYTES) await this.waitForDrain();
+      // A VM that serves an address needs this thread too (its device's backend sends the replies, vm/net/backend.ts):
+      // give the event loop a turn between frames, or a 32 MiB window of sends holds every reply back for tens of ms.
+      else if (this.vm.net) await new Promise((resolve) => setImmediate(resolve));
       if (maxBandwidthBytesPerSec > 0) {
         const aheadMs = (progress.bytesSent / maxBandwidthBytesPerSec) * 1000 - (now() - startedMs);
         if (aheadMs > 1) await sleep(aheadMs, signal);
