@@ -3,7 +3,7 @@
  * Replays n writes from the seed (DESIGN.md), notes the last write to each page, and compares every page; a torn
  * page, a lost round, a wrong register or a page from the wrong moment all show.
  */
-import { PAGE_SIZE } from '../shared/constants.js';
+import { NET_REGION_PAGES, PAGE_SIZE } from '../shared/constants.js';
 import type { VmInfo } from '../shared/protocol.js';
 import { WORDS_PER_PAGE, fillPage, workloadStep, type WorkloadRegisters } from '../shared/workloads.js';
 
@@ -19,7 +19,9 @@ export interface PatternCheck {
 
 export function checkPattern(info: VmInfo, image: Uint8Array): PatternCheck {
   const { seed, wssPages } = info.workload;
-  const pageCount = info.memoryBytes / PAGE_SIZE;
+  // An addressed VM's network device takes the top of its memory (agent/vm/net/device.ts): its rings are no
+  // pattern's business, and the working set stays below them, so only the pages below are checked.
+  const pageCount = info.memoryBytes / PAGE_SIZE - (info.address ? NET_REGION_PAGES : 0);
   const lastWrite = new Float64Array(pageCount); // 0 = never written
   const registers: WorkloadRegisters = { x: seed, n: 0 };
   const next = workloadStep({ ...info.workload, kind: 'pattern' });

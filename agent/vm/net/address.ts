@@ -49,6 +49,8 @@ export const loopbackMode: AddressMode = {
   bind: (ip, port) => new LoopbackBinding(ip, port),
 };
 
+const RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
+
 class LoopbackBinding implements AddressBinding {
   readonly address: string;
   private readonly ip: string;
@@ -78,6 +80,12 @@ class LoopbackBinding implements AddressBinding {
     });
     // A send error (the client's port closed) concerns one reply; the socket goes on.
     socket.on('error', () => undefined);
+    // Room for a burst while the guest is busy or paused (the kernel caps this at net.core.rmem_max).
+    try {
+      socket.setRecvBufferSize(RECEIVE_BUFFER_BYTES);
+    } catch {
+      // The default buffer serves; only bursts suffer.
+    }
     this.socket = socket;
   }
 

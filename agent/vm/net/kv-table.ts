@@ -50,10 +50,13 @@ export class KvTable {
   private readonly view: DataView;
   private readonly slots: number;
   readonly capacity: number;
-  private readonly dirtyLog: DirtyLog;
+  private readonly dirtyLog: Pick<DirtyLog, 'mark'>;
 
-  /** `memory` is all of guest memory; the table takes pages 0 .. wssPages-1 (at least 2). */
-  constructor(memory: SharedArrayBuffer, wssPages: number, dirtyLog: DirtyLog) {
+  /**
+   * `memory` is all of guest memory (or a copy of it: a dump, to check); the table takes pages 0 .. wssPages-1 (at
+   * least 2).
+   */
+  constructor(memory: ArrayBufferLike, wssPages: number, dirtyLog: Pick<DirtyLog, 'mark'>) {
     this.bytes = new Uint8Array(memory, 0, wssPages * PAGE_SIZE);
     this.view = new DataView(memory, 0, wssPages * PAGE_SIZE);
     this.slots = (wssPages - 1) * SLOTS_PER_PAGE;
