@@ -10,7 +10,7 @@
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { CpuModelName } from '../shared/cpu.js';
 import type { ImageManifest, VmInfo } from '../shared/protocol.js';
-import { PAGE_SIZE } from '../shared/constants.js';
+import { NET_REGION_PAGES, PAGE_SIZE } from '../shared/constants.js';
 import { formatBytes, parseSize } from '../shared/units.js';
 import type { Cluster } from './cluster.js';
 import { withClusterLock } from './cluster-lock.js';
@@ -52,6 +52,12 @@ export interface Provisioned {
     cloneMs: number;
   };
 }
+
+/**
+ * The pool `--ip auto` draws from when the cluster file names none: 127.100.0.0/16, which loopback mode serves on any
+ * host (agent/vm/net/address.ts); its first address is left out as the gateway.
+ */
+export const DEFAULT_LOOPBACK_POOL = { pool: '127.100.0.2-127.100.255.254', prefix: 16, gateway: '127.100.0.1' } as const;
 
 const ipToNumber = (ip: string): number => ip.split('.').reduce((value, part) => value * 256 + Number(part), 0);
 const numberToIp = (value: number): string => [24, 16, 8, 0].map((shift) => Math.floor(value / 2 ** shift) % 256).join('.');
@@ -150,8 +156,9 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
     const used = new Set(vms.map((vm) => vm.ip).filter((ip): ip is string => ip !== undefined));
     let network: { ip: string; prefix: number; gateway: string } | undefined;
     if (request.ip === 'auto') {
-      if (!cluster.network) throw new FerryError(ErrorCode.BAD_INPUT, '--ip auto needs an address pool in the cluster file', 'add "network": {"pool": "10.0.0.10-10.0.0.250", "prefix": 24, "gateway": "10.0.0.1"} to it');
-      const [first, last] = cluster.network.pool.split('-').map(ipToNumber) as [number, number];
+      // Without a pool of its own, the cluster hands out loopback addresses, which loopback mode serves anywhere.
+      const pool = cluster.network ?? DEFAULT_LOOPBACK_POOL;
+      const [first, last] = pool.pool.split('-').map(ipToNumber) as [number, number];
       let free: number | undefined;
       for (let candidate = first; candidate <= last; candidate++) {
         if (!used.has(numberToIp(candidate))) {
@@ -159,8 +166,8 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
           break;
         }
       }
-      if (free === undefined) throw new FerryError(ErrorCode.CAPACITY, `the address pool ${cluster.network.pool} is used up`, 'widen the pool in the cluster file, or release VMs');
-      network = { ip: numberToIp(free), prefix: cluster.network.prefix, gateway: cluster.network.gateway };
+      if (free === undefined) throw new FerryError(ErrorCode.CAPACITY, `the address pool ${pool.pool} is used up`, 'widen the pool in the cluster file, or release VMs');
+      network = { ip: numberToIp(free), prefix: pool.prefix, gateway: pool.gateway };
     } else if (request.ip) {
       const [ip, prefixText] = request.ip.split('/');
       const prefix = Number(prefixText ?? cluster.network?.prefix ?? 24);
@@ -172,7 +179,9 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
     }
 
     const memoryPages = memoryBytes / PAGE_SIZE;
-    const wssPages = Math.min(memoryPages, Math.floor((template.wss ? parseSize(template.wss) : memoryBytes) / PAGE_SIZE));
+    // A loopback address is served by a network device at the top of guest memory: the working set stays below it.
+    const roomPages = network?.ip.startsWith('127.') ? memoryPages - NET_REGION_PAGES : memoryPages;
+    const wssPages = Math.min(roomPages, Math.floor((template.wss ? parseSize(template.wss) : memoryBytes) / PAGE_SIZE));
 
     // The image onto the chosen host first, from a host that holds it: agent to agent, checked there.
     let sent: NonNullable<Provisioned['image']>['sent'];
