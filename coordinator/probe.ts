@@ -45,11 +45,21 @@ export interface ProbeResult {
   longestGapMs: number;
   /** When that gap began, in ms from the start of the probe. */
   longestGapAtMs: number;
+  /** When the probe started (epoch ms), to set its gaps beside an agent's log. */
+  startedAtEpochMs: number;
+  /** Every gap between replies longer than LONG_GAP_MS (the first 20): when it began (ms from the start), how long. */
+  longGaps: { atMs: number; gapMs: number }[];
   writes: { keys: number; checked: number; lost: number; lostKeys: string[] };
 }
 
-/** A request unanswered this long is sent again (same id and bytes). */
+/** Gaps between replies longer than this are listed one by one. */
+const LONG_GAP_MS = 10;
+/**
+ * A request unanswered this long is sent again (same id and bytes), then after twice as long each time, up to
+ * MAX_RETRY_AFTER_MS: a service that is only slow is not buried under retries.
+ */
 export const RETRY_AFTER_MS = 20;
+const MAX_RETRY_AFTER_MS = 1000;
 /** After the last send, how long the probe waits for replies before it counts a request unanswered. */
 const GRACE_MS = 2000;
 const TICK_MS = 1;
@@ -59,6 +69,7 @@ interface Pending {
   payload: Buffer;
   firstSentMs: number;
   lastSentMs: number;
+  retryAfterMs: number;
   /** A PUT: its key and value. */
   put?: { key: string; value: string };
   onReply?: (text: string) => void;
@@ -97,10 +108,13 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeResult> {
   let longestGapMs = 0;
   let longestGapAtMs = 0;
   let measuringGaps = true;
+  const longGaps: ProbeResult['longGaps'] = [];
+  const startedAtEpochMs = Date.now();
 
   const noteReply = (nowMs: number): void => {
     if (!measuringGaps) return;
     const gap = nowMs - lastReplyMs;
+    if (gap > LONG_GAP_MS && longGaps.length < 20) longGaps.push({ atMs: lastReplyMs - startMs, gapMs: gap });
     if (gap > longestGapMs) {
       longestGapMs = gap;
       longestGapAtMs = lastReplyMs - startMs;
@@ -124,18 +138,19 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeResult> {
   const send = (request: Pending): void => {
     socket.send(request.payload, port, ip);
   };
-  const ask = (body: string, extra: Omit<Pending, 'id' | 'payload' | 'firstSentMs' | 'lastSentMs'> = {}): void => {
+  const ask = (body: string, extra: Omit<Pending, 'id' | 'payload' | 'firstSentMs' | 'lastSentMs' | 'retryAfterMs'> = {}): void => {
     const id = String(nextId++);
     const nowMs = performance.now();
-    const request: Pending = { id, payload: Buffer.from(`${id} ${body}`, 'latin1'), firstSentMs: nowMs, lastSentMs: nowMs, ...extra };
+    const request: Pending = { id, payload: Buffer.from(`${id} ${body}`, 'latin1'), firstSentMs: nowMs, lastSentMs: nowMs, retryAfterMs: RETRY_AFTER_MS, ...extra };
     pending.set(id, request);
     sent += 1;
     send(request);
   };
   const retry = (nowMs: number): void => {
     for (const request of pending.values()) {
-      if (nowMs - request.lastSentMs >= RETRY_AFTER_MS) {
+      if (nowMs - request.lastSentMs >= request.retryAfterMs) {
         request.lastSentMs = nowMs;
+        request.retryAfterMs = Math.min(2 * request.retryAfterMs, MAX_RETRY_AFTER_MS);
         retries += 1;
         send(request);
       }
@@ -155,7 +170,8 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeResult> {
     });
   };
 
-  // The steady phase: `rate` requests a second, half PUT and half GET, on keys in turn.
+  // The steady phase: `rate` requests a second on the keys in turn, half PUT and half GET; which keys get a PUT
+  // alternates from one pass over the keys to the next, so every key is written whatever their number.
   let round = 0;
   await new Promise<void>((resolve) => {
     let lastTickMs = startMs;
@@ -165,7 +181,8 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeResult> {
       for (let i = 0; i < due && nowMs - startMs < options.durationMs; i++) {
         const index = round % keyCount;
         const state = keys[index]!;
-        if (round % 2 === 0 && !state.putOutstanding) put(index, `v${round}`);
+        const putTurn = (round + Math.floor(round / keyCount)) % 2 === 0;
+        if (putTurn && !state.putOutstanding) put(index, `v${round}`);
         else ask(`GET ${prefix}-${index}`);
         round += 1;
       }
@@ -235,6 +252,8 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeResult> {
     },
     longestGapMs,
     longestGapAtMs,
+    startedAtEpochMs,
+    longGaps,
     writes: { keys: keyCount, checked, lost: lostKeys.length + readsUnanswered, lostKeys: lostKeys.slice(0, 10) },
   };
 }
