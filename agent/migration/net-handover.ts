@@ -19,8 +19,10 @@
  * destination after activation), the source's keep-list (pause to commit; to the destination at commit, back into
  * its own ring on rollback), or the peer connection (commit to release), which is ordered and lands in the
  * destination's list before activation or its ring after. Forwarding waits for the commit, not the pause, so a
- * rollback never has to fetch anything back. What it does not cover: a commit whose activation is not confirmed
- * (the VM stays suspended, settlement.ts); datagrams forwarded then may be lost with the connection.
+ * rollback never has to fetch anything back. A commit whose activation is not confirmed (the VM stays suspended,
+ * settlement.ts) keeps datagrams on the source again: served there if settlement finds the destination never ran
+ * the VM, dropped with the copy if it did. What it does not cover: datagrams already forwarded on a connection that
+ * then failed, and those kept when the destination turns out to run the VM.
  */
 import type { Logger } from '../../shared/log.js';
 import type { SourceReport } from '../../shared/protocol.js';
@@ -56,6 +58,11 @@ export class NetHandover {
 
   rollBack(): void {
     this.backend?.serve();
+  }
+
+  /** Committed, activation unconfirmed: keep datagrams here until settlement says who has the VM. */
+  inDoubt(): void {
+    this.backend?.keep();
   }
 
   /** Committed: what was kept, and everything from now on, goes to the destination. */

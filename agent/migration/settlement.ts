@@ -103,6 +103,8 @@ export class Settlements {
         log.info('settled: the destination runs the VM; freed the copy here', { vm: name, migration: doubt.migrationId });
         return 'the destination runs it; the copy here was freed';
       }
+      // Its address too: the datagrams kept since the doubt began are served first (net-handover.ts).
+      doubt.vm.net?.serve();
       if (doubt.resume) await doubt.vm.resume();
       doubt.vm.state = doubt.resume ? 'running' : 'paused';
       log.info('settled: the destination never ran the VM; resumed the copy here', { vm: name, migration: doubt.migrationId });

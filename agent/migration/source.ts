@@ -258,6 +258,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     if (committed) {
       // The destination has a verified image and may be running it: never resume here (no two copies).
       log.error('activation not confirmed after commit; keeping the VM suspended', { vm: vm.name, error: error.message });
+      network.inDoubt();
       peer.close();
       context.onInDoubt?.(vm, wasRunning);
       return report('failed', new FerryError(

@@ -62,8 +62,18 @@ describe('vm create options', () => {
     expect(refusal(() => toVmRequest('web1', { ...defaults, disk: '0' })).message).toMatch(/^--disk 0 /);
   });
 
+  it('gives an addressed VM a default working set that stops below its network device, and refuses an address that is none', () => {
+    const request = toVmRequest('kv1', { ...defaults, workload: 'kv', ip: '127.100.0.5' });
+    expect(request.network).toEqual({ ip: '127.100.0.5', prefix: 8, gateway: '127.0.0.1' });
+    expect(request.workload.wssPages).toBe(16384 - 129);
+    expect(toVmRequest('web1', defaults).workload.wssPages).toBe(16384); // no address: all of memory, as before
+    for (const ip of ['127.100.0', '127.100.0.256', '127.0.0.1/33', 'localhost']) {
+      expect(refusal(() => toVmRequest('kv1', { ...defaults, ip })).message).toBe(`--ip ${ip} is not an address`);
+    }
+  });
+
   it('refuses an unknown workload and a bad name', () => {
-    expect(refusal(() => toVmRequest('web1', { ...defaults, workload: 'crypto' })).message).toBe('--workload crypto is not one of idle, pattern, hotset, sequential');
+    expect(refusal(() => toVmRequest('web1', { ...defaults, workload: 'crypto' })).message).toBe('--workload crypto is not one of idle, pattern, hotset, sequential, kv');
     expect(refusal(() => toVmRequest('no spaces!', defaults)).message).toContain('not a valid VM name');
   });
 });

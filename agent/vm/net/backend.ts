@@ -92,7 +92,17 @@ export class NetBackend {
     this.mode = 'holding';
   }
 
-  /** A rolled-back migration: the kept datagrams go into the ring first, then serving goes on. */
+  /**
+   * A commit whose activation went unconfirmed: whether the destination runs the VM is not known yet, so keep what
+   * arrives (forwarding into a connection that failed would lose it). Settlement then serves it here or stops.
+   */
+  keep(): void {
+    if (this.mode !== 'forwarding') return;
+    this.mode = 'holding';
+    this.forward = undefined;
+  }
+
+  /** A rolled-back migration, or one settled in the source's favour: the kept datagrams go into the ring first. */
   serve(): void {
     if (this.mode !== 'holding') return;
     this.mode = 'serving';
