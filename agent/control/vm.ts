@@ -26,6 +26,9 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     }
     const refusal = networkRefusal(agent.addressMode, name, memoryBytes / PAGE_SIZE, workload, network);
     if (refusal) throw refusal;
+    // Two sockets on one address would both bind (SO_REUSEADDR) and one VM would take the other's traffic.
+    const holder = network && catalog.machines().find((machine) => machine.network?.ip === network.ip && machine.address !== null);
+    if (holder) throw new FerryError(ErrorCode.BAD_INPUT, `${network!.ip} is already served on ${agent.name} by ${holder.name}`, 'pick another address, or provision with --ip auto');
     const cpuModel = resolveCpuModel(requested, agent.hostCpu);
     requireCpu(agent.name, agent.hostCpu, { name, cpu: cpuModel }, 'create');
     // The image is looked up before any memory is taken: a host without it refuses at once.
