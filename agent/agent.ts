@@ -10,10 +10,12 @@
  *   peer/settlement.ts      another agent asking how a migration in doubt ended, or telling this one to forget a VM
  *   peer/cold-target.ts     another agent's cold migration into this datastore, and settling what arrived
  *   peer/image-target.ts    an image arriving, from another agent or imported by the coordinator (both connections)
- *   leases.ts               releasing VMs whose lease has ended
- *   vm/net/                 a VM's network device (rings in guest memory), its host backend, who serves its address
- *   datastore/              the VMs' files
+ *   leases.ts               releasing VMs whose lease has ended (periodic.ts runs the background loops)
+ *   host-cpu.ts             the host's CPU as guests see it
+ *   datastore/              the VMs' files and the host's images
  *   migration/              the migration algorithms themselves (source, target, settlement, cold)
+ *   vm/                     a VM: guest memory, dirty log, control block, vCPU worker, CPU model
+ *   vm/net/                 a VM's network device (rings in guest memory), its host backend, who serves its address
  */
 import type { HostCpu } from '../shared/cpu.js';
 import type { Logger } from '../shared/log.js';
