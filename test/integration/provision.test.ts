@@ -83,7 +83,7 @@ describe('templates and provisioning', () => {
     expect(vms.map((vm) => vm.ip).sort()).toEqual(['10.9.0.10', '10.9.0.11']);
   });
 
-  it('refuses a request that fits nowhere with each host\'s free capacity in the message', async () => {
+  it('refuses a request that fits nowhere with each host\'s free capacity in the message; --ip auto without a pool takes a loopback address', async () => {
     cluster = await startCluster([{ name: 'host-a', capacity: '512MiB' }, { name: 'host-b', capacity: '1GiB' }]);
     const c = cluster;
     const refused = await c.ferry('provision', 'db1', '--template', 'large', '--json');
@@ -92,9 +92,10 @@ describe('templates and provisioning', () => {
     expect(error.code).toBe('FERRY_ERR_CAPACITY');
     expect(error.message).toMatch(/no host has room for db1 \(template large: 4 GiB memory, 32 GiB disk\): host-a has 512 MiB memory and .* disk free; host-b has 1 GiB memory and .* disk free/);
     expect((await c.ferry('vm', 'list', '--json')).json()).toEqual([]);
-    const noPool = await c.ferry('provision', 'web1', '--template', 'small', '--ip', 'auto');
-    expect(noPool.code).toBe(2);
-    expect(noPool.stderr).toContain('"pool"');
+    // Without a pool in the cluster file, --ip auto draws from 127.100.0.0/16, which loopback mode serves.
+    const defaultPool = await c.ferry('provision', 'web1', '--template', 'small', '--ip', 'auto', '--json');
+    expect(defaultPool.code, defaultPool.stderr).toBe(0);
+    expect(defaultPool.json()).toMatchObject({ network: { ip: '127.100.0.2', prefix: 16 }, address: '127.100.0.2:7777' });
   });
 
   it('releases a VM when its lease ends: gone from its host, files and all', async () => {
