@@ -63,6 +63,7 @@ const MAX_RETRY_AFTER_MS = 1000;
 /** After the last send, how long the probe waits for replies before it counts a request unanswered. */
 const GRACE_MS = 2000;
 const TICK_MS = 1;
+const RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
 
 interface Pending {
   id: string;
@@ -95,6 +96,13 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeResult> {
   const prefix = options.keyPrefix ?? `probe${process.pid}`;
   const socket = dgram.createSocket('udp4');
   await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  // The replies to everything kept during a switchover come in one burst, more than the default receive buffer holds
+  // (208 KiB, about 200 small datagrams): without room, the kernel drops them here and the probe blames the service.
+  try {
+    socket.setRecvBufferSize(RECEIVE_BUFFER_BYTES);
+  } catch {
+    // Capped below this by the system (net.core.rmem_max): retries make up for what a burst loses.
+  }
   const histogram: Histogram = build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
   const pending = new Map<string, Pending>();
   const keys: KeyState[] = Array.from({ length: keyCount }, () => ({ putOutstanding: false }));

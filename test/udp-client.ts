@@ -18,12 +18,18 @@ export interface GuestClient {
   close(): void;
 }
 
+const CLIENT_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
+
 export async function guestClient(address: string): Promise<GuestClient> {
   const [ip, portText] = address.split(':');
   if (!ip?.startsWith('127.')) throw new Error(`test traffic goes only to 127.0.0.0/8, not ${address}`);
   const port = Number(portText);
   const socket = dgram.createSocket('udp4');
   await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  // After a switchover the destination answers everything kept and forwarded at once: hundreds of replies in a burst,
+  // more than the default receive buffer (208 KiB, about 200 small datagrams) holds. The kernel would drop the rest
+  // here, in the client, and the test would blame the guest.
+  socket.setRecvBufferSize(CLIENT_RECEIVE_BUFFER_BYTES);
   const replies: string[] = [];
   const waiters = new Map<string, (reply: string) => void>();
   socket.on('message', (message) => {

@@ -121,10 +121,14 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     if (!agent.files) throw new FerryError(ErrorCode.VM_STATE, `${agent.name} has no datastore to suspend ${name} to`, 'run the agent with --datastore');
     const wasRunning = vm.state === 'running';
     if (wasRunning) await vm.pause();
+    // The image is written while the agent could still be filling the RX ring: leave the rings alone first, so the
+    // saved image holds them whole (what arrives from now on is dropped with the VM's address; clients retry).
+    vm.net?.hold();
     const registers = vm.registers();
     try {
       await agent.files.saveSuspend(name, vm.memory, registers, vm.guest);
     } catch (error) {
+      vm.net?.serve();
       if (wasRunning) await vm.resume();
       throw error;
     }

@@ -133,6 +133,17 @@ describe('guest network', () => {
     expect(checked.live).toBeGreaterThanOrEqual(keys);
   }, 60_000);
 
+  it('keeps its table and its address across a suspend and resume', async () => {
+    const address = (await cluster.ferry('vm', 'info', 'kv1', '--json')).json<{ address: string }>().address;
+    const guest = await client(address);
+    expect((await cluster.ferry('vm', 'suspend', 'kv1')).code).toBe(0);
+    expect((await guest.send(['1 PING'], 200)).size).toBe(0); // nothing serves it while it is on disk
+    const started = await cluster.ferry('vm', 'start', 'kv1', '--json');
+    expect(started.code, started.stderr).toBe(0);
+    expect(started.json<{ address: string }>().address).toBe(address);
+    expect(await guest.ask('2 GET key7')).toBe('2 VALUE value-7');
+  }, 60_000);
+
   it('forwards the datagrams that reach the source during the switchover, answers every one, and serves the address from the new host only', async () => {
     const address = await createKv('kv2', 'host-a', freshIp());
     const guest = await client(address);

@@ -129,6 +129,14 @@ describe('formatReport', () => {
     expect(text).toMatch(/a1b2c3d4e5f60718.*ffffffffffffffff.*MISMATCH/);
   });
 
+  it('says when the new host started serving the VM\'s address and how many datagrams were forwarded, and nothing of a network the VM lacks', () => {
+    const report = { ...committed(), network: { address: '127.100.0.5:7777', servingAfterPauseMs: 5.9, forwarded: 8 } };
+    const line = formatReport(report).split('\n').find((l) => l.trim().startsWith('network'))!;
+    expect(line).toContain('127.100.0.5:7777: served from');
+    expect(line).toMatch(/5\.9\d* ms after the pause; 8 datagram\(s\) forwarded from .* during the switchover/);
+    expect(formatReport(committed())).not.toMatch(/^\s*network/m);
+  });
+
   it('hands over the registers the destination continues from', () => {
     expect(formatReport(committed())).toMatch(/x=2463534242 n=1,234,567/);
   });
