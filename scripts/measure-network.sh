@@ -35,7 +35,7 @@ for run in 1 2 3 4 5; do
   if [ $to = host-b ]; then to=host-a; else to=host-b; fi
   sleep 1
 done
-for rate in 1000 5000 10000 20000 30000; do
+for rate in 1000 5000 10000 20000 30000 40000 60000; do
   ferry vm probe kv1 --rate $rate --duration 5s --json | node -e "
     let s = ''; process.stdin.on('data', (d) => (s += d)).on('end', () => { const p = JSON.parse(s);
     console.log(JSON.stringify({ rate: $rate, sent: p.sent, answered: p.answered, unanswered: p.unanswered, retries: p.retries,
