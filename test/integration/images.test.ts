@@ -104,7 +104,7 @@ describe('images', () => {
     expect(captured.json()).toMatchObject({ host: 'host-a', image: { name: 'web1-disk', bytes: 16 * MiB, source: { kind: 'capture', vm: 'web1', host: 'host-a' } } });
     expect(sha(imageDisk(c, 'host-a', 'web1-disk'))).toBe(sha(vmDisk));
 
-    const listed = (await c.ferry('image', 'list', '--json')).json<{ name: string; xxh64: string; hosts: { host: string }[] }[]>();
+    const listed = (await c.ferry('image', 'list', '--json')).json<{ images: { name: string; xxh64: string; hosts: { host: string }[] }[] }>().images;
     expect(listed.map((image) => [image.name, image.hosts.map((held) => held.host)])).toEqual([['base', ['host-a', 'host-b']], ['web1-disk', ['host-a']]]);
     const table = await c.ferry('image', 'list');
     expect(table.stdout).toMatch(/base\s+64 MiB\s+[0-9a-f]{16}\s+host-a, host-b\s+Debian 12, nginx/);
@@ -112,7 +112,7 @@ describe('images', () => {
 
     const verified = await c.ferry('image', 'list', '--verify', '--json');
     expect(verified.code).toBe(0);
-    expect(verified.json().flatMap((image: { hosts: { verified: { match: boolean } }[] }) => image.hosts.map((held) => held.verified.match))).toEqual([true, true, true]);
+    expect(verified.json().images.flatMap((image: { hosts: { verified: { match: boolean } }[] }) => image.hosts.map((held) => held.verified.match))).toEqual([true, true, true]);
     // A copy damaged on disk is found by --verify, and only that one.
     const damaged = openSync(imageDisk(c, 'host-b', 'base'), 'r+');
     writeSync(damaged, Buffer.from('rot'), 0, 3, 20 * MiB + 7);
@@ -215,6 +215,38 @@ describe('images', () => {
     expect(JSON.parse(readFileSync(path.join(vmFolder(c, 'host-a', 'web1'), 'suspend.json'), 'utf8')).guest).toEqual({ hostname: 'web1' });
     expect((await c.ferry('vm', 'start', 'web1')).code).toBe(0);
     expect(await vmInfo(c, 'web1')).toMatchObject({ state: 'running', guest: { hostname: 'web1' } });
+  });
+
+  it('with a host down: rm removes the image from the others and names the host it could not, list --json names it, an import report claims checks only where they were made', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    const file = path.join(c.dir, 'small.img');
+    writeFileSync(file, randomBytes(2 * MiB));
+    for (const name of ['base', 'other']) expect((await c.ferry('image', 'import', file, '--name', name, '--quiet')).code).toBe(0);
+    await c.agent('host-b').stop(2000);
+
+    const listed = await c.ferry('image', 'list', '--json');
+    expect(listed.code, 'a host down is said, and the listing of the others stands').toBe(0);
+    expect(listed.json().images.map((image: { name: string; hosts: { host: string }[] }) => [image.name, image.hosts.map((held) => held.host)])).toEqual([['base', ['host-a']], ['other', ['host-a']]]);
+    expect(listed.json().unreachable).toEqual([{ host: 'host-b', error: expect.objectContaining({ code: 'FERRY_ERR_UNREACHABLE' }) }]);
+    expect(listed.stderr).toContain('host-b did not answer');
+
+    const again = await c.ferry('image', 'import', file, '--name', 'base', '--quiet');
+    expect(again.stdout).toContain('host-a: skipped');
+    expect(again.stdout).toContain('host-b: FERRY_ERR_UNREACHABLE');
+    expect(again.stdout, 'no host checked anything').not.toContain('checked each chunk');
+    const third = await c.ferry('image', 'import', file, '--name', 'third', '--quiet');
+    expect(third.stdout).toContain('host-a checked each chunk and the whole file');
+    expect(third.stdout).not.toContain('every host');
+
+    const removed = await c.ferry('image', 'rm', 'base');
+    expect(removed.code, removed.stderr).toBe(3);
+    expect(removed.stdout).toContain('removed image base from host-a');
+    expect(removed.stdout).toContain('could not remove image base from host-b: FERRY_ERR_UNREACHABLE');
+    expect(existsSync(path.join(c.dir, 'host-a', 'images', 'base'))).toBe(false);
+    const removedJson = await c.ferry('image', 'rm', 'other', '--json');
+    expect(removedJson.code).toBe(3);
+    expect(removedJson.json()).toMatchObject({ image: 'other', removedFrom: ['host-a'], failed: [{ host: 'host-b', error: { code: 'FERRY_ERR_UNREACHABLE' } }] });
   });
 
   it('refuses bad names, damaged chunks, chunks past the end and truncated imports, leaving nothing behind', async () => {
