@@ -257,11 +257,28 @@ export function formatRemovalReport(report: RemovalReport): string {
   return lines.join('\n');
 }
 
-/** Has `from`, which holds image `name`, send it to `to`; resolves once `to` has checked and registered it. */
+/**
+ * Has `from`, which holds image `name`, send it to `to`; resolves once `to` has checked and registered it. A failure
+ * names both hosts: the coordinator speaks only to `from`, so an error about its connection would otherwise not say
+ * which host stopped.
+ */
 export async function sendImageBetween(from: HostEntry, to: HostEntry, name: string, onProgress?: (progress: ImageTransferProgress) => void): Promise<{ bytes: number; bytesSent: number; durationMs: number }> {
-  return withHost(from, (client) => client.request(
-    'image.send',
-    { name, destination: { name: to.name, url: to.migrationUrl ?? to.url } },
-    { onEvent: (body) => onProgress?.(body as ImageTransferProgress) },
-  ));
+  try {
+    return await withHost(from, (client) => client.request(
+      'image.send',
+      { name, destination: { name: to.name, url: to.migrationUrl ?? to.url } },
+      { onEvent: (body) => onProgress?.(body as ImageTransferProgress) },
+    ));
+  } catch (error) {
+    const failure = toFerryError(error);
+    const holderLost = failure.code === ErrorCode.UNREACHABLE || failure.code === ErrorCode.CONNECTION_LOST || failure.code === ErrorCode.TIMEOUT;
+    throw new FerryError(
+      failure.code,
+      `sending image ${name} from ${from.name}, which holds it, to ${to.name}: ${failure.message}`,
+      holderLost
+        ? `${from.name} stopped answering, and ${to.name} kept nothing of the transfer: try again once ${from.name} is back, or import the image to ${to.name} (\`ferry image import FILE --name ${name} --on ${to.name}\`)`
+        : failure.hint,
+      { cause: error },
+    );
+  }
 }

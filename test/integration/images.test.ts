@@ -217,6 +217,30 @@ describe('images', () => {
     expect(await vmInfo(c, 'web1')).toMatchObject({ state: 'running', guest: { hostname: 'web1' } });
   });
 
+  it('names the holder when it dies while it sends the image during a provision, and the destination keeps nothing', async () => {
+    cluster = await startCluster([
+      { name: 'host-a', capacity: '256MiB' },
+      { name: 'host-b', capacity: '1GiB', env: { FERRY_FAULTS: 'delay@image-finishing' } },
+    ]);
+    const c = cluster;
+    const file = path.join(c.dir, 'small.img');
+    writeFileSync(file, randomBytes(2 * MiB));
+    expect((await c.ferry('image', 'import', file, '--name', 'base', '--on', 'host-a', '--quiet')).code).toBe(0);
+    writeTemplates(c, [{ name: 'web', memory: '16MiB', workload: 'pattern', rate: 500, image: 'base' }]);
+
+    const provisioning = c.ferry('provision', 'web1', '--template', 'web', '--json');
+    // host-b holds its finish; the holder dies meanwhile.
+    await vi.waitFor(() => expect(c.agent('host-b').log(), "host-b's log").toContain('fault: delay at image-finishing'), patiently);
+    c.agent('host-a').child.kill('SIGKILL');
+    const failed = await provisioning;
+    expect(failed.code, failed.stderr).toBe(3);
+    const { error } = failed.json();
+    expect(error.code).toBe('FERRY_ERR_CONNECTION_LOST');
+    expect(error.message).toContain('sending image base from host-a, which holds it, to host-b');
+    expect(error.hint).toContain('host-a stopped answering');
+    await vi.waitFor(() => expect(leftovers(c, 'host-b'), "host-b's staging and images").toEqual([]), patiently);
+  });
+
   it('with a host down: rm removes the image from the others and names the host it could not, list --json names it, an import report claims checks only where they were made', async () => {
     cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
     const c = cluster;
