@@ -15,6 +15,18 @@ const ARM_IMPLEMENTERS: Record<string, string> = {
   '0x51': 'Qualcomm', '0x61': 'Apple', '0xc0': 'Ampere',
 };
 
+/**
+ * Flags Linux makes up itself rather than reads from CPUID (arch/x86/include/asm/cpufeatures.h, word 3, "Linux
+ * defined"), and `hypervisor`, which a hypervisor sets: facts about the kernel, the TSC or the machine's virtual
+ * hardware, not instructions a guest uses. They differ between kernels, and between bare metal and a VM, on one
+ * CPU model; offered to guests they would make identical CPUs refuse each other live. Left out of what a host offers.
+ */
+export const LINUX_SYNTHETIC_FLAGS: ReadonlySet<string> = new Set([
+  'cxmmx', 'k6_mtrr', 'cyrix_arr', 'centaur_mcr', 'k8', 'k7', 'p3', 'p4', 'constant_tsc', 'up', 'art', 'arch_perfmon', 'pebs',
+  'bts', 'syscall32', 'sysenter32', 'rep_good', 'amd_lbr_v2', 'acc_power', 'nopl', 'always', 'xtopology', 'tsc_reliable',
+  'nonstop_tsc', 'cpuid', 'extd_apicid', 'amd_dcm', 'aperfmperf', 'rapl', 'nonstop_tsc_s3', 'tsc_known_freq', 'hypervisor',
+]);
+
 /** The fields of the first processor block of /proc/cpuinfo (every core of a machine reports the same flags). */
 function firstProcessor(cpuinfo: string): Map<string, string> {
   const fields = new Map<string, string>();
@@ -34,13 +46,15 @@ function firstProcessor(cpuinfo: string): Map<string, string> {
 /**
  * The host CPU a /proc/cpuinfo text describes, on architecture `arch` (`process.arch`), with `mask` hidden. Flags
  * come from `flags` on x86 and `Features` on arm64; elsewhere (or without cpuinfo) the set is empty, and
- * `unknownReason` says why. `masked` lists the flags the mask actually hid here.
+ * `unknownReason` says why. `masked` lists the flags the mask actually hid here. Linux's own synthetic flags are
+ * left out (LINUX_SYNTHETIC_FLAGS).
  */
 export function describeHostCpu(cpuinfo: string, arch: string, mask: readonly string[], fallbackModel = ''): HostCpu & { unknownReason?: string } {
   const fields = firstProcessor(cpuinfo);
   const x86 = arch === 'x64' || arch === 'ia32';
   const flagLine = x86 ? fields.get('flags') : arch === 'arm64' ? fields.get('Features') : undefined;
-  const own = sortedFlags((flagLine ?? '').split(/\s+/).filter((flag) => flag !== '').map((flag) => flag.toLowerCase()));
+  const own = sortedFlags((flagLine ?? '').split(/\s+/).filter((flag) => flag !== '').map((flag) => flag.toLowerCase()))
+    .filter((flag) => !LINUX_SYNTHETIC_FLAGS.has(flag));
   const hidden = new Set(mask);
   const flags = own.filter((flag) => !hidden.has(flag));
   const implementer = fields.get('CPU implementer')?.toLowerCase();

@@ -9,15 +9,15 @@
  * The named levels are the x86-64 micro-architecture levels of the System V x86-64 psABI (x86-64-ABI, "Micro-
  * Architecture Levels", table 3.1, https://gitlab.com/x86-psABIs/x86-64-ABI), as QEMU's `x86-64-v2`...`-v4` CPU
  * models and the distributions name them. Each level includes the one below. The psABI lists CPUID features; the
- * names here are their /proc/cpuinfo spellings: LAHF-SAHF is `lahf_lm`, LZCNT is `abm`, OSXSAVE is `xsave`, and
- * CMPXCHG16B is `cx16`.
+ * names here are their /proc/cpuinfo spellings: SSE3 is `pni`, LAHF-SAHF is `lahf_lm`, LZCNT is `abm`, OSXSAVE is
+ * `xsave`, and CMPXCHG16B is `cx16`.
  */
 import { z } from 'zod';
 
 /** Each level's own flags, above the level below it (psABI table 3.1). */
 const LEVEL_ADDS = {
   'x86-64-v1': ['cmov', 'cx8', 'fpu', 'fxsr', 'mmx', 'syscall', 'sse', 'sse2', 'lm'],
-  'x86-64-v2': ['cx16', 'lahf_lm', 'popcnt', 'sse4_1', 'sse4_2', 'ssse3'],
+  'x86-64-v2': ['cx16', 'lahf_lm', 'popcnt', 'pni', 'sse4_1', 'sse4_2', 'ssse3'],
   'x86-64-v3': ['avx', 'avx2', 'bmi1', 'bmi2', 'f16c', 'fma', 'abm', 'movbe', 'xsave'],
   'x86-64-v4': ['avx512f', 'avx512bw', 'avx512cd', 'avx512dq', 'avx512vl'],
 } as const;

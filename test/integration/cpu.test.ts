@@ -10,6 +10,8 @@ import { readFileSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startLocalAgent } from '../../coordinator/local-agent.js';
+import { LEVEL_FLAGS } from '../../shared/cpu.js';
+import { LINUX_SYNTHETIC_FLAGS } from '../../agent/host-cpu.js';
 import { checkDump } from '../replay.js';
 import { startCluster, vmFolder, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
@@ -19,16 +21,16 @@ afterEach(async () => {
   cluster = undefined;
 });
 
-/** x86-64-v2 (psABI table 3.1) in /proc/cpuinfo names, v1 included. */
-const V2 = ['cmov', 'cx8', 'fpu', 'fxsr', 'mmx', 'syscall', 'sse', 'sse2', 'lm', 'cx16', 'lahf_lm', 'popcnt', 'sse4_1', 'sse4_2', 'ssse3'];
-/** What x86-64-v3 adds. */
-const V3_ADDS = ['avx', 'avx2', 'bmi1', 'bmi2', 'f16c', 'fma', 'abm', 'movbe', 'xsave'];
+/** x86-64-v2, v1 included (checked against the psABI in test/unit/cpu.test.ts), and what x86-64-v3 adds. */
+const V2 = [...LEVEL_FLAGS['x86-64-v2']];
+const V3_ADDS = LEVEL_FLAGS['x86-64-v3'].filter((flag) => !V2.includes(flag));
 
 /** This machine's CPU flags, and why the mixed cluster cannot be built here if it cannot. */
 function machine(): { flags: string[]; skip?: string } {
   if (process.arch !== 'x64') return { flags: [], skip: `the mixed cluster masks a host to x86-64-v2, and this machine is ${process.arch}, not x86-64` };
   const line = readFileSync('/proc/cpuinfo', 'utf8').split('\n').find((text) => text.startsWith('flags'));
-  const flags = [...new Set((line?.split(':')[1] ?? '').trim().split(/\s+/).filter(Boolean))].sort();
+  // What the agent offers: the CPU's flags less those Linux makes up (agent/host-cpu.ts says why).
+  const flags = [...new Set((line?.split(':')[1] ?? '').trim().split(/\s+/).filter(Boolean))].filter((flag) => !LINUX_SYNTHETIC_FLAGS.has(flag)).sort();
   const lacking = V2.filter((flag) => !flags.includes(flag));
   if (lacking.length > 0) return { flags, skip: `this CPU does not meet x86-64-v2 (it lacks ${lacking.join(' ')})` };
   if (flags.every((flag) => V2.includes(flag))) return { flags, skip: 'this CPU has no flag outside x86-64-v2, so masking leaves the two hosts alike' };

@@ -7,12 +7,27 @@ import {
   CPU_LEVELS, LEVEL_FLAGS, baselineFlags, cpuFlagSchema, cpuFlagsSchema, cpuModelRequestSchema, highestLevel, missingFlags,
 } from '../../shared/cpu.js';
 
-// The psABI's levels, written out again here from the x86-64 psABI (table 3.1) in /proc/cpuinfo names, so that a
-// slip in shared/cpu.ts shows up as a difference rather than being checked against itself.
-const V1 = ['cmov', 'cx8', 'fpu', 'fxsr', 'mmx', 'syscall', 'sse', 'sse2', 'lm'];
-const V2 = [...V1, 'cx16', 'lahf_lm', 'popcnt', 'sse4_1', 'sse4_2', 'ssse3'];
-const V3 = [...V2, 'avx', 'avx2', 'bmi1', 'bmi2', 'f16c', 'fma', 'abm', 'movbe', 'xsave'];
-const V4 = [...V3, 'avx512f', 'avx512bw', 'avx512cd', 'avx512dq', 'avx512vl'];
+// The psABI's levels as the psABI writes them (table 3.1, CPUID feature names), and separately how Linux spells each
+// in /proc/cpuinfo (arch/x86/include/asm/cpufeatures.h), so that a slip in shared/cpu.ts, a feature left out or
+// misspelled, shows up as a difference rather than being checked against itself.
+const PSABI = {
+  v1: ['CMOV', 'CX8', 'FPU', 'FXSR', 'MMX', 'OSFXSR', 'SCE', 'SSE', 'SSE2'],
+  v2: ['CMPXCHG16B', 'LAHF-SAHF', 'POPCNT', 'SSE3', 'SSE4_1', 'SSE4_2', 'SSSE3'],
+  v3: ['AVX', 'AVX2', 'BMI1', 'BMI2', 'F16C', 'FMA', 'LZCNT', 'MOVBE', 'OSXSAVE'],
+  v4: ['AVX512F', 'AVX512BW', 'AVX512CD', 'AVX512DQ', 'AVX512VL'],
+};
+/** Linux's name for each; OSFXSR has no flag of its own (it goes with fxsr), and ferry counts long mode (`lm`) in v1. */
+const LINUX: Record<string, string[]> = {
+  CMOV: ['cmov'], CX8: ['cx8'], FPU: ['fpu'], FXSR: ['fxsr'], MMX: ['mmx'], OSFXSR: [], SCE: ['syscall'], SSE: ['sse'], SSE2: ['sse2', 'lm'],
+  CMPXCHG16B: ['cx16'], 'LAHF-SAHF': ['lahf_lm'], POPCNT: ['popcnt'], SSE3: ['pni'], SSE4_1: ['sse4_1'], SSE4_2: ['sse4_2'], SSSE3: ['ssse3'],
+  AVX: ['avx'], AVX2: ['avx2'], BMI1: ['bmi1'], BMI2: ['bmi2'], F16C: ['f16c'], FMA: ['fma'], LZCNT: ['abm'], MOVBE: ['movbe'], OSXSAVE: ['xsave'],
+  AVX512F: ['avx512f'], AVX512BW: ['avx512bw'], AVX512CD: ['avx512cd'], AVX512DQ: ['avx512dq'], AVX512VL: ['avx512vl'],
+};
+const linux = (features: string[]): string[] => features.flatMap((feature) => LINUX[feature]!);
+const V1 = linux(PSABI.v1);
+const V2 = [...V1, ...linux(PSABI.v2)];
+const V3 = [...V2, ...linux(PSABI.v3)];
+const V4 = [...V3, ...linux(PSABI.v4)];
 const sorted = (flags: string[]): string[] => [...flags].sort();
 
 describe('x86-64 levels', () => {
