@@ -116,6 +116,8 @@ export function serveImageReceiver(connection: ImageReceiverConnection, agent: A
     const held = await files.images.find(image.name);
     // Same name, same digest: the transfer goes ahead and its copy is dropped at registration (ImageStore.register).
     if (held && held.xxh64 !== xxh64) throw files.images.exists(image.name, held.xxh64, xxh64);
+    // Closed during the awaits above: the close handler has run, and would never hear of this transfer.
+    connection.signal.throwIfAborted();
     const transfer = new ImageTransfer(files.images, transferId, image, connection.signal);
     // Known to the close handler before the first await: a connection that closes while the staging folder is made
     // still has it removed.
