@@ -17,13 +17,14 @@
  *             cold-receiving     cold migration, destination: the first chunk has arrived
  *             cold-registered    cold migration, destination: the VM is registered, before it says so
  *             cold-sent          cold migration, source: the destination registered the VM, before deleting here
+ *             image-finishing    image transfer, receiver: image.finish began, before the disk is sized and checked
  *
  *   e.g. FERRY_FAULTS=crash@after-commit   or   FERRY_FAULTS=stall@round-2,corrupt-page:7
  */
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 
-export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation', 'cold-receiving', 'cold-registered', 'cold-sent'] as const;
+export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation', 'cold-receiving', 'cold-registered', 'cold-sent', 'image-finishing'] as const;
 export type FaultPoint = (typeof faultPoints)[number] | `round-${number}`;
 export type FaultAction = 'crash' | 'drop' | 'stall' | 'delay';
 
@@ -41,11 +42,11 @@ export function parseFaults(text: string | undefined): Faults {
   const faults: Faults = { corruptPage: undefined, at: new Map() };
   for (const item of (text ?? '').split(',').map((part) => part.trim()).filter(Boolean)) {
     const corrupt = /^corrupt-page:(\d+)$/.exec(item);
-    const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent)$/.exec(item);
+    const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing)$/.exec(item);
     if (corrupt) faults.corruptPage = Number(corrupt[1]);
     else if (action) faults.at.set(action[2]!, action[1] as FaultAction);
     else {
-      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent');
+      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing');
     }
   }
   return faults;

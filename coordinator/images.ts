@@ -132,7 +132,13 @@ export function formatImportReport(report: ImportReport): string {
     if (result.outcome === 'skipped') lines.push(`  ${result.host}: skipped, ${result.reason}`);
     if (result.error) lines.push(`  ${result.host}: ${result.error.code}: ${result.error.message}${result.error.hint ? `\n    hint: ${result.error.hint}` : ''}`);
   }
-  lines.push('  chunks of zeros were not sent (they are holes on each host); every host checked each chunk and the whole file');
+  // Said of the hosts that got the image, and only when some did: a skipped or failed host checked nothing.
+  const imported = report.hosts.filter((result) => result.outcome === 'imported').map((result) => result.host);
+  if (imported.length === report.hosts.length) {
+    lines.push('  chunks of zeros were not sent (they are holes on each host); every host checked each chunk and the whole file');
+  } else if (imported.length > 0) {
+    lines.push(`  chunks of zeros were not sent (they are holes there); ${imported.join(', ')} checked each chunk and the whole file`);
+  }
   return lines.join('\n');
 }
 
@@ -159,9 +165,15 @@ export interface ListedImage {
  * Every image of every host that answers, one entry per name and digest (two hosts whose images share a name but
  * not a digest give two entries). With `verify`, each host re-reads each of its copies against its manifest.
  */
-export async function listImages(cluster: Cluster, verify: boolean): Promise<{ images: ListedImage[]; down: { host: string; error: ErrorPayload }[] }> {
+/** A host that did not answer, and why. */
+export interface UnreachableHost {
+  host: string;
+  error: ErrorPayload;
+}
+
+export async function listImages(cluster: Cluster, verify: boolean): Promise<{ images: ListedImage[]; unreachable: UnreachableHost[] }> {
   const images = new Map<string, ListedImage>();
-  const down: { host: string; error: ErrorPayload }[] = [];
+  const unreachable: UnreachableHost[] = [];
   await Promise.all(cluster.hosts.map(async (host) => {
     try {
       await withHost(host, async (client) => {
@@ -177,13 +189,14 @@ export async function listImages(cluster: Cluster, verify: boolean): Promise<{ i
         }
       });
     } catch (error) {
-      down.push({ host: host.name, error: toFerryError(error).toPayload() });
+      unreachable.push({ host: host.name, error: toFerryError(error).toPayload() });
     }
   }));
   const order = cluster.hosts.map((host) => host.name);
   const listed = [...images.values()].sort((a, b) => a.name.localeCompare(b.name) || a.xxh64.localeCompare(b.xxh64));
   for (const image of listed) image.hosts.sort((a, b) => order.indexOf(a.host) - order.indexOf(b.host));
-  return { images: listed, down };
+  unreachable.sort((a, b) => order.indexOf(a.host) - order.indexOf(b.host));
+  return { images: listed, unreachable };
 }
 
 export function formatImageList(images: ListedImage[], verify: boolean): string {
@@ -201,26 +214,71 @@ export function formatImageList(images: ListedImage[], verify: boolean): string 
   return `${formatTable(rows, [1])}\n${note}`;
 }
 
-/** `ferry image rm`: removes image `name` from the hosts named (default: every host that holds it). */
-export async function removeImage(cluster: Cluster, name: string, on: string[] | undefined): Promise<{ removedFrom: string[] }> {
-  checkImageName(name);
-  const hosts = targetHosts(cluster, on);
-  const removedFrom: string[] = [];
-  for (const host of hosts) {
-    const { removed } = await withHost(host, (client) => client.request('image.remove', { name }));
-    if (removed) removedFrom.push(host.name);
-  }
-  if (removedFrom.length === 0) {
-    throw new FerryError(ErrorCode.IMAGE_NOT_FOUND, `no image named ${name} on ${hosts.map((host) => host.name).join(', ')}`, 'run `ferry image list` to see which hosts hold which images');
-  }
-  return { removedFrom };
+export interface RemovalReport {
+  image: string;
+  /** Hosts that held the image and no longer do. */
+  removedFrom: string[];
+  /** Hosts that were asked and did not hold it. */
+  notHeldBy: string[];
+  /** Hosts that could not be asked, or refused. */
+  failed: UnreachableHost[];
 }
 
-/** Has `from`, which holds image `name`, send it to `to`; resolves once `to` has checked and registered it. */
+/**
+ * `ferry image rm`: removes image `name` from the hosts named (default: every host that holds it). Each host is
+ * asked in turn, and one that fails does not stop the others: the report says where it went and where it could not
+ * be removed. IMAGE_NOT_FOUND only when every host answered and none held it.
+ */
+export async function removeImage(cluster: Cluster, name: string, on: string[] | undefined): Promise<RemovalReport> {
+  checkImageName(name);
+  const hosts = targetHosts(cluster, on);
+  const report: RemovalReport = { image: name, removedFrom: [], notHeldBy: [], failed: [] };
+  for (const host of hosts) {
+    try {
+      const { removed } = await withHost(host, (client) => client.request('image.remove', { name }));
+      (removed ? report.removedFrom : report.notHeldBy).push(host.name);
+    } catch (error) {
+      report.failed.push({ host: host.name, error: toFerryError(error).toPayload() });
+    }
+  }
+  if (report.removedFrom.length === 0 && report.failed.length === 0) {
+    throw new FerryError(ErrorCode.IMAGE_NOT_FOUND, `no image named ${name} on ${hosts.map((host) => host.name).join(', ')}`, 'run `ferry image list` to see which hosts hold which images');
+  }
+  return report;
+}
+
+export function formatRemovalReport(report: RemovalReport): string {
+  const lines: string[] = [];
+  if (report.removedFrom.length > 0) lines.push(`removed image ${report.image} from ${report.removedFrom.join(', ')}`);
+  for (const { host, error } of report.failed) {
+    lines.push(`could not remove image ${report.image} from ${host}: ${error.code}: ${error.message}${error.hint ? `\n  hint: ${error.hint}` : ''}`);
+  }
+  if (report.failed.length > 0) lines.push(`run \`ferry image rm ${report.image} --on ${report.failed.map((failed) => failed.host).join(' ')}\` again once ${report.failed.length > 1 ? 'they answer' : 'it answers'}`);
+  return lines.join('\n');
+}
+
+/**
+ * Has `from`, which holds image `name`, send it to `to`; resolves once `to` has checked and registered it. A failure
+ * names both hosts: the coordinator speaks only to `from`, so an error about its connection would otherwise not say
+ * which host stopped.
+ */
 export async function sendImageBetween(from: HostEntry, to: HostEntry, name: string, onProgress?: (progress: ImageTransferProgress) => void): Promise<{ bytes: number; bytesSent: number; durationMs: number }> {
-  return withHost(from, (client) => client.request(
-    'image.send',
-    { name, destination: { name: to.name, url: to.migrationUrl ?? to.url } },
-    { onEvent: (body) => onProgress?.(body as ImageTransferProgress) },
-  ));
+  try {
+    return await withHost(from, (client) => client.request(
+      'image.send',
+      { name, destination: { name: to.name, url: to.migrationUrl ?? to.url } },
+      { onEvent: (body) => onProgress?.(body as ImageTransferProgress) },
+    ));
+  } catch (error) {
+    const failure = toFerryError(error);
+    const holderLost = failure.code === ErrorCode.UNREACHABLE || failure.code === ErrorCode.CONNECTION_LOST || failure.code === ErrorCode.TIMEOUT;
+    throw new FerryError(
+      failure.code,
+      `sending image ${name} from ${from.name}, which holds it, to ${to.name}: ${failure.message}`,
+      holderLost
+        ? `${from.name} stopped answering, and ${to.name} kept nothing of the transfer: try again once ${from.name} is back, or import the image to ${to.name} (\`ferry image import FILE --name ${name} --on ${to.name}\`)`
+        : failure.hint,
+      { cause: error },
+    );
+  }
 }

@@ -6,7 +6,7 @@
 export const ErrorCode = {
   /** A command-line value or request field is malformed (size, rate, name, workload). */
   BAD_INPUT: 'FERRY_ERR_BAD_INPUT',
-  /** The host does not have the memory for this VM. */
+  /** The host does not have the room: memory for this VM, datastore space for a file, or another transfer slot. */
   CAPACITY: 'FERRY_ERR_CAPACITY',
   /** No VM by that name where it was looked for. */
   VM_NOT_FOUND: 'FERRY_ERR_VM_NOT_FOUND',

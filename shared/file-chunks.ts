@@ -138,9 +138,12 @@ export async function hashFile(file: string, signal?: AbortSignal): Promise<{ by
 
 /**
  * The receiver's last step for one file: gives it its full size (the holes at the end), syncs it, and checks its
- * whole-file digest against the sender's. Throws CHECKSUM_MISMATCH with `hint` when it differs.
+ * whole-file digest against the sender's. Throws CHECKSUM_MISMATCH with `hint` when it differs. Stops (with the
+ * signal's reason) when `signal` aborts: re-reading a large disk takes seconds, and nobody waits for it once the
+ * sender's connection closed.
  */
-export async function sealFile(file: string, expected: { bytes: number; xxh64: string }, what: string, hint: string): Promise<void> {
+export async function sealFile(file: string, expected: { bytes: number; xxh64: string }, what: string, hint: string, signal?: AbortSignal): Promise<void> {
+  signal?.throwIfAborted();
   const { size } = await stat(file);
   if (size > expected.bytes) {
     throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `${what} is ${size} bytes, more than the ${expected.bytes} announced`, hint);
@@ -152,7 +155,7 @@ export async function sealFile(file: string, expected: { bytes: number; xxh64: s
   } finally {
     await handle.close();
   }
-  const { xxh64 } = await hashFile(file);
+  const { xxh64 } = await hashFile(file, signal);
   if (xxh64 !== expected.xxh64) {
     throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `${what} does not match the sender's digest (xxh64 ${xxh64}, expected ${expected.xxh64})`, hint);
   }

@@ -3,7 +3,7 @@
  * the coordinator over /control (`ferry image import`), and from one agent to another over /peer (`image.send`). One
  * sender for both, so both are checked the same way.
  *
- *   image.begin {transferId, image}     the receiver stages the image (IMAGE_EXISTS if it has one of that name)
+ *   image.begin {transferId, image, xxh64?}  the receiver stages the image (IMAGE_EXISTS if it has another of that name)
  *   image.chunk {transferId, offset, data, xxh64}  ...  for every chunk that is not all zeros
  *   image.finish {transferId, xxh64}    the receiver sizes, syncs and re-hashes the disk, then registers it
  *
@@ -47,7 +47,7 @@ export async function sendImage(
   const startedMs = performance.now();
   const transferId = randomUUID();
   const timeout = { timeoutMs: PEER_REPLY_TIMEOUT_MS, ...(options.signal ? { signal: options.signal } : {}) };
-  await sink.request('image.begin', { transferId, image }, timeout);
+  await sink.request('image.begin', { transferId, image, ...(options.expectedXxh64 !== undefined ? { xxh64: options.expectedXxh64 } : {}) }, timeout);
   const window = new ChunkWindow();
   let lastProgressMs = 0;
   const sent = await sendFileChunks(file, (chunk) => sink.request('image.chunk', { transferId, ...chunk }, timeout), window, (bytesDone) => {

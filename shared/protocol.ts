@@ -316,8 +316,12 @@ const destinationSchema = z.object({ name: hostNameSchema, url: agentUrlSchema }
  * the coordinator) and on /peer (one agent sending another an image it holds).
  */
 export const imageReceiveOps = {
-  /** Stages an image (everything of its manifest but the digest, which comes at the end). */
-  'image.begin': [z.object({ transferId: transferIdSchema, image: imageManifestSchema.omit({ xxh64: true }) }).strict(), empty],
+  /**
+   * Stages an image (everything of its manifest but the digest, which comes at the end). `xxh64`, when the sender
+   * knows it already (an agent sending an image it holds), lets a receiver that holds an image of that name with that
+   * digest accept the transfer rather than refuse it (its copy is dropped at the finish).
+   */
+  'image.begin': [z.object({ transferId: transferIdSchema, image: imageManifestSchema.omit({ xxh64: true }), xxh64: xxh64HexSchema.optional() }).strict(), empty],
   /** One chunk of the image's disk, at most 1 MiB, with its xxh64. Chunks of zeros are not sent: they become holes. */
   'image.chunk': [
     z.object({ transferId: transferIdSchema, offset: z.number().int().min(0).max(MAX_DISK_BYTES), data: z.instanceof(Uint8Array), xxh64: xxh64HexSchema }).strict(),

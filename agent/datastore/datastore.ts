@@ -151,6 +151,10 @@ export class Datastore {
       return cloned;
     } catch (error) {
       await rm(temporary, { force: true });
+      // The image was looked up before the clone began; `ferry image rm` may have removed it since.
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT' && !existsSync(this.images.diskPath(image.name))) {
+        throw new FerryError(ErrorCode.IMAGE_NOT_FOUND, `image ${image.name} was removed from this host while a VM was being cloned from it`, `send or import it here again (\`ferry image list\` shows who holds it), then retry`, { cause: error });
+      }
       throw error;
     }
   }

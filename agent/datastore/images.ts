@@ -41,7 +41,8 @@ async function syncPath(target: string): Promise<void> {
 }
 
 export class ImageStore {
-  private readonly datastore: Datastore;
+  /** The datastore the images live in (its staging folders are where they are assembled). */
+  readonly datastore: Datastore;
   /** Where images live. */
   readonly root: string;
 
@@ -121,10 +122,14 @@ export class ImageStore {
 
   /**
    * Registers a staged image: writes its manifest beside the (already synced and checked) disk, syncs, and moves the
-   * staging folder into place with one rename. Refused when an image of that name is already here.
+   * staging folder into place with one rename. When an image of that name is already here with the same digest, the
+   * staged copy is dropped and the one here stands (`kept: false`): two transfers of one image that crossed (an import
+   * and a provisioning's send) both succeed. Another digest under that name is IMAGE_EXISTS.
    */
-  async register(transferId: string, manifest: ImageManifest): Promise<void> {
+  async register(transferId: string, manifest: ImageManifest): Promise<{ image: ImageManifest; kept: boolean }> {
     const staging = this.datastore.stagingFolder(transferId);
+    const held = await this.find(manifest.name);
+    if (held) return this.sameOrRefuse(transferId, held, manifest);
     const manifestFile = this.datastore.stagingFile(transferId, MANIFEST);
     const handle = await open(manifestFile, 'w');
     try {
@@ -136,13 +141,28 @@ export class ImageStore {
     await syncPath(staging);
     const target = this.folder(manifest.name);
     await mkdir(this.root, { recursive: true });
-    if (existsSync(target)) throw this.exists(manifest.name);
+    if (existsSync(target)) {
+      // Registered meanwhile (a capture, or another transfer that got here first): its manifest is whole, it was
+      // written before its rename.
+      const meanwhile = await this.find(manifest.name);
+      if (meanwhile) return this.sameOrRefuse(transferId, meanwhile, manifest);
+      throw this.exists(manifest.name);
+    }
     await rename(staging, target);
     await syncPath(this.root);
+    return { image: manifest, kept: true };
   }
 
-  exists(name: string): FerryError {
-    return new FerryError(ErrorCode.IMAGE_EXISTS, `an image named ${name} is already here`, `remove it first (\`ferry image rm ${name}\`), or pick another name`);
+  private async sameOrRefuse(transferId: string, held: ImageManifest, arrived: ImageManifest): Promise<{ image: ImageManifest; kept: boolean }> {
+    if (held.xxh64 !== arrived.xxh64) throw this.exists(arrived.name, held.xxh64, arrived.xxh64);
+    await this.unstage(transferId);
+    return { image: held, kept: false };
+  }
+
+  /** The refusal of a second image of one name; with both digests when they are known to differ. */
+  exists(name: string, heldXxh64?: string, arrivedXxh64?: string): FerryError {
+    const digests = heldXxh64 && arrivedXxh64 ? ` with other contents (xxh64 ${heldXxh64} here, ${arrivedXxh64} arriving)` : '';
+    return new FerryError(ErrorCode.IMAGE_EXISTS, `an image named ${name} is already here${digests}`, `pick another name, or remove the one here first if it is the wrong one (\`ferry image rm ${name} --on HOST\`)`);
   }
 
   /** Drops a staging folder that will not be registered. */

@@ -14,19 +14,21 @@
  * - after the rename: the registered copy carries `coldFrom` in its config, and its host keeps telling the source to
  *   forget its older copy (`peer.forget`, epochs decide) until the source says it holds none; then the mark goes.
  */
-import { constants } from 'node:fs';
-import { mkdir, open, readFile, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
+import { open, readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
-import { ChunkWindow, checkChunk, sealFile, sendFileChunks } from '../../shared/file-chunks.js';
+import { ChunkWindow, sendFileChunks } from '../../shared/file-chunks.js';
 import type { PeerOps, RequestOf, ReplyOf } from '../../shared/protocol.js';
 import type { VmCpuModel } from '../../shared/cpu.js';
 import { vmConfigSchema, type VmConfig, type VmConfigFile } from '../datastore/config.js';
 import type { Datastore } from '../datastore/datastore.js';
+import { StagedReceiver } from '../datastore/staged-receiver.js';
 import type { PeerClient } from './peer-client.js';
 
 type Manifest = RequestOf<PeerOps, 'cold.finish'>['manifest'];
+
+const RETRY = 'the source keeps the VM; retry the cold migration';
 
 /** Source side: streams the VM's folder to the destination; resolves once the destination has registered it. */
 export async function sendColdCopy(
@@ -77,7 +79,11 @@ export async function sendColdCopy(
   return { manifest, bytesSent, bytesSkipped };
 }
 
-/** Destination side: one incoming cold migration, from `cold.begin` to `cold.finish`. */
+/**
+ * Destination side: one incoming cold migration, from `cold.begin` to `cold.finish`. The staging folder, the chunk
+ * writes and the ordering of finish and abandon are the StagedReceiver's (datastore/staged-receiver.ts); this adds
+ * the manifest check and the VM's registration.
+ */
 export class ColdTarget {
   readonly name: string;
   private readonly migrationId: string;
@@ -85,108 +91,50 @@ export class ColdTarget {
   private readonly sourceUrl: string;
   private readonly cpuModel: VmCpuModel;
   private readonly datastore: Datastore;
-  private phase: 'receiving' | 'finishing' | 'registered' | 'abandoned' = 'receiving';
-  /** Whether this connection made the staging folder (and so may remove it). */
-  private ownsStaging = false;
-  private readonly handles = new Map<string, FileHandle>();
-  /** The begin or finish under way: `abandon` waits for it, so it never races a rename or a mkdir. */
-  private step: Promise<unknown> = Promise.resolve();
-  /** Chunk writes under way: `finish` waits for them, so nothing lands in a file after it was checked. */
-  private readonly writing = new Set<Promise<void>>();
+  private readonly receiver: StagedReceiver;
 
-  constructor(datastore: Datastore, request: RequestOf<PeerOps, 'cold.begin'>) {
+  /** `signal` is the stream's: a finish under way stops when it closes. */
+  constructor(datastore: Datastore, request: RequestOf<PeerOps, 'cold.begin'>, signal: AbortSignal) {
     this.datastore = datastore;
     this.name = request.name;
     this.migrationId = request.migrationId;
     this.epoch = request.epoch;
     this.sourceUrl = request.sourceUrl;
     this.cpuModel = request.cpuModel;
+    this.receiver = new StagedReceiver(datastore, request.migrationId, {
+      label: `cold migration of ${request.name}`,
+      retryHint: RETRY,
+      busy: () => new FerryError(ErrorCode.VM_STATE, `cold migration ${request.migrationId} is already under way here`, 'start a new migration (a new id)'),
+    }, signal);
   }
 
   /** The VM's folder is in place: nothing of it is staging any more. */
   get registered(): boolean {
-    return this.phase === 'registered';
+    return this.receiver.phase === 'registered';
   }
 
   /** Makes the staging folder; one per migration id, so a second stream can never share (or remove) another's. */
   begin(): Promise<void> {
-    const begun = this.makeStaging();
-    this.step = begun.catch(() => undefined);
-    return begun;
+    return this.receiver.begin();
   }
 
-  private async makeStaging(): Promise<void> {
-    const staging = this.datastore.stagingFolder(this.migrationId);
-    await mkdir(path.dirname(staging), { recursive: true });
-    try {
-      await mkdir(staging);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
-        throw new FerryError(ErrorCode.VM_STATE, `cold migration ${this.migrationId} is already under way here`, 'start a new migration (a new id)');
-      }
-      throw error;
-    }
-    this.ownsStaging = true;
-  }
-
-  async chunk({ file, offset, data, xxh64 }: RequestOf<PeerOps, 'cold.chunk'>): Promise<void> {
-    if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `a chunk of ${file} arrived after the cold migration of ${this.name} finished`);
-    checkChunk({ offset, data, xxh64 }, file, 'the source keeps the VM; retry the cold migration');
-    const write = (async () => {
-      await (await this.handle(file)).write(data, 0, data.length, offset);
-    })();
-    this.writing.add(write);
-    try {
-      await write;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'EFBIG') {
-        throw new FerryError(ErrorCode.BAD_INPUT, `a chunk of ${file} at ${offset} is past the largest file this file system holds`, 'no VM file is that large');
-      }
-      throw error;
-    } finally {
-      this.writing.delete(write);
-    }
-  }
-
-  /** One open handle per file while chunks arrive (chunks of a file may arrive in any order: writes are positional). */
-  private async handle(file: string): Promise<FileHandle> {
-    let handle = this.handles.get(file);
-    if (!handle) {
-      handle = await open(this.datastore.stagingFile(this.migrationId, file), constants.O_RDWR | constants.O_CREAT, 0o600);
-      this.handles.set(file, handle);
-    }
-    return handle;
-  }
-
-  private async closeHandles(): Promise<void> {
-    // A close that fails leaves nothing to do: the file is checked (finish) or removed (abandon) next, and either
-    // notices what went wrong.
-    for (const handle of this.handles.values()) await handle.close().catch(() => undefined);
-    this.handles.clear();
+  async chunk({ file, ...chunk }: RequestOf<PeerOps, 'cold.chunk'>): Promise<void> {
+    await this.receiver.write(file, chunk);
   }
 
   finish(manifest: Manifest): Promise<ReplyOf<PeerOps, 'cold.finish'>> {
-    if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `cold.finish for ${this.name} while the migration is ${this.phase}`);
-    this.phase = 'finishing';
-    const finished = this.checkAndRegister(manifest);
-    this.step = finished.catch(() => undefined);
-    return finished;
+    return this.receiver.finish(manifest.map((entry) => entry.file), () => this.checkAndRegister(manifest));
   }
 
   private async checkAndRegister(manifest: Manifest): Promise<ReplyOf<PeerOps, 'cold.finish'>> {
-    await Promise.allSettled([...this.writing]);
-    for (const entry of manifest) await this.handle(entry.file); // empty files, and files that are all holes
-    await this.closeHandles();
-    const present = (await readdir(this.datastore.stagingFolder(this.migrationId))).sort();
+    const present = (await readdir(this.receiver.folder)).sort();
     const expected = manifest.map((entry) => entry.file).sort();
     if (present.join() !== expected.join()) {
       throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `files of ${this.name} differ from the manifest: have ${present.join(', ')}, expected ${expected.join(', ')}`, 'retry the cold migration');
     }
-    for (const entry of manifest) {
-      await sealFile(this.datastore.stagingFile(this.migrationId, entry.file), entry, `${entry.file} of ${this.name}`, 'the source keeps the VM; retry the cold migration');
-    }
+    for (const entry of manifest) await this.receiver.seal(entry.file, entry, `${entry.file} of ${this.name}`);
     // The registered copy is one epoch ahead, and marked until its source has forgotten its own copy.
-    const configFile = this.datastore.stagingFile(this.migrationId, 'config.json');
+    const configFile = this.receiver.file('config.json');
     const config = vmConfigSchema.parse(JSON.parse(await readFile(configFile, 'utf8')));
     if (config.name !== this.name) {
       throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the cold migration ${this.name}`, 'the source is not a compatible ferry-agent');
@@ -204,7 +152,6 @@ export class ColdTarget {
       await handle.close();
     }
     await this.datastore.adopt(this.migrationId, this.name);
-    this.phase = 'registered';
     return { registered: true };
   }
 
@@ -212,11 +159,7 @@ export class ColdTarget {
    * The stream closed. A begin or finish under way ends first; then, unless the VM was registered, what arrived is
    * dropped.
    */
-  async abandon(): Promise<void> {
-    await this.step;
-    if (this.phase === 'registered' || this.phase === 'abandoned') return;
-    this.phase = 'abandoned';
-    await this.closeHandles();
-    if (this.ownsStaging) await rm(this.datastore.stagingFolder(this.migrationId), { recursive: true, force: true });
+  abandon(): Promise<void> {
+    return this.receiver.abandon();
   }
 }

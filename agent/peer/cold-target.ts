@@ -32,7 +32,9 @@ export function serveColdTarget(connection: PeerServer, agent: Agent): void {
     if (request.suspended) requireCpu(agent.name, agent.hostCpu, { name: request.name, cpu: request.cpuModel }, 'receive-suspended');
     if (!agent.files) throw new FerryError(ErrorCode.VM_STATE, `${agent.name} keeps no files`, 'run the agent with --datastore');
     if (cold) throw new FerryError(ErrorCode.PROTOCOL, 'this connection already carries a cold migration', 'open a new connection per migration');
-    const target = new ColdTarget(agent.files, request);
+    // Closed during the awaits above: the close handler has run, and would never hear of this migration.
+    connection.signal.throwIfAborted();
+    const target = new ColdTarget(agent.files, request, connection.signal);
     const name = catalog.claimName(request.name, 'cold migration');
     // Known to the close handler before the first await: a stream that closes while the staging folder is made
     // still has it removed and its name freed.

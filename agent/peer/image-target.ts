@@ -7,66 +7,62 @@
  * (a damaged chunk, a chunk outside the image, a short or wrong file, a closed connection) removes its staging folder
  * at once, so it leaves nothing behind; leftovers of a crash go when the agent restarts (Datastore.recover).
  */
-import { constants } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
-import { ErrorCode, FerryError } from '../../shared/errors.js';
-import { checkChunk, sealFile } from '../../shared/file-chunks.js';
+import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import type { ImageManifest, ImageReceiveOps, ReplyOf, RequestOf } from '../../shared/protocol.js';
 import type { Handler } from '../../shared/rpc.js';
+import { formatBytes } from '../../shared/units.js';
 import type { Agent } from '../agent.js';
-import type { ImageStore } from '../datastore/images.js';
+import { faultPoint } from '../faults.js';
+import { IMAGE_DISK, type ImageStore } from '../datastore/images.js';
+import { StagedReceiver } from '../datastore/staged-receiver.js';
 
 /** The part of a /control or /peer connection this needs. */
 export interface ImageReceiverConnection {
   readonly signal: AbortSignal;
+  close(): void;
   handle<K extends keyof ImageReceiveOps & string>(op: K, handler: Handler<ImageReceiveOps, K>): void;
 }
 
 const RETRY = 'nothing was kept; send the image again';
 
-/** One image arriving, from `image.begin` to `image.finish`. */
+/**
+ * Image transfers one connection may have open at once. A sender needs one (the coordinator and image.send send one
+ * image at a time); a few allow for pipelining, and the cap keeps a peer from opening staging folders without end.
+ */
+export const MAX_TRANSFERS_PER_CONNECTION = 4;
+
+/** One image arriving, from `image.begin` to `image.finish`: a StagedReceiver of one file, the image's disk. */
 class ImageTransfer {
   readonly id: string;
   readonly image: Omit<ImageManifest, 'xxh64'>;
+  readonly receiver: StagedReceiver;
   private readonly images: ImageStore;
-  private disk: FileHandle | undefined;
-  /** Whether this transfer made its staging folder (and so may remove it). */
-  private staged = false;
 
-  constructor(images: ImageStore, id: string, image: Omit<ImageManifest, 'xxh64'>) {
+  constructor(images: ImageStore, id: string, image: Omit<ImageManifest, 'xxh64'>, signal: AbortSignal) {
     this.images = images;
     this.id = id;
     this.image = image;
-  }
-
-  async begin(): Promise<void> {
-    if (await this.images.find(this.image.name)) throw this.images.exists(this.image.name);
-    await this.images.stage(this.id);
-    this.staged = true;
-    this.disk = await open(this.images.stagedDisk(this.id), constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
+    this.receiver = new StagedReceiver(images.datastore, id, {
+      label: `image ${image.name}`,
+      retryHint: RETRY,
+      busy: () => new FerryError(ErrorCode.VM_STATE, `transfer ${id} is already under way here`, 'start a new transfer (a new id)'),
+    }, signal);
   }
 
   async chunk({ offset, data, xxh64 }: RequestOf<ImageReceiveOps, 'image.chunk'>): Promise<void> {
     if (offset + data.length > this.image.bytes) {
       throw new FerryError(ErrorCode.BAD_INPUT, `a chunk of image ${this.image.name} at ${offset} (${data.length} bytes) ends past its ${this.image.bytes} bytes`, RETRY);
     }
-    checkChunk({ offset, data, xxh64 }, `image ${this.image.name}`, RETRY);
-    await this.disk!.write(data, 0, data.length, offset);
+    await this.receiver.write(IMAGE_DISK, { offset, data, xxh64 });
   }
 
-  async finish(xxh64: string): Promise<ImageManifest> {
-    await this.disk?.close();
-    this.disk = undefined;
-    await sealFile(this.images.stagedDisk(this.id), { bytes: this.image.bytes, xxh64 }, `image ${this.image.name}`, RETRY);
-    const manifest: ImageManifest = { ...this.image, xxh64 };
-    await this.images.register(this.id, manifest);
-    return manifest;
-  }
-
-  async abandon(): Promise<void> {
-    await this.disk?.close().catch(() => undefined); // already closed by a finish that failed: nothing to release
-    this.disk = undefined;
-    if (this.staged) await this.images.unstage(this.id);
+  /** `beforeSeal` runs once the finish began (a fault point for tests). */
+  finish(xxh64: string, beforeSeal: () => Promise<void>): Promise<{ image: ImageManifest; kept: boolean }> {
+    return this.receiver.finish([IMAGE_DISK], async () => {
+      await beforeSeal();
+      await this.receiver.seal(IMAGE_DISK, { bytes: this.image.bytes, xxh64 }, `image ${this.image.name}`);
+      return this.images.register(this.id, { ...this.image, xxh64 });
+    });
   }
 }
 
@@ -74,52 +70,95 @@ export function serveImageReceiver(connection: ImageReceiverConnection, agent: A
   const { log } = agent;
   const transfers = new Map<string, ImageTransfer>();
 
-  /** Runs a step of transfer `id`; a step that fails ends the transfer and removes what it staged. */
-  const step = async <T>(id: string, action: (transfer: ImageTransfer) => Promise<T>): Promise<T> => {
+  const find = (id: string): ImageTransfer => {
     const transfer = transfers.get(id);
     if (!transfer) throw new FerryError(ErrorCode.PROTOCOL, `no image transfer ${id} under way on this connection (it failed, finished, or never began)`, 'begin a new transfer with image.begin');
-    try {
-      return await action(transfer);
-    } catch (error) {
-      transfers.delete(id);
-      await transfer.abandon();
-      log.warn('image transfer refused; its staging folder is removed', { image: transfer.image.name, transfer: id, error: (error as Error).message });
-      throw error;
-    }
+    return transfer;
+  };
+
+  /** Ends a transfer that was refused: what it staged goes (once a finish under way has ended). */
+  const refuse = async (transfer: ImageTransfer, error: unknown): Promise<void> => {
+    transfers.delete(transfer.id);
+    if (connection.signal.aborted) return; // the close handler abandons it, and says so
+    log.warn('image transfer refused; its staging folder is removed', { image: transfer.image.name, transfer: transfer.id, error: toFerryError(error).message });
+    await transfer.receiver.abandon();
   };
 
   connection.signal.addEventListener('abort', () => {
     for (const transfer of transfers.values()) {
-      transfer.abandon().catch((error: unknown) => log.warn('could not remove an abandoned image transfer\'s staging folder; the agent removes it when it restarts', { image: transfer.image.name, error: String(error) }));
+      // Waits for a finish under way (which stops, its signal aborted) before removing anything.
+      transfer.receiver.abandon().then(
+        () => {
+          if (transfer.receiver.phase === 'abandoned') log.info('image transfer abandoned: its connection closed; its staging folder is removed', { image: transfer.image.name, transfer: transfer.id });
+        },
+        (error: unknown) => log.warn('could not remove an abandoned image transfer\'s staging folder; the agent removes it when it restarts', { image: transfer.image.name, transfer: transfer.id, error: String(error) }),
+      );
     }
     transfers.clear();
   }, { once: true });
 
-  connection.handle('image.begin', async ({ transferId, image }) => {
+  connection.handle('image.begin', async ({ transferId, image, xxh64 }) => {
     const files = agent.files;
     if (!files) throw new FerryError(ErrorCode.VM_STATE, `${agent.name} keeps no files`, 'run the agent with --datastore');
     if (transfers.has(transferId)) throw new FerryError(ErrorCode.PROTOCOL, `image transfer ${transferId} is already under way`, 'begin a new transfer (a new id)');
-    const transfer = new ImageTransfer(files.images, transferId, image);
+    if (transfers.size >= MAX_TRANSFERS_PER_CONNECTION) {
+      throw new FerryError(ErrorCode.CAPACITY, `this connection already has ${transfers.size} image transfers under way, the most one may have`, 'finish one before beginning another, or open another connection');
+    }
+    // The disk may be sparse, but nothing from the network says how sparse: room for all of it, or no transfer.
+    const freeBytes = await files.freeBytes();
+    if (image.bytes > freeBytes) {
+      throw new FerryError(
+        ErrorCode.CAPACITY,
+        `${agent.name} has ${formatBytes(freeBytes)} free in its datastore, and image ${image.name} is ${formatBytes(image.bytes)}`,
+        'free space there (`ferry image rm` images no VM needs, destroy VMs), or send the image to another host (--on)',
+      );
+    }
+    const held = await files.images.find(image.name);
+    // Same name, same digest: the transfer goes ahead and its copy is dropped at registration (ImageStore.register).
+    if (held && held.xxh64 !== xxh64) throw files.images.exists(image.name, held.xxh64, xxh64);
+    // Closed during the awaits above: the close handler has run, and would never hear of this transfer.
+    connection.signal.throwIfAborted();
+    const transfer = new ImageTransfer(files.images, transferId, image, connection.signal);
+    // Known to the close handler before the first await: a connection that closes while the staging folder is made
+    // still has it removed.
+    transfers.set(transferId, transfer);
     try {
-      await transfer.begin();
+      await transfer.receiver.begin();
     } catch (error) {
-      await transfer.abandon();
+      transfers.delete(transferId);
+      await transfer.receiver.abandon();
       throw error;
     }
-    transfers.set(transferId, transfer);
     log.info('receiving an image', { image: image.name, bytes: image.bytes, transfer: transferId });
     return {};
   });
 
   connection.handle('image.chunk', async (request) => {
-    await step(request.transferId, (transfer) => transfer.chunk(request));
+    const transfer = find(request.transferId);
+    try {
+      await transfer.chunk(request);
+    } catch (error) {
+      // A chunk after the finish began is refused, and the finish goes on: it is the finish that decides.
+      if (transfer.receiver.phase === 'receiving') await refuse(transfer, error);
+      throw error;
+    }
     return {};
   });
 
   connection.handle('image.finish', async ({ transferId, xxh64 }): Promise<ReplyOf<ImageReceiveOps, 'image.finish'>> => {
-    const image = await step(transferId, (transfer) => transfer.finish(xxh64));
+    const transfer = find(transferId);
+    if (transfer.receiver.phase !== 'receiving') {
+      throw new FerryError(ErrorCode.PROTOCOL, `image transfer ${transferId} is already ${transfer.receiver.phase}`, 'finish a transfer once');
+    }
+    let registered: { image: ImageManifest; kept: boolean };
+    try {
+      registered = await transfer.finish(xxh64, () => faultPoint(agent.faults, 'image-finishing', log, () => connection.close()));
+    } catch (error) {
+      await refuse(transfer, error);
+      throw error;
+    }
     transfers.delete(transferId);
-    log.info('image registered', { image: image.name, bytes: image.bytes, xxh64 });
-    return { image };
+    log.info(registered.kept ? 'image registered' : 'image arrived, and the same image (name and xxh64) was already here: the copy that arrived is dropped', { image: registered.image.name, bytes: registered.image.bytes, xxh64 });
+    return { image: registered.image };
   });
 }

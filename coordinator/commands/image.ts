@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { FerryError } from '../../shared/errors.js';
 import { formatBytes, formatDuration } from '../../shared/units.js';
 import type { Cluster } from '../cluster.js';
-import { captureImage, formatImageList, formatImportReport, importImage, listImages, removeImage } from '../images.js';
+import { captureImage, formatImageList, formatImportReport, formatRemovalReport, importImage, listImages, removeImage } from '../images.js';
 import { ExitCode, exitCodeFor, printJson } from '../output.js';
 import { imageProgress } from '../progress.js';
 
@@ -44,27 +44,33 @@ export function addImageCommands(program: Command, clusterOf: (command: Command)
     });
 
   image.command('list', { isDefault: true })
-    .description('every image, its size and digest, and which hosts hold it')
+    .description('every image, its size and digest, and which hosts hold it. Hosts that do not answer are named on stderr '
+      + '(and, with --json, in `unreachable`); the listing of the others stands, so the exit status stays 0 for them: '
+      + 'it is non-zero only when --verify finds a damaged copy')
     .option('--verify', 're-read every host\'s copy and compare its xxh64 with its manifest')
     .option('--json', 'print JSON')
     .action(async (options: { verify?: boolean; json?: boolean }, command: Command) => {
       const { cluster } = await clusterOf(command);
-      const { images, down } = await listImages(cluster, options.verify ?? false);
-      if (options.json) printJson(images);
+      const { images, unreachable } = await listImages(cluster, options.verify ?? false);
+      if (options.json) printJson({ images, unreachable });
       else process.stdout.write(`${formatImageList(images, options.verify ?? false)}\n`);
-      for (const host of down) process.stderr.write(`ferry: ${host.host} did not answer: ${host.error.message}\n`);
+      for (const host of unreachable) process.stderr.write(`ferry: ${host.host} did not answer, its images are not listed: ${host.error.message}\n`);
       const damaged = images.some((entry) => entry.hosts.some((held) => held.verified && !held.verified.match));
       process.exitCode = damaged ? ExitCode.FAILED : ExitCode.OK;
     });
 
   image.command('rm <name>')
-    .description('remove an image from every host that holds it, or from --on hosts (VMs cloned from it keep their disks)')
+    .description('remove an image from every host that holds it, or from --on hosts (VMs cloned from it keep their disks). '
+      + 'Each host is handled on its own: the report says where it was removed and where it could not be, and the exit '
+      + 'status is non-zero if any host failed')
     .option('--on <host...>', 'only these hosts')
     .option('--json', 'print JSON')
     .action(async (name: string, options: { on?: string[]; json?: boolean }, command: Command) => {
       const { cluster } = await clusterOf(command);
-      const { removedFrom } = await removeImage(cluster, name, options.on);
-      if (options.json) printJson({ image: name, removedFrom });
-      else process.stdout.write(`removed image ${name} from ${removedFrom.join(', ')}\n`);
+      const report = await removeImage(cluster, name, options.on);
+      if (options.json) printJson(report);
+      else process.stdout.write(`${formatRemovalReport(report)}\n`);
+      const failed = report.failed[0];
+      process.exitCode = failed ? exitCodeFor(FerryError.fromPayload(failed.error)) : ExitCode.OK;
     });
 }

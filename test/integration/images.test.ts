@@ -5,7 +5,7 @@
  * by cold and live migration; and bad input refused with nothing left behind.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { closeSync, constants, copyFileSync, existsSync, openSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, copyFileSync, existsSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { formatDigest, hashBytes, initChecksums, streamingHash } from '../../shared/checksum.js';
@@ -104,7 +104,7 @@ describe('images', () => {
     expect(captured.json()).toMatchObject({ host: 'host-a', image: { name: 'web1-disk', bytes: 16 * MiB, source: { kind: 'capture', vm: 'web1', host: 'host-a' } } });
     expect(sha(imageDisk(c, 'host-a', 'web1-disk'))).toBe(sha(vmDisk));
 
-    const listed = (await c.ferry('image', 'list', '--json')).json<{ name: string; xxh64: string; hosts: { host: string }[] }[]>();
+    const listed = (await c.ferry('image', 'list', '--json')).json<{ images: { name: string; xxh64: string; hosts: { host: string }[] }[] }>().images;
     expect(listed.map((image) => [image.name, image.hosts.map((held) => held.host)])).toEqual([['base', ['host-a', 'host-b']], ['web1-disk', ['host-a']]]);
     const table = await c.ferry('image', 'list');
     expect(table.stdout).toMatch(/base\s+64 MiB\s+[0-9a-f]{16}\s+host-a, host-b\s+Debian 12, nginx/);
@@ -112,7 +112,7 @@ describe('images', () => {
 
     const verified = await c.ferry('image', 'list', '--verify', '--json');
     expect(verified.code).toBe(0);
-    expect(verified.json().flatMap((image: { hosts: { verified: { match: boolean } }[] }) => image.hosts.map((held) => held.verified.match))).toEqual([true, true, true]);
+    expect(verified.json().images.flatMap((image: { hosts: { verified: { match: boolean } }[] }) => image.hosts.map((held) => held.verified.match))).toEqual([true, true, true]);
     // A copy damaged on disk is found by --verify, and only that one.
     const damaged = openSync(imageDisk(c, 'host-b', 'base'), 'r+');
     writeSync(damaged, Buffer.from('rot'), 0, 3, 20 * MiB + 7);
@@ -217,6 +217,62 @@ describe('images', () => {
     expect(await vmInfo(c, 'web1')).toMatchObject({ state: 'running', guest: { hostname: 'web1' } });
   });
 
+  it('names the holder when it dies while it sends the image during a provision, and the destination keeps nothing', async () => {
+    cluster = await startCluster([
+      { name: 'host-a', capacity: '256MiB' },
+      { name: 'host-b', capacity: '1GiB', env: { FERRY_FAULTS: 'delay@image-finishing' } },
+    ]);
+    const c = cluster;
+    const file = path.join(c.dir, 'small.img');
+    writeFileSync(file, randomBytes(2 * MiB));
+    expect((await c.ferry('image', 'import', file, '--name', 'base', '--on', 'host-a', '--quiet')).code).toBe(0);
+    writeTemplates(c, [{ name: 'web', memory: '16MiB', workload: 'pattern', rate: 500, image: 'base' }]);
+
+    const provisioning = c.ferry('provision', 'web1', '--template', 'web', '--json');
+    // host-b holds its finish; the holder dies meanwhile.
+    await vi.waitFor(() => expect(c.agent('host-b').log(), "host-b's log").toContain('fault: delay at image-finishing'), patiently);
+    c.agent('host-a').child.kill('SIGKILL');
+    const failed = await provisioning;
+    expect(failed.code, failed.stderr).toBe(3);
+    const { error } = failed.json();
+    expect(error.code).toBe('FERRY_ERR_CONNECTION_LOST');
+    expect(error.message).toContain('sending image base from host-a, which holds it, to host-b');
+    expect(error.hint).toContain('host-a stopped answering');
+    await vi.waitFor(() => expect(leftovers(c, 'host-b'), "host-b's staging and images").toEqual([]), patiently);
+  });
+
+  it('with a host down: rm removes the image from the others and names the host it could not, list --json names it, an import report claims checks only where they were made', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    const file = path.join(c.dir, 'small.img');
+    writeFileSync(file, randomBytes(2 * MiB));
+    for (const name of ['base', 'other']) expect((await c.ferry('image', 'import', file, '--name', name, '--quiet')).code).toBe(0);
+    await c.agent('host-b').stop(2000);
+
+    const listed = await c.ferry('image', 'list', '--json');
+    expect(listed.code, 'a host down is said, and the listing of the others stands').toBe(0);
+    expect(listed.json().images.map((image: { name: string; hosts: { host: string }[] }) => [image.name, image.hosts.map((held) => held.host)])).toEqual([['base', ['host-a']], ['other', ['host-a']]]);
+    expect(listed.json().unreachable).toEqual([{ host: 'host-b', error: expect.objectContaining({ code: 'FERRY_ERR_UNREACHABLE' }) }]);
+    expect(listed.stderr).toContain('host-b did not answer');
+
+    const again = await c.ferry('image', 'import', file, '--name', 'base', '--quiet');
+    expect(again.stdout).toContain('host-a: skipped');
+    expect(again.stdout).toContain('host-b: FERRY_ERR_UNREACHABLE');
+    expect(again.stdout, 'no host checked anything').not.toContain('checked each chunk');
+    const third = await c.ferry('image', 'import', file, '--name', 'third', '--quiet');
+    expect(third.stdout).toContain('host-a checked each chunk and the whole file');
+    expect(third.stdout).not.toContain('every host');
+
+    const removed = await c.ferry('image', 'rm', 'base');
+    expect(removed.code, removed.stderr).toBe(3);
+    expect(removed.stdout).toContain('removed image base from host-a');
+    expect(removed.stdout).toContain('could not remove image base from host-b: FERRY_ERR_UNREACHABLE');
+    expect(existsSync(path.join(c.dir, 'host-a', 'images', 'base'))).toBe(false);
+    const removedJson = await c.ferry('image', 'rm', 'other', '--json');
+    expect(removedJson.code).toBe(3);
+    expect(removedJson.json()).toMatchObject({ image: 'other', removedFrom: ['host-a'], failed: [{ host: 'host-b', error: { code: 'FERRY_ERR_UNREACHABLE' } }] });
+  });
+
   it('refuses bad names, damaged chunks, chunks past the end and truncated imports, leaving nothing behind', async () => {
     cluster = await startCluster([{ name: 'host-a' }]);
     const c = cluster;
@@ -279,5 +335,134 @@ describe('images', () => {
       client.close();
     }
     await vi.waitFor(() => expect(leftovers(c, 'host-a'), 'after the connection closed').toEqual(['images/base']), patiently);
+  });
+});
+
+/** The xxh64 of `bytes` zeros, computed here in the test (a disk that is all holes). */
+function zerosDigest(bytes: number): string {
+  const whole = streamingHash();
+  const zeros = new Uint8Array(MiB);
+  for (let offset = 0; offset < bytes; offset += MiB) whole.update(zeros.subarray(0, Math.min(MiB, bytes - offset)));
+  return formatDigest(whole.digest());
+}
+
+describe('the image receiver', () => {
+  const refusal = (promise: Promise<unknown>): Promise<unknown> => promise.then(() => 'accepted', (error: { code: string }) => error.code);
+  const manifest = (name: string, bytes: number) => ({ name, bytes, holds: '', source: { kind: 'import' as const, file: 'x' }, createdAt: new Date().toISOString() });
+  /** An image of holes: its finish re-reads all of it, which a closed connection should cut short. */
+  const BIG = 256 * MiB;
+  /** The finish held for 3 s before it sizes and checks the disk (agent/faults.ts), so a test acts while it runs. */
+  const holdFinish = { env: { FERRY_FAULTS: 'delay@image-finishing' } };
+  const finishHeld = (c: TestCluster): Promise<void> => vi.waitFor(() => expect(c.agent('host-a').log(), "host-a's log").toContain('fault: delay at image-finishing'), patiently);
+
+  it('refuses a chunk sent during image.finish as a protocol error, and the finish goes on to register the image', async () => {
+    cluster = await startCluster([{ name: 'host-a', ...holdFinish }]);
+    const c = cluster;
+    const client = await dialAgent({ url: c.agent('host-a').url, path: '/control', token: c.token }, controlOps);
+    try {
+      const transferId = randomUUID();
+      await client.request('image.begin', { transferId, image: manifest('holes', BIG) });
+      const finishing = client.request('image.finish', { transferId, xxh64: zerosDigest(BIG) });
+      finishing.catch(() => undefined); // awaited below; a failure before that is the test's, not unhandled
+      await finishHeld(c);
+      const data = new Uint8Array(randomBytes(MiB));
+      const late = await client.request('image.chunk', { transferId, offset: 0, data, xxh64: formatDigest(hashBytes(data)) }).then(() => undefined, (error: { code: string; message: string }) => error);
+      expect(late, 'the late chunk').toMatchObject({ code: 'FERRY_ERR_PROTOCOL' });
+      expect((await finishing).image).toMatchObject({ name: 'holes', bytes: BIG });
+      expect(leftovers(c, 'host-a')).toEqual(['images/holes']);
+      const first = Buffer.alloc(MiB);
+      const fd = openSync(imageDisk(c, 'host-a', 'holes'), 'r');
+      readSync(fd, first, 0, MiB, 0);
+      closeSync(fd);
+      expect(first.equals(Buffer.alloc(MiB)), 'the late chunk did not land').toBe(true);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('stops a finish whose connection closes, removes its staging folder only then, registers nothing, and logs it', async () => {
+    cluster = await startCluster([{ name: 'host-a', logLevel: 'info', ...holdFinish }]);
+    const c = cluster;
+    const client = await dialAgent({ url: c.agent('host-a').url, path: '/control', token: c.token }, controlOps);
+    try {
+      const transferId = randomUUID();
+      await client.request('image.begin', { transferId, image: manifest('cut', BIG) });
+      // The right digest: had the finish gone on past the close, it would have registered the image.
+      const finishing = client.request('image.finish', { transferId, xxh64: zerosDigest(BIG) });
+      finishing.catch(() => undefined); // the connection closes under it
+      await finishHeld(c);
+    } finally {
+      client.close();
+    }
+    // While the finish is held, its staging folder stays: nothing is removed under a step under way.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(leftovers(c, 'host-a'), 'while the finish is held').toHaveLength(1);
+    // The line comes once the finish has stopped and the folder is gone.
+    await vi.waitFor(() => expect(c.agent('host-a').log(), 'host-a\'s log').toMatch(/"image":"cut".*"msg":"image transfer abandoned: its connection closed/), patiently);
+    expect(leftovers(c, 'host-a')).toEqual([]);
+    expect(c.agent('host-a').log()).not.toContain('refused');
+  });
+
+  it('refuses at begin an image larger than the datastore\'s free space, and a fifth transfer on one connection', async () => {
+    cluster = await startCluster([{ name: 'host-a' }]);
+    const c = cluster;
+    const client = await dialAgent({ url: c.agent('host-a').url, path: '/control', token: c.token }, controlOps);
+    try {
+      const huge = await client.request('image.begin', { transferId: randomUUID(), image: manifest('huge', 2 ** 50) }).then(() => undefined, (error: { code: string; message: string; hint?: string }) => error);
+      expect(huge).toMatchObject({ code: 'FERRY_ERR_CAPACITY' });
+      expect(huge!.message).toMatch(/host-a has .* free in its datastore, and image huge is 1024 TiB/);
+      expect(huge!.hint).toContain('ferry image rm');
+      expect(leftovers(c, 'host-a')).toEqual([]);
+
+      const ids = [randomUUID(), randomUUID(), randomUUID(), randomUUID()];
+      for (const [index, transferId] of ids.entries()) await client.request('image.begin', { transferId, image: manifest(`open${index}`, MiB) });
+      const fifth = await client.request('image.begin', { transferId: randomUUID(), image: manifest('open4', MiB) }).then(() => undefined, (error: { code: string; message: string }) => error);
+      expect(fifth).toMatchObject({ code: 'FERRY_ERR_CAPACITY' });
+      expect(fifth!.message).toContain('already has 4 image transfers under way');
+      expect(leftovers(c, 'host-a').sort()).toEqual(ids.map((id) => `staging/${id}`).sort());
+    } finally {
+      client.close();
+    }
+    await vi.waitFor(() => expect(leftovers(c, 'host-a'), 'after the connection closed').toEqual([]), patiently);
+  });
+
+  it('registers an image that arrived meanwhile under the same name and digest once, and refuses another digest', async () => {
+    cluster = await startCluster([{ name: 'host-a' }]);
+    const c = cluster;
+    const client = await dialAgent({ url: c.agent('host-a').url, path: '/control', token: c.token }, controlOps);
+    try {
+      const data = new Uint8Array(randomBytes(MiB));
+      const chunk = { offset: 0, data, xxh64: formatDigest(hashBytes(data)) };
+      const digest = formatDigest(hashBytes(data)); // of a 1 MiB file holding `data`
+      // Two transfers of one image that cross: an import and a provisioning's send.
+      const [first, second] = [randomUUID(), randomUUID()];
+      await client.request('image.begin', { transferId: first, image: manifest('base', MiB) });
+      await client.request('image.begin', { transferId: second, image: manifest('base', MiB) });
+      for (const transferId of [first, second]) await client.request('image.chunk', { transferId, ...chunk });
+      const registered = (await client.request('image.finish', { transferId: first, xxh64: digest })).image;
+      expect((await client.request('image.finish', { transferId: second, xxh64: digest })).image).toEqual(registered);
+      expect(leftovers(c, 'host-a')).toEqual(['images/base']);
+
+      // Begun once it is here: accepted when the sender says it is the same digest, refused otherwise.
+      const same = randomUUID();
+      expect(await refusal(client.request('image.begin', { transferId: same, image: manifest('base', MiB), xxh64: digest }))).toBe('accepted');
+      await client.request('image.chunk', { transferId: same, ...chunk });
+      expect((await client.request('image.finish', { transferId: same, xxh64: digest })).image).toEqual(registered);
+      const other = await client.request('image.begin', { transferId: randomUUID(), image: manifest('base', MiB), xxh64: '0123456789abcdef' }).then(() => undefined, (error: { code: string; message: string }) => error);
+      expect(other).toMatchObject({ code: 'FERRY_ERR_IMAGE_EXISTS' });
+      expect(other!.message).toContain(`xxh64 ${digest} here, 0123456789abcdef arriving`);
+      expect(await refusal(client.request('image.begin', { transferId: randomUUID(), image: manifest('base', MiB) }))).toBe('FERRY_ERR_IMAGE_EXISTS');
+
+      // Crossing with another digest: the second finish is refused, the first image stands.
+      const [third, fourth] = [randomUUID(), randomUUID()];
+      await client.request('image.begin', { transferId: third, image: manifest('next', MiB) });
+      await client.request('image.begin', { transferId: fourth, image: manifest('next', MiB) });
+      await client.request('image.chunk', { transferId: third, ...chunk });
+      await client.request('image.finish', { transferId: third, xxh64: digest });
+      expect(await refusal(client.request('image.finish', { transferId: fourth, xxh64: zerosDigest(MiB) }))).toBe('FERRY_ERR_IMAGE_EXISTS');
+      expect(leftovers(c, 'host-a').sort()).toEqual(['images/base', 'images/next']);
+    } finally {
+      client.close();
+    }
   });
 });

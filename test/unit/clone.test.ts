@@ -10,6 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { cloneDisk, reflinkUnsupported } from '../../agent/datastore/clone.js';
+import { Datastore } from '../../agent/datastore/datastore.js';
+import { ErrorCode, type FerryError } from '../../shared/errors.js';
 import { initChecksums } from '../../shared/checksum.js';
 import { hashFile } from '../../shared/file-chunks.js';
 
@@ -107,5 +109,17 @@ describe('cloneDisk', () => {
     const cloned = await cloneDisk(image, target, manifest, manifest.bytes);
     expect(cloned.method).toBe(kernelReflinks ? 'reflink' : 'sparse-copy');
     expect(sha(target)).toBe(sha(image));
+  });
+});
+
+describe('Datastore.cloneImage', () => {
+  it('says IMAGE_NOT_FOUND, not a raw ENOENT, when the image was removed after it was looked up, and leaves no disk', async () => {
+    const datastore = new Datastore(path.join(dir, 'datastore'));
+    const gone = { ...manifest, holds: '', source: { kind: 'import' as const, file: image }, createdAt: new Date().toISOString() };
+    const refused = await datastore.cloneImage(gone, 'web1', { file: 'disk0.img', sizeBytes: manifest.bytes }).then(() => undefined, (error: unknown) => error);
+    expect(refused).toMatchObject({ code: ErrorCode.IMAGE_NOT_FOUND });
+    expect((refused as FerryError).message).toContain('image base was removed');
+    expect((refused as FerryError).hint).toContain('ferry image list');
+    expect(existsSync(path.join(dir, 'datastore', 'vms', 'web1', 'disk0.img.tmp'))).toBe(false);
   });
 });
