@@ -14,6 +14,7 @@ import { formatDigest, streamingHash } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { CHUNK_BYTES } from '../../shared/file-chunks.js';
 import type { CloneMethod } from '../../shared/protocol.js';
+import { syncPath } from './durable.js';
 
 /**
  * What the kernel answers FICLONE when the file system cannot share blocks between these two files: EOPNOTSUPP
@@ -27,15 +28,6 @@ export function reflinkUnsupported(error: unknown): boolean {
 }
 
 const ZEROS = Buffer.alloc(CHUNK_BYTES);
-
-async function syncFile(file: string): Promise<void> {
-  const handle = await open(file, 'r+');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** Copies `source` to `target` (made or truncated), writing only chunks that are not all zeros; synced. */
 export async function sparseCopy(source: string, target: string, signal?: AbortSignal): Promise<{ bytes: number; bytesWritten: number; xxh64: string }> {
@@ -90,7 +82,7 @@ export async function cloneDisk(
   let cloned: Omit<Cloned, 'durationMs'>;
   try {
     await copy(source, target, constants.COPYFILE_FICLONE_FORCE);
-    await syncFile(target);
+    await syncPath(target);
     cloned = { method: 'reflink' };
   } catch (error) {
     if (!reflinkUnsupported(error)) throw error;
@@ -108,7 +100,7 @@ export async function cloneDisk(
   }
   if (sizeBytes > expected.bytes) {
     await truncate(target, sizeBytes);
-    await syncFile(target);
+    await syncPath(target);
   }
   return { ...cloned, durationMs: performance.now() - startedMs };
 }

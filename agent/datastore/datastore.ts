@@ -30,29 +30,7 @@ import { cloneDisk, type Cloned } from './clone.js';
 import { ImageStore } from './images.js';
 import { defaultNvram } from './nvram.js';
 import { resolveInside } from './paths.js';
-
-/** Makes a rename in `folder` durable: the folder's own entry list is synced. */
-async function syncFolder(folder: string): Promise<void> {
-  const handle = await open(folder, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function writeWhole(file: string, data: string | Buffer): Promise<void> {
-  const temporary = `${file}.tmp`;
-  const handle = await open(temporary, 'w');
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await rename(temporary, file);
-  await syncFolder(path.dirname(file));
-}
+import { syncPath, writeWhole } from './durable.js';
 
 /** What `recover` found: the VMs, and the folders it could not read (left for a person to look at). */
 export interface Recovered {
@@ -132,7 +110,7 @@ export class Datastore {
     if (existsSync(target)) throw new FerryError(ErrorCode.VM_EXISTS, `${name} already has a folder in ${this.root}`, 'destroy it first, or migrate under another host');
     await mkdir(path.dirname(target), { recursive: true });
     await rename(this.stagingFolder(migrationId), target);
-    await syncFolder(path.dirname(target));
+    await syncPath(path.dirname(target));
   }
 
   /**
@@ -147,7 +125,7 @@ export class Datastore {
     try {
       const cloned = await cloneDisk(this.images.diskPath(image.name), temporary, image, disk.sizeBytes);
       await rename(temporary, target);
-      await syncFolder(path.dirname(target));
+      await syncPath(path.dirname(target));
       return cloned;
     } catch (error) {
       await rm(temporary, { force: true });

@@ -22,6 +22,7 @@ import { hashFile } from '../../shared/file-chunks.js';
 import { imageManifestSchema, type ImageManifest } from '../../shared/protocol.js';
 import type { Datastore } from './datastore.js';
 import { resolveInside } from './paths.js';
+import { syncPath } from './durable.js';
 
 export const IMAGE_DISK = 'disk.img';
 const MANIFEST = 'manifest.json';
@@ -29,15 +30,6 @@ const MANIFEST = 'manifest.json';
 /** An image as listed: its manifest, and the bytes its disk takes on this host's file system. */
 export interface HeldImage extends ImageManifest {
   allocatedBytes: number;
-}
-
-async function syncPath(target: string): Promise<void> {
-  const handle = await open(target, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 export class ImageStore {

@@ -4,19 +4,11 @@
  * real datastore step, so it happens every time rather than once in a while.
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Agent } from '../../agent/agent.js';
+import { startInProcessAgent, type InProcessAgent } from '../in-process-agent.js';
 import { Datastore } from '../../agent/datastore/datastore.js';
-import { parseFaults } from '../../agent/faults.js';
-import { initChecksums } from '../../shared/checksum.js';
-import { createSocketPair } from '../../shared/frame-socket.js';
-import { createLogger } from '../../shared/log.js';
-import { controlOps } from '../../shared/protocol.js';
-import { RpcConnection } from '../../shared/rpc.js';
 
 let cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -25,19 +17,10 @@ afterEach(async () => {
   vi.restoreAllMocks();
 });
 
-async function startAgent(): Promise<{ agent: Agent; files: Datastore; dir: string; control: RpcConnection<Record<never, never>, typeof controlOps> }> {
-  await initChecksums();
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-races-'));
-  cleanup.push(() => rm(dir, { recursive: true, force: true }));
-  const files = new Datastore(dir);
-  const agent = new Agent({ name: 'host-a', capacityBytes: 64 * 1024 * 1024, faults: parseFaults(undefined), token: 'races-test-token-0123456789', log: createLogger('host-a', 'error'), datastore: files });
-  cleanup.push(() => agent.shutdown());
-  await agent.loadDatastore();
-  const [coordinatorEnd, agentEnd] = createSocketPair();
-  agent.serveControl(new RpcConnection(agentEnd, controlOps, {}));
-  const control = new RpcConnection(coordinatorEnd, {}, controlOps);
-  cleanup.push(async () => control.close());
-  return { agent, files, dir, control };
+async function startAgent(): Promise<InProcessAgent> {
+  const started = await startInProcessAgent();
+  cleanup.push(() => started.stop());
+  return started;
 }
 
 const pattern = { kind: 'pattern' as const, rate: 2000, wssPages: 64, seed: 9 };

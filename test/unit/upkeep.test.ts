@@ -4,18 +4,9 @@
  * file.
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Agent } from '../../agent/agent.js';
-import { Datastore } from '../../agent/datastore/datastore.js';
-import { parseFaults } from '../../agent/faults.js';
-import { initChecksums } from '../../shared/checksum.js';
-import { createSocketPair } from '../../shared/frame-socket.js';
-import { createLogger } from '../../shared/log.js';
-import { controlOps } from '../../shared/protocol.js';
-import { RpcConnection } from '../../shared/rpc.js';
+import { startInProcessAgent, type InProcessAgent } from '../in-process-agent.js';
 
 let cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -24,23 +15,10 @@ afterEach(async () => {
   vi.restoreAllMocks();
 });
 
-async function startAgent(): Promise<{ agent: Agent; dir: string; lines: { msg: string; level: string }[]; control: RpcConnection<Record<never, never>, typeof controlOps> }> {
-  await initChecksums();
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-upkeep-'));
-  cleanup.push(() => rm(dir, { recursive: true, force: true }));
-  const lines: { msg: string; level: string }[] = [];
-  const agent = new Agent({
-    name: 'host-a', capacityBytes: 64 * 1024 * 1024, faults: parseFaults(undefined), token: 'upkeep-test-token-0123456789',
-    log: createLogger('host-a', 'debug', (line) => void lines.push(JSON.parse(line))),
-    datastore: new Datastore(dir),
-  });
-  cleanup.push(() => agent.shutdown());
-  await agent.loadDatastore();
-  const [coordinatorEnd, agentEnd] = createSocketPair();
-  agent.serveControl(new RpcConnection(agentEnd, controlOps, {}));
-  const control = new RpcConnection(coordinatorEnd, {}, controlOps);
-  cleanup.push(async () => control.close());
-  return { agent, dir, lines, control };
+async function startAgent(): Promise<InProcessAgent> {
+  const started = await startInProcessAgent();
+  cleanup.push(() => started.stop());
+  return started;
 }
 
 const idle = { kind: 'idle' as const, rate: 0, wssPages: 1, seed: 1 };
