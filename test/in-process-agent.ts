@@ -4,6 +4,7 @@
  * loops) or slow one of its real steps; tests of the product as users run it start agent processes (harness.ts).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import { afterEach, vi } from 'vitest';
 import os from 'node:os';
 import path from 'node:path';
 import { Agent } from '../agent/agent.js';
@@ -51,4 +52,21 @@ export async function startInProcessAgent(): Promise<InProcessAgent> {
     throw error;
   }
   return { agent, files, dir, lines, control, stop };
+}
+
+/**
+ * For a test file: returns a `start` that makes an in-process agent, each stopped (and every mock restored) after the
+ * test that made it, even when the test fails.
+ */
+export function useInProcessAgents(): () => Promise<InProcessAgent> {
+  const running: InProcessAgent[] = [];
+  afterEach(async () => {
+    for (const started of running.splice(0).reverse()) await started.stop();
+    vi.restoreAllMocks();
+  });
+  return async () => {
+    const started = await startInProcessAgent();
+    running.push(started);
+    return started;
+  };
 }

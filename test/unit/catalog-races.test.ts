@@ -6,22 +6,11 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { afterEach, describe, expect, it, vi } from 'vitest';
-import { startInProcessAgent, type InProcessAgent } from '../in-process-agent.js';
+import { describe, expect, it, vi } from 'vitest';
+import { useInProcessAgents } from '../in-process-agent.js';
 import { Datastore } from '../../agent/datastore/datastore.js';
 
-let cleanup: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const step of cleanup.reverse()) await step();
-  cleanup = [];
-  vi.restoreAllMocks();
-});
-
-async function startAgent(): Promise<InProcessAgent> {
-  const started = await startInProcessAgent();
-  cleanup.push(() => started.stop());
-  return started;
-}
+const startAgent = useInProcessAgents();
 
 const pattern = { kind: 'pattern' as const, rate: 2000, wssPages: 64, seed: 9 };
 const codeOf = (attempt: Promise<unknown>): Promise<string> => attempt.then(() => 'ok', (error: { code: string }) => error.code);

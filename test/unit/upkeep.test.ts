@@ -5,21 +5,10 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it, vi } from 'vitest';
-import { startInProcessAgent, type InProcessAgent } from '../in-process-agent.js';
+import { describe, expect, it, vi } from 'vitest';
+import { useInProcessAgents } from '../in-process-agent.js';
 
-let cleanup: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const step of cleanup.reverse()) await step();
-  cleanup = [];
-  vi.restoreAllMocks();
-});
-
-async function startAgent(): Promise<InProcessAgent> {
-  const started = await startInProcessAgent();
-  cleanup.push(() => started.stop());
-  return started;
-}
+const startAgent = useInProcessAgents();
 
 const idle = { kind: 'idle' as const, rate: 0, wssPages: 1, seed: 1 };
 
