@@ -1,22 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { FerryError } from '../../shared/errors.js';
+import { badInput } from '../bad-input.js';
 import { formatBytes, formatDuration, formatRate, parseCount, parseDuration, parseRate, parseSize } from '../../shared/units.js';
-
-/** Runs `fn`, expects it to throw a FerryError with code FERRY_ERR_BAD_INPUT and a hint, and returns it. */
-function badInput(fn: () => unknown): FerryError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(FerryError);
-  const error = caught as FerryError;
-  expect(error.code).toBe('FERRY_ERR_BAD_INPUT');
-  expect(typeof error.hint).toBe('string');
-  expect(error.hint!.length).toBeGreaterThan(0);
-  return error;
-}
 
 describe('parseSize', () => {
   it('reads binary units as powers of 1024', () => {

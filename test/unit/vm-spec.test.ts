@@ -3,24 +3,16 @@
  * FERRY_ERR_BAD_INPUT that names the option, says the limit in words a person reads, and gives a hint.
  */
 import { describe, expect, it } from 'vitest';
+import { badInput } from '../bad-input.js';
 import { migrationOptions } from '../../coordinator/migrate-options.js';
 import { toVmRequest, type CreateOptions } from '../../coordinator/vm-spec.js';
-import { FerryError } from '../../shared/errors.js';
+import type { FerryError } from '../../shared/errors.js';
 import { controlOps, workloadSpecSchema } from '../../shared/protocol.js';
 
 const defaults: CreateOptions = { memory: '64MiB', workload: 'pattern', rate: '20000', seed: '1' };
 
 function refusal(fn: () => unknown): FerryError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(FerryError);
-  const error = caught as FerryError;
-  expect(error.code).toBe('FERRY_ERR_BAD_INPUT');
-  expect(error.hint?.length ?? 0).toBeGreaterThan(0);
+  const error = badInput(fn);
   // Never zod's own wording: a person reads these.
   expect(error.message).not.toMatch(/Too (big|small)|expected (number|int)|Invalid (input|option)/);
   return error;
