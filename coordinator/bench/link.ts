@@ -29,6 +29,10 @@ export interface Link {
   /** The shaped rate in bytes per second; undefined on loopback. */
   shapedBytesPerSec: number | undefined;
   endpoints: Endpoints;
+  /** The address the benchmark gives a service (kv) VM: one this link's agents serve in their address mode. */
+  vmAddress: string;
+  /** The network namespace a service's client runs in (undefined: this one). */
+  clientNetns: string | undefined;
   startAgents(capacity: string, workdir: string): Promise<BenchAgents>;
   teardown(): void;
 }
@@ -58,6 +62,8 @@ export function loopbackLink(): Link {
     name: 'loopback',
     shapedBytesPerSec: undefined,
     endpoints: { receiverHost: '127.0.0.1' },
+    vmAddress: '127.100.0.50',
+    clientNetns: undefined,
     startAgents: async (capacity, workdir) => {
       const agents = await startPair([{ name: 'host-a', host: '127.0.0.1' }, { name: 'host-b', host: '127.0.0.1' }], capacity, workdir);
       return {
@@ -122,6 +128,9 @@ export function shapedLink(rateText: string): Link {
     name: rateText,
     shapedBytesPerSec: bytesPerSec,
     endpoints: { receiverHost: DATA[1], receiverNetns: NS[1], senderNetns: NS[0] },
+    // Namespaces mode comes with the bridge and the client namespace; until then a service VM here is refused.
+    vmAddress: '10.213.0.50',
+    clientNetns: undefined,
     startAgents: async (capacity, workdir) => {
       const agents = await startPair([{ name: 'host-a', host: '0.0.0.0', netns: NS[0] }, { name: 'host-b', host: '0.0.0.0', netns: NS[1] }], capacity, workdir);
       return {
