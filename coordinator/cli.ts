@@ -482,10 +482,12 @@ Exit status is 0 only when committed.`)
 Scenarios are data: bench/scenarios.json. Each run starts two ferry-agent processes, creates the VM, lets it run,
 migrates it live, reads both agents' CPU time, and for pattern VMs checks the destination's memory by replay.
 Before the migrations, raw TCP is measured between the same endpoints (1 MiB writes, separate processes).
+Service scenarios (kv-*) migrate a kv VM back and forth under a UDP client: its outage beside downtime and blackout.
 
 Examples:
   ferry bench --scenario smoke --repeat 1
-  ferry bench --scenario idle-1g hot-1g --repeat 5 --out docs/bench`)
+  ferry bench --scenario idle-1g hot-1g --repeat 5 --out docs/bench
+  ferry bench --scenario kv-256m --repeat 1`)
     .action(async (raw: { scenario?: string[]; repeat: string; out?: string; link?: string; scenarios?: string; list?: boolean; json?: boolean }) => {
       if (raw.list) {
         for (const scenario of loadScenarios(raw.scenarios ?? defaultScenarioFile())) {
@@ -506,7 +508,8 @@ Examples:
       });
       if (raw.json) printJson(results);
       else process.stdout.write(toMarkdown(results));
-      const sound = results.runs.every((run) => run.outcome === 'committed' && run.verification?.match === true && run.replayMatches !== false);
+      const sound = results.runs.every((run) => run.outcome === 'committed' && run.verification?.match === true && run.replayMatches !== false)
+        && results.services.every((run) => run.migrations.every((migration) => migration.outcome === 'committed'));
       process.exitCode = sound ? ExitCode.OK : ExitCode.FAILED;
     });
 

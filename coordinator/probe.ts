@@ -90,12 +90,20 @@ export function parseAddress(address: string): { ip: string; port: number } {
   return { ip: match[1]!, port: Number(match[2]) };
 }
 
+/**
+ * Where the client socket binds: a loopback service is reached from 127.0.0.1 (the agents serve loopback addresses
+ * only to it), anything else from whichever interface routes there (a VM's address in another namespace).
+ */
+export function bindAddressFor(ip: string): string {
+  return ip.startsWith('127.') ? '127.0.0.1' : '0.0.0.0';
+}
+
 export async function runProbe(options: ProbeOptions): Promise<ProbeResult> {
   const { ip, port } = parseAddress(options.address);
   const keyCount = options.keys ?? 100;
   const prefix = options.keyPrefix ?? `probe${process.pid}`;
   const socket = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  await new Promise<void>((resolve) => socket.bind(0, bindAddressFor(ip), () => resolve()));
   // The replies to everything kept during a switchover come in one burst, more than the default receive buffer holds
   // (208 KiB, about 200 small datagrams): without room, the kernel drops them here and the probe blames the service.
   try {

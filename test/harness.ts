@@ -60,6 +60,37 @@ export function runFerry(args: string[], env: Record<string, string> = {}): Prom
   });
 }
 
+/**
+ * Runs the CLI as the leader of a process group of its own, for commands that start processes of their own
+ * (`ferry bench`: agents, raw-TCP ends, probes). `stop()` kills the whole group, whatever is left of it: a test that
+ * fails or times out leaves nothing running.
+ */
+export function runFerryGroup(args: string[]): { result: Promise<CliResult>; stop(): void } {
+  const child = spawn(process.execPath, [ferryEntry, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+  child.stderr!.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  const result = new Promise<CliResult>((resolve) => {
+    child.once('close', (code) => resolve({
+      code: code ?? 1,
+      stdout,
+      stderr,
+      json: () => JSON.parse(stdout),
+    }));
+  });
+  return {
+    result,
+    stop: () => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // the group is gone already
+      }
+    },
+  };
+}
+
 /** Starts the CLI without waiting for it, for tests that kill it midway. */
 export function spawnFerry(args: string[], env: Record<string, string> = {}): ChildProcess {
   return spawn(process.execPath, [ferryEntry, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });

@@ -4,10 +4,8 @@
  * iperf3's figure too where iperf3 is installed.
  */
 import { spawnSync } from 'node:child_process';
-import path from 'node:path';
 import { PAGES_PER_FRAME, PAGE_SIZE } from '../../shared/constants.js';
-import { nodeCommand, startJsonLines } from './processes.js';
-import { projectRoot } from './scenarios.js';
+import { benchScript, nodeCommand, startJsonLines } from './processes.js';
 import { median } from './stats.js';
 
 export interface Endpoints {
@@ -30,7 +28,7 @@ export interface RawTcpResult {
 const GiB = 1024 ** 3;
 
 async function sample(endpoints: Endpoints, bytes: number, writeBytes: number): Promise<{ bytesPerSec: number; cpuMs: number }> {
-  const script = path.join(projectRoot(), 'dist', 'coordinator', 'bench', 'tcp-probe.js');
+  const script = benchScript('tcp-probe');
   const receiver = startJsonLines(...nodeCommand(script, ['serve', endpoints.receiverHost], endpoints.receiverNetns));
   try {
     const { port } = await receiver.next<{ port: number }>('ready');

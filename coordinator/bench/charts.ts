@@ -8,6 +8,7 @@ import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import type { RawTcpResult } from './baseline.js';
 import type { RunResult } from './runner.js';
+import type { ServiceRun } from './service.js';
 import type { ScenarioSummary } from './summary.js';
 
 const MiB = 1024 ** 2;
@@ -101,12 +102,49 @@ function specs(runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpRe
   return charts;
 }
 
+/**
+ * Service runs: per migration, the client-observed outage beside the host downtime and the guest blackout, grouped;
+ * one panel per scenario, migrations numbered across its repeats.
+ */
+function serviceSpecs(services: ServiceRun[]): Record<string, TopLevelSpec> {
+  const series = ['client-observed outage', 'host downtime', 'guest blackout'];
+  const values = services.flatMap((run) => run.migrations.flatMap((migration) => {
+    const label = `${run.repeat}.${migration.index}`;
+    return [migration.outageMs, migration.downtimeMs, migration.guestBlackoutMs]
+      .map((ms, i) => ({ scenario: run.scenario, migration: label, series: series[i], ms }))
+      .filter((value) => Number.isFinite(value.ms));
+  }));
+  if (values.length === 0) return {};
+  return {
+    'service-outage': {
+      $schema: base.$schema,
+      background: base.background,
+      title: 'Per migration: client-observed outage, host downtime, guest blackout',
+      data: { values },
+      facet: { row: { field: 'scenario', type: 'nominal', title: null } },
+      spec: {
+        // A step per migration, not a fixed width: the three bars of a migration stay readable however many there are.
+        width: { step: 48 },
+        height: 200,
+        mark: 'bar',
+        encoding: {
+          x: { field: 'migration', type: 'ordinal', sort: null, title: 'migration (run.migration)', axis: { labelAngle: 0 } },
+          xOffset: { field: 'series', type: 'nominal', sort: series },
+          y: { field: 'ms', type: 'quantitative', title: 'ms' },
+          color: { field: 'series', type: 'nominal', sort: series, title: null, legend: { labelLimit: 300 } },
+        },
+      },
+      resolve: { scale: { x: 'independent' } },
+    },
+  };
+}
+
 /** Writes DIR/charts/NAME.svg (and .png); returns the file names written, for the report to link. */
-export async function writeCharts(dir: string, runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult): Promise<string[]> {
+export async function writeCharts(dir: string, runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult, services: ServiceRun[] = []): Promise<string[]> {
   const folder = path.join(dir, 'charts');
   await mkdir(folder, { recursive: true });
   const written: string[] = [];
-  for (const [name, spec] of Object.entries(specs(runs, summaries, rawTcp))) {
+  for (const [name, spec] of Object.entries({ ...specs(runs, summaries, rawTcp), ...serviceSpecs(services) })) {
     const svg = await render(spec);
     await writeFile(path.join(folder, `${name}.svg`), svg);
     written.push(`${name}.svg`);

@@ -12,9 +12,10 @@ import { writeCharts } from './charts.js';
 import { describeEnvironment } from './environment.js';
 import { loopbackLink, shapedLink, type Link } from './link.js';
 import { writeResults, type BenchResults } from './output.js';
-import { benchWorkdir, measureBaseline, runScenario, type RunResult } from './runner.js';
+import { benchWorkdir, measureBaseline, runScenario, type BenchContext, type RunResult } from './runner.js';
 import { defaultScenarioFile, loadScenarios, selectScenarios, type Scenario } from './scenarios.js';
-import { checkTargets, summarize } from './summary.js';
+import { runServiceScenario, stepsOf, type ServiceRun } from './service.js';
+import { checkTargets, summarize, summarizeService, type ServiceSummary } from './summary.js';
 
 export interface BenchOptions {
   scenarios?: string[];
@@ -37,9 +38,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const runs: RunResult[] = [];
   const baselines: Record<string, RawTcpResult> = {};
   const summaries: BenchResults['summaries'] = [];
+  const services: ServiceRun[] = [];
+  const serviceSummaries: ServiceSummary[] = [];
   const workdir = benchWorkdir();
   const stream = options.stream ?? process.stderr;
-  const progress = runProgress(selected.length * options.repeat, stream);
+  const progress = runProgress(selected.reduce((total, scenario) => total + stepsOf(scenario), 0) * options.repeat, stream);
   try {
     for (const wanted of linkNames) {
       let link: Link;
@@ -55,11 +58,19 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
         const rawTcp = await measureBaseline(link, smoke);
         baselines[link.name] = rawTcp;
         progress.log(`raw TCP on ${link.name}: ${formatRate(rawTcp.bytesPerSec)}`);
+        const context: BenchContext = { link, rawTcp, workdir, onStep: (label) => progress.step(label), onNote: (line) => progress.log(line) };
         for (const scenario of selected.filter((entry) => linkOf(entry) === wanted)) {
+          if (scenario.service) {
+            const scenarioRuns: ServiceRun[] = [];
+            for (let repeat = 1; repeat <= options.repeat; repeat++) scenarioRuns.push(await runServiceScenario(scenario, repeat, context));
+            services.push(...scenarioRuns);
+            serviceSummaries.push(summarizeService(scenario, scenarioRuns));
+            continue;
+          }
           const scenarioRuns: RunResult[] = [];
           for (let repeat = 1; repeat <= options.repeat; repeat++) {
             progress.step(`${scenario.name} #${repeat}`);
-            scenarioRuns.push(await runScenario(scenario, repeat, { link, rawTcp, workdir }));
+            scenarioRuns.push(await runScenario(scenario, repeat, context));
           }
           runs.push(...scenarioRuns);
           summaries.push(summarize(scenario, scenarioRuns, rawTcp));
@@ -74,18 +85,20 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   }
 
   const results: BenchResults = {
-    environment: describeEnvironment([...new Set(runs.map((run) => run.link))].join(', ')),
+    environment: describeEnvironment([...new Set([...runs, ...services].map((run) => run.link))].join(', ')),
     command: options.command,
     repeat: options.repeat,
     baselines,
     summaries,
     targets: checkTargets(summaries),
     runs,
+    services,
+    serviceSummaries,
     charts: [],
   };
   const out = options.out ?? path.join(process.cwd(), 'bench-results', new Date().toISOString().replace(/[:.]/g, '-'));
   const loopbackBaseline = baselines.loopback ?? Object.values(baselines)[0];
-  if (loopbackBaseline) results.charts = await writeCharts(out, runs, summaries, loopbackBaseline);
+  if (loopbackBaseline) results.charts = await writeCharts(out, runs, summaries, loopbackBaseline, services);
   await writeResults(out, results);
   stream.write(`results in ${out}${os.EOL}${os.EOL}`);
   return results;

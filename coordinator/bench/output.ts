@@ -7,7 +7,8 @@ import { formatBytes, formatRate } from '../../shared/units.js';
 import type { RawTcpResult } from './baseline.js';
 import type { Environment } from './environment.js';
 import type { RunResult } from './runner.js';
-import type { ScenarioSummary, TargetCheck } from './summary.js';
+import type { ServiceMigration, ServiceRun } from './service.js';
+import type { ScenarioSummary, ServiceSummary, TargetCheck } from './summary.js';
 import type { Spread } from './stats.js';
 
 export interface BenchResults {
@@ -19,6 +20,9 @@ export interface BenchResults {
   summaries: ScenarioSummary[];
   targets: TargetCheck[];
   runs: RunResult[];
+  /** Service scenarios: a run per repeat, each with its migrations under the probe and its steady rates. */
+  services: ServiceRun[];
+  serviceSummaries: ServiceSummary[];
   charts: string[];
 }
 
@@ -57,14 +61,48 @@ const csvColumns: [string, (run: RunResult) => string | number | undefined][] = 
   ['error', (run) => run.error],
 ];
 
+/**
+ * A service migration is a row of its own: the columns it shares with a run (scenario to guest blackout, error)
+ * filled, the pre-copy ones empty, and these after them; a plain run leaves these empty.
+ */
+const serviceCsvColumns: [string, (migration: ServiceMigration, run: ServiceRun) => string | number | undefined][] = [
+  ['scenario', (_m, run) => run.scenario],
+  ['repeat', (_m, run) => run.repeat],
+  ['link', (_m, run) => run.link],
+  ['outcome', (m) => m.outcome],
+  ['memory_bytes', (_m, run) => run.memoryBytes],
+  ['total_time_ms', (m) => m.totalTimeMs.toFixed(2)],
+  ['downtime_ms', (m) => m.downtimeMs.toFixed(3)],
+  ['guest_blackout_ms', (m) => m.guestBlackoutMs.toFixed(3)],
+  ['error', (m) => m.error],
+  ['migration', (m) => m.index],
+  ['from', (m) => m.from],
+  ['to', (m) => m.to],
+  ['service_rate_per_sec', (_m, run) => run.rate],
+  ['outage_ms', (m) => m.outageMs.toFixed(3)],
+  ['outage_at_ms', (m) => m.outageAtMs.toFixed(1)],
+  ['pause_at_ms', (m) => m.pauseAtMs?.toFixed(1)],
+  ['serving_after_pause_ms', (m) => m.servingAfterPauseMs?.toFixed(3)],
+  ['forwarded', (m) => m.forwarded],
+  ['announcements', (m) => m.announcements],
+  ['requests_sent', (m) => m.sent],
+  ['requests_unanswered', (m) => m.unanswered],
+  ['writes_lost', (m) => m.lostWrites],
+  ['retries', (m) => m.retries],
+  ['p99_ms', (m) => m.p99Ms.toFixed(3)],
+];
+
 function csvCell(value: string | number | undefined): string {
   const text = value === undefined ? '' : String(value);
   return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
-export function toCsv(runs: RunResult[]): string {
-  const header = csvColumns.map(([name]) => name).join(',');
-  return [header, ...runs.map((run) => csvColumns.map(([, pick]) => csvCell(pick(run))).join(','))].join('\n') + '\n';
+export function toCsv(runs: RunResult[], services: ServiceRun[] = []): string {
+  const header = [...new Set([...csvColumns, ...serviceCsvColumns].map(([name]) => name))];
+  const line = (cells: Map<string, string | number | undefined>): string => header.map((name) => csvCell(cells.get(name))).join(',');
+  const runLines = runs.map((run) => line(new Map(csvColumns.map(([name, pick]) => [name, pick(run)]))));
+  const serviceLines = services.flatMap((run) => run.migrations.map((migration) => line(new Map(serviceCsvColumns.map(([name, pick]) => [name, pick(migration, run)])))));
+  return [header.join(','), ...runLines, ...serviceLines].join('\n') + '\n';
 }
 
 const num = (value: number, digits = 1): string => (Number.isFinite(value) ? value.toFixed(digits) : '-');
@@ -84,14 +122,31 @@ export function toMarkdown(results: BenchResults): string {
       `${num(rawTcp.cpuMsPerGiB)} ms of CPU per GiB (both ends)` +
       (rawTcp.iperf3BitsPerSec ? `; iperf3: ${(rawTcp.iperf3BitsPerSec / 1e9).toFixed(2)} Gbit/s.` : '; iperf3 not installed.'), '');
   }
-  lines.push(`Medians over ${results.repeat} runs per scenario, (min–max) beside them. Every run starts two fresh agent processes. ` +
+  if (results.summaries.length > 0) lines.push(...runTable(results.summaries, results.repeat));
+  if (results.targets.length > 0) {
+    lines.push('## Targets', '', '| what | target | measured (median) | met |', '|---|---|---|---|');
+    for (const target of results.targets) lines.push(targetRow(target));
+    lines.push('');
+  }
+  if (results.serviceSummaries.length > 0) lines.push(...serviceSection(results.serviceSummaries));
+  if (results.charts.length > 0) {
+    lines.push('## Charts', '');
+    for (const chart of results.charts) lines.push(`![${chart}](charts/${chart})`, '');
+  }
+  return lines.join('\n');
+}
+
+const targetRow = (target: TargetCheck, first = ''): string => `| ${first}${target.what} | ${target.target} | ${target.measured} | ${target.met ? 'yes' : '**no**'} |`;
+
+function runTable(summaries: ScenarioSummary[], repeat: number): string[] {
+  const lines: string[] = [];
+  lines.push(`Medians over ${repeat} runs per scenario, (min–max) beside them. Every run starts two fresh agent processes. ` +
     'The model column is the pre-copy model (coordinator/bench/model.ts) given round-1 throughput and the dirty rate the vCPU achieved; ' +
     'it predicts stages 2-3, and the stages it does not model (checks, reservation, commit, activation) are added as measured. ' +
     'Its error on stages 2-3 alone is the last figure.', '');
-
   lines.push('| scenario | link | dirty rate, % of link (achieved) | round-1 throughput MiB/s (% raw TCP) | total time ms | downtime ms | guest blackout ms | rounds | stop | sent / memory | CPU ms/GiB (x raw TCP) | model: total ms (error; stages 2-3 error) | verified |');
   lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
-  for (const s of results.summaries) {
+  for (const s of summaries) {
     const dirty = s.dirtyRateOfLink !== undefined
       ? `${num(s.dirtyRateOfLink * 100, 0)} % (${num(s.achievedDirtyRateOfLink.median * 100, 1)} %)`
       : s.dirtyRatePagesPerSec > 0 ? `${s.dirtyRatePagesPerSec} writes/s (${num(s.achievedDirtyRateOfLink.median * 100, 1)} %)` : 'idle';
@@ -100,21 +155,41 @@ export function toMarkdown(results: BenchResults): string {
     lines.push(`| ${s.scenario} | ${s.link} | ${dirty} | ${num(s.round1ThroughputBytesPerSec.median / 1024 ** 2, 0)} (${num(s.fractionOfRawTcp.median * 100, 1)} %) | ${withSpread(s.totalTimeMs, 0)} | ${withSpread(s.downtimeMs, 2)} | ${withSpread(s.guestBlackoutMs, 2)} | ${withSpread(s.rounds, 0)} | ${stops || '-'} | ${num(s.bytesSentOverMemory.median, 2)} | ${num(s.cpuMsPerGiB.median, 0)} (${num(s.cpuVersusRawTcp.median, 2)} x) | ${num(s.predictedTotalTimeMs.median, 0)} (${num(s.modelErrorTotalTime.median * 100, 1)} %; ${num(s.modelErrorTransferTime.median * 100, 1)} %) | ${verified}${s.committed < s.runs ? `, ${s.runs - s.committed} not committed` : ''} |`);
   }
   lines.push('');
-  if (results.targets.length > 0) {
-    lines.push('## Targets', '', '| what | target | measured (median) | met |', '|---|---|---|---|');
-    for (const target of results.targets) lines.push(`| ${target.what} | ${target.target} | ${target.measured} | ${target.met ? 'yes' : '**no**'} |`);
+  return lines;
+}
+
+const int = (value: number): string => (Number.isFinite(value) ? Math.round(value).toLocaleString('en-US') : '-');
+
+function serviceSection(summaries: ServiceSummary[]): string[] {
+  const lines: string[] = ['## Service', ''];
+  lines.push('A kv VM serving its address while it migrates back and forth between the two agents with default options, ' +
+    'each migration under a probe (a UDP client in its own process, half PUT, half GET, retrying what goes unanswered) ' +
+    'from shortly before to shortly after it. Outage: the longest gap between two replies the client saw. ' +
+    'Downtime: vCPU paused on the source until running on the destination. Blackout: the gap in the guest\'s heartbeat. ' +
+    'Medians over every migration, (min–max) beside them; unanswered requests and lost writes are totals.', '');
+  lines.push('| scenario | link | memory | requests/s | migrations (committed) | outage ms | downtime ms | guest blackout ms | outage − downtime ms | serving after pause ms | forwarded | unanswered | writes lost |');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const s of summaries) {
+    lines.push(`| ${s.scenario} | ${s.link} | ${formatBytes(s.memoryBytes)} | ${int(s.rate)} | ${s.migrations} (${s.committed}) | ${withSpread(s.outageMs, 2)} | ${withSpread(s.downtimeMs, 2)} | ${withSpread(s.guestBlackoutMs, 2)} | ${withSpread(s.outageOverDowntimeMs, 2)} | ${withSpread(s.servingAfterPauseMs, 2)} | ${withSpread(s.forwarded, 0)} | ${s.unanswered} | ${s.lostWrites} |`);
+  }
+  lines.push('', '### Service targets', '', '| scenario: what | target | measured | met |', '|---|---|---|---|');
+  for (const s of summaries) for (const target of s.targets) lines.push(targetRow(target, `${s.scenario}: `));
+  lines.push('');
+  const steady = summaries.filter((s) => s.steady.length > 0);
+  if (steady.length > 0) {
+    lines.push('### Outside migration', '', 'The probe at each rate in turn (medians over the runs; the probe shares the machine with the agents).', '');
+    lines.push('| scenario | rate asked | sent | answered/s | unanswered | retries | p50 ms | p99 ms | p99.9 ms | max ms |', '|---|---|---|---|---|---|---|---|---|---|');
+    for (const s of steady) {
+      for (const r of s.steady) lines.push(`| ${s.scenario} | ${int(r.rate)}/s | ${int(r.sent)} | ${int(r.answeredPerSec)} | ${r.unanswered} | ${r.retries} | ${num(r.p50Ms, 3)} | ${num(r.p99Ms, 3)} | ${num(r.p999Ms, 3)} | ${num(r.maxMs, 3)} |`);
+    }
     lines.push('');
   }
-  if (results.charts.length > 0) {
-    lines.push('## Charts', '');
-    for (const chart of results.charts) lines.push(`![${chart}](charts/${chart})`, '');
-  }
-  return lines.join('\n');
+  return lines;
 }
 
 export async function writeResults(dir: string, results: BenchResults): Promise<void> {
   await mkdir(dir, { recursive: true });
   await writeFile(path.join(dir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  await writeFile(path.join(dir, 'runs.csv'), toCsv(results.runs));
+  await writeFile(path.join(dir, 'runs.csv'), toCsv(results.runs, results.services));
   await writeFile(path.join(dir, 'summary.md'), toMarkdown(results));
 }

@@ -3,13 +3,20 @@
  * lines it prints.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { projectRoot } from './scenarios.js';
 
 export interface JsonLineProcess {
   child: ChildProcess;
-  /** Resolves with the first JSON line whose `event` is `event`. */
+  /** Resolves with the first JSON line whose `event` is `event` (also one printed just before the child exited). */
   next<T>(event: string, timeoutMs?: number): Promise<T>;
   stop(): Promise<void>;
+}
+
+/** The compiled benchmark helper `name` (tcp-probe, service-probe), run as a script of its own. */
+export function benchScript(name: string): string {
+  return path.join(projectRoot(), 'dist', 'coordinator', 'bench', `${name}.js`);
 }
 
 /** `ip netns exec NS node ...` when `netns` is given, else `node ...`. */
@@ -38,8 +45,11 @@ export function startJsonLines(command: string, args: string[]): JsonLineProcess
       for (const wake of waiters.splice(0)) wake();
     }
   });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  // 'close', not 'exit': a child's last lines may still be in its stdout pipe when it exits.
+  let closed = false;
+  const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
   void exited.then(() => {
+    closed = true;
     for (const wake of waiters.splice(0)) wake();
   });
   return {
@@ -49,7 +59,7 @@ export function startJsonLines(command: string, args: string[]): JsonLineProcess
       for (;;) {
         const found = lines.find((line) => line.event === event);
         if (found) return found as T;
-        if (child.exitCode !== null || child.signalCode !== null) {
+        if (closed) {
           throw new FerryError(ErrorCode.INTERNAL, `${command} ${args.join(' ')} exited before "${event}": ${stderr.trim()}`);
         }
         if (Date.now() > deadline) throw new FerryError(ErrorCode.TIMEOUT, `no "${event}" from ${args.join(' ')} within ${timeoutMs} ms`);

@@ -8,14 +8,14 @@ import path from 'node:path';
 import { PAGE_SIZE, STOP_RULES } from '../../shared/constants.js';
 import type { HostInfo, StopReason, Verification, WorkloadSpec } from '../../shared/protocol.js';
 import { parseDuration, parseRate, parseSize } from '../../shared/units.js';
-import type { Cluster, HostEntry } from '../cluster.js';
+import type { HostEntry } from '../cluster.js';
 import { withHost } from '../connect.js';
 import { readMemory } from '../dump.js';
 import { migrateLive } from '../migrate.js';
 import { checkPattern } from '../pattern-check.js';
 import type { MigrationReport } from '../report.js';
 import { measureRawTcp, type RawTcpResult } from './baseline.js';
-import type { Link } from './link.js';
+import type { BenchAgents, Link } from './link.js';
 import { predictPreCopy, type ModelPrediction } from './model.js';
 import type { Scenario } from './scenarios.js';
 
@@ -63,7 +63,10 @@ export interface BenchContext {
   link: Link;
   rawTcp: RawTcpResult;
   workdir: string;
-  onRunStart?: (scenario: Scenario, repeat: number) => void;
+  /** A step of a run under way (a migration of a service scenario), for the progress display. */
+  onStep?: (label: string) => void;
+  /** A line about a finished step, for the progress display. */
+  onNote?: (line: string) => void;
 }
 
 export function linkRateFor(scenario: Scenario, link: Link, rawTcp: RawTcpResult): number {
@@ -92,17 +95,26 @@ async function cpuOf(host: HostEntry): Promise<HostInfo['cpu']> {
 
 const relativeError = (measured: number, predicted: number): number => (predicted > 0 ? (measured - predicted) / predicted : Number.NaN);
 
+/** Two fresh agents with room for the scenario's VM, for the length of `body`; stopped and their files gone after. */
+export async function withRunAgents<T>(scenario: Scenario, repeat: number, context: BenchContext, body: (bench: BenchAgents, hosts: [HostEntry, HostEntry]) => Promise<T>): Promise<T> {
+  const workdir = path.join(context.workdir, `${scenario.name}-${repeat}`);
+  await mkdir(workdir, { recursive: true });
+  const capacity = `${Math.ceil((parseSize(scenario.memory) * 1.5) / 1024 ** 2)}MiB`;
+  const bench = await context.link.startAgents(capacity, workdir);
+  try {
+    return await body(bench, bench.cluster.hosts as [HostEntry, HostEntry]);
+  } finally {
+    await bench.stop();
+    await rm(workdir, { recursive: true, force: true });
+  }
+}
+
 export async function runScenario(scenario: Scenario, repeat: number, context: BenchContext): Promise<RunResult> {
   const { link, rawTcp } = context;
   const memoryBytes = parseSize(scenario.memory);
   const linkRate = linkRateFor(scenario, link, rawTcp);
   const workload = workloadFor(scenario, linkRate);
-  const workdir = path.join(context.workdir, `${scenario.name}-${repeat}`);
-  await mkdir(workdir, { recursive: true });
-  const capacity = `${Math.ceil((memoryBytes * 1.5) / 1024 ** 2)}MiB`;
-  const bench = await link.startAgents(capacity, workdir);
-  try {
-    const [hostA, hostB] = bench.cluster.hosts as [Cluster['hosts'][number], Cluster['hosts'][number]];
+  return withRunAgents(scenario, repeat, context, async (bench, [hostA, hostB]) => {
     await withHost(hostA, (client) => client.request('vm.create', { name: 'bench', memoryBytes, workload, prealloc: scenario.prealloc }));
     await new Promise((resolve) => setTimeout(resolve, parseDuration(scenario.warmup)));
 
@@ -185,10 +197,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
         rounds: report.rounds.length - prediction.rounds.length,
       },
     };
-  } finally {
-    await bench.stop();
-    await rm(workdir, { recursive: true, force: true });
-  }
+  });
 }
 
 export async function measureBaseline(link: Link, smoke: boolean): Promise<RawTcpResult> {

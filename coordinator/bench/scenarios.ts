@@ -8,6 +8,21 @@ import { z } from 'zod';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { verifyModeSchema, workloadKindSchema } from '../../shared/protocol.js';
 
+/**
+ * A service scenario: the kv VM serves its address while a client probes it, across `migrations` live migrations
+ * back and forth between the two agents, each under a probe from `margin` before to `margin` after it.
+ */
+export const serviceSchema = z.object({
+  /** Requests a second the client sends during each migration. */
+  rate: z.number().int().min(1).max(200_000),
+  migrations: z.number().int().min(1).max(1000),
+  /** How long the probe runs before each migration starts and after it ends. */
+  margin: z.string().default('1.5s'),
+  /** Outside migration: the probe at each of these rates in turn, `duration` each; none when left out. */
+  steady: z.object({ rates: z.array(z.number().int().min(1).max(200_000)).min(1), duration: z.string().default('3s') }).strict().optional(),
+}).strict();
+export type ServiceSpec = z.infer<typeof serviceSchema>;
+
 export const scenarioSchema = z.object({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/),
   description: z.string(),
@@ -35,6 +50,8 @@ export const scenarioSchema = z.object({
   warmup: z.string().default('1s'),
   /** A small scenario that proves the benchmark works, for CI. */
   smoke: z.boolean().default(false),
+  /** A client of the VM's service across migrations (kv VMs only); see serviceSchema. */
+  service: serviceSchema.optional(),
 });
 export type Scenario = z.infer<typeof scenarioSchema>;
 
@@ -72,8 +89,13 @@ export function loadScenarios(file: string): Scenario[] {
   for (const scenario of parsed.data.scenarios) {
     if (names.has(scenario.name)) throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} appears twice`, 'give each scenario its own name');
     names.add(scenario.name);
-    if ((scenario.rate === undefined) === (scenario.dirtyRateOfLink === undefined) && scenario.workload !== 'idle') {
+    // idle and kv VMs write no pattern of their own: they take no dirty rate.
+    const writes = scenario.workload !== 'idle' && scenario.workload !== 'kv';
+    if (writes && (scenario.rate === undefined) === (scenario.dirtyRateOfLink === undefined)) {
       throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} needs exactly one of rate and dirtyRateOfLink`, 'rate is page writes per second; dirtyRateOfLink a fraction of the link');
+    }
+    if (scenario.service && scenario.workload !== 'kv') {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} has a service but runs ${scenario.workload}`, 'only a kv VM serves requests: give it "workload": "kv"');
     }
   }
   return parsed.data.scenarios;

@@ -6,6 +6,7 @@ import type { StopReason } from '../../shared/protocol.js';
 import type { RawTcpResult } from './baseline.js';
 import type { RunResult } from './runner.js';
 import type { Scenario } from './scenarios.js';
+import type { ServiceMigration, ServiceRun, SteadySample } from './service.js';
 import { spread, type Spread } from './stats.js';
 
 export interface ScenarioSummary {
@@ -121,4 +122,95 @@ export function checkTargets(summaries: ScenarioSummary[]): TargetCheck[] {
     checks.push({ what: 'dirty rate above the link', target: 'ends within the caps and says why', measured: `${over.committed}/${over.runs} committed, ${capped} ended by a cap`, met: over.committed === over.runs && capped === over.runs });
   }
   return checks;
+}
+
+/** A service scenario over its runs: every migration of every repeat counts as one sample. */
+export interface ServiceSummary {
+  scenario: string;
+  description: string;
+  link: string;
+  runs: number;
+  memoryBytes: number;
+  rate: number;
+  migrations: number;
+  committed: number;
+  outageMs: Spread;
+  downtimeMs: Spread;
+  guestBlackoutMs: Spread;
+  /** Outage minus downtime, migration by migration: what the switchover adds on top of the pause. */
+  outageOverDowntimeMs: Spread;
+  servingAfterPauseMs: Spread;
+  forwarded: Spread;
+  unanswered: number;
+  lostWrites: number;
+  /** Per rate asked outside migration: medians over the runs, unanswered and lost summed. */
+  steady: SteadySample[];
+  targets: TargetCheck[];
+}
+
+/** The issue's targets for a service, on loopback, at 1,000 requests/s. */
+export const SERVICE_TARGETS = { outageOverDowntimeMs: 5, outageMs: 15, servedPerSec: 20_000, p99Ms: 2, p99AtRate: 1000 } as const;
+
+function summarizeSteady(runs: ServiceRun[]): SteadySample[] {
+  const rates = [...new Set(runs.flatMap((run) => run.steady.map((sample) => sample.rate)))];
+  return rates.map((rate) => {
+    const samples = runs.flatMap((run) => run.steady.filter((sample) => sample.rate === rate));
+    const mid = (pick: (sample: SteadySample) => number): number => spread(samples.map(pick)).median;
+    const sum = (pick: (sample: SteadySample) => number): number => samples.reduce((total, sample) => total + pick(sample), 0);
+    return {
+      rate, durationMs: mid((s) => s.durationMs), sent: mid((s) => s.sent), answered: mid((s) => s.answered), answeredPerSec: mid((s) => s.answeredPerSec),
+      unanswered: sum((s) => s.unanswered), retries: sum((s) => s.retries), lostWrites: sum((s) => s.lostWrites),
+      p50Ms: mid((s) => s.p50Ms), p99Ms: mid((s) => s.p99Ms), p999Ms: mid((s) => s.p999Ms), maxMs: mid((s) => s.maxMs),
+    };
+  });
+}
+
+/**
+ * The highest rate asked outside migration at which the VM answered every request and kept up (answered at least
+ * 99 % of what the rate asks for: the probe's first and last instants send a request or two fewer).
+ */
+export function servedRate(steady: SteadySample[]): SteadySample | undefined {
+  return steady.filter((sample) => sample.unanswered === 0 && sample.answeredPerSec >= 0.99 * sample.rate).sort((a, b) => b.rate - a.rate)[0];
+}
+
+function serviceTargets(summary: Omit<ServiceSummary, 'targets'>): TargetCheck[] {
+  const t = SERVICE_TARGETS;
+  const checks: TargetCheck[] = [
+    { what: 'client-observed outage - host downtime', target: `<= ${t.outageOverDowntimeMs} ms (median)`, measured: ms(summary.outageOverDowntimeMs.median), met: summary.outageOverDowntimeMs.median <= t.outageOverDowntimeMs },
+    { what: 'client-observed outage', target: `<= ${t.outageMs} ms (median)`, measured: ms(summary.outageMs.median), met: summary.outageMs.median <= t.outageMs },
+    { what: `requests never answered, ${summary.migrations} migrations`, target: '0', measured: String(summary.unanswered), met: summary.unanswered === 0 },
+    { what: `acknowledged writes lost, ${summary.migrations} migrations`, target: '0', measured: String(summary.lostWrites), met: summary.lostWrites === 0 },
+  ];
+  if (summary.steady.length > 0) {
+    const served = servedRate(summary.steady);
+    checks.push({ what: 'served outside migration, every request answered', target: `>= ${t.servedPerSec.toLocaleString('en-US')} requests/s`, measured: served ? `${served.rate.toLocaleString('en-US')}/s (${Math.round(served.answeredPerSec).toLocaleString('en-US')} answered/s)` : 'none', met: (served?.rate ?? 0) >= t.servedPerSec });
+  }
+  const slow = summary.steady.find((sample) => sample.rate === t.p99AtRate);
+  if (slow) checks.push({ what: `p99 latency at ${t.p99AtRate.toLocaleString('en-US')} requests/s outside migration`, target: `<= ${t.p99Ms} ms`, measured: ms(slow.p99Ms), met: slow.p99Ms <= t.p99Ms });
+  return checks;
+}
+
+export function summarizeService(scenario: Scenario, runs: ServiceRun[]): ServiceSummary {
+  const migrations = runs.flatMap((run) => run.migrations);
+  const of = (pick: (migration: ServiceMigration) => number | undefined): Spread => spread(migrations.map((migration) => pick(migration) ?? Number.NaN));
+  const summary = {
+    scenario: scenario.name,
+    description: scenario.description,
+    link: runs[0]?.link ?? scenario.link,
+    runs: runs.length,
+    memoryBytes: runs[0]?.memoryBytes ?? 0,
+    rate: scenario.service?.rate ?? 0,
+    migrations: migrations.length,
+    committed: migrations.filter((migration) => migration.outcome === 'committed').length,
+    outageMs: of((m) => m.outageMs),
+    downtimeMs: of((m) => m.downtimeMs),
+    guestBlackoutMs: of((m) => m.guestBlackoutMs),
+    outageOverDowntimeMs: of((m) => m.outageMs - m.downtimeMs),
+    servingAfterPauseMs: of((m) => m.servingAfterPauseMs),
+    forwarded: of((m) => m.forwarded),
+    unanswered: migrations.reduce((total, migration) => total + migration.unanswered, 0),
+    lostWrites: migrations.reduce((total, migration) => total + migration.lostWrites, 0),
+    steady: summarizeSteady(runs),
+  };
+  return { ...summary, targets: serviceTargets(summary) };
 }

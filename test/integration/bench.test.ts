@@ -6,19 +6,28 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { runFerry } from '../harness.js';
+import { runFerry, runFerryGroup, type CliResult } from '../harness.js';
 
 let dir: string | undefined;
+const groups: { stop(): void }[] = [];
 afterEach(async () => {
+  for (const group of groups.splice(0)) group.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
   dir = undefined;
 });
+
+/** `ferry bench ARGS`, with everything it starts stopped after the test even when the test fails. */
+function bench(args: string[]): Promise<CliResult> {
+  const group = runFerryGroup(['bench', ...args]);
+  groups.push(group);
+  return group.result;
+}
 
 describe('ferry bench', () => {
   it('runs the smoke scenario and writes JSON, CSV, Markdown and charts that agree with each other', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
     const out = path.join(dir, 'results');
-    const result = await runFerry(['bench', '--scenario', 'smoke', '--repeat', '2', '--out', out, '--json']);
+    const result = await bench(['--scenario', 'smoke', '--repeat', '2', '--out', out, '--json']);
     expect(result.code, result.stderr).toBe(0);
     const results = result.json();
     expect(JSON.parse(readFileSync(path.join(out, 'results.json'), 'utf8'))).toEqual(results);
@@ -56,6 +65,43 @@ describe('ferry bench', () => {
     }
     expect(results.charts).toEqual(expect.arrayContaining(['bytes-per-round.svg', 'throughput-vs-raw-tcp.svg', 'measured-vs-predicted.svg']));
     expect(existsSync(path.join(out, 'charts', 'bytes-per-round.png'))).toBe(true);
+  });
+
+  it('runs the smoke-sized service scenario: a kv VM migrated back and forth under a probe, with its outage, table and chart', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
+    const out = path.join(dir, 'results');
+    const result = await bench(['--scenario', 'kv-smoke', '--repeat', '1', '--out', out, '--json']);
+    expect(result.code, result.stderr).toBe(0);
+    const results = result.json();
+    expect(results.runs).toEqual([]);
+    expect(results.services).toHaveLength(1);
+    const [run] = results.services;
+    expect(run).toMatchObject({ scenario: 'kv-smoke', repeat: 1, link: 'loopback', memoryBytes: 32 * 1024 * 1024, rate: 200, address: '127.100.0.50:7777' });
+    expect(run.migrations.map((m: { from: string; to: string }) => `${m.from}>${m.to}`)).toEqual(['host-a>host-b', 'host-b>host-a']);
+    for (const migration of run.migrations) {
+      expect(migration.outcome).toBe('committed');
+      for (const field of ['outageMs', 'downtimeMs', 'guestBlackoutMs', 'unanswered', 'lostWrites', 'retries', 'p99Ms', 'forwarded']) {
+        expect(typeof migration[field], field).toBe('number');
+      }
+      expect(migration.sent).toBeGreaterThan(0);
+      expect(migration.answered + migration.unanswered).toBe(migration.sent);
+    }
+    expect(run.steady.map((sample: { rate: number }) => sample.rate)).toEqual([200, 1000]);
+    expect(results.serviceSummaries[0]).toMatchObject({ scenario: 'kv-smoke', migrations: 2, committed: 2 });
+    expect(results.serviceSummaries[0].targets.length).toBeGreaterThanOrEqual(4);
+    // Every migration is printed as it finishes.
+    expect(result.stderr).toContain('kv-smoke #1 migration 2/2 host-b -> host-a: committed');
+
+    const csv = readFileSync(path.join(out, 'runs.csv'), 'utf8').trim().split('\n');
+    expect(csv).toHaveLength(3);
+    expect(csv[0]).toContain('outage_ms');
+    const markdown = readFileSync(path.join(out, 'summary.md'), 'utf8');
+    expect(markdown).toContain('## Service');
+    expect(markdown).toContain('| kv-smoke | loopback |');
+    expect(markdown).toContain('### Outside migration');
+    expect(results.charts).toContain('service-outage.svg');
+    expect(readFileSync(path.join(out, 'charts', 'service-outage.svg'), 'utf8').startsWith('<svg')).toBe(true);
+    expect(existsSync(path.join(out, 'charts', 'service-outage.png'))).toBe(true);
   });
 
   it('refuses an unknown scenario with exit 2 and lists the known ones', async () => {

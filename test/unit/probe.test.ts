@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { PAGE_SIZE } from '../../shared/constants.js';
 import { serveRequest } from '../../agent/vm/net/guest-service.js';
 import { KvTable } from '../../agent/vm/net/kv-table.js';
-import { runProbe } from '../../coordinator/probe.js';
+import { bindAddressFor, runProbe } from '../../coordinator/probe.js';
 
 interface Misbehaviour {
   /** Drops the first copy of every Nth request (by id). */
@@ -60,5 +60,10 @@ describe('vm probe', () => {
     expect(result.sent).toBeGreaterThan(150);
     expect(result.unanswered).toBe(0);
     expect(result.writes.lost).toBe(1);
+  });
+
+  it('binds its socket to 127.0.0.1 for a loopback service and to every interface for any other', () => {
+    expect(bindAddressFor('127.100.0.5')).toBe('127.0.0.1');
+    expect(bindAddressFor('10.213.0.50')).toBe('0.0.0.0');
   });
 });
