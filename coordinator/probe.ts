@@ -95,7 +95,8 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeResult> {
   const keyCount = options.keys ?? 100;
   const prefix = options.keyPrefix ?? `probe${process.pid}`;
   const socket = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  // A loopback service is reached from loopback; any other from whichever interface routes to it.
+  await new Promise<void>((resolve) => socket.bind(0, ip.startsWith('127.') ? '127.0.0.1' : '0.0.0.0', () => resolve()));
   // The replies to everything kept during a switchover come in one burst, more than the default receive buffer holds
   // (208 KiB, about 200 small datagrams): without room, the kernel drops them here and the probe blames the service.
   try {
