@@ -86,7 +86,7 @@ export class Agent {
   /** An unbound peer connection to the agent at `url`, with this cluster's token. */
   readonly dial: (url: string, signal?: AbortSignal) => Promise<PeerClient>;
   readonly leases: Leases;
-  /** How this host serves VMs' addresses: loopback here; the namespaces mode will sit beside it. */
+  /** How this host serves VMs' addresses: loopback (address.ts) or namespaces (namespace.ts). */
   readonly addressMode: AddressMode;
   private readonly coldMarks: ColdMarks;
 

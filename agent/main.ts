@@ -20,6 +20,8 @@ import { Datastore } from './datastore/datastore.js';
 import { readHostCpu } from './host-cpu.js';
 import { parseFaults } from './faults.js';
 import { startServer } from './server.js';
+import { loopbackMode } from './vm/net/address.js';
+import { namespaceMode } from './vm/net/namespace.js';
 
 export interface AgentOptions {
   name: string;
@@ -34,11 +36,14 @@ export interface AgentOptions {
   sharedStorage: string | undefined;
   /** CPU flags to hide from guests (--cpu-mask), as /proc/cpuinfo names them. */
   cpuMask: string[];
+  /** How VMs' addresses are served (--net-mode), and on which interface in namespaces mode (--net-device). */
+  net: { mode: 'loopback' } | { mode: 'namespaces'; device: string };
 }
 
 /** Every option's default, once: `--help` shows these, and `resolveAgentOptions` applies them. */
-const DEFAULTS = { host: '127.0.0.1', port: '7001', logLevel: 'info' } as const;
+const DEFAULTS = { host: '127.0.0.1', port: '7001', logLevel: 'info', netMode: 'loopback' } as const;
 const logLevelSchema = z.enum(['debug', 'info', 'warn', 'error']);
+const netModeSchema = z.enum(['loopback', 'namespaces']);
 const portSchema = z.number().int().max(65535, 'a port is at most 65535 (0 lets the OS pick a free one)');
 
 /** Checks one option with its schema; a refusal names the option and the fix. */
@@ -68,7 +73,18 @@ export function resolveAgentOptions(raw: Record<string, string | undefined>): Ag
     tlsKey: raw.tlsKey,
     sharedStorage: raw.sharedStorage,
     cpuMask: raw.cpuMask === undefined ? [] : parseCpuMask(raw.cpuMask),
+    net: resolveNet(raw.netMode, raw.netDevice),
   };
+}
+
+function resolveNet(modeText: string | undefined, device: string | undefined): AgentOptions['net'] {
+  const mode = check(netModeSchema, modeText ?? DEFAULTS.netMode, '--net-mode', `one of ${netModeSchema.options.join(', ')}; the default is ${DEFAULTS.netMode}`);
+  if (mode === 'loopback') {
+    if (device !== undefined) throw new FerryError(ErrorCode.BAD_INPUT, '--net-device goes with --net-mode namespaces', 'loopback mode serves 127.0.0.0/8 on lo: leave --net-device out, or add --net-mode namespaces');
+    return { mode };
+  }
+  if (device === undefined) throw new FerryError(ErrorCode.BAD_INPUT, '--net-mode namespaces needs --net-device', 'name the interface attached to the bridge the clients reach, e.g. --net-device eth0');
+  return { mode, device };
 }
 
 /** `--cpu-mask avx512f,avx2`: flag names as /proc/cpuinfo writes them, comma-separated. */
@@ -106,6 +122,8 @@ async function main(): Promise<void> {
     .option('--tls-cert <file>', 'serve wss:// with this certificate (PEM); clients trust it via their CAs or NODE_EXTRA_CA_CERTS')
     .option('--tls-key <file>', 'the certificate\'s private key (PEM)')
     .option('--cpu-mask <flags>', 'CPU flags to hide from guests, comma-separated as /proc/cpuinfo names them (pins this host to an older level, e.g. everything above x86-64-v2)')
+    .option('--net-mode <mode>', `how VMs' addresses are served: loopback (127.0.0.0/8, anywhere) or namespaces (real layer 2: each VM's IP is added to --net-device and announced with gratuitous ARP; needs root and arping) (default: ${DEFAULTS.netMode})`)
+    .option('--net-device <interface>', 'namespaces mode: the interface attached to the bridge that clients reach')
     .option('--log-level <level>', `${logLevelSchema.options.join(', ')} (default: ${DEFAULTS.logLevel})`)
     .addHelpText('after', `
 Prints one line on stdout when ready:
@@ -116,7 +134,8 @@ Logs go to stderr, one JSON object per line. SIGINT or SIGTERM stops the agent a
 
 Example:
   ferry-agent --name host-a --port 7001 --capacity 4GiB
-  ferry-agent --name host-b --port 7002 --cpu-mask avx,avx2,fma    # hide flags: an older host for a mixed cluster`)
+  ferry-agent --name host-b --port 7002 --cpu-mask avx,avx2,fma    # hide flags: an older host for a mixed cluster
+  ip netns exec ns-a ferry-agent --name host-a --host 0.0.0.0 --net-mode namespaces --net-device veth-a`)
     .parse();
 
   const options = resolveAgentOptions(program.opts());
@@ -131,8 +150,9 @@ Example:
   const { token, tokenFile } = await resolveToken(options, log);
   const hostCpu = await readHostCpu(options.cpuMask, log);
   log.info('host cpu', { vendor: hostCpu.vendor, model: hostCpu.model, level: hostCpu.level, flagCount: hostCpu.flags.length, masked: hostCpu.masked });
+  const addressMode = options.net.mode === 'namespaces' ? await namespaceMode(options.net.device, log) : loopbackMode;
   const agent = new Agent({
-    name: options.name, capacityBytes: options.capacityBytes, faults, log, token, hostCpu,
+    name: options.name, capacityBytes: options.capacityBytes, faults, log, token, hostCpu, addressMode,
     activationFolder: path.join(options.datastore, 'migrations'),
     datastore: new Datastore(options.datastore, options.sharedStorage ? path.resolve(options.sharedStorage) : undefined, hostCpu.flags),
   });

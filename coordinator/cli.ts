@@ -111,6 +111,17 @@ async function onVmHost<T>(command: Command, name: string, action: (client: Para
   return withHost(host, (client) => action(client));
 }
 
+/** `IP:PORT`, as `ferry vm probe` takes it in place of a VM's name. */
+const isAddress = (text: string): boolean => /^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$/.test(text);
+
+/** The address of the kv service VM `name` serves, from its host. */
+async function serviceAddress(command: Command, name: string): Promise<string> {
+  const info = await onVmHost(command, name, (client) => client.request('vm.info', { name }));
+  if (!info.address) throw new FerryError(ErrorCode.VM_STATE, `${name} serves no address`, 'give a VM an address when making it: `ferry vm create NAME --workload kv --ip 127.100.0.5` or `ferry provision NAME --ip auto`');
+  if (info.workload.kind !== 'kv') throw new FerryError(ErrorCode.VM_STATE, `${name} runs the ${info.workload.kind} workload, which answers only PING`, 'probe a VM made with --workload kv');
+  return info.address;
+}
+
 export function buildProgram(): Command {
   const program = new Command('ferry')
     // Set before any subcommand exists, so they all inherit it: usage errors throw, main.ts turns them into exit 2.
@@ -142,7 +153,7 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
       if (options.json) {
         printJson(surveys.map((s) => ({
           name: s.host.name, url: s.host.url, reachable: s.info !== undefined,
-          ...(s.info ? { capacityBytes: s.info.capacityBytes, freeBytes: s.info.freeBytes, vms: s.info.vms.map((vm) => vm.name), hostCpu: s.info.hostCpu } : { error: s.error?.toPayload() }),
+          ...(s.info ? { capacityBytes: s.info.capacityBytes, freeBytes: s.info.freeBytes, vms: s.info.vms.map((vm) => vm.name), hostCpu: s.info.hostCpu, ...(s.info.addressMode ? { addressMode: s.info.addressMode } : {}) } : { error: s.error?.toPayload() }),
         })));
         return;
       }
@@ -255,21 +266,23 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
       });
   }
 
-  vm.command('probe <name>')
+  vm.command('probe <vm>')
     .description('be a client of the VM\'s service: a steady mix of PUT and GET over UDP, with retries; latency, outage, lost writes')
     .option('--rate <requests>', 'requests per second', '1000')
     .option('--duration <time>', 'how long to send, e.g. 10s', '10s')
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { rate: string; duration: string; json?: boolean }, command: Command) => {
+    .addHelpText('after', `
+<vm> is a VM's name (its address is looked up in the cluster), or an address IP:PORT to probe directly, without
+the cluster: for a client on another network, e.g. in the client namespace of \`ferry bench --link namespaces\`:
+  ip netns exec fbench-c ferry vm probe 10.213.0.50:7777 --duration 5s`)
+    .action(async (target: string, options: { rate: string; duration: string; json?: boolean }, command: Command) => {
       const ratePerSec = parseCount(options.rate, '--rate');
       const durationMs = parseDuration(options.duration);
       if (ratePerSec < 1 || ratePerSec > 200_000) throw new FerryError(ErrorCode.BAD_INPUT, `--rate ${options.rate} must be 1 to 200,000 requests a second`, 'e.g. --rate 1000');
-      const info = await onVmHost(command, name, (client) => client.request('vm.info', { name }));
-      if (!info.address) throw new FerryError(ErrorCode.VM_STATE, `${name} serves no address`, 'give a VM an address when making it: `ferry vm create NAME --workload kv --ip 127.100.0.5` or `ferry provision NAME --ip auto`');
-      if (info.workload.kind !== 'kv') throw new FerryError(ErrorCode.VM_STATE, `${name} runs the ${info.workload.kind} workload, which answers only PING`, 'probe a VM made with --workload kv');
-      if (!options.json) process.stdout.write(`probing ${name} at ${info.address}: ${int(ratePerSec)} requests/s for ${formatDuration(durationMs)}\n`);
+      const address = isAddress(target) ? target : await serviceAddress(command, target);
+      if (!options.json) process.stdout.write(`probing ${target === address ? address : `${target} at ${address}`}: ${int(ratePerSec)} requests/s for ${formatDuration(durationMs)}\n`);
       const result = await runProbe({
-        address: info.address, ratePerSec, durationMs,
+        address, ratePerSec, durationMs,
         ...(options.json ? {} : { onTick: (tick) => process.stdout.write(`  sent ${int(tick.sent)}, answered ${int(tick.answered)}, outstanding ${int(tick.outstanding)}, longest gap ${formatDuration(tick.longestGapMs)}\n`) }),
       });
       if (options.json) printJson(result);
@@ -474,7 +487,7 @@ Exit status is 0 only when committed.`)
     .option('--scenario <name...>', 'scenarios to run (a name also selects its family: hot-1g runs hot-1g-0 ... hot-1g-150); default: all but smoke')
     .option('--repeat <n>', 'runs per scenario', '5')
     .option('--out <dir>', 'where to write results.json, runs.csv, summary.md and charts/ (default: ./bench-results/<time>)')
-    .option('--link <rate>', 'run every scenario over a shaped link of this rate, e.g. 1gbit (network namespaces; needs root)')
+    .option('--link <link>', 'run every scenario with the agents in network namespaces on a bridge, with a client namespace and VMs\' addresses in namespaces mode: `namespaces` (unshaped) or a rate that shapes it, e.g. 1gbit (needs root)')
     .option('--scenarios <file>', 'scenario file', undefined)
     .option('--list', 'list the scenarios and exit')
     .option('--json', 'print the results as JSON on stdout')
@@ -497,7 +510,7 @@ Examples:
       }
       const repeat = parseCount(raw.repeat, '--repeat');
       if (repeat < 1) throw new FerryError(ErrorCode.BAD_INPUT, '--repeat must be at least 1', 'medians need 5 or more');
-      if (raw.link) parseRate(raw.link);
+      if (raw.link && raw.link !== 'namespaces') parseRate(raw.link);
       const results = await runBench({
         ...(raw.scenario ? { scenarios: raw.scenario } : {}),
         ...(raw.scenarios ? { scenarioFile: raw.scenarios } : {}),

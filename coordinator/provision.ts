@@ -179,8 +179,8 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
     }
 
     const memoryPages = memoryBytes / PAGE_SIZE;
-    // A loopback address is served by a network device at the top of guest memory: the working set stays below it.
-    const roomPages = network?.ip.startsWith('127.') ? memoryPages - NET_REGION_PAGES : memoryPages;
+    // An address is served by a network device at the top of guest memory: the working set stays below it.
+    const roomPages = network ? memoryPages - NET_REGION_PAGES : memoryPages;
     const wssPages = Math.min(roomPages, Math.floor((template.wss ? parseSize(template.wss) : memoryBytes) / PAGE_SIZE));
 
     // The image onto the chosen host first, from a host that holds it: agent to agent, checked there.

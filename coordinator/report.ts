@@ -119,7 +119,7 @@ export function formatReport(report: MigrationReport): string {
   if (report.throttlePct > 0) facts.push(['auto-converge', `the vCPU was held back by up to ${report.throttlePct} % of its rate`]);
   if (report.network) {
     const serving = report.network.servingAfterPauseMs !== undefined ? `served from ${report.to} ${formatDuration(report.network.servingAfterPauseMs)} after the pause` : `not confirmed served from ${report.to}`;
-    facts.push(['network', `${report.network.address}: ${serving}; ${int(report.network.forwarded)} datagram(s) forwarded from ${report.from} during the switchover`]);
+    facts.push(['network', `${report.network.address}: ${serving}; ${int(report.network.forwarded)} datagram(s) forwarded from ${report.from} during the switchover${report.network.announcements ? `; ${report.network.announcements} gratuitous ARP(s) from ${report.to}` : ''}`]);
   }
   if (report.cpu) facts.push(['registers', `x=${report.cpu.x} n=${int(report.cpu.n)} handed to ${report.to}`]);
   const width = Math.max(...facts.map(([label]) => label.length));

@@ -22,7 +22,18 @@ export interface CreateOptions {
   ip?: string | undefined;
 }
 
-/** `--ip IP[/PREFIX]` as a network configuration; loopback addresses need no gateway, so it is the host itself. */
+/** The first host address of IP/PREFIX's network: where a gateway usually is. */
+function firstHost(octets: number[], prefix: number): string {
+  const value = octets.reduce((sum, octet) => sum * 256 + octet, 0);
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  const first = ((value & mask) >>> 0) + (prefix >= 31 ? 0 : 1);
+  return [24, 16, 8, 0].map((shift) => (first >>> shift) & 255).join('.');
+}
+
+/**
+ * `--ip IP[/PREFIX]` as a network configuration; loopback addresses need no gateway, so it is the host itself, and
+ * any other has its network's first host as its gateway.
+ */
 export function parseIpOption(text: string, defaultPrefix = 8): { ip: string; prefix: number; gateway: string } {
   const [ip, prefixText, ...rest] = text.split('/');
   const prefix = Number(prefixText ?? defaultPrefix);
@@ -30,7 +41,7 @@ export function parseIpOption(text: string, defaultPrefix = 8): { ip: string; pr
   const valid = rest.length === 0 && parts.length === 4 && parts.every((part) => /^\d{1,3}$/.test(part) && Number(part) <= 255)
     && Number.isInteger(prefix) && prefix >= 0 && prefix <= 32;
   if (!valid) throw new FerryError(ErrorCode.BAD_INPUT, `--ip ${text} is not an address`, 'write it like 127.100.0.5 (or 127.100.0.5/16)');
-  return { ip: ip!, prefix, gateway: '127.0.0.1' };
+  return { ip: ip!, prefix, gateway: ip!.startsWith('127.') ? '127.0.0.1' : firstHost(parts.map(Number), prefix) };
 }
 
 const vmCreateSchema = controlOps['vm.create'][0];

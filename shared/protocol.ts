@@ -202,6 +202,8 @@ export const hostInfoSchema = z.object({
   cpu: z.object({ userMs: z.number(), systemMs: z.number() }),
   /** The host's CPU: vendor, model, the flags it offers guests (less `--cpu-mask`), their x86-64 level. */
   hostCpu: hostCpuSchema,
+  /** How the host serves VMs' addresses: `loopback` (127.0.0.0/8) or `namespaces` (real layer 2, on `device`). */
+  addressMode: z.object({ name: z.enum(['loopback', 'namespaces']), device: z.string().optional() }).optional(),
 });
 export type HostInfo = z.infer<typeof hostInfoSchema>;
 
@@ -285,6 +287,8 @@ export const sourceReportSchema = z.object({
     servingAfterPauseMs: z.number().optional(),
     /** Datagrams that reached the source after the pause and were forwarded to the destination. */
     forwarded: z.number(),
+    /** Gratuitous ARPs the destination scheduled for the address (namespaces mode; 0 on loopback). */
+    announcements: z.number().optional(),
   }).optional(),
 });
 export type SourceReport = z.infer<typeof sourceReportSchema>;
@@ -474,8 +478,11 @@ export const peerOps = {
   /** The source has committed: the destination is primary now and resumes the vCPU. */
   'peer.activate': [
     z.object({ resume: z.boolean() }).strict(),
-    /** `servingAfterMs`: from the request's arrival until the destination served the VM's address (when it has one). */
-    z.object({ guestBlackoutMs: z.number(), servingAfterMs: z.number().optional() }),
+    /**
+     * `servingAfterMs`: from the request's arrival until the destination served the VM's address (when it has one);
+     * `announcements`: gratuitous ARPs it scheduled for the address (namespaces mode), the first as it took it.
+     */
+    z.object({ guestBlackoutMs: z.number(), servingAfterMs: z.number().optional(), announcements: z.number().int().min(0).max(100).optional() }),
   ],
   /**
    * Source to destination, from the commit until the source gives the VM's address up: datagrams that reached the

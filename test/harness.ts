@@ -40,9 +40,11 @@ export interface TestCluster {
   stop(): Promise<void>;
 }
 
-export function runFerry(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+/** Runs the real CLI to completion; in network namespace `netns` when given (`ip netns exec`, needs root). */
+export function runFerry(args: string[], env: Record<string, string> = {}, netns?: string): Promise<CliResult> {
+  const [command, commandArgs] = netns ? ['ip', ['netns', 'exec', netns, process.execPath, ferryEntry, ...args]] : [process.execPath, [ferryEntry, ...args]];
   return new Promise((resolve) => {
-    execFile(process.execPath, [ferryEntry, ...args], { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
+    execFile(command, commandArgs, { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
       const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
       resolve({
         code,

@@ -23,6 +23,7 @@ export async function hostInfo(agent: Agent): Promise<HostInfo> {
     ...(files?.shared ? { sharedStorageId: await files.sharedStorageId() } : {}),
     cpu: cpuTime(),
     hostCpu: agent.hostCpu,
+    addressMode: { name: agent.addressMode.name, ...(agent.addressMode.device ? { device: agent.addressMode.device } : {}) },
   };
 }
 

@@ -1,5 +1,7 @@
 /**
- * Moving a VM's address with its guest (loopback mode), so that no datagram is lost: the source's part.
+ * Moving a VM's address with its guest, so that no datagram that reaches a host is lost: the source's part. In
+ * namespaces mode the pause also takes the address off the source's interface (address.ts `withdraw`) and the
+ * destination announces it where it lands (namespace.ts); the rest is the same in both modes.
  *
  *   pre-copy        source serves (its backend fills the RX ring, sends the TX ring)
  *   pause           source: `hold` — replies made so far are sent, then the rings are left alone and datagrams
@@ -84,12 +86,13 @@ export class NetHandover {
   }
 
   /** The report's `network` section; `servingAfterPauseMs` once the destination has said when it started serving. */
-  report(servingAfterPauseMs: number | undefined): SourceReport['network'] {
+  report(servingAfterPauseMs: number | undefined, announcements: number): SourceReport['network'] {
     if (!this.backend) return undefined;
     return {
       address: this.backend.address,
       ...(servingAfterPauseMs !== undefined ? { servingAfterPauseMs } : {}),
       forwarded: this.backend.forwarded,
+      announcements,
     };
   }
 }

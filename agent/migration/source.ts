@@ -70,6 +70,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   let pausedAtMs: number | undefined;
   let bytesSent = 0;
   let servingAfterPauseMs: number | undefined;
+  let announcements = 0;
   const network = new NetHandover(vm, peer, log);
 
   // The peer connection closing is as fatal as a cancel.
@@ -105,7 +106,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       ...(expectedDowntime !== undefined ? { expectedDowntimeMs: expectedDowntime } : {}),
       bytesSent,
       ...(verification ? { verification } : {}),
-      ...(network.report(servingAfterPauseMs) ? { network: network.report(servingAfterPauseMs) } : {}),
+      ...(network.report(servingAfterPauseMs, announcements) ? { network: network.report(servingAfterPauseMs, announcements) } : {}),
     };
   };
 
@@ -241,6 +242,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     // Measured on each side's own clock: pause to asking, then the destination's asked to serving. It leaves out the
     // request's one-way trip, so it may be early by that much; never later than the activation's reply.
     if (activated.servingAfterMs !== undefined) servingAfterPauseMs = Math.min(activateStartMs - pausedAtMs + activated.servingAfterMs, activatedAtMs - pausedAtMs);
+    announcements = activated.announcements ?? 0;
     await network.finish();
     // Files first, then the name (catalog.ts): this host keeps listing the VM until nothing of it is left here.
     await context.forgetFiles?.(vm.name);

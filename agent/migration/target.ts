@@ -232,7 +232,12 @@ export class MigrationTarget {
       });
     }
     this.onFinished?.();
-    return { guestBlackoutMs: resume ? this.vm.lastBlackoutMs() : 0, ...(servingAfterMs !== undefined ? { servingAfterMs } : {}) };
+    const announcements = this.vm.net?.announcements;
+    return {
+      guestBlackoutMs: resume ? this.vm.lastBlackoutMs() : 0,
+      ...(servingAfterMs !== undefined ? { servingAfterMs } : {}),
+      ...(announcements ? { announcements } : {}),
+    };
   }
 
   /** Datagrams the source forwarded: kept until activation, then straight to the VM's RX ring. */

@@ -10,7 +10,7 @@ import { runProgress, type ProgressStream } from '../progress.js';
 import type { RawTcpResult } from './baseline.js';
 import { writeCharts } from './charts.js';
 import { describeEnvironment } from './environment.js';
-import { loopbackLink, shapedLink, type Link } from './link.js';
+import { loopbackLink, namespacesLink, type Link } from './link.js';
 import { writeResults, type BenchResults } from './output.js';
 import { benchWorkdir, measureBaseline, runScenario, type BenchContext, type RunResult } from './runner.js';
 import { defaultScenarioFile, loadScenarios, selectScenarios, type Scenario } from './scenarios.js';
@@ -22,7 +22,7 @@ export interface BenchOptions {
   scenarioFile?: string;
   repeat: number;
   out?: string;
-  /** Run every scenario over this shaped link instead of its own. */
+  /** Run every scenario over this link instead of its own: `namespaces`, or a shaped rate such as `1gbit`. */
   link?: string;
   command: string;
   /** Where progress and notes go (stderr in the CLI): through one display, so a note never lands on a redrawn line. */
@@ -47,7 +47,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     for (const wanted of linkNames) {
       let link: Link;
       try {
-        link = wanted === 'loopback' ? loopbackLink() : shapedLink(wanted);
+        link = wanted === 'loopback' ? loopbackLink() : namespacesLink(wanted);
       } catch (error) {
         progress.log(`link ${wanted} is not available here (${(error as Error).message}); running its scenarios on loopback`);
         link = loopbackLink();

@@ -41,7 +41,7 @@ export interface ServiceMigration {
   servingAfterPauseMs?: number;
   /** Datagrams the source forwarded to the destination during the switchover. */
   forwarded?: number;
-  /** Address announcements during the switchover, where the report gives them. */
+  /** Gratuitous ARPs the destination scheduled for the address (namespaces mode), where the report gives them. */
   announcements?: number;
   totalTimeMs: number;
   sent: number;
@@ -123,8 +123,7 @@ function defaultMigrationOptions(): MigrationOptions {
 }
 
 export function toServiceMigration(index: number, from: string, report: MigrationReport, probe: ProbeResult, migrationStartEpochMs: number): ServiceMigration {
-  // `announcements` is not in every agent's report yet: taken when it is there.
-  const announcements = (report.network as { announcements?: number } | undefined)?.announcements;
+  const announcements = report.network?.announcements;
   const pauseAtMs = report.stages.find((stage) => stage.stage === 3)?.startMs;
   return {
     index,

@@ -20,12 +20,13 @@ function datagram(text: string): ClientDatagram {
   return { ip: 0x7f000001, port: 5000, data: Buffer.from(text) as Uint8Array<ArrayBuffer> };
 }
 
-async function setUp(earlier: ClientDatagram[] = []): Promise<{ backend: NetBackend; guest: NetDevice; arrive: (text: string) => void; sent: string[]; rings: number }> {
+async function setUp(earlier: ClientDatagram[] = []): Promise<{ backend: NetBackend; guest: NetDevice; arrive: (text: string) => void; sent: string[]; rings: number; addressMoves: string[] }> {
   const memory = new SharedArrayBuffer(PAGES * PAGE_SIZE);
   const dirty = DirtyLog.allocate(PAGES);
   const host = new NetDevice(memory, PAGES, dirty);
   host.initialise();
   const sent: string[] = [];
+  const addressMoves: string[] = [];
   let onDatagram: ((datagram: ClientDatagram) => void) | undefined;
   const binding: AddressBinding = {
     address: '127.100.0.9:7777',
@@ -33,6 +34,9 @@ async function setUp(earlier: ClientDatagram[] = []): Promise<{ backend: NetBack
       onDatagram = handler;
     },
     send: (reply) => sent.push(Buffer.from(reply.data).toString()),
+    withdraw: () => addressMoves.push('withdraw'),
+    restore: () => addressMoves.push('restore'),
+    announcements: 0,
     release: async () => {
       onDatagram = undefined;
     },
@@ -41,7 +45,7 @@ async function setUp(earlier: ClientDatagram[] = []): Promise<{ backend: NetBack
   const backend = await NetBackend.start(host, binding, () => (state.rings += 1), createLogger('test', 'error', () => undefined), earlier);
   backends.push(backend);
   return {
-    backend, guest: new NetDevice(memory, PAGES, dirty), sent, get rings() { return state.rings; },
+    backend, guest: new NetDevice(memory, PAGES, dirty), sent, addressMoves, get rings() { return state.rings; },
     arrive: (text) => onDatagram?.(datagram(text)),
   };
 }
@@ -77,14 +81,16 @@ describe('network backend', () => {
   });
 
   it('at the pause sends the replies made and keeps what arrives; a rollback serves the kept ones first, in order', async () => {
-    const { backend, guest, arrive, sent } = await setUp();
+    const { backend, guest, arrive, sent, addressMoves } = await setUp();
     guest.pushTx(0x7f000001, 5000, Buffer.from('0 PONG'));
     backend.hold();
     expect(sent).toEqual(['0 PONG']); // sent before the last copy of memory is made
+    expect(addressMoves).toEqual(['withdraw']); // the address stops drawing traffic here at the pause
     arrive('1 PING');
     arrive('2 PING');
     expect(guest.peekRx()).toBeUndefined(); // the rings are left alone while held
     backend.serve();
+    expect(addressMoves).toEqual(['withdraw', 'restore']);
     arrive('3 PING');
     expect(drain(guest)).toEqual(['1 PING', '2 PING', '3 PING']);
   });

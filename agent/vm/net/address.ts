@@ -4,8 +4,8 @@
  *
  * - loopback (here): the address is in 127.0.0.0/8, which Linux answers on `lo` without configuration; claiming it
  *   is binding a UDP socket to IP:7777.
- * - namespaces (to come): claiming adds the IP to the host's interface and announces it with gratuitous ARP;
- *   releasing removes it. It implements the same interface beside this one.
+ * - namespaces (namespace.ts): claiming adds the IP to the host's interface and announces it with gratuitous ARP;
+ *   withdrawing (at a migration's pause) and releasing remove it.
  *
  * Moving an address between two agents on one machine (loopback): both bind IP:7777 with SO_REUSEADDR. For unicast
  * UDP, Linux hands each datagram to the most recently bound of such sockets (the newest is first in the port's
@@ -32,12 +32,23 @@ export interface AddressBinding {
   claim(onDatagram: (datagram: ClientDatagram) => void): Promise<void>;
   /** Sends a reply from the address. */
   send(datagram: ClientDatagram): void;
+  /**
+   * A migration's pause: stop attracting the address's traffic to this host, while still reading what has arrived
+   * (loopback: nothing to do, the destination's newer socket takes over; namespaces: the IP leaves the interface).
+   */
+  withdraw(): void;
+  /** Serving here again after `withdraw` (a rollback): attract the traffic again. */
+  restore(): void;
+  /** Gratuitous ARP announcements this binding has scheduled since its last claim or restore (loopback: 0). */
+  readonly announcements: number;
   /** Stops receiving here (and, in other modes, gives the address up). */
   release(): Promise<void>;
 }
 
 export interface AddressMode {
-  readonly name: string;
+  readonly name: 'loopback' | 'namespaces';
+  /** The interface addresses are added to (namespaces mode). */
+  readonly device?: string;
   /** Why this mode cannot serve `ip` on this host, or undefined when it can. */
   refuses(ip: string): string | undefined;
   bind(ip: string, port: number): AddressBinding;
@@ -53,6 +64,7 @@ const RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
 
 class LoopbackBinding implements AddressBinding {
   readonly address: string;
+  readonly announcements = 0;
   private readonly ip: string;
   private readonly port: number;
   private socket: dgram.Socket | undefined;
@@ -91,6 +103,14 @@ class LoopbackBinding implements AddressBinding {
 
   send(datagram: ClientDatagram): void {
     this.socket?.send(datagram.data, datagram.port, uint32ToIp(datagram.ip));
+  }
+
+  withdraw(): void {
+    // The destination's socket, bound later, takes the datagrams from the moment it exists.
+  }
+
+  restore(): void {
+    // Nothing was given up.
   }
 
   async release(): Promise<void> {

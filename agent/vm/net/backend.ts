@@ -56,6 +56,11 @@ export class NetBackend {
     return this.binding.address;
   }
 
+  /** Gratuitous ARP announcements scheduled when this host took the address (namespaces mode). */
+  get announcements(): number {
+    return this.binding.announcements;
+  }
+
   /** A datagram for the VM, from its address here or forwarded by the host it came from. */
   deliver(datagram: ClientDatagram): void {
     switch (this.mode) {
@@ -90,6 +95,7 @@ export class NetBackend {
     if (this.mode !== 'serving') return;
     this.drainTx();
     this.mode = 'holding';
+    this.binding.withdraw();
   }
 
   /**
@@ -106,6 +112,7 @@ export class NetBackend {
   serve(): void {
     if (this.mode !== 'holding') return;
     this.mode = 'serving';
+    this.binding.restore();
     this.flush();
   }
 
