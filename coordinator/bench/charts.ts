@@ -123,8 +123,8 @@ function serviceSpecs(services: ServiceRun[]): Record<string, TopLevelSpec> {
       data: { values },
       facet: { row: { field: 'scenario', type: 'nominal', title: null } },
       spec: {
-        // A step per migration, not a fixed width: the three bars of a migration stay readable however many there are.
-        width: { step: 48 },
+        // A step per bar (three to a migration), not a fixed width: the bars stay readable however many migrations.
+        width: { step: 16 },
         height: 200,
         mark: 'bar',
         encoding: {
