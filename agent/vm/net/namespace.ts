@@ -17,9 +17,10 @@
  * loopback mode (migration/net-handover.ts); what clients send while no host holds the address is lost on the wire
  * and is theirs to retry (`ferry vm probe` does).
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, fork, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { ErrorCode, FerryError } from '../../../shared/errors.js';
 import type { Logger } from '../../../shared/log.js';
@@ -54,15 +55,55 @@ function arpingArgs(flavour: ArpingFlavour, device: string, ip: string): string[
   return flavour === 'iputils' ? ['-U', '-q', '-c', '1', '-I', device, '-s', ip, ip] : ['-U', '-q', '-c', '1', '-i', device, '-S', ip, ip];
 }
 
-/** Runs `ip` with these arguments; `tolerate` is stderr text that means the work was already done. */
-async function ip(args: string[], tolerate: RegExp): Promise<void> {
-  try {
-    await run('ip', args, { timeout: 10_000 });
-  } catch (error) {
-    const stderr = (error as { stderr?: string }).stderr ?? '';
-    if (tolerate.test(stderr)) return;
-    throw new FerryError(ErrorCode.IO, `ip ${args.join(' ')} failed: ${stderr.trim() || (error as Error).message}`, 'namespaces mode needs root (CAP_NET_ADMIN) and iproute2 in the agent\'s namespace');
+interface HelperReply {
+  id: number;
+  code: number;
+  stderr: string;
+}
+
+/**
+ * Runs `ip` and `arping` in net-helper.js, a small process started once, so that no fork copies guest memory's page
+ * tables on the pause's or the activation's path (net-helper.ts says why).
+ */
+class NetHelper {
+  private readonly child: ChildProcess;
+  private readonly pending = new Map<number, (reply: HelperReply) => void>();
+  private nextId = 1;
+
+  constructor(log: Logger) {
+    this.child = fork(fileURLToPath(new URL('./net-helper.js', import.meta.url)), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    this.child.on('message', (reply: HelperReply) => {
+      this.pending.get(reply.id)?.(reply);
+      this.pending.delete(reply.id);
+    });
+    this.child.on('exit', (code, signal) => {
+      log.error('the network helper process exited', { code, signal });
+      for (const [id, settle] of this.pending) settle({ id, code: 127, stderr: 'the network helper process exited' });
+      this.pending.clear();
+    });
+    // It must not keep an agent that is stopping alive; it exits when the agent's end of the channel closes.
+    this.child.unref();
+    this.child.channel?.unref();
   }
+
+  run(command: 'ip' | 'arping', args: string[], tag?: string): Promise<HelperReply> {
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      this.pending.set(id, resolve);
+      this.child.send({ id, command, args, ...(tag ? { tag } : {}) });
+    });
+  }
+
+  cancel(tag: string): void {
+    this.child.send({ cancel: tag });
+  }
+}
+
+/** Runs `ip` with these arguments; `tolerate` is stderr text that means the work was already done. */
+async function ip(helper: NetHelper, args: string[], tolerate: RegExp): Promise<void> {
+  const { code, stderr } = await helper.run('ip', args);
+  if (code === 0 || tolerate.test(stderr)) return;
+  throw new FerryError(ErrorCode.IO, `ip ${args.join(' ')} failed: ${stderr.trim() || `exit ${code}`}`, 'namespaces mode needs root (CAP_NET_ADMIN) and iproute2 in the agent\'s namespace');
 }
 
 /** The namespaces mode for this agent, on `device`; checks the device and the tools it needs once, at start. */
@@ -74,12 +115,13 @@ export async function namespaceMode(device: string, log: Logger): Promise<Addres
     throw new FerryError(ErrorCode.BAD_INPUT, `there is no interface ${device} in this agent's network namespace`, 'run the agent in the namespace that holds it (ip netns exec NS ferry-agent ...), or name another with --net-device');
   }
   const flavour = await arpingFlavour();
+  const helper = new NetHelper(log);
   log.info('namespaces mode', { device, arping: flavour, schedule: ANNOUNCE_SCHEDULE_MS });
   return {
     name: 'namespaces',
     device,
     refuses: (address) => (address.startsWith('127.') ? `namespaces mode serves addresses on ${device}, not loopback ones like ${address}` : undefined),
-    bind: (address, port) => new NamespaceBinding({ ip: address, port, device, flavour, log }),
+    bind: (address, port) => new NamespaceBinding({ ip: address, port, device, flavour, log, helper }),
   };
 }
 
@@ -89,6 +131,7 @@ interface NamespaceSettings {
   device: string;
   flavour: ArpingFlavour;
   log: Logger;
+  helper: NetHelper;
 }
 
 class NamespaceBinding implements AddressBinding {
@@ -101,7 +144,6 @@ class NamespaceBinding implements AddressBinding {
   /** The address is on the interface, or on its way there / off it: each change waits for the one before. */
   private change: Promise<void> = Promise.resolve();
   private readonly timers = new Set<NodeJS.Timeout>();
-  private readonly announcers = new Set<ChildProcess>();
 
   constructor(settings: NamespaceSettings) {
     this.settings = settings;
@@ -164,14 +206,14 @@ class NamespaceBinding implements AddressBinding {
   }
 
   private addAddress(): Promise<void> {
-    const { ip: address, device } = this.settings;
-    this.change = this.change.catch(() => undefined).then(() => ip(['-4', 'addr', 'add', `${address}/32`, 'dev', device], /File exists/));
+    const { ip: address, device, helper } = this.settings;
+    this.change = this.change.catch(() => undefined).then(() => ip(helper, ['-4', 'addr', 'add', `${address}/32`, 'dev', device], /File exists/));
     return this.change;
   }
 
   private removeAddress(): Promise<void> {
-    const { ip: address, device, log } = this.settings;
-    this.change = this.change.catch(() => undefined).then(() => ip(['-4', 'addr', 'del', `${address}/32`, 'dev', device], /Cannot assign requested address/));
+    const { ip: address, device, log, helper } = this.settings;
+    this.change = this.change.catch(() => undefined).then(() => ip(helper, ['-4', 'addr', 'del', `${address}/32`, 'dev', device], /Cannot assign requested address/));
     return this.change.catch((error: unknown) => log.error('could not remove the VM\'s address from the interface', { address: this.address, error: String(error) }));
   }
 
@@ -194,26 +236,22 @@ class NamespaceBinding implements AddressBinding {
   }
 
   private announceOnce(): void {
-    const { flavour, device, ip: address, log } = this.settings;
-    const child = spawn('arping', arpingArgs(flavour, device, address), { stdio: ['ignore', 'ignore', 'pipe'] });
-    this.announcers.add(child);
-    let stderr = '';
-    child.stderr!.setEncoding('utf8').on('data', (text: string) => (stderr += text));
-    child.on('error', (error) => log.warn('could not start arping', { address: this.address, error: String(error) }));
-    child.on('exit', (code) => {
-      this.announcers.delete(child);
+    const { flavour, device, ip: address, log, helper } = this.settings;
+    void helper.run('arping', arpingArgs(flavour, device, address), this.address).then(({ code, stderr }) => {
       // iputils' arping exits 0 once it has sent an unsolicited ARP; Habets' exits 1 when nobody answers, which
-      // nobody does to one. A message on stderr is a failure either way.
+      // nobody does to one. A message on stderr is a failure either way; 128 is a cancelled one.
       if (stderr.trim() === '' && (code === 0 || (flavour === 'habets' && code === 1))) {
         this.announced += 1;
         log.debug('gratuitous ARP sent', { address: this.address, announced: this.announced });
-      } else if (code !== null) log.warn('gratuitous ARP failed', { address: this.address, code, stderr: stderr.trim() });
+      } else if (code !== 128) {
+        log.warn('gratuitous ARP failed', { address: this.address, code, stderr: stderr.trim() });
+      }
     });
   }
 
   private cancelAnnouncements(): void {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
-    for (const child of this.announcers) child.kill();
+    this.settings.helper.cancel(this.address);
   }
 }
