@@ -196,6 +196,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       dirtyPagesAfter: 0, throughputBytesPerSec: (last.bytesSent / lastDurationMs) * 1000,
     };
     const registers = vm.registers();
+    log.debug('stop-and-copy timing', { pauseMs: lastStartMs - pausedAtMs, pages: lastPages.length, sendMs: lastDurationMs });
 
     // Stage 4: commitment. The destination checks its image and answers with its digests; we compare.
     enterStage(4);
