@@ -47,13 +47,13 @@ export interface ProbeResult {
   longestGapAtMs: number;
   /** When the probe started (epoch ms), to set its gaps beside an agent's log. */
   startedAtEpochMs: number;
-  /** Every gap between replies longer than LONG_GAP_MS (the first 20): when it began (ms from the start), how long. */
+  /** Every gap between replies longer than LONG_GAP_MS (the first 100): when it began (ms from the start), how long. */
   longGaps: { atMs: number; gapMs: number }[];
   writes: { keys: number; checked: number; lost: number; lostKeys: string[] };
 }
 
 /** Gaps between replies longer than this are listed one by one. */
-const LONG_GAP_MS = 10;
+const LONG_GAP_MS = 5;
 /**
  * A request unanswered this long is sent again (same id and bytes), then after twice as long each time, up to
  * MAX_RETRY_AFTER_MS: a service that is only slow is not buried under retries.
@@ -130,7 +130,7 @@ export async function runProbe(options: ProbeOptions): Promise<ProbeResult> {
   const noteReply = (nowMs: number): void => {
     if (!measuringGaps) return;
     const gap = nowMs - lastReplyMs;
-    if (gap > LONG_GAP_MS && longGaps.length < 20) longGaps.push({ atMs: lastReplyMs - startMs, gapMs: gap });
+    if (gap > LONG_GAP_MS && longGaps.length < 100) longGaps.push({ atMs: lastReplyMs - startMs, gapMs: gap });
     if (gap > longestGapMs) {
       longestGapMs = gap;
       longestGapAtMs = lastReplyMs - startMs;

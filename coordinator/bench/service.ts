@@ -35,6 +35,12 @@ export interface ServiceMigration {
    */
   outageAtMs: number;
   pauseAtMs?: number;
+  /**
+   * The gap between replies that spans the pause: what the switchover itself cost the client (the longest gap may
+   * lie elsewhere, in pre-copy, when the migration's threads and the service share the cores). Under the probe's
+   * LONG_GAP_MS (5 ms) when no listed gap spans it; undefined without a pause.
+   */
+  switchoverGapMs?: number;
   downtimeMs: number;
   guestBlackoutMs: number;
   /** When the destination started serving the address, from the pause. */
@@ -122,9 +128,20 @@ function defaultMigrationOptions(): MigrationOptions {
   return migrationOptions({ maxDowntime: `${DEFAULT_MAX_DOWNTIME_MS}ms`, maxRounds: String(STOP_RULES.maxRounds), verify: 'pages' });
 }
 
+/**
+ * The probe's gap that contains the instant `epochMs` (the pause), with a millisecond of slack for the two clocks'
+ * rounding; 0 when none of its listed gaps does (the replies never stopped for more than its LONG_GAP_MS there).
+ */
+export function gapSpanning(probe: ProbeResult, epochMs: number): number {
+  const atMs = epochMs - probe.startedAtEpochMs;
+  const spanning = probe.longGaps.filter((gap) => gap.atMs - 1 <= atMs && atMs <= gap.atMs + gap.gapMs + 1);
+  return Math.max(0, ...spanning.map((gap) => gap.gapMs));
+}
+
 export function toServiceMigration(index: number, from: string, report: MigrationReport, probe: ProbeResult, migrationStartEpochMs: number): ServiceMigration {
   const announcements = report.network?.announcements;
   const pauseAtMs = report.stages.find((stage) => stage.stage === 3)?.startMs;
+  const switchoverGapMs = pauseAtMs === undefined ? undefined : gapSpanning(probe, migrationStartEpochMs + pauseAtMs);
   return {
     index,
     from,
@@ -134,6 +151,7 @@ export function toServiceMigration(index: number, from: string, report: Migratio
     outageMs: probe.longestGapMs,
     outageAtMs: probe.startedAtEpochMs + probe.longestGapAtMs - migrationStartEpochMs,
     ...(pauseAtMs !== undefined ? { pauseAtMs } : {}),
+    ...(switchoverGapMs !== undefined ? { switchoverGapMs } : {}),
     downtimeMs: report.downtimeMs ?? Number.NaN,
     guestBlackoutMs: report.guestBlackoutMs ?? Number.NaN,
     ...(report.network?.servingAfterPauseMs !== undefined ? { servingAfterPauseMs: report.network.servingAfterPauseMs } : {}),
@@ -169,7 +187,7 @@ export function toSteadySample(probe: ProbeResult): SteadySample {
 export function describeMigration(scenario: string, repeat: number, total: number, migration: ServiceMigration): string {
   const ms = (value: number | undefined): string => (value !== undefined && Number.isFinite(value) ? `${value.toFixed(1)} ms` : '-');
   return `${scenario} #${repeat} migration ${migration.index}/${total} ${migration.from} -> ${migration.to}: ${migration.outcome}, ` +
-    `outage ${ms(migration.outageMs)} (at ${ms(migration.outageAtMs)}; pause at ${ms(migration.pauseAtMs)}), downtime ${ms(migration.downtimeMs)}, blackout ${ms(migration.guestBlackoutMs)}, ` +
+    `outage ${ms(migration.outageMs)} (at ${ms(migration.outageAtMs)}; pause at ${ms(migration.pauseAtMs)}; gap spanning it ${ms(migration.switchoverGapMs)}), downtime ${ms(migration.downtimeMs)}, blackout ${ms(migration.guestBlackoutMs)}, ` +
     `${migration.unanswered} unanswered, ${migration.lostWrites} writes lost${migration.error ? ` (${migration.error})` : ''}`;
 }
 

@@ -135,6 +135,8 @@ export interface ServiceSummary {
   migrations: number;
   committed: number;
   outageMs: Spread;
+  /** The gap spanning the pause (service.ts), migration by migration. */
+  switchoverGapMs: Spread;
   downtimeMs: Spread;
   guestBlackoutMs: Spread;
   /** Outage minus downtime, migration by migration: what the switchover adds on top of the pause. */
@@ -203,6 +205,7 @@ export function summarizeService(scenario: Scenario, runs: ServiceRun[]): Servic
     migrations: migrations.length,
     committed: migrations.filter((migration) => migration.outcome === 'committed').length,
     outageMs: of((m) => m.outageMs),
+    switchoverGapMs: of((m) => m.switchoverGapMs),
     downtimeMs: of((m) => m.downtimeMs),
     guestBlackoutMs: of((m) => m.guestBlackoutMs),
     outageOverDowntimeMs: of((m) => m.outageMs - m.downtimeMs),

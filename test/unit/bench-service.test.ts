@@ -8,7 +8,8 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toCsv } from '../../coordinator/bench/output.js';
 import { loadScenarios, type Scenario } from '../../coordinator/bench/scenarios.js';
-import type { ServiceMigration, ServiceRun, SteadySample } from '../../coordinator/bench/service.js';
+import { gapSpanning, type ServiceMigration, type ServiceRun, type SteadySample } from '../../coordinator/bench/service.js';
+import type { ProbeResult } from '../../coordinator/probe.js';
 import { servedRate, summarizeService } from '../../coordinator/bench/summary.js';
 
 let dir: string | undefined;
@@ -64,5 +65,12 @@ describe('bench service scenarios', () => {
     const header = csv[0]!.split(',');
     const second = Object.fromEntries(csv[2]!.split(',').map((cell, i) => [header[i], cell]));
     expect(second).toMatchObject({ scenario: 'kv-x', migration: '2', from: 'host-b', to: 'host-a', outage_ms: '30.000', downtime_ms: '20.000', requests_unanswered: '1', round1_throughput_bytes_per_sec: '' });
+  });
+
+  it('finds the gap between replies that spans the pause, apart from the longest gap elsewhere', () => {
+    const probe = { startedAtEpochMs: 1_000_000, longGaps: [{ atMs: 300, gapMs: 22 }, { atMs: 1490, gapMs: 9 }, { atMs: 2000, gapMs: 6 }] } as unknown as ProbeResult;
+    expect(gapSpanning(probe, 1_000_000 + 1495)).toBe(9); // inside the second gap: the switchover's
+    expect(gapSpanning(probe, 1_000_000 + 1489.5)).toBe(9); // a clock's rounding before it still counts
+    expect(gapSpanning(probe, 1_000_000 + 1700)).toBe(0); // replies never stopped for 5 ms there
   });
 });
