@@ -17,6 +17,7 @@
  *   vm/                     a VM: guest memory, dirty log, control block, vCPU worker, CPU model
  *   vm/net/                 a VM's network device (rings in guest memory), its host backend, who serves its address
  */
+import { initialDiskY } from '../shared/workloads.js';
 import type { HostCpu } from '../shared/cpu.js';
 import type { Logger } from '../shared/log.js';
 import type { ConfigDrive, controlOps, peerOps, VmInfo } from '../shared/protocol.js';
@@ -159,7 +160,9 @@ export class Agent {
       return {
         name, host: this.name, state: stored.suspended ? 'suspended' : 'defined', memoryBytes: config.memoryBytes, epoch: config.epoch,
         workload: config.workload, disks: config.disks, network: config.network, address: null, leaseUntil: config.leaseUntil,
-        cpu: stored.registers ? { x: stored.registers.x, n: stored.registers.n } : { x: config.workload.seed, n: 0 },
+        cpu: stored.registers
+          ? { x: stored.registers.x, n: stored.registers.n, y: stored.registers.y || initialDiskY(config.workload.seed), m: stored.registers.m }
+          : { x: config.workload.seed, n: 0, y: initialDiskY(config.workload.seed), m: 0 },
         cpuModel: config.cpuModel,
         lastBlackoutMs: 0, createdAt: config.createdAt, log: await tail(), ...(config.image ? { image: config.image } : {}), ...drive,
       };

@@ -13,14 +13,15 @@ import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
 import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, withCredentials, type Cluster } from './cluster.js';
 import { addImageCommands } from './commands/image.js';
 import { withHost } from './connect.js';
-import { dumpMemory, readMemory } from './dump.js';
+import { dumpMemory, fetchDisk, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
 import { formatColdReport, migrateCold } from './migrate-cold.js';
 import { migrateLive } from './migrate.js';
 import { migrationOptions } from './migrate-options.js';
 import { typedSize } from './option-check.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
-import { checkPattern } from './pattern-check.js';
+import { DiskPatternChecker, checkPattern } from './pattern-check.js';
+import { writesDisk } from '../shared/workloads.js';
 import { coldProgress, imageProgress, migrationProgress } from './progress.js';
 import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
@@ -58,7 +59,7 @@ function describeVm(info: VmInfo): string {
     [`${info.name}`, `on ${info.host}, ${info.state}`],
     ['  memory', formatBytes(info.memoryBytes)],
     ['  workload', workload],
-    ['  registers', `x=${info.cpu.x} n=${int(info.cpu.n)}`],
+    ['  registers', `x=${info.cpu.x} n=${int(info.cpu.n)}${info.cpu.y !== undefined ? ` y=${info.cpu.y} m=${int(info.cpu.m ?? 0)}` : ''}`],
     ['  cpu model', `${info.cpuModel.model}: ${info.cpuModel.flags.length} flags${highestLevel(info.cpuModel.flags) ? `, ${highestLevel(info.cpuModel.flags)}` : ''}`],
     ['  last blackout', info.lastBlackoutMs > 0 ? formatDuration(info.lastBlackoutMs) : '-'],
     ['  created', info.createdAt],
@@ -200,10 +201,12 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--hot <size>', 'hotset: the hot region that takes 7 of 8 writes (default: wss / 8)')
     .option('--prealloc', 'back all guest memory with real pages now, not on first touch (like QEMU -mem-prealloc)')
     .option('--disk <size>', 'give it a sparse disk image (disk0.img) of this size in the host\'s datastore')
+    .option('--disk-rate <writes>', 'pattern with --disk: 4 KiB block writes per second to its disk (default 0: none)')
+    .option('--disk-wss <size>', 'the part of the disk, from its start, those writes go to (default: the whole disk)')
     .option('--ip <address>', 'its address, served on UDP port 7777 (loopback mode: in 127.0.0.0/8, e.g. 127.100.0.5)')
     .addOption(cpuOption())
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; disk?: string; ip?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
+    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; disk?: string; diskRate?: string; diskWss?: string; ip?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
       const request = toVmRequest(name, options);
       const { cluster: hosts } = await cluster(command);
       const host = findHost(hosts, options.on);
@@ -325,21 +328,38 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     });
 
   vm.command('check <name>')
-    .description('pattern VMs: check every page of guest memory against a replay of the workload from its seed')
+    .description('pattern VMs: check every page of guest memory, and every block of a disk it writes, against a replay of the workload from its seed')
     .option('--json', 'print JSON')
     .action(async (name: string, options: { json?: boolean }, command: Command) => {
-      const { info, image } = await onVmHost(command, name, async (client) => {
+      const { info, image, disk } = await onVmHost(command, name, async (client) => {
         const found = await client.request('vm.info', { name });
         if (found.workload.kind !== 'pattern') {
           throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern memory can be checked by replay`, 'create the VM with --workload pattern');
         }
-        return readMemory(client, name);
+        const memory = await readMemory(client, name);
+        if (!writesDisk(found.workload) || !found.disks?.length) return { ...memory, disk: undefined };
+        // The disk separately, with its own pause: its registers y and m come first, then the image, checked as it arrives.
+        let checker: DiskPatternChecker | undefined;
+        const fetched = await fetchDisk(client, name, (paused, sizeBytes) => {
+          checker = new DiskPatternChecker(paused, sizeBytes);
+        }, (offset, data) => checker!.chunk(offset, data));
+        checker ??= new DiskPatternChecker(fetched.info, fetched.sizeBytes);
+        return { ...memory, disk: { info: fetched.info, result: checker.finish() } };
       });
       const result = checkPattern(info, image);
-      if (options.json) printJson({ vm: info.name, host: info.host, cpu: info.cpu, ...result });
-      else if (result.ok) process.stdout.write(`${name} on ${info.host}: all ${int(result.pagesChecked)} pages match a replay of ${int(result.writesReplayed)} writes (${int(result.pagesWritten)} pages written), registers agree\n`);
-      else process.stdout.write(`${name} on ${info.host}: MEMORY DIFFERS from replay of ${int(result.writesReplayed)} writes: pages ${result.badPages.join(', ')}${result.registersMatch ? '' : '; register x disagrees'}\n`);
-      process.exitCode = result.ok ? ExitCode.OK : ExitCode.FAILED;
+      const ok = result.ok && (disk?.result.ok ?? true);
+      if (options.json) {
+        printJson({ vm: info.name, host: info.host, cpu: info.cpu, ...result, ok, ...(disk ? { disk: { cpu: disk.info.cpu, ...disk.result } } : {}) });
+      } else {
+        if (result.ok) process.stdout.write(`${name} on ${info.host}: all ${int(result.pagesChecked)} pages match a replay of ${int(result.writesReplayed)} writes (${int(result.pagesWritten)} pages written), registers agree\n`);
+        else process.stdout.write(`${name} on ${info.host}: MEMORY DIFFERS from replay of ${int(result.writesReplayed)} writes: pages ${result.badPages.join(', ')}${result.registersMatch ? '' : '; register x disagrees'}\n`);
+        if (disk) {
+          const d = disk.result;
+          if (d.ok) process.stdout.write(`${name} disk0: all ${int(d.blocksChecked)} blocks match a replay of ${int(d.writesReplayed)} disk writes (${int(d.blocksWritten)} blocks written), register y agrees\n`);
+          else process.stdout.write(`${name} disk0: DISK DIFFERS from replay of ${int(d.writesReplayed)} disk writes: ${int(d.badBlockCount)} blocks${d.badBlocks.length > 0 ? ` (${d.badBlocks.join(', ')}${d.badBlockCount > d.badBlocks.length ? ', ...' : ''})` : ''}${d.registersMatch ? '' : '; register y disagrees'}\n`);
+        }
+      }
+      process.exitCode = ok ? ExitCode.OK : ExitCode.FAILED;
     });
 
   program

@@ -8,7 +8,7 @@ import { rename, rm, writeFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { PAGE_SIZE } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
-import type { VmInfo } from '../shared/protocol.js';
+import { vmInfoSchema, type VmInfo } from '../shared/protocol.js';
 import type { AgentClient } from './connect.js';
 
 const chunkSchema = z.object({ offset: z.number().int().nonnegative(), data: z.instanceof(Uint8Array) });
@@ -72,4 +72,38 @@ export async function readMemory(client: AgentClient, name: string): Promise<{ i
   const image = new Uint8Array(memoryBytes);
   const info = await fetchMemory(client, name, (offset, data) => image.set(data, offset));
   return { info, image };
+}
+
+const diskStartSchema = z.object({ info: z.unknown(), sizeBytes: z.number().int().nonnegative() });
+
+/**
+ * Streams the VM's first disk, as its image lies on its host: first `onStart` with the VM as it is while paused
+ * (its registers y and m describe the image) and the disk's size, then the image chunk by chunk to `sink` (chunks
+ * of zeros do not travel: what does not arrive is zeros). Returns the same VM info and size.
+ */
+export async function fetchDisk(
+  client: AgentClient,
+  name: string,
+  onStart: (info: VmInfo, sizeBytes: number) => void,
+  sink: (offset: number, data: Uint8Array) => void,
+): Promise<{ info: VmInfo; sizeBytes: number }> {
+  let received = 0;
+  let started = false;
+  const reply = await client.request('vm.disk-dump', { name }, {
+    onEvent: (body) => {
+      if (!started) {
+        const start = diskStartSchema.parse(body);
+        started = true;
+        onStart(vmInfoSchema.parse(start.info), start.sizeBytes);
+        return;
+      }
+      const chunk = chunkSchema.parse(body);
+      sink(chunk.offset, chunk.data);
+      received += chunk.data.byteLength;
+    },
+  });
+  if (!started || received !== reply.bytesSent) {
+    throw new FerryError(ErrorCode.IO, `disk of ${name}: received ${received} of ${reply.bytesSent} bytes`, 'retry');
+  }
+  return { info: reply.info, sizeBytes: reply.sizeBytes };
 }

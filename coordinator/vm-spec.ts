@@ -7,6 +7,7 @@ import { MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, NET_REGION_PAGES, P
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { controlOps, vmNameSchema, workloadKindSchema, type WorkloadSpec } from '../shared/protocol.js';
 import { formatBytes, parseCount, parseSize } from '../shared/units.js';
+import { BLOCK_BYTES as DISK_BLOCK_BYTES } from '../shared/workloads.js';
 import { checkOptions, typedSize, type OptionSource } from './option-check.js';
 
 export interface CreateOptions {
@@ -18,6 +19,10 @@ export interface CreateOptions {
   hot?: string | undefined;
   prealloc?: boolean | undefined;
   disk?: string | undefined;
+  /** pattern with a disk: block writes per second to its first disk (DESIGN.md, "Disk writes"). */
+  diskRate?: string | undefined;
+  /** The part of the disk those writes go to, from its start (default: the whole disk). */
+  diskWss?: string | undefined;
   /** Its address, `IP` or `IP/PREFIX` (loopback mode: in 127.0.0.0/8). */
   ip?: string | undefined;
 }
@@ -69,6 +74,22 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
     ...(options.hot ? { hotPages: Math.floor(parseSize(options.hot) / PAGE_SIZE) } : {}),
   };
   const diskBytes = options.disk === undefined ? undefined : parseSize(options.disk);
+  // Disk writes: only a pattern VM's, and only into a disk it has.
+  if (options.diskRate !== undefined || options.diskWss !== undefined) {
+    const flag = options.diskRate !== undefined ? `--disk-rate ${options.diskRate}` : `--disk-wss ${options.diskWss}`;
+    if (options.workload !== 'pattern') {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${flag}: only the pattern workload writes its disk, and this VM runs ${options.workload}`, 'use --workload pattern, or leave out --disk-rate and --disk-wss');
+    }
+    if (diskBytes === undefined) throw new FerryError(ErrorCode.BAD_INPUT, `${flag} needs a disk to write`, 'give it one, e.g. --disk 1GiB --disk-rate 2000');
+    if (options.diskRate === undefined) throw new FerryError(ErrorCode.BAD_INPUT, `--disk-wss ${options.diskWss} without --disk-rate: nothing would write the disk`, 'add --disk-rate, e.g. --disk-rate 2000');
+  }
+  const diskRate = options.diskRate === undefined ? undefined : parseCount(options.diskRate, '--disk-rate');
+  const diskWssBytes = options.diskWss === undefined ? undefined : parseSize(options.diskWss);
+  if (diskWssBytes !== undefined && diskBytes !== undefined && (diskWssBytes < DISK_BLOCK_BYTES || diskWssBytes > diskBytes)) {
+    throw new FerryError(ErrorCode.BAD_INPUT, `--disk-wss ${options.diskWss} must be between 4KiB and the disk (${formatBytes(diskBytes)})`, 'e.g. --disk 1GiB --disk-wss 256MiB');
+  }
+  if (diskRate !== undefined) workload.diskRate = diskRate;
+  if (diskWssBytes !== undefined) workload.diskWssBlocks = Math.floor(diskWssBytes / DISK_BLOCK_BYTES);
   const sources: Record<string, OptionSource> = {
     memoryBytes: { option: '--memory', typed: options.memory, unit: 'bytes', hint: `give ${typedSize(MIN_MEMORY_BYTES)} to ${typedSize(MAX_MEMORY_BYTES)}, a whole number of 4 KiB pages, e.g. 256MiB` },
     'workload.kind': { option: '--workload', typed: options.workload, unit: 'text', hint: `pick one of: ${workloadKindSchema.options.join(', ')}` },
@@ -76,6 +97,8 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
     'workload.wssPages': { option: '--wss', typed: options.wss ?? options.memory, unit: 'pages', hint: 'e.g. --memory 256MiB --wss 64MiB' },
     'workload.seed': { option: '--seed', typed: options.seed, unit: 'count', hint: 'xorshift32 never leaves 0, so the seed cannot be 0' },
     'workload.hotPages': { option: '--hot', typed: options.hot ?? '', unit: 'pages', hint: 'e.g. --wss 64MiB --hot 8MiB' },
+    'workload.diskRate': { option: '--disk-rate', typed: options.diskRate ?? '', unit: 'count', hint: 'block writes per second, e.g. --disk-rate 2000' },
+    'workload.diskWssBlocks': { option: '--disk-wss', typed: options.diskWss ?? '', unit: 'pages', hint: 'e.g. --disk 1GiB --disk-wss 256MiB' },
     diskBytes: { option: '--disk', typed: options.disk ?? '', unit: 'bytes', hint: `give ${typedSize(PAGE_SIZE)} to ${typedSize(MAX_DISK_BYTES)}, e.g. --disk 1GiB (sparse: it takes no space until written)` },
   };
   const request = checkOptions(vmCreateSchema, {

@@ -64,6 +64,10 @@ export const workloadSpecSchema = z.object({
   seed: z.number().int().min(1).max(0xffffffff),
   /** hotset only: the pages at the start of the working set that take most writes. */
   hotPages: z.number().int().min(1).optional(),
+  /** pattern only: block writes per second to the VM's first disk (DESIGN.md, "Disk writes"); 0 or absent: none. */
+  diskRate: z.number().int().min(0).max(1_000_000).optional(),
+  /** pattern only: 4 KiB blocks of the first disk, from block 0, that disk writes go to; absent: the whole disk. */
+  diskWssBlocks: z.number().int().min(1).optional(),
 });
 export type WorkloadSpec = z.infer<typeof workloadSpecSchema>;
 
@@ -74,10 +78,16 @@ export const memoryBytesSchema = z
   .max(MAX_MEMORY_BYTES)
   .refine((n) => n % PAGE_SIZE === 0, 'memory must be a whole number of 4 KiB pages');
 
-/** The vCPU's registers: the workload state (`x`, `n`) and the guest clock's last heartbeat. */
+/**
+ * The vCPU's registers: the workload state (`x`, `n`), the disk writes' state (`y`, `m`: DESIGN.md, "Disk writes")
+ * and the guest clock's last heartbeat. `y` and `m` came later: a VM saved without them loads with 0 and 0, and
+ * `y` = 0 (which xorshift32 never reaches) stands for the start value `seed XOR 0xA5A5A5A5` (vm.ts).
+ */
 export const registersSchema = z.object({
   x: z.number().int().min(0).max(0xffffffff),
   n: z.number().int().min(0),
+  y: z.number().int().min(0).max(0xffffffff).default(0),
+  m: z.number().int().min(0).default(0),
   heartbeatMs: z.number(),
 });
 export type Registers = z.infer<typeof registersSchema>;
@@ -172,7 +182,8 @@ export const vmInfoSchema = vmSummarySchema.extend({
   disks: z.array(z.object({ file: z.string(), sizeBytes: z.number(), shared: z.boolean().optional() })).optional(),
   /** The last lines of the VM's log (vm.log): what happened to it. */
   log: z.array(z.string()).optional(),
-  cpu: z.object({ x: z.number(), n: z.number() }),
+  /** Its registers: x and n (memory writes), y and m (disk writes; absent from agents that predate them). */
+  cpu: z.object({ x: z.number(), n: z.number(), y: z.number().optional(), m: z.number().optional() }),
   /** Its CPU model and the flags its guest was started with (shared/cpu.ts); `cpu` above is its registers. */
   cpuModel: vmCpuModelSchema,
   /** Gap in the guest's heartbeat at its last resume (a pause, or a migration's activation). */
@@ -375,6 +386,13 @@ export const controlOps = {
   'vm.destroy': [z.object({ name: vmNameSchema, deleteDisks: z.boolean().optional() }).strict(), empty],
   /** Events: binary frames of guest memory in order, then the reply with the image's metadata. */
   'vm.dump': [byName, z.object({ info: vmInfoSchema, wasRunning: z.boolean() })],
+  /**
+   * Events: first `{info, sizeBytes}`, the VM as it is while paused (its registers y and m describe the image) and
+   * the disk's size; then binary frames `{offset, data}` of the VM's first disk as it lies in its image, 1 MiB at a
+   * time, in order, chunks of zeros left out. The reply repeats info and size and says how many bytes travelled.
+   * The VM is paused meanwhile, as for `vm.dump`.
+   */
+  'vm.disk-dump': [byName, z.object({ info: vmInfoSchema, wasRunning: z.boolean(), sizeBytes: z.number(), bytesSent: z.number() })],
   'migrate.reserve': [
     z.object({
       migrationId: migrationIdSchema,

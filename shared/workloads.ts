@@ -80,3 +80,46 @@ export function workloadStep(spec: WorkloadSpec): NextPage {
     }
   }
 }
+
+/**
+ * Disk writes of the `pattern` workload (DESIGN.md, "Disk writes: disks anyone can check"), exactly:
+ *   m = m + 1; y = xorshift32(y); q = y % diskWssBlocks;
+ *   block q := 1024 little-endian uint32 words, v[0] = m mod 2^32, v[1] = floor(m / 2^32), v[2] = q,
+ *   v[k] = v[0] XOR (k * 0x85EBCA6B mod 2^32) for k = 3..1023.
+ * y starts at seed XOR 0xA5A5A5A5 (1 if that is 0); m at 0. A block never written is zero.
+ */
+export const BLOCK_BYTES = 4096;
+export const WORDS_PER_BLOCK = BLOCK_BYTES / 4;
+const DISK_MULTIPLIER = 0x85ebca6b;
+
+export interface DiskRegisters {
+  y: number;
+  m: number;
+}
+
+/** Register y before the first disk write. */
+export function initialDiskY(seed: number): number {
+  const y = ((seed >>> 0) ^ 0xa5a5a5a5) >>> 0;
+  return y === 0 ? 1 : y;
+}
+
+/** Whether a workload writes its first disk. */
+export function writesDisk(spec: WorkloadSpec): boolean {
+  return spec.kind === 'pattern' && (spec.diskRate ?? 0) > 0;
+}
+
+/** Fills block `block` as disk write number `m` leaves it, at word `base` of `words`. */
+export function fillBlock(words: Uint32Array, base: number, block: number, m: number): void {
+  const low = m >>> 0;
+  words[base] = low;
+  words[base + 1] = Math.floor(m / 2 ** 32);
+  words[base + 2] = block;
+  for (let k = 3; k < WORDS_PER_BLOCK; k++) words[base + k] = (low ^ Math.imul(k, DISK_MULTIPLIER)) >>> 0;
+}
+
+/** Advances the disk registers by one write and returns the block it goes to. */
+export function diskStep(registers: DiskRegisters, wssBlocks: number): number {
+  registers.m += 1;
+  registers.y = xorshift32(registers.y);
+  return registers.y % wssBlocks;
+}

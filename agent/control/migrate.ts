@@ -13,6 +13,7 @@ import { runSource, type SourceContext } from '../migration/source.js';
 import { MigrationTarget } from '../migration/target.js';
 import { requireCpu } from '../vm/cpu-model.js';
 import { attachNetwork } from '../vm/net/attach.js';
+import { attachDisk } from '../vm/disk/attach.js';
 
 /** The small files a live migration carries: config, NVRAM, log, and the config drive when the VM has one. */
 async function smallFiles(files: Datastore, config: VmConfig): Promise<NonNullable<SourceContext['files']>> {
@@ -48,6 +49,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       const config = vmConfigSchema.parse({ ...JSON.parse(files.config), epoch: newEpoch });
       if (config.name !== name) throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the migration ${name}`);
       vm.network = config.network;
+      vm.disks = config.disks;
       vm.leaseUntil = config.leaseUntil;
       vm.image = config.image;
       // The config drive is checked before it is written: it becomes a file here, and a guest reads it at its next boot.
@@ -55,6 +57,12 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       await agent.files.create(config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${agent.name} (migration ${migrationId}, epoch ${newEpoch})\n`, configDrive);
     });
     target.attachNetwork = (earlier) => attachNetwork(vm, { mode: agent.addressMode, log, fresh: false, earlier });
+    // Live migration moves VMs whose disks are on shared storage: the destination opens the same image.
+    target.attachDisk = async (config) => {
+      if (config === undefined) return;
+      vm.disks = vmConfigSchema.parse(JSON.parse(config)).disks;
+      await attachDisk(vm, agent.files, log);
+    };
     target.onFinished = () => agent.incoming.delete(migrationId);
     agent.incoming.set(migrationId, target);
     log.info('reserved', { vm: name, memoryBytes, migration: migrationId });

@@ -3,6 +3,7 @@
  * dump, destroy, and settling a migration of it left in doubt. Each asks the catalog for the VM and holds it for
  * the length of the operation.
  */
+import { open } from 'node:fs/promises';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { VmInfo } from '../../shared/protocol.js';
 import { formatBytes } from '../../shared/units.js';
@@ -11,7 +12,34 @@ import { randomMac } from '../datastore/config.js';
 import { configDriveText, makeConfigDrive } from '../datastore/config-drive.js';
 import { requireCpu, resolveCpuModel } from '../vm/cpu-model.js';
 import { attachNetwork, networkRefusal } from '../vm/net/attach.js';
+import { attachDisk } from '../vm/disk/attach.js';
+import { BLOCK_SIZE } from '../vm/disk/block-backend.js';
 import { PAGE_SIZE } from '../../shared/constants.js';
+import type { WorkloadSpec } from '../../shared/protocol.js';
+
+/** Why a workload's disk writes cannot be, or undefined: they need a pattern workload and a first disk to hold them. */
+export function diskWriteRefusal(name: string, workload: WorkloadSpec, diskBytes: number | undefined, keepsFiles: boolean): FerryError | undefined {
+  const diskRate = workload.diskRate ?? 0;
+  if (diskRate === 0 && workload.diskWssBlocks === undefined) return undefined;
+  if (workload.kind !== 'pattern') {
+    return new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${workload.kind}: only the pattern workload writes its disk (--disk-rate, --disk-wss)`, 'use --workload pattern, or leave out --disk-rate and --disk-wss');
+  }
+  if (diskBytes === undefined) {
+    return new FerryError(ErrorCode.BAD_INPUT, `${name} has no disk to write (--disk-rate, --disk-wss)`, 'give it one, e.g. --disk 1GiB --disk-rate 2000');
+  }
+  if (!keepsFiles) return new FerryError(ErrorCode.VM_STATE, `${name}'s disk writes need a disk image, and this agent keeps no files`, 'run the agent with --datastore');
+  const blocks = Math.floor(diskBytes / BLOCK_SIZE);
+  if (workload.diskWssBlocks !== undefined && workload.diskWssBlocks > blocks) {
+    return new FerryError(ErrorCode.BAD_INPUT, `${name}'s disk working set (${workload.diskWssBlocks} blocks) is larger than its disk (${blocks} blocks of 4 KiB)`, 'give --disk-wss at most --disk');
+  }
+  return undefined;
+}
+
+const ZEROS = Buffer.alloc(1024 * 1024);
+
+function isZero(data: Buffer): boolean {
+  return data.equals(ZEROS.subarray(0, data.length));
+}
 
 /** Dump chunks: 1 MiB, the size ws moves at full speed. */
 const DUMP_CHUNK_BYTES = 1024 * 1024;
@@ -26,6 +54,9 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
     }
     const refusal = networkRefusal(agent.addressMode, name, memoryBytes / PAGE_SIZE, workload, network);
     if (refusal) throw refusal;
+    const manifestBytes = image !== undefined && files ? (await files.images.get(image, agent.name)).bytes : undefined;
+    const diskRefusal = diskWriteRefusal(name, workload, manifestBytes !== undefined ? Math.max(diskBytes ?? 0, manifestBytes) : diskBytes, files !== undefined);
+    if (diskRefusal) throw diskRefusal;
     // Two sockets on one address would both bind (SO_REUSEADDR) and one VM would take the other's traffic.
     const holder = network && catalog.machines().find((machine) => machine.network?.ip === network.ip && machine.address !== null);
     if (holder) throw new FerryError(ErrorCode.BAD_INPUT, `${network!.ip} is already served on ${agent.name} by ${holder.name}`, 'pick another address, or provision with --ip auto');
@@ -59,6 +90,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
           }
           await files?.fill(agent.configOf(vm), undefined, '', drive);
           await attachNetwork(vm, { mode: agent.addressMode, log, fresh: true });
+          await attachDisk(vm, files, log);
           await agent.logEvent(name, `created on ${agent.name}: ${memoryBytes} bytes of memory, ${workload.kind} workload${diskSize ? `, disk0.img of ${diskSize} bytes` : ''}${cloned}${vm.network ? `, ${vm.network.ip}/${vm.network.prefix} (${vm.network.mac})` : ''}${leaseUntil ? `, leased until ${leaseUntil}` : ''}, cpu ${cpuModel.model} (${cpuModel.flags.length} flags)${drive ? ', config drive cidata.json' : ''}`);
           await vm.resume();
         } catch (error) {
@@ -98,6 +130,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
       }
       // Its device: made afresh at a fresh boot, found in the saved memory of a suspended guest.
       await attachNetwork(vm, { mode: agent.addressMode, log, fresh: !suspended });
+      await attachDisk(vm, agent.files, log);
       let newFlags = false;
       if (!suspended && config.cpuModel.model === 'host') {
         vm.cpuModel = { model: 'host', flags: [...agent.hostCpu.flags] };
@@ -191,6 +224,39 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
       }
       return { info, wasRunning };
     } finally {
+      if (wasRunning) {
+        await vm.resume();
+        vm.state = 'running';
+      }
+    }
+  }));
+
+  connection.handle('vm.disk-dump', async ({ name }, context) => catalog.exclusive(name, 'disk dump', async (vm) => {
+    const disk = vm.disk0;
+    if (!disk) throw new FerryError(ErrorCode.VM_STATE, `${name} has no disk served on ${agent.name}`, 'only a running or paused VM with a disk (--disk) has one to read');
+    const wasRunning = vm.state === 'running';
+    // Paused, a guest has no disk write in flight (disk/mailbox.ts): the image and registers y, m agree.
+    if (wasRunning) await vm.pause();
+    vm.state = 'paused';
+    const sizeBytes = disk.blockCount * BLOCK_SIZE;
+    let bytesSent = 0;
+    const handle = await open(disk.file, 'r');
+    try {
+      const info: VmInfo = vm.info(agent.name);
+      await context.event({ info, sizeBytes }); // first: the registers the image is checked against
+      const chunk = Buffer.alloc(DUMP_CHUNK_BYTES);
+      for (let offset = 0; offset < sizeBytes && !context.signal.aborted; offset += DUMP_CHUNK_BYTES) {
+        const length = Math.min(DUMP_CHUNK_BYTES, sizeBytes - offset);
+        const { bytesRead } = await handle.read(chunk, 0, length, offset);
+        chunk.fill(0, bytesRead, length); // past the end of a short file: zeros, as a sparse tail reads
+        const data = chunk.subarray(0, length);
+        if (isZero(data)) continue; // a hole, or zeros: the reader takes what does not arrive as zeros
+        await context.event({ offset, data: Buffer.from(data) });
+        bytesSent += length;
+      }
+      return { info, wasRunning, sizeBytes, bytesSent };
+    } finally {
+      await handle.close();
       if (wasRunning) {
         await vm.resume();
         vm.state = 'running';

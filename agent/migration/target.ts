@@ -67,6 +67,8 @@ export class MigrationTarget {
   private forwardedEarly: ClientDatagram[] = [];
   /** Serves the VM's address here (vm/net/attach.ts), given what was forwarded early; set by the agent. */
   attachNetwork: ((earlier: ClientDatagram[]) => Promise<boolean>) | undefined;
+  /** Serves the VM's first disk here (vm/disk/attach.ts), given the VM's config from verification; set by the agent. */
+  attachDisk: ((config: string | undefined) => Promise<void>) | undefined;
 
   constructor(
     migrationId: string,
@@ -216,6 +218,12 @@ export class MigrationTarget {
     } catch (error) {
       // The VM is committed here: it runs, without its address, rather than not at all. Said loudly.
       this.log.error('could not serve the VM\'s address after activation', { vm: this.vm.name, error: String(error) });
+    }
+    try {
+      await this.attachDisk?.(this.files?.config);
+    } catch (error) {
+      // Committed here, as above: it runs without its disk (its vCPU then makes no disk writes), said loudly.
+      this.log.error('could not open the VM\'s disk after activation', { vm: this.vm.name, error: String(error) });
     }
     if (resume) {
       await this.vm.resume();

@@ -12,15 +12,22 @@
  *   +----------------------+----------------------+-----+
  *
  *   control block  SharedArrayBuffer, CONTROL_BYTES
- *   Int32 slots (Atomics)                          Float64 slots (plain loads and stores)
- *   +-----+-------+-------+------+------+----------+----------+-------------+   +--------------+-------------+
- *   | CMD | STATE | REG_X | N_LO | N_HI | THROTTLE | DOORBELL | NET_PRESENT |   | HEARTBEAT_MS | BLACKOUT_MS |
- *   +-----+-------+-------+------+------+----------+----------+-------------+   +--------------+-------------+
- *    0     1       2       3      4      5          6          7                byte 32        byte 40
+ *   Int32 slots (Atomics)
+ *   +-----+-------+-------+------+------+----------+----------+-------------+-------+------+------+
+ *   | CMD | STATE | REG_X | N_LO | N_HI | THROTTLE | DOORBELL | NET_PRESENT | REG_Y | M_LO | M_HI |
+ *   +-----+-------+-------+------+------+----------+----------+-------------+-------+------+------+
+ *    0     1       2       3      4      5          6          7             8       9      10
+ *   Float64 slots (plain loads and stores), from byte 48
+ *   +--------------+-------------+
+ *   | HEARTBEAT_MS | BLACKOUT_MS |
+ *   +--------------+-------------+
+ *    byte 48        byte 56
  *
  * What must stay true:
  * - Only the main thread writes CMD; only the vCPU writes STATE. Each side `Atomics.notify`s the slot it wrote.
  * - The vCPU reads CMD only between two whole page writes, so when STATE says PAUSED no page is half written.
+ * - REG_Y, REG_M_LO and REG_M_HI are the disk writes' registers (DESIGN.md, "Disk writes"), kept like x and n: they
+ *   describe the last disk write the block layer reported done (agent/vm/disk/mailbox.ts), never one in flight.
  * - REG_X, REG_N_LO and REG_N_HI describe the last finished write. The vCPU writes them while running; while the
  *   vCPU is PAUSED (or not yet started) only the main thread writes them, and the vCPU reloads them on resume.
  *   That is how a migration hands the destination's vCPU the source's registers.
@@ -56,18 +63,24 @@ export const ControlSlot = {
    * (agent/vm/net/device.ts), 0 otherwise. Written only while the vCPU is paused or not yet started.
    */
   NET_PRESENT: 7,
+  /** Register y: the disk writes' xorshift32 state, stored as int32 (0 only before the first write: see vm.ts). */
+  REG_Y: 8,
+  /** Register m: disk writes done, low 32 bits (as int32). */
+  REG_M_LO: 9,
+  /** Register m: disk writes done, high bits. */
+  REG_M_HI: 10,
 } as const;
 
-export const INT32_SLOTS = 8;
+export const INT32_SLOTS = 11;
 
 export const ControlFloatSlot = {
   /** Guest clock: epoch milliseconds of the vCPU's last loop turn. */
-  HEARTBEAT_MS: 4,
+  HEARTBEAT_MS: 6,
   /** Gap in the heartbeat across the last resume, in milliseconds. */
-  BLACKOUT_MS: 5,
+  BLACKOUT_MS: 7,
 } as const;
 
-/** Float64 slots start at byte 32 (= INT32_SLOTS x 4), so Float64 index 4 is byte 32. */
+/** Float64 slots start at byte 48 (INT32_SLOTS x 4 = 44, rounded up to 8), so Float64 index 6 is byte 48. */
 export const CONTROL_BYTES = 64;
 
 export const VcpuCommand = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
@@ -94,6 +107,16 @@ export function readRegisterN(ints: Int32Array): number {
 export function writeRegisterN(ints: Int32Array, n: number): void {
   Atomics.store(ints, ControlSlot.REG_N_LO, n >>> 0);
   Atomics.store(ints, ControlSlot.REG_N_HI, Math.floor(n / 2 ** 32));
+}
+
+/** Register m, split like n. */
+export function readRegisterM(ints: Int32Array): number {
+  return (Atomics.load(ints, ControlSlot.REG_M_HI) >>> 0) * 2 ** 32 + (Atomics.load(ints, ControlSlot.REG_M_LO) >>> 0);
+}
+
+export function writeRegisterM(ints: Int32Array, m: number): void {
+  Atomics.store(ints, ControlSlot.REG_M_LO, m >>> 0);
+  Atomics.store(ints, ControlSlot.REG_M_HI, Math.floor(m / 2 ** 32));
 }
 
 /** Guest clock in epoch milliseconds with sub-millisecond resolution, comparable across threads of a machine. */

@@ -5,6 +5,11 @@
  * leaves a half-written page and its registers always describe a finished write. It waits with Atomics.wait on
  * the CMD slot, both while paused and while ahead of its rate, so a pause request wakes it at once.
  *
+ * A `pattern` VM with a disk rate also writes its first disk, between two whole page writes, at its own rate, paced
+ * like the page writes: it puts the block into the block mailbox (disk/mailbox.ts) and waits with Atomics.wait until
+ * the block layer on the main thread says the write is in the image; only then do registers y and m count it. The
+ * command is read between whole disk writes too, so a paused vCPU never has a disk write half done.
+ *
  * At boot, before its first write, the guest reads its config drive when it has one (agent/datastore/config-drive.ts)
  * and reports what it took (its hostname) to the agent by a message. That is all it does with it: guest memory is not
  * touched, so the `pattern` workload's memory stays a pure function of its seed and write count.
@@ -14,12 +19,16 @@ import { HEARTBEAT_INTERVAL_MS } from '../../shared/constants.js';
 import type { WorkloadSpec } from '../../shared/protocol.js';
 import { DirtyLog } from './dirty-log.js';
 import {
-  ControlFloatSlot, ControlSlot, VcpuCommand, VcpuState, controlViews, readRegisterN, wallClockMs, writeRegisterN,
+  ControlFloatSlot, ControlSlot, VcpuCommand, VcpuState, controlViews, readRegisterM, readRegisterN, wallClockMs, writeRegisterM,
+  writeRegisterN,
 } from './layout.js';
-import { fillPage, workloadStep, type WorkloadRegisters } from '../../shared/workloads.js';
+import {
+  diskStep, fillBlock, fillPage, workloadStep, writesDisk, type DiskRegisters, type WorkloadRegisters,
+} from '../../shared/workloads.js';
 import { NetDevice } from './net/device.js';
 import { serveRequest } from './net/guest-service.js';
 import { KvTable } from './net/kv-table.js';
+import { BlockMailbox } from './disk/mailbox.js';
 
 export interface VcpuWorkerData {
   memory: SharedArrayBuffer;
@@ -27,6 +36,8 @@ export interface VcpuWorkerData {
   control: SharedArrayBuffer;
   pageCount: number;
   workload: WorkloadSpec;
+  /** The first disk's block mailbox (disk/mailbox.ts); served while its BLOCK_COUNT is not 0. */
+  diskMailbox: SharedArrayBuffer;
   /** The config drive's text, when the VM boots with one (a fresh power-on); not for a migration's destination. */
   configDrive?: string | undefined;
 }
@@ -55,6 +66,8 @@ function bootFromConfigDrive(text: string): GuestBootMessage {
 const WRITES_PER_TURN = 256;
 /** Requests served per loop turn at most, so that page writes and the pause check keep their turn under load. */
 const REQUESTS_PER_TURN = 64;
+/** Disk writes per loop turn at most (each is a round trip to the main thread). */
+const DISK_WRITES_PER_TURN = 64;
 
 function run(data: VcpuWorkerData): void {
   if (data.configDrive !== undefined) parentPort?.postMessage(bootFromConfigDrive(data.configDrive));
@@ -64,6 +77,9 @@ function run(data: VcpuWorkerData): void {
   const nextPage = workloadStep(data.workload);
   const baseRate = data.workload.kind === 'idle' || data.workload.kind === 'kv' ? 0 : data.workload.rate;
   const registers: WorkloadRegisters = { x: 0, n: 0 };
+  const disk: DiskRegisters = { y: 0, m: 0 };
+  const mailbox = new BlockMailbox(data.diskMailbox);
+  const baseDiskRate = writesDisk(data.workload) ? (data.workload.diskRate ?? 0) : 0;
   // The network device and the kv table, made the first time the VM has an address (NET_PRESENT) and served.
   let device: NetDevice | undefined;
   let table: KvTable | undefined;
@@ -101,14 +117,40 @@ function run(data: VcpuWorkerData): void {
   const loadRegisters = (): void => {
     registers.x = Atomics.load(ints, ControlSlot.REG_X) >>> 0;
     registers.n = readRegisterN(ints);
+    disk.y = Atomics.load(ints, ControlSlot.REG_Y) >>> 0;
+    disk.m = readRegisterM(ints);
+  };
+
+  /**
+   * One disk write, whole: the next block into the mailbox, then wait for the block layer (mailbox.ts); the
+   * registers count it only once it is in the image. Returns false when no write was done (no disk served, or it
+   * failed: the same write is made again next time).
+   */
+  const diskWrite = (): boolean => {
+    const blockCount = mailbox.blockCount;
+    if (blockCount === 0) return false;
+    const wss = Math.min(data.workload.diskWssBlocks ?? blockCount, blockCount);
+    const next: DiskRegisters = { y: disk.y, m: disk.m };
+    const block = diskStep(next, wss);
+    fillBlock(mailbox.words, 0, block, next.m);
+    const done = mailbox.submit(block, () => Atomics.load(ints, ControlSlot.CMD) === VcpuCommand.STOP);
+    if (!done) return false;
+    disk.y = next.y;
+    disk.m = next.m;
+    Atomics.store(ints, ControlSlot.REG_Y, disk.y | 0);
+    writeRegisterM(ints, disk.m);
+    return true;
   };
 
   // Rate pacing: `written` writes since `paceStart`; a write is due when the clock says so. Auto-converge scales
-  // the rate down by THROTTLE_PCT; a change restarts the pacing.
+  // the rate down by THROTTLE_PCT; a change restarts the pacing. Disk writes are paced the same way, on their own.
   let paceStart = performance.now();
   let written = 0;
   let throttle = 0;
   let rate = baseRate;
+  let diskPaceStart = paceStart;
+  let diskWritten = 0;
+  let diskRate = baseDiskRate;
 
   for (;;) {
     // Read before looking at anything: a bump after this wakes the sleep below at once (layout.ts, DOORBELL).
@@ -131,6 +173,8 @@ function run(data: VcpuWorkerData): void {
       floats[ControlFloatSlot.HEARTBEAT_MS] = now;
       paceStart = performance.now();
       written = 0;
+      diskPaceStart = paceStart;
+      diskWritten = 0;
       setState(VcpuState.RUNNING);
       continue;
     }
@@ -141,12 +185,17 @@ function run(data: VcpuWorkerData): void {
     if (throttleNow !== throttle) {
       throttle = throttleNow;
       rate = (baseRate * (100 - throttle)) / 100;
+      diskRate = (baseDiskRate * (100 - throttle)) / 100;
       paceStart = performance.now();
       written = 0;
+      diskPaceStart = paceStart;
+      diskWritten = 0;
     }
     const elapsedMs = performance.now() - paceStart;
     const due = rate === 0 ? 0 : Math.floor((elapsedMs * rate) / 1000) - written;
-    if (due <= 0) {
+    const diskDue = diskRate === 0 || mailbox.blockCount === 0
+      ? 0 : Math.floor(((performance.now() - diskPaceStart) * diskRate) / 1000) - diskWritten;
+    if (due <= 0 && diskDue <= 0) {
       // Nothing due: sleep a heartbeat interval (a pause request or a request in the RX ring still wakes us at once).
       // Waking for every single write would cost a futex round trip per page; instead the writes that fall due
       // meanwhile go in one turn.
@@ -155,7 +204,7 @@ function run(data: VcpuWorkerData): void {
       continue;
     }
 
-    const turn = Math.min(due, WRITES_PER_TURN);
+    const turn = Math.max(0, Math.min(due, WRITES_PER_TURN));
     for (let i = 0; i < turn; i++) {
       if (Atomics.load(ints, ControlSlot.CMD) !== VcpuCommand.RUN) break;
       const page = nextPage(registers);
@@ -168,11 +217,27 @@ function run(data: VcpuWorkerData): void {
       writeRegisterN(ints, registers.n);
       written += 1;
     }
+    // Disk writes, between whole page writes, each whole (the command is read between two of them, never inside one).
+    const diskTurn = Math.max(0, Math.min(diskDue, DISK_WRITES_PER_TURN));
+    let diskFailed = false;
+    for (let i = 0; i < diskTurn; i++) {
+      if (Atomics.load(ints, ControlSlot.CMD) !== VcpuCommand.RUN) break;
+      if (!diskWrite()) {
+        diskFailed = true; // no disk served, or a failed write: the same write again after a heartbeat
+        break;
+      }
+      diskWritten += 1;
+    }
+    if (diskFailed) Atomics.wait(ints, ControlSlot.DOORBELL, doorbell, HEARTBEAT_INTERVAL_MS);
     floats[ControlFloatSlot.HEARTBEAT_MS] = wallClockMs();
     // A vCPU that fell more than a second behind (the machine was busy) does not burst to catch up.
     if (due > rate) {
       paceStart = performance.now();
       written = 0;
+    }
+    if (diskDue > diskRate) {
+      diskPaceStart = performance.now();
+      diskWritten = 0;
     }
   }
   setState(VcpuState.STOPPED);

@@ -8,8 +8,12 @@ import type { VmCpuModel } from '../../shared/cpu.js';
 import type { GuestFacts, Network, Registers, VmInfo, VmState, WorkloadSpec } from '../../shared/protocol.js';
 import { DirtyLog } from './dirty-log.js';
 import {
-  CONTROL_BYTES, ControlFloatSlot, ControlSlot, VcpuState, controlViews, readRegisterN, writeRegisterN, type ControlViews,
+  CONTROL_BYTES, ControlFloatSlot, ControlSlot, VcpuState, controlViews, readRegisterM, readRegisterN, writeRegisterM, writeRegisterN,
+  type ControlViews,
 } from './layout.js';
+import { initialDiskY } from '../../shared/workloads.js';
+import type { BlockBackend } from './disk/block-backend.js';
+import { BlockMailbox } from './disk/mailbox.js';
 import { Vcpu } from './vcpu.js';
 import type { NetBackend } from './net/backend.js';
 import { NetDevice } from './net/device.js';
@@ -55,10 +59,18 @@ export class VirtualMachine {
   guest: GuestFacts | undefined;
   /** The network device's host side, while the VM serves its address on this host (net/attach.ts). */
   net: NetBackend | undefined;
+  /** The block mailbox of its first disk, between the vCPU and `disk0` (disk/mailbox.ts). */
+  readonly diskMailbox: BlockMailbox;
+  /**
+   * The block layer of its first disk (disk/block-backend.ts): set whenever the VM has memory here and a first disk
+   * this agent can open (disk/attach.ts), whatever its disk rate; stopped with the VM (destroy).
+   */
+  disk0: BlockBackend | undefined;
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 
-  private constructor(spec: VmSpec, memory: WebAssembly.Memory, dirtyLog: DirtyLog, control: SharedArrayBuffer, vcpu: Vcpu, state: VmState) {
+  private constructor(spec: VmSpec, memory: WebAssembly.Memory, dirtyLog: DirtyLog, control: SharedArrayBuffer, mailbox: BlockMailbox, vcpu: Vcpu, state: VmState) {
+    this.diskMailbox = mailbox;
     this.name = spec.name;
     this.memoryBytes = spec.memoryBytes;
     this.pageCount = spec.memoryBytes / PAGE_SIZE;
@@ -84,11 +96,15 @@ export class VirtualMachine {
     const { ints } = controlViews(control);
     Atomics.store(ints, ControlSlot.REG_X, spec.workload.seed | 0);
     writeRegisterN(ints, 0);
+    Atomics.store(ints, ControlSlot.REG_Y, initialDiskY(spec.workload.seed) | 0);
+    writeRegisterM(ints, 0);
+    const mailbox = BlockMailbox.allocate();
     const vcpu = await Vcpu.start({
       memory: memory.buffer as SharedArrayBuffer, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload,
+      diskMailbox: mailbox.buffer,
       ...(spec.configDrive !== undefined ? { configDrive: spec.configDrive } : {}),
     });
-    return new VirtualMachine(spec, memory, dirtyLog, control, vcpu, state);
+    return new VirtualMachine(spec, memory, dirtyLog, control, mailbox, vcpu, state);
   }
 
   get vcpuRunning(): boolean {
@@ -107,7 +123,11 @@ export class VirtualMachine {
     const net = this.net;
     this.net = undefined;
     await net?.stop();
+    // The vCPU first: it finishes a disk write in flight (the block layer still serves it), then the block layer.
     await this.vcpu.stop();
+    const disk = this.disk0;
+    this.disk0 = undefined;
+    await disk?.stop();
   }
 
   /** The rings of its network device, over its guest memory (net/device.ts). */
@@ -137,6 +157,8 @@ export class VirtualMachine {
     return {
       x: Atomics.load(ints, ControlSlot.REG_X) >>> 0,
       n: readRegisterN(ints),
+      y: Atomics.load(ints, ControlSlot.REG_Y) >>> 0,
+      m: readRegisterM(ints),
       heartbeatMs: floats[ControlFloatSlot.HEARTBEAT_MS] ?? 0,
     };
   }
@@ -149,6 +171,10 @@ export class VirtualMachine {
     const { ints, floats } = this.control;
     Atomics.store(ints, ControlSlot.REG_X, registers.x | 0);
     writeRegisterN(ints, registers.n);
+    // Registers saved before disk writes existed carry y = 0 (protocol.ts): the start value, with m = 0.
+    const y = registers.y ?? 0;
+    Atomics.store(ints, ControlSlot.REG_Y, (y === 0 ? initialDiskY(this.workload.seed) : y) | 0);
+    writeRegisterM(ints, registers.m ?? 0);
     floats[ControlFloatSlot.HEARTBEAT_MS] = registers.heartbeatMs;
   }
 
@@ -172,7 +198,7 @@ export class VirtualMachine {
   }
 
   info(host: string): VmInfo {
-    const { x, n } = this.registers();
+    const { x, n, y, m } = this.registers();
     return {
       name: this.name,
       host,
@@ -184,7 +210,7 @@ export class VirtualMachine {
       network: this.network,
       address: this.address,
       leaseUntil: this.leaseUntil,
-      cpu: { x, n },
+      cpu: { x, n, y, m },
       cpuModel: this.cpuModel,
       lastBlackoutMs: this.lastBlackoutMs(),
       createdAt: this.createdAt.toISOString(),
