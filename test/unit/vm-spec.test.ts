@@ -28,6 +28,19 @@ describe('vm create options', () => {
     });
   });
 
+  it('takes --disk-rate and --disk-wss for a pattern VM with a disk, and refuses them otherwise', () => {
+    const request = toVmRequest('web1', { ...defaults, disk: '1GiB', diskRate: '2000', diskWss: '256MiB' });
+    expect(controlOps['vm.create'][0].parse(request)).toEqual(request);
+    expect(request.workload).toMatchObject({ diskRate: 2000, diskWssBlocks: 65536 });
+    expect(toVmRequest('web1', { ...defaults, disk: '1GiB', diskRate: '10' }).workload.diskWssBlocks).toBeUndefined();
+    const noDisk = refusal(() => toVmRequest('web1', { ...defaults, diskRate: '2000' }));
+    expect(noDisk.message).toContain('--disk-rate 2000');
+    expect(noDisk.hint).toContain('--disk 1GiB');
+    expect(refusal(() => toVmRequest('web1', { ...defaults, workload: 'hotset', disk: '1GiB', diskRate: '2000' })).message).toContain('only the pattern workload');
+    expect(refusal(() => toVmRequest('web1', { ...defaults, disk: '1GiB', diskWss: '8MiB' })).message).toContain('without --disk-rate');
+    expect(refusal(() => toVmRequest('web1', { ...defaults, disk: '1GiB', diskRate: '1', diskWss: '2GiB' })).message).toContain('--disk-wss 2GiB');
+  });
+
   it('refuses memory outside 1 MiB to 4 GiB, naming the option and the limit', () => {
     const tooBig = refusal(() => toVmRequest('web1', { ...defaults, memory: '8GiB' }));
     expect(tooBig.message).toMatch(/^--memory 8GiB is above 4 GiB/);
