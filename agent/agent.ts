@@ -26,6 +26,7 @@ import { Catalog } from './catalog.js';
 import { serveHostControl } from './control/host.js';
 import { serveImageControl } from './control/image.js';
 import { serveMigrateControl } from './control/migrate.js';
+import { serveStorageControl } from './control/storage.js';
 import { serveVmControl } from './control/vm.js';
 import type { VmConfig } from './datastore/config.js';
 import type { Datastore } from './datastore/datastore.js';
@@ -192,6 +193,7 @@ export class Agent {
     serveHostControl(connection, this);
     serveVmControl(connection, this);
     serveMigrateControl(connection, this);
+    serveStorageControl(connection, this);
     serveImageControl(connection, this);
     serveImageReceiver(connection, this);
   }

@@ -22,7 +22,8 @@ import { typedSize } from './option-check.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
 import { DiskPatternChecker, checkPattern } from './pattern-check.js';
 import { writesDisk } from '../shared/workloads.js';
-import { coldProgress, imageProgress, migrationProgress } from './progress.js';
+import { coldProgress, imageProgress, migrationProgress, storageProgress } from './progress.js';
+import { formatStorageReport, moveStorage } from './storage-move.js';
 import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
@@ -544,6 +545,41 @@ Examples:
       const sound = results.runs.every((run) => run.outcome === 'committed' && run.verification?.match === true && run.replayMatches !== false)
         && results.services.every((run) => run.migrations.every((migration) => migration.outcome === 'committed'));
       process.exitCode = sound ? ExitCode.OK : ExitCode.FAILED;
+    });
+
+  const storage = program.command('storage').description('where a VM\'s disks live');
+  storage.command('move <name>')
+    .description('move a running VM\'s disks between its host\'s datastore and the shared storage, while it runs (Storage vMotion)')
+    .requiredOption('--to <place>', 'shared (the agent\'s --shared-storage) or local (its datastore)')
+    .option('--storage-mode <mode>', 'mirror: every guest write goes to both copies once the copy begins, so it converges at any write rate (QEMU\'s write-blocking mirror); iterate: dirty-block rounds, like memory\'s pre-copy', 'mirror')
+    .option('--verify <mode>', 'pages: per-block digests of what was copied; full: also hash both whole images', 'pages')
+    .option('--max-downtime <time>', 'iterate mode: stop the rounds when the blocks left fit in this pause', '300ms')
+    .option('--json', 'print the report as JSON')
+    .option('--quiet', 'no progress display')
+    .addHelpText('after', `
+The VM keeps running throughout but for a short pause at the end, in which the last blocks are copied, the copy is
+verified and the VM's config is pointed at the new place. Until then its disks stay where they were, and any failure
+(a full disk, a digest that does not match, the agent stopping) leaves them there and deletes the partial copy.
+A disk on shared storage lets the VM migrate live to any host that mounts the same storage without copying disks.
+
+Examples:
+  ferry storage move web1 --to shared
+  ferry storage move web1 --to local --storage-mode iterate --verify full`)
+    .action(async (name: string, raw: { to: string; storageMode: string; verify: string; maxDowntime: string; json?: boolean; quiet?: boolean }, command: Command) => {
+      if (raw.to !== 'shared' && raw.to !== 'local') throw new FerryError(ErrorCode.BAD_INPUT, `--to ${raw.to}: a disk moves to shared or local`, 'e.g. --to shared');
+      if (raw.storageMode !== 'mirror' && raw.storageMode !== 'iterate') throw new FerryError(ErrorCode.BAD_INPUT, `--storage-mode ${raw.storageMode}: mirror or iterate`, 'mirror (the default) converges at any write rate below the copy\'s');
+      if (raw.verify !== 'pages' && raw.verify !== 'full') throw new FerryError(ErrorCode.BAD_INPUT, `--verify ${raw.verify}: pages or full`, 'pages (the default) compares per-block digests; full hashes both images');
+      const maxDowntimeMs = parseDuration(raw.maxDowntime);
+      const { cluster: hosts } = await cluster(command);
+      const progress = raw.quiet || raw.json ? undefined : storageProgress();
+      try {
+        const report = await moveStorage(hosts, { vm: checkVmName(name), to: raw.to, mode: raw.storageMode, verify: raw.verify, maxDowntimeMs }, progress?.onProgress);
+        progress?.finish();
+        if (raw.json) printJson(report);
+        else process.stdout.write(`${formatStorageReport(report)}\n`);
+      } finally {
+        progress?.finish();
+      }
     });
 
   return program;

@@ -15,6 +15,7 @@
  */
 import type { MigrationEvent } from '../shared/protocol.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
+import type { StorageProgress } from './storage-move.js';
 import type { ColdProgress } from './migrate-cold.js';
 
 /** The part of a stream the display needs; `process.stderr` in the CLI, a fake in tests. */
@@ -126,6 +127,21 @@ export function coldProgress(stream: ProgressStream = process.stderr, now: () =>
       const fraction = progress.bytesTotal > 0 ? progress.bytesDone / progress.bytesTotal : 1;
       const rate = (progress.bytesDone / Math.max(now() - startedMs, 1)) * 1000;
       line.redraw(`  ${progressBar(fraction)} ${percent(fraction)}  ${progress.file}  ${formatBytes(progress.bytesDone)} of ${formatBytes(progress.bytesTotal)}  ${formatRate(rate)}`);
+    },
+    finish: () => line.finish(),
+  };
+}
+
+/** A storage move: on a TTY, the redrawn line with the phase, how far, how much sent, how fast. */
+export function storageProgress(stream: ProgressStream = process.stderr, now: () => number = () => performance.now()): { onProgress(progress: StorageProgress): void; finish(): void } {
+  const line = createProgressLine(stream);
+  const startedMs = now();
+  return {
+    onProgress(progress) {
+      const fraction = progress.blocksTotal > 0 ? progress.blocksDone / progress.blocksTotal : 1;
+      const rate = (progress.bytesSent / Math.max(now() - startedMs, 1)) * 1000;
+      const phase = progress.phase === 'round' ? `round ${progress.round}` : progress.phase;
+      line.redraw(`  ${progressBar(fraction)} ${percent(fraction)}  ${progress.file} ${phase}  ${formatBytes(progress.bytesSent)} sent  ${formatRate(rate)}`);
     },
     finish: () => line.finish(),
   };

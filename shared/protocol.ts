@@ -349,6 +349,49 @@ export const imageReceiveOps = {
 /**
  * Requests an agent answers on its control connection: op -> [request body, reply body].
  */
+export const storageModeSchema = z.enum(['mirror', 'iterate']);
+
+/** One disk's copy (agent/storage/disk-copy.ts `DiskCopyReport`). */
+export const diskCopyReportSchema = z.object({
+  file: vmFileNameSchema,
+  mode: storageModeSchema,
+  bytes: z.number(),
+  bytesSent: z.number(),
+  zeroBlocksSkipped: z.number(),
+  mirroredWrites: z.number(),
+  rounds: z.number(),
+  pausedBlocks: z.number(),
+  stopReason: stopReasonSchema.optional(),
+  readyAfterMs: z.number(),
+  throughputBytesPerSec: z.number(),
+});
+
+export const storageMoveReportSchema = z.object({
+  vm: z.string(),
+  host: z.string(),
+  from: z.enum(['shared', 'local']),
+  to: z.enum(['shared', 'local']),
+  mode: storageModeSchema,
+  disks: z.array(diskCopyReportSchema),
+  verification: z.object({
+    mode: verifyModeSchema,
+    match: z.boolean(),
+    sourceDigest: z.string(),
+    destDigest: z.string(),
+    sourceImageDigest: z.string().optional(),
+    destImageDigest: z.string().optional(),
+  }),
+  /** The vCPU paused to finish the copy, verify and switch: ms. */
+  pauseMs: z.number(),
+  totalTimeMs: z.number(),
+  /** The guest's disk write latency before the copy and while it ran (the price of a synchronous mirror). */
+  writeLatency: z.object({
+    before: z.object({ count: z.number(), p50Ms: z.number(), p99Ms: z.number() }),
+    during: z.object({ count: z.number(), p50Ms: z.number(), p99Ms: z.number() }),
+  }),
+});
+export type StorageMoveReport = z.infer<typeof storageMoveReportSchema>;
+
 export const controlOps = {
   'host.info': [empty, hostInfoSchema],
   'vm.create': [
@@ -434,6 +477,22 @@ export const controlOps = {
       bytesSkipped: z.number(),
       durationMs: z.number(),
     }),
+  ],
+  /**
+   * Storage vMotion on this host: the running (or paused) VM's disks move between the datastore and the shared
+   * storage while it runs (agent/storage/): a mirror or dirty-block rounds, a short pause to finish and verify, then
+   * its config points to the new place and the old copy is deleted. Any failure before that leaves the disks where
+   * they were. Events: progress.
+   */
+  'storage.move': [
+    z.object({
+      name: vmNameSchema,
+      to: z.enum(['shared', 'local']),
+      mode: storageModeSchema,
+      verify: verifyModeSchema,
+      maxDowntimeMs: z.number().positive().max(600_000),
+    }).strict(),
+    storageMoveReportSchema,
   ],
   /**
    * Stops the migration of VM `name` that this agent is the source of. Before the commit it rolls back (the

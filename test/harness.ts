@@ -163,7 +163,7 @@ export interface VmInfoJson {
   state: string;
   memoryBytes: number;
   workload: { kind: string; rate: number; wssPages: number; seed: number };
-  cpu: { x: number; n: number };
+  cpu: { x: number; n: number; y?: number; m?: number };
 }
 
 /** `ferry vm info NAME --json`, failing the test if it fails. */

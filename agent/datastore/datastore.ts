@@ -167,7 +167,15 @@ export class Datastore {
         if (file.endsWith('.tmp')) await rm(path.join(folder, file), { force: true });
       }
       try {
-        recovered.vms.push(await this.readStored(name));
+        const stored = await this.readStored(name);
+        // A storage move to shared storage that died with this agent left its partial copy there.
+        if (this.shared) {
+          const sharedFolder = resolveInside(this.shared, name);
+          for (const file of await readdir(sharedFolder).catch(() => [] as string[])) {
+            if (file.endsWith('.tmp')) await rm(path.join(sharedFolder, file), { force: true });
+          }
+        }
+        recovered.vms.push(stored);
       } catch (error) {
         // No whole config: a VM whose creation did not finish. Its files stay for a person to look at.
         recovered.unreadable.push({ name, error: (error as Error).message });

@@ -17,14 +17,18 @@ export class FileSink implements BlockSink {
   private failure: unknown;
   bytesWritten = 0;
 
-  private constructor(file: string, handle: FileHandle, blockCount: number) {
+  /** A test's full disk (FERRY_FAULTS=full-disk:N): writes past this many bytes fail with ENOSPC. */
+  private readonly failAfterBytes: number | undefined;
+
+  private constructor(file: string, handle: FileHandle, blockCount: number, failAfterBytes: number | undefined) {
     this.file = file;
     this.handle = handle;
+    this.failAfterBytes = failAfterBytes;
     this.hashes = new BigUint64Array(blockCount);
   }
 
   /** Creates (or empties) `file` as a hole of `sizeBytes`. */
-  static async create(file: string, sizeBytes: number): Promise<FileSink> {
+  static async create(file: string, sizeBytes: number, failAfterBytes?: number): Promise<FileSink> {
     const handle = await open(file, 'w');
     try {
       await handle.truncate(sizeBytes);
@@ -32,7 +36,7 @@ export class FileSink implements BlockSink {
       await handle.close();
       throw error;
     }
-    return new FileSink(file, handle, Math.ceil(sizeBytes / BLOCK_SIZE));
+    return new FileSink(file, handle, Math.ceil(sizeBytes / BLOCK_SIZE), failAfterBytes);
   }
 
   write(first: number, data: Uint8Array): Promise<void> {
@@ -44,6 +48,9 @@ export class FileSink implements BlockSink {
     for (let i = 0; i < blocks; i++) this.hashes[first + i] = hashBytes(copy.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE));
     const written = this.chain.then(async () => {
       if (this.failure !== undefined) throw this.failure;
+      if (this.failAfterBytes !== undefined && this.bytesWritten + copy.length > this.failAfterBytes) {
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      }
       await this.handle.write(copy, 0, copy.length, first * BLOCK_SIZE);
       this.bytesWritten += copy.length;
     });
