@@ -40,11 +40,11 @@ export function formatStorageReport(report: StorageMoveReport): string {
   const place = (where: 'shared' | 'local'): string => (where === 'shared' ? 'shared storage' : `${report.host}'s datastore`);
   const lines = [`storage move of ${report.vm} on ${report.host}: ${place(report.from)} -> ${place(report.to)}   MOVED`, ''];
   lines.push(...formatTable([
-    ['disk', 'size', 'sent', report.mode === 'mirror' ? 'mirrored writes' : 'rounds', 'zero blocks skipped', 'ready after', 'throughput'],
+    ['disk', 'size', 'sent', report.mode === 'mirror' ? 'mirrored writes' : 'rounds', 'zero blocks skipped', 'ready after', 'image covered', 'sent'],
     ...report.disks.map((disk) => [
       disk.file, formatBytes(disk.bytes), formatBytes(disk.bytesSent),
       report.mode === 'mirror' ? String(disk.mirroredWrites) : `${disk.rounds}${disk.stopReason ? ` (${disk.stopReason})` : ''}, ${disk.pausedBlocks} blocks paused`,
-      String(disk.zeroBlocksSkipped), ms(disk.readyAfterMs), formatRate(disk.throughputBytesPerSec),
+      String(disk.zeroBlocksSkipped), ms(disk.readyAfterMs), formatRate(disk.imageBytesPerSec), formatRate(disk.throughputBytesPerSec),
     ]),
   ], [1, 2, 4]).split('\n').map((line) => `    ${line}`), '');
   const { verification, writeLatency } = report;

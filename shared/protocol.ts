@@ -364,6 +364,7 @@ export const diskCopyReportSchema = z.object({
   stopReason: stopReasonSchema.optional(),
   readyAfterMs: z.number(),
   throughputBytesPerSec: z.number(),
+  imageBytesPerSec: z.number(),
 });
 
 export const storageMoveReportSchema = z.object({

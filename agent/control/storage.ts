@@ -81,6 +81,8 @@ export function serveStorageControl(connection: ControlServer, agent: Agent): vo
       try {
         await agent.logEvent(name, `storage move of ${disk.file} to ${to} (${mode}) started`);
         await copy.toReady();
+        // Most of the copy reaches stable storage before the pause, so the pause syncs only its last blocks.
+        await sink.sync();
         const during = backend.latency(true);
         const pausedAtMs = performance.now();
         if (wasRunning) {
@@ -88,6 +90,7 @@ export function serveStorageControl(connection: ControlServer, agent: Agent): vo
           paused = true;
         }
         await copy.finishPaused();
+        await sink.sync();
         const sourceDigest = formatDigest(copy.sourceTableDigest());
         const destDigest = formatDigest(await sink.tableDigest());
         await sink.close();

@@ -36,6 +36,12 @@ export const BLOCK_SIZE = 4096;
 export const CHUNK_BLOCKS = 16;
 /** Chunks read per turn of the event loop: the pass yields between groups so the agent goes on serving. */
 const CHUNKS_PER_TURN = 16;
+/**
+ * Bytes the copy lets the sink hold unwritten before it waits. QEMU's mirror allows 16 MiB in flight; a mirrored guest
+ * write queues behind whatever is in flight (the sink is a FIFO), so ferry keeps 4 MiB: less in flight is less added
+ * to each guest write while the copy runs.
+ */
+export const MAX_IN_FLIGHT_BYTES = 4 * 1024 * 1024;
 
 /** What the copy needs of the disk's block backend (agent/vm/disk/block-backend.ts). */
 export interface CopiedDisk {
@@ -90,7 +96,10 @@ export interface DiskCopyReport {
   pausedBlocks: number;
   stopReason?: StopReason;
   readyAfterMs: number;
+  /** Bytes sent by the copy per second, to ready. */
   throughputBytesPerSec: number;
+  /** Bytes of image covered per second, to ready (zero blocks are read and skipped, not sent). */
+  imageBytesPerSec: number;
 }
 
 const isZero = (bytes: Uint8Array): boolean => {
@@ -116,6 +125,8 @@ export class DiskCopy {
   private stopReason: StopReason | undefined;
   private readyAfterMs = 0;
   private readyBytes = 0;
+  private inFlightBytes = 0;
+  private wakeWhenDrained: (() => void) | undefined;
 
   constructor(disk: CopiedDisk, sink: BlockSink, options: DiskCopyOptions) {
     this.disk = disk;
@@ -185,6 +196,7 @@ export class DiskCopy {
       ...(this.stopReason ? { stopReason: this.stopReason } : {}),
       readyAfterMs: this.readyAfterMs,
       throughputBytesPerSec: this.readyAfterMs > 0 ? (this.readyBytes / this.readyAfterMs) * 1000 : 0,
+      imageBytesPerSec: this.readyAfterMs > 0 ? ((this.disk.blockCount * BLOCK_SIZE) / this.readyAfterMs) * 1000 : 0,
     };
   }
 
@@ -227,9 +239,11 @@ export class DiskCopy {
       this.readAndSend(first, count);
       index += count;
       chunks += 1;
-      if (chunks % CHUNKS_PER_TURN === 0) {
+      if (chunks % CHUNKS_PER_TURN === 0 || this.inFlightBytes > MAX_IN_FLIGHT_BYTES) {
         this.report(phase, this.rounds, index, blocks.length);
         await new Promise((resolve) => setImmediate(resolve));
+        while (this.inFlightBytes > MAX_IN_FLIGHT_BYTES) await new Promise<void>((resolve) => (this.wakeWhenDrained = resolve));
+        this.wakeWhenDrained = undefined;
         this.throwIfMirrorFailed();
       }
     }
@@ -245,8 +259,15 @@ export class DiskCopy {
     const sendRun = (end: number): void => {
       if (runStart < 0) return;
       // The sink copies the data before it returns (BlockSink.write's contract): the chunk buffer is reused.
-      void this.sink.write(first + runStart, this.chunk.subarray(runStart * BLOCK_SIZE, end * BLOCK_SIZE)).catch(() => undefined); // a failure surfaces at flush
-      this.bytesSent += (end - runStart) * BLOCK_SIZE;
+      const bytes = (end - runStart) * BLOCK_SIZE;
+      this.inFlightBytes += bytes;
+      void this.sink.write(first + runStart, this.chunk.subarray(runStart * BLOCK_SIZE, end * BLOCK_SIZE))
+        .catch(() => undefined) // a failure surfaces at flush
+        .finally(() => {
+          this.inFlightBytes -= bytes;
+          if (this.inFlightBytes <= MAX_IN_FLIGHT_BYTES) this.wakeWhenDrained?.();
+        });
+      this.bytesSent += bytes;
       runStart = -1;
     };
     for (let i = 0; i < count; i++) {

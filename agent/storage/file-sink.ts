@@ -65,6 +65,11 @@ export class FileSink implements BlockSink {
     if (this.failure !== undefined) {
       throw new FerryError(ErrorCode.IO, `writing ${this.file} failed: ${String((this.failure as Error).message ?? this.failure)}`, 'check the space and permissions where the disk is going');
     }
+  }
+
+  /** Everything written so far, on stable storage. */
+  async sync(): Promise<void> {
+    await this.flush();
     await this.handle.sync();
   }
 
