@@ -9,6 +9,7 @@ import { compile, type TopLevelSpec } from 'vega-lite';
 import type { RawTcpResult } from './baseline.js';
 import type { RunResult } from './runner.js';
 import type { ServiceRun } from './service.js';
+import type { StorageSummary } from './storage.js';
 import type { ScenarioSummary } from './summary.js';
 
 const MiB = 1024 ** 2;
@@ -139,12 +140,38 @@ function serviceSpecs(services: ServiceRun[]): Record<string, TopLevelSpec> {
   };
 }
 
+/**
+ * Storage moves: the pause against the guest's disk write rate, one line per mode, median with min-max; the disks
+ * that start empty (a filled disk's pause says more about its size than its writes). The rate is the one asked: what
+ * the guest achieves depends on the mode (a mirror holds each write back) and is in the table beside.
+ */
+function storageSpecs(summaries: StorageSummary[]): Record<string, TopLevelSpec> {
+  const points = summaries.filter((summary) => !summary.filled && summary.moved > 0 && Number.isFinite(summary.pauseMs.median));
+  if (points.length === 0) return {};
+  const values = points.map((summary) => ({
+    scenario: summary.scenario, mode: summary.mode, rate: summary.diskRate,
+    ms: summary.pauseMs.median, low: summary.pauseMs.min, high: summary.pauseMs.max,
+  }));
+  const x = { field: 'rate', type: 'quantitative', scale: { type: 'log' }, title: 'guest disk writes/s asked (4 KiB blocks, log)' } as const;
+  return {
+    'storage-pause-vs-disk-rate': {
+      ...base,
+      title: 'Storage move: pause against the guest\'s disk write rate, by mode',
+      data: { values },
+      layer: [
+        { mark: { type: 'line', point: true }, encoding: { x, y: { field: 'ms', type: 'quantitative', scale: { type: 'log' }, title: 'pause, ms (log; median, min-max)' }, color: { field: 'mode', type: 'nominal', title: 'mode' } } },
+        { mark: 'errorbar', encoding: { x, y: { field: 'low', type: 'quantitative', title: null }, y2: { field: 'high' }, color: { field: 'mode', type: 'nominal' } } },
+      ],
+    },
+  };
+}
+
 /** Writes DIR/charts/NAME.svg (and .png); returns the file names written, for the report to link. */
-export async function writeCharts(dir: string, runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult, services: ServiceRun[] = []): Promise<string[]> {
+export async function writeCharts(dir: string, runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult, services: ServiceRun[] = [], storage: StorageSummary[] = []): Promise<string[]> {
   const folder = path.join(dir, 'charts');
   await mkdir(folder, { recursive: true });
   const written: string[] = [];
-  for (const [name, spec] of Object.entries({ ...specs(runs, summaries, rawTcp), ...serviceSpecs(services) })) {
+  for (const [name, spec] of Object.entries({ ...specs(runs, summaries, rawTcp), ...serviceSpecs(services), ...storageSpecs(storage) })) {
     const svg = await render(spec);
     await writeFile(path.join(folder, `${name}.svg`), svg);
     written.push(`${name}.svg`);

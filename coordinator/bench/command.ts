@@ -15,6 +15,7 @@ import { writeResults, type BenchResults } from './output.js';
 import { benchWorkdir, measureBaseline, runScenario, type BenchContext, type RunResult } from './runner.js';
 import { defaultScenarioFile, loadScenarios, selectScenarios, type Scenario } from './scenarios.js';
 import { runServiceScenario, stepsOf, type ServiceRun } from './service.js';
+import { checkStorageTargets, measureRawDisk, runStorageScenario, storageSteps, summarizeStorage, type RawDiskResult, type StorageRun, type StorageSummary } from './storage.js';
 import { checkTargets, summarize, summarizeService, type ServiceSummary } from './summary.js';
 
 export interface BenchOptions {
@@ -32,7 +33,8 @@ export interface BenchOptions {
 export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const all = loadScenarios(options.scenarioFile ?? defaultScenarioFile());
   const selected = selectScenarios(all, options.scenarios);
-  const linkOf = (scenario: Scenario): string => options.link ?? scenario.link;
+  // A storage move runs on one host: it crosses no link, and runs on loopback whatever --link says.
+  const linkOf = (scenario: Scenario): string => (scenario.storage ? 'loopback' : options.link ?? scenario.link);
   const linkNames = [...new Set(selected.map(linkOf))];
 
   const runs: RunResult[] = [];
@@ -40,9 +42,12 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const summaries: BenchResults['summaries'] = [];
   const services: ServiceRun[] = [];
   const serviceSummaries: ServiceSummary[] = [];
+  const storageRuns: StorageRun[] = [];
+  const storageSummaries: StorageSummary[] = [];
+  let rawDisk: RawDiskResult | undefined;
   const workdir = benchWorkdir();
   const stream = options.stream ?? process.stderr;
-  const progress = runProgress(selected.reduce((total, scenario) => total + stepsOf(scenario), 0) * options.repeat, stream);
+  const progress = runProgress(selected.reduce((total, scenario) => total + (scenario.storage ? storageSteps(scenario) : stepsOf(scenario)), 0) * options.repeat, stream);
   try {
     for (const wanted of linkNames) {
       let link: Link;
@@ -60,6 +65,19 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
         progress.log(`raw TCP on ${link.name}: ${formatRate(rawTcp.bytesPerSec)}`);
         const context: BenchContext = { link, rawTcp, workdir, onStep: (label) => progress.step(label), onNote: (line) => progress.log(line) };
         for (const scenario of selected.filter((entry) => linkOf(entry) === wanted)) {
+          if (scenario.storage) {
+            if (!rawDisk) {
+              // On the file system of the datastores and the shared storage (both under the work folder).
+              progress.log(`measuring raw disk writes in ${workdir} ...`);
+              rawDisk = await measureRawDisk(workdir, smoke ? 64 * 1024 ** 2 : 1024 ** 3, smoke ? 1 : 3);
+              progress.log(`raw disk writes (1 MiB writes, then fsync): ${formatRate(rawDisk.bytesPerSec)}`);
+            }
+            const scenarioRuns: StorageRun[] = [];
+            for (let repeat = 1; repeat <= options.repeat; repeat++) scenarioRuns.push(await runStorageScenario(scenario, repeat, context));
+            storageRuns.push(...scenarioRuns);
+            storageSummaries.push(...summarizeStorage(scenario, scenarioRuns));
+            continue;
+          }
           if (scenario.service) {
             const scenarioRuns: ServiceRun[] = [];
             for (let repeat = 1; repeat <= options.repeat; repeat++) scenarioRuns.push(await runServiceScenario(scenario, repeat, context));
@@ -85,7 +103,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   }
 
   const results: BenchResults = {
-    environment: describeEnvironment([...new Set([...runs, ...services].map((run) => run.link))].join(', ')),
+    environment: describeEnvironment([...new Set([...runs, ...services, ...storageRuns].map((run) => run.link))].join(', ')),
     command: options.command,
     repeat: options.repeat,
     baselines,
@@ -94,11 +112,15 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     runs,
     services,
     serviceSummaries,
+    ...(rawDisk ? { rawDisk } : {}),
+    storage: storageRuns,
+    storageSummaries,
+    storageTargets: checkStorageTargets(storageSummaries, rawDisk),
     charts: [],
   };
   const out = options.out ?? path.join(process.cwd(), 'bench-results', new Date().toISOString().replace(/[:.]/g, '-'));
   const loopbackBaseline = baselines.loopback ?? Object.values(baselines)[0];
-  if (loopbackBaseline) results.charts = await writeCharts(out, runs, summaries, loopbackBaseline, services);
+  if (loopbackBaseline) results.charts = await writeCharts(out, runs, summaries, loopbackBaseline, services, storageSummaries);
   await writeResults(out, results);
   stream.write(`results in ${out}${os.EOL}${os.EOL}`);
   return results;

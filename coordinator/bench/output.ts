@@ -8,6 +8,7 @@ import type { RawTcpResult } from './baseline.js';
 import type { Environment } from './environment.js';
 import type { RunResult } from './runner.js';
 import type { ServiceMigration, ServiceRun } from './service.js';
+import type { RawDiskResult, StorageRun, StorageSummary, StorageTargetCheck } from './storage.js';
 import type { ScenarioSummary, ServiceSummary, TargetCheck } from './summary.js';
 import type { Spread } from './stats.js';
 
@@ -23,6 +24,12 @@ export interface BenchResults {
   /** Service scenarios: a run per repeat, each with its migrations under the probe and its steady rates. */
   services: ServiceRun[];
   serviceSummaries: ServiceSummary[];
+  /** Raw disk write speed on the work folder's file system, where storage scenarios keep their disks. */
+  rawDisk?: RawDiskResult;
+  /** Storage scenarios: a run per repeat, each with its moves. */
+  storage: StorageRun[];
+  storageSummaries: StorageSummary[];
+  storageTargets: StorageTargetCheck[];
   charts: string[];
 }
 
@@ -98,12 +105,13 @@ function csvCell(value: string | number | undefined): string {
   return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
-export function toCsv(runs: RunResult[], services: ServiceRun[] = []): string {
-  const header = [...new Set([...csvColumns, ...serviceCsvColumns].map(([name]) => name))];
+export function toCsv(runs: RunResult[], services: ServiceRun[] = [], storage: StorageRun[] = []): string {
+  const header = [...new Set([...csvColumns, ...serviceCsvColumns, ...(storage.length > 0 ? storageCsvColumns : [])].map(([name]) => name))];
   const line = (cells: Map<string, string | number | undefined>): string => header.map((name) => csvCell(cells.get(name))).join(',');
   const runLines = runs.map((run) => line(new Map(csvColumns.map(([name, pick]) => [name, pick(run)]))));
   const serviceLines = services.flatMap((run) => run.migrations.map((migration) => line(new Map(serviceCsvColumns.map(([name, pick]) => [name, pick(migration, run)])))));
-  return [header.join(','), ...runLines, ...serviceLines].join('\n') + '\n';
+  const storageLines = storage.flatMap((run) => run.moves.map((move) => line(new Map(storageCsvColumns.map(([name, pick]) => [name, pick(move, run)])))));
+  return [header.join(','), ...runLines, ...serviceLines, ...storageLines].join('\n') + '\n';
 }
 
 const num = (value: number, digits = 1): string => (Number.isFinite(value) ? value.toFixed(digits) : '-');
@@ -130,6 +138,7 @@ export function toMarkdown(results: BenchResults): string {
     lines.push('');
   }
   if (results.serviceSummaries.length > 0) lines.push(...serviceSection(results.serviceSummaries));
+  if (results.storageSummaries.length > 0) lines.push(...storageSection(results));
   if (results.charts.length > 0) {
     lines.push('## Charts', '');
     for (const chart of results.charts) lines.push(`![${chart}](charts/${chart})`, '');
@@ -189,9 +198,77 @@ function serviceSection(summaries: ServiceSummary[]): string[] {
   return lines;
 }
 
+const mb = (bytesPerSec: number): string => num(bytesPerSec / 1e6, 0);
+
+function storageSection(results: BenchResults): string[] {
+  const lines: string[] = ['## Storage', ''];
+  lines.push('`ferry storage move` on one agent with `--shared-storage`: a pattern VM writes its disk (4 KiB blocks, synchronous ' +
+    'through the agent\'s block layer) while the disk moves back and forth between the shared storage and the datastore ' +
+    '(shared → local → shared …), each mode in turn, `--verify pages`. No link is crossed: both places are on this machine. ' +
+    'Medians over every move of the mode, (min–max) beside them. Throughput: bytes the copy sent over the time to ready; ' +
+    'image rate: the disk\'s size over the same time (zero blocks are read, not sent). Guest writes/s: asked, then ' +
+    'achieved before the moves (warm-up) and during them. Write latency: the guest\'s disk writes before the copy and while it ran. ' +
+    'A filled disk starts as an image of random bytes, so no block is a hole; its content cannot be replayed, so its disk check is skipped.', '');
+  const raw = results.rawDisk;
+  if (raw) {
+    lines.push(`Raw disk writes in ${raw.dir} (the file system of the datastore and the shared storage), ${formatBytes(raw.bytes)} of random data in 1 MiB writes, then fsync: ` +
+      `**${mb(raw.bytesPerSec)} MB/s** (median of ${raw.samplesBytesPerSec.length}: ${raw.samplesBytesPerSec.map((value) => mb(value)).join(', ')} MB/s). ` +
+      'The throughput target is 80 % of the slower of this and the link; a move on one host crosses no link, so it is this.', '');
+  }
+  lines.push('| scenario | mode | disk | guest writes/s asked (achieved before; during) | moves (moved) | pause ms | ready after ms | throughput MB/s | image MB/s | write p50 / p99 ms before | write p50 / p99 ms during | rounds | paused blocks | mirrored writes | stop | disk check |');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const s of results.storageSummaries) {
+    const disk = `${formatBytes(s.diskBytes)}${s.filled ? ' filled' : `, ${formatBytes(s.diskWssBytes)} written`}`;
+    const stops = Object.entries(s.stopReasons).map(([reason, count]) => `${reason} ×${count}`).join(', ');
+    lines.push(`| ${s.scenario} | ${s.mode} | ${disk} | ${int(s.diskRate)} (${int(s.achievedDiskRateBefore.median)}; ${int(s.achievedDiskRateDuring.median)}) | ${s.moves} (${s.moved}) | ${withSpread(s.pauseMs, 1)} | ${withSpread(s.readyAfterMs, 0)} | ` +
+      `${mb(s.throughputBytesPerSec.median)} (${mb(s.throughputBytesPerSec.min)}–${mb(s.throughputBytesPerSec.max)}) | ${mb(s.imageBytesPerSec.median)} | ` +
+      `${num(s.latencyBeforeP50Ms.median, 3)} / ${num(s.latencyBeforeP99Ms.median, 2)} | ${num(s.latencyDuringP50Ms.median, 3)} / ${num(s.latencyDuringP99Ms.median, 2)} | ` +
+      `${s.mode === 'iterate' ? withSpread(s.rounds, 0) : '-'} | ${s.mode === 'iterate' ? withSpread(s.pausedBlocks, 0) : '-'} | ${s.mode === 'mirror' ? withSpread(s.mirroredWrites, 0) : '-'} | ${stops || '-'} | ${s.diskCheck} |`);
+  }
+  if (results.storageTargets.length > 0) {
+    lines.push('', '### Storage targets', '', '| what | target | measured (median) | met |', '|---|---|---|---|');
+    for (const target of results.storageTargets) lines.push(targetRow(target));
+  }
+  lines.push('');
+  return lines;
+}
+
+const storageCsvColumns: [string, (move: StorageRun['moves'][number], run: StorageRun) => string | number | undefined][] = [
+  ['scenario', (_m, run) => run.scenario],
+  ['repeat', (_m, run) => run.repeat],
+  ['link', (_m, run) => run.link],
+  ['outcome', (m) => m.outcome],
+  ['total_time_ms', (m) => m.totalTimeMs.toFixed(2)],
+  ['stop_reason', (m) => m.stopReason],
+  ['rounds', (m) => m.rounds],
+  ['verified', (m) => String(m.verified)],
+  ['error', (m) => m.error],
+  ['storage_mode', (m) => m.mode],
+  ['move', (m) => m.index],
+  ['from', (m) => m.from],
+  ['to', (m) => m.to],
+  ['disk_bytes', (_m, run) => run.diskBytes],
+  ['disk_filled', (_m, run) => String(run.filled)],
+  ['disk_rate_per_sec', (_m, run) => run.diskRate],
+  ['achieved_disk_rate_before_per_sec', (_m, run) => Math.round(run.achievedDiskRateBefore)],
+  ['achieved_disk_rate_during_per_sec', (m) => Math.round(m.achievedDiskRate)],
+  ['pause_ms', (m) => m.pauseMs.toFixed(3)],
+  ['ready_after_ms', (m) => m.readyAfterMs.toFixed(2)],
+  ['disk_bytes_sent', (m) => m.bytesSent],
+  ['disk_throughput_bytes_per_sec', (m) => Math.round(m.throughputBytesPerSec)],
+  ['image_bytes_per_sec', (m) => Math.round(m.imageBytesPerSec)],
+  ['mirrored_writes', (m) => m.mirroredWrites],
+  ['paused_blocks', (m) => m.pausedBlocks],
+  ['write_p50_ms_before', (m) => m.writeLatency?.before.p50Ms.toFixed(4)],
+  ['write_p99_ms_before', (m) => m.writeLatency?.before.p99Ms.toFixed(4)],
+  ['write_p50_ms_during', (m) => m.writeLatency?.during.p50Ms.toFixed(4)],
+  ['write_p99_ms_during', (m) => m.writeLatency?.during.p99Ms.toFixed(4)],
+  ['disk_check', (_m, run) => (run.diskCheck.checked ? String(run.diskCheck.ok) : 'skipped')],
+];
+
 export async function writeResults(dir: string, results: BenchResults): Promise<void> {
   await mkdir(dir, { recursive: true });
   await writeFile(path.join(dir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  await writeFile(path.join(dir, 'runs.csv'), toCsv(results.runs, results.services));
+  await writeFile(path.join(dir, 'runs.csv'), toCsv(results.runs, results.services, results.storage));
   await writeFile(path.join(dir, 'summary.md'), toMarkdown(results));
 }

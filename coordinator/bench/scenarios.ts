@@ -23,6 +23,24 @@ export const serviceSchema = z.object({
 }).strict();
 export type ServiceSpec = z.infer<typeof serviceSchema>;
 
+export const storageModes = ['mirror', 'iterate'] as const;
+export type StorageModeName = (typeof storageModes)[number];
+
+/** A storage scenario's disk and its moves (pattern VMs only). */
+export const storageSpecSchema = z.object({
+  disk: z.string(),
+  /** Block writes a second the guest is asked for (4 KiB each, synchronous through the agent's block layer). */
+  diskRate: z.number().int().min(0).max(1_000_000),
+  /** The part of the disk written, from its start (default: the whole disk). */
+  diskWss: z.string().optional(),
+  modes: z.array(z.enum(storageModes)).min(1).default([...storageModes]),
+  /** Moves per mode, alternating shared -> local -> shared ... */
+  moves: z.number().int().min(1).max(100),
+  /** Start from an image of random bytes the size of the disk: every block is data, none a hole. */
+  filled: z.boolean().default(false),
+}).strict();
+export type StorageSpec = z.infer<typeof storageSpecSchema>;
+
 export const scenarioSchema = z.object({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/),
   description: z.string(),
@@ -52,6 +70,8 @@ export const scenarioSchema = z.object({
   smoke: z.boolean().default(false),
   /** A client of the VM's service across migrations (kv VMs only); see serviceSchema. */
   service: serviceSchema.optional(),
+  /** A disk the guest writes, moved back and forth by `storage move` (pattern VMs only); see storageSpecSchema. */
+  storage: storageSpecSchema.optional(),
 });
 export type Scenario = z.infer<typeof scenarioSchema>;
 
@@ -96,6 +116,12 @@ export function loadScenarios(file: string): Scenario[] {
     }
     if (scenario.service && scenario.workload !== 'kv') {
       throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} has a service but runs ${scenario.workload}`, 'only a kv VM serves requests: give it "workload": "kv"');
+    }
+    if (scenario.storage && scenario.workload !== 'pattern') {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} has a storage part but runs ${scenario.workload}`, 'only a pattern VM writes its disk: give it "workload": "pattern"');
+    }
+    if (scenario.storage && scenario.service) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} has both a service and a storage part`, 'give it one of them');
     }
   }
   return parsed.data.scenarios;

@@ -104,6 +104,44 @@ describe('ferry bench', () => {
     expect(existsSync(path.join(out, 'charts', 'service-outage.png'))).toBe(true);
   });
 
+  it('runs the smoke-sized storage scenario: a disk moved back and forth in both modes while the guest writes it, checked, with its table and chart', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
+    const out = path.join(dir, 'results');
+    const result = await bench(['--scenario', 'storage-smoke', '--repeat', '1', '--out', out, '--json']);
+    expect(result.code, result.stderr).toBe(0);
+    const results = result.json();
+    expect(results.runs).toEqual([]);
+    expect(results.rawDisk.bytesPerSec).toBeGreaterThan(0);
+    expect(results.storage).toHaveLength(1);
+    const [run] = results.storage;
+    expect(run).toMatchObject({ scenario: 'storage-smoke', repeat: 1, diskBytes: 64 * 1024 * 1024, filled: false, diskRate: 2000 });
+    expect(run.moves.map((m: { mode: string; from: string; to: string }) => `${m.mode} ${m.from}>${m.to}`))
+      .toEqual(['mirror shared>local', 'mirror local>shared', 'iterate shared>local', 'iterate local>shared']);
+    for (const move of run.moves) {
+      expect(move, JSON.stringify(move)).toMatchObject({ outcome: 'moved', verified: true });
+      for (const field of ['pauseMs', 'readyAfterMs', 'throughputBytesPerSec', 'imageBytesPerSec', 'achievedDiskRate']) expect(typeof move[field], field).toBe('number');
+      expect(move.writeLatency.during.count).toBeGreaterThanOrEqual(0);
+    }
+    expect(run.moves.filter((m: { mode: string }) => m.mode === 'mirror').some((m: { mirroredWrites: number }) => m.mirroredWrites > 0)).toBe(true);
+    expect(run.moves.filter((m: { mode: string }) => m.mode === 'iterate').every((m: { mirroredWrites: number }) => m.mirroredWrites === 0)).toBe(true);
+    expect(run.diskCheck).toMatchObject({ checked: true, ok: true });
+    expect(results.storageSummaries.map((s: { mode: string; moved: number; diskCheck: string }) => [s.mode, s.moved, s.diskCheck]))
+      .toEqual([['mirror', 2, 'matched'], ['iterate', 2, 'matched']]);
+    // Every move is printed as it finishes.
+    expect(result.stderr).toContain('storage-smoke #1 iterate move 2/2 local -> shared: pause');
+
+    const csv = readFileSync(path.join(out, 'runs.csv'), 'utf8').trim().split('\n');
+    expect(csv).toHaveLength(5);
+    expect(csv[0]).toContain('storage_mode');
+    const markdown = readFileSync(path.join(out, 'summary.md'), 'utf8');
+    expect(markdown).toContain('## Storage');
+    expect(markdown).toContain('| storage-smoke | mirror |');
+    expect(markdown).toContain('Raw disk writes');
+    expect(results.charts).toContain('storage-pause-vs-disk-rate.svg');
+    expect(readFileSync(path.join(out, 'charts', 'storage-pause-vs-disk-rate.svg'), 'utf8').startsWith('<svg')).toBe(true);
+    expect(existsSync(path.join(out, 'charts', 'storage-pause-vs-disk-rate.png'))).toBe(true);
+  });
+
   it('refuses an unknown scenario with exit 2 and lists the known ones', async () => {
     const result = await runFerry(['bench', '--scenario', 'warp-speed']);
     expect(result.code).toBe(2);
