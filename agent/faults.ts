@@ -18,7 +18,8 @@
  *             cold-registered    cold migration, destination: the VM is registered, before it says so
  *             cold-sent          cold migration, source: the destination registered the VM, before deleting here
  *             image-finishing    image transfer, receiver: image.finish began, before the disk is sized and checked
- *             storage-copying    storage move: the bulk pass has begun (the first progress; crash only)
+ *             storage-copying    storage move, or --copy-storage's source: the disk copy has begun (its first
+ *                                progress; crash and drop)
  *             disk-receiving     --copy-storage, destination: the first disk write has arrived
  *   full-disk:N              a disk copy's target (storage move) fails with ENOSPC once N bytes are written to it
  *

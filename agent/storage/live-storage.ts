@@ -18,6 +18,8 @@ import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { DiskCopy, type CopiedDisk, type StorageMode } from './disk-copy.js';
 import { hashImage } from './file-sink.js';
 import { PeerSink } from './peer-sink.js';
+import { faultPoint, type Faults } from '../faults.js';
+import type { Logger } from '../../shared/log.js';
 
 export interface LocalDisk {
   file: string;
@@ -35,16 +37,27 @@ export class LiveStorageCopy {
   private readonly signal: AbortSignal;
   readyAtMs = 0;
 
-  constructor(peer: PeerClient, disks: LocalDisk[], options: { mode: StorageMode; maxDowntimeMs: number; maxRounds: number; signal: AbortSignal; emit: (event: MigrationEvent) => void }) {
+  constructor(peer: PeerClient, disks: LocalDisk[], options: {
+    mode: StorageMode; maxDowntimeMs: number; maxRounds: number; signal: AbortSignal; emit: (event: MigrationEvent) => void;
+    /** Test-only: `crash@storage-copying` fires at the copy's first progress (faults.ts). */
+    faults?: Faults | undefined; log: Logger;
+  }) {
     this.peer = peer;
     this.disks = disks;
     this.mode = options.mode;
     this.signal = options.signal;
+    let started = false;
     this.copies = disks.map((disk, index) => {
       const sink = new PeerSink(peer, index, options.signal);
       const copy = new DiskCopy(disk.backend, sink, {
         mode: options.mode, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds, signal: options.signal,
-        onProgress: (progress) => options.emit({ kind: 'storage', file: disk.file, ...progress }),
+        onProgress: (progress) => {
+          options.emit({ kind: 'storage', file: disk.file, ...progress });
+          if (!started) {
+            started = true;
+            void faultPoint(options.faults, 'storage-copying', options.log, () => peer.close());
+          }
+        },
       });
       return { disk, copy, sink };
     });

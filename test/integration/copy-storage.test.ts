@@ -7,6 +7,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { checkAbandonedDisk } from '../disk-replay.js';
 import { patiently, spawnFerry, startCluster, vmInfo, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
@@ -108,5 +109,38 @@ describe('live migration with --copy-storage', () => {
     expect((await vmInfo(c, 'db4')).host).toBe('host-a');
     await vi.waitFor(() => expect(staged(c, 'host-b')).toEqual([]), patiently);
     await checked(c, 'db4', 'host-a');
+  }, 60_000);
+
+  it('a source that dies during the disk copy takes the VM with it; the destination keeps nothing, and the source comes back with the VM powered off and its disk whole', async () => {
+    cluster = await startCluster([{ name: 'host-a', env: { FERRY_FAULTS: 'crash@storage-copying' } }, { name: 'host-b' }]);
+    const c = cluster;
+    await writingVm(c, 'db5');
+    const died = await c.ferry('migrate', 'db5', '--to', 'host-b', '--copy-storage', '--json');
+    expect(died.code).not.toBe(0);
+    await c.agent('host-a').exited;
+    await vi.waitFor(() => expect(staged(c, 'host-b')).toEqual([]), patiently);
+    expect(existsSync(path.join(c.dir, 'host-b', 'vms', 'db5'))).toBe(false);
+    await c.restartAgent('host-a');
+    expect((await vmInfo(c, 'db5'))).toMatchObject({ host: 'host-a', state: 'defined' });
+    const disk = checkAbandonedDisk(diskOf(c, 'host-a', 'db5'));
+    expect(disk.m).toBeGreaterThan(500);
+    expect(disk.ok).toBe(true);
+  }, 60_000);
+
+  it('a source that dies right after the commit: the destination activates the VM with the disk it verified, and the source keeps no copy', async () => {
+    cluster = await startCluster([{ name: 'host-a', env: { FERRY_FAULTS: 'crash@after-commit' } }, { name: 'host-b' }]);
+    const c = cluster;
+    await writingVm(c, 'db6');
+    const committed = await c.ferry('migrate', 'db6', '--to', 'host-b', '--copy-storage', '--json');
+    expect(committed.code).not.toBe(0);
+    await c.agent('host-a').exited;
+    await c.restartAgent('host-a');
+    await vi.waitFor(async () => {
+      const listed = (await c.ferry('vm', 'list', '--json')).json<{ name: string; host: string; state: string }[]>().filter((vm) => vm.name === 'db6');
+      expect(listed).toEqual([expect.objectContaining({ host: 'host-b', state: 'running' })]);
+    }, { ...patiently, timeout: 30_000 });
+    await checked(c, 'db6', 'host-b');
+    expect(staged(c, 'host-b')).toEqual([]);
+    expect(existsSync(path.join(c.dir, 'host-a', 'vms', 'db6'))).toBe(false);
   }, 60_000);
 });
