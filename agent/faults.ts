@@ -18,7 +18,9 @@
  *             cold-registered    cold migration, destination: the VM is registered, before it says so
  *             cold-sent          cold migration, source: the destination registered the VM, before deleting here
  *             image-finishing    image transfer, receiver: image.finish began, before the disk is sized and checked
- *             storage-copying    storage move: the bulk pass has begun (the first progress; crash only)
+ *             storage-copying    storage move, or --copy-storage's source: the disk copy has begun (its first
+ *                                progress; crash and drop)
+ *             disk-receiving     --copy-storage, destination: the first disk write has arrived
  *   full-disk:N              a disk copy's target (storage move) fails with ENOSPC once N bytes are written to it
  *
  *   e.g. FERRY_FAULTS=crash@after-commit   or   FERRY_FAULTS=stall@round-2,corrupt-page:7
@@ -26,7 +28,7 @@
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 
-export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation', 'cold-receiving', 'cold-registered', 'cold-sent', 'image-finishing', 'storage-copying'] as const;
+export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation', 'cold-receiving', 'cold-registered', 'cold-sent', 'image-finishing', 'storage-copying', 'disk-receiving'] as const;
 export type FaultPoint = (typeof faultPoints)[number] | `round-${number}`;
 export type FaultAction = 'crash' | 'drop' | 'stall' | 'delay';
 
@@ -47,12 +49,12 @@ export function parseFaults(text: string | undefined): Faults {
   for (const item of (text ?? '').split(',').map((part) => part.trim()).filter(Boolean)) {
     const corrupt = /^corrupt-page:(\d+)$/.exec(item);
     const full = /^full-disk:(\d+)$/.exec(item);
-    const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying)$/.exec(item);
+    const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying|disk-receiving)$/.exec(item);
     if (corrupt) faults.corruptPage = Number(corrupt[1]);
     else if (full) faults.fullDiskAfterBytes = Number(full[1]);
     else if (action) faults.at.set(action[2]!, action[1] as FaultAction);
     else {
-      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, full-disk:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying');
+      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, full-disk:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying|disk-receiving');
     }
   }
   return faults;

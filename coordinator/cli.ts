@@ -375,15 +375,19 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     .option('--timeout <duration>', 'give up (and roll back) if not committed by then, e.g. 2m')
     .option('--cancel', 'cancel the migration of this VM that is under way (from any terminal); it keeps running on its source')
     .option('--cold', 'move a powered-off or suspended VM: its files, checked, registered on the destination, deleted here')
+    .option('--copy-storage', 'also copy its local disks, live (shared-nothing): the disks first, to ready, then memory; verified at the commit with memory')
+    .addOption(new Option('--storage-mode <mode>', 'with --copy-storage: mirror (every guest write goes to both copies once the copy begins: converges at any write rate below the copy\'s) or iterate (dirty-block rounds, like memory)').choices(['mirror', 'iterate']).default('mirror'))
     .option('--json', 'print the report as JSON on stdout')
     .option('--quiet', 'no progress on stderr')
     .addHelpText('after', `
 Pre-copy ends when fewer than ${STOP_RULES.fewDirtyPages} pages are dirty; or when a round shrinks the dirty set by
 less than ${STOP_RULES.minShrinkFraction * 100} % and the rest fits --max-downtime; or at a cap (--max-rounds, ${STOP_RULES.maxBytesFactor} x memory sent).
+With --copy-storage the disk is copied to ready before memory moves; the stop-and-copy carries its last blocks and the
+commit checks it with memory; after the commit the source deletes its copy.
 Until the commit, any failure leaves the VM running on its source. Ctrl-C, --timeout and
 \`ferry migrate NAME --cancel\` roll the migration back unless it has already committed.
 Exit status is 0 only when committed.`)
-    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; timeout?: string; cancel?: boolean; cold?: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
+    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; timeout?: string; cancel?: boolean; cold?: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
       const { cluster: hosts } = await cluster(command);
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');

@@ -13,6 +13,8 @@ export interface TypedMigrationOptions {
   maxRounds: string;
   verify: string;
   autoConverge?: boolean | undefined;
+  copyStorage?: boolean | undefined;
+  storageMode?: string | undefined;
 }
 
 export function migrationOptions(raw: TypedMigrationOptions): MigrationOptions {
@@ -22,10 +24,12 @@ export function migrationOptions(raw: TypedMigrationOptions): MigrationOptions {
     maxRounds: parseCount(raw.maxRounds, '--max-rounds'),
     verify: raw.verify,
     autoConverge: raw.autoConverge ?? false,
+    ...(raw.copyStorage ? { copyStorage: true, storageMode: raw.storageMode ?? 'mirror' } : {}),
   }, {
     maxDowntimeMs: { option: '--max-downtime', typed: raw.maxDowntime, unit: 'ms', hint: 'e.g. --max-downtime 300ms' },
     maxBandwidthBytesPerSec: { option: '--max-bandwidth', typed: raw.maxBandwidth ?? '', unit: 'bytes', hint: 'e.g. --max-bandwidth 1GiB/s, or leave it out for no cap' },
     maxRounds: { option: '--max-rounds', typed: raw.maxRounds, unit: 'count', hint: `the default is Xen's ${STOP_RULES.maxRounds}` },
     verify: { option: '--verify', typed: raw.verify, unit: 'text', hint: 'pages compares page-hash digests; full also hashes all memory' },
+    storageMode: { option: '--storage-mode', typed: raw.storageMode ?? '', unit: 'text', hint: 'mirror (the default: converges at any write rate below the copy\'s) or iterate (dirty-block rounds)' },
   });
 }

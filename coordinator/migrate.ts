@@ -128,6 +128,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
       bytesSent: sourceReport.bytesSent,
       throttlePct: sourceReport.throttlePct,
       ...(sourceReport.network ? { network: sourceReport.network } : {}),
+      ...(sourceReport.storage ? { storage: sourceReport.storage } : {}),
       throughputBytesPerSec: sourceReport.rounds[0]?.throughputBytesPerSec ?? 0,
       ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
       ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),

@@ -101,6 +101,13 @@ export function migrationProgress(stream: ProgressStream = process.stderr): Migr
         case 'throttle':
           line.log(`              auto-converge: vCPU held back by ${event.pct} % after round ${event.round}`);
           return;
+        case 'storage': {
+          const fraction = event.blocksTotal > 0 ? event.blocksDone / event.blocksTotal : 1;
+          const phase = event.phase === 'round' ? `round ${event.round}` : event.phase;
+          if (event.phase === 'ready') line.log(`              ${event.file} ready: ${formatBytes(event.bytesSent)} copied`);
+          else line.redraw(`              ${event.file} ${phase} ${progressBar(fraction)} ${percent(fraction)}  ${formatBytes(event.bytesSent)} copied`);
+          return;
+        }
         case 'progress': {
           const fraction = event.pagesInRound > 0 ? event.pagesSent / event.pagesInRound : 0;
           const left = int(event.pagesInRound - event.pagesSent);

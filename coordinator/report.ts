@@ -42,6 +42,8 @@ export interface MigrationReport {
    * the datagrams that reached the source after the pause and were forwarded to the destination.
    */
   network?: SourceReport['network'];
+  /** `--copy-storage`: the disks copied before memory, when they were ready, and their verification. */
+  storage?: SourceReport['storage'];
 }
 
 export const stopReasonText: Record<StopReason, string> = {
@@ -120,6 +122,18 @@ export function formatReport(report: MigrationReport): string {
   if (report.network) {
     const serving = report.network.servingAfterPauseMs !== undefined ? `served from ${report.to} ${formatDuration(report.network.servingAfterPauseMs)} after the pause` : `not confirmed served from ${report.to}`;
     facts.push(['network', `${report.network.address}: ${serving}; ${int(report.network.forwarded)} datagram(s) forwarded from ${report.from} during the switchover${report.network.announcements ? `; ${report.network.announcements} gratuitous ARP(s) from ${report.to}` : ''}`]);
+  }
+  if (report.storage) {
+    const { storage } = report;
+    for (const disk of storage.disks) {
+      const how = storage.mode === 'mirror'
+        ? `mirror: ${int(disk.mirroredWrites)} guest write(s) went to both copies`
+        : `iterate: ${disk.rounds} round(s)${disk.stopReason ? ` (${disk.stopReason})` : ''}, ${int(disk.pausedBlocks)} block(s) in the pause`;
+      facts.push([`storage ${disk.file}`, `${formatBytes(disk.bytes)}, ${formatBytes(disk.bytesSent)} copied (${int(disk.zeroBlocksSkipped)} zero blocks not sent) at ${formatRate(disk.throughputBytesPerSec)}; ready after ${formatDuration(disk.readyAfterMs)}; ${how}`]);
+    }
+    for (const check of storage.verification) {
+      facts.push([`verified ${check.file}`, `${check.match ? 'match' : 'MISMATCH'}: blocks ${check.sourceDigest} / ${check.destDigest}${check.sourceImageDigest ? `; images ${check.sourceImageDigest} / ${check.destImageDigest}` : ''}`]);
+    }
   }
   if (report.cpu) facts.push(['registers', `x=${report.cpu.x} n=${int(report.cpu.n)} handed to ${report.to}`]);
   const width = Math.max(...facts.map(([label]) => label.length));

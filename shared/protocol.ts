@@ -229,11 +229,34 @@ export const migrationOptionsSchema = z.object({
   verify: verifyModeSchema,
   /** Throttle the vCPU while its dirty rate outruns the link (QEMU's auto-converge). */
   autoConverge: z.boolean().default(false),
+  /** Copy the VM's local disks too (shared-nothing live migration), in this mode. */
+  copyStorage: z.boolean().optional(),
+  /** Default: mirror. */
+  storageMode: z.enum(['mirror', 'iterate']).optional(),
 });
 export type MigrationOptions = z.infer<typeof migrationOptionsSchema>;
 
 export const stopReasonSchema = z.enum(['few-dirty-pages', 'converged-within-downtime', 'max-rounds', 'max-bytes']);
 export type StopReason = z.infer<typeof stopReasonSchema>;
+
+export const storageModeSchema = z.enum(['mirror', 'iterate']);
+
+/** One disk's copy (agent/storage/disk-copy.ts `DiskCopyReport`). */
+export const diskCopyReportSchema = z.object({
+  file: vmFileNameSchema,
+  mode: storageModeSchema,
+  bytes: z.number(),
+  bytesSent: z.number(),
+  zeroBlocksSkipped: z.number(),
+  mirroredWrites: z.number(),
+  rounds: z.number(),
+  pausedBlocks: z.number(),
+  stopReason: stopReasonSchema.optional(),
+  readyAfterMs: z.number(),
+  throughputBytesPerSec: z.number(),
+  imageBytesPerSec: z.number(),
+});
+
 
 export const roundReportSchema = z.object({
   round: z.number(),
@@ -301,6 +324,14 @@ export const sourceReportSchema = z.object({
     /** Gratuitous ARPs the destination scheduled for the address (namespaces mode; 0 on loopback). */
     announcements: z.number().optional(),
   }).optional(),
+  /** `--copy-storage`: the disks copied before memory's pre-copy, and their verification at the commit. */
+  storage: z.object({
+    mode: z.enum(['mirror', 'iterate']),
+    /** When the disks were ready (ms from the migration's start): memory's pre-copy began then. */
+    readyAtMs: z.number(),
+    disks: z.array(diskCopyReportSchema),
+    verification: z.array(z.object({ file: z.string(), sourceDigest: z.string(), destDigest: z.string(), sourceImageDigest: z.string().optional(), destImageDigest: z.string().optional(), match: z.boolean() })),
+  }).optional(),
 });
 export type SourceReport = z.infer<typeof sourceReportSchema>;
 
@@ -319,6 +350,7 @@ export const migrationEventSchema = z.discriminatedUnion('kind', [
   }),
   z.object({ kind: z.literal('round'), report: roundReportSchema }),
   z.object({ kind: z.literal('throttle'), round: z.number(), pct: z.number() }),
+  z.object({ kind: z.literal('storage'), file: z.string(), phase: z.enum(['bulk', 'round', 'ready', 'paused']), round: z.number(), blocksDone: z.number(), blocksTotal: z.number(), bytesSent: z.number() }),
 ]);
 export type MigrationEvent = z.infer<typeof migrationEventSchema>;
 
@@ -349,24 +381,6 @@ export const imageReceiveOps = {
 /**
  * Requests an agent answers on its control connection: op -> [request body, reply body].
  */
-export const storageModeSchema = z.enum(['mirror', 'iterate']);
-
-/** One disk's copy (agent/storage/disk-copy.ts `DiskCopyReport`). */
-export const diskCopyReportSchema = z.object({
-  file: vmFileNameSchema,
-  mode: storageModeSchema,
-  bytes: z.number(),
-  bytesSent: z.number(),
-  zeroBlocksSkipped: z.number(),
-  mirroredWrites: z.number(),
-  rounds: z.number(),
-  pausedBlocks: z.number(),
-  stopReason: stopReasonSchema.optional(),
-  readyAfterMs: z.number(),
-  throughputBytesPerSec: z.number(),
-  imageBytesPerSec: z.number(),
-});
-
 export const storageMoveReportSchema = z.object({
   vm: z.string(),
   host: z.string(),
@@ -577,6 +591,23 @@ export const peerOps = {
     }).strict(),
     empty,
   ],
+  /**
+   * `--copy-storage`: the VM's local disks, copied before memory. `disk.begin` makes each an empty sparse image in the
+   * migration's staging folder; `disk.write` writes whole 4 KiB blocks into disk `index` (applied in the order sent;
+   * answered once written: a mirrored guest write waits for it); `disk.digest` syncs disk `index` and answers the
+   * digest of its per-block digests (and, with `full`, of the whole image). The staged disks join the VM's folder at
+   * activation and are dropped with the reservation.
+   */
+  'disk.begin': [z.object({ disks: z.array(z.object({ file: vmFileNameSchema, sizeBytes: z.number().int().min(4096).max(MAX_DISK_BYTES) }).strict()).min(1).max(8) }).strict(), empty],
+  'disk.write': [
+    z.object({
+      index: z.number().int().min(0).max(7),
+      first: z.number().int().min(0).max(MAX_DISK_BYTES / 4096),
+      data: z.instanceof(Uint8Array).refine((data) => data.length > 0 && data.length % 4096 === 0 && data.length <= 1024 * 1024, 'whole 4 KiB blocks, at most 1 MiB'),
+    }).strict(),
+    empty,
+  ],
+  'disk.digest': [z.object({ index: z.number().int().min(0).max(7), full: z.boolean() }).strict(), z.object({ tableDigest: z.string(), imageDigest: z.string().optional() })],
   /** The source gives up before commit: the destination drops its reservation. */
   'peer.abort': [z.object({ reason: z.string() }).strict(), empty],
   /**

@@ -14,6 +14,12 @@ import { MigrationTarget } from '../migration/target.js';
 import { requireCpu } from '../vm/cpu-model.js';
 import { attachNetwork } from '../vm/net/attach.js';
 import { attachDisk } from '../vm/disk/attach.js';
+import type { LocalDisk } from '../storage/live-storage.js';
+import type { VirtualMachine } from '../vm/vm.js';
+import { FileSink, hashImage } from '../storage/file-sink.js';
+import { syncPath } from '../datastore/durable.js';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
 
 /** The small files a live migration carries: config, NVRAM, log, and the config drive when the VM has one. */
 async function smallFiles(files: Datastore, config: VmConfig): Promise<NonNullable<SourceContext['files']>> {
@@ -22,6 +28,16 @@ async function smallFiles(files: Datastore, config: VmConfig): Promise<NonNullab
     config: JSON.stringify(config), nvram: new Uint8Array(await files.readNvram(config.name)), log: await files.readLog(config.name),
     ...(configDrive !== undefined ? { configDrive } : {}),
   };
+}
+
+/** The local disks a `--copy-storage` migration copies: the first disk, through its block backend. */
+function localDisks(vm: VirtualMachine, local: VirtualMachine['disks']): LocalDisk[] {
+  if (local.length > 1 || local[0] !== vm.disks[0]) {
+    throw new FerryError(ErrorCode.VM_STATE, `${vm.name} has local disks other than its first (${local.map((disk) => disk.file).join(', ')}); --copy-storage copies a VM's first disk`, 'move the others to shared storage, or migrate cold');
+  }
+  if (!vm.disk0) throw new FerryError(ErrorCode.VM_STATE, `${vm.name}'s disk has no block backend here`, 'a VM copies its disk live while it runs or is paused on a host with a datastore');
+  const disk = local[0]!;
+  return [{ file: disk.file, sizeBytes: disk.sizeBytes, backend: vm.disk0 }];
 }
 
 export function serveMigrateControl(connection: ControlServer, agent: Agent): void {
@@ -54,7 +70,9 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       vm.image = config.image;
       // The config drive is checked before it is written: it becomes a file here, and a guest reads it at its next boot.
       const configDrive = files.configDrive === undefined ? undefined : configDriveText(parseConfigDrive(files.configDrive));
-      await agent.files.create(config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${agent.name} (migration ${migrationId}, epoch ${newEpoch})\n`, configDrive);
+      // With --copy-storage the folder exists already, the copied disks in it (placed at activation): sync them, fill it.
+      if (target.disksPlaced) for (const disk of config.disks.filter((entry) => !entry.shared)) await syncPath(agent.files.diskPath(name, disk));
+      await agent.files[target.disksPlaced ? 'fill' : 'create'](config, Buffer.from(files.nvram), `${files.log}${new Date().toISOString()} arrived on ${agent.name} (migration ${migrationId}, epoch ${newEpoch})\n`, configDrive);
     });
     target.attachNetwork = (earlier) => attachNetwork(vm, { mode: agent.addressMode, log, fresh: false, earlier });
     // Live migration moves VMs whose disks are on shared storage: the destination opens the same image.
@@ -63,6 +81,30 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       vm.disks = vmConfigSchema.parse(JSON.parse(config)).disks;
       await attachDisk(vm, agent.files, log);
     };
+    const files = agent.files;
+    if (files) {
+      target.diskStaging = {
+        create: async (disks) => {
+          await mkdir(files.stagingFolder(migrationId), { recursive: true });
+          const sinks: FileSink[] = [];
+          for (const disk of disks) sinks.push(await FileSink.create(files.stagingFile(migrationId, disk.file), disk.sizeBytes, agent.faults.fullDiskAfterBytes));
+          return sinks;
+        },
+        imageDigest: (sink) => hashImage(sink.file),
+        place: async (sinks) => {
+          await files.makeFolder(name);
+          for (const sink of sinks) {
+            await sink.close();
+            await rename(sink.file, files.diskPath(name, { file: path.basename(sink.file) }));
+          }
+          await rm(files.stagingFolder(migrationId), { recursive: true, force: true });
+        },
+        remove: async (sinks) => {
+          for (const sink of sinks) await sink.close().catch(() => undefined);
+          await rm(files.stagingFolder(migrationId), { recursive: true, force: true });
+        },
+      };
+    }
     target.onFinished = () => agent.incoming.delete(migrationId);
     agent.incoming.set(migrationId, target);
     log.info('reserved', { vm: name, memoryBytes, migration: migrationId });
@@ -81,13 +123,14 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
     }
     return catalog.exclusive(name, 'migration', async (vm, cancelled) => {
       const local = vm.disks.filter((disk) => !disk.shared);
-      if (local.length > 0) {
+      if (local.length > 0 && !options.copyStorage) {
         throw new FerryError(
           ErrorCode.VM_STATE,
           `${name} has disks on ${agent.name}'s local storage only (${local.map((disk) => disk.file).join(', ')}): live migration moves memory, not local disks`,
-          `stop it and move it cold (\`ferry vm stop ${name}\`, then \`ferry migrate ${name} --to ${destination.name} --cold\`), or keep its disks on storage both hosts mount (ferry-agent --shared-storage)`,
+          `copy them too, live: \`ferry migrate ${name} --to ${destination.name} --copy-storage\`; or stop it and move it cold (\`--cold\`); or keep its disks on storage both hosts mount (ferry-agent --shared-storage, \`ferry storage move ${name} --to shared\`)`,
         );
       }
+      const storage = options.copyStorage && local.length > 0 ? localDisks(vm, local) : undefined;
       log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
       await agent.logEvent(name, `migrating to ${destination.name} (migration ${migrationId})`);
       const files = agent.files ? await smallFiles(agent.files, agent.configOf(vm)) : undefined;
@@ -120,6 +163,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         emit: (event) => void context.event(event),
         log,
         onInDoubt: (doubtful, resume) => agent.settlements.add({ migrationId, vm: doubtful, destinationUrl: destination.url, resume }),
+        ...(storage ? { storage } : {}),
       }).finally(() => {
         cancelled.removeEventListener('abort', onCancelled);
         context.signal.removeEventListener('abort', onClosed);

@@ -14,31 +14,13 @@
  */
 import { mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { formatDigest, streamingHash } from '../../shared/checksum.js';
+import { formatDigest } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { StorageMoveReport } from '../../shared/protocol.js';
 import type { Agent, ControlServer } from '../agent.js';
 import { DiskCopy } from '../storage/disk-copy.js';
 import { faultPoint } from '../faults.js';
-import { FileSink } from '../storage/file-sink.js';
-import { open } from 'node:fs/promises';
-
-/** xxh64 of a whole image file, read 1 MiB at a time. */
-export async function hashImage(file: string): Promise<string> {
-  const handle = await open(file, 'r');
-  try {
-    const hash = streamingHash();
-    const buffer = Buffer.alloc(1024 * 1024);
-    for (let position = 0; ; position += buffer.length) {
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
-      if (bytesRead === 0) break;
-      hash.update(buffer.subarray(0, bytesRead));
-    }
-    return formatDigest(hash.digest());
-  } finally {
-    await handle.close();
-  }
-}
+import { FileSink, hashImage } from '../storage/file-sink.js';
 
 export function serveStorageControl(connection: ControlServer, agent: Agent): void {
   connection.handle('storage.move', async ({ name, to, mode, verify, maxDowntimeMs }, context) => {

@@ -24,6 +24,7 @@ import { NetHandover } from './net-handover.js';
 import { PageSender } from './page-sender.js';
 import type { PeerClient } from './peer-client.js';
 import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
+import { LiveStorageCopy, type LocalDisk } from '../storage/live-storage.js';
 
 export interface SourceContext {
   /** The VM's small files to carry to the destination (none in the in-memory network, which has no datastore). */
@@ -46,6 +47,8 @@ export interface SourceContext {
   forgetFiles?: (name: string) => Promise<void>;
   /** Called when the commit's acknowledgement is lost: the VM stays suspended until settled (settlement.ts). */
   onInDoubt?: (vm: VirtualMachine, resume: boolean) => void;
+  /** `--copy-storage`: the VM's local disks, copied before memory (storage/live-storage.ts). */
+  storage?: LocalDisk[];
 }
 
 const stageNames: Record<number, string> = {
@@ -81,13 +84,17 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   peer.signal.addEventListener('abort', onPeerClosed, { once: true });
   const signal = abort.signal;
 
-  const enterStage = (stage: number): void => {
+  const enterStage = (stage: number, name = stageNames[stage] ?? `stage ${stage}`): void => {
     const atMs = now() - startedMs;
     const previous = stages.at(-1);
     if (previous) previous.endMs = atMs;
-    stages.push({ stage, name: stageNames[stage] ?? `stage ${stage}`, startMs: atMs, endMs: atMs });
-    emit({ kind: 'stage', stage, name: stageNames[stage] ?? '', atMs });
+    stages.push({ stage, name, startMs: atMs, endMs: atMs });
+    emit({ kind: 'stage', stage, name, atMs });
   };
+  const storage = context.storage?.length
+    ? new LiveStorageCopy(peer, context.storage, { mode: options.storageMode ?? 'mirror', maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds, signal: abort.signal, emit, faults: context.faults, log })
+    : undefined;
+  let storageVerification: NonNullable<SourceReport['storage']>['verification'] = [];
   const closeStages = (): void => {
     const last = stages.at(-1);
     if (last) last.endMs = now() - startedMs;
@@ -107,6 +114,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       bytesSent,
       ...(verification ? { verification } : {}),
       ...(network.report(servingAfterPauseMs, announcements) ? { network: network.report(servingAfterPauseMs, announcements) } : {}),
+      ...(storage ? { storage: storage.report(storageVerification) } : {}),
     };
   };
 
@@ -136,6 +144,12 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   try {
     // Stage 2: iterative pre-copy. Round 1 sends every page; each later round the pages dirtied during the last.
     vm.state = 'migrating-out';
+    if (storage) {
+      // The disks first, to ready: memory's pre-copy starts once they are (a mirror keeps them so meanwhile).
+      enterStage(2, 'storage copy');
+      await storage.toReady();
+      storage.readyAtMs = now() - startedMs;
+    }
     enterStage(2);
     let round = 1;
     vm.dirtyLog.clearAll(); // cleared BEFORE round 1 reads any page: writes from here on are caught
@@ -178,6 +192,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       log.debug('pre-copy round', { vm: vm.name, round, pages: pages.length });
     }
 
+    await storage?.beforePause();
     // Stage 3: stop-and-copy. Pause the vCPU, send what is still dirty and the registers.
     enterStage(3);
     pausedAtMs = now();
@@ -195,6 +210,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       round: round + 1, pages: lastPages.length, bytes: last.bytesSent, durationMs: lastDurationMs,
       dirtyPagesAfter: 0, throughputBytesPerSec: (last.bytesSent / lastDurationMs) * 1000,
     };
+    await storage?.whilePaused();
     const registers = vm.registers();
     log.debug('stop-and-copy timing', { pauseMs: lastStartMs - pausedAtMs, pages: lastPages.length, sendMs: lastDurationMs });
 
@@ -207,11 +223,20 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       network: vm.network,
     }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
+    const disksChecked = storage?.verify(options.verify);
+    disksChecked?.catch(() => undefined);
     const sourceDigest = formatDigest(digestPageTable(sender.hashes));
     // --verify full: hash all of memory here while the destination does the same there (the vCPU is paused).
     const sourceMemoryDigest = options.verify === 'full' ? formatDigest(digestMemory(vm.memory)) : undefined;
     const digestMs = now() - verifyStartMs;
     const answer = await asked;
+    if (disksChecked) {
+      storageVerification = await disksChecked;
+      const bad = storageVerification.find((disk) => !disk.match);
+      if (bad) {
+        throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's copy of ${vm.name}'s ${bad.file} does not match (${bad.sourceImageDigest ? `images ${bad.sourceImageDigest} / ${bad.destImageDigest}` : `block digests ${bad.sourceDigest} / ${bad.destDigest}`})`, 'the VM keeps running on the source with its disk; check the destination\'s storage and retry');
+      }
+    }
     const memoryMatch = sourceMemoryDigest === undefined || sourceMemoryDigest === answer.destMemoryDigest;
     const match = sourceDigest === answer.destDigest && memoryMatch && answer.damagedWhilePaused === 0;
     verification = {
@@ -270,9 +295,12 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         `the VM stays suspended here, so that it never runs twice, until the destination says how it ended: the agents settle it as soon as they can talk, or run \`ferry vm resolve ${vm.name}\``,
       ));
     }
+    storage?.close(); // before the guest runs on: its writes stop going to a destination that will drop them
     await rollBack(context, wasRunning, error, network);
     return report('rolled-back', error);
   } finally {
+    // No mirror outlives the migration, whatever happened.
+    storage?.close();
     // The throttle was the migration's, not the guest's: lift it (on the destination it never existed).
     vm.setThrottle(0);
     context.signal.removeEventListener('abort', onAbort);

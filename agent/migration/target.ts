@@ -23,6 +23,20 @@ import type { Catalog } from '../catalog.js';
 import type { ActivationLog } from './activation-log.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import type { ClientDatagram } from '../vm/net/address.js';
+import type { FileSink } from '../storage/file-sink.js';
+
+/**
+ * `--copy-storage` on this host (set by the agent, which owns the datastore): staging images for the VM's local
+ * disks, moving them into the VM's folder at activation, and removing them with a dropped reservation.
+ */
+export interface DiskStaging {
+  create(disks: { file: string; sizeBytes: number }[]): Promise<FileSink[]>;
+  /** Full-image digest of a staged disk (`--verify full`). */
+  imageDigest(sink: FileSink): Promise<string>;
+  /** The VM's folder, with the staged disks in it (its other files follow in `registerFiles`). */
+  place(sinks: FileSink[]): Promise<void>;
+  remove(sinks: FileSink[]): Promise<void>;
+}
 
 /** Datagrams forwarded before activation that the destination keeps at most (net-handover.ts). */
 const MAX_FORWARDED_EARLY = 4096;
@@ -69,6 +83,12 @@ export class MigrationTarget {
   attachNetwork: ((earlier: ClientDatagram[]) => Promise<boolean>) | undefined;
   /** Serves the VM's first disk here (vm/disk/attach.ts), given the VM's config from verification; set by the agent. */
   attachDisk: ((config: string | undefined) => Promise<void>) | undefined;
+  /** `--copy-storage`: where the disks that arrive are staged; set by the agent. */
+  diskStaging: DiskStaging | undefined;
+  /** The staged disks, by the index the source gives them; placed in the VM's folder at activation. */
+  private diskSinks: FileSink[] = [];
+  /** Whether the VM's folder exists here already, its disks in it (registerFiles then fills it). */
+  disksPlaced = false;
 
   constructor(
     migrationId: string,
@@ -178,6 +198,40 @@ export class MigrationTarget {
     return { pagesReceived: this.pagesReceived };
   }
 
+  /** `disk.begin`: an empty sparse image per disk, in the migration's staging folder. */
+  async beginDisks(disks: { file: string; sizeBytes: number }[]): Promise<void> {
+    this.lastHeardMs = performance.now();
+    if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `disks for ${this.vm.name} while the migration is ${this.phase}`);
+    if (this.diskSinks.length > 0) throw new FerryError(ErrorCode.PROTOCOL, `disks for ${this.vm.name} were begun already`);
+    if (!this.diskStaging) throw new FerryError(ErrorCode.VM_STATE, `this host has no datastore to receive ${this.vm.name}'s disks`, 'run the agent with --datastore');
+    this.diskSinks = await this.diskStaging.create(disks);
+  }
+
+  /** `disk.write`: blocks into a staged disk, in arrival order; resolves once written. */
+  writeDisk(index: number, first: number, data: Uint8Array): Promise<void> {
+    this.lastHeardMs = performance.now();
+    const sink = this.diskSinks[index];
+    if (this.phase !== 'receiving' || !sink) return Promise.reject(new FerryError(ErrorCode.PROTOCOL, `a disk write for ${this.vm.name}'s disk ${index}, which is not being received`));
+    return sink.write(first, data);
+  }
+
+  /**
+   * `disk.digest`: every write to disk `index` done; the digest of its per-block digests, and with `full` of the whole
+   * image. Not synced here: that would put an fsync of the image in the pause; the disk is synced once the VM runs
+   * here (registerFiles), as the activation log is (a process that dies keeps what it wrote; a machine that loses
+   * power before then loses the migration's last writes, as it would the guest's own).
+   */
+  async diskDigest(index: number, full: boolean): Promise<{ tableDigest: string; imageDigest?: string }> {
+    this.lastHeardMs = performance.now();
+    const sink = this.diskSinks[index];
+    if (!sink || !this.diskStaging) throw new FerryError(ErrorCode.PROTOCOL, `a digest of ${this.vm.name}'s disk ${index}, which is not being received`);
+    await sink.flush();
+    return {
+      tableDigest: formatDigest(await sink.tableDigest()),
+      ...(full ? { imageDigest: await this.diskStaging.imageDigest(sink) } : {}),
+    };
+  }
+
   /** Stage 4: all pages are here (the stream is ordered); load the registers and report our digests. */
   verify(request: RequestOf<PeerOps, 'peer.verify'>): ReplyOf<PeerOps, 'peer.verify'> {
     if (this.phase !== 'receiving' || this.pendingHeader) {
@@ -218,6 +272,14 @@ export class MigrationTarget {
     } catch (error) {
       // The VM is committed here: it runs, without its address, rather than not at all. Said loudly.
       this.log.error('could not serve the VM\'s address after activation', { vm: this.vm.name, error: String(error) });
+    }
+    if (this.diskSinks.length > 0) {
+      try {
+        await this.diskStaging!.place(this.diskSinks);
+        this.disksPlaced = true;
+      } catch (error) {
+        this.log.error('could not place the VM\'s copied disks in its folder after activation', { vm: this.vm.name, error: String(error) });
+      }
     }
     try {
       await this.attachDisk?.(this.files?.config);
@@ -289,6 +351,8 @@ export class MigrationTarget {
     this.phase = 'dropped';
     clearInterval(this.watchdog);
     this.log.info('reservation dropped', { vm: this.vm.name, migration: this.migrationId, reason });
+    // Partial (or verified but never committed) disks go with the reservation.
+    await this.diskStaging?.remove(this.diskSinks).catch((error: unknown) => this.log.warn('could not remove the staged disks', { vm: this.vm.name, error: String(error) }));
     await this.catalog.release(this.vm);
     this.onFinished?.();
   }

@@ -66,6 +66,19 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     current().takeForwarded(datagrams);
     return {};
   });
+  connection.handle('disk.begin', async ({ disks }) => {
+    await current().beginDisks(disks);
+    return {};
+  });
+  // Called in arrival order, and the sink takes each write in call order: blocks land in the order they were sent.
+  connection.handle('disk.write', async ({ index, first, data }) => {
+    const written = current().writeDisk(index, first, data);
+    written.catch(() => undefined);
+    await faultPoint(faults, 'disk-receiving', log, () => connection.close());
+    await written;
+    return {};
+  });
+  connection.handle('disk.digest', async ({ index, full }) => current().diskDigest(index, full));
   connection.handle('peer.abort', async ({ reason }) => {
     await current().drop(`the source aborted: ${reason}`, { keepVerified: false });
     return {};

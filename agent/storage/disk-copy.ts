@@ -158,6 +158,19 @@ export class DiskCopy {
   }
 
   /**
+   * Iterate mode, just before the pause: one more round of the blocks written since ready (a live migration's memory
+   * pre-copy runs in between), so the pause carries only what the guest writes during that round. Mirror: nothing.
+   */
+  async catchUp(): Promise<void> {
+    if (this.options.mode !== 'iterate') return;
+    const blocks = this.disk.dirty.harvest();
+    if (blocks.length === 0) return;
+    this.rounds += 1;
+    await this.sendBlocks(blocks, 'round');
+    await this.sink.flush();
+  }
+
+  /**
    * The vCPU is paused: send what is still dirty (iterate mode), wait for the sink, and stop mirroring (the guest
    * writes nothing while paused). After this the two images are the same, if the sink's digest agrees.
    */

@@ -3,10 +3,10 @@
  * shared storage, in both modes, and the disk still matches a replay of the guest's writes; a full target disk and an
  * agent that dies mid-copy leave the disk where it was.
  */
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { checkDiskFile, replayDisk } from '../disk-replay.js';
+import { checkAbandonedDisk } from '../disk-replay.js';
 import { patiently, startCluster, vmInfo, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
@@ -16,18 +16,6 @@ afterEach(async () => {
 });
 
 const DISK = 32 * 1024 * 1024;
-
-/**
- * A disk left by a guest that stopped without saying where it was (its host died): the highest write found in it is
- * m, and the image must be exactly what replaying m writes from the start gives (writes land in order, each whole).
- */
-function checkAbandonedDisk(file: string): { m: number; ok: boolean } {
-  const image = readFileSync(file);
-  let m = 0;
-  for (let offset = 0; offset < image.length; offset += 4096) m = Math.max(m, image.readUInt32LE(offset) + image.readUInt32LE(offset + 4) * 2 ** 32);
-  const { y } = replayDisk({ seed: 1, m }, image.length / 4096);
-  return { m, ok: checkDiskFile(file, { seed: 1, y, m }).ok };
-}
 
 async function writingVm(c: TestCluster, name: string): Promise<void> {
   const created = await c.ferry('vm', 'create', name, '--on', 'host-a', '--memory', '16MiB', '--rate', '1000', '--disk', '32MiB', '--disk-rate', '2000', '--json');
