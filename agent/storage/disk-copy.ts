@@ -28,6 +28,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { hashBytes } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { STOP_RULES } from '../../shared/constants.js';
 import { decideStop } from '../../shared/stop-rules.js';
 import type { StopReason } from '../../shared/protocol.js';
 
@@ -42,6 +43,8 @@ const CHUNKS_PER_TURN = 16;
  * to each guest write while the copy runs.
  */
 export const MAX_IN_FLIGHT_BYTES = 4 * 1024 * 1024;
+/** Iterate mode: the most rounds `catchUp` makes just before the pause. */
+const CATCH_UP_ROUNDS = 5;
 
 /** What the copy needs of the disk's block backend (agent/vm/disk/block-backend.ts). */
 export interface CopiedDisk {
@@ -163,11 +166,16 @@ export class DiskCopy {
    */
   async catchUp(): Promise<void> {
     if (this.options.mode !== 'iterate') return;
-    const blocks = this.disk.dirty.harvest();
-    if (blocks.length === 0) return;
-    this.rounds += 1;
-    await this.sendBlocks(blocks, 'round');
-    await this.sink.flush();
+    // Rounds until few blocks are dirty (memory's threshold), at most CATCH_UP_ROUNDS: each carries what the guest
+    // wrote during the one before, which shrinks as the rounds do.
+    for (let round = 0; round < CATCH_UP_ROUNDS; round++) {
+      const blocks = this.disk.dirty.harvest();
+      if (blocks.length === 0) return;
+      this.rounds += 1;
+      await this.sendBlocks(blocks, 'round');
+      await this.sink.flush();
+      if (this.disk.dirty.count() < STOP_RULES.fewDirtyPages) return;
+    }
   }
 
   /**
