@@ -74,6 +74,8 @@ export interface DiskCopyOptions {
   /** Iterate mode: stop when the blocks left would take at most this long to send. */
   maxDowntimeMs: number;
   maxRounds: number;
+  /** A cap on the copy's own sends (bulk and rounds), bytes per second; 0 or absent: none. */
+  maxBandwidthBytesPerSec?: number;
   onProgress?: (progress: DiskCopyProgress) => void;
   signal?: AbortSignal;
 }
@@ -263,6 +265,9 @@ export class DiskCopy {
       if (chunks % CHUNKS_PER_TURN === 0 || this.inFlightBytes > MAX_IN_FLIGHT_BYTES) {
         this.report(phase, this.rounds, index, blocks.length);
         await new Promise((resolve) => setImmediate(resolve));
+        const cap = this.options.maxBandwidthBytesPerSec ?? 0;
+        const aheadMs = cap > 0 ? (this.bytesSent / cap) * 1000 - (performance.now() - this.started) : 0;
+        if (aheadMs > 1) await new Promise((resolve) => setTimeout(resolve, aheadMs));
         while (this.inFlightBytes > MAX_IN_FLIGHT_BYTES) await new Promise<void>((resolve) => (this.wakeWhenDrained = resolve));
         this.wakeWhenDrained = undefined;
         this.throwIfMirrorFailed();
