@@ -92,7 +92,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     emit({ kind: 'stage', stage, name, atMs });
   };
   const storage = context.storage?.length
-    ? new LiveStorageCopy(peer, context.storage, { mode: options.storageMode ?? 'mirror', maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds, signal: abort.signal, emit, faults: context.faults, log })
+    ? new LiveStorageCopy(peer, context.storage, { mode: options.storageMode ?? 'mirror', maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds, maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec, signal: abort.signal, emit, faults: context.faults, log })
     : undefined;
   let storageVerification: NonNullable<SourceReport['storage']>['verification'] = [];
   const closeStages = (): void => {

@@ -28,6 +28,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { hashBytes } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { STOP_RULES } from '../../shared/constants.js';
 import { decideStop } from '../../shared/stop-rules.js';
 import type { StopReason } from '../../shared/protocol.js';
 
@@ -42,6 +43,8 @@ const CHUNKS_PER_TURN = 16;
  * to each guest write while the copy runs.
  */
 export const MAX_IN_FLIGHT_BYTES = 4 * 1024 * 1024;
+/** Iterate mode: the most rounds `catchUp` makes just before the pause. */
+const CATCH_UP_ROUNDS = 5;
 
 /** What the copy needs of the disk's block backend (agent/vm/disk/block-backend.ts). */
 export interface CopiedDisk {
@@ -71,6 +74,8 @@ export interface DiskCopyOptions {
   /** Iterate mode: stop when the blocks left would take at most this long to send. */
   maxDowntimeMs: number;
   maxRounds: number;
+  /** A cap on the copy's own sends (bulk and rounds), bytes per second; 0 or absent: none. */
+  maxBandwidthBytesPerSec?: number;
   onProgress?: (progress: DiskCopyProgress) => void;
   signal?: AbortSignal;
 }
@@ -163,11 +168,16 @@ export class DiskCopy {
    */
   async catchUp(): Promise<void> {
     if (this.options.mode !== 'iterate') return;
-    const blocks = this.disk.dirty.harvest();
-    if (blocks.length === 0) return;
-    this.rounds += 1;
-    await this.sendBlocks(blocks, 'round');
-    await this.sink.flush();
+    // Rounds until few blocks are dirty (memory's threshold), at most CATCH_UP_ROUNDS: each carries what the guest
+    // wrote during the one before, which shrinks as the rounds do.
+    for (let round = 0; round < CATCH_UP_ROUNDS; round++) {
+      const blocks = this.disk.dirty.harvest();
+      if (blocks.length === 0) return;
+      this.rounds += 1;
+      await this.sendBlocks(blocks, 'round');
+      await this.sink.flush();
+      if (this.disk.dirty.count() < STOP_RULES.fewDirtyPages) return;
+    }
   }
 
   /**
@@ -255,6 +265,9 @@ export class DiskCopy {
       if (chunks % CHUNKS_PER_TURN === 0 || this.inFlightBytes > MAX_IN_FLIGHT_BYTES) {
         this.report(phase, this.rounds, index, blocks.length);
         await new Promise((resolve) => setImmediate(resolve));
+        const cap = this.options.maxBandwidthBytesPerSec ?? 0;
+        const aheadMs = cap > 0 ? (this.bytesSent / cap) * 1000 - (performance.now() - this.started) : 0;
+        if (aheadMs > 1) await new Promise((resolve) => setTimeout(resolve, aheadMs));
         while (this.inFlightBytes > MAX_IN_FLIGHT_BYTES) await new Promise<void>((resolve) => (this.wakeWhenDrained = resolve));
         this.wakeWhenDrained = undefined;
         this.throwIfMirrorFailed();

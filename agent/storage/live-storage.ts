@@ -38,7 +38,7 @@ export class LiveStorageCopy {
   readyAtMs = 0;
 
   constructor(peer: PeerClient, disks: LocalDisk[], options: {
-    mode: StorageMode; maxDowntimeMs: number; maxRounds: number; signal: AbortSignal; emit: (event: MigrationEvent) => void;
+    mode: StorageMode; maxDowntimeMs: number; maxRounds: number; maxBandwidthBytesPerSec: number; signal: AbortSignal; emit: (event: MigrationEvent) => void;
     /** Test-only: `crash@storage-copying` fires at the copy's first progress (faults.ts). */
     faults?: Faults | undefined; log: Logger;
   }) {
@@ -50,7 +50,7 @@ export class LiveStorageCopy {
     this.copies = disks.map((disk, index) => {
       const sink = new PeerSink(peer, index, options.signal);
       const copy = new DiskCopy(disk.backend, sink, {
-        mode: options.mode, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds, signal: options.signal,
+        mode: options.mode, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds, maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec, signal: options.signal,
         onProgress: (progress) => {
           options.emit({ kind: 'storage', file: disk.file, ...progress });
           if (!started) {

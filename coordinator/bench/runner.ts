@@ -152,10 +152,8 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       maxRounds: options.maxRounds,
     });
     const downtimeMs = report.downtimeMs ?? Number.NaN;
-    const stageMs = (stage: number): number => {
-      const found = report.stages.find((entry) => entry.stage === stage);
-      return found ? found.endMs - found.startMs : 0;
-    };
+    // A stage may come in parts (--copy-storage's storage copy is stage 2 too): the sum of them.
+    const stageMs = (stage: number): number => report.stages.filter((entry) => entry.stage === stage).reduce((total, entry) => total + entry.endMs - entry.startMs, 0);
     const transferTimeMs = stageMs(2) + stageMs(3);
     const unmodelledMs = stageMs(0) + stageMs(1) + stageMs(4) + stageMs(5);
     const predictedTotalTimeMs = prediction.totalTimeMs + unmodelledMs;

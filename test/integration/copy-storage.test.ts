@@ -143,4 +143,21 @@ describe('live migration with --copy-storage', () => {
     expect(staged(c, 'host-b')).toEqual([]);
     expect(existsSync(path.join(c.dir, 'host-a', 'vms', 'db6'))).toBe(false);
   }, 60_000);
+
+  it('a destination that dies after the commit, before activating: the source, which kept its disk, runs the VM on once they settle', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'crash@before-activation' } }]);
+    const c = cluster;
+    await writingVm(c, 'db7');
+    const doubtful = await c.ferry('migrate', 'db7', '--to', 'host-b', '--copy-storage', '--json');
+    expect(doubtful.code).not.toBe(0);
+    await c.agent('host-b').exited;
+    await c.restartAgent('host-b');
+    await vi.waitFor(async () => {
+      const listed = (await c.ferry('vm', 'list', '--json')).json<{ name: string; host: string; state: string }[]>().filter((vm) => vm.name === 'db7');
+      expect(listed).toEqual([expect.objectContaining({ host: 'host-a', state: 'running' })]);
+    }, { ...patiently, timeout: 30_000 });
+    await checked(c, 'db7', 'host-a');
+    expect(staged(c, 'host-b')).toEqual([]);
+    expect(existsSync(path.join(c.dir, 'host-b', 'vms', 'db7'))).toBe(false);
+  }, 60_000);
 });

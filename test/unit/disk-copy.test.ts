@@ -66,7 +66,7 @@ function guest(disk: StandInDisk, span: number): { stop: () => Promise<void> } {
   let seed = 12345;
   const loop = (async () => {
     while (running) {
-      seed = (seed * 1103515245 + 12345) >>> 0;
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; // imul: a float product would lose the low bits
       await disk.write(seed % span);
     }
   })();
@@ -84,11 +84,11 @@ async function imageWithData(blockCount: number): Promise<StandInDisk> {
   return disk;
 }
 
-async function copyUnderWrites(mode: StorageMode, blockCount: number, span: number): Promise<{ disk: StandInDisk; copy: DiskCopy; target: string; sink: FileSink }> {
+async function copyUnderWrites(mode: StorageMode, blockCount: number, span: number, limits: { maxRounds?: number; maxBandwidthBytesPerSec?: number } = {}): Promise<{ disk: StandInDisk; copy: DiskCopy; target: string; sink: FileSink }> {
   const disk = await imageWithData(blockCount);
   const target = path.join(dir, 'moved.img');
   const sink = await FileSink.create(target, blockCount * BLOCK_SIZE);
-  const copy = new DiskCopy(disk, sink, { mode, maxDowntimeMs: 300, maxRounds: 30 });
+  const copy = new DiskCopy(disk, sink, { mode, maxDowntimeMs: 300, maxRounds: limits.maxRounds ?? 30, maxBandwidthBytesPerSec: limits.maxBandwidthBytesPerSec ?? 0 });
   const writer = guest(disk, span);
   try {
     await copy.toReady();
@@ -122,6 +122,19 @@ describe('storage copy', () => {
     const { disk, copy, target } = await copyUnderWrites('iterate', 2048, 64);
     expect(copy.result().stopReason).toBeDefined();
     expect(Buffer.compare(await readFile(target), await readFile(disk.file))).toBe(0);
+  });
+
+  it('iterate: a guest that writes faster than the capped copy sends is chased until the round cap, which the result names; mirror converges under the same cap', async () => {
+    const capped = { maxRounds: 2, maxBandwidthBytesPerSec: 1024 * 1024 };
+    const iterated = await copyUnderWrites('iterate', 256, 256, capped);
+    expect(iterated.copy.result(), `${iterated.disk.writes} writes`).toMatchObject({ stopReason: 'max-rounds' });
+    expect(iterated.copy.result().pausedBlocks).toBeGreaterThan(50); // the pause carries what the rounds could not catch
+    expect(Buffer.compare(await readFile(iterated.target), await readFile(iterated.disk.file))).toBe(0);
+    await rm(dir, { recursive: true, force: true });
+    const mirrored = await copyUnderWrites('mirror', 256, 256, capped);
+    expect(mirrored.copy.result()).toMatchObject({ pausedBlocks: 0 });
+    expect(mirrored.copy.result().stopReason).toBeUndefined();
+    expect(Buffer.compare(await readFile(mirrored.target), await readFile(mirrored.disk.file))).toBe(0);
   });
 
   it('mirror: a mirror that fails stops the copy with an error, and the source image is untouched by it', async () => {
