@@ -558,6 +558,7 @@ Examples:
     .option('--storage-mode <mode>', 'mirror: every guest write goes to both copies once the copy begins, so it converges at any write rate (QEMU\'s write-blocking mirror); iterate: dirty-block rounds, like memory\'s pre-copy', 'mirror')
     .option('--verify <mode>', 'pages: per-block digests of what was copied; full: also hash both whole images', 'pages')
     .option('--max-downtime <time>', 'iterate mode: stop the rounds when the blocks left fit in this pause', '300ms')
+    .option('--max-bandwidth <rate>', 'cap on the copy\'s own sends (not the guest\'s mirrored writes), e.g. 100MiB/s (default: none)')
     .option('--json', 'print the report as JSON')
     .option('--quiet', 'no progress display')
     .addHelpText('after', `
@@ -569,15 +570,16 @@ A disk on shared storage lets the VM migrate live to any host that mounts the sa
 Examples:
   ferry storage move web1 --to shared
   ferry storage move web1 --to local --storage-mode iterate --verify full`)
-    .action(async (name: string, raw: { to: string; storageMode: string; verify: string; maxDowntime: string; json?: boolean; quiet?: boolean }, command: Command) => {
+    .action(async (name: string, raw: { to: string; storageMode: string; verify: string; maxDowntime: string; maxBandwidth?: string; json?: boolean; quiet?: boolean }, command: Command) => {
       if (raw.to !== 'shared' && raw.to !== 'local') throw new FerryError(ErrorCode.BAD_INPUT, `--to ${raw.to}: a disk moves to shared or local`, 'e.g. --to shared');
       if (raw.storageMode !== 'mirror' && raw.storageMode !== 'iterate') throw new FerryError(ErrorCode.BAD_INPUT, `--storage-mode ${raw.storageMode}: mirror or iterate`, 'mirror (the default) converges at any write rate below the copy\'s');
       if (raw.verify !== 'pages' && raw.verify !== 'full') throw new FerryError(ErrorCode.BAD_INPUT, `--verify ${raw.verify}: pages or full`, 'pages (the default) compares per-block digests; full hashes both images');
       const maxDowntimeMs = parseDuration(raw.maxDowntime);
+      const maxBandwidthBytesPerSec = raw.maxBandwidth === undefined ? 0 : parseRate(raw.maxBandwidth);
       const { cluster: hosts } = await cluster(command);
       const progress = raw.quiet || raw.json ? undefined : storageProgress();
       try {
-        const report = await moveStorage(hosts, { vm: checkVmName(name), to: raw.to, mode: raw.storageMode, verify: raw.verify, maxDowntimeMs }, progress?.onProgress);
+        const report = await moveStorage(hosts, { vm: checkVmName(name), to: raw.to, mode: raw.storageMode, verify: raw.verify, maxDowntimeMs, maxBandwidthBytesPerSec }, progress?.onProgress);
         progress?.finish();
         if (raw.json) printJson(report);
         else process.stdout.write(`${formatStorageReport(report)}\n`);

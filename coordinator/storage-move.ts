@@ -25,12 +25,15 @@ export interface StorageMoveRequest {
   mode: 'mirror' | 'iterate';
   verify: 'pages' | 'full';
   maxDowntimeMs: number;
+  /** A cap on the copy's own sends, bytes per second (0 or absent: none). */
+  maxBandwidthBytesPerSec?: number;
 }
 
 export async function moveStorage(cluster: Cluster, request: StorageMoveRequest, onProgress?: (progress: StorageProgress) => void): Promise<StorageMoveReport> {
   const { host } = await locateVm(cluster, request.vm);
   return withHost(host, (client) => client.request('storage.move', {
     name: request.vm, to: request.to, mode: request.mode, verify: request.verify, maxDowntimeMs: request.maxDowntimeMs,
+    ...(request.maxBandwidthBytesPerSec ? { maxBandwidthBytesPerSec: request.maxBandwidthBytesPerSec } : {}),
   }, { onEvent: (body) => onProgress?.(body as StorageProgress) }));
 }
 

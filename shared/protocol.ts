@@ -506,6 +506,8 @@ export const controlOps = {
       mode: storageModeSchema,
       verify: verifyModeSchema,
       maxDowntimeMs: z.number().positive().max(600_000),
+      /** A cap on the copy's own sends (bulk pass and rounds; not mirrored guest writes), bytes per second; absent: none. */
+      maxBandwidthBytesPerSec: z.number().min(0).optional(),
     }).strict(),
     storageMoveReportSchema,
   ],

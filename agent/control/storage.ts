@@ -23,7 +23,7 @@ import { faultPoint } from '../faults.js';
 import { FileSink, hashImage } from '../storage/file-sink.js';
 
 export function serveStorageControl(connection: ControlServer, agent: Agent): void {
-  connection.handle('storage.move', async ({ name, to, mode, verify, maxDowntimeMs }, context) => {
+  connection.handle('storage.move', async ({ name, to, mode, verify, maxDowntimeMs, maxBandwidthBytesPerSec }, context) => {
     const files = agent.files;
     if (!files?.shared) {
       throw new FerryError(ErrorCode.BAD_INPUT, `${agent.name} mounts no shared storage to move disks to or from`, 'start the agent with --shared-storage DIR (the same path on every host)');
@@ -47,7 +47,7 @@ export function serveStorageControl(connection: ControlServer, agent: Agent): vo
       const sink = await FileSink.create(staging, disk.sizeBytes, agent.faults?.fullDiskAfterBytes);
       let reachedCopying = false;
       const copy = new DiskCopy(backend, sink, {
-        mode, maxDowntimeMs, maxRounds: 30, signal: cancelled,
+        mode, maxDowntimeMs, maxRounds: 30, maxBandwidthBytesPerSec: maxBandwidthBytesPerSec ?? 0, signal: cancelled,
         onProgress: (progress) => {
           void context.event({ file: disk.file, ...progress });
           if (!reachedCopying) {
