@@ -9,7 +9,7 @@ import { compile, type TopLevelSpec } from 'vega-lite';
 import type { RawTcpResult } from './baseline.js';
 import type { RunResult } from './runner.js';
 import type { ServiceRun } from './service.js';
-import type { StorageSummary } from './storage.js';
+import type { StorageRun, StorageSummary } from './storage.js';
 import type { ScenarioSummary } from './summary.js';
 
 const MiB = 1024 ** 2;
@@ -145,33 +145,50 @@ function serviceSpecs(services: ServiceRun[]): Record<string, TopLevelSpec> {
  * that start empty (a filled disk's pause says more about its size than its writes). The rate is the one asked: what
  * the guest achieves depends on the mode (a mirror holds each write back) and is in the table beside.
  */
-function storageSpecs(summaries: StorageSummary[]): Record<string, TopLevelSpec> {
-  const points = summaries.filter((summary) => !summary.filled && summary.moved > 0 && Number.isFinite(summary.pauseMs.median));
-  if (points.length === 0) return {};
+function storageSpecs(summaries: StorageSummary[], runs: StorageRun[]): Record<string, TopLevelSpec> {
+  const charts: Record<string, TopLevelSpec> = {};
+  // A copy capped below the guest's write rate: each move's pause and how it ended, by mode, against max downtime.
+  const capped = runs.filter((run) => run.maxBandwidthBytesPerSec > 0 && !run.filled);
+  if (capped.length > 0) {
+    const values = capped.flatMap((run) => run.moves.filter((move) => move.outcome === 'moved').map((move) => ({
+      move: `${run.repeat}.${move.index}`, ms: move.pauseMs,
+      how: move.mode === 'mirror' ? 'mirror' : `iterate (ended by ${move.stopReason ?? '-'})`,
+    })));
+    const limit = capped[0]!.maxDowntimeMs;
+    charts['storage-capped-pause'] = {
+      ...base,
+      title: `${capped[0]!.scenario}: the copy capped at ${(capped[0]!.maxBandwidthBytesPerSec / MiB).toFixed(0)} MiB/s, below the guest's write rate; pause per move`,
+      layer: [
+        { data: { values }, mark: 'bar', encoding: { x: { field: 'move', type: 'ordinal', sort: null, title: 'move (run.move, per mode)', axis: { labelAngle: 0 } }, xOffset: { field: 'how', type: 'nominal' }, y: { field: 'ms', type: 'quantitative', scale: { type: 'symlog' }, title: 'pause, ms (symlog)' }, color: { field: 'how', type: 'nominal', title: null, legend: { labelLimit: 400 } } } },
+        { data: { values: [{ y: limit, label: `max downtime ${limit} ms` }] }, mark: { type: 'rule', strokeDash: [4, 3] }, encoding: { y: { field: 'y', type: 'quantitative' }, color: { field: 'label', type: 'nominal', title: null } } },
+      ],
+    };
+  }
+  const points = summaries.filter((summary) => !summary.filled && summary.maxBandwidthBytesPerSec === 0 && summary.moved > 0 && Number.isFinite(summary.pauseMs.median));
+  if (points.length === 0) return charts;
   const values = points.map((summary) => ({
     scenario: summary.scenario, mode: summary.mode, rate: summary.diskRate,
     ms: summary.pauseMs.median, low: summary.pauseMs.min, high: summary.pauseMs.max,
   }));
   const x = { field: 'rate', type: 'quantitative', scale: { type: 'log' }, title: 'guest disk writes/s asked (4 KiB blocks, log)' } as const;
-  return {
-    'storage-pause-vs-disk-rate': {
-      ...base,
-      title: 'Storage move: pause against the guest\'s disk write rate, by mode',
-      data: { values },
-      layer: [
-        { mark: { type: 'line', point: true }, encoding: { x, y: { field: 'ms', type: 'quantitative', scale: { type: 'log' }, title: 'pause, ms (log; median, min-max)' }, color: { field: 'mode', type: 'nominal', title: 'mode' } } },
-        { mark: 'errorbar', encoding: { x, y: { field: 'low', type: 'quantitative', title: null }, y2: { field: 'high' }, color: { field: 'mode', type: 'nominal' } } },
-      ],
-    },
+  charts['storage-pause-vs-disk-rate'] = {
+    ...base,
+    title: 'Storage move: pause against the guest\'s disk write rate, by mode',
+    data: { values },
+    layer: [
+      { mark: { type: 'line', point: true }, encoding: { x, y: { field: 'ms', type: 'quantitative', scale: { type: 'log' }, title: 'pause, ms (log; median, min-max)' }, color: { field: 'mode', type: 'nominal', title: 'mode' } } },
+      { mark: 'errorbar', encoding: { x, y: { field: 'low', type: 'quantitative', title: null }, y2: { field: 'high' }, color: { field: 'mode', type: 'nominal' } } },
+    ],
   };
+  return charts;
 }
 
 /** Writes DIR/charts/NAME.svg (and .png); returns the file names written, for the report to link. */
-export async function writeCharts(dir: string, runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult, services: ServiceRun[] = [], storage: StorageSummary[] = []): Promise<string[]> {
+export async function writeCharts(dir: string, runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult, services: ServiceRun[] = [], storage: StorageSummary[] = [], storageRuns: StorageRun[] = []): Promise<string[]> {
   const folder = path.join(dir, 'charts');
   await mkdir(folder, { recursive: true });
   const written: string[] = [];
-  for (const [name, spec] of Object.entries({ ...specs(runs, summaries, rawTcp), ...serviceSpecs(services), ...storageSpecs(storage) })) {
+  for (const [name, spec] of Object.entries({ ...specs(runs, summaries, rawTcp), ...serviceSpecs(services), ...storageSpecs(storage, storageRuns) })) {
     const svg = await render(spec);
     await writeFile(path.join(folder, `${name}.svg`), svg);
     written.push(`${name}.svg`);

@@ -120,7 +120,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   };
   const out = options.out ?? path.join(process.cwd(), 'bench-results', new Date().toISOString().replace(/[:.]/g, '-'));
   const loopbackBaseline = baselines.loopback ?? Object.values(baselines)[0];
-  if (loopbackBaseline) results.charts = await writeCharts(out, runs, summaries, loopbackBaseline, services, storageSummaries);
+  if (loopbackBaseline) results.charts = await writeCharts(out, runs, summaries, loopbackBaseline, services, storageSummaries, storageRuns);
   await writeResults(out, results);
   stream.write(`results in ${out}${os.EOL}${os.EOL}`);
   return results;

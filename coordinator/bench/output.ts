@@ -218,7 +218,7 @@ function storageSection(results: BenchResults): string[] {
   lines.push('| scenario | mode | disk | guest writes/s asked (achieved before; during) | moves (moved) | pause ms | ready after ms | throughput MB/s | image MB/s | write p50 / p99 ms before | write p50 / p99 ms during | rounds | paused blocks | mirrored writes | stop | disk check |');
   lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of results.storageSummaries) {
-    const disk = `${formatBytes(s.diskBytes)}${s.filled ? ' filled' : `, ${formatBytes(s.diskWssBytes)} written`}`;
+    const disk = `${formatBytes(s.diskBytes)}${s.filled ? ' filled' : `, ${formatBytes(s.diskWssBytes)} written`}${s.maxBandwidthBytesPerSec > 0 ? `, copy capped at ${formatRate(s.maxBandwidthBytesPerSec)}` : ''}`;
     const stops = Object.entries(s.stopReasons).map(([reason, count]) => `${reason} ×${count}`).join(', ');
     lines.push(`| ${s.scenario} | ${s.mode} | ${disk} | ${int(s.diskRate)} (${int(s.achievedDiskRateBefore.median)}; ${int(s.achievedDiskRateDuring.median)}) | ${s.moves} (${s.moved}) | ${withSpread(s.pauseMs, 1)} | ${withSpread(s.readyAfterMs, 0)} | ` +
       `${mb(s.throughputBytesPerSec.median)} (${mb(s.throughputBytesPerSec.min)}–${mb(s.throughputBytesPerSec.max)}) | ${mb(s.imageBytesPerSec.median)} | ` +

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toCsv, toMarkdown, type BenchResults } from '../../coordinator/bench/output.js';
-import { loadScenarios, type Scenario } from '../../coordinator/bench/scenarios.js';
+import { defaultScenarioFile, loadScenarios, selectScenarios, type Scenario } from '../../coordinator/bench/scenarios.js';
 import { checkStorageTargets, summarizeStorage, type StorageMoveResult, type StorageRun } from '../../coordinator/bench/storage.js';
 
 let dir: string | undefined;
@@ -41,10 +41,18 @@ describe('bench storage scenarios', () => {
     expect(() => loadScenarios(file)).toThrow(/has a storage part but runs idle/);
   });
 
+  it('ships a smoke storage scenario for CI, the rate family, and one whose copy is capped below the guest\'s writes', () => {
+    const all = loadScenarios(defaultScenarioFile());
+    expect(all.find((s) => s.name === 'storage-smoke')).toMatchObject({ smoke: true, storage: { moves: 2, modes: ['mirror', 'iterate'] } });
+    expect(selectScenarios(all, ['storage-rate']).map((s) => s.name)).toEqual(['storage-rate-1000', 'storage-rate-4000', 'storage-rate-16000', 'storage-rate-64000']);
+    expect(all.find((s) => s.name === 'storage-1g')?.storage?.filled).toBe(true);
+    expect(all.find((s) => s.name === 'storage-capped')).toMatchObject({ maxBandwidth: '8MiB/s', storage: { diskRate: 4000 } });
+  });
+
   it('sums moves per mode into medians and targets; each move a row of runs.csv; a Storage section in summary.md', () => {
     const scenario = { name: 'storage-rate-16000', description: 'd', memory: '16MiB', workload: 'pattern', maxDowntime: '300ms', storage: { disk: '256MiB', diskRate: 16000, diskWss: '16MiB', modes: ['mirror', 'iterate'], moves: 2, filled: false } } as unknown as Scenario;
     const run: StorageRun = {
-      scenario: scenario.name, repeat: 1, link: 'one host', diskBytes: 256 * 1024 ** 2, diskWssBytes: 16 * 1024 ** 2, filled: false, maxDowntimeMs: 300,
+      scenario: scenario.name, repeat: 1, link: 'one host', diskBytes: 256 * 1024 ** 2, diskWssBytes: 16 * 1024 ** 2, filled: false, maxDowntimeMs: 300, maxBandwidthBytesPerSec: 0,
       diskRate: 16000, achievedDiskRateBefore: 12000,
       moves: [move('mirror', 1, 4), move('mirror', 2, 6), move('iterate', 1, 40, { stopReason: 'max-rounds' }), move('iterate', 2, 50)],
       diskCheck: { checked: true, ok: true, blocksChecked: 65536, writesReplayed: 9000 },
