@@ -125,7 +125,8 @@ describe('VM lifecycle on disk', () => {
     expect(refused.code).toBe(1);
     expect(refused.json().error).toMatchObject({ code: 'FERRY_ERR_VM_STATE' });
     expect(refused.json().error.message).toContain('live migration moves memory, not local disks');
-    expect(refused.json().error.hint).toContain('ferry migrate db1 --to host-b --cold');
+    expect(refused.json().error.hint).toContain('ferry migrate db1 --to host-b --copy-storage');
+    expect(refused.json().error.hint).toContain('--cold');
     expect((await vmInfo(c, 'db1'))).toMatchObject({ host: 'host-a', state: 'running' });
   });
 });
