@@ -63,8 +63,10 @@ export function serveStorageControl(connection: ControlServer, agent: Agent): vo
       try {
         await agent.logEvent(name, `storage move of ${disk.file} to ${to} (${mode}) started`);
         await copy.toReady();
-        // Most of the copy reaches stable storage before the pause, so the pause syncs only its last blocks.
+        // Most of the copy reaches stable storage before the pause, so the pause syncs only its last blocks; iterate
+        // mode then catches up with what the guest wrote during that sync.
         await sink.sync();
+        await copy.catchUp();
         const during = backend.latency(true);
         const pausedAtMs = performance.now();
         if (wasRunning) {

@@ -33,10 +33,14 @@ import { decideStop } from '../../shared/stop-rules.js';
 import type { StopReason } from '../../shared/protocol.js';
 
 export const BLOCK_SIZE = 4096;
-/** Blocks read per synchronous read: QEMU's default mirror granularity, 64 KiB. */
-export const CHUNK_BLOCKS = 16;
-/** Chunks read per turn of the event loop: the pass yields between groups so the agent goes on serving. */
-const CHUNKS_PER_TURN = 16;
+/**
+ * Blocks read per synchronous read, and the longest run the sink is given in one write: 1 MiB. (QEMU's mirror
+ * tracks 64 KiB granules; ferry tracks 4 KiB blocks and reads and writes in 1 MiB runs: measured on a filled 1 GiB
+ * disk, 64 KiB writes moved 300-450 MB/s, 1 MiB writes up to 990 MB/s.)
+ */
+export const CHUNK_BLOCKS = 256;
+/** Chunks read per turn of the event loop: the pass yields between them so the agent goes on serving. */
+const CHUNKS_PER_TURN = 2;
 /**
  * Bytes the copy lets the sink hold unwritten before it waits. QEMU's mirror allows 16 MiB in flight; a mirrored guest
  * write queues behind whatever is in flight (the sink is a FIFO), so ferry keeps 4 MiB: less in flight is less added
