@@ -19,11 +19,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildBridge, type Bridge } from '../../coordinator/bench/bridge.js';
 import { startLocalAgent, type LocalAgent } from '../../coordinator/local-agent.js';
 import type { ProbeResult } from '../../coordinator/probe.js';
-import { runFerry, type CliResult } from '../harness.js';
+import { patiently, runFerry, type CliResult } from '../harness.js';
 
 const asRoot = process.getuid?.() === 0;
 const ferryEntry = fileURLToPath(new URL('../../dist/coordinator/main.js', import.meta.url));
@@ -135,8 +135,7 @@ describe.skipIf(!asRoot)('guest network, namespaces mode', () => {
     expect(holds(namespaces.b, devices.b, ip)).toBe(true);
     expect(holds(namespaces.a, devices.a, ip)).toBe(false);
     // Only the announcement can have told the client: its entry stays REACHABLE without asking again.
-    await delay(300);
-    expect(clientNeighbour(ip)).toBe(macB);
+    await vi.waitFor(() => expect(clientNeighbour(ip)).toBe(macB), patiently);
 
     const result = await client;
     expect(result.answered).toBeGreaterThan(0);
