@@ -111,10 +111,10 @@ describe.skipIf(!asRoot)('guest network, namespaces mode', () => {
     ]);
 
     const client = probe(`${ip}:7777`, 9);
-    await delay(1500);
     const macA = macOf(namespaces.a, devices.a);
     const macB = macOf(namespaces.b, devices.b);
-    expect(clientNeighbour(ip)).toBe(macA);
+    await vi.waitFor(() => expect(clientNeighbour(ip)).toBe(macA), patiently); // the client has found host-a
+    await delay(500);
 
     // host-a drops its page stream at its first stop-and-copy, after the pause took the address off its interface:
     // the rollback must put it back, and the client must find the VM where it was.
