@@ -186,6 +186,7 @@ export class Agent {
       name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch, disks: vm.disks,
       network: vm.network, leaseUntil: vm.leaseUntil, createdAt: vm.createdAt.toISOString(), cpuModel: vm.cpuModel,
       ...(vm.image ? { image: vm.image } : {}),
+      ...(vm.diskRegisters ? { diskRegisters: vm.diskRegisters } : {}),
     };
   }
 

@@ -241,6 +241,7 @@ export class Catalog {
       vm.leaseUntil = config.leaseUntil;
       vm.cpuModel = config.cpuModel;
       vm.image = config.image;
+      vm.diskRegisters = config.diskRegisters;
       await setup(vm, entry.stored);
     } catch (error) {
       await vm?.destroy();

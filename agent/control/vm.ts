@@ -4,6 +4,7 @@
  * the length of the operation.
  */
 import { open } from 'node:fs/promises';
+import { writesDisk } from '../../shared/workloads.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { VmInfo } from '../../shared/protocol.js';
 import { formatBytes } from '../../shared/units.js';
@@ -128,6 +129,8 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
         vm.guest = saved.guest;
         await agent.files.dropSuspend(name);
       }
+      // A fresh boot starts memory over but writes on where the disk was left (config.json's diskRegisters).
+      if (!suspended && vm.diskRegisters) vm.setRegisters({ ...vm.registers(), ...vm.diskRegisters });
       // Its device: made afresh at a fresh boot, found in the saved memory of a suspended guest.
       await attachNetwork(vm, { mode: agent.addressMode, log, fresh: !suspended });
       await attachDisk(vm, agent.files, log);
@@ -145,6 +148,13 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
   });
 
   connection.handle('vm.stop', async ({ name }) => catalog.exclusive(name, 'stop', async (vm) => {
+    // The disk outlives the power-off: its registers are kept so the next boot writes on from them.
+    if (vm.disk0 && writesDisk(vm.workload)) {
+      if (vm.vcpuRunning) await vm.pause();
+      const { y, m } = vm.registers();
+      vm.diskRegisters = { y, m };
+      await agent.files?.writeConfig(agent.configOf(vm));
+    }
     await catalog.powerOff(vm, { config: agent.configOf(vm), suspended: false });
     await agent.logEvent(name, 'stopped (powered off; memory discarded)');
     return agent.vmInfo(name);

@@ -28,6 +28,11 @@ export const vmConfigSchema = z.object({
   cpuModel: vmCpuModelSchema.optional(),
   /** The image disk0 was cloned from at provisioning, how, and how long it took. */
   image: vmInfoSchema.shape.image,
+  /**
+   * The pattern workload's disk registers when the VM was last powered off: the disk keeps what the guest wrote, so a
+   * fresh boot goes on writing it from there (memory starts over; the disk does not), and the disk stays checkable.
+   */
+  diskRegisters: z.object({ y: z.number().int().min(0).max(0xffffffff), m: z.number().int().min(0) }).optional(),
 });
 /** config.json as it may lie on disk, from any version of ferry. */
 export type VmConfigFile = z.infer<typeof vmConfigSchema>;

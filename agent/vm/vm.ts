@@ -50,6 +50,8 @@ export class VirtualMachine {
    * (creation, a reservation, a power-on); a VM made without one needs no flags.
    */
   cpuModel: VmCpuModel = { model: 'baseline', flags: [] };
+  /** The disk registers saved at the last power-off (config.json's `diskRegisters`): a fresh boot goes on from them. */
+  diskRegisters: { y: number; m: number } | undefined;
   /** The image disk0 was cloned from (config.json's `image`). */
   image: VmInfo['image'];
   /**

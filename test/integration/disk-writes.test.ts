@@ -4,6 +4,7 @@
  * image file itself while the VM is paused), across pause/resume, suspend and start, and a live migration with
  * the disk on shared storage.
  */
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { patiently, startCluster, vmFolder, type TestCluster } from '../harness.js';
@@ -100,6 +101,17 @@ describe('disk writes', () => {
     const started = await c.ferry('vm', 'start', 'd1', '--json');
     expect(started.code, started.stderr).toBe(0);
     await waitForDiskWrites(c, 'd1', saved.cpu.m);
+    await check(c, 'd1');
+
+    // Powered off and on: memory starts over, the disk does not; the guest writes on from where the disk was left.
+    expect((await c.ferry('vm', 'stop', 'd1')).code).toBe(0);
+    const off = JSON.parse(readFileSync(path.join(vmFolder(c, 'host-a', 'd1'), 'config.json'), 'utf8')) as { diskRegisters?: { y: number; m: number } };
+    expect(off.diskRegisters?.m).toBeGreaterThan(saved.cpu.m);
+    expect(checkDiskFile(image, { seed: 11, ...off.diskRegisters! }).ok).toBe(true);
+    expect((await c.ferry('vm', 'start', 'd1')).code).toBe(0);
+    const rebooted = await info(c, 'd1');
+    expect(rebooted.cpu.m).toBeGreaterThanOrEqual(off.diskRegisters!.m);
+    await waitForDiskWrites(c, 'd1', off.diskRegisters!.m);
     await check(c, 'd1');
   });
 
