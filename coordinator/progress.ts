@@ -103,9 +103,8 @@ export function migrationProgress(stream: ProgressStream = process.stderr): Migr
           return;
         case 'storage': {
           const fraction = event.blocksTotal > 0 ? event.blocksDone / event.blocksTotal : 1;
-          const phase = event.phase === 'round' ? `round ${event.round}` : event.phase;
           if (event.phase === 'ready') line.log(`              ${event.file} ready: ${formatBytes(event.bytesSent)} copied`);
-          else line.redraw(`              ${event.file} ${phase} ${progressBar(fraction)} ${percent(fraction)}  ${formatBytes(event.bytesSent)} copied`);
+          else line.redraw(`              ${event.file} ${storagePhase(event)} ${progressBar(fraction)} ${percent(fraction)}  ${formatBytes(event.bytesSent)} copied`);
           return;
         }
         case 'progress': {
@@ -125,33 +124,41 @@ export function migrationProgress(stream: ProgressStream = process.stderr): Migr
   };
 }
 
-/** A cold migration: on a TTY, the redrawn line with how far, which file, how fast. */
-export function coldProgress(stream: ProgressStream = process.stderr, now: () => number = () => performance.now()): { onProgress(progress: ColdProgress): void; finish(): void } {
+/** A transfer on one redrawn line (on a TTY): how far, what `describe` says of it, how fast since it began. */
+function transferProgress<T>(stream: ProgressStream, now: () => number, describe: (progress: T) => { fraction: number; text: string; bytes: number }): { onProgress(progress: T): void; finish(): void } {
   const line = createProgressLine(stream);
   const startedMs = now();
   return {
     onProgress(progress) {
-      const fraction = progress.bytesTotal > 0 ? progress.bytesDone / progress.bytesTotal : 1;
-      const rate = (progress.bytesDone / Math.max(now() - startedMs, 1)) * 1000;
-      line.redraw(`  ${progressBar(fraction)} ${percent(fraction)}  ${progress.file}  ${formatBytes(progress.bytesDone)} of ${formatBytes(progress.bytesTotal)}  ${formatRate(rate)}`);
+      const { fraction, text, bytes } = describe(progress);
+      const rate = (bytes / Math.max(now() - startedMs, 1)) * 1000;
+      line.redraw(`  ${progressBar(fraction)} ${percent(fraction)}  ${text}  ${formatRate(rate)}`);
     },
     finish: () => line.finish(),
   };
 }
 
-/** A storage move: on a TTY, the redrawn line with the phase, how far, how much sent, how fast. */
+/** A cold migration: how far, which file, how fast. */
+export function coldProgress(stream: ProgressStream = process.stderr, now: () => number = () => performance.now()): { onProgress(progress: ColdProgress): void; finish(): void } {
+  return transferProgress(stream, now, (progress: ColdProgress) => ({
+    fraction: progress.bytesTotal > 0 ? progress.bytesDone / progress.bytesTotal : 1,
+    text: `${progress.file}  ${formatBytes(progress.bytesDone)} of ${formatBytes(progress.bytesTotal)}`,
+    bytes: progress.bytesDone,
+  }));
+}
+
+/** A disk copy's phase as the progress line names it: `bulk`, `round 2`, `ready`, `paused`. */
+function storagePhase(progress: Pick<StorageProgress, 'phase' | 'round'>): string {
+  return progress.phase === 'round' ? `round ${progress.round}` : progress.phase;
+}
+
+/** A storage move: the phase, how far, how much sent, how fast. */
 export function storageProgress(stream: ProgressStream = process.stderr, now: () => number = () => performance.now()): { onProgress(progress: StorageProgress): void; finish(): void } {
-  const line = createProgressLine(stream);
-  const startedMs = now();
-  return {
-    onProgress(progress) {
-      const fraction = progress.blocksTotal > 0 ? progress.blocksDone / progress.blocksTotal : 1;
-      const rate = (progress.bytesSent / Math.max(now() - startedMs, 1)) * 1000;
-      const phase = progress.phase === 'round' ? `round ${progress.round}` : progress.phase;
-      line.redraw(`  ${progressBar(fraction)} ${percent(fraction)}  ${progress.file} ${phase}  ${formatBytes(progress.bytesSent)} sent  ${formatRate(rate)}`);
-    },
-    finish: () => line.finish(),
-  };
+  return transferProgress(stream, now, (progress: StorageProgress) => ({
+    fraction: progress.blocksTotal > 0 ? progress.blocksDone / progress.blocksTotal : 1,
+    text: `${progress.file} ${storagePhase(progress)}  ${formatBytes(progress.bytesSent)} sent`,
+    bytes: progress.bytesSent,
+  }));
 }
 
 /**

@@ -16,7 +16,8 @@ import { attachNetwork } from '../vm/net/attach.js';
 import { attachDisk } from '../vm/disk/attach.js';
 import type { LocalDisk } from '../storage/live-storage.js';
 import type { VirtualMachine } from '../vm/vm.js';
-import { FileSink, hashImage } from '../storage/file-sink.js';
+import { hashFile } from '../../shared/file-chunks.js';
+import { FileSink } from '../storage/file-sink.js';
 import { syncPath } from '../datastore/durable.js';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -90,7 +91,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
           for (const disk of disks) sinks.push(await FileSink.create(files.stagingFile(migrationId, disk.file), disk.sizeBytes, agent.faults.fullDiskAfterBytes));
           return sinks;
         },
-        imageDigest: (sink) => hashImage(sink.file),
+        imageDigest: async (sink) => (await hashFile(sink.file)).xxh64,
         place: async (sinks) => {
           await files.makeFolder(name);
           for (const sink of sinks) {

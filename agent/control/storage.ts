@@ -20,7 +20,8 @@ import type { StorageMoveReport } from '../../shared/protocol.js';
 import type { Agent, ControlServer } from '../agent.js';
 import { DiskCopy } from '../storage/disk-copy.js';
 import { faultPoint } from '../faults.js';
-import { FileSink, hashImage } from '../storage/file-sink.js';
+import { hashFile } from '../../shared/file-chunks.js';
+import { FileSink } from '../storage/file-sink.js';
 
 export function serveStorageControl(connection: ControlServer, agent: Agent): void {
   connection.handle('storage.move', async ({ name, to, mode, verify, maxDowntimeMs, maxBandwidthBytesPerSec }, context) => {
@@ -45,15 +46,12 @@ export function serveStorageControl(connection: ControlServer, agent: Agent): vo
       await mkdir(path.dirname(target), { recursive: true });
       const before = backend.latency(true);
       const sink = await FileSink.create(staging, disk.sizeBytes, agent.faults?.fullDiskAfterBytes);
-      let reachedCopying = false;
       const copy = new DiskCopy(backend, sink, {
         mode, maxDowntimeMs, maxRounds: 30, maxBandwidthBytesPerSec: maxBandwidthBytesPerSec ?? 0, signal: cancelled,
         onProgress: (progress) => {
           void context.event({ file: disk.file, ...progress });
-          if (!reachedCopying) {
-            reachedCopying = true;
-            void faultPoint(agent.faults, 'storage-copying', agent.log, () => undefined);
-          }
+          // Armed switches fire once (faults.ts): this one at the copy's first progress.
+          void faultPoint(agent.faults, 'storage-copying', agent.log, () => undefined);
         },
       });
       const wasRunning = vm.state === 'running';
@@ -78,7 +76,7 @@ export function serveStorageControl(connection: ControlServer, agent: Agent): vo
         const sourceDigest = formatDigest(copy.sourceTableDigest());
         const destDigest = formatDigest(await sink.tableDigest());
         await sink.close();
-        const images = verify === 'full' ? { sourceImageDigest: await hashImage(source), destImageDigest: await hashImage(staging) } : undefined;
+        const images = verify === 'full' ? { sourceImageDigest: (await hashFile(source)).xxh64, destImageDigest: (await hashFile(staging)).xxh64 } : undefined;
         const match = sourceDigest === destDigest && (!images || images.sourceImageDigest === images.destImageDigest);
         if (!match) {
           throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the copy of ${name}'s ${disk.file} does not match (${images ? `images ${images.sourceImageDigest} / ${images.destImageDigest}` : `block digests ${sourceDigest} / ${destDigest}`})`, 'the disk stays where it was; check the storage and retry');

@@ -67,8 +67,6 @@ export interface BlockSink {
   write(first: number, data: Uint8Array): Promise<void>;
   /** Resolves once everything written so far is written. */
   flush(): Promise<void>;
-  /** The digest of the table of digests of every block written (block order), for the commit's comparison. */
-  tableDigest(): Promise<bigint>;
 }
 
 export type StorageMode = 'mirror' | 'iterate';
@@ -111,11 +109,8 @@ export interface DiskCopyReport {
   imageBytesPerSec: number;
 }
 
-const isZero = (bytes: Uint8Array): boolean => {
-  const words = new BigUint64Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 8);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
-  return true;
-};
+/** A block of zeros, to compare with (a memcmp). */
+const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
 
 export class DiskCopy {
   private readonly disk: CopiedDisk;
@@ -302,7 +297,7 @@ export class DiskCopy {
     };
     for (let i = 0; i < count; i++) {
       const block = this.chunk.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE);
-      if (isZero(block)) {
+      if (block.equals(ZERO_BLOCK)) {
         sendRun(i);
         this.sourceHashes[first + i] = 0n;
         this.zeroBlocksSkipped += 1;

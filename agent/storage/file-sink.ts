@@ -4,7 +4,7 @@
  * disk's full size, so blocks never written (zero blocks are never sent) stay holes.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { formatDigest, hashBytes, streamingHash } from '../../shared/checksum.js';
+import { hashBytes } from '../../shared/checksum.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { BLOCK_SIZE, type BlockSink } from './disk-copy.js';
 
@@ -81,22 +81,5 @@ export class FileSink implements BlockSink {
   async close(): Promise<void> {
     await this.chain;
     await this.handle.close();
-  }
-}
-
-/** xxh64 of a whole image file, read 1 MiB at a time. */
-export async function hashImage(file: string): Promise<string> {
-  const handle = await open(file, 'r');
-  try {
-    const hash = streamingHash();
-    const buffer = Buffer.alloc(1024 * 1024);
-    for (let position = 0; ; position += buffer.length) {
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
-      if (bytesRead === 0) break;
-      hash.update(buffer.subarray(0, bytesRead));
-    }
-    return formatDigest(hash.digest());
-  } finally {
-    await handle.close();
   }
 }

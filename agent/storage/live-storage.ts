@@ -16,7 +16,7 @@ import type { MigrationEvent, SourceReport, VerifyMode } from '../../shared/prot
 import type { PeerClient } from '../migration/peer-client.js';
 import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { DiskCopy, type CopiedDisk, type StorageMode } from './disk-copy.js';
-import { hashImage } from './file-sink.js';
+import { hashFile } from '../../shared/file-chunks.js';
 import { PeerSink } from './peer-sink.js';
 import { faultPoint, type Faults } from '../faults.js';
 import type { Logger } from '../../shared/log.js';
@@ -46,17 +46,14 @@ export class LiveStorageCopy {
     this.disks = disks;
     this.mode = options.mode;
     this.signal = options.signal;
-    let started = false;
     this.copies = disks.map((disk, index) => {
       const sink = new PeerSink(peer, index, options.signal);
       const copy = new DiskCopy(disk.backend, sink, {
         mode: options.mode, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds, maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec, signal: options.signal,
         onProgress: (progress) => {
           options.emit({ kind: 'storage', file: disk.file, ...progress });
-          if (!started) {
-            started = true;
-            void faultPoint(options.faults, 'storage-copying', options.log, () => peer.close());
-          }
+          // Armed switches fire once (faults.ts): this one at the copy's first progress.
+          void faultPoint(options.faults, 'storage-copying', options.log, () => peer.close());
         },
       });
       return { disk, copy, sink };
@@ -80,7 +77,7 @@ export class LiveStorageCopy {
   async verify(mode: VerifyMode): Promise<StorageReport['verification']> {
     const full = mode === 'full';
     return Promise.all(this.copies.map(async ({ disk, copy, sink }) => {
-      const [dest, sourceImageDigest] = await Promise.all([sink.digests(full), full ? hashImage(disk.backend.file) : Promise.resolve(undefined)]);
+      const [dest, sourceImageDigest] = await Promise.all([sink.digests(full), full ? hashFile(disk.backend.file).then((hashed) => hashed.xxh64) : Promise.resolve(undefined)]);
       const sourceDigest = formatDigest(copy.sourceTableDigest());
       const match = sourceDigest === dest.tableDigest && (!full || sourceImageDigest === dest.imageDigest);
       return {

@@ -41,10 +41,6 @@ export class PeerSink implements BlockSink {
     }
   }
 
-  async tableDigest(): Promise<bigint> {
-    return BigInt(`0x${(await this.digests(false)).tableDigest}`);
-  }
-
   /** The destination's digests of its copy (synced first): per-block table, and the whole image with `full`. */
   async digests(full: boolean): Promise<{ tableDigest: string; imageDigest?: string }> {
     await this.flush();

@@ -28,6 +28,14 @@ async function checked(c: TestCluster, name: string, host: string): Promise<void
   expect(check.json()).toMatchObject({ host, ok: true, disk: { ok: true } });
 }
 
+/** Waits until the agents have settled a migration left in doubt: exactly one copy of `name`, running on `host`. */
+async function settledOn(c: TestCluster, name: string, host: string): Promise<void> {
+  await vi.waitFor(async () => {
+    const listed = (await c.ferry('vm', 'list', '--json')).json<{ name: string; host: string; state: string }[]>().filter((vm) => vm.name === name);
+    expect(listed).toEqual([expect.objectContaining({ host, state: 'running' })]);
+  }, { ...patiently, timeout: 30_000 });
+}
+
 const diskOf = (c: TestCluster, host: string, vm: string): string => path.join(c.dir, host, 'vms', vm, 'disk0.img');
 const staged = (c: TestCluster, host: string): string[] => {
   const folder = path.join(c.dir, host, 'staging');
@@ -135,10 +143,7 @@ describe('live migration with --copy-storage', () => {
     expect(committed.code).not.toBe(0);
     await c.agent('host-a').exited;
     await c.restartAgent('host-a');
-    await vi.waitFor(async () => {
-      const listed = (await c.ferry('vm', 'list', '--json')).json<{ name: string; host: string; state: string }[]>().filter((vm) => vm.name === 'db6');
-      expect(listed).toEqual([expect.objectContaining({ host: 'host-b', state: 'running' })]);
-    }, { ...patiently, timeout: 30_000 });
+    await settledOn(c, 'db6', 'host-b');
     await checked(c, 'db6', 'host-b');
     expect(staged(c, 'host-b')).toEqual([]);
     expect(existsSync(path.join(c.dir, 'host-a', 'vms', 'db6'))).toBe(false);
@@ -152,10 +157,7 @@ describe('live migration with --copy-storage', () => {
     expect(doubtful.code).not.toBe(0);
     await c.agent('host-b').exited;
     await c.restartAgent('host-b');
-    await vi.waitFor(async () => {
-      const listed = (await c.ferry('vm', 'list', '--json')).json<{ name: string; host: string; state: string }[]>().filter((vm) => vm.name === 'db7');
-      expect(listed).toEqual([expect.objectContaining({ host: 'host-a', state: 'running' })]);
-    }, { ...patiently, timeout: 30_000 });
+    await settledOn(c, 'db7', 'host-a');
     await checked(c, 'db7', 'host-a');
     expect(staged(c, 'host-b')).toEqual([]);
     expect(existsSync(path.join(c.dir, 'host-b', 'vms', 'db7'))).toBe(false);

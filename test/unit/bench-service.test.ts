@@ -2,28 +2,15 @@
  * The benchmark's service scenarios without processes: how a scenario file declares them, and how migrations under
  * the probe add up to the summary's figures and targets and to rows of runs.csv.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toCsv } from '../../coordinator/bench/output.js';
 import { loadScenarios, type Scenario } from '../../coordinator/bench/scenarios.js';
 import { gapSpanning, type ServiceMigration, type ServiceRun, type SteadySample } from '../../coordinator/bench/service.js';
 import type { ProbeResult } from '../../coordinator/probe.js';
 import { servedRate, summarizeService } from '../../coordinator/bench/summary.js';
+import { removeScenarioFiles, scenarioFile } from '../scenario-file.js';
 
-let dir: string | undefined;
-afterEach(async () => {
-  if (dir) await rm(dir, { recursive: true, force: true });
-  dir = undefined;
-});
-
-async function scenarioFile(scenarios: object[]): Promise<string> {
-  dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-scenarios-'));
-  const file = path.join(dir, 'scenarios.json');
-  await writeFile(file, JSON.stringify({ scenarios }));
-  return file;
-}
+afterEach(removeScenarioFiles);
 
 const migration = (index: number, outageMs: number, downtimeMs: number, extra: Partial<ServiceMigration> = {}): ServiceMigration => ({
   index, from: index % 2 ? 'host-a' : 'host-b', to: index % 2 ? 'host-b' : 'host-a', outcome: 'committed', outageMs, outageAtMs: 500, pauseAtMs: 495, downtimeMs, guestBlackoutMs: downtimeMs - 2,
@@ -39,7 +26,6 @@ describe('bench service scenarios', () => {
     const kv = { name: 'kv-x', description: 'kv', memory: '64MiB', workload: 'kv', service: { rate: 1000, migrations: 3 } };
     const [loaded] = loadScenarios(await scenarioFile([kv]));
     expect(loaded!.service).toEqual({ rate: 1000, migrations: 3, margin: '1.5s' });
-    await rm(dir!, { recursive: true, force: true });
     const file = await scenarioFile([{ ...kv, workload: 'pattern', rate: 10 }]);
     expect(() => loadScenarios(file)).toThrow(/has a service but runs pattern/);
   });

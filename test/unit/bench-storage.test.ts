@@ -2,26 +2,13 @@
  * The benchmark's storage scenarios without processes: how a scenario file declares them, how moves add up to the
  * summary's figures and targets, rows of runs.csv and the Storage section of summary.md.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toCsv, toMarkdown, type BenchResults } from '../../coordinator/bench/output.js';
 import { defaultScenarioFile, loadScenarios, selectScenarios, type Scenario } from '../../coordinator/bench/scenarios.js';
 import { checkStorageTargets, summarizeStorage, type StorageMoveResult, type StorageRun } from '../../coordinator/bench/storage.js';
+import { removeScenarioFiles, scenarioFile } from '../scenario-file.js';
 
-let dir: string | undefined;
-afterEach(async () => {
-  if (dir) await rm(dir, { recursive: true, force: true });
-  dir = undefined;
-});
-
-async function scenarioFile(scenarios: object[]): Promise<string> {
-  dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-scenarios-'));
-  const file = path.join(dir, 'scenarios.json');
-  await writeFile(file, JSON.stringify({ scenarios }));
-  return file;
-}
+afterEach(removeScenarioFiles);
 
 const latency = { before: { count: 100, p50Ms: 0.05, p99Ms: 2 }, during: { count: 50, p50Ms: 0.2, p99Ms: 40 } };
 const move = (mode: 'mirror' | 'iterate', index: number, pauseMs: number, extra: Partial<StorageMoveResult> = {}): StorageMoveResult => ({
@@ -36,7 +23,6 @@ describe('bench storage scenarios', () => {
     const pattern = { name: 'storage-x', description: 'x', memory: '16MiB', workload: 'pattern', rate: 0, storage: { disk: '64MiB', diskRate: 1000, moves: 2 } };
     const [loaded] = loadScenarios(await scenarioFile([pattern]));
     expect(loaded!.storage).toEqual({ disk: '64MiB', diskRate: 1000, moves: 2, modes: ['mirror', 'iterate'], filled: false });
-    await rm(dir!, { recursive: true, force: true });
     const file = await scenarioFile([{ ...pattern, workload: 'idle', rate: undefined }]);
     expect(() => loadScenarios(file)).toThrow(/has a storage part but runs idle/);
   });

@@ -118,7 +118,6 @@ async function copyUnderWrites(mode: StorageMode, blockCount: number, span: numb
       return Promise.all([written, guestWrite]).then(() => undefined);
     },
     flush: () => sink.flush(),
-    tableDigest: () => sink.tableDigest(),
   };
   const copy = new DiskCopy(disk, stepping, { mode, maxDowntimeMs: 300, maxRounds: 30 });
   const writer = guest(disk, span);
@@ -174,7 +173,6 @@ describe('storage copy', () => {
         return inner.write(first, data);
       },
       flush: () => inner.flush(),
-      tableDigest: () => inner.tableDigest(),
     };
     const copy = new DiskCopy(disk, outrun, { mode: 'iterate', maxDowntimeMs: 0.001, maxRounds: 3 });
     await copy.toReady();
@@ -193,7 +191,6 @@ describe('storage copy', () => {
     const failing = {
       write: async () => { throw new Error('disk full'); },
       flush: async () => { throw new Error('disk full'); },
-      tableDigest: async () => 0n,
     };
     const copy = new DiskCopy(disk, failing, { mode: 'mirror', maxDowntimeMs: 300, maxRounds: 30 });
     await expect(copy.toReady()).rejects.toThrow(/disk full/);
