@@ -11,6 +11,8 @@
  *   peer/cold-target.ts     another agent's cold migration into this datastore, and settling what arrived
  *   peer/image-target.ts    an image arriving, from another agent or imported by the coordinator (both connections)
  *   leases.ts               releasing VMs whose lease has ended (periodic.ts runs the background loops)
+ *   vm-stats/sampler.ts     each running VM's busy fraction, dirty rate and working set (vm info's `stats`)
+ *   control/link.ts         measuring the page stream's throughput to another agent (link.measure)
  *   host-cpu.ts             the host's CPU as guests see it
  *   datastore/              the VMs' files and the host's images
  *   migration/              the migration algorithms themselves (source, target, settlement, cold)
@@ -43,6 +45,11 @@ import { serveSettlementPeer } from './peer/settlement.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { VirtualMachine } from './vm/vm.js';
 import { loopbackMode, type AddressMode } from './vm/net/address.js';
+import { every, type Periodic } from './periodic.js';
+import { STATS_TICK_MS, VmStatsSampler } from './vm-stats/sampler.js';
+import { MigrationHistory } from './migration/history.js';
+import { serveLinkControl } from './control/link.js';
+import { serveLinkProbe } from './peer/link-probe.js';
 
 export type ControlServer = RpcConnection<typeof controlOps, Record<never, never>>;
 export type PeerServer = RpcConnection<typeof peerOps, Record<never, never>>;
@@ -91,6 +98,11 @@ export class Agent {
   /** How this host serves VMs' addresses: loopback (address.ts) or namespaces (namespace.ts). */
   readonly addressMode: AddressMode;
   private readonly coldMarks: ColdMarks;
+  /** Each running VM's measured load (vm info's `stats`), sampled by one loop. */
+  readonly vmStats: VmStatsSampler;
+  private readonly vmStatsLoop: Periodic;
+  /** The fixed costs of the last live migrations this host sent, by destination: link.measure reports them. */
+  readonly migrationHistory = new MigrationHistory();
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;
@@ -114,6 +126,8 @@ export class Agent {
     });
     this.leases = new Leases(this);
     this.coldMarks = new ColdMarks(this);
+    this.vmStats = new VmStatsSampler(this.catalog, { log: this.log });
+    this.vmStatsLoop = every(STATS_TICK_MS, 'vm stats', this.log, () => this.vmStats.tick());
   }
 
   /** Finds the VMs in the datastore, powered off or suspended: what an agent that restarts comes back to. */
@@ -168,7 +182,9 @@ export class Agent {
         lastBlackoutMs: 0, createdAt: config.createdAt, log: await tail(), ...(config.image ? { image: config.image } : {}), ...drive,
       };
     }
-    return { ...this.catalog.machine(name).info(this.name), log: await tail(), ...drive };
+    const machine = this.catalog.machine(name);
+    const stats = machine.state === 'running' ? this.vmStats.stats(machine) : undefined;
+    return { ...machine.info(this.name), log: await tail(), ...drive, ...(stats ? { stats } : {}) };
   }
 
   /** The VM's config drive; one that cannot be read is said in the log, and shown as none. */
@@ -197,6 +213,7 @@ export class Agent {
     serveStorageControl(connection, this);
     serveImageControl(connection, this);
     serveImageReceiver(connection, this);
+    serveLinkControl(connection, this);
   }
 
   servePeer(connection: PeerServer): void {
@@ -204,12 +221,14 @@ export class Agent {
     serveSettlementPeer(connection, this);
     serveColdTarget(connection, this);
     serveImageReceiver(connection, this);
+    serveLinkProbe(connection, this);
   }
 
   async shutdown(): Promise<void> {
     this.settlements.stop();
     this.leases.stop();
     this.coldMarks.stop();
+    this.vmStatsLoop.stop();
     await this.catalog.releaseAll();
   }
 }

@@ -50,7 +50,7 @@ type Entry = MachineEntry | StoredEntry | ClaimEntry;
 const POPULATE_SLICE_BYTES = 64 * 1024 * 1024;
 
 /** Makes the OS back every page of `memory` now (a write per 4 KiB page faults it in; the value stays 0). */
-async function populate(memory: Uint8Array): Promise<void> {
+export async function populate(memory: Uint8Array): Promise<void> {
   for (let start = 0; start < memory.length; start += POPULATE_SLICE_BYTES) {
     const end = Math.min(start + POPULATE_SLICE_BYTES, memory.length);
     for (let offset = start; offset < end; offset += 4096) memory[offset] = 0;

@@ -27,6 +27,8 @@ import { formatStorageReport, moveStorage } from './storage-move.js';
 import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
+import { forecastMigration, type PlannedMigration } from './forecast.js';
+import { formatPlan } from './plan-output.js';
 import { checkVmName, toVmRequest } from './vm-spec.js';
 import { runProbe, type ProbeResult } from './probe.js';
 import { DEFAULT_CPU_MODEL, clusterBaseline, cpuModelRequest, formatBaseline, levelText } from './cpu-models.js';
@@ -49,6 +51,9 @@ async function cluster(command: Command): Promise<{ file: string; cluster: Clust
 }
 
 const int = (value: number): string => value.toLocaleString('en-US');
+
+/** The link measurement a migration's own forecast makes when none of the last minute is at hand: short, to cost little. */
+const MIGRATE_LINK_BYTES = 16 * 1024 * 1024;
 
 function describeVm(info: VmInfo): string {
   const w = info.workload;
@@ -377,9 +382,13 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     .option('--cold', 'move a powered-off or suspended VM: its files, checked, registered on the destination, deleted here')
     .option('--copy-storage', 'also copy its local disks, live (shared-nothing): the disks first, to ready, then memory; verified at the commit with memory')
     .addOption(new Option('--storage-mode <mode>', 'with --copy-storage: mirror (every guest write goes to both copies once the copy begins: converges at any write rate below the copy\'s) or iterate (dirty-block rounds, like memory)').choices(['mirror', 'iterate']).default('mirror'))
+    .option('--plan', 'forecast the migration (rounds, total time, downtime, bytes, whether it converges, and what would make it) and move nothing')
+    .option('--no-forecast', 'skip the forecast a live migration makes first (its report shows it beside what happened)')
     .option('--json', 'print the report as JSON on stdout')
     .option('--quiet', 'no progress on stderr')
     .addHelpText('after', `
+--plan samples the VM (its dirty rate and working set, measured by its agent), measures the page stream from its host
+to --to (synthetic pages over the real path; reused for a minute), and replays the source's rounds and stop rules.
 Pre-copy ends when fewer than ${STOP_RULES.fewDirtyPages} pages are dirty; or when a round shrinks the dirty set by
 less than ${STOP_RULES.minShrinkFraction * 100} % and the rest fits --max-downtime; or at a cap (--max-rounds, ${STOP_RULES.maxBytesFactor} x memory sent).
 With --copy-storage the disk is copied to ready before memory moves; the stop-and-copy carries its last blocks and the
@@ -387,7 +396,7 @@ commit checks it with memory; after the commit the source deletes its copy.
 Until the commit, any failure leaves the VM running on its source. Ctrl-C, --timeout and
 \`ferry migrate NAME --cancel\` roll the migration back unless it has already committed.
 Exit status is 0 only when committed.`)
-    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; timeout?: string; cancel?: boolean; cold?: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
+    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
       const { cluster: hosts } = await cluster(command);
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');
@@ -409,7 +418,24 @@ Exit status is 0 only when committed.`)
       }
       if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b');
       const options = migrationOptions(raw);
+      if (raw.plan) {
+        const plan = await forecastMigration(hosts, { vm: checkVmName(name), to: raw.to, options });
+        if (raw.json) printJson(plan);
+        else process.stdout.write(`${formatPlan(plan)}\n`);
+        return;
+      }
       const timeoutMs = raw.timeout ? parseDuration(raw.timeout) : undefined;
+      // The forecast first, cheaply (a short link measurement, or the last minute's), to set beside the outcome. A
+      // forecast that cannot be made never stops the migration: the migration says for itself what is wrong.
+      let planned: PlannedMigration | undefined;
+      const forecastStartedMs = performance.now();
+      if (raw.forecast) {
+        planned = await forecastMigration(hosts, { vm: checkVmName(name), to: raw.to, options, linkBytes: MIGRATE_LINK_BYTES }).catch((error: unknown) => {
+          if (!raw.quiet) process.stderr.write(`no forecast: ${(error as Error).message}\n`);
+          return undefined;
+        });
+      }
+      const forecastTookMs = performance.now() - forecastStartedMs;
       const progress = raw.quiet ? undefined : migrationProgress();
       const cancel = new AbortController();
       let interrupts = 0;
@@ -432,6 +458,10 @@ Exit status is 0 only when committed.`)
           // Every outcome (committed, failed, rolled back, cancelled, thrown) ends the progress before the report.
           progress?.finish();
         });
+      if (planned) {
+        const { totalTimeMs, downtimeMs, bytes, rounds, converges, stopReason, advice } = planned.forecast;
+        report.forecast = { totalTimeMs, downtimeMs, bytes, rounds, converges, stopReason, advice, tookMs: forecastTookMs };
+      }
       if (raw.json) printJson(report);
       else process.stdout.write(`${formatReport(report)}\n`);
       // A migration that was refused before it began says why in its exit code (2 bad input, 3 unreachable);

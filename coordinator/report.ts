@@ -44,6 +44,21 @@ export interface MigrationReport {
   network?: SourceReport['network'];
   /** `--copy-storage`: the disks copied before memory, when they were ready, and their verification. */
   storage?: SourceReport['storage'];
+  /** The forecast made before the migration began (coordinator/forecast.ts), to set beside what happened. */
+  forecast?: ReportedForecast;
+}
+
+/** The forecast as a report carries it: the predicted figures, and how long making it took. */
+export interface ReportedForecast {
+  totalTimeMs: number;
+  downtimeMs: number;
+  bytes: number;
+  rounds: number;
+  converges: boolean;
+  stopReason: StopReason;
+  advice: string[];
+  /** Gathering stats and measuring the link (0 ms of link when a measurement of the last minute was reused). */
+  tookMs: number;
 }
 
 export const stopReasonText: Record<StopReason, string> = {
@@ -135,8 +150,22 @@ export function formatReport(report: MigrationReport): string {
       facts.push([`verified ${check.file}`, `${check.match ? 'match' : 'MISMATCH'}: blocks ${check.sourceDigest} / ${check.destDigest}${check.sourceImageDigest ? `; images ${check.sourceImageDigest} / ${check.destImageDigest}` : ''}`]);
     }
   }
+  if (report.forecast) facts.push(['forecast', `made in ${formatDuration(report.forecast.tookMs)} before the migration; below, beside what happened`]);
   if (report.cpu) facts.push(['registers', `x=${report.cpu.x} n=${int(report.cpu.n)} handed to ${report.to}`]);
   const width = Math.max(...facts.map(([label]) => label.length));
   lines.push(...facts.map(([label, value]) => `  ${label.padEnd(width)}  ${value}`));
+  if (report.forecast && report.outcome === 'committed') lines.push('', ...formatForecastBeside(report, report.forecast));
   return lines.join('\n');
+}
+
+/** The forecast against the outcome: total time, downtime, bytes, rounds, and how far off each was. */
+function formatForecastBeside(report: MigrationReport, forecast: ReportedForecast): string[] {
+  const off = (predicted: number, actual: number): string => (actual > 0 ? `${predicted >= actual ? '+' : ''}${(((predicted - actual) / actual) * 100).toFixed(0)} %` : '-');
+  const rows = [['', 'forecast', 'actual', 'off by']];
+  rows.push(['total time', formatDuration(forecast.totalTimeMs), formatDuration(report.totalTimeMs), off(forecast.totalTimeMs, report.totalTimeMs)]);
+  if (report.downtimeMs !== undefined) rows.push(['downtime', formatDuration(forecast.downtimeMs), formatDuration(report.downtimeMs), `${forecast.downtimeMs >= report.downtimeMs ? '+' : '-'}${formatDuration(Math.abs(forecast.downtimeMs - report.downtimeMs))}`]);
+  rows.push(['sent', formatBytes(forecast.bytes), formatBytes(report.bytesSent), off(forecast.bytes, report.bytesSent)]);
+  rows.push(['rounds', String(forecast.rounds), String(report.rounds.length), String(forecast.rounds - report.rounds.length)]);
+  rows.push(['ended by', forecast.stopReason, report.stopReason ?? '-', '']);
+  return ['  forecast beside what happened', ...formatTable(rows, [1, 2, 3]).split('\n').map((line) => `    ${line}`)];
 }

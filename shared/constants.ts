@@ -64,3 +64,14 @@ export const HEARTBEAT_INTERVAL_MS = 1;
  */
 export const NET_REGION_PAGES = 129;
 export const NET_SERVICE_PORT = 7777;
+
+/**
+ * `link.measure` (agent/control/link.ts): synthetic pages sent over the real page path to measure its throughput.
+ * The default, 64 MiB, takes about a tenth of a second on loopback here and is long enough for the socket to reach
+ * its pace; the cap keeps a measurement from taking a host's memory (each side holds `bytes` while it runs).
+ */
+export const LINK_MEASURE = {
+  defaultBytes: 64 * 1024 * 1024,
+  minBytes: 1024 * 1024,
+  maxBytes: 512 * 1024 * 1024,
+} as const;

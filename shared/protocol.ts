@@ -10,7 +10,7 @@
  * it, any number of events `{t:"evt", id, body}` (migration progress, dump chunks announced).
  */
 import { z } from 'zod';
-import { MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from './constants.js';
+import { LINK_MEASURE, MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from './constants.js';
 import { cpuModelRequestSchema, hostCpuSchema, vmCpuModelSchema } from './cpu.js';
 import { ErrorCode } from './errors.js';
 
@@ -171,6 +171,32 @@ export const imageManifestSchema = z.object({
 }).strict();
 export type ImageManifest = z.infer<typeof imageManifestSchema>;
 
+/** The shape of a guest's dirty curve U(t) (shared/dirty-model.ts): random writes over a working set, or a scanner. */
+export const dirtyModelSchema = z.enum(['random', 'sequential']);
+export type DirtyModel = z.infer<typeof dirtyModelSchema>;
+
+/**
+ * What the agent measures of a running VM (agent/vm-stats/sampler.ts): the vCPU's busy fraction, and its dirty rate
+ * and writable working set fitted to the distinct pages it dirtied within each checkpoint of its last sampling window
+ * (`curve`, QEMU's `calc-dirty-rate` in dirty-bitmap mode).
+ */
+export const vmStatsSchema = z.object({
+  /** Percent of the last sampling interval the vCPU spent outside its waits. */
+  cpuPercent: z.number().min(0),
+  /** Page writes per second, repeats included: the rate r of the fitted curve. */
+  dirtyPagesPerSec: z.number().min(0),
+  /** Writable working set, pages: W of the fitted curve (the whole memory when the window never saw it level off). */
+  wssPages: z.number().min(0),
+  model: dirtyModelSchema,
+  /** The window's checkpoints: `pages` distinct pages dirty `ms` after the clear. */
+  curve: z.array(z.object({ ms: z.number(), pages: z.number() })).max(32),
+  /** How long the window ran. */
+  windowMs: z.number(),
+  /** When the window ended (ISO 8601). */
+  sampledAt: z.string().max(64),
+});
+export type VmStats = z.infer<typeof vmStatsSchema>;
+
 export const vmInfoSchema = vmSummarySchema.extend({
   workload: workloadSpecSchema,
   network: networkSchema.nullable().optional(),
@@ -195,6 +221,8 @@ export const vmInfoSchema = vmSummarySchema.extend({
   configDrive: configDriveSchema.optional(),
   /** What the running guest took from its config drive at boot. */
   guest: guestFactsSchema.optional(),
+  /** A running VM's measured load, once its first sampling window has ended. */
+  stats: vmStatsSchema.optional(),
 });
 export type VmInfo = z.infer<typeof vmInfoSchema>;
 
@@ -407,6 +435,30 @@ export const storageMoveReportSchema = z.object({
 });
 export type StorageMoveReport = z.infer<typeof storageMoveReportSchema>;
 
+/** What `link.measure` found of the page path from this agent to another (agent/control/link.ts). */
+export const linkMeasureSchema = z.object({
+  from: z.string(),
+  to: z.string(),
+  /** Page data sent, and how long from the first send until the destination had checked the last page. */
+  bytes: z.number(),
+  ms: z.number(),
+  bytesPerSec: z.number(),
+  /** The shortest of a few request round trips on the peer connection. */
+  rttMs: z.number(),
+  /** Opening the peer connection (TCP, TLS when wss://, the WebSocket upgrade). */
+  dialMs: z.number(),
+  /** How fast the destination made fresh memory real (as a reservation does), bytes per second. */
+  populateBytesPerSec: z.number(),
+  /** Pages whose xxh64 did not match on arrival: 0 on a sound path. */
+  mismatches: z.number(),
+  /** The fixed costs of the last live migrations from this host to the destination (migration/history.ts). */
+  recent: z.object({ migrations: z.number(), startupMs: z.number(), pausedOverheadMs: z.number(), tailMs: z.number() }).optional(),
+});
+export type LinkMeasure = z.infer<typeof linkMeasureSchema>;
+
+const linkBytesSchema = z.number().int().min(LINK_MEASURE.minBytes).max(LINK_MEASURE.maxBytes)
+  .refine((n) => n % (256 * PAGE_SIZE) === 0, 'a whole number of MiB');
+
 export const controlOps = {
   'host.info': [empty, hostInfoSchema],
   'vm.create': [
@@ -530,6 +582,11 @@ export const controlOps = {
   /** Re-reads image `name` and compares its digest with its manifest's. */
   'image.verify': [z.object({ name: imageNameSchema }).strict(), z.object({ xxh64: xxh64HexSchema, match: z.boolean(), durationMs: z.number() })],
   'image.remove': [z.object({ name: imageNameSchema }).strict(), z.object({ removed: z.boolean() })],
+  /**
+   * Measures the page path from this agent to `to`: `bytes` (default LINK_MEASURE.defaultBytes) of incompressible
+   * synthetic pages, hashed and sent as a migration's round 1 is (page-sender.ts), checked and discarded there.
+   */
+  'link.measure': [z.object({ to: destinationSchema, bytes: linkBytesSchema.optional() }).strict(), linkMeasureSchema],
   /** Sends image `name`, held here, to the agent `destination` (peer ops image.begin/chunk/finish). Events: progress. */
   'image.send': [
     z.object({ name: imageNameSchema, destination: destinationSchema }).strict(),
@@ -646,6 +703,14 @@ export const peerOps = {
   'cold.finish': [z.object({ manifest: z.array(z.object({ file: vmFileNameSchema, bytes: z.number().int().min(0).max(MAX_DISK_BYTES), xxh64: xxh64HexSchema }).strict()).max(64) }).strict(), z.object({ registered: z.boolean() })],
   /** Destination to source, after activating on `none`: drop a powered-off definition of `name` older than `epoch`. */
   'peer.forget': [z.object({ name: vmNameSchema, epoch: z.number().int() }).strict(), z.object({ forgot: z.boolean() })],
+  /**
+   * `link.measure`, on a fresh connection: the destination takes `pages` of fresh memory (timing how fast it becomes
+   * real), then checks the page frames that follow (page-frame.ts, round 1, pages numbered within it) and discards them.
+   */
+  'link.begin': [z.object({ pages: z.number().int().min(LINK_MEASURE.minBytes / PAGE_SIZE).max(LINK_MEASURE.maxBytes / PAGE_SIZE) }).strict(), z.object({ populateBytesPerSec: z.number() })],
+  'link.ping': [empty, empty],
+  /** Every frame before it checked: how many pages arrived and how many did not match their xxh64. Frees the memory. */
+  'link.end': [empty, z.object({ pagesReceived: z.number(), mismatches: z.number() })],
   ...imageReceiveOps,
 } as const;
 

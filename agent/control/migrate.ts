@@ -122,6 +122,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
     if (destination.name === agent.name) {
       throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${agent.name}`, 'pick another destination');
     }
+    const arrivedMs = performance.now();
     return catalog.exclusive(name, 'migration', async (vm, cancelled) => {
       const local = vm.disks.filter((disk) => !disk.shared);
       if (local.length > 0 && !options.copyStorage) {
@@ -150,6 +151,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       const onClosed = (): void => cancel.abort(new FerryError(ErrorCode.CANCELLED, 'the coordinator disconnected'));
       cancelled.addEventListener('abort', onCancelled, { once: true });
       context.signal.addEventListener('abort', onClosed, { once: true });
+      const startupMs = performance.now() - arrivedMs;
       const report = await runSource({
         ...(files ? { files } : {}),
         forgetFiles: (vmName) => agent.forgetFiles(vmName),
@@ -170,6 +172,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         context.signal.removeEventListener('abort', onClosed);
       });
       log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
+      agent.migrationHistory.record(destination.name, startupMs, report);
       if (report.outcome === 'rolled-back') await agent.logEvent(name, `migration to ${destination.name} rolled back: ${report.error?.message ?? ''}`);
       return report;
     });

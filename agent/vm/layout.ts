@@ -18,10 +18,10 @@
  *   +-----+-------+-------+------+------+----------+----------+-------------+-------+------+------+
  *    0     1       2       3      4      5          6          7             8       9      10
  *   Float64 slots (plain loads and stores), from byte 48
- *   +--------------+-------------+
- *   | HEARTBEAT_MS | BLACKOUT_MS |
- *   +--------------+-------------+
- *    byte 48        byte 56
+ *   +--------------+-------------+---------+
+ *   | HEARTBEAT_MS | BLACKOUT_MS | BUSY_MS |
+ *   +--------------+-------------+---------+
+ *    byte 48        byte 56       byte 64
  *
  * What must stay true:
  * - Only the main thread writes CMD; only the vCPU writes STATE. Each side `Atomics.notify`s the slot it wrote.
@@ -34,6 +34,11 @@
  * - The vCPU sleeps on DOORBELL (never on CMD while running): every CMD store is followed by a DOORBELL bump.
  * - HEARTBEAT_MS is the guest clock: the wall-clock time (ms since the epoch) of the vCPU's last loop turn. It is
  *   read by humans and reports, never used for synchronisation, so plain Float64 stores suffice.
+ * - BUSY_MS only grows, and only the vCPU writes it: the milliseconds it has spent outside its own Atomics.wait calls
+ *   (running its workload, serving its device; a disk write waiting on the block layer counts as busy) since it
+ *   started. The agent turns two readings into a busy fraction
+ *   (agent/vm-stats/sampler.ts); a torn read is impossible for an aligned Float64 on the platforms Node runs on, and a
+ *   stale one only makes one sample a little late.
  */
 
 export const ControlSlot = {
@@ -78,10 +83,15 @@ export const ControlFloatSlot = {
   HEARTBEAT_MS: 6,
   /** Gap in the heartbeat across the last resume, in milliseconds. */
   BLACKOUT_MS: 7,
+  /** vCPU -> main thread: milliseconds the vCPU has spent busy (not in Atomics.wait) since it started. */
+  BUSY_MS: 8,
 } as const;
 
-/** Float64 slots start at byte 48 (INT32_SLOTS x 4 = 44, rounded up to 8), so Float64 index 6 is byte 48. */
-export const CONTROL_BYTES = 64;
+/**
+ * Float64 slots start at byte 48 (INT32_SLOTS x 4 = 44, rounded up to 8), so Float64 index 6 is byte 48; three of
+ * them end at byte 72. Nothing else assumes the size: the views are made over the whole buffer (controlViews).
+ */
+export const CONTROL_BYTES = 72;
 
 export const VcpuCommand = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
 export const VcpuState = { STARTING: 0, RUNNING: 1, PAUSED: 2, STOPPED: 3 } as const;

@@ -110,6 +110,20 @@ function run(data: VcpuWorkerData): void {
     return served;
   };
 
+  // Busy time (layout.ts, BUSY_MS): everything outside the waits below. `account` adds the time since the vCPU last
+  // woke and publishes the total; call it before each wait and at the end of each turn, and `woke` after each wait.
+  let busyMs = 0;
+  let awakeSince = performance.now();
+  const account = (): void => {
+    const now = performance.now();
+    busyMs += now - awakeSince;
+    awakeSince = now;
+    floats[ControlFloatSlot.BUSY_MS] = busyMs;
+  };
+  const woke = (): void => {
+    awakeSince = performance.now();
+  };
+
   const setState = (state: number): void => {
     Atomics.store(ints, ControlSlot.STATE, state);
     Atomics.notify(ints, ControlSlot.STATE);
@@ -161,9 +175,11 @@ function run(data: VcpuWorkerData): void {
     if (command === VcpuCommand.PAUSE) {
       floats[ControlFloatSlot.HEARTBEAT_MS] = wallClockMs();
       setState(VcpuState.PAUSED);
+      account();
       while (Atomics.load(ints, ControlSlot.CMD) === VcpuCommand.PAUSE) {
         Atomics.wait(ints, ControlSlot.CMD, VcpuCommand.PAUSE);
       }
+      woke();
       if (Atomics.load(ints, ControlSlot.CMD) === VcpuCommand.STOP) break;
       // While paused the main thread may have replaced the registers (a migration's activation): reload them.
       loadRegisters();
@@ -200,7 +216,11 @@ function run(data: VcpuWorkerData): void {
       // Waking for every single write would cost a futex round trip per page; instead the writes that fall due
       // meanwhile go in one turn.
       floats[ControlFloatSlot.HEARTBEAT_MS] = wallClockMs();
-      if (served === 0) Atomics.wait(ints, ControlSlot.DOORBELL, doorbell, HEARTBEAT_INTERVAL_MS);
+      if (served === 0) {
+        account();
+        Atomics.wait(ints, ControlSlot.DOORBELL, doorbell, HEARTBEAT_INTERVAL_MS);
+        woke();
+      }
       continue;
     }
 
@@ -228,7 +248,12 @@ function run(data: VcpuWorkerData): void {
       }
       diskWritten += 1;
     }
-    if (diskFailed) Atomics.wait(ints, ControlSlot.DOORBELL, doorbell, HEARTBEAT_INTERVAL_MS);
+    if (diskFailed) {
+      account();
+      Atomics.wait(ints, ControlSlot.DOORBELL, doorbell, HEARTBEAT_INTERVAL_MS);
+      woke();
+    }
+    account();
     floats[ControlFloatSlot.HEARTBEAT_MS] = wallClockMs();
     // A vCPU that fell more than a second behind (the machine was busy) does not burst to catch up.
     if (due > rate) {

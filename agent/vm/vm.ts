@@ -189,6 +189,11 @@ export class VirtualMachine {
     return Atomics.load(this.control.ints, ControlSlot.THROTTLE_PCT);
   }
 
+  /** Milliseconds the vCPU has spent busy (outside its waits) since it started (layout.ts, BUSY_MS). */
+  cpuBusyMs(): number {
+    return this.control.floats[ControlFloatSlot.BUSY_MS] ?? 0;
+  }
+
   /** Gap in the guest's heartbeat across its last resume. */
   lastBlackoutMs(): number {
     return this.control.floats[ControlFloatSlot.BLACKOUT_MS] ?? 0;

@@ -1,0 +1,75 @@
+/**
+ * `link.measure`: the page stream's throughput from this host to another, measured on the path a migration takes.
+ *
+ * Synthetic pages of random bytes (incompressible, should any layer ever compress) are sent by the migration's own
+ * page sender (migration/page-sender.ts: each page hashed where it lies, runs sent as views, the same backpressure)
+ * over a fresh peer connection, as round 1 of a migration sends guest memory; the destination installs, hashes,
+ * checks and discards them (peer/link-probe.ts). The time runs from the first send until the destination answers
+ * `link.end`, having checked every page before it: the same span a round's `peer.sync` closes.
+ *
+ * The reply also carries what a forecast needs beside throughput: the connection's round trip, how long the dial took,
+ * how fast the destination makes fresh memory real (its reservation's pace), and the fixed costs of the last
+ * migrations from here to there (migration/history.ts).
+ */
+import { randomFillSync } from 'node:crypto';
+import { LINK_MEASURE, PAGE_SIZE, PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
+import type { Agent, ControlServer } from '../agent.js';
+import { PageSender } from '../migration/page-sender.js';
+import type { VirtualMachine } from '../vm/vm.js';
+
+/** Round trips timed for `rttMs`; the shortest is kept (the others include scheduling noise). */
+const PINGS = 5;
+/** Random bytes drawn per call: crypto's limit on one fill is 2^31 - 1 bytes, and smaller calls keep the loop turning. */
+const FILL_SLICE_BYTES = 16 * 1024 * 1024;
+
+export function serveLinkControl(connection: ControlServer, agent: Agent): void {
+  connection.handle('link.measure', async ({ to, bytes: asked }, context) => {
+    if (to.name === agent.name) throw new FerryError(ErrorCode.BAD_INPUT, `${agent.name} cannot measure a link to itself`, 'name another host');
+    const bytes = asked ?? LINK_MEASURE.defaultBytes;
+    const pageCount = bytes / PAGE_SIZE;
+    // The pages to send, made before the clock starts: random bytes in shared wasm memory, where the hasher reads.
+    const wasm = allocateGuestMemory(bytes);
+    const memory = new Uint8Array(wasm.buffer, 0, bytes);
+    for (let offset = 0; offset < bytes; offset += FILL_SLICE_BYTES) {
+      randomFillSync(new Uint8Array(wasm.buffer, offset, Math.min(FILL_SLICE_BYTES, bytes - offset)));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const dialStartMs = performance.now();
+    const peer = await agent.dial(to.url, context.signal);
+    const dialMs = performance.now() - dialStartMs;
+    try {
+      const request = { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal: context.signal };
+      let rttMs = Number.POSITIVE_INFINITY;
+      for (let ping = 0; ping < PINGS; ping++) {
+        const pingStartMs = performance.now();
+        await peer.request('link.ping', {}, request);
+        rttMs = Math.min(rttMs, performance.now() - pingStartMs);
+      }
+      const { populateBytesPerSec } = await peer.request('link.begin', { pages: pageCount }, request);
+      // What the page sender reads of a VM; the synthetic pages stand in for guest memory.
+      const source = {
+        memory, pageCount, hasher: new PageHasher(wasm), net: undefined,
+        pageView: (first: number, count = 1) => Buffer.from(wasm.buffer, first * PAGE_SIZE, count * PAGE_SIZE),
+      } as unknown as VirtualMachine;
+      const sender = new PageSender(peer.socket, source, { maxBandwidthBytesPerSec: 0, signal: context.signal, now: () => performance.now() });
+      const pages = Uint32Array.from({ length: pageCount }, (_, page) => page);
+      const startedMs = performance.now();
+      const sent = await sender.send(pages, 1, 0);
+      const received = await peer.request('link.end', {}, request);
+      const ms = Math.max(performance.now() - startedMs, 0.001);
+      if (received.pagesReceived !== pageCount) {
+        throw new FerryError(ErrorCode.PROTOCOL, `${to.name} received ${received.pagesReceived} of the ${pageCount} pages sent`, 'check both agents run the same ferry version');
+      }
+      const recent = agent.migrationHistory.recent(to.name);
+      agent.log.debug('link measured', { to: to.name, bytes, ms, rttMs, dialMs });
+      return {
+        from: agent.name, to: to.name, bytes: sent.bytesSent, ms, bytesPerSec: (sent.bytesSent / ms) * 1000, rttMs, dialMs,
+        populateBytesPerSec, mismatches: received.mismatches, ...(recent ? { recent } : {}),
+      };
+    } finally {
+      peer.close();
+    }
+  });
+}

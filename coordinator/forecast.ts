@@ -1,0 +1,272 @@
+/**
+ * What a live migration will cost, before it starts: rounds, total time, downtime, bytes, and whether it converges
+ * under `--max-downtime` (and, when not, what would make it).
+ *
+ * `predictMigration` is pure. It replays the source's own loop (agent/migration/source.ts) round by round with the
+ * same stop rules (shared/stop-rules.ts `decideStop`, the very function the source calls) and the same auto-converge
+ * steps, on a model of the two things that decide a pre-copy:
+ * - the link: round k sends its pages at the page stream's measured throughput (capped by --max-bandwidth), and
+ *   ends with one round trip (`peer.sync`);
+ * - the guest: a round that lasts t leaves U(t) pages dirty for the next (shared/dirty-model.ts), with the rate and
+ *   working set the agent measured from the dirty log (vm info's `stats`), scaled down by the throttle.
+ * and on the fixed costs around them (`overheadMs`): setting up (stage 0, the reservation, the page stream), the
+ * pause's own cost beside sending the last pages (pausing, verify and activate round trips, the destination's checks),
+ * and the tail after activation. `forecastMigration` measures those (the link, the destination's memory, the
+ * source's last migrations: link.measure); the defaults below are only for a caller that measured nothing.
+ *
+ * `forecastMigration` gathers the inputs from the cluster: the VM's stats, and the link from its host to the
+ * destination, measured once a minute per host pair in this process (link-measure.ts), so that a planner asking about
+ * many moves does not measure each time.
+ */
+import { AUTO_CONVERGE, PAGE_SIZE, STOP_RULES } from '../shared/constants.js';
+import { uniquePagesDirtied, type DirtyCurve } from '../shared/dirty-model.js';
+import { ErrorCode, FerryError } from '../shared/errors.js';
+import type { DirtyModel, LinkMeasure, MigrationOptions, StopReason, VmInfo, VmStats } from '../shared/protocol.js';
+import { decideStop } from '../shared/stop-rules.js';
+import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
+import { findHost, type Cluster } from './cluster.js';
+import { connectAgent, openHost, type Connector } from './connect.js';
+import { locateVm } from './inventory.js';
+import { measureLink } from './link-measure.js';
+
+/** The fixed costs of a migration, ms (see the top). */
+export interface Overheads {
+  /** Before round 1: stage 0, the reservation (the destination's memory made real), the page stream opened. */
+  setupMs: number;
+  /** Each round's end: the `peer.sync` round trip. */
+  perRoundMs: number;
+  /** The downtime less the last pages' send: pause, verify and activate round trips, the destination's checks. */
+  pausedMs: number;
+  /** After activation until the report: the source frees its copy. */
+  tailMs: number;
+}
+
+/**
+ * Model parameters for a caller that measured nothing, from the bench on this project's 2-core machine
+ * (docs/PERFORMANCE.md, "Forecasts"). forecastMigration replaces each with a measurement when it has one.
+ */
+export const DEFAULT_OVERHEADS: Overheads = { setupMs: 60, perRoundMs: 1, pausedMs: 8, tailMs: 5 };
+
+/** Starting a destination's vCPU worker at reservation (a worker thread's start-up): a model parameter, measured here. */
+export const VCPU_START_MS = 15;
+
+export interface ForecastInput {
+  memoryPages: number;
+  /**
+   * Pages that are not all zeros, when known. Unused by the live path today (round 1 sends every page, zero or not);
+   * kept so that a forecast of a path that skips zero pages needs no new input.
+   */
+  nonZeroPages?: number;
+  /** The guest's measured dirty curve: vm info's `stats` (model defaults to random). */
+  stats: { dirtyPagesPerSec: number; wssPages: number; model?: DirtyModel };
+  link: { bytesPerSec: number; rttMs: number };
+  options: MigrationOptions;
+  overheadMs?: Partial<Overheads>;
+  /** `--copy-storage`: the local disks to copy first (their size; the copy skips zeros, so this bounds its time). */
+  disks?: { file: string; bytes: number }[];
+}
+
+export interface ForecastRound {
+  round: number;
+  pages: number;
+  ms: number;
+  dirtyPagesAfter: number;
+  throttlePct: number;
+}
+
+export interface Forecast {
+  totalTimeMs: number;
+  downtimeMs: number;
+  bytes: number;
+  /** Pre-copy rounds, as the report counts them (stop-and-copy not included). */
+  rounds: number;
+  /** Ends by a convergence rule (few dirty pages, or stalled and fits) with downtime within --max-downtime. */
+  converges: boolean;
+  stopReason: StopReason;
+  /** What would make it converge, or what else it costs; empty when there is nothing to say. */
+  advice: string[];
+  /** The link rate the rounds run at: the measured one, or --max-bandwidth when lower. */
+  bandwidthBytesPerSec: number;
+  throttlePct: number;
+  /** `--copy-storage`: the disks' copy, before memory's rounds (included in totalTimeMs). */
+  storageMs?: number;
+  overheadMs: Overheads;
+  roundsDetail: ForecastRound[];
+}
+
+/** The simulation itself, without advice. */
+function simulate(input: ForecastInput): Omit<Forecast, 'advice'> {
+  const overheadMs: Overheads = { ...DEFAULT_OVERHEADS, perRoundMs: Math.max(input.link.rttMs, 0), ...input.overheadMs };
+  const { options, memoryPages } = input;
+  const cap = options.maxBandwidthBytesPerSec;
+  const bandwidth = cap > 0 ? Math.min(cap, input.link.bytesPerSec) : input.link.bytesPerSec;
+  const curve = (throttlePct: number): DirtyCurve => ({
+    model: input.stats.model ?? 'random',
+    ratePagesPerSec: (input.stats.dirtyPagesPerSec * (100 - throttlePct)) / 100,
+    wssPages: Math.min(input.stats.wssPages, memoryPages),
+  });
+  const sendMs = (pages: number): number => (bandwidth > 0 ? ((pages * PAGE_SIZE) / bandwidth) * 1000 : Number.POSITIVE_INFINITY);
+  const storageMs = options.copyStorage && input.disks?.length ? input.disks.reduce((sum, disk) => sum + sendMs(disk.bytes / PAGE_SIZE), 0) : undefined;
+
+  const roundsDetail: ForecastRound[] = [];
+  let elapsedMs = overheadMs.setupMs + (storageMs ?? 0);
+  let bytes = 0;
+  let throttlePct = 0;
+  let pages = memoryPages;
+  let round = 1;
+  let firstRoundRate = 0;
+  let stopReason: StopReason;
+  let dirtyAfter: number;
+  for (;;) {
+    const ms = sendMs(pages) + overheadMs.perRoundMs;
+    dirtyAfter = Math.min(memoryPages, Math.round(uniquePagesDirtied(curve(throttlePct), ms)));
+    bytes += pages * PAGE_SIZE;
+    elapsedMs += ms;
+    roundsDetail.push({ round, pages, ms, dirtyPagesAfter: dirtyAfter, throttlePct });
+    // As the source: round 1's throughput stands for the link (later small rounds are latency-bound).
+    if (round === 1) firstRoundRate = ms > 0 ? ((pages * PAGE_SIZE) / ms) * 1000 : 0;
+    const reason = decideStop({
+      round, pagesSent: pages, dirtyPagesAfter: dirtyAfter, bytesSentTotal: bytes, memoryBytes: memoryPages * PAGE_SIZE,
+      bandwidthBytesPerSec: firstRoundRate, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds,
+    });
+    if (reason) {
+      stopReason = reason;
+      break;
+    }
+    const stalled = dirtyAfter > pages * (1 - STOP_RULES.minShrinkFraction);
+    if (options.autoConverge && stalled && throttlePct < AUTO_CONVERGE.maxPct) {
+      throttlePct = throttlePct === 0 ? AUTO_CONVERGE.initialPct : Math.min(AUTO_CONVERGE.maxPct, throttlePct + AUTO_CONVERGE.incrementPct);
+    }
+    pages = dirtyAfter;
+    round += 1;
+  }
+  const downtimeMs = sendMs(dirtyAfter) + overheadMs.pausedMs;
+  bytes += dirtyAfter * PAGE_SIZE;
+  const totalTimeMs = elapsedMs + downtimeMs + overheadMs.tailMs;
+  const converges = (stopReason === 'few-dirty-pages' || stopReason === 'converged-within-downtime') && downtimeMs <= options.maxDowntimeMs;
+  return {
+    totalTimeMs, downtimeMs, bytes, rounds: round, converges, stopReason, bandwidthBytesPerSec: bandwidth, throttlePct,
+    ...(storageMs !== undefined ? { storageMs } : {}), overheadMs, roundsDetail,
+  };
+}
+
+/** The lowest page-stream rate (to 2 %) at which the migration converges, or undefined if none up to 1000 x. */
+function bandwidthNeeded(input: ForecastInput): number | undefined {
+  const at = (bytesPerSec: number): boolean => simulate({
+    ...input, link: { ...input.link, bytesPerSec }, options: { ...input.options, maxBandwidthBytesPerSec: 0, autoConverge: false },
+  }).converges;
+  let low = Math.max(input.link.bytesPerSec, 1);
+  let high = low * 1000;
+  if (!at(high)) return undefined;
+  if (at(low)) return low;
+  while (high / low > 1.02) {
+    const middle = Math.sqrt(low * high);
+    if (at(middle)) high = middle;
+    else low = middle;
+  }
+  return high;
+}
+
+export function predictMigration(input: ForecastInput): Forecast {
+  const result = simulate(input);
+  const advice: string[] = [];
+  const { options } = input;
+  if (!result.converges) {
+    const capped = options.maxBandwidthBytesPerSec > 0 && options.maxBandwidthBytesPerSec < input.link.bytesPerSec;
+    if (result.overheadMs.pausedMs > options.maxDowntimeMs) {
+      advice.push(`the pause's fixed cost alone (${formatDuration(result.overheadMs.pausedMs)}: pausing, verify and activate round trips) exceeds --max-downtime ${formatDuration(options.maxDowntimeMs)}: raise --max-downtime`);
+    } else {
+      const needed = bandwidthNeeded(input);
+      if (needed !== undefined) {
+        advice.push(`it would converge with a page stream of ${formatRate(needed)} or more (${capped ? `--max-bandwidth caps it at ${formatRate(options.maxBandwidthBytesPerSec)}; the link measured ${formatRate(input.link.bytesPerSec)}` : `measured: ${formatRate(input.link.bytesPerSec)}`})`);
+      } else {
+        advice.push(`no link up to 1000 x the measured ${formatRate(input.link.bytesPerSec)} makes it converge: the guest dirties its ${formatBytes(input.stats.wssPages * PAGE_SIZE)} working set faster than rounds can shrink it`);
+      }
+      if (!options.autoConverge) {
+        const throttled = simulate({ ...input, options: { ...options, autoConverge: true } });
+        if (throttled.converges) {
+          advice.push(`--auto-converge would make it converge: the vCPU held back by up to ${throttled.throttlePct} %, ${throttled.rounds} round(s), downtime about ${formatDuration(throttled.downtimeMs)}`);
+        }
+      }
+      advice.push(`as it stands pre-copy ends by ${result.stopReason} with about ${formatDuration(result.downtimeMs)} of downtime: --max-downtime ${Math.ceil(result.downtimeMs)}ms would accept that`);
+    }
+  }
+  if (result.storageMs !== undefined) {
+    const diskBytes = input.disks!.reduce((sum, disk) => sum + disk.bytes, 0);
+    advice.push(`--copy-storage: copying ${formatBytes(diskBytes)} of disk at ${formatRate(result.bandwidthBytesPerSec)} takes up to ${formatDuration(result.storageMs)} before memory moves (zero blocks are skipped, so less if the disk is sparse)`);
+  }
+  return { ...result, advice };
+}
+
+/** What `ferry migrate --plan --json` prints. */
+export interface PlannedMigration {
+  vm: string;
+  from: string;
+  to: string;
+  forecast: Forecast;
+  stats: VmStats | null;
+  link: LinkMeasure;
+}
+
+export interface ForecastRequest {
+  vm: string;
+  to: string;
+  options: MigrationOptions;
+  /** Bytes for the link measurement when none is cached (default LINK_MEASURE.defaultBytes). */
+  linkBytes?: number;
+}
+
+/** How long to wait for a running VM's first sampling window (agent/vm-stats/sampler.ts: about 1 s after it starts). */
+const STATS_WAIT_MS = 3000;
+
+/**
+ * Gathers the VM's stats (vm.info; a running VM whose first sampling window has not ended yet is asked again for up
+ * to 3 s), measures the link from its host to `to` (or takes this process's measurement of the last minute), and
+ * predicts. The time to find the VM and open its host stands in for the migration's own stage 0.
+ */
+export async function forecastMigration(cluster: Cluster, request: ForecastRequest, connect: Connector = connectAgent): Promise<PlannedMigration> {
+  const startedMs = performance.now();
+  const destination = findHost(cluster, request.to);
+  const located = await locateVm(cluster, request.vm, connect);
+  const from = located.host.name;
+  if (from === request.to) throw new FerryError(ErrorCode.BAD_INPUT, `${request.vm} is already on ${request.to}`, 'pick another destination with --to');
+  const { client } = await openHost(located.host, connect);
+  try {
+    let info: VmInfo = await client.request('vm.info', { name: request.vm });
+    const stageZeroMs = performance.now() - startedMs;
+    if (info.state !== 'running' && info.state !== 'paused') {
+      throw new FerryError(ErrorCode.VM_STATE, `${request.vm} is ${info.state} on ${from}: a live migration needs it running or paused`, info.state === 'defined' || info.state === 'suspended' ? `move it cold: \`ferry migrate ${request.vm} --to ${request.to} --cold\`` : 'wait for its current migration to finish');
+    }
+    for (const deadline = performance.now() + STATS_WAIT_MS; info.state === 'running' && !info.stats && performance.now() < deadline;) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      info = await client.request('vm.info', { name: request.vm });
+    }
+    const link = await measureLink(client, located.host, { name: destination.name, url: destination.migrationUrl ?? destination.url }, request.linkBytes);
+    const stats = info.stats ?? null;
+    const memoryPages = info.memoryBytes / PAGE_SIZE;
+    const recent = link.recent;
+    const overheadMs: Overheads = {
+      // Stage 0 as measured just now (one more host to open in the migration: a round trip), the reservation (the
+      // destination's memory made real at its measured pace, a vCPU started), and the page stream's opening.
+      setupMs: stageZeroMs + link.rttMs + (info.memoryBytes / Math.max(link.populateBytesPerSec, 1)) * 1000 + VCPU_START_MS
+        + (recent?.startupMs ?? link.dialMs + 2 * link.rttMs),
+      perRoundMs: link.rttMs,
+      pausedMs: recent?.pausedOverheadMs ?? DEFAULT_OVERHEADS.pausedMs,
+      tailMs: recent?.tailMs ?? DEFAULT_OVERHEADS.tailMs,
+    };
+    const localDisks = (info.disks ?? []).filter((disk) => !disk.shared).map((disk) => ({ file: disk.file, bytes: disk.sizeBytes }));
+    const forecast = predictMigration({
+      memoryPages,
+      stats: info.state === 'running' && stats ? stats : { dirtyPagesPerSec: 0, wssPages: 0 },
+      link,
+      options: request.options,
+      overheadMs,
+      ...(localDisks.length > 0 ? { disks: localDisks } : {}),
+    });
+    if (info.state === 'running' && !stats) forecast.advice.push(`${request.vm} has no measured dirty rate yet (just started?): the forecast assumes it writes nothing`);
+    if (localDisks.length > 0 && !request.options.copyStorage) forecast.advice.push(`${request.vm} has local disks (${localDisks.map((disk) => disk.file).join(', ')}): a live migration needs --copy-storage, or --cold`);
+    return { vm: request.vm, from, to: request.to, forecast, stats, link };
+  } finally {
+    client.close();
+  }
+}

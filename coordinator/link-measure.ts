@@ -1,0 +1,30 @@
+/**
+ * The page stream's throughput from one host to another, as the source agent measures it (`link.measure`,
+ * agent/control/link.ts), kept for a minute per host pair in this process: a planner that weighs many moves
+ * measures each pair once, and a migration right after a `--plan` reuses the plan's measurement.
+ */
+import type { LinkMeasure } from '../shared/protocol.js';
+import type { AgentClient } from './connect.js';
+
+/** How long a measurement stands for its host pair. */
+export const LINK_CACHE_MS = 60_000;
+
+const cache = new Map<string, { link: LinkMeasure; atMs: number }>();
+
+/**
+ * The link from `from` (whose agent `client` is connected to) to `to`: cached, or measured now. Keyed by names and
+ * URLs both: an agent started again elsewhere under the same name is another link.
+ */
+export async function measureLink(client: AgentClient, from: { name: string; url: string }, to: { name: string; url: string }, bytes?: number, now: () => number = () => performance.now()): Promise<LinkMeasure> {
+  const key = [from.name, from.url, to.name, to.url].join(' ');
+  const cached = cache.get(key);
+  if (cached && now() - cached.atMs < LINK_CACHE_MS) return cached.link;
+  const link = await client.request('link.measure', { to, ...(bytes !== undefined ? { bytes } : {}) });
+  cache.set(key, { link, atMs: now() });
+  return link;
+}
+
+/** Forgets every measurement (after a change of network, or between tests). */
+export function forgetLinks(): void {
+  cache.clear();
+}

@@ -1,0 +1,36 @@
+/**
+ * `ferry migrate NAME --to HOST --plan`: the forecast, readable. `--json` prints the PlannedMigration itself.
+ */
+import { PAGE_SIZE } from '../shared/constants.js';
+import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
+import type { PlannedMigration } from './forecast.js';
+import { formatTable } from './output.js';
+import { stopReasonText } from './report.js';
+
+const int = (value: number): string => Math.round(value).toLocaleString('en-US');
+
+export function formatPlan(plan: PlannedMigration): string {
+  const { forecast, stats, link } = plan;
+  const lines: string[] = [];
+  lines.push(`forecast for a live migration of ${plan.vm}: ${plan.from} -> ${plan.to}   ${forecast.converges ? 'CONVERGES' : 'DOES NOT CONVERGE'} (nothing moved)`);
+  lines.push(`  pre-copy would end: ${stopReasonText[forecast.stopReason]}`);
+  const rows = [['round', 'pages', 'took', 'dirty after', 'throttle']];
+  for (const round of forecast.roundsDetail) rows.push([String(round.round), int(round.pages), formatDuration(round.ms), int(round.dirtyPagesAfter), round.throttlePct > 0 ? `${round.throttlePct} %` : '-']);
+  lines.push('', ...formatTable(rows, [1, 2, 3, 4]).split('\n').map((line) => `    ${line}`), '');
+  const facts: [string, string][] = [
+    ['total time', formatDuration(forecast.totalTimeMs)],
+    ['downtime', formatDuration(forecast.downtimeMs)],
+    ['sent', `${formatBytes(forecast.bytes)} in ${forecast.rounds} round(s) and the stop-and-copy`],
+    ['guest', stats
+      ? `${int(stats.dirtyPagesPerSec)} page writes/s over a working set of ${formatBytes(stats.wssPages * PAGE_SIZE)} (${stats.model}, fitted to ${stats.curve.map((point) => `${int(point.pages)} pages in ${Math.round(point.ms)} ms`).join(', ')}); vCPU ${stats.cpuPercent.toFixed(0)} % busy`
+      : 'no measured dirty rate (paused, or just started): assumed to write nothing'],
+    ['link', `${formatRate(link.bytesPerSec)} page stream (${formatBytes(link.bytes)} in ${formatDuration(link.ms)}), round trip ${formatDuration(link.rttMs)}${forecast.bandwidthBytesPerSec < link.bytesPerSec ? `; --max-bandwidth holds it to ${formatRate(forecast.bandwidthBytesPerSec)}` : ''}`],
+    ['fixed costs', `setup ${formatDuration(forecast.overheadMs.setupMs)}, pause ${formatDuration(forecast.overheadMs.pausedMs)}, after ${formatDuration(forecast.overheadMs.tailMs)}${link.recent ? ` (from the last ${link.recent.migrations} migration(s) ${plan.from} -> ${plan.to})` : ''}`],
+  ];
+  if (forecast.throttlePct > 0) facts.push(['auto-converge', `the vCPU held back by up to ${forecast.throttlePct} %`]);
+  if (forecast.storageMs !== undefined) facts.push(['disk copy', formatDuration(forecast.storageMs)]);
+  const width = Math.max(...facts.map(([label]) => label.length));
+  lines.push(...facts.map(([label, value]) => `  ${label.padEnd(width)}  ${value}`));
+  if (forecast.advice.length > 0) lines.push('', '  advice', ...forecast.advice.map((line) => `    - ${line}`));
+  return lines.join('\n');
+}
