@@ -75,7 +75,11 @@ export function fitDirtyCurve(points: readonly CurvePoint[], memoryPages: number
     consider({ model: 'sequential', wssPages: wss, ratePagesPerSec: slope * 1000 });
   }
   const found = best!.curve;
-  return { model: found.model, ratePagesPerSec: found.ratePagesPerSec, wssPages: Math.round(found.wssPages) };
+  // A curve still straight at the window's end (its last count within 3 % of rate x time) fits a scanner whose working
+  // set ends just there as well as any larger one: nothing says where it levels off, so take the bound.
+  const last = usable.reduce((latest, point) => (point.ms > latest.ms ? point : latest));
+  const straight = last.pages >= 0.97 * (found.ratePagesPerSec * last.ms) / 1000;
+  return { model: found.model, ratePagesPerSec: found.ratePagesPerSec, wssPages: Math.round(straight ? top : found.wssPages) };
 }
 
 /** For a given W, the rate each point implies under the random shape, averaged with the later points weighing more. */

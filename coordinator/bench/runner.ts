@@ -12,6 +12,7 @@ import type { HostEntry } from '../cluster.js';
 import { withHost } from '../connect.js';
 import { readMemory } from '../dump.js';
 import { migrateLive } from '../migrate.js';
+import { forecastMigration } from '../forecast.js';
 import { checkPattern } from '../pattern-check.js';
 import type { MigrationReport } from '../report.js';
 import { measureRawTcp, type RawTcpResult } from './baseline.js';
@@ -57,6 +58,12 @@ export interface RunResult {
    */
   predictedTotalTimeMs: number;
   predictionError: { transferTime: number; totalTime: number; downtime: number; rounds: number };
+  /**
+   * The forecast made before the migration (coordinator/forecast.ts: the VM's measured stats, a fresh link
+   * measurement), against what happened: relative error of the total time, and the downtime's error in ms.
+   */
+  forecast?: { totalTimeMs: number; downtimeMs: number; rounds: number; bytes: number; converges: boolean; stopReason: StopReason; tookMs: number };
+  forecastError?: { totalTime: number; downtimeMs: number; downtime: number };
 }
 
 export interface BenchContext {
@@ -127,6 +134,12 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       verify: scenario.verify,
       autoConverge: false,
     };
+    const forecastStartedMs = performance.now();
+    const planned = await forecastMigration(bench.cluster, { vm: 'bench', to: 'host-b', options }).catch((error: unknown) => {
+      context.onNote?.(`${scenario.name}: no forecast: ${(error as Error).message}`);
+      return undefined;
+    });
+    const forecastTookMs = performance.now() - forecastStartedMs;
     const report = await migrateLive(bench.cluster, { vm: 'bench', to: 'host-b', options });
     const cpuAfter = [await cpuOf(hostA), await cpuOf(hostB)];
     const cpuSpent = cpuAfter.map((after, i) => after.userMs + after.systemMs - (cpuBefore[i]!.userMs + cpuBefore[i]!.systemMs));
@@ -194,6 +207,17 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
         downtime: relativeError(downtimeMs, prediction.downtimeMs),
         rounds: report.rounds.length - prediction.rounds.length,
       },
+      ...(planned ? {
+        forecast: {
+          totalTimeMs: planned.forecast.totalTimeMs, downtimeMs: planned.forecast.downtimeMs, rounds: planned.forecast.rounds,
+          bytes: planned.forecast.bytes, converges: planned.forecast.converges, stopReason: planned.forecast.stopReason, tookMs: forecastTookMs,
+        },
+        forecastError: {
+          totalTime: relativeError(planned.forecast.totalTimeMs, report.totalTimeMs),
+          downtimeMs: planned.forecast.downtimeMs - downtimeMs,
+          downtime: relativeError(planned.forecast.downtimeMs, downtimeMs),
+        },
+      } : {}),
     };
   });
 }
