@@ -68,6 +68,7 @@ function describeVm(info: VmInfo): string {
     ['  registers', `x=${info.cpu.x} n=${int(info.cpu.n)}${info.cpu.y !== undefined ? ` y=${info.cpu.y} m=${int(info.cpu.m ?? 0)}` : ''}`],
     ['  cpu model', `${info.cpuModel.model}: ${info.cpuModel.flags.length} flags${highestLevel(info.cpuModel.flags) ? `, ${highestLevel(info.cpuModel.flags)}` : ''}`],
     ['  last blackout', info.lastBlackoutMs > 0 ? formatDuration(info.lastBlackoutMs) : '-'],
+    ...(info.stats ? [['  measured', `vCPU ${info.stats.cpuPercent.toFixed(0)} % busy; ${int(Math.round(info.stats.dirtyPagesPerSec))} page writes/s over a working set of ${formatBytes(info.stats.wssPages * 4096)} (${info.stats.model}, from the dirty log at ${info.stats.sampledAt})`]] : []),
     ['  created', info.createdAt],
     ...(info.disks && info.disks.length > 0 ? [['  disks', info.disks.map((disk) => `${disk.file} (${formatBytes(disk.sizeBytes)})`).join(', ')]] : []),
     ...(info.network ? [['  network', `${info.network.ip}/${info.network.prefix} via ${info.network.gateway}, MAC ${info.network.mac}`]] : []),

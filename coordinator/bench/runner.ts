@@ -62,7 +62,10 @@ export interface RunResult {
    * The forecast made before the migration (coordinator/forecast.ts: the VM's measured stats, a fresh link
    * measurement), against what happened: relative error of the total time, and the downtime's error in ms.
    */
-  forecast?: { totalTimeMs: number; downtimeMs: number; rounds: number; bytes: number; converges: boolean; stopReason: StopReason; tookMs: number };
+  forecast?: {
+    totalTimeMs: number; downtimeMs: number; rounds: number; bytes: number; converges: boolean; stopReason: StopReason; tookMs: number;
+    linkBytesPerSec: number; dirtyPagesPerSec: number; wssPages: number; overheadMs: { setupMs: number; perRoundMs: number; pausedMs: number; tailMs: number };
+  };
   forecastError?: { totalTime: number; downtimeMs: number; downtime: number };
 }
 
@@ -211,6 +214,8 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
         forecast: {
           totalTimeMs: planned.forecast.totalTimeMs, downtimeMs: planned.forecast.downtimeMs, rounds: planned.forecast.rounds,
           bytes: planned.forecast.bytes, converges: planned.forecast.converges, stopReason: planned.forecast.stopReason, tookMs: forecastTookMs,
+          linkBytesPerSec: planned.link.bytesPerSec, dirtyPagesPerSec: planned.stats?.dirtyPagesPerSec ?? 0, wssPages: planned.stats?.wssPages ?? 0,
+          overheadMs: planned.forecast.overheadMs,
         },
         forecastError: {
           totalTime: relativeError(planned.forecast.totalTimeMs, report.totalTimeMs),
