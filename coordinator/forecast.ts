@@ -226,13 +226,33 @@ const STATS_WAIT_MS = 3000;
  */
 export async function forecastMigration(cluster: Cluster, request: ForecastRequest, connect: Connector = connectAgent): Promise<PlannedMigration> {
   const startedMs = performance.now();
-  const destination = findHost(cluster, request.to);
+  findHost(cluster, request.to);
   const located = await locateVm(cluster, request.vm, connect);
-  const from = located.host.name;
-  if (from === request.to) throw new FerryError(ErrorCode.BAD_INPUT, `${request.vm} is already on ${request.to}`, 'pick another destination with --to');
-  const { client } = await openHost(located.host, connect);
+  if (located.host.name === request.to) throw new FerryError(ErrorCode.BAD_INPUT, `${request.vm} is already on ${request.to}`, 'pick another destination with --to');
+  return forecastMove(cluster, { ...request, from: located.host.name, startedMs }, connect);
+}
+
+export interface MoveRequest extends ForecastRequest {
+  /** The host the VM is on. */
+  from: string;
+  /** When the asking began (performance.now()): the time until the VM's info is in stands in for stage 0. */
+  startedMs?: number;
+}
+
+/**
+ * The forecast of moving VM `vm` from host `from`, known to hold it, to `to`: for a planner that has surveyed the
+ * cluster already (drain, balance) and weighs many moves; the link of each host pair is measured once a minute.
+ */
+export async function forecastMove(cluster: Cluster, request: MoveRequest, connect: Connector = connectAgent): Promise<PlannedMigration> {
+  const startedMs = request.startedMs ?? performance.now();
+  const source = findHost(cluster, request.from);
+  const destination = findHost(cluster, request.to);
+  const from = source.name;
+  const { client } = await openHost(source, connect);
   try {
     let info: VmInfo = await client.request('vm.info', { name: request.vm });
+    // Stage 0 of a migration also surveys the hosts (to find the VM) and opens the destination: a planner that knew
+    // where the VM is spent less than that here, so at least two round trips more are counted below.
     const stageZeroMs = performance.now() - startedMs;
     if (info.state !== 'running' && info.state !== 'paused') {
       throw new FerryError(ErrorCode.VM_STATE, `${request.vm} is ${info.state} on ${from}: a live migration needs it running or paused`, info.state === 'defined' || info.state === 'suspended' ? `move it cold: \`ferry migrate ${request.vm} --to ${request.to} --cold\`` : 'wait for its current migration to finish');
@@ -241,14 +261,14 @@ export async function forecastMigration(cluster: Cluster, request: ForecastReque
       await new Promise((resolve) => setTimeout(resolve, 200));
       info = await client.request('vm.info', { name: request.vm });
     }
-    const link = await measureLink(client, located.host, { name: destination.name, url: destination.migrationUrl ?? destination.url }, request.linkBytes);
+    const link = await measureLink(client, source, { name: destination.name, url: destination.migrationUrl ?? destination.url }, request.linkBytes);
     const stats = info.stats ?? null;
     const memoryPages = info.memoryBytes / PAGE_SIZE;
     const recent = link.recent;
     const overheadMs: Overheads = {
-      // Stage 0 as measured just now (one more host to open in the migration: a round trip), the reservation (the
-      // destination's memory made real at its measured pace, a vCPU started), and the page stream's opening.
-      setupMs: stageZeroMs + link.rttMs + (info.memoryBytes / Math.max(link.populateBytesPerSec, 1)) * 1000 + VCPU_START_MS
+      // Stage 0 as measured just now (and the destination to open: a round trip), the reservation (the destination's
+      // memory made real at its measured pace, a vCPU started), and the page stream's opening.
+      setupMs: stageZeroMs + (request.startedMs === undefined ? 2 : 1) * link.rttMs + (info.memoryBytes / Math.max(link.populateBytesPerSec, 1)) * 1000 + VCPU_START_MS
         + (recent?.startupMs ?? link.dialMs + 2 * link.rttMs),
       perRoundMs: link.rttMs,
       pausedMs: recent?.pausedOverheadMs ?? DEFAULT_OVERHEADS.pausedMs,
