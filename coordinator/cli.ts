@@ -429,10 +429,11 @@ Exit status is 0 only when committed.`)
       // The forecast first, cheaply (a short link measurement, or the last minute's), to set beside the outcome. A
       // forecast that cannot be made never stops the migration: the migration says for itself what is wrong.
       let planned: PlannedMigration | undefined;
+      let forecastError: string | undefined;
       const forecastStartedMs = performance.now();
       if (raw.forecast) {
-        planned = await forecastMigration(hosts, { vm: checkVmName(name), to: raw.to, options, linkBytes: MIGRATE_LINK_BYTES }).catch((error: unknown) => {
-          if (!raw.quiet) process.stderr.write(`no forecast: ${(error as Error).message}\n`);
+        planned = await forecastMigration(hosts, { vm: checkVmName(name), to: raw.to, options, linkBytes: MIGRATE_LINK_BYTES, statsWaitMs: 0 }).catch((error: unknown) => {
+          forecastError = (error as Error).message;
           return undefined;
         });
       }
@@ -462,6 +463,8 @@ Exit status is 0 only when committed.`)
       if (planned) {
         const { totalTimeMs, downtimeMs, bytes, rounds, converges, stopReason, advice } = planned.forecast;
         report.forecast = { totalTimeMs, downtimeMs, bytes, rounds, converges, stopReason, advice, tookMs: forecastTookMs };
+      } else if (forecastError !== undefined && report.outcome === 'committed') {
+        report.forecastError = forecastError;
       }
       if (raw.json) printJson(report);
       else process.stdout.write(`${formatReport(report)}\n`);

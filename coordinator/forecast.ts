@@ -214,9 +214,11 @@ export interface ForecastRequest {
   options: MigrationOptions;
   /** Bytes for the link measurement when none is cached (default LINK_MEASURE.defaultBytes). */
   linkBytes?: number;
+  /** How long to wait for a running VM's first stats when it has none yet (default 3 s; 0: take what there is). */
+  statsWaitMs?: number;
 }
 
-/** How long to wait for a running VM's first sampling window (agent/vm-stats/sampler.ts: about 1 s after it starts). */
+/** How long to wait by default for a running VM's first sampling window (agent/vm-stats/sampler.ts: about 1.5 s after it starts). */
 const STATS_WAIT_MS = 3000;
 
 /**
@@ -257,7 +259,7 @@ export async function forecastMove(cluster: Cluster, request: MoveRequest, conne
     if (info.state !== 'running' && info.state !== 'paused') {
       throw new FerryError(ErrorCode.VM_STATE, `${request.vm} is ${info.state} on ${from}: a live migration needs it running or paused`, info.state === 'defined' || info.state === 'suspended' ? `move it cold: \`ferry migrate ${request.vm} --to ${request.to} --cold\`` : 'wait for its current migration to finish');
     }
-    for (const deadline = performance.now() + STATS_WAIT_MS; info.state === 'running' && !info.stats && performance.now() < deadline;) {
+    for (const deadline = performance.now() + (request.statsWaitMs ?? STATS_WAIT_MS); info.state === 'running' && !info.stats && performance.now() < deadline;) {
       await new Promise((resolve) => setTimeout(resolve, 200));
       info = await client.request('vm.info', { name: request.vm });
     }

@@ -19,8 +19,10 @@ export async function measureLink(client: AgentClient, from: { name: string; url
   const key = [from.name, from.url, to.name, to.url].join(' ');
   const cached = cache.get(key);
   if (cached && now() - cached.atMs < LINK_CACHE_MS) return cached.link;
-  const link = await client.request('link.measure', { to, ...(bytes !== undefined ? { bytes } : {}) });
-  cache.set(key, { link, atMs: now() });
+  // The source agent keeps its last measurement too: another ferry process that measured within the minute (a
+  // `--plan` before this migration) spares this one the measuring.
+  const link = await client.request('link.measure', { to, maxAgeMs: LINK_CACHE_MS, ...(bytes !== undefined ? { bytes } : {}) });
+  cache.set(key, { link, atMs: now() - link.ageMs });
   return link;
 }
 

@@ -46,6 +46,8 @@ export interface MigrationReport {
   storage?: SourceReport['storage'];
   /** The forecast made before the migration began (coordinator/forecast.ts), to set beside what happened. */
   forecast?: ReportedForecast;
+  /** Why no forecast was made, when the migration went ahead without one. */
+  forecastError?: string;
 }
 
 /** The forecast as a report carries it: the predicted figures, and how long making it took. */
@@ -150,6 +152,7 @@ export function formatReport(report: MigrationReport): string {
       facts.push([`verified ${check.file}`, `${check.match ? 'match' : 'MISMATCH'}: blocks ${check.sourceDigest} / ${check.destDigest}${check.sourceImageDigest ? `; images ${check.sourceImageDigest} / ${check.destImageDigest}` : ''}`]);
     }
   }
+  if (report.forecastError) facts.push(['forecast', `not made: ${report.forecastError}`]);
   if (report.forecast) facts.push(['forecast', `made in ${formatDuration(report.forecast.tookMs)} before the migration; below, beside what happened`]);
   if (report.cpu) facts.push(['registers', `x=${report.cpu.x} n=${int(report.cpu.n)} handed to ${report.to}`]);
   const width = Math.max(...facts.map(([label]) => label.length));

@@ -451,6 +451,8 @@ export const linkMeasureSchema = z.object({
   populateBytesPerSec: z.number(),
   /** Pages whose xxh64 did not match on arrival: 0 on a sound path. */
   mismatches: z.number(),
+  /** How old the measurement is: 0 when made for this request, more when an earlier one was within `maxAgeMs`. */
+  ageMs: z.number(),
   /** The fixed costs of the last live migrations from this host to the destination (migration/history.ts). */
   recent: z.object({ migrations: z.number(), startupMs: z.number(), pausedOverheadMs: z.number(), tailMs: z.number() }).optional(),
 });
@@ -584,9 +586,10 @@ export const controlOps = {
   'image.remove': [z.object({ name: imageNameSchema }).strict(), z.object({ removed: z.boolean() })],
   /**
    * Measures the page path from this agent to `to`: `bytes` (default LINK_MEASURE.defaultBytes) of incompressible
-   * synthetic pages, hashed and sent as a migration's round 1 is (page-sender.ts), checked and discarded there.
+   * synthetic pages, hashed and sent as a migration's round 1 is (page-sender.ts), checked and discarded there; or,
+   * given `maxAgeMs`, the last measurement to the same agent if it is no older.
    */
-  'link.measure': [z.object({ to: destinationSchema, bytes: linkBytesSchema.optional() }).strict(), linkMeasureSchema],
+  'link.measure': [z.object({ to: destinationSchema, bytes: linkBytesSchema.optional(), maxAgeMs: z.number().int().min(0).max(3_600_000).optional() }).strict(), linkMeasureSchema],
   /** Sends image `name`, held here, to the agent `destination` (peer ops image.begin/chunk/finish). Events: progress. */
   'image.send': [
     z.object({ name: imageNameSchema, destination: destinationSchema }).strict(),

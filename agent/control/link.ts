@@ -15,6 +15,7 @@ import { randomFillSync } from 'node:crypto';
 import { LINK_MEASURE, PAGE_SIZE, PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
+import type { LinkMeasure } from '../../shared/protocol.js';
 import type { Agent, ControlServer } from '../agent.js';
 import { PageSender } from '../migration/page-sender.js';
 import type { VirtualMachine } from '../vm/vm.js';
@@ -24,52 +25,69 @@ const PINGS = 5;
 /** Random bytes drawn per call: crypto's limit on one fill is 2^31 - 1 bytes, and smaller calls keep the loop turning. */
 const FILL_SLICE_BYTES = 16 * 1024 * 1024;
 
+type Measured = Omit<LinkMeasure, 'ageMs' | 'recent'>;
+
+/** The last measurement to each agent (by name and URL), for requests that accept one of a given age. */
+const lastMeasured = new WeakMap<Agent, Map<string, { link: Measured; atMs: number }>>();
+
 export function serveLinkControl(connection: ControlServer, agent: Agent): void {
-  connection.handle('link.measure', async ({ to, bytes: asked }, context) => {
+  connection.handle('link.measure', async ({ to, bytes, maxAgeMs }, context) => {
     if (to.name === agent.name) throw new FerryError(ErrorCode.BAD_INPUT, `${agent.name} cannot measure a link to itself`, 'name another host');
-    const bytes = asked ?? LINK_MEASURE.defaultBytes;
-    const pageCount = bytes / PAGE_SIZE;
-    // The pages to send, made before the clock starts: random bytes in shared wasm memory, where the hasher reads.
-    const wasm = allocateGuestMemory(bytes);
-    const memory = new Uint8Array(wasm.buffer, 0, bytes);
-    for (let offset = 0; offset < bytes; offset += FILL_SLICE_BYTES) {
-      randomFillSync(new Uint8Array(wasm.buffer, offset, Math.min(FILL_SLICE_BYTES, bytes - offset)));
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-    const dialStartMs = performance.now();
-    const peer = await agent.dial(to.url, context.signal);
-    const dialMs = performance.now() - dialStartMs;
-    try {
-      const request = { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal: context.signal };
-      let rttMs = Number.POSITIVE_INFINITY;
-      for (let ping = 0; ping < PINGS; ping++) {
-        const pingStartMs = performance.now();
-        await peer.request('link.ping', {}, request);
-        rttMs = Math.min(rttMs, performance.now() - pingStartMs);
-      }
-      const { populateBytesPerSec } = await peer.request('link.begin', { pages: pageCount }, request);
-      // What the page sender reads of a VM; the synthetic pages stand in for guest memory.
-      const source = {
-        memory, pageCount, hasher: new PageHasher(wasm), net: undefined,
-        pageView: (first: number, count = 1) => Buffer.from(wasm.buffer, first * PAGE_SIZE, count * PAGE_SIZE),
-      } as unknown as VirtualMachine;
-      const sender = new PageSender(peer.socket, source, { maxBandwidthBytesPerSec: 0, signal: context.signal, now: () => performance.now() });
-      const pages = Uint32Array.from({ length: pageCount }, (_, page) => page);
-      const startedMs = performance.now();
-      const sent = await sender.send(pages, 1, 0);
-      const received = await peer.request('link.end', {}, request);
-      const ms = Math.max(performance.now() - startedMs, 0.001);
-      if (received.pagesReceived !== pageCount) {
-        throw new FerryError(ErrorCode.PROTOCOL, `${to.name} received ${received.pagesReceived} of the ${pageCount} pages sent`, 'check both agents run the same ferry version');
-      }
-      const recent = agent.migrationHistory.recent(to.name);
-      agent.log.debug('link measured', { to: to.name, bytes, ms, rttMs, dialMs });
-      return {
-        from: agent.name, to: to.name, bytes: sent.bytesSent, ms, bytesPerSec: (sent.bytesSent / ms) * 1000, rttMs, dialMs,
-        populateBytesPerSec, mismatches: received.mismatches, ...(recent ? { recent } : {}),
-      };
-    } finally {
-      peer.close();
-    }
+    let memo = lastMeasured.get(agent);
+    if (!memo) lastMeasured.set(agent, (memo = new Map()));
+    const key = `${to.name} ${to.url}`;
+    const last = memo.get(key);
+    const fresh = last && maxAgeMs !== undefined && performance.now() - last.atMs <= maxAgeMs
+      ? { link: last.link, ageMs: performance.now() - last.atMs }
+      : { link: await measure(agent, to, bytes ?? LINK_MEASURE.defaultBytes, context.signal), ageMs: 0 };
+    if (fresh.ageMs === 0) memo.set(key, { link: fresh.link, atMs: performance.now() });
+    // The fixed costs are read now, whatever the measurement's age: a migration since then is among them.
+    const recent = agent.migrationHistory.recent(to.name);
+    return { ...fresh.link, ageMs: fresh.ageMs, ...(recent ? { recent } : {}) };
   });
+}
+
+async function measure(agent: Agent, to: { name: string; url: string }, bytes: number, signal: AbortSignal): Promise<Measured> {
+  const pageCount = bytes / PAGE_SIZE;
+  // The pages to send, made before the clock starts: random bytes in shared wasm memory, where the hasher reads.
+  const wasm = allocateGuestMemory(bytes);
+  const memory = new Uint8Array(wasm.buffer, 0, bytes);
+  for (let offset = 0; offset < bytes; offset += FILL_SLICE_BYTES) {
+    randomFillSync(new Uint8Array(wasm.buffer, offset, Math.min(FILL_SLICE_BYTES, bytes - offset)));
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  const dialStartMs = performance.now();
+  const peer = await agent.dial(to.url, signal);
+  const dialMs = performance.now() - dialStartMs;
+  try {
+    const request = { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal };
+    let rttMs = Number.POSITIVE_INFINITY;
+    for (let ping = 0; ping < PINGS; ping++) {
+      const pingStartMs = performance.now();
+      await peer.request('link.ping', {}, request);
+      rttMs = Math.min(rttMs, performance.now() - pingStartMs);
+    }
+    const { populateBytesPerSec } = await peer.request('link.begin', { pages: pageCount }, request);
+    // What the page sender reads of a VM; the synthetic pages stand in for guest memory.
+    const source = {
+      memory, pageCount, hasher: new PageHasher(wasm), net: undefined,
+      pageView: (first: number, count = 1) => Buffer.from(wasm.buffer, first * PAGE_SIZE, count * PAGE_SIZE),
+    } as unknown as VirtualMachine;
+    const sender = new PageSender(peer.socket, source, { maxBandwidthBytesPerSec: 0, signal: signal, now: () => performance.now() });
+    const pages = Uint32Array.from({ length: pageCount }, (_, page) => page);
+    const startedMs = performance.now();
+    const sent = await sender.send(pages, 1, 0);
+    const received = await peer.request('link.end', {}, request);
+    const ms = Math.max(performance.now() - startedMs, 0.001);
+    if (received.pagesReceived !== pageCount) {
+      throw new FerryError(ErrorCode.PROTOCOL, `${to.name} received ${received.pagesReceived} of the ${pageCount} pages sent`, 'check both agents run the same ferry version');
+    }
+    agent.log.debug('link measured', { to: to.name, bytes, ms, rttMs, dialMs });
+    return {
+      from: agent.name, to: to.name, bytes: sent.bytesSent, ms, bytesPerSec: (sent.bytesSent / ms) * 1000, rttMs, dialMs,
+      populateBytesPerSec, mismatches: received.mismatches,
+    };
+  } finally {
+    peer.close();
+  }
 }
