@@ -218,6 +218,9 @@ export interface ForecastRequest {
   statsWaitMs?: number;
 }
 
+/** A vCPU this busy is bound by its core: it cannot keep its rate while the migration takes cores from it. */
+const BUSY_VCPU_PCT = 80;
+
 /** How long to wait by default for a running VM's first sampling window (agent/vm-stats/sampler.ts: about 1.5 s after it starts). */
 const STATS_WAIT_MS = 3000;
 
@@ -285,6 +288,9 @@ export async function forecastMove(cluster: Cluster, request: MoveRequest, conne
       overheadMs,
       ...(localDisks.length > 0 ? { disks: localDisks } : {}),
     });
+    if (info.state === 'running' && stats && stats.cpuPercent >= BUSY_VCPU_PCT) {
+      forecast.advice.push(`${request.vm}'s vCPU is ${stats.cpuPercent.toFixed(0)} % busy: where the migration's own threads share its host's cores, it will likely dirty less than the ${Math.round(stats.dirtyPagesPerSec).toLocaleString('en-US')} pages/s measured, and the migration end sooner than forecast`);
+    }
     if (info.state === 'running' && !stats) forecast.advice.push(`${request.vm} has no measured dirty rate yet (just started?): the forecast assumes it writes nothing`);
     if (localDisks.length > 0 && !request.options.copyStorage) forecast.advice.push(`${request.vm} has local disks (${localDisks.map((disk) => disk.file).join(', ')}): a live migration needs --copy-storage, or --cold`);
     return { vm: request.vm, from, to: request.to, forecast, stats, link };
