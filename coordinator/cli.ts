@@ -11,7 +11,7 @@ import { runBench } from './bench/command.js';
 import { toMarkdown } from './bench/output.js';
 import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
 import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, withCredentials, type Cluster } from './cluster.js';
-import { addFleetCommands } from './commands/fleet.js';
+import { addFleetBenchCommand, addFleetCommands } from './commands/fleet.js';
 import { addImageCommands } from './commands/image.js';
 import { withHost } from './connect.js';
 import { dumpMemory, fetchDisk, readMemory } from './dump.js';
@@ -453,6 +453,7 @@ Exit status is 0 only when committed.`)
 
   addImageCommands(program, cluster);
   addFleetCommands(program, async (command) => ({ cluster: (await cluster(command)).cluster }));
+  addFleetBenchCommand(program);
 
   const templates = program.command('template').description('VM templates: built in, and yours in ferry.templates.json beside the cluster file');
   templates

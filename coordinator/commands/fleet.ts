@@ -12,6 +12,7 @@ import { withHost } from '../connect.js';
 import { balanceOnce, checkBalanceOptions, type BalanceOptions, type BalancePlan, type AppliedMove, type Metric } from '../fleet/balance.js';
 import { drainHost, undrainHost, type DrainEvent, type DrainReport } from '../fleet/drain.js';
 import type { FleetStore, Forecaster } from '../fleet/fleet-store.js';
+import { fleetMarkdown, runFleetBench } from '../bench/fleet.js';
 import { surveyHosts } from '../inventory.js';
 import { migrationOptions } from '../migrate-options.js';
 import { ExitCode, formatTable, printJson } from '../output.js';
@@ -154,6 +155,36 @@ Exit status: 0 when the plan was made (and applied, with --apply), 1 when an app
         apply: raw.apply ?? false,
         json: raw.json ?? false,
       }, hooks);
+    });
+}
+
+export function addFleetBenchCommand(program: Command, forecast?: Forecaster): void {
+  program.command('bench-fleet')
+    .description('measure fleet operations on real agents on this machine: drains at several --parallel, a balance, steady rounds, a drain whose destination dies')
+    .option('--agents <n>', 'agents to start', '12')
+    .option('--vms <n>', 'pattern VMs in all', '48')
+    .option('--drain-vms <n>', 'VMs on the host that is drained', '8')
+    .option('--parallel <list>', 'the drain\'s --parallel values to measure, comma-separated', '1,2,4')
+    .option('--memory <size>', 'each VM\'s memory', '32MiB')
+    .option('--rate <writes>', 'each VM\'s page writes per second', '500')
+    .option('--steady-rounds <n>', 'balance rounds on the balanced cluster', '10')
+    .option('--out <dir>', 'where to write fleet.json and fleet.md', `bench-results/fleet-${new Date().toISOString().replace(/[:.]/g, '-')}`)
+    .option('--json', 'print the results as JSON')
+    .action(async (raw: { agents: string; vms: string; drainVms: string; parallel: string; memory: string; rate: string; steadyRounds: string; out: string; json?: boolean }) => {
+      const agents = parseCount(raw.agents, '--agents');
+      const vms = parseCount(raw.vms, '--vms');
+      const drainVms = parseCount(raw.drainVms, '--drain-vms');
+      if (agents < 4) throw new FerryError(ErrorCode.BAD_INPUT, '--agents must be at least 4', 'the balance phase crowds 3 hosts and needs others to spread to');
+      if (drainVms > vms) throw new FerryError(ErrorCode.BAD_INPUT, '--drain-vms is more than --vms', 'e.g. --vms 48 --drain-vms 8');
+      const results = await runFleetBench({
+        agents, vms, drainVms,
+        parallel: raw.parallel.split(',').map((value) => parseCount(value.trim(), '--parallel')),
+        memory: raw.memory, rate: parseCount(raw.rate, '--rate'), steadyRounds: parseCount(raw.steadyRounds, '--steady-rounds'), out: raw.out,
+        forecast, onNote: (line) => process.stderr.write(`${line}\n`),
+      });
+      if (raw.json) printJson(results);
+      else process.stdout.write(fleetMarkdown(results));
+      process.exitCode = results.fault.replayMatches && results.fault.drainFinished && results.drains.every((run) => run.failed === 0) ? ExitCode.OK : ExitCode.FAILED;
     });
 }
 
