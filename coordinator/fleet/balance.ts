@@ -283,7 +283,7 @@ export async function applyMove(cluster: Cluster, vm: VmInfo, move: { from: stri
     return { ...base, outcome: 'failed', totalTimeMs: 0, error: toFerryError(error).message };
   }
   try {
-    const report = await migrateLive(cluster, { vm: vm.name, to: move.to, options: migrationFor(vm, options.migration) }, { connect, ...(hooks.signal ? { signal: hooks.signal } : {}) });
+    const report = await migrateLive(cluster, { vm: vm.name, from: move.from, to: move.to, options: migrationFor(vm, options.migration) }, { connect, ...(hooks.signal ? { signal: hooks.signal } : {}) });
     if (report.outcome === 'committed') {
       await hooks.store?.recordMove({ vm: vm.name, from: move.from, to: move.to, at: new Date().toISOString(), by: hooks.by ?? 'balance' }).catch(() => undefined);
     }

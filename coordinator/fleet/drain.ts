@@ -153,9 +153,14 @@ export async function drainHost(cluster: Cluster, hostName: string, options: Dra
       while (attempts.length < options.attempts) {
         if (hooks.signal?.aborted) return fail('the drain was cancelled');
         if (Date.now() >= deadline) return fail(`not moved within the deadline (${Math.round(options.deadlineMs / 1000)} s)`);
-        // Look again each time: the VM may have changed state, or left; hosts fill up and fail.
-        const vm = await vmOn(host, first.name, connect);
-        if (!vm) return; // gone from the host (moved or destroyed by someone else): nothing left to do
+        // Look again each time: the VM may have changed state, or left; hosts fill up and fail. One survey of every
+        // host says both (its CPU model and disks do not change: they come from the first look).
+        const surveys = await surveyHosts(cluster, connect);
+        const source = surveys.find((survey) => survey.host.name === hostName)?.info;
+        if (!source) return fail(`${hostName} did not answer`);
+        const summary = source.vms.find((entry) => entry.name === first.name);
+        if (!summary) return; // gone from the host (moved or destroyed by someone else): nothing left to do
+        const vm: VmInfo = { ...first, state: summary.state, epoch: summary.epoch };
         const mode = modeOf(vm);
         if (mode === 'busy') {
           if (Date.now() + BUSY_RETRY_MS >= deadline) return fail(`${vm.name} stayed ${vm.state} until the deadline`);
@@ -166,8 +171,6 @@ export async function drainHost(cluster: Cluster, hostName: string, options: Dra
           report.stayed.push({ vm: vm.name, state: vm.state });
           return;
         }
-        const surveys = await surveyHosts(cluster, connect);
-        const source = surveys.find((survey) => survey.host.name === hostName)?.info;
         const ranked = rankTargets(vm, mode, source, surveys, pending, tried);
         const open = ranked.fits.filter((survey) => (arriving.get(survey.host.name) ?? 0) < PER_HOST_INCOMING);
         if (ranked.fits.length === 0) return fail(`no host can take it: ${describeRefusals(ranked.refused)}`);
@@ -185,7 +188,7 @@ export async function drainHost(cluster: Cluster, hostName: string, options: Dra
         let error: FerryError | undefined;
         let move: DrainMove | undefined;
         try {
-          const result = await moveTo(cluster, vm, to, mode, options, deadline, hooks, connect);
+          const result = await moveTo(cluster, vm, hostName, to, mode, options, deadline, hooks, connect);
           if (result.committed) {
             move = { vm: vm.name, to, mode, outcome: 'committed', ...(result.downtimeMs !== undefined ? { downtimeMs: result.downtimeMs } : {}), totalTimeMs: result.totalTimeMs, attempts: attempts.length + 1 };
           } else {
@@ -256,16 +259,6 @@ async function vmsOn(host: HostEntry, connect: Connector): Promise<VmInfo[]> {
   }, connect);
 }
 
-async function vmOn(host: HostEntry, name: string, connect: Connector): Promise<VmInfo | undefined> {
-  return withHost(host, async (client, info) => {
-    if (!info.vms.some((vm) => vm.name === name)) return undefined;
-    return client.request('vm.info', { name }).catch((error: unknown) => {
-      if (toFerryError(error).code === ErrorCode.VM_NOT_FOUND) return undefined;
-      throw error;
-    });
-  }, connect);
-}
-
 function addPending(pending: Map<string, Pending>, host: string, need: Pending, sign: 1 | -1): void {
   const current = pending.get(host) ?? { memoryBytes: 0, diskBytes: 0 };
   pending.set(host, { memoryBytes: current.memoryBytes + sign * need.memoryBytes, diskBytes: current.diskBytes + sign * need.diskBytes });
@@ -290,7 +283,7 @@ export function migrationFor(vm: VmInfo, migration: MigrationOptions): Migration
   return localDiskBytes(vm) > 0 ? { ...migration, copyStorage: true, storageMode: migration.storageMode ?? 'mirror' } : migration;
 }
 
-async function moveTo(cluster: Cluster, vm: VmInfo, to: string, mode: MoveMode, options: DrainOptions, deadline: number, hooks: DrainHooks, connect: Connector): Promise<{ committed: boolean; error?: FerryError; downtimeMs?: number; totalTimeMs: number }> {
+async function moveTo(cluster: Cluster, vm: VmInfo, from: string, to: string, mode: MoveMode, options: DrainOptions, deadline: number, hooks: DrainHooks, connect: Connector): Promise<{ committed: boolean; error?: FerryError; downtimeMs?: number; totalTimeMs: number }> {
   if (mode === 'cold') {
     const report = await migrateCold(cluster, { vm: vm.name, to });
     return { committed: report.outcome === 'committed', ...(report.error ? { error: FerryError.fromPayload(report.error) } : {}), totalTimeMs: report.totalTimeMs };
@@ -300,7 +293,7 @@ async function moveTo(cluster: Cluster, vm: VmInfo, to: string, mode: MoveMode, 
   const timer = setTimeout(() => cancel.abort(new FerryError(ErrorCode.TIMEOUT, `${vm.name} did not move within the drain's deadline`, 'give the drain a longer --deadline')), Math.max(1, deadline - Date.now()));
   const onAbort = (): void => cancel.abort(hooks.signal?.reason);
   hooks.signal?.addEventListener('abort', onAbort, { once: true });
-  const report = await migrateLive(cluster, { vm: vm.name, to, options: migrationFor(vm, options.migration) }, { signal: cancel.signal, connect })
+  const report = await migrateLive(cluster, { vm: vm.name, from, to, options: migrationFor(vm, options.migration) }, { signal: cancel.signal, connect })
     .finally(() => {
       clearTimeout(timer);
       hooks.signal?.removeEventListener('abort', onAbort);
