@@ -298,3 +298,17 @@ export async function forecastMove(cluster: Cluster, request: MoveRequest, conne
     client.close();
   }
 }
+
+/**
+ * A forecaster for planners (drain, balance): `(vm, from, to, options) => Forecast`, with the VM known to be on
+ * `from`. Link measurements are shorter than `--plan`'s (16 MiB by default), kept a minute per host pair, and the
+ * VM's stats are taken as they are (no wait).
+ */
+export function forecaster(cluster: Cluster, settings: { linkBytes?: number; connect?: Connector } = {}): (vm: { name: string }, from: string, to: string, options: MigrationOptions) => Promise<Forecast> {
+  return async (vm, from, to, options) => (await forecastMove(cluster, {
+    vm: vm.name, from, to, options, linkBytes: settings.linkBytes ?? PLANNER_LINK_BYTES, statsWaitMs: 0,
+  }, settings.connect)).forecast;
+}
+
+/** A planner's link measurement when none of the last minute is at hand: short, since it may weigh many host pairs. */
+const PLANNER_LINK_BYTES = 16 * 1024 * 1024;

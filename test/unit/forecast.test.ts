@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { predictMigration, type ForecastInput } from '../../coordinator/forecast.js';
+import { forecaster, predictMigration, type ForecastInput } from '../../coordinator/forecast.js';
+import type { Forecaster } from '../../coordinator/fleet/fleet-store.js';
 import { PAGE_SIZE } from '../../shared/constants.js';
 import type { MigrationOptions } from '../../shared/protocol.js';
 
@@ -97,5 +98,12 @@ describe('predictMigration', () => {
     const forecast = predictMigration(input(0, { options: { ...options, maxDowntimeMs: 5 } }));
     expect(forecast.converges).toBe(false);
     expect(forecast.advice[0]).toMatch(/fixed cost alone/);
+  });
+});
+
+describe('forecaster', () => {
+  it('is what drain and balance take as their Forecaster', () => {
+    const made: Forecaster = forecaster({ hosts: [] });
+    expect(typeof made).toBe('function');
   });
 });
