@@ -173,4 +173,18 @@ describe('formatReport', () => {
     expect(text).not.toMatch(/NaN|Infinity/);
     expect(text).toMatch(/sent\s+nothing of 64 MiB of memory/);
   });
+
+  it('sets the forecast it made beside what happened, and says why when none was made', () => {
+    const report = committed();
+    report.forecast = { totalTimeMs: report.totalTimeMs * 1.1, downtimeMs: (report.downtimeMs ?? 0) + 2, bytes: report.bytesSent, rounds: report.rounds.length, converges: true, stopReason: 'few-dirty-pages', advice: [], tookMs: 42 };
+    const lines = formatReport(report).split('\n');
+    expect(lines).toContain('  forecast beside what happened');
+    const total = lines.find((line) => line.trim().startsWith('total time') && line.includes('%'))!;
+    expect(total).toContain('+10 %');
+    expect(lines.find((line) => line.trim().startsWith('downtime') && line.includes('+2.00 ms'))).toBeDefined();
+    const without = committed();
+    without.forecastError = 'no VM named web9 on any host';
+    expect(formatReport(without)).toContain('not made: no VM named web9 on any host');
+    expect(formatReport(without)).not.toContain('forecast beside what happened');
+  });
 });
