@@ -59,7 +59,11 @@ export interface ForecastInput {
   nonZeroPages?: number;
   /** The guest's measured dirty curve: vm info's `stats` (model defaults to random). */
   stats: { dirtyPagesPerSec: number; wssPages: number; model?: DirtyModel };
-  link: { bytesPerSec: number; rttMs: number };
+  /**
+   * The page stream: `bytesPerSec` for a run of pages (round 1), `scatteredBytesPerSec` for scattered dirty pages
+   * (later rounds and the stop-and-copy; default: the same).
+   */
+  link: { bytesPerSec: number; rttMs: number; scatteredBytesPerSec?: number };
   options: MigrationOptions;
   overheadMs?: Partial<Overheads>;
   /** `--copy-storage`: the local disks to copy first (their size; the copy skips zeros, so this bounds its time). */
@@ -103,9 +107,18 @@ function simulate(input: ForecastInput): Omit<Forecast, 'advice'> {
   const curve = (throttlePct: number): DirtyCurve => ({
     model: input.stats.model ?? 'random',
     ratePagesPerSec: (input.stats.dirtyPagesPerSec * (100 - throttlePct)) / 100,
-    wssPages: Math.min(input.stats.wssPages, memoryPages),
+    wssPages,
   });
+  const scatteredMeasured = input.link.scatteredBytesPerSec ?? input.link.bytesPerSec;
+  const scattered = cap > 0 ? Math.min(cap, scatteredMeasured) : scatteredMeasured;
+  const wssPages = Math.min(input.stats.wssPages, memoryPages);
   const sendMs = (pages: number): number => (bandwidth > 0 ? ((pages * PAGE_SIZE) / bandwidth) * 1000 : Number.POSITIVE_INFINITY);
+  // Dirty pages go as a run only when they are all of a working set that is one (ferry's workloads write theirs from
+  // page 0); otherwise they are scattered, gathered and installed page by page, at the scattered pace.
+  const dirtySendMs = (pages: number): number => {
+    if (pages >= wssPages * 0.999) return sendMs(pages);
+    return scattered > 0 ? ((pages * PAGE_SIZE) / scattered) * 1000 : Number.POSITIVE_INFINITY;
+  };
   const storageMs = options.copyStorage && input.disks?.length ? input.disks.reduce((sum, disk) => sum + sendMs(disk.bytes / PAGE_SIZE), 0) : undefined;
 
   const roundsDetail: ForecastRound[] = [];
@@ -118,7 +131,7 @@ function simulate(input: ForecastInput): Omit<Forecast, 'advice'> {
   let stopReason: StopReason;
   let dirtyAfter: number;
   for (;;) {
-    const ms = sendMs(pages) + overheadMs.perRoundMs;
+    const ms = (round === 1 ? sendMs(pages) : dirtySendMs(pages)) + overheadMs.perRoundMs;
     dirtyAfter = Math.min(memoryPages, Math.round(uniquePagesDirtied(curve(throttlePct), ms)));
     bytes += pages * PAGE_SIZE;
     elapsedMs += ms;
@@ -140,7 +153,7 @@ function simulate(input: ForecastInput): Omit<Forecast, 'advice'> {
     pages = dirtyAfter;
     round += 1;
   }
-  const downtimeMs = sendMs(dirtyAfter) + overheadMs.pausedMs;
+  const downtimeMs = dirtySendMs(dirtyAfter) + overheadMs.pausedMs;
   bytes += dirtyAfter * PAGE_SIZE;
   const totalTimeMs = elapsedMs + downtimeMs + overheadMs.tailMs;
   const converges = (stopReason === 'few-dirty-pages' || stopReason === 'converged-within-downtime') && downtimeMs <= options.maxDowntimeMs;
@@ -152,8 +165,10 @@ function simulate(input: ForecastInput): Omit<Forecast, 'advice'> {
 
 /** The lowest page-stream rate (to 2 %) at which the migration converges, or undefined if none up to 1000 x. */
 function bandwidthNeeded(input: ForecastInput): number | undefined {
+  // The scattered pace scales with the link's, in the proportion measured.
+  const scatteredShare = (input.link.scatteredBytesPerSec ?? input.link.bytesPerSec) / Math.max(input.link.bytesPerSec, 1);
   const at = (bytesPerSec: number): boolean => simulate({
-    ...input, link: { ...input.link, bytesPerSec }, options: { ...input.options, maxBandwidthBytesPerSec: 0, autoConverge: false },
+    ...input, link: { ...input.link, bytesPerSec, scatteredBytesPerSec: bytesPerSec * scatteredShare }, options: { ...input.options, maxBandwidthBytesPerSec: 0, autoConverge: false },
   }).converges;
   let low = Math.max(input.link.bytesPerSec, 1);
   let high = low * 1000;

@@ -24,8 +24,8 @@ export function formatPlan(plan: PlannedMigration): string {
     ['guest', stats
       ? `${int(stats.dirtyPagesPerSec)} page writes/s over a working set of ${formatBytes(stats.wssPages * PAGE_SIZE)} (${stats.model}, fitted to ${stats.curve.map((point) => `${int(point.pages)} pages in ${Math.round(point.ms)} ms`).join(', ')}); vCPU ${stats.cpuPercent.toFixed(0)} % busy`
       : 'no measured dirty rate (paused, or just started): assumed to write nothing'],
-    ['link', `${formatRate(link.bytesPerSec)} page stream (${formatBytes(link.bytes)} in ${formatDuration(link.ms)}), round trip ${formatDuration(link.rttMs)}${forecast.bandwidthBytesPerSec < link.bytesPerSec ? `; --max-bandwidth holds it to ${formatRate(forecast.bandwidthBytesPerSec)}` : ''}`],
-    ['fixed costs', `setup ${formatDuration(forecast.overheadMs.setupMs)}, pause ${formatDuration(forecast.overheadMs.pausedMs)}, after ${formatDuration(forecast.overheadMs.tailMs)}${link.recent ? ` (from the last ${link.recent.migrations} migration(s) ${plan.from} -> ${plan.to})` : ''}`],
+    ['link', `${formatRate(link.bytesPerSec)} page stream (${formatBytes(link.bytes)} in ${formatDuration(link.ms)}), ${formatRate(link.scatteredBytesPerSec)} for scattered pages, round trip ${formatDuration(link.rttMs)}${forecast.bandwidthBytesPerSec < link.bytesPerSec ? `; --max-bandwidth holds it to ${formatRate(forecast.bandwidthBytesPerSec)}` : ''}`],
+    ['fixed costs', `setup ${formatDuration(forecast.overheadMs.setupMs)}, pause ${formatDuration(forecast.overheadMs.pausedMs)}, after ${formatDuration(forecast.overheadMs.tailMs)}${link.ageMs > 0 ? `; link measured ${formatDuration(link.ageMs)} ago` : ''}${link.recent ? ` (from the last ${link.recent.migrations} migration(s) ${plan.from} -> ${plan.to})` : ''}`],
   ];
   if (forecast.throttlePct > 0) facts.push(['auto-converge', `the vCPU held back by up to ${forecast.throttlePct} %`]);
   if (forecast.storageMs !== undefined) facts.push(['disk copy', formatDuration(forecast.storageMs)]);

@@ -463,10 +463,12 @@ export type StorageMoveReport = z.infer<typeof storageMoveReportSchema>;
 export const linkMeasureSchema = z.object({
   from: z.string(),
   to: z.string(),
-  /** Page data sent, and how long from the first send until the destination had checked the last page. */
+  /** Pages sent as one run (as round 1 sends memory), and how long until the destination had checked the last one. */
   bytes: z.number(),
   ms: z.number(),
   bytesPerSec: z.number(),
+  /** Scattered pages (as later rounds send dirty pages: gathered, then installed one by one), bytes per second. */
+  scatteredBytesPerSec: z.number(),
   /** The shortest of a few request round trips on the peer connection. */
   rttMs: z.number(),
   /** Opening the peer connection (TCP, TLS when wss://, the WebSocket upgrade). */

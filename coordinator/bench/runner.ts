@@ -65,7 +65,7 @@ export interface RunResult {
    */
   forecast?: {
     totalTimeMs: number; downtimeMs: number; rounds: number; bytes: number; converges: boolean; stopReason: StopReason; tookMs: number;
-    linkBytesPerSec: number; dirtyPagesPerSec: number; wssPages: number; overheadMs: { setupMs: number; perRoundMs: number; pausedMs: number; tailMs: number };
+    linkBytesPerSec: number; scatteredBytesPerSec: number; dirtyPagesPerSec: number; wssPages: number; overheadMs: { setupMs: number; perRoundMs: number; pausedMs: number; tailMs: number };
   };
   forecastError?: { totalTime: number; downtimeMs: number; downtime: number };
 }
@@ -230,7 +230,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
         forecast: {
           totalTimeMs: planned.forecast.totalTimeMs, downtimeMs: planned.forecast.downtimeMs, rounds: planned.forecast.rounds,
           bytes: planned.forecast.bytes, converges: planned.forecast.converges, stopReason: planned.forecast.stopReason, tookMs: forecastTookMs,
-          linkBytesPerSec: planned.link.bytesPerSec, dirtyPagesPerSec: planned.stats?.dirtyPagesPerSec ?? 0, wssPages: planned.stats?.wssPages ?? 0,
+          linkBytesPerSec: planned.link.bytesPerSec, scatteredBytesPerSec: planned.link.scatteredBytesPerSec, dirtyPagesPerSec: planned.stats?.dirtyPagesPerSec ?? 0, wssPages: planned.stats?.wssPages ?? 0,
           overheadMs: planned.forecast.overheadMs,
         },
         forecastError: {

@@ -87,6 +87,16 @@ describe('predictMigration', () => {
     expect(free.totalTimeMs).toBeLessThan(forecast.totalTimeMs);
   });
 
+  it('scattered dirty pages go at the scattered pace: later rounds and the pause take longer than round 1\'s rate says', () => {
+    const rate = (0.1 * GiB) / PAGE_SIZE;
+    const even = predictMigration(input(rate));
+    const slow = predictMigration(input(rate, { link: { bytesPerSec: GiB, rttMs: 1, scatteredBytesPerSec: GiB / 2 } }));
+    expect(slow.roundsDetail[0]!.ms).toBe(even.roundsDetail[0]!.ms);
+    const second = slow.roundsDetail[1]!;
+    expect(second.ms).toBeCloseTo(((second.pages * PAGE_SIZE) / (GiB / 2)) * 1000 + 1, 6);
+    expect(slow.totalTimeMs).toBeGreaterThan(even.totalTimeMs);
+  });
+
   it('with --copy-storage, the disk copy comes first and the advice gives its time', () => {
     const forecast = predictMigration(input(0, { options: { ...options, copyStorage: true }, disks: [{ file: 'disk0.img', bytes: 2 * GiB }] }));
     expect(forecast.storageMs).toBeCloseTo(2000, 6);
