@@ -12,7 +12,9 @@
  * and on the fixed costs around them (`overheadMs`): setting up (stage 0, the reservation, the page stream), the
  * pause's own cost beside sending the last pages (pausing, verify and activate round trips, the destination's checks),
  * and the tail after activation. `forecastMigration` measures those (the link, the destination's memory, the
- * source's last migrations: link.measure); the defaults below are only for a caller that measured nothing.
+ * source's last migrations: link.measure); the defaults below are only for a caller that measured nothing. When the
+ * source has sent whole migrations to the destination lately, their round 1 stands for the link's pace (a sample of
+ * 128 MiB in a fresh agent reads 20-40 % below a whole round 1: docs/PERFORMANCE.md, "Forecasts").
  *
  * `forecastMigration` gathers the inputs from the cluster: the VM's stats, and the link from its host to the
  * destination, measured once a minute per host pair in this process (link-measure.ts), so that a planner asking about
@@ -295,10 +297,16 @@ export async function forecastMove(cluster: Cluster, request: MoveRequest, conne
       tailMs: recent?.tailMs ?? DEFAULT_OVERHEADS.tailMs,
     };
     const localDisks = (info.disks ?? []).filter((disk) => !disk.shared).map((disk) => ({ file: disk.file, bytes: disk.sizeBytes }));
+    // A whole round 1 on this path, lately, says more of its pace than a sample of it does; the sample still gives the
+    // share that scattered pages get.
+    const measuredRun = recent?.roundOneBytesPerSec;
+    const pace = measuredRun !== undefined
+      ? { bytesPerSec: measuredRun, rttMs: link.rttMs, scatteredBytesPerSec: measuredRun * (link.scatteredBytesPerSec / Math.max(link.bytesPerSec, 1)) }
+      : link;
     const forecast = predictMigration({
       memoryPages,
       stats: info.state === 'running' && stats ? stats : { dirtyPagesPerSec: 0, wssPages: 0 },
-      link,
+      link: pace,
       options: request.options,
       overheadMs,
       ...(localDisks.length > 0 ? { disks: localDisks } : {}),

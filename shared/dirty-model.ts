@@ -82,15 +82,20 @@ export function fitDirtyCurve(points: readonly CurvePoint[], memoryPages: number
   return { model: found.model, ratePagesPerSec: found.ratePagesPerSec, wssPages: Math.round(straight ? top : found.wssPages) };
 }
 
-/** For a given W, the rate each point implies under the random shape, averaged with the later points weighing more. */
+/**
+ * For a given W, the rate each point implies under the random shape, averaged. A point counts for more the more
+ * pages it saw, and for less the nearer it is to W: there -ln(1 - U/W) turns a small error in W or U into a large one
+ * in the rate (a window that has all but filled its working set says little about how fast it filled it).
+ */
 function randomRate(points: readonly CurvePoint[], wss: number): number {
   let weighted = 0;
   let weights = 0;
   for (const point of points) {
     const fraction = Math.min(point.pages / wss, 1 - 1e-9);
     const rate = (-wss * Math.log1p(-fraction)) / (point.ms / 1000);
-    weighted += rate * point.pages;
-    weights += point.pages;
+    const weight = point.pages * (1 - fraction) ** 2;
+    weighted += rate * weight;
+    weights += weight;
   }
   return weights > 0 ? weighted / weights : 0;
 }

@@ -480,7 +480,7 @@ export const linkMeasureSchema = z.object({
   /** How old the measurement is: 0 when made for this request, more when an earlier one was within `maxAgeMs`. */
   ageMs: z.number(),
   /** The fixed costs of the last live migrations from this host to the destination (migration/history.ts). */
-  recent: z.object({ migrations: z.number(), startupMs: z.number(), pausedOverheadMs: z.number(), tailMs: z.number() }).optional(),
+  recent: z.object({ migrations: z.number(), startupMs: z.number(), pausedOverheadMs: z.number(), tailMs: z.number(), roundOneBytesPerSec: z.number().optional() }).optional(),
 });
 export type LinkMeasure = z.infer<typeof linkMeasureSchema>;
 

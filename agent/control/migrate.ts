@@ -173,7 +173,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         context.signal.removeEventListener('abort', onClosed);
       });
       log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
-      agent.migrationHistory.record(destination.name, startupMs, report);
+      agent.migrationHistory.record(destination.name, startupMs, report, options.maxBandwidthBytesPerSec > 0);
       if (report.outcome === 'rolled-back') await agent.logEvent(name, `migration to ${destination.name} rolled back: ${report.error?.message ?? ''}`);
       return report;
     });

@@ -19,18 +19,22 @@ export interface MigrationCosts {
   startupMs: number;
   pausedOverheadMs: number;
   tailMs: number;
+  /** Round 1's throughput, when no --max-bandwidth held it: the path's pace over a whole memory, not a sample. */
+  roundOneBytesPerSec?: number;
 }
 
-export interface RecentCosts extends MigrationCosts {
+export interface RecentCosts extends Omit<MigrationCosts, 'roundOneBytesPerSec'> {
   /** How many migrations the medians are of. */
   migrations: number;
+  /** The median round-1 throughput of those that ran uncapped, if any did. */
+  roundOneBytesPerSec?: number;
 }
 
 export class MigrationHistory {
   private readonly byDestination = new Map<string, MigrationCosts[]>();
 
   /** Notes a committed migration's fixed costs; others say nothing of a full migration's costs and are skipped. */
-  record(destination: string, startupMs: number, report: SourceReport): void {
+  record(destination: string, startupMs: number, report: SourceReport, capped: boolean): void {
     if (report.outcome !== 'committed' || report.downtimeMs === undefined || !report.stopAndCopy) return;
     const paused = report.stages.find((stage) => stage.stage === 3);
     const end = report.stages.at(-1)?.endMs;
@@ -39,6 +43,7 @@ export class MigrationHistory {
       startupMs,
       pausedOverheadMs: Math.max(0, report.downtimeMs - report.stopAndCopy.durationMs),
       tailMs: Math.max(0, end - (paused.startMs + report.downtimeMs)),
+      ...(!capped && report.rounds[0] ? { roundOneBytesPerSec: report.rounds[0].throughputBytesPerSec } : {}),
     };
     const list = this.byDestination.get(destination) ?? [];
     list.push(costs);
@@ -55,11 +60,13 @@ export class MigrationHistory {
       const middle = sorted.length >> 1;
       return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
     };
+    const roundOne = list.flatMap((costs) => (costs.roundOneBytesPerSec !== undefined ? [costs.roundOneBytesPerSec] : []));
     return {
       migrations: list.length,
       startupMs: median(list.map((costs) => costs.startupMs)),
       pausedOverheadMs: median(list.map((costs) => costs.pausedOverheadMs)),
       tailMs: median(list.map((costs) => costs.tailMs)),
+      ...(roundOne.length > 0 ? { roundOneBytesPerSec: median(roundOne) } : {}),
     };
   }
 }

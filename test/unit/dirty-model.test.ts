@@ -56,6 +56,15 @@ describe('fitDirtyCurve', () => {
     expect(fitted.wssPages).toBeLessThan(17_300);
   });
 
+  it('finds the rate of writes that all but fill their working set within the window', () => {
+    // 100,000 writes a second into 16,384 pages: the last checkpoints are within a few pages of W.
+    const fitted = fitDirtyCurve(simulatedRandomWindow(100_000, 16_384).map((point) => ({ ...point, pages: point.pages + 40 })), 65_536);
+    expect(fitted.ratePagesPerSec).toBeGreaterThan(90_000);
+    expect(fitted.ratePagesPerSec).toBeLessThan(110_000);
+    expect(fitted.wssPages).toBeGreaterThan(16_000);
+    expect(fitted.wssPages).toBeLessThan(17_000);
+  });
+
   it('tells a scanner from random writes', () => {
     const fitted = fitDirtyCurve(window({ model: 'sequential', ratePagesPerSec: 40_000, wssPages: 16_384 }), 65_536);
     expect(fitted.model).toBe('sequential');
