@@ -67,7 +67,7 @@ export const NET_SERVICE_PORT = 7777;
 
 /**
  * `link.measure` (agent/control/link.ts): synthetic pages sent over the real page path to measure its throughput.
- * The default, 128 MiB (32 MiB of warm-up, then a run and scattered pages), takes 0.2-0.4 s on loopback here; the cap
+ * The default, 128 MiB (24 MiB of warm-up, then 32 MiB as a run and 32 MiB scattered), takes 0.2-0.4 s on loopback here; the cap
  * keeps a measurement from taking a host's memory (each side holds `bytes` while it runs).
  */
 export const LINK_MEASURE = {

@@ -20,12 +20,6 @@ import type { Agent, ControlServer } from '../agent.js';
 import { PageSender } from '../migration/page-sender.js';
 import type { VirtualMachine } from '../vm/vm.js';
 
-/**
- * Pages sent first, untimed: 32 MiB, at most a quarter of the measurement. A fresh agent moves its first few hundred
- * MiB at half the pace of later ones (measured here: 300 MiB/s, then 600-800); a migration's round 1 averages over
- * that, a short measurement would not.
- */
-const WARMUP_PAGES = 8192;
 /** Round trips timed for `rttMs`; the shortest is kept (the others include scheduling noise). */
 const PINGS = 5;
 /** Random bytes drawn per call: crypto's limit on one fill is 2^31 - 1 bytes, and smaller calls keep the loop turning. */
@@ -81,25 +75,29 @@ async function measure(agent: Agent, to: { name: string; url: string }, bytes: n
     } as unknown as VirtualMachine;
     const sender = new PageSender(peer.socket, source, { maxBandwidthBytesPerSec: 0, signal: signal, now: () => performance.now() });
     const pages = Uint32Array.from({ length: pageCount }, (_, page) => page);
-    // Three parts, each ended by a round trip (the destination answers once it has checked every frame before it,
-    // as `peer.sync` ends a round): a warm-up, untimed, so that neither side's code (the hashing wasm, the socket
-    // paths) is measured cold in a fresh agent; then half of the pages as one run, as round 1 sends memory; then every
-    // other page of the rest, scattered as the dirty pages of later rounds are (gathered into staging buffers here,
-    // installed page by page there).
-    const warm = Math.min(WARMUP_PAGES, pageCount >> 2);
+    const everyOther = (from: number, to: number): Uint32Array => Uint32Array.from({ length: (to - from) >> 1 }, (_, index) => from + 2 * index);
+    // Four parts, each ended by a round trip (the destination answers once it has checked every frame before it, as
+    // `peer.sync` ends a round): a warm-up, untimed (a run, then scattered pages: neither side's code nor the sender's
+    // staging buffers are measured cold in a fresh agent); then a quarter of the pages as one run, as round 1 sends
+    // memory; then every other page of the last half, scattered as the dirty pages of later rounds are (gathered into
+    // staging buffers here, installed page by page there).
+    const eighth = pageCount >> 3;
+    const quarter = pageCount >> 2;
     const half = pageCount >> 1;
-    await sender.send(pages.subarray(0, warm), 1, 0);
+    const warmScattered = everyOther(eighth, quarter);
+    await sender.send(pages.subarray(0, eighth), 1, 0);
+    await sender.send(warmScattered, 2, 0);
     await peer.request('link.ping', {}, request);
     const runStartedMs = performance.now();
-    const run = await sender.send(pages.subarray(warm, half), 1, 0);
+    const run = await sender.send(pages.subarray(quarter, half), 1, 0);
     await peer.request('link.ping', {}, request);
     const ms = Math.max(performance.now() - runStartedMs, 0.001);
-    const scatteredPages = Uint32Array.from({ length: (pageCount - half) >> 1 }, (_, index) => half + 2 * index);
+    const scatteredPages = everyOther(half, pageCount);
     const scatteredStartedMs = performance.now();
     const scattered = await sender.send(scatteredPages, 2, 0);
     const received = await peer.request('link.end', {}, request);
     const scatteredMs = Math.max(performance.now() - scatteredStartedMs, 0.001);
-    const pagesSent = warm + (half - warm) + scatteredPages.length;
+    const pagesSent = eighth + warmScattered.length + (half - quarter) + scatteredPages.length;
     if (received.pagesReceived !== pagesSent) {
       throw new FerryError(ErrorCode.PROTOCOL, `${to.name} received ${received.pagesReceived} of the ${pagesSent} pages sent`, 'check both agents run the same ferry version');
     }
