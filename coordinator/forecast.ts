@@ -62,8 +62,8 @@ export interface ForecastInput {
   /** The guest's measured dirty curve: vm info's `stats` (model defaults to random). */
   stats: { dirtyPagesPerSec: number; wssPages: number; model?: DirtyModel };
   /**
-   * The page stream: `bytesPerSec` for a run of pages (round 1), `scatteredBytesPerSec` for scattered dirty pages
-   * (later rounds and the stop-and-copy; default: the same).
+   * The page stream: `bytesPerSec` for a run of pages (round 1, and the stop-and-copy), `scatteredBytesPerSec` for
+   * scattered dirty pages (later rounds; default: the same).
    */
   link: { bytesPerSec: number; rttMs: number; scatteredBytesPerSec?: number };
   options: MigrationOptions;
@@ -155,7 +155,9 @@ function simulate(input: ForecastInput): Omit<Forecast, 'advice'> {
     pages = dirtyAfter;
     round += 1;
   }
-  const downtimeMs = dirtySendMs(dirtyAfter) + overheadMs.pausedMs;
+  // The stop-and-copy goes at the run's pace, scattered or not: with the vCPU paused the sender has the cores the guest
+  // had (measured: 370-600 MiB/s for the last pages where the rounds before went at 270-550; docs/PERFORMANCE.md).
+  const downtimeMs = sendMs(dirtyAfter) + overheadMs.pausedMs;
   bytes += dirtyAfter * PAGE_SIZE;
   const totalTimeMs = elapsedMs + downtimeMs + overheadMs.tailMs;
   const converges = (stopReason === 'few-dirty-pages' || stopReason === 'converged-within-downtime') && downtimeMs <= options.maxDowntimeMs;

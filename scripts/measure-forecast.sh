@@ -1,6 +1,6 @@
 #!/bin/bash
 # Forecast against outcome between two long-lived agents (docs/PERFORMANCE.md, "Forecasts"): a pattern VM (1 GiB,
-# RATE page writes/s into a 64 MiB working set; default 50,000) migrated back and forth RUNS times (default 6) with
+# RATE page writes/s into a 64 MiB working set; default 20,000) migrated back and forth RUNS times (default 6) with
 # `ferry migrate --json`, which forecasts first and reports the forecast beside what happened; then RUNS more with
 # --no-forecast, to see what the forecast costs a migration. One JSON line per migration.
 # Run after `npm ci` (or `npm run build`), from the repository's root.
@@ -12,7 +12,7 @@ for h in host-a host-b; do node dist/agent/main.js --name $h --port 0 --capacity
 sleep 2
 F="node dist/coordinator/main.js --cluster $D/c.json"
 for h in host-a host-b; do $F hosts add $h $(grep -o 'ws://[0-9.:]*' $D/$h.out) >/dev/null; done
-$F vm create web1 --on host-a --memory 1GiB --rate ${RATE:-50000} --wss 64MiB --prealloc >/dev/null
+$F vm create web1 --on host-a --memory 1GiB --rate ${RATE:-20000} --wss 64MiB --prealloc >/dev/null
 sleep 3
 row() { node -e "
 const r = JSON.parse(require('fs').readFileSync(0, 'utf8')); const f = r.forecast;
