@@ -1,0 +1,202 @@
+/**
+ * The file store: the cluster file, for one operator (or a few sharing one machine's file system). Everything it
+ * shares is in the cluster file or beside it:
+ *
+ * - hosts, network pool, tokenFile, and the host flags and recent moves (`hostFlags`, `moves`): in the cluster
+ *   file, each change a read-modify-write under the `update` lock (`ferry.cluster.json.update.lock`);
+ * - `withLock(purpose)`: `ferry.cluster.json.<purpose>.lock`, as before (coordinator/cluster-lock.ts);
+ * - `lockVm`: `ferry.cluster.json.vm-<name>.lock`, with `...vm-<name>.holder` naming its holder and operation;
+ * - `reserveAddress`: `ferry.cluster.json.address-<ip>.lock` (provision also holds its lock from survey to create,
+ *   so with one cluster file the reservation only matters to other code that hands out addresses);
+ * - `campaign`: `ferry.cluster.json.election-<name>.lock`, held until resign.
+ *
+ * Every lock is a proper-lockfile folder whose holder refreshes it; one left by a ferry that died goes stale after
+ * `staleMs` (10 s) and is taken over.
+ */
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import lockfile from 'proper-lockfile';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { loadCluster, saveCluster, type Cluster } from '../cluster.js';
+import { takeLock, withClusterLock, type HeldLock } from '../cluster-lock.js';
+import { ownerName, type ClusterStore, type HostFlags, type Leadership, type MoveRecord, type VmLock } from './store.js';
+
+/** Moves older than this, or beyond this many, are dropped from the cluster file as new ones are recorded. */
+const KEEP_MOVES_MS = 7 * 24 * 3600_000;
+const KEEP_MOVES = 1000;
+const CAMPAIGN_RETRY_MS = 200;
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The cluster as the store hands it out: without the flags and moves the file also keeps. */
+function clusterOnly(stored: Cluster): Cluster {
+  const { hostFlags: _flags, moves: _moves, ...cluster } = stored;
+  return cluster;
+}
+
+export class FileStore implements ClusterStore {
+  readonly kind = 'file' as const;
+  readonly location: string;
+  readonly localFile: string;
+  private readonly staleMs: number;
+
+  readonly file: string;
+
+  constructor(file: string, options: { staleMs?: number } = {}) {
+    this.file = file;
+    this.location = file;
+    this.localFile = file;
+    this.staleMs = options.staleMs ?? 10_000;
+  }
+
+  async load(): Promise<Cluster> {
+    return clusterOnly(await loadCluster(this.file));
+  }
+
+  /** Changes the whole stored file under the update lock. */
+  private async change(edit: (stored: Cluster) => Cluster): Promise<Cluster> {
+    return withClusterLock(this.file, 'update', async () => {
+      const edited = edit(await loadCluster(this.file));
+      await saveCluster(this.file, edited);
+      return edited;
+    }, { staleMs: this.staleMs });
+  }
+
+  async update(change: (cluster: Cluster) => Cluster): Promise<Cluster> {
+    const stored = await this.change((current) => {
+      const changed = clusterOnly(change(clusterOnly(current)));
+      return { ...changed, ...(current.hostFlags ? { hostFlags: current.hostFlags } : {}), ...(current.moves ? { moves: current.moves } : {}) };
+    });
+    return clusterOnly(stored);
+  }
+
+  withLock<T>(purpose: string, action: () => Promise<T>, options: { waitMs?: number } = {}): Promise<T> {
+    return withClusterLock(this.file, purpose, action, { staleMs: this.staleMs, ...(options.waitMs !== undefined ? { waitMs: options.waitMs } : {}) });
+  }
+
+  private lockPath(name: string): string {
+    return `${this.file}.${name}.lock`;
+  }
+
+  /** Takes lock `name` at once, writing who holds it beside it; undefined when another holds it. */
+  private async tryLock(name: string, holder: object): Promise<HeldLock | undefined> {
+    let held: HeldLock;
+    try {
+      held = await takeLock(this.lockPath(name), { waitMs: 0, staleMs: this.staleMs });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ELOCKED') return undefined;
+      throw new FerryError(ErrorCode.IO, `cannot take the lock ${this.lockPath(name)}: ${(error as Error).message}`, 'check that the cluster file\'s folder is writable');
+    }
+    const holderFile = `${this.file}.${name}.holder`;
+    await writeFile(holderFile, `${JSON.stringify(holder)}\n`).catch(() => undefined);
+    return {
+      get compromised() {
+        return held.compromised;
+      },
+      release: async () => {
+        await rm(holderFile, { force: true }).catch(() => undefined);
+        await held.release();
+      },
+    };
+  }
+
+  async reserveAddress(ip: string, owner: string): Promise<VmLock | undefined> {
+    const held = await this.tryLock(`address-${ip}`, { owner, since: new Date().toISOString() });
+    return held ? { release: () => held.release() } : undefined;
+  }
+
+  async reservedAddresses(): Promise<Set<string>> {
+    const prefix = `${path.basename(this.file)}.address-`;
+    const names = await readdir(path.dirname(this.file)).catch(() => [] as string[]);
+    const reserved = new Set<string>();
+    await Promise.all(names.filter((name) => name.startsWith(prefix) && name.endsWith('.lock')).map(async (name) => {
+      const lockPath = path.join(path.dirname(this.file), name);
+      // A reservation left by a ferry that died no longer counts once stale.
+      const live = await lockfile.check(lockPath.replace(/\.lock$/, ''), { lockfilePath: lockPath, realpath: false, stale: this.staleMs }).catch(() => false);
+      if (live) reserved.add(name.slice(prefix.length, -'.lock'.length));
+    }));
+    return reserved;
+  }
+
+  async lockVm(vm: string, operation: string, owner = ownerName()): Promise<VmLock> {
+    const held = await this.tryLock(`vm-${vm}`, { owner, operation, since: new Date().toISOString() });
+    if (held) return { release: () => held.release() };
+    const holder = await readFile(`${this.file}.vm-${vm}.holder`, 'utf8').then((text) => JSON.parse(text) as { owner?: string; operation?: string; since?: string }).catch(() => undefined);
+    throw vmBusy(vm, holder, this.lockPath(`vm-${vm}`), this.staleMs);
+  }
+
+  async hostFlags(): Promise<Record<string, HostFlags>> {
+    return (await loadCluster(this.file)).hostFlags ?? {};
+  }
+
+  async setHostFlags(host: string, flags: HostFlags): Promise<void> {
+    await this.change((stored) => {
+      const { [host]: _old, ...others } = stored.hostFlags ?? {};
+      const hostFlags = Object.keys(flags).length > 0 ? { ...others, [host]: flags } : others;
+      return { ...stored, hostFlags };
+    });
+  }
+
+  async recordMove(move: MoveRecord): Promise<void> {
+    await this.change((stored) => {
+      const oldest = Date.now() - KEEP_MOVES_MS;
+      const moves = [...(stored.moves ?? []), move].filter((kept) => Date.parse(kept.at) >= oldest).slice(-KEEP_MOVES);
+      return { ...stored, moves };
+    });
+  }
+
+  async recentMoves(sinceMs: number): Promise<MoveRecord[]> {
+    const since = Date.now() - sinceMs;
+    return ((await loadCluster(this.file)).moves ?? []).filter((move) => Date.parse(move.at) >= since);
+  }
+
+  async campaign(election: string, id: string, options: { signal?: AbortSignal } = {}): Promise<Leadership> {
+    const name = `election-${election}`;
+    let onLost!: () => void;
+    const lost = new Promise<void>((resolve) => {
+      onLost = resolve;
+    });
+    for (;;) {
+      if (options.signal?.aborted) throw campaignAborted(election, options.signal);
+      let held: HeldLock | undefined;
+      try {
+        held = await takeLock(this.lockPath(name), { waitMs: 0, staleMs: this.staleMs, onCompromised: () => onLost() });
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ELOCKED') {
+          throw new FerryError(ErrorCode.IO, `cannot take the lock ${this.lockPath(name)}: ${(error as Error).message}`, 'check that the cluster file\'s folder is writable');
+        }
+      }
+      if (held) {
+        const leading = held;
+        await writeFile(`${this.file}.${name}.holder`, `${JSON.stringify({ id, since: new Date().toISOString() })}\n`).catch(() => undefined);
+        return {
+          lost,
+          resign: async () => {
+            await rm(`${this.file}.${name}.holder`, { force: true }).catch(() => undefined);
+            await leading.release();
+          },
+        };
+      }
+      await sleep(CAMPAIGN_RETRY_MS);
+    }
+  }
+
+  async close(): Promise<void> {
+    // Nothing held open: each lock is released by its holder.
+  }
+}
+
+export function campaignAborted(election: string, signal: AbortSignal): FerryError {
+  return signal.reason instanceof FerryError ? signal.reason : new FerryError(ErrorCode.CANCELLED, `stopped waiting to lead ${election}`);
+}
+
+/** FERRY_ERR_VM_BUSY, naming who holds `vm` and for what, as far as known. */
+export function vmBusy(vm: string, holder: { owner?: string; operation?: string; since?: string } | undefined, where: string, expiresMs: number): FerryError {
+  const who = holder?.owner ? `${holder.owner}` : 'another ferry';
+  const what = holder?.operation ? `a ${holder.operation}` : 'an operation';
+  return new FerryError(
+    ErrorCode.VM_BUSY,
+    `${vm} is busy: ${who} holds it for ${what}${holder?.since ? ` since ${holder.since}` : ''} (${where})`,
+    `wait for it to finish and run this again; if that ferry died, its hold ends by itself within ${Math.ceil(expiresMs / 1000)} s`,
+  );
+}
