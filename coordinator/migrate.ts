@@ -10,6 +10,7 @@ import { findHost, type Cluster } from './cluster.js';
 import { connectAgent, openHost, type AgentClient, type Connector } from './connect.js';
 import { locateVm } from './inventory.js';
 import type { MigrationReport } from './report.js';
+import { ownerName, type ClusterStore, type VmLock } from './store/store.js';
 
 export interface MigrateRequest {
   vm: string;
@@ -23,6 +24,11 @@ export interface MigrateHooks {
   now?: () => number;
   /** How to reach the agents; WebSockets by default. */
   connect?: Connector;
+  /**
+   * The cluster store: the VM is held in it for the migration (another operation on it is refused, here or on
+   * another coordinator, and this one is refused while another holds it), and a committed move is recorded there.
+   */
+  store?: ClusterStore;
 }
 
 export async function migrateLive(cluster: Cluster, request: MigrateRequest, hooks: MigrateHooks = {}): Promise<MigrationReport> {
@@ -55,7 +61,9 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
   let from = '?';
   let memoryBytes = 0;
   const migrationId = randomUUID();
+  let vmLock: VmLock | undefined;
   try {
+    vmLock = await hooks.store?.lockVm(request.vm, 'migration');
     const destinationHost = findHost(cluster, request.to);
     const located = await locateVm(cluster, request.vm, connect);
     from = located.host.name;
@@ -111,7 +119,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     const exceeded = sourceReport.downtimeMs !== undefined
       && (sourceReport.stopReason === 'max-rounds' || sourceReport.stopReason === 'max-bytes')
       && sourceReport.downtimeMs > request.options.maxDowntimeMs;
-    return {
+    const report: MigrationReport = {
       ...base,
       from,
       memoryBytes,
@@ -133,6 +141,11 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
       ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
       ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),
     };
+    if (report.outcome === 'committed') {
+      // What balancing reads to leave a VM moved lately alone; the move stands whether or not this is written.
+      await hooks.store?.recordMove({ vm: request.vm, from, to: request.to, at: new Date().toISOString(), by: ownerName() }).catch(() => undefined);
+    }
+    return report;
   } catch (error) {
     // Whatever failed before the source reported, the destination must not keep a reservation.
     await destination?.request('migrate.release', { migrationId }, { timeoutMs: 5000 }).catch(() => undefined);
@@ -140,5 +153,6 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
   } finally {
     source?.close();
     destination?.close();
+    await vmLock?.release().catch(() => undefined);
   }
 }
