@@ -1,0 +1,114 @@
+/**
+ * The CLI against a shared cluster store in a real etcd (test/etcd.ts): a cluster file imported into it, twenty
+ * provisions from separate coordinator processes at once, and one operation per VM across coordinators.
+ */
+import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { openStore, type ClusterStore } from '../../coordinator/store/store.js';
+import { startEtcd, type TestEtcd } from '../etcd.js';
+import { startCluster, type CliResult, type TestCluster } from '../harness.js';
+
+const ferryEntry = fileURLToPath(new URL('../../dist/coordinator/main.js', import.meta.url));
+
+let etcd: TestEtcd;
+let cluster: TestCluster | undefined;
+let store: ClusterStore | undefined;
+beforeAll(async () => {
+  etcd = await startEtcd();
+});
+afterEach(async () => {
+  await store?.close();
+  store = undefined;
+  await cluster?.stop();
+  cluster = undefined;
+});
+afterAll(async () => {
+  await etcd?.stop();
+});
+
+/** The CLI in the cluster's folder (where ferry.templates.json is), with the store given by `--cluster` or by env. */
+function ferry(c: TestCluster, args: string[], via: 'option' | 'env' = 'option'): Promise<CliResult> {
+  const argv = via === 'option' ? ['--cluster', etcd.url, ...args] : args;
+  const env = { ...process.env, FERRY_TOKEN: c.token, ...(via === 'env' ? { FERRY_CLUSTER: etcd.url } : {}) };
+  return new Promise((resolve) => {
+    execFile(process.execPath, [ferryEntry, ...argv], { cwd: c.dir, env, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+      const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
+      resolve({ code, stdout, stderr, json: () => JSON.parse(stdout) });
+    });
+  });
+}
+
+/** Agents in a cluster file, imported into etcd with an address pool; a tiny idle template beside it. */
+async function etcdCluster(): Promise<TestCluster> {
+  cluster = await startCluster([{ name: 'host-a', capacity: '1GiB' }, { name: 'host-b', capacity: '1GiB' }]);
+  const file = JSON.parse(readFileSync(cluster.clusterFile, 'utf8'));
+  file.network = { pool: '10.77.0.10-10.77.0.250', prefix: 24, gateway: '10.77.0.1' };
+  writeFileSync(cluster.clusterFile, JSON.stringify(file));
+  writeFileSync(path.join(cluster.dir, 'ferry.templates.json'), JSON.stringify({ templates: [{ name: 'tiny', memory: '8MiB', disk: '16MiB', workload: 'idle' }] }));
+  // A fresh etcd prefix for each test: what an earlier test left is removed first.
+  const fresh = await openStore(etcd.url);
+  await fresh.update((current) => ({ ...current, hosts: [] }));
+  await fresh.close();
+  const imported = await ferry(cluster, ['cluster', 'import', cluster.clusterFile]);
+  expect(imported.code, imported.stderr).toBe(0);
+  expect(imported.stdout).toContain(`imported 2 host(s), the address pool from ${cluster.clusterFile} into ${etcd.url}`);
+  return cluster;
+}
+
+describe('a cluster store in etcd', () => {
+  it('gives twenty VMs provisioned at once by separate coordinators twenty distinct addresses', async () => {
+    const c = await etcdCluster();
+    const names = Array.from({ length: 20 }, (_, index) => `vm${index}`);
+    const results = await Promise.all(names.map((name, index) => ferry(c, ['provision', name, '--template', 'tiny', '--ip', 'auto', '--json', '--quiet'], index % 2 === 0 ? 'option' : 'env')));
+    for (const result of results) expect(result.code, result.stderr).toBe(0);
+    const addresses = results.map((result) => result.json().network.ip as string);
+    expect(new Set(addresses).size).toBe(20);
+    for (const address of addresses) expect(address).toMatch(/^10\.77\.0\.\d+$/);
+    const listed = (await ferry(c, ['vm', 'list', '--json'])).json<{ name: string }[]>();
+    expect(listed.map((vm) => vm.name).sort()).toEqual([...names].sort());
+    // Every reservation ended with its provision.
+    store = await openStore(etcd.url);
+    expect(await store.reservedAddresses()).toEqual(new Set());
+  });
+
+  it('keeps hosts in etcd through the CLI, exports them as a cluster file, and holds a VM for one operation at a time', async () => {
+    const c = await etcdCluster();
+    const listed = (await ferry(c, ['hosts', '--json'])).json<{ name: string; reachable: boolean }[]>();
+    expect(listed.map((host) => [host.name, host.reachable])).toEqual([['host-a', true], ['host-b', true]]);
+    expect((await ferry(c, ['hosts', 'add', 'host-z', 'ws://127.0.0.1:9'])).stdout).toContain(`added host-z (ws://127.0.0.1:9) to ${etcd.url}`);
+    expect((await ferry(c, ['hosts', 'add', 'host-z', 'ws://127.0.0.1:9'])).code).toBe(2);
+    expect((await ferry(c, ['hosts', 'rm', 'host-z'])).code).toBe(0);
+    const exported = (await ferry(c, ['cluster', 'export'])).json();
+    expect(exported).toMatchObject({ hosts: [{ name: 'host-a' }, { name: 'host-b' }], network: { pool: '10.77.0.10-10.77.0.250' } });
+
+    expect((await ferry(c, ['vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--workload', 'idle'])).code).toBe(0);
+    // Another coordinator holds web1: a migration, a cold migration and a storage move are refused, naming it.
+    store = await openStore(etcd.url);
+    const held = await store.lockVm('web1', 'drain', 'bob@ops pid 42');
+    for (const args of [['migrate', 'web1', '--to', 'host-b'], ['migrate', 'web1', '--to', 'host-b', '--cold'], ['storage', 'move', 'web1', '--to', 'local']]) {
+      const refused = await ferry(c, [...args, '--json', '--quiet']);
+      expect(refused.code, refused.stderr).toBe(1);
+      expect(refused.json().error ?? refused.json()).toMatchObject({ code: 'FERRY_ERR_VM_BUSY' });
+      expect(refused.stdout + refused.stderr).toContain('bob@ops pid 42 holds it for a drain');
+    }
+    await held.release();
+    const moved = await ferry(c, ['migrate', 'web1', '--to', 'host-b', '--json', '--quiet']);
+    expect(moved.code, moved.stderr).toBe(0);
+    expect((await store.recentMoves(60_000)).map((move) => [move.vm, move.from, move.to])).toEqual([['web1', 'host-a', 'host-b']]);
+    // The migration's hold ended with it.
+    await (await store.lockVm('web1', 'check')).release();
+  });
+
+  it('says fast, with exit 3 and a hint, when etcd does not answer', async () => {
+    cluster = await startCluster([]);
+    const started = Date.now();
+    const result = await ferry(cluster, ['--cluster', 'etcd://127.0.0.1:9', 'hosts'], 'env');
+    expect(result.code).toBe(3);
+    expect(result.stderr).toContain('FERRY_ERR_UNREACHABLE');
+    expect(result.stderr).toContain('is etcd running at etcd://127.0.0.1:9?');
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+});
