@@ -176,9 +176,14 @@ export class EtcdStore implements ClusterStore {
   async withLock<T>(purpose: string, action: () => Promise<T>, options: { waitMs?: number } = {}): Promise<T> {
     const waitMs = options.waitMs ?? 10_000;
     const deadline = Date.now() + waitMs;
-    const lock = this.ns.lock(`locks/${purpose}`).ttl(this.ttl);
-    for (;;) {
+    const key = `locks/${purpose}`;
+    const lock = this.ns.lock(key).ttl(this.ttl);
+    for (let attempt = 0; ; attempt++) {
+      // While another holds it, only look (a read); each try to take it is three writes to etcd's log (a lease,
+      // the key, the lease revoked), which a crowd of waiters would slow everyone with.
+      const free = attempt === 0 || !(await this.call(`look at the ${purpose} lock`, () => this.ns.get(key).exists()));
       try {
+        if (!free) throw new EtcdLockFailedError(`${key} is held`);
         await this.call(`take the ${purpose} lock`, () => lock.acquire());
         break;
       } catch (error) {
@@ -190,7 +195,7 @@ export class EtcdStore implements ClusterStore {
             `wait for it to finish and run this again; a lock left by a ferry that died ends with its lease, within ${this.ttl} s`,
           );
         }
-        await sleep(LOCK_RETRY_MS);
+        await sleep(LOCK_RETRY_MS * (0.5 + Math.random()));
       }
     }
     try {
@@ -307,7 +312,13 @@ export class EtcdStore implements ClusterStore {
   async close(): Promise<void> {
     if (this.closed) return;
     // Revoking the lease releases at once every reservation and VM lock this coordinator still holds.
-    if (this.lease && this.leaseId) await Promise.race([this.lease.revoke().catch(() => undefined), sleep(2000)]);
+    if (this.lease && this.leaseId) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.lease.revoke().catch(() => undefined), new Promise((resolve) => {
+        timer = setTimeout(resolve, 2000);
+      })]);
+      clearTimeout(timer);
+    }
     this.closed = true;
     this.client.close();
   }

@@ -12,6 +12,9 @@ import { startEtcd, type TestEtcd } from '../etcd.js';
 import { startCluster, type CliResult, type TestCluster } from '../harness.js';
 
 const ferryEntry = fileURLToPath(new URL('../../dist/coordinator/main.js', import.meta.url));
+const storeModule = fileURLToPath(new URL('../../dist/coordinator/store/store.js', import.meta.url));
+const provisionModule = fileURLToPath(new URL('../../dist/coordinator/provision.js', import.meta.url));
+const clusterModule = fileURLToPath(new URL('../../dist/coordinator/cluster.js', import.meta.url));
 
 let etcd: TestEtcd;
 let cluster: TestCluster | undefined;
@@ -59,19 +62,41 @@ async function etcdCluster(): Promise<TestCluster> {
 }
 
 describe('a cluster store in etcd', () => {
-  it('gives twenty VMs provisioned at once by separate coordinators twenty distinct addresses', async () => {
+  it('gives twenty VMs provisioned at once by two coordinator processes twenty distinct addresses', async () => {
     const c = await etcdCluster();
-    const names = Array.from({ length: 20 }, (_, index) => `vm${index}`);
-    const results = await Promise.all(names.map((name, index) => ferry(c, ['provision', name, '--template', 'tiny', '--ip', 'auto', '--json', '--quiet'], index % 2 === 0 ? 'option' : 'env')));
-    for (const result of results) expect(result.code, result.stderr).toBe(0);
-    const addresses = results.map((result) => result.json().network.ip as string);
+    // Each coordinator provisions ten at once, as a fleet's automation would: both share only etcd.
+    const coordinator = (first: number): Promise<CliResult> => new Promise((resolve) => {
+      execFile(process.execPath, ['--input-type=module', '-e', `
+        const { openStore } = await import(${JSON.stringify(storeModule)});
+        const { provision } = await import(${JSON.stringify(provisionModule)});
+        const { withCredentials } = await import(${JSON.stringify(clusterModule)});
+        const store = await openStore(${JSON.stringify(etcd.url)});
+        const cluster = await withCredentials(await store.load(), store.localFile, undefined);
+        const names = Array.from({ length: 10 }, (_, index) => 'vm' + (${first} + index));
+        const results = await Promise.allSettled(names.map((name) => provision(store, cluster, { name, template: 'tiny', ip: 'auto' })));
+        console.log(JSON.stringify(results.map((result) => result.status === 'fulfilled' ? result.value.info : { error: String(result.reason?.message) })));
+        await store.close();
+      `], { cwd: c.dir, env: { ...process.env, FERRY_TOKEN: c.token } }, (error, stdout, stderr) => {
+        resolve({ code: error ? 1 : 0, stdout, stderr, json: () => JSON.parse(stdout) });
+      });
+    });
+    const results = await Promise.all([coordinator(0), coordinator(10)]);
+    const infos = results.flatMap((result) => {
+      expect(result.code, result.stderr).toBe(0);
+      return result.json<{ name?: string; network?: { ip: string }; error?: string }[]>();
+    });
+    expect(infos.filter((info) => info.error)).toEqual([]);
+    const addresses = infos.map((info) => info.network!.ip);
     expect(new Set(addresses).size).toBe(20);
     for (const address of addresses) expect(address).toMatch(/^10\.77\.0\.\d+$/);
-    const listed = (await ferry(c, ['vm', 'list', '--json'])).json<{ name: string }[]>();
-    expect(listed.map((vm) => vm.name).sort()).toEqual([...names].sort());
-    // Every reservation ended with its provision.
+    const listed = (await ferry(c, ['vm', 'list', '--json'])).json<{ name: string; ip?: string }[]>();
+    expect(listed.map((vm) => vm.name).sort()).toEqual(Array.from({ length: 20 }, (_, index) => `vm${index}`).sort());
+    // Every reservation ended with its provision, and the next one, through the CLI, takes an address none has.
     store = await openStore(etcd.url);
     expect(await store.reservedAddresses()).toEqual(new Set());
+    const next = await ferry(c, ['provision', 'vm20', '--template', 'tiny', '--ip', 'auto', '--json', '--quiet'], 'env');
+    expect(next.code, next.stderr).toBe(0);
+    expect(addresses).not.toContain(next.json().network.ip);
   });
 
   it('keeps hosts in etcd through the CLI, exports them as a cluster file, and holds a VM for one operation at a time', async () => {
@@ -88,8 +113,9 @@ describe('a cluster store in etcd', () => {
     // Another coordinator holds web1: a migration, a cold migration and a storage move are refused, naming it.
     store = await openStore(etcd.url);
     const held = await store.lockVm('web1', 'drain', 'bob@ops pid 42');
-    for (const args of [['migrate', 'web1', '--to', 'host-b'], ['migrate', 'web1', '--to', 'host-b', '--cold'], ['storage', 'move', 'web1', '--to', 'local']]) {
-      const refused = await ferry(c, [...args, '--json', '--quiet']);
+    const refusals = await Promise.all([['migrate', 'web1', '--to', 'host-b'], ['migrate', 'web1', '--to', 'host-b', '--cold'], ['storage', 'move', 'web1', '--to', 'local']]
+      .map((args) => ferry(c, [...args, '--json', '--quiet'])));
+    for (const refused of refusals) {
       expect(refused.code, refused.stderr).toBe(1);
       expect(refused.json().error ?? refused.json()).toMatchObject({ code: 'FERRY_ERR_VM_BUSY' });
       expect(refused.stdout + refused.stderr).toContain('bob@ops pid 42 holds it for a drain');
