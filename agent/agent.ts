@@ -10,6 +10,7 @@
  *   peer/settlement.ts      another agent asking how a migration in doubt ended, or telling this one to forget a VM
  *   peer/cold-target.ts     another agent's cold migration into this datastore, and settling what arrived
  *   peer/image-target.ts    an image arriving, from another agent or imported by the coordinator (both connections)
+ *   host-state.ts           maintenance and health flags, the host's own signals, its load
  *   leases.ts               releasing VMs whose lease has ended (periodic.ts runs the background loops)
  *   host-cpu.ts             the host's CPU as guests see it
  *   datastore/              the VMs' files and the host's images
@@ -31,6 +32,7 @@ import { serveVmControl } from './control/vm.js';
 import type { VmConfig } from './datastore/config.js';
 import type { Datastore } from './datastore/datastore.js';
 import type { Faults } from './faults.js';
+import { HostState } from './host-state.js';
 import { Leases } from './leases.js';
 import { ActivationLog } from './migration/activation-log.js';
 import { connectToDestination, dialPeerAgent, type PeerClient } from './migration/peer-client.js';
@@ -66,7 +68,14 @@ export interface AgentSettings {
   hostCpu?: HostCpu;
   /** Who serves VMs' addresses on this host (vm/net/address.ts); loopback unless said otherwise. */
   addressMode?: AddressMode;
+  /** Free datastore space under which the host calls itself degraded (default 1 GiB). */
+  diskReserveBytes?: number;
+  /** Mean event-loop lag over which the host calls itself degraded (default 250 ms). */
+  lagThresholdMs?: number;
 }
+
+export const DEFAULT_DISK_RESERVE_BYTES = 1024 ** 3;
+export const DEFAULT_LAG_THRESHOLD_MS = 250;
 
 /** The CPU of a host that reported none: no flags, so it runs only VMs that need none. */
 const UNKNOWN_CPU: HostCpu = { vendor: 'unknown', model: 'unknown', flags: [], level: null, masked: [] };
@@ -90,6 +99,8 @@ export class Agent {
   readonly leases: Leases;
   /** How this host serves VMs' addresses: loopback (address.ts) or namespaces (namespace.ts). */
   readonly addressMode: AddressMode;
+  /** Maintenance and health: whether this host takes new VMs, and how it is doing. */
+  readonly state: HostState;
   private readonly coldMarks: ColdMarks;
 
   constructor(settings: AgentSettings) {
@@ -114,6 +125,18 @@ export class Agent {
     });
     this.leases = new Leases(this);
     this.coldMarks = new ColdMarks(this);
+    this.state = new HostState({
+      folder: settings.datastore?.root,
+      diskReserveBytes: settings.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES,
+      lagThresholdMs: settings.lagThresholdMs ?? DEFAULT_LAG_THRESHOLD_MS,
+      log: this.log,
+    });
+  }
+
+  /** Refuses a new VM or an incoming migration while the host is in maintenance or marked degraded. */
+  requireOpen(what: 'new VMs' | 'incoming migrations', vm: string): void {
+    const refusal = this.state.refusal(what, vm);
+    if (refusal) throw refusal;
   }
 
   /** Finds the VMs in the datastore, powered off or suspended: what an agent that restarts comes back to. */
@@ -207,6 +230,7 @@ export class Agent {
   }
 
   async shutdown(): Promise<void> {
+    this.state.stop();
     this.settlements.stop();
     this.leases.stop();
     this.coldMarks.stop();

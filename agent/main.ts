@@ -14,8 +14,8 @@ import { cpuFlagSchema, cpuFlagsSchema, sortedFlags } from '../shared/cpu.js';
 import { hostNameSchema } from '../shared/protocol.js';
 import { checkToken, ensureTokenFile, readTokenFile } from '../shared/token.js';
 import { createLogger, type Logger, type LogLevel } from '../shared/log.js';
-import { parseCount, parseSize } from '../shared/units.js';
-import { Agent } from './agent.js';
+import { parseCount, parseDuration, parseSize } from '../shared/units.js';
+import { Agent, DEFAULT_DISK_RESERVE_BYTES, DEFAULT_LAG_THRESHOLD_MS } from './agent.js';
 import { Datastore } from './datastore/datastore.js';
 import { readHostCpu } from './host-cpu.js';
 import { parseFaults } from './faults.js';
@@ -38,6 +38,10 @@ export interface AgentOptions {
   cpuMask: string[];
   /** How VMs' addresses are served (--net-mode), and on which interface in namespaces mode (--net-device). */
   net: { mode: 'loopback' } | { mode: 'namespaces'; device: string };
+  /** Free datastore space under which this host calls itself degraded (--disk-reserve). */
+  diskReserveBytes: number;
+  /** Mean event-loop lag over which this host calls itself degraded (--lag-threshold). */
+  lagThresholdMs: number;
 }
 
 /** Every option's default, once: `--help` shows these, and `resolveAgentOptions` applies them. */
@@ -74,6 +78,8 @@ export function resolveAgentOptions(raw: Record<string, string | undefined>): Ag
     sharedStorage: raw.sharedStorage,
     cpuMask: raw.cpuMask === undefined ? [] : parseCpuMask(raw.cpuMask),
     net: resolveNet(raw.netMode, raw.netDevice),
+    diskReserveBytes: raw.diskReserve === undefined ? DEFAULT_DISK_RESERVE_BYTES : parseSize(raw.diskReserve),
+    lagThresholdMs: raw.lagThreshold === undefined ? DEFAULT_LAG_THRESHOLD_MS : parseDuration(raw.lagThreshold),
   };
 }
 
@@ -124,6 +130,8 @@ async function main(): Promise<void> {
     .option('--cpu-mask <flags>', 'CPU flags to hide from guests, comma-separated as /proc/cpuinfo names them (pins this host to an older level, e.g. everything above x86-64-v2)')
     .option('--net-mode <mode>', `how VMs' addresses are served: loopback (127.0.0.0/8, anywhere) or namespaces (real layer 2: each VM's IP is added to --net-device and announced with gratuitous ARP; needs root and arping) (default: ${DEFAULTS.netMode})`)
     .option('--net-device <interface>', 'namespaces mode: the interface attached to the bridge that clients reach')
+    .option('--disk-reserve <size>', `free datastore space under which this host reports itself degraded: the coordinator places nothing here and \`balance --watch\` empties it (default: ${DEFAULT_DISK_RESERVE_BYTES / 1024 ** 3}GiB)`)
+    .option('--lag-threshold <duration>', `mean event-loop lag over 5 s above which this host reports itself degraded (default: ${DEFAULT_LAG_THRESHOLD_MS}ms)`)
     .option('--log-level <level>', `${logLevelSchema.options.join(', ')} (default: ${DEFAULTS.logLevel})`)
     .addHelpText('after', `
 Prints one line on stdout when ready:
@@ -155,7 +163,9 @@ Example:
     name: options.name, capacityBytes: options.capacityBytes, faults, log, token, hostCpu, addressMode,
     activationFolder: path.join(options.datastore, 'migrations'),
     datastore: new Datastore(options.datastore, options.sharedStorage ? path.resolve(options.sharedStorage) : undefined, hostCpu.flags),
+    diskReserveBytes: options.diskReserveBytes, lagThresholdMs: options.lagThresholdMs,
   });
+  await agent.state.restore();
   const found = await agent.loadDatastore();
   if (found > 0) log.info('found VMs in the datastore, powered off or suspended', { count: found });
   const readPem = async (file: string, what: string): Promise<Buffer> => readFile(file).catch((error: Error) => {

@@ -13,6 +13,7 @@ import { toMarkdown } from './bench/output.js';
 import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
 import { addHost, findHost, loadCluster, removeHost, withCredentials, type Cluster } from './cluster.js';
 import { openStore, type ClusterStore } from './store/store.js';
+import { addFleetBenchCommand, addFleetCommands } from './commands/fleet.js';
 import { addImageCommands } from './commands/image.js';
 import { withHost } from './connect.js';
 import { dumpMemory, fetchDisk, readMemory } from './dump.js';
@@ -189,7 +190,11 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
       if (options.json) {
         printJson(surveys.map((s) => ({
           name: s.host.name, url: s.host.url, reachable: s.info !== undefined,
-          ...(s.info ? { capacityBytes: s.info.capacityBytes, freeBytes: s.info.freeBytes, vms: s.info.vms.map((vm) => vm.name), hostCpu: s.info.hostCpu, ...(s.info.addressMode ? { addressMode: s.info.addressMode } : {}) } : { error: s.error?.toPayload() }),
+          ...(s.info ? {
+            capacityBytes: s.info.capacityBytes, freeBytes: s.info.freeBytes, vms: s.info.vms.map((vm) => vm.name), hostCpu: s.info.hostCpu,
+            ...(s.info.addressMode ? { addressMode: s.info.addressMode } : {}),
+            load: s.info.load ?? null, maintenance: s.info.maintenance ?? null, health: s.info.health ?? null,
+          } : { error: s.error?.toPayload() }),
         })));
         return;
       }
@@ -197,14 +202,17 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
         process.stdout.write(`no hosts in ${file} yet: add one with \`ferry hosts add host-a ws://127.0.0.1:7001\`\n`);
         return;
       }
-      const rows = [['NAME', 'URL', 'STATUS', 'CAPACITY', 'FREE', 'LEVEL', 'CPU', 'VMS']];
+      const rows = [['NAME', 'URL', 'STATUS', 'CAPACITY', 'FREE', 'LOAD', 'LEVEL', 'CPU', 'VMS']];
+      const notes: string[] = [];
       for (const s of surveys) {
         const info: HostInfo | undefined = s.info;
+        const status = !info ? `down (${s.error?.code ?? '?'})` : info.maintenance ? 'maintenance' : info.health?.state === 'degraded' ? 'degraded' : 'up';
+        if (info?.health?.state === 'degraded') notes.push(...info.health.reasons.map((reason) => `${s.host.name} degraded (${reason.source}): ${reason.reason}`));
         rows.push(info
-          ? [s.host.name, s.host.url, 'up', formatBytes(info.capacityBytes), formatBytes(info.freeBytes), levelText(info.hostCpu), `${info.hostCpu.vendor} ${info.hostCpu.model}`, info.vms.map((vm) => vm.name).join(', ') || '-']
-          : [s.host.name, s.host.url, `down (${s.error?.code ?? '?'})`, '-', '-', '-', '-', '-']);
+          ? [s.host.name, s.host.url, status, formatBytes(info.capacityBytes), formatBytes(info.freeBytes), info.load ? `cpu ${info.load.cpuPercent.toFixed(0)} %, mem ${info.load.memoryPercent.toFixed(0)} %` : '-', levelText(info.hostCpu), `${info.hostCpu.vendor} ${info.hostCpu.model}`, info.vms.map((vm) => vm.name).join(', ') || '-']
+          : [s.host.name, s.host.url, status, '-', '-', '-', '-', '-', '-']);
       }
-      process.stdout.write(`${formatTable(rows, [3, 4])}\n`);
+      process.stdout.write(`${formatTable(rows, [3, 4])}\n${notes.map((note) => `${note}\n`).join('')}`);
     });
   hosts
     .command('add <name> <url>')
@@ -480,6 +488,11 @@ Exit status is 0 only when committed.`)
     });
 
   addImageCommands(program, cluster);
+  addFleetCommands(program, async (command) => {
+    const { cluster: hosts, store } = await cluster(command);
+    return { cluster: hosts, store };
+  });
+  addFleetBenchCommand(program);
 
   const templates = program.command('template').description('VM templates: built in, and yours in ferry.templates.json beside the cluster file');
   templates

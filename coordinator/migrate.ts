@@ -16,6 +16,8 @@ export interface MigrateRequest {
   vm: string;
   to: string;
   options: MigrationOptions;
+  /** The host the caller knows holds the VM (a drain): asked alone, instead of surveying every host. */
+  from?: string | undefined;
 }
 
 export interface MigrateHooks {
@@ -65,7 +67,20 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
   try {
     vmLock = await hooks.store?.lockVm(request.vm, 'migration');
     const destinationHost = findHost(cluster, request.to);
-    const located = await locateVm(cluster, request.vm, connect);
+    let opened: Awaited<ReturnType<typeof openHost>>;
+    let located: Awaited<ReturnType<typeof locateVm>>;
+    if (request.from !== undefined) {
+      const host = findHost(cluster, request.from);
+      opened = await openHost(host, connect);
+      source = opened.client;
+      const summary = opened.info.vms.find((entry) => entry.name === request.vm);
+      if (!summary) throw new FerryError(ErrorCode.VM_NOT_FOUND, `${request.vm} is not on ${request.from}`, 'run `ferry vm list` to see where it is');
+      located = { host, vm: summary };
+    } else {
+      located = await locateVm(cluster, request.vm, connect);
+      opened = await openHost(located.host, connect);
+      source = opened.client;
+    }
     from = located.host.name;
     memoryBytes = located.vm.memoryBytes;
     if (from === request.to) {
@@ -74,8 +89,6 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     if (located.vm.state !== 'running' && located.vm.state !== 'paused') {
       throw new FerryError(ErrorCode.VM_STATE, `${request.vm} is ${located.vm.state} on ${from}`, 'wait for its current migration to finish');
     }
-    const opened = await openHost(located.host, connect);
-    source = opened.client;
     destination = (await openHost(destinationHost, connect)).client;
     const vm = await source.request('vm.info', { name: request.vm });
 

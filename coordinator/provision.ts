@@ -112,6 +112,11 @@ export async function provision(store: ClusterStore, cluster: Cluster, request: 
         down.push({ host: survey.host.name, reason: `did not answer (${survey.error?.code ?? 'unknown error'})` });
         return false;
       }
+      // A host in maintenance or degraded takes no new VMs (`ferry host drain`, `ferry host health`).
+      if (survey.info.maintenance || survey.info.health?.state === 'degraded') {
+        down.push({ host: survey.host.name, reason: survey.info.maintenance ? 'is in maintenance' : `is degraded (${survey.info.health!.reasons.map((reason) => reason.reason).join('; ')})` });
+        return false;
+      }
       const missing = flagsMissingOn(cpuModel, survey.info);
       if (missing.length > 0) {
         cpuSkipped.push({ host: survey.host.name, reason: `cannot run CPU model ${cpuName}: lacks ${missing.length} CPU flag${missing.length === 1 ? '' : 's'}: ${missing.join(' ')}` });
@@ -149,7 +154,10 @@ export async function provision(store: ClusterStore, cluster: Cluster, request: 
       }
       throw new FerryError(
         ErrorCode.CAPACITY,
-        `no host has room for ${name} (template ${template.name}: ${formatBytes(memoryBytes)} memory, ${formatBytes(diskBytes)} disk${image ? `, plus ${formatBytes(image.bytes)} for image ${image.name} where it is not yet` : ''}): ${scope.map((survey) => (unfit(survey.host.name) ? `${survey.host.name} ${unfit(survey.host.name)!.reason}` : describe(survey))).join('; ') || 'the cluster has no hosts'}`,
+        `no host has room for ${name} (template ${template.name}: ${formatBytes(memoryBytes)} memory, ${formatBytes(diskBytes)} disk${image ? `, plus ${formatBytes(image.bytes)} for image ${image.name} where it is not yet` : ''}): ${scope.map((survey) => {
+          const refusal = unfit(survey.host.name) ?? down.find((skip) => skip.host === survey.host.name);
+          return refusal ? `${survey.host.name} ${refusal.reason}` : describe(survey);
+        }).join('; ') || 'the cluster has no hosts'}`,
         'free memory or disk on a host, add a host, or pick a smaller template',
       );
     }

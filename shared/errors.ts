@@ -26,6 +26,8 @@ export const ErrorCode = {
   IMAGE_EXISTS: 'FERRY_ERR_IMAGE_EXISTS',
   /** No host by that name in the cluster file. */
   HOST_NOT_FOUND: 'FERRY_ERR_HOST_NOT_FOUND',
+  /** The host is in maintenance, or marked degraded: it takes no new VMs and no incoming migrations. */
+  HOST_UNAVAILABLE: 'FERRY_ERR_HOST_UNAVAILABLE',
   /** A host by that name is already in the cluster file. */
   HOST_EXISTS: 'FERRY_ERR_HOST_EXISTS',
   /** The agent refused the connection: no token, or the wrong one. */

@@ -198,6 +198,26 @@ export const vmInfoSchema = vmSummarySchema.extend({
 });
 export type VmInfo = z.infer<typeof vmInfoSchema>;
 
+/** How loaded a host is: its agent's CPU (vCPUs included) over the last few seconds, as a share of all the machine's cores. */
+export const hostLoadSchema = z.object({
+  cpuPercent: z.number(),
+  /** Guest memory held, as a share of --capacity. */
+  memoryPercent: z.number(),
+  /** The machine's cores, which cpuPercent is a share of. */
+  cores: z.number().int(),
+  vms: z.number().int(),
+  /** The agent's event loop: mean delay over the last window. */
+  eventLoopLagMs: z.number(),
+});
+export type HostLoad = z.infer<typeof hostLoadSchema>;
+
+/** Degraded when an operator said so, or the agent sees something wrong with itself; each reason with its source. */
+export const hostHealthSchema = z.object({
+  state: z.enum(['healthy', 'degraded']),
+  reasons: z.array(z.object({ source: z.enum(['operator', 'datastore', 'event-loop']), reason: z.string(), since: z.string() })),
+});
+export type HostHealth = z.infer<typeof hostHealthSchema>;
+
 export const hostInfoSchema = z.object({
   name: z.string(),
   version: z.number(),
@@ -215,6 +235,10 @@ export const hostInfoSchema = z.object({
   hostCpu: hostCpuSchema,
   /** How the host serves VMs' addresses: `loopback` (127.0.0.0/8) or `namespaces` (real layer 2, on `device`). */
   addressMode: z.object({ name: z.enum(['loopback', 'namespaces']), device: z.string().optional() }).optional(),
+  load: hostLoadSchema.optional(),
+  /** In maintenance (`ferry host drain`): takes no new VMs or incoming migrations. Null when not. */
+  maintenance: z.object({ since: z.string(), by: z.string().optional() }).nullable().optional(),
+  health: hostHealthSchema.optional(),
 });
 export type HostInfo = z.infer<typeof hostInfoSchema>;
 
@@ -409,6 +433,16 @@ export type StorageMoveReport = z.infer<typeof storageMoveReportSchema>;
 
 export const controlOps = {
   'host.info': [empty, hostInfoSchema],
+  /** Puts the host in or out of maintenance, or marks it degraded (a reason) or healthy (null); what is left out stays. */
+  'host.state': [
+    z.object({
+      maintenance: z.boolean().optional(),
+      /** Who asked, for the record (a user or coordinator name). */
+      by: z.string().max(200).optional(),
+      degraded: z.string().min(1).max(500).nullable().optional(),
+    }),
+    hostInfoSchema,
+  ],
   'vm.create': [
     z.object({
       name: vmNameSchema,

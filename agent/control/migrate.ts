@@ -45,6 +45,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
   const { catalog, log } = agent;
 
   connection.handle('migrate.reserve', async ({ migrationId, name, memoryBytes, workload, epoch, sourceUrl, sharedStorageId, cpuModel }) => {
+    agent.requireOpen('incoming migrations', name);
     // Stage 1 refuses what the destination cannot run: the guest goes on using every flag it was started with.
     requireCpu(agent.name, agent.hostCpu, { name, cpu: cpuModel }, 'receive-live');
     await agent.requireSharedStorage(name, sharedStorageId);

@@ -50,6 +50,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
 
   connection.handle('vm.create', async ({ name, memoryBytes, workload, prealloc, diskBytes, network, leaseUntil, cpuModel: requested, image, configDrive }) => {
     const { files } = agent;
+    agent.requireOpen('new VMs', name);
     if ((image !== undefined || configDrive !== undefined) && !files) {
       throw new FerryError(ErrorCode.VM_STATE, `${agent.name} keeps no files: no images, no config drives`, 'run the agent with --datastore');
     }

@@ -27,6 +27,7 @@ export function serveColdTarget(connection: PeerServer, agent: Agent): void {
   }, { once: true });
 
   connection.handle('cold.begin', async (request) => {
+    agent.requireOpen('incoming migrations', request.name);
     await agent.requireSharedStorage(request.name, request.sharedStorageId);
     // A suspended guest resumes with the flags it was saved running with; a powered-off one boots fresh here.
     if (request.suspended) requireCpu(agent.name, agent.hostCpu, { name: request.name, cpu: request.cpuModel }, 'receive-suspended');

@@ -24,3 +24,10 @@ export function spread(values: number[]): Spread {
     n: finite.length,
   };
 }
+
+/** The nearest-rank percentile `q` (0-1) of `values`: the smallest value with at least q of them at or below it. */
+export function percentile(values: number[], q: number): number {
+  const sorted = values.filter((value) => Number.isFinite(value)).sort((a, b) => a - b);
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}

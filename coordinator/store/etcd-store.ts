@@ -21,7 +21,7 @@ import { randomUUID } from 'node:crypto';
 import { Etcd3, EtcdLockFailedError, Range, type Lease, type Namespace } from 'etcd3';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { addHost, type Cluster, type HostEntry } from '../cluster.js';
-import { campaignAborted, vmBusy } from './file-store.js';
+import { campaignAborted, mergeFlags, vmBusy } from './file-store.js';
 import { ownerName, type ClusterStore, type HostFlags, type Leadership, type MoveRecord, type VmLock } from './store.js';
 
 /** How long a call to etcd may take, and how long connecting may: a stopped etcd is reported in seconds. */
@@ -245,10 +245,19 @@ export class EtcdStore implements ClusterStore {
 
   async setHostFlags(host: string, flags: HostFlags): Promise<void> {
     const key = `host-flags/${host}`;
-    await this.call(`set ${key}`, async () => {
-      if (Object.keys(flags).length > 0) await this.ns.put(key).value(JSON.stringify(flags)).exec();
-      else await this.ns.delete().key(key).exec();
-    });
+    for (let attempt = 0; ; attempt++) {
+      const committed = await this.call(`set ${key}`, async () => {
+        const found = await this.ns.get(key).exec();
+        const current = found.kvs[0];
+        const merged = mergeFlags(current ? JSON.parse(current.value.toString()) as HostFlags : undefined, flags);
+        const write = Object.keys(merged).length > 0 ? this.ns.put(key).value(JSON.stringify(merged)) : this.ns.delete().key(key);
+        // Only over what was read: two coordinators setting different flags of one host at once both count.
+        return (await this.ns.if(key, 'Mod', '==', current?.mod_revision ?? '0').then(write).commit()).succeeded;
+      });
+      if (committed) return;
+      if (attempt >= 20) throw new FerryError(ErrorCode.TIMEOUT, `${host}'s flags in ${this.location} kept changing under this change`, 'run it again');
+      await sleep(10 + Math.random() * 40);
+    }
   }
 
   async recordMove(move: MoveRecord): Promise<void> {

@@ -131,9 +131,9 @@ export class FileStore implements ClusterStore {
 
   async setHostFlags(host: string, flags: HostFlags): Promise<void> {
     await this.change((stored) => {
-      const { [host]: _old, ...others } = stored.hostFlags ?? {};
-      const hostFlags = Object.keys(flags).length > 0 ? { ...others, [host]: flags } : others;
-      return { ...stored, hostFlags };
+      const { [host]: old, ...others } = stored.hostFlags ?? {};
+      const merged = mergeFlags(old, flags);
+      return { ...stored, hostFlags: Object.keys(merged).length > 0 ? { ...others, [host]: merged } : others };
     });
   }
 
@@ -184,6 +184,14 @@ export class FileStore implements ClusterStore {
   async close(): Promise<void> {
     // Nothing held open: each lock is released by its holder.
   }
+}
+
+/** `flags` over `old`: a flag named replaces the old one, named as undefined clears it; the result has no undefined. */
+export function mergeFlags(old: HostFlags | undefined, flags: HostFlags): HostFlags {
+  const merged: HostFlags = { ...old, ...flags };
+  if (merged.maintenance === undefined) delete merged.maintenance;
+  if (merged.degraded === undefined) delete merged.degraded;
+  return merged;
 }
 
 export function campaignAborted(election: string, signal: AbortSignal): FerryError {

@@ -16,9 +16,9 @@ import type { Cluster } from '../cluster.js';
 
 export interface HostFlags {
   /** The host is in maintenance: it takes no new VMs and no incoming migrations. */
-  maintenance?: { since: string; by?: string };
+  maintenance?: { since: string; by?: string } | undefined;
   /** The host reported itself, or was reported, unhealthy: no new VMs; `balance --watch` empties it. */
-  degraded?: { reason: string; since: string };
+  degraded?: { reason: string; since: string } | undefined;
 }
 
 /** A move made by a coordinator: what balancing reads to leave a VM moved lately alone (no ping-pong). */
@@ -62,7 +62,7 @@ export interface ClusterStore {
   /** One operation per VM across coordinators: refused at once with FERRY_ERR_VM_BUSY naming the holder. */
   lockVm(vm: string, operation: string, owner?: string): Promise<VmLock>;
   hostFlags(): Promise<Record<string, HostFlags>>;
-  /** Replaces the host's flags; `{}` clears them. */
+  /** Each flag named replaces the host's (named as undefined: clears it); flags not named are kept. */
   setHostFlags(host: string, flags: HostFlags): Promise<void>;
   recordMove(move: MoveRecord): Promise<void>;
   /** The moves made at or after `Date.now() - sinceMs`, oldest first. */

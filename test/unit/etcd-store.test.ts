@@ -93,8 +93,14 @@ describe('etcd cluster store', () => {
       'host-a': { maintenance: { since: '2026-01-01T00:00:00.000Z', by: 'ops' } },
       'host-b': { degraded: { reason: 'disk nearly full', since: '2026-01-01T00:00:00.000Z' } },
     });
-    await a.setHostFlags('host-a', {});
+    await a.setHostFlags('host-a', { maintenance: undefined });
     expect(Object.keys(await a.hostFlags())).toEqual(['host-b']);
+    // A flag set leaves the host's other flags alone, also when two coordinators set them at once.
+    await Promise.all([
+      a.setHostFlags('host-b', { maintenance: { since: '2026-01-02T00:00:00.000Z' } }),
+      (await store()).setHostFlags('host-c', { maintenance: { since: '2026-01-02T00:00:00.000Z' } }),
+    ]);
+    expect((await a.hostFlags())['host-b']).toEqual({ degraded: { reason: 'disk nearly full', since: '2026-01-01T00:00:00.000Z' }, maintenance: { since: '2026-01-02T00:00:00.000Z' } });
     const now = Date.now();
     await a.recordMove({ vm: 'old', from: 'host-a', to: 'host-b', at: new Date(now - 3600_000).toISOString(), by: 'x' });
     await a.recordMove({ vm: 'web1', from: 'host-a', to: 'host-b', at: new Date(now - 1000).toISOString(), by: 'x' });

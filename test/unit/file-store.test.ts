@@ -56,7 +56,9 @@ describe('file cluster store', () => {
     const stored = await loadCluster(file);
     expect(stored.moves).toHaveLength(2);
     expect(readFileSync(file, 'utf8')).not.toContain('secret');
-    await store.setHostFlags('host-a', {});
+    await store.setHostFlags('host-a', { degraded: { reason: 'fan', since: '2026-01-02T00:00:00.000Z' } });
+    expect(await store.hostFlags()).toEqual({ 'host-a': { maintenance: { since: '2026-01-01T00:00:00.000Z', by: 'ops' }, degraded: { reason: 'fan', since: '2026-01-02T00:00:00.000Z' } } });
+    await store.setHostFlags('host-a', { maintenance: undefined, degraded: undefined });
     expect(await store.hostFlags()).toEqual({});
   });
 
