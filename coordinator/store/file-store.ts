@@ -11,9 +11,10 @@
  * - `campaign`: `ferry.cluster.json.election-<name>.lock`, held until resign.
  *
  * Every lock is a proper-lockfile folder whose holder refreshes it; one left by a ferry that died goes stale after
- * `staleMs` (10 s) and is taken over.
+ * `staleMs` (10 s) and is taken over, or at once when that ferry ran on this machine (its pid is gone).
  */
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
@@ -78,26 +79,48 @@ export class FileStore implements ClusterStore {
     return `${this.file}.${name}.lock`;
   }
 
-  /** Takes lock `name` at once, writing who holds it beside it; undefined when another holds it. */
-  private async tryLock(name: string, holder: object): Promise<HeldLock | undefined> {
-    let held: HeldLock;
-    try {
-      held = await takeLock(this.lockPath(name), { waitMs: 0, staleMs: this.staleMs });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ELOCKED') return undefined;
-      throw new FerryError(ErrorCode.IO, `cannot take the lock ${this.lockPath(name)}: ${(error as Error).message}`, 'check that the cluster file\'s folder is writable');
-    }
+  /**
+   * Takes lock `name` at once, writing who holds it beside it (`.holder`: the holder's fields, its pid, machine and
+   * the lock folder's inode); undefined when another holds it. A holder that died on this machine (kill -9, a
+   * second Ctrl-C) is not waited for until its lock goes stale: its pid is gone, so the lock is taken over now.
+   */
+  private async tryLock(name: string, holder: object, onCompromised?: () => void): Promise<HeldLock | undefined> {
+    const lockPath = this.lockPath(name);
     const holderFile = `${this.file}.${name}.holder`;
-    await writeFile(holderFile, `${JSON.stringify(holder)}\n`).catch(() => undefined);
+    const attempt = (): Promise<HeldLock | undefined> => takeLock(lockPath, { waitMs: 0, staleMs: this.staleMs, ...(onCompromised ? { onCompromised } : {}) }).catch((error: unknown) => {
+      if ((error as NodeJS.ErrnoException).code === 'ELOCKED') return undefined;
+      throw new FerryError(ErrorCode.IO, `cannot take the lock ${lockPath}: ${(error as Error).message}`, 'check that the cluster file\'s folder is writable');
+    });
+    let held = await attempt();
+    if (!held && await this.heldByTheDead(lockPath, holderFile)) held = await attempt();
+    if (!held) return undefined;
+    const ino = await stat(lockPath).then((found) => found.ino, () => undefined);
+    await writeFile(holderFile, `${JSON.stringify({ ...holder, pid: process.pid, machine: os.hostname(), ino })}\n`).catch(() => undefined);
+    const taken = held;
     return {
       get compromised() {
-        return held.compromised;
+        return taken.compromised;
       },
       release: async () => {
         await rm(holderFile, { force: true }).catch(() => undefined);
-        await held.release();
+        await taken.release();
       },
     };
+  }
+
+  /**
+   * Whether lock folder `lockPath` is held by a process of this machine that no longer runs: its holder file names
+   * this machine, a pid that is gone, and this very folder (its inode: not a folder made since by a live holder that
+   * has yet to write its own holder file). If so, the folder's mtime is set far back, so that proper-lockfile takes
+   * it over as stale, with its usual care.
+   */
+  private async heldByTheDead(lockPath: string, holderFile: string): Promise<boolean> {
+    const holder = await readFile(holderFile, 'utf8').then((text) => JSON.parse(text) as { pid?: unknown; machine?: unknown; ino?: unknown }, () => undefined);
+    if (!holder || holder.machine !== os.hostname() || typeof holder.pid !== 'number' || holder.pid === process.pid || processRuns(holder.pid)) return false;
+    const found = await stat(lockPath).catch(() => undefined);
+    if (!found || found.ino !== holder.ino) return false;
+    await utimes(lockPath, new Date(0), new Date(0)).catch(() => undefined);
+    return true;
   }
 
   async reserveAddress(ip: string, owner: string): Promise<VmLock | undefined> {
@@ -113,7 +136,7 @@ export class FileStore implements ClusterStore {
       const lockPath = path.join(path.dirname(this.file), name);
       // A reservation left by a ferry that died no longer counts once stale.
       const live = await lockfile.check(lockPath.replace(/\.lock$/, ''), { lockfilePath: lockPath, realpath: false, stale: this.staleMs }).catch(() => false);
-      if (live) reserved.add(name.slice(prefix.length, -'.lock'.length));
+      if (live && !(await this.heldByTheDead(lockPath, lockPath.replace(/\.lock$/, '.holder')))) reserved.add(name.slice(prefix.length, -'.lock'.length));
     }));
     return reserved;
   }
@@ -158,25 +181,8 @@ export class FileStore implements ClusterStore {
     });
     for (;;) {
       if (options.signal?.aborted) throw campaignAborted(election, options.signal);
-      let held: HeldLock | undefined;
-      try {
-        held = await takeLock(this.lockPath(name), { waitMs: 0, staleMs: this.staleMs, onCompromised: () => onLost() });
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ELOCKED') {
-          throw new FerryError(ErrorCode.IO, `cannot take the lock ${this.lockPath(name)}: ${(error as Error).message}`, 'check that the cluster file\'s folder is writable');
-        }
-      }
-      if (held) {
-        const leading = held;
-        await writeFile(`${this.file}.${name}.holder`, `${JSON.stringify({ id, since: new Date().toISOString() })}\n`).catch(() => undefined);
-        return {
-          lost,
-          resign: async () => {
-            await rm(`${this.file}.${name}.holder`, { force: true }).catch(() => undefined);
-            await leading.release();
-          },
-        };
-      }
+      const held = await this.tryLock(name, { id, since: new Date().toISOString() }, () => onLost());
+      if (held) return { lost, resign: () => held.release() };
       await sleep(CAMPAIGN_RETRY_MS);
     }
   }
@@ -192,6 +198,16 @@ export function mergeFlags(old: HostFlags | undefined, flags: HostFlags): HostFl
   if (merged.maintenance === undefined) delete merged.maintenance;
   if (merged.degraded === undefined) delete merged.degraded;
   return merged;
+}
+
+/** Whether process `pid` of this machine runs (one we may not signal runs too). */
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 export function campaignAborted(election: string, signal: AbortSignal): FerryError {
