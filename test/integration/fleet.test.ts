@@ -27,8 +27,9 @@ describe('host drain', () => {
       { name: 'host-c', capacity: '512MiB' },
     ]);
     const c = cluster;
-    for (const [name, memory, seed] of [['web1', '32MiB', '3'], ['web2', '16MiB', '4'], ['off1', '16MiB', '5']] as const) {
-      const created = await c.ferry('vm', 'create', name, '--on', 'host-a', '--memory', memory, '--rate', '2000', '--seed', seed);
+    // web2 has a disk in host-a's datastore: it moves with its disk (--copy-storage).
+    for (const [name, memory, seed, ...extra] of [['web1', '32MiB', '3'], ['web2', '16MiB', '4', '--disk', '8MiB'], ['off1', '16MiB', '5']] as const) {
+      const created = await c.ferry('vm', 'create', name, '--on', 'host-a', '--memory', memory, '--rate', '2000', '--seed', seed, ...extra);
       expect(created.code, created.stderr).toBe(0);
     }
     expect((await c.ferry('vm', 'stop', 'off1')).code).toBe(0);
@@ -53,6 +54,9 @@ describe('host drain', () => {
     const check = await c.ferry('vm', 'check', 'web1', '--json');
     expect(check.code, check.stdout + check.stderr).toBe(0);
     expect(check.json()).toMatchObject({ host: 'host-c', ok: true });
+    const web2 = (await c.ferry('vm', 'info', 'web2', '--json')).json<{ host: string; disks: { file: string; sizeBytes: number; shared?: boolean }[] }>();
+    expect(web2).toMatchObject({ host: 'host-c', disks: [{ file: 'disk0.img', sizeBytes: 8 * 1024 * 1024 }] });
+    expect(web2.disks[0]!.shared).toBeFalsy();
 
     // In maintenance: no new VMs; running the drain again has nothing to do; undrain opens it again.
     expect((await hosts(c)).find((host) => host.name === 'host-a')?.maintenance).toBeTruthy();
@@ -95,7 +99,7 @@ describe('host drain', () => {
 });
 
 describe('balance', () => {
-  it('plans without moving, applies the plan to bring the deviation under the threshold, and then finds nothing to do', async () => {
+  it('plans without moving, applies the plan to bring the deviation under the threshold; --watch empties a degraded host, then finds nothing to do', async () => {
     cluster = await startCluster([{ name: 'host-a', capacity: '256MiB' }, { name: 'host-b', capacity: '256MiB' }, { name: 'host-c', capacity: '256MiB' }]);
     const c = cluster;
     for (let i = 1; i <= 6; i++) {
@@ -116,14 +120,20 @@ describe('balance', () => {
     expect(done.applied.map((move) => move.outcome)).toEqual(done.moves.map(() => 'committed'));
     for (const move of done.moves) expect((await list(c)).find((vm) => vm.name === move.vm)?.host).toBe(move.to);
 
-    // Balanced now: rounds of --watch plan no move.
+    // host-b says it is failing: --watch empties it first, then finds the rest balanced, round after round.
+    const onB = (await list(c)).filter((vm) => vm.host === 'host-b').map((vm) => vm.name);
+    expect(onB.length).toBeGreaterThan(0);
+    expect((await c.ferry('host', 'health', 'host-b', '--degraded', 'disk errors')).code).toBe(0);
     const watched = await c.ferry('balance', '--metric', 'memory', '--apply', '--watch', '100ms', '--rounds', '3', '--json');
     expect(watched.code, watched.stderr).toBe(0);
-    const rounds = watched.stdout.trim().split('\n').map((line) => JSON.parse(line) as { round: number; moves: unknown[]; imbalanceBefore: number });
+    const rounds = watched.stdout.trim().split('\n').map((line) => JSON.parse(line) as { round: number; evacuated: { host: string; moved: number; failed: number }[]; moves: unknown[]; imbalanceAfter: number });
     expect(rounds.map((round) => round.round)).toEqual([1, 2, 3]);
-    for (const round of rounds) {
+    expect(rounds[0]!.evacuated).toEqual([{ host: 'host-b', moved: onB.length, failed: 0 }]);
+    expect((await list(c)).filter((vm) => vm.host === 'host-b')).toEqual([]);
+    for (const round of rounds.slice(1)) {
+      expect(round.evacuated).toEqual([]);
       expect(round.moves).toEqual([]);
-      expect(round.imbalanceBefore).toBeLessThanOrEqual(0.1);
+      expect(round.imbalanceAfter).toBeLessThanOrEqual(0.1);
     }
   });
 });
