@@ -1,6 +1,7 @@
 /**
  * The `ferry` command line: every command, its options, defaults and help, in one place.
  */
+import path from 'node:path';
 import { Command, Option } from 'commander';
 import { DEFAULT_MAX_DOWNTIME_MS, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, STOP_RULES } from '../shared/constants.js';
 import { cpuModelNameSchema, highestLevel, type CpuModelName } from '../shared/cpu.js';
@@ -10,7 +11,8 @@ import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } fro
 import { runBench } from './bench/command.js';
 import { toMarkdown } from './bench/output.js';
 import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
-import { addHost, clusterPath, findHost, loadCluster, removeHost, saveCluster, withCredentials, type Cluster } from './cluster.js';
+import { addHost, findHost, loadCluster, removeHost, withCredentials, type Cluster } from './cluster.js';
+import { openStore, type ClusterStore } from './store/store.js';
 import { addFleetBenchCommand, addFleetCommands } from './commands/fleet.js';
 import { addImageCommands } from './commands/image.js';
 import { withHost } from './connect.js';
@@ -39,16 +41,19 @@ interface Global {
   tokenFile?: string;
 }
 
-/** The cluster file as stored (for editing it). */
-async function clusterFile(command: Command): Promise<{ file: string; cluster: Cluster }> {
-  const file = clusterPath((command.optsWithGlobals() as Global).cluster);
-  return { file, cluster: await loadCluster(file) };
+/**
+ * The cluster store (`--cluster`: a file, or etcd://HOST:PORT), and the cluster as stored (for editing it). `file` is
+ * the store's location, for messages. main.ts closes the store as the command ends.
+ */
+async function clusterFile(command: Command): Promise<{ file: string; cluster: Cluster; store: ClusterStore }> {
+  const store = await openStore((command.optsWithGlobals() as Global).cluster);
+  return { file: store.location, cluster: await store.load(), store };
 }
 
 /** The cluster with the token each host expects (for talking to the hosts). */
-async function cluster(command: Command): Promise<{ file: string; cluster: Cluster }> {
-  const { file, cluster: stored } = await clusterFile(command);
-  return { file, cluster: await withCredentials(stored, file, (command.optsWithGlobals() as Global).tokenFile) };
+async function cluster(command: Command): Promise<{ file: string; cluster: Cluster; store: ClusterStore }> {
+  const { file, cluster: stored, store } = await clusterFile(command);
+  return { file, cluster: await withCredentials(stored, store.localFile, (command.optsWithGlobals() as Global).tokenFile), store };
 }
 
 const int = (value: number): string => value.toLocaleString('en-US');
@@ -131,12 +136,41 @@ async function serviceAddress(command: Command, name: string): Promise<string> {
   return info.address;
 }
 
+/** `ferry cluster import FILE` and `ferry cluster export`: a cluster file's hosts into a store (etcd), and back out. */
+function addClusterCommands(program: Command): void {
+  const clusterCommand = program.command('cluster').description('the cluster store: copy a cluster file into it (e.g. into etcd), or print it as a cluster file');
+  clusterCommand.command('import <file>')
+    .description('add the hosts of a cluster file to the store (--cluster), with its address pool, token file and host flags; hosts of the same name are replaced')
+    .action(async (file: string, _options: unknown, command: Command) => {
+      const source = path.resolve(file);
+      const imported = await loadCluster(source);
+      const { store } = await clusterFile(command);
+      if (store.kind === 'file' && path.resolve(store.location) === source) throw new FerryError(ErrorCode.BAD_INPUT, `${source} is the store itself`, 'name a store with --cluster, e.g. --cluster etcd://127.0.0.1:2379');
+      await store.update((current) => ({
+        ...current,
+        hosts: [...current.hosts.filter((host) => !imported.hosts.some((entry) => entry.name === host.name)), ...imported.hosts],
+        ...(imported.network ? { network: imported.network } : {}),
+        // A relative token file is relative to the file it came from.
+        ...(imported.tokenFile ? { tokenFile: path.resolve(path.dirname(source), imported.tokenFile) } : {}),
+      }));
+      for (const [host, flags] of Object.entries(imported.hostFlags ?? {})) await store.setHostFlags(host, flags);
+      process.stdout.write(`imported ${imported.hosts.length} host(s)${imported.network ? ', the address pool' : ''}${imported.tokenFile ? ', the token file\'s path' : ''} from ${source} into ${store.location}\n`);
+    });
+  clusterCommand.command('export')
+    .description('print the store (--cluster) as a cluster file: hosts, address pool, token file, host flags')
+    .action(async (_options: unknown, command: Command) => {
+      const { cluster: stored, store } = await clusterFile(command);
+      const hostFlags = await store.hostFlags();
+      printJson({ ...stored, ...(Object.keys(hostFlags).length > 0 ? { hostFlags } : {}) });
+    });
+}
+
 export function buildProgram(): Command {
   const program = new Command('ferry')
     // Set before any subcommand exists, so they all inherit it: usage errors throw, main.ts turns them into exit 2.
     .exitOverride()
     .description('Live-migrate VMs between ferry-agent hosts: pre-copy rounds, stop-and-copy, a verified commit.')
-    .option('--cluster <path>', 'cluster file (default: $FERRY_CLUSTER, else ./ferry.cluster.json)')
+    .option('--cluster <path>', 'cluster file, or a shared store in etcd: etcd://HOST:PORT[,HOST:PORT] (default: $FERRY_CLUSTER, else ./ferry.cluster.json)')
     .option('--token-file <file>', 'the agents\' shared secret (default: $FERRY_TOKEN, else the cluster file\'s tokenFile)')
     .showHelpAfterError('(run with --help for usage)')
     .addHelpText('after', `
@@ -191,18 +225,20 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .description('add a host (creates the cluster file if there is none)')
     .option('--migration-url <url>', 'where other agents send this host page streams, if not <url> (a separate migration network)')
     .action(async (name: string, url: string, options: { migrationUrl?: string }, command: Command) => {
-      const { file, cluster: current } = await clusterFile(command);
-      await saveCluster(file, addHost(current, { name, url, ...(options.migrationUrl ? { migrationUrl: options.migrationUrl } : {}) }));
+      const { file, store } = await clusterFile(command);
+      await store.update((current) => addHost(current, { name, url, ...(options.migrationUrl ? { migrationUrl: options.migrationUrl } : {}) }));
       process.stdout.write(`added ${name} (${url}${options.migrationUrl ? `, migrations via ${options.migrationUrl}` : ''}) to ${file}\n`);
     });
   hosts
     .command('rm <name>')
     .description('remove a host from the cluster file (its agent and VMs are not touched)')
     .action(async (name: string, _options: unknown, command: Command) => {
-      const { file, cluster: current } = await clusterFile(command);
-      await saveCluster(file, removeHost(current, name));
+      const { file, store } = await clusterFile(command);
+      await store.update((current) => removeHost(current, name));
       process.stdout.write(`removed ${name} from ${file}\n`);
     });
+
+  addClusterCommands(program);
 
   const vm = program.command('vm').description('create, inspect and control VMs');
   vm.command('create <name>')
@@ -406,12 +442,12 @@ Until the commit, any failure leaves the VM running on its source. Ctrl-C, --tim
 \`ferry migrate NAME --cancel\` roll the migration back unless it has already committed.
 Exit status is 0 only when committed.`)
     .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
-      const { cluster: hosts } = await cluster(command);
+      const { cluster: hosts, store } = await cluster(command);
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');
         const progress = raw.quiet ? undefined : coldProgress();
         // Finished in `finally` so that not even a throw can leave a progress line to follow the report or error.
-        const report = await migrateCold(hosts, { vm: checkVmName(name), to: raw.to }, (event) => progress?.onProgress(event))
+        const report = await migrateCold(hosts, { vm: checkVmName(name), to: raw.to }, (event) => progress?.onProgress(event), { store })
           .finally(() => progress?.finish());
         if (raw.json) printJson(report);
         else process.stdout.write(`${formatColdReport(report)}\n`);
@@ -461,7 +497,7 @@ Exit status is 0 only when committed.`)
       const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
         cancel.abort(new FerryError(ErrorCode.TIMEOUT, `the migration of ${name} did not commit within ${raw.timeout}`, 'give it a longer --timeout, a faster link, or --max-rounds'));
       }, timeoutMs);
-      const report = await migrateLive(hosts, { vm: checkVmName(name), to: raw.to, options }, { onEvent: (event) => progress?.onEvent(event), signal: cancel.signal })
+      const report = await migrateLive(hosts, { vm: checkVmName(name), to: raw.to, options }, { onEvent: (event) => progress?.onEvent(event), signal: cancel.signal, store })
         .finally(() => {
           process.off('SIGINT', onSigint);
           if (timer) clearTimeout(timer);
@@ -486,7 +522,10 @@ Exit status is 0 only when committed.`)
     });
 
   addImageCommands(program, cluster);
-  addFleetCommands(program, async (command) => ({ cluster: (await cluster(command)).cluster }));
+  addFleetCommands(program, async (command) => {
+    const { cluster: hosts, store } = await cluster(command);
+    return { cluster: hosts, store };
+  });
   addFleetBenchCommand(program);
 
   const templates = program.command('template').description('VM templates: built in, and yours in ferry.templates.json beside the cluster file');
@@ -495,8 +534,8 @@ Exit status is 0 only when committed.`)
     .description('every template: memory, disk, workload')
     .option('--json', 'print JSON')
     .action(async (options: { json?: boolean }, command: Command) => {
-      const { file } = await clusterFile(command);
-      const all = await loadTemplates(file);
+      const { store } = await clusterFile(command);
+      const all = await loadTemplates(store.localFile);
       if (options.json) {
         printJson(all);
         return;
@@ -516,11 +555,11 @@ Exit status is 0 only when committed.`)
     .option('--json', 'print JSON')
     .option('--quiet', 'no progress on stderr')
     .action(async (name: string, options: { template: string; on?: string; ip?: string; lease?: string; cpu?: CpuModelName; onlyHolders?: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
-      const { file, cluster: hosts } = await cluster(command);
+      const { cluster: hosts, store } = await cluster(command);
       const leaseMs = options.lease ? parseDuration(options.lease) : undefined;
       if (leaseMs !== undefined && leaseMs <= 0) throw new FerryError(ErrorCode.BAD_INPUT, '--lease must be longer than zero', 'e.g. --lease 2h');
       const progress = options.quiet ? undefined : imageProgress();
-      const provisioned = await provision(file, hosts, {
+      const provisioned = await provision(store, hosts, {
         name, template: options.template, on: options.on, ip: options.ip, leaseMs, cpu: options.cpu, onlyHolders: options.onlyHolders,
         onImageProgress: (host, event) => progress?.onProgress(host, event),
       }).finally(() => progress?.finish());
@@ -620,10 +659,10 @@ Examples:
       if (raw.verify !== 'pages' && raw.verify !== 'full') throw new FerryError(ErrorCode.BAD_INPUT, `--verify ${raw.verify}: pages or full`, 'pages (the default) compares per-block digests; full hashes both images');
       const maxDowntimeMs = parseDuration(raw.maxDowntime);
       const maxBandwidthBytesPerSec = raw.maxBandwidth === undefined ? 0 : parseRate(raw.maxBandwidth);
-      const { cluster: hosts } = await cluster(command);
+      const { cluster: hosts, store } = await cluster(command);
       const progress = raw.quiet || raw.json ? undefined : storageProgress();
       try {
-        const report = await moveStorage(hosts, { vm: checkVmName(name), to: raw.to, mode: raw.storageMode, verify: raw.verify, maxDowntimeMs, maxBandwidthBytesPerSec }, progress?.onProgress);
+        const report = await moveStorage(hosts, { vm: checkVmName(name), to: raw.to, mode: raw.storageMode, verify: raw.verify, maxDowntimeMs, maxBandwidthBytesPerSec }, progress?.onProgress, { store });
         progress?.finish();
         if (raw.json) printJson(report);
         else process.stdout.write(`${formatStorageReport(report)}\n`);

@@ -2,7 +2,8 @@
  * The cluster file: which hosts the coordinator knows, by name and URL. It holds nothing the agents do not also
  * hold: what runs where is always asked of the agents themselves.
  *
- * Found at `--cluster PATH`, else `$FERRY_CLUSTER`, else `./ferry.cluster.json`.
+ * Found at `--cluster PATH`, else `$FERRY_CLUSTER`, else `./ferry.cluster.json`. The cluster file is the file kind of
+ * cluster store (coordinator/store/): the store also keeps host flags and recent moves in it.
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -27,6 +28,15 @@ const hostEntrySchema = z.object({
 /** A host as the coordinator uses it: its entry, and the token to present to it (never written to the file). */
 export type HostEntry = z.infer<typeof hostEntrySchema> & { token?: string };
 
+/** Flags on a host, shared by every coordinator (coordinator/store/store.ts, HostFlags). */
+export const hostFlagsSchema = z.object({
+  maintenance: z.object({ since: z.string(), by: z.string().optional() }).optional(),
+  degraded: z.object({ reason: z.string(), since: z.string() }).optional(),
+});
+
+/** A move a coordinator made (coordinator/store/store.ts, MoveRecord). */
+export const moveRecordSchema = z.object({ vm: z.string(), from: z.string(), to: z.string(), at: z.string(), by: z.string() });
+
 const clusterSchema = z.object({
   /** The cluster's shared secret, in a file of its own (relative to the cluster file). */
   tokenFile: z.string().optional(),
@@ -37,6 +47,10 @@ const clusterSchema = z.object({
     gateway: z.string(),
   }).optional(),
   hosts: z.array(hostEntrySchema),
+  /** The file store's host flags, by host name (older files have none). */
+  hostFlags: z.record(z.string(), hostFlagsSchema).optional(),
+  /** The file store's record of recent moves, oldest first (older files have none). */
+  moves: z.array(moveRecordSchema).optional(),
 });
 export type Cluster = Omit<z.infer<typeof clusterSchema>, 'hosts'> & { hosts: HostEntry[] };
 

@@ -6,6 +6,7 @@ import { CommanderError } from 'commander';
 import { toFerryError } from '../shared/errors.js';
 import { buildProgram } from './cli.js';
 import { ExitCode, exitCodeFor, printError } from './output.js';
+import { closeOpenStores } from './store/store.js';
 
 const program = buildProgram();
 
@@ -20,4 +21,7 @@ try {
     printError(failure, process.argv.includes('--json'));
     process.exitCode = exitCodeFor(failure);
   }
+} finally {
+  // An etcd store's lease is revoked here: what this command still held is released at once.
+  await closeOpenStores();
 }

@@ -9,6 +9,7 @@ import { findHost, type Cluster } from './cluster.js';
 import { openHost, type AgentClient } from './connect.js';
 import { locateVm } from './inventory.js';
 import { formatTable } from './output.js';
+import { ownerName, type ClusterStore, type VmLock } from './store/store.js';
 
 export interface ColdMigrationReport {
   vm: string;
@@ -33,12 +34,15 @@ export interface ColdProgress {
   bytesTotal: number;
 }
 
-export async function migrateCold(cluster: Cluster, request: { vm: string; to: string }, onProgress?: (progress: ColdProgress) => void): Promise<ColdMigrationReport> {
+/** `hooks.store`: the VM is held in the cluster store for the move (FERRY_ERR_VM_BUSY while another holds it). */
+export async function migrateCold(cluster: Cluster, request: { vm: string; to: string }, onProgress?: (progress: ColdProgress) => void, hooks: { store?: ClusterStore } = {}): Promise<ColdMigrationReport> {
   const startedMs = performance.now();
   let from = '?';
   let source: AgentClient | undefined;
+  let vmLock: VmLock | undefined;
   const base = { vm: request.vm, to: request.to, mode: 'cold' as const, files: [], bytes: 0, bytesSent: 0, throughputBytesPerSec: 0 };
   try {
+    vmLock = await hooks.store?.lockVm(request.vm, 'cold migration');
     const destinationHost = findHost(cluster, request.to);
     const located = await locateVm(cluster, request.vm);
     from = located.host.name;
@@ -56,6 +60,7 @@ export async function migrateCold(cluster: Cluster, request: { vm: string; to: s
     }, { onEvent: (body) => onProgress?.(body as ColdProgress) });
     const bytes = result.files.reduce((total, file) => total + file.bytes, 0);
     const totalTimeMs = performance.now() - startedMs;
+    await hooks.store?.recordMove({ vm: request.vm, from, to: request.to, at: new Date().toISOString(), by: ownerName() }).catch(() => undefined);
     return {
       ...base, from, outcome: 'committed', files: result.files, bytes, bytesSent: result.bytesSent, totalTimeMs,
       throughputBytesPerSec: (bytes / Math.max(result.durationMs, 0.001)) * 1000,
@@ -64,6 +69,7 @@ export async function migrateCold(cluster: Cluster, request: { vm: string; to: s
     return { ...base, from, outcome: 'failed', error: toFerryError(error).toPayload(), totalTimeMs: performance.now() - startedMs };
   } finally {
     source?.close();
+    await vmLock?.release().catch(() => undefined);
   }
 }
 

@@ -10,6 +10,7 @@ import { findHost, type Cluster } from './cluster.js';
 import { connectAgent, openHost, type AgentClient, type Connector } from './connect.js';
 import { locateVm } from './inventory.js';
 import type { MigrationReport } from './report.js';
+import { ownerName, type ClusterStore, type VmLock } from './store/store.js';
 
 export interface MigrateRequest {
   vm: string;
@@ -25,6 +26,11 @@ export interface MigrateHooks {
   now?: () => number;
   /** How to reach the agents; WebSockets by default. */
   connect?: Connector;
+  /**
+   * The cluster store: the VM is held in it for the migration (another operation on it is refused, here or on
+   * another coordinator, and this one is refused while another holds it), and a committed move is recorded there.
+   */
+  store?: ClusterStore;
 }
 
 export async function migrateLive(cluster: Cluster, request: MigrateRequest, hooks: MigrateHooks = {}): Promise<MigrationReport> {
@@ -57,7 +63,9 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
   let from = '?';
   let memoryBytes = 0;
   const migrationId = randomUUID();
+  let vmLock: VmLock | undefined;
   try {
+    vmLock = await hooks.store?.lockVm(request.vm, 'migration');
     const destinationHost = findHost(cluster, request.to);
     let opened: Awaited<ReturnType<typeof openHost>>;
     let located: Awaited<ReturnType<typeof locateVm>>;
@@ -124,7 +132,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     const exceeded = sourceReport.downtimeMs !== undefined
       && (sourceReport.stopReason === 'max-rounds' || sourceReport.stopReason === 'max-bytes')
       && sourceReport.downtimeMs > request.options.maxDowntimeMs;
-    return {
+    const report: MigrationReport = {
       ...base,
       from,
       memoryBytes,
@@ -146,6 +154,11 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
       ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
       ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),
     };
+    if (report.outcome === 'committed') {
+      // What balancing reads to leave a VM moved lately alone; the move stands whether or not this is written.
+      await hooks.store?.recordMove({ vm: request.vm, from, to: request.to, at: new Date().toISOString(), by: ownerName() }).catch(() => undefined);
+    }
+    return report;
   } catch (error) {
     // Whatever failed before the source reported, the destination must not keep a reservation.
     await destination?.request('migrate.release', { migrationId }, { timeoutMs: 5000 }).catch(() => undefined);
@@ -153,5 +166,6 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
   } finally {
     source?.close();
     destination?.close();
+    await vmLock?.release().catch(() => undefined);
   }
 }

@@ -13,13 +13,13 @@ import type { ImageManifest, VmInfo } from '../shared/protocol.js';
 import { NET_REGION_PAGES, PAGE_SIZE } from '../shared/constants.js';
 import { formatBytes, parseSize } from '../shared/units.js';
 import type { Cluster } from './cluster.js';
-import { withClusterLock } from './cluster-lock.js';
 import { withHost } from './connect.js';
 import { sendImageBetween } from './images.js';
 import { allVms, surveyHosts, type HostSurvey } from './inventory.js';
 import { DEFAULT_CPU_MODEL, cpuModelRequest, flagsMissingOn } from './cpu-models.js';
 import { loadTemplates } from './templates.js';
 import { checkVmName } from './vm-spec.js';
+import { ownerName, type ClusterStore, type VmLock } from './store/store.js';
 
 export interface ProvisionRequest {
   name: string;
@@ -67,9 +67,14 @@ function validIp(ip: string): boolean {
   return parts.length === 4 && parts.every((part) => /^\d{1,3}$/.test(part) && Number(part) <= 255);
 }
 
-export async function provision(clusterFile: string, cluster: Cluster, request: ProvisionRequest): Promise<Provisioned> {
+/**
+ * Provisions under the store's `provision` lock, from the survey to the create. The address is also reserved in the
+ * store from its pick to the create (with etcd, on this coordinator's lease), and an address another coordinator has
+ * reserved is never picked: free means no VM has it and no one is handing it out.
+ */
+export async function provision(store: ClusterStore, cluster: Cluster, request: ProvisionRequest): Promise<Provisioned> {
   const name = checkVmName(request.name);
-  const templates = await loadTemplates(clusterFile);
+  const templates = await loadTemplates(store.localFile);
   const template = templates.find((entry) => entry.name === request.template);
   if (!template) {
     throw new FerryError(ErrorCode.BAD_INPUT, `no template named ${request.template}`, `known: ${templates.map((entry) => entry.name).join(', ')} (ferry template list)`);
@@ -77,7 +82,8 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
   const memoryBytes = parseSize(template.memory);
   const templateDiskBytes = template.disk !== undefined ? parseSize(template.disk) : 0;
   // Held from the survey to the create, so that two provisions never both see one address free.
-  return withClusterLock(clusterFile, 'provision', async () => {
+  let reservation: VmLock | undefined;
+  return store.withLock('provision', async () => {
     const surveys = await surveyHosts(cluster);
     const holders = template.image !== undefined ? await imageHolders(surveys, template.image) : undefined;
     const image = holders ? [...holders.values()][0] : undefined;
@@ -160,8 +166,10 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
       ? `on ${chosen.host.name} as asked (${describe(chosen)})`
       : `on ${chosen.host.name}: the most free memory of the ${fits.length} host(s) with room${cpuSkipped.length > 0 ? ` that can run CPU model ${cpuName}` : ''}${imageSkipped.length > 0 ? ` that hold image ${image!.name}` : ''} (${describe(chosen)})`;
 
-    // Network: never an address another VM has.
+    // Network: never an address another VM has, or another coordinator is handing out.
     const used = new Set(vms.map((vm) => vm.ip).filter((ip): ip is string => ip !== undefined));
+    const reserved = await store.reservedAddresses();
+    const owner = `${ownerName()}, provisioning ${name}`;
     let network: { ip: string; prefix: number; gateway: string } | undefined;
     if (request.ip === 'auto') {
       // Without a pool of its own, the cluster hands out loopback addresses, which loopback mode serves anywhere.
@@ -169,7 +177,10 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
       const [first, last] = pool.pool.split('-').map(ipToNumber) as [number, number];
       let free: number | undefined;
       for (let candidate = first; candidate <= last; candidate++) {
-        if (!used.has(numberToIp(candidate))) {
+        const ip = numberToIp(candidate);
+        if (used.has(ip) || reserved.has(ip)) continue;
+        reservation = await store.reserveAddress(ip, owner);
+        if (reservation) {
           free = candidate;
           break;
         }
@@ -183,6 +194,8 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
         throw new FerryError(ErrorCode.BAD_INPUT, `--ip ${request.ip} is not an address`, 'write it like 10.0.0.5/24, or auto');
       }
       if (used.has(ip)) throw new FerryError(ErrorCode.BAD_INPUT, `${ip} is already used by ${vms.find((vm) => vm.ip === ip)!.name}`, 'pick another address, or --ip auto');
+      reservation = await store.reserveAddress(ip, owner);
+      if (!reservation) throw new FerryError(ErrorCode.BAD_INPUT, `${ip} is being given to another VM by another ferry (reserved in ${store.location})`, 'pick another address, or --ip auto');
       network = { ip, prefix, gateway: cluster.network?.gateway ?? `${ip.split('.').slice(0, 3).join('.')}.1` };
     }
 
@@ -215,7 +228,7 @@ export async function provision(clusterFile: string, cluster: Cluster, request: 
       skipped,
       ...(image && cloned ? { image: { name: image.name, xxh64: image.xxh64, ...(sent ? { sent } : {}), cloneMethod: cloned.cloneMethod, cloneMs: cloned.cloneMs } } : {}),
     };
-  });
+  }).finally(() => reservation?.release().catch(() => undefined));
 }
 
 /**

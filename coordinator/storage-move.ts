@@ -9,6 +9,7 @@ import { withHost } from './connect.js';
 import type { Cluster } from './cluster.js';
 import { locateVm } from './inventory.js';
 import { formatTable } from './output.js';
+import { withVmLock, type ClusterStore } from './store/store.js';
 
 export interface StorageProgress {
   file: string;
@@ -29,12 +30,15 @@ export interface StorageMoveRequest {
   maxBandwidthBytesPerSec?: number;
 }
 
-export async function moveStorage(cluster: Cluster, request: StorageMoveRequest, onProgress?: (progress: StorageProgress) => void): Promise<StorageMoveReport> {
-  const { host } = await locateVm(cluster, request.vm);
-  return withHost(host, (client) => client.request('storage.move', {
-    name: request.vm, to: request.to, mode: request.mode, verify: request.verify, maxDowntimeMs: request.maxDowntimeMs,
-    ...(request.maxBandwidthBytesPerSec ? { maxBandwidthBytesPerSec: request.maxBandwidthBytesPerSec } : {}),
-  }, { onEvent: (body) => onProgress?.(body as StorageProgress) }));
+/** `hooks.store`: the VM is held in the cluster store for the move (FERRY_ERR_VM_BUSY while another holds it). */
+export async function moveStorage(cluster: Cluster, request: StorageMoveRequest, onProgress?: (progress: StorageProgress) => void, hooks: { store?: ClusterStore } = {}): Promise<StorageMoveReport> {
+  return withVmLock(hooks.store, request.vm, 'storage move', async () => {
+    const { host } = await locateVm(cluster, request.vm);
+    return withHost(host, (client) => client.request('storage.move', {
+      name: request.vm, to: request.to, mode: request.mode, verify: request.verify, maxDowntimeMs: request.maxDowntimeMs,
+      ...(request.maxBandwidthBytesPerSec ? { maxBandwidthBytesPerSec: request.maxBandwidthBytesPerSec } : {}),
+    }, { onEvent: (body) => onProgress?.(body as StorageProgress) }));
+  });
 }
 
 const ms = (value: number): string => formatDuration(value);

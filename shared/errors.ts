@@ -42,6 +42,11 @@ export const ErrorCode = {
   PROTOCOL: 'FERRY_ERR_PROTOCOL',
   /** The destination's image does not match what the source sent. */
   CHECKSUM_MISMATCH: 'FERRY_ERR_CHECKSUM_MISMATCH',
+  /**
+   * Another operation holds the VM: a migration, a cold migration or a storage move started by another ferry, here
+   * or on another coordinator sharing the cluster store. The message names the holder and its operation.
+   */
+  VM_BUSY: 'FERRY_ERR_VM_BUSY',
   /** A peer did not reply in time. */
   TIMEOUT: 'FERRY_ERR_TIMEOUT',
   /** The migration was cancelled. */

@@ -223,7 +223,7 @@ async function watch(context: FleetContext, balance: BalanceOptions, run: { inte
       const evacuated = run.apply ? await evacuateDegraded(context, balance, hooks) : [];
       const result = await balanceOnce(context.cluster, balance, run.apply, { ...hooks, signal: stop.signal });
       failures += result.applied.filter((move) => move.outcome !== 'committed').length;
-      if (run.json) process.stdout.write(`${JSON.stringify({ round, at: startedAt, leader: id, evacuated, ...result })}\n`);
+      if (run.json) process.stdout.write(`${JSON.stringify({ round, at: startedAt, endedAt: new Date().toISOString(), leader: id, evacuated, ...result })}\n`);
       else process.stdout.write(`round ${round} (${startedAt}): ${summaryLine(result, run.apply)}${evacuated.length > 0 ? `; evacuated ${evacuated.map((entry) => `${entry.host} (${entry.moved} moved, ${entry.failed} failed)`).join(', ')}` : ''}\n`);
       if (round < run.rounds) await sleep(run.intervalMs, stop.signal);
     }
