@@ -60,6 +60,8 @@ const int = (value: number): string => value.toLocaleString('en-US');
 
 /** The link measurement a migration's own forecast makes when none of the last minute is at hand: short, to cost little. */
 const MIGRATE_LINK_BYTES = 16 * 1024 * 1024;
+/** ... and how long it may hold the migration up: a destination too slow for it gets a migration without a forecast. */
+const MIGRATE_LINK_TIMEOUT_MS = 5000;
 
 function describeVm(info: VmInfo): string {
   const w = info.workload;
@@ -476,7 +478,7 @@ Exit status is 0 only when committed.`)
       let forecastError: string | undefined;
       const forecastStartedMs = performance.now();
       if (raw.forecast) {
-        planned = await forecastMigration(hosts, { vm: checkVmName(name), to: raw.to, options, linkBytes: MIGRATE_LINK_BYTES, statsWaitMs: 0 }).catch((error: unknown) => {
+        planned = await forecastMigration(hosts, { vm: checkVmName(name), to: raw.to, options, linkBytes: MIGRATE_LINK_BYTES, statsWaitMs: 0, linkTimeoutMs: MIGRATE_LINK_TIMEOUT_MS }).catch((error: unknown) => {
           forecastError = (error as Error).message;
           return undefined;
         });

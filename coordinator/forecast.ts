@@ -235,6 +235,8 @@ export interface ForecastRequest {
   linkBytes?: number;
   /** How long to wait for a running VM's first stats when it has none yet (default 3 s; 0: take what there is). */
   statsWaitMs?: number;
+  /** How long the link measurement may take (default 30 s). */
+  linkTimeoutMs?: number;
 }
 
 /** A vCPU this busy is bound by its core: it cannot keep its rate while the migration takes cores from it. */
@@ -285,7 +287,7 @@ export async function forecastMove(cluster: Cluster, request: MoveRequest, conne
       await new Promise((resolve) => setTimeout(resolve, 200));
       info = await client.request('vm.info', { name: request.vm });
     }
-    const link = await measureLink(client, source, { name: destination.name, url: destination.migrationUrl ?? destination.url }, request.linkBytes);
+    const link = await measureLink(client, source, { name: destination.name, url: destination.migrationUrl ?? destination.url }, request.linkBytes, request.linkTimeoutMs);
     const stats = info.stats ?? null;
     const memoryPages = info.memoryBytes / PAGE_SIZE;
     const recent = link.recent;

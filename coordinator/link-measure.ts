@@ -6,6 +6,9 @@
 import type { LinkMeasure } from '../shared/protocol.js';
 import type { AgentClient } from './connect.js';
 
+/** How long a measurement may take before the forecast gives up on it (a destination that does not answer). */
+export const LINK_TIMEOUT_MS = 30_000;
+
 /** How long a measurement stands for its host pair. */
 export const LINK_CACHE_MS = 60_000;
 
@@ -15,13 +18,13 @@ const cache = new Map<string, { link: LinkMeasure; atMs: number }>();
  * The link from `from` (whose agent `client` is connected to) to `to`: cached, or measured now. Keyed by names and
  * URLs both: an agent started again elsewhere under the same name is another link.
  */
-export async function measureLink(client: AgentClient, from: { name: string; url: string }, to: { name: string; url: string }, bytes?: number, now: () => number = () => performance.now()): Promise<LinkMeasure> {
+export async function measureLink(client: AgentClient, from: { name: string; url: string }, to: { name: string; url: string }, bytes?: number, timeoutMs = LINK_TIMEOUT_MS, now: () => number = () => performance.now()): Promise<LinkMeasure> {
   const key = [from.name, from.url, to.name, to.url].join(' ');
   const cached = cache.get(key);
   if (cached && now() - cached.atMs < LINK_CACHE_MS) return cached.link;
   // The source agent keeps its last measurement too: another ferry process that measured within the minute (a
   // `--plan` before this migration) spares this one the measuring.
-  const link = await client.request('link.measure', { to, maxAgeMs: LINK_CACHE_MS, ...(bytes !== undefined ? { bytes } : {}) });
+  const link = await client.request('link.measure', { to, maxAgeMs: LINK_CACHE_MS, ...(bytes !== undefined ? { bytes } : {}) }, { timeoutMs });
   cache.set(key, { link, atMs: now() - link.ageMs });
   return link;
 }
