@@ -31,7 +31,17 @@ interface MachineEntry {
   busy?: string | undefined;
   /** How to stop the operation that holds it, when that operation can be cancelled (a live migration). */
   cancel?: AbortController | undefined;
+  /** Settles when the operation that holds it ends. */
+  idle?: Promise<void> | undefined;
 }
+
+/**
+ * Holds so short that a request arriving during one waits for it rather than being refused: a migrated VM's files
+ * are written just after it starts running here, and a `vm dump` or `vm info` sent the moment `ferry migrate`
+ * returns must not fail because of it.
+ */
+const BRIEF_HOLDS = new Set(['file registration']);
+
 interface StoredEntry {
   kind: 'stored';
   stored: StoredVm;
@@ -316,20 +326,29 @@ export class Catalog {
    * pause or a migration never interleave on one VM). The signal it is given aborts on `cancel(name, ...)`.
    */
   async exclusive<T>(name: string, action: string, operation: (vm: VirtualMachine, signal: AbortSignal) => Promise<T>): Promise<T> {
-    const vm = this.machine(name);
-    const entry = this.entries.get(name) as MachineEntry;
+    let vm = this.machine(name);
+    let entry = this.entries.get(name) as MachineEntry;
+    while (entry.busy && BRIEF_HOLDS.has(entry.busy) && entry.idle) {
+      await entry.idle;
+      vm = this.machine(name);
+      entry = this.entries.get(name) as MachineEntry;
+    }
     if (vm.state !== 'running' && vm.state !== 'paused') {
       throw new FerryError(ErrorCode.VM_STATE, `cannot ${action} ${name}: it is ${vm.state}`, 'wait for its migration to finish, then retry');
     }
     if (entry.busy) throw busyError(name, action, entry.busy);
     const cancel = new AbortController();
+    let settle: () => void = () => undefined;
     entry.busy = action;
     entry.cancel = cancel;
+    entry.idle = new Promise<void>((resolve) => { settle = resolve; });
     try {
       return await operation(vm, cancel.signal);
     } finally {
       entry.busy = undefined;
       entry.cancel = undefined;
+      entry.idle = undefined;
+      settle();
     }
   }
 

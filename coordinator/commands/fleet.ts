@@ -267,7 +267,9 @@ function summaryLine(plan: BalancePlan & { applied: AppliedMove[] }, apply: bool
   const moves = plan.moves.length;
   const state = plan.imbalanceBefore <= plan.threshold
     ? `balanced (deviation ${pct(plan.imbalanceBefore)} ≤ ${pct(plan.threshold)}), no move`
-    : `deviation ${pct(plan.imbalanceBefore)} → ${pct(plan.imbalanceAfter)} with ${moves} move${moves === 1 ? '' : 's'}`;
+    : moves === 0
+      ? `deviation ${pct(plan.imbalanceBefore)}, over ${pct(plan.threshold)}, but no move can lower it now (why: below)`
+      : `deviation ${pct(plan.imbalanceBefore)} → ${pct(plan.imbalanceAfter)} with ${moves} move${moves === 1 ? '' : 's'}`;
   if (!apply || moves === 0) return state;
   const committed = plan.applied.filter((move) => move.outcome === 'committed').length;
   return `${state}; ${committed} of ${plan.applied.length} applied`;

@@ -115,7 +115,13 @@ describe('fuzzing a live agent', () => {
           remaining -= burst;
           await delay(2);
         }
-        await delay(50);
+        // Let the agent answer what it has read before the connection goes: wait until its replies stop coming
+        // (however slow the machine), at most 10 s.
+        let seen = -1;
+        for (let waited = 0; seen !== replies && waited < 10_000; waited += 200) {
+          seen = replies;
+          await delay(200);
+        }
         socket.terminate();
         reconnects += 1;
       }
