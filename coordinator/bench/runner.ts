@@ -11,7 +11,6 @@ import { parseDuration, parseRate, parseSize } from '../../shared/units.js';
 import type { HostEntry } from '../cluster.js';
 import { withHost } from '../connect.js';
 import { readMemory } from '../dump.js';
-import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { migrateLive } from '../migrate.js';
 import { forecastMigration } from '../forecast.js';
 import { checkPattern } from '../pattern-check.js';
@@ -106,21 +105,6 @@ async function cpuOf(host: HostEntry): Promise<HostInfo['cpu']> {
 
 const relativeError = (measured: number, predicted: number): number => (predicted > 0 ? (measured - predicted) / predicted : Number.NaN);
 
-/**
- * Reads the destination's copy once nothing holds it: the destination registers the VM's files just after its
- * activation (agent/control/migrate.ts), and a dump asked for meanwhile is refused with FERRY_ERR_VM_STATE.
- */
-async function readWhenFree<T>(read: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await read();
-    } catch (error) {
-      if (attempt >= 50 || !(error instanceof FerryError) || error.code !== ErrorCode.VM_STATE) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-  }
-}
-
 /** Two fresh agents with room for the scenario's VM, for the length of `body`; stopped and their files gone after. */
 export async function withRunAgents<T>(scenario: Scenario, repeat: number, context: BenchContext, body: (bench: BenchAgents, hosts: [HostEntry, HostEntry]) => Promise<T>): Promise<T> {
   const workdir = path.join(context.workdir, `${scenario.name}-${repeat}`);
@@ -170,7 +154,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
 
     let replayMatches: boolean | undefined;
     if (report.outcome === 'committed' && workload.kind === 'pattern') {
-      const { info, image } = await readWhenFree(() => withHost(hostB, (client) => readMemory(client, 'bench')));
+      const { info, image } = await withHost(hostB, (client) => readMemory(client, 'bench'));
       replayMatches = checkPattern(info, image).ok;
     }
 
