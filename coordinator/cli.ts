@@ -30,7 +30,7 @@ import { formatStorageReport, moveStorage } from './storage-move.js';
 import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
-import { forecastMigration, type PlannedMigration } from './forecast.js';
+import { forecastMigration, forecaster, type PlannedMigration } from './forecast.js';
 import { formatPlan } from './plan-output.js';
 import { checkVmName, toVmRequest } from './vm-spec.js';
 import { runProbe, type ProbeResult } from './probe.js';
@@ -526,7 +526,7 @@ Exit status is 0 only when committed.`)
   addImageCommands(program, cluster);
   addFleetCommands(program, async (command) => {
     const { cluster: hosts, store } = await cluster(command);
-    return { cluster: hosts, store };
+    return { cluster: hosts, store, forecast: forecaster(hosts) };
   });
   addFleetBenchCommand(program);
 

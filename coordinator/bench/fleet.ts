@@ -22,7 +22,7 @@ import { withHost } from '../connect.js';
 import { readMemory } from '../dump.js';
 import { balanceOnce, planBalance, runningVms, type BalanceOptions } from '../fleet/balance.js';
 import { drainHost, undrainHost, type DrainReport } from '../fleet/drain.js';
-import type { Forecaster } from '../fleet/fleet-store.js';
+import { forecaster } from '../forecast.js';
 import { allVms, surveyHosts } from '../inventory.js';
 import { startLocalAgent, type LocalAgent } from '../local-agent.js';
 import { migrateLive } from '../migrate.js';
@@ -41,7 +41,8 @@ export interface FleetBenchOptions {
   rate: number;
   steadyRounds: number;
   out: string;
-  forecast?: Forecaster | undefined;
+  /** Drain and balance with forecasts (link measurements and all), as the commands do by default. */
+  forecast: boolean;
   onNote?: (line: string) => void;
 }
 
@@ -88,6 +89,7 @@ export async function runFleetBench(options: FleetBenchOptions): Promise<FleetBe
     const names = Array.from({ length: options.agents }, (_, index) => `host-${String(index + 1).padStart(2, '0')}`);
     note(`starting ${options.agents} agents ...`);
     const cluster: Cluster = { hosts: await Promise.all(names.map((name) => start(name))) };
+    const forecast = options.forecast ? forecaster(cluster) : undefined;
     const create = async (vm: string, host: string, seed: number): Promise<void> => {
       const request = toVmRequest(vm, { memory: options.memory, workload: 'pattern', rate: String(options.rate), seed: String(seed), wss: options.memory });
       await withHost(cluster.hosts.find((entry) => entry.name === host)!, (client) => client.request('vm.create', { ...request, cpuModel: { model: 'host' } }));
@@ -103,7 +105,7 @@ export async function runFleetBench(options: FleetBenchOptions): Promise<FleetBe
     const drains: DrainRun[] = [];
     for (const parallel of options.parallel) {
       note(`drain of ${drained} with --parallel ${parallel} ...`);
-      const report = await drainHost(cluster, drained, { parallel, stopped: 'cold', attempts: 3, deadlineMs: 5 * 60_000, migration: migration(), by: 'bench' }, { forecast: options.forecast });
+      const report = await drainHost(cluster, drained, { parallel, stopped: 'cold', attempts: 3, deadlineMs: 5 * 60_000, migration: migration(), by: 'bench' }, { forecast });
       await undrainHost(cluster, drained);
       // Back one at a time: the single migrations the drain is set against.
       let sumOfSinglesMs = 0;
@@ -132,7 +134,7 @@ export async function runFleetBench(options: FleetBenchOptions): Promise<FleetBe
     const fewest = planBalance({ surveys, vms: await runningVms(surveys), options: balanceOptions, frozen: new Map(), refused: new Map(), cost: () => 1000 });
     note('balance --apply ...');
     const balanceStart = performance.now();
-    const balanced = await balanceOnce(cluster, balanceOptions, true, { forecast: options.forecast });
+    const balanced = await balanceOnce(cluster, balanceOptions, true, { forecast });
     const balance = {
       metric: balanceOptions.metric, threshold: balanceOptions.threshold,
       deviationBefore: balanced.imbalanceBefore, deviationAfter: balanced.imbalanceAfter,
@@ -146,7 +148,7 @@ export async function runFleetBench(options: FleetBenchOptions): Promise<FleetBe
     const deviations: number[] = [];
     let steadyMoves = 0;
     for (let round = 0; round < options.steadyRounds; round++) {
-      const result = await balanceOnce(cluster, steadyOptions, true, { forecast: options.forecast });
+      const result = await balanceOnce(cluster, steadyOptions, true, { forecast });
       deviations.push(result.imbalanceBefore);
       steadyMoves += result.applied.length;
       await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -160,7 +162,7 @@ export async function runFleetBench(options: FleetBenchOptions): Promise<FleetBe
     await create('victim', 'host-fault', 99);
     await new Promise((resolve) => setTimeout(resolve, 500));
     let killed = '';
-    const draining = drainHost(cluster, 'host-fault', { parallel: 1, stopped: 'cold', attempts: 3, deadlineMs: 5 * 60_000, migration: migration() });
+    const draining = drainHost(cluster, 'host-fault', { parallel: 1, stopped: 'cold', attempts: 3, deadlineMs: 5 * 60_000, migration: migration() }, { forecast });
     for (let waited = 0; waited < 20_000 && !killed; waited += 100) {
       const arriving = (await surveyHosts(cluster)).find((survey) => survey.host.name !== 'host-fault' && survey.info?.vms.some((vm) => vm.name === 'victim'));
       if (arriving) {

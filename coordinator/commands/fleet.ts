@@ -23,6 +23,11 @@ export interface FleetContext {
   forecast?: Forecaster | undefined;
 }
 
+/** `--no-forecast`: the context without its forecaster. */
+function withoutForecast(context: FleetContext, forecast: boolean): FleetContext {
+  return forecast ? context : { ...context, forecast: undefined };
+}
+
 /** Who acts, for the records a drain or a balance leaves: user@machine. */
 function actor(): string {
   return `${os.userInfo().username}@${os.hostname()}`;
@@ -47,6 +52,7 @@ export function addFleetCommands(program: Command, contextOf: (command: Command)
     .addOption(new Option('--stopped <what>', 'powered-off and suspended VMs: cold-migrate them, or leave them (stay)').choices(['cold', 'stay']).default('cold'))
     .option('--attempts <n>', 'tries per VM, each to another host', '3')
     .option('--deadline <duration>', 'how long one VM may take, its tries together (a live migration past it is rolled back)', '5m')
+    .option('--no-forecast', 'choose destinations by room and load only, without forecasting each move (no link measurements)')
     .option('--json', 'print the report as JSON')
     .option('--quiet', 'no progress on stderr')
     .addHelpText('after', `
@@ -55,8 +61,8 @@ Each goes to the host with room, its CPU flags, the least load, and a forecast t
 listed with every host's reason; nothing loops: tries and a deadline bound each VM. Run it again to resume; the host
 stays in maintenance until \`ferry host undrain HOST\`.
 Exit status: 0 when the host is empty (but for VMs left by --stopped stay), 1 when some VM could not move.`)
-    .action(async (name: string, raw: MigrationFlags & { parallel: string; stopped: 'cold' | 'stay'; attempts: string; deadline: string; json?: boolean; quiet?: boolean }, command: Command) => {
-      const context = await contextOf(command);
+    .action(async (name: string, raw: MigrationFlags & { parallel: string; stopped: 'cold' | 'stay'; attempts: string; deadline: string; forecast: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
+      const context = withoutForecast(await contextOf(command), raw.forecast);
       const report = await drainHost(context.cluster, name, {
         parallel: parseCount(raw.parallel, '--parallel'),
         stopped: raw.stopped,
@@ -117,6 +123,7 @@ Exit status: 0 when the host is empty (but for VMs left by --stopped stay), 1 wh
     .option('--apply', 'make the moves (without it, only print the plan)')
     .option('--watch <interval>', 'run a round every interval until Ctrl-C; also empties hosts that report themselves degraded (with --apply). One balancer acts at a time (the cluster store elects it)')
     .option('--rounds <n>', 'with --watch: stop after this many rounds')
+    .option('--no-forecast', 'rank moves per GiB of memory and check none with a forecast (no link measurements)')
     .option('--json', 'print JSON (with --watch, one line per round)')
     .addHelpText('after', `
 Host load is normalised by capacity (VMware DRS); the imbalance is the standard deviation of the loads of the hosts
@@ -124,8 +131,8 @@ that are up, not in maintenance and not degraded. Each move is chosen for the im
 forecast (or per GiB of memory where no forecast is made); a move whose forecast downtime breaks --max-downtime, or
 that would not converge, is dropped.
 Exit status: 0 when the plan was made (and applied, with --apply), 1 when an applied move failed.`)
-    .action(async (raw: MigrationFlags & { metric: Metric; threshold: string; maxMoves: string; cooldown: string; apply?: boolean; watch?: string; rounds?: string; json?: boolean }, command: Command) => {
-      const context = await contextOf(command);
+    .action(async (raw: MigrationFlags & { metric: Metric; threshold: string; maxMoves: string; cooldown: string; apply?: boolean; watch?: string; rounds?: string; forecast: boolean; json?: boolean }, command: Command) => {
+      const context = withoutForecast(await contextOf(command), raw.forecast);
       const balance = checkBalanceOptions({
         metric: raw.metric,
         threshold: Number(raw.threshold),
@@ -158,7 +165,7 @@ Exit status: 0 when the plan was made (and applied, with --apply), 1 when an app
     });
 }
 
-export function addFleetBenchCommand(program: Command, forecast?: Forecaster): void {
+export function addFleetBenchCommand(program: Command): void {
   program.command('bench-fleet')
     .description('measure fleet operations on real agents on this machine: drains at several --parallel, a balance, steady rounds, a drain whose destination dies')
     .option('--agents <n>', 'agents to start', '12')
@@ -168,9 +175,10 @@ export function addFleetBenchCommand(program: Command, forecast?: Forecaster): v
     .option('--memory <size>', 'each VM\'s memory', '32MiB')
     .option('--rate <writes>', 'each VM\'s page writes per second', '500')
     .option('--steady-rounds <n>', 'balance rounds on the balanced cluster', '10')
+    .option('--no-forecast', 'drain and balance without forecasts')
     .option('--out <dir>', 'where to write fleet.json and fleet.md', `bench-results/fleet-${new Date().toISOString().replace(/[:.]/g, '-')}`)
     .option('--json', 'print the results as JSON')
-    .action(async (raw: { agents: string; vms: string; drainVms: string; parallel: string; memory: string; rate: string; steadyRounds: string; out: string; json?: boolean }) => {
+    .action(async (raw: { agents: string; vms: string; drainVms: string; parallel: string; memory: string; rate: string; steadyRounds: string; forecast: boolean; out: string; json?: boolean }) => {
       const agents = parseCount(raw.agents, '--agents');
       const vms = parseCount(raw.vms, '--vms');
       const drainVms = parseCount(raw.drainVms, '--drain-vms');
@@ -180,7 +188,7 @@ export function addFleetBenchCommand(program: Command, forecast?: Forecaster): v
         agents, vms, drainVms,
         parallel: raw.parallel.split(',').map((value) => parseCount(value.trim(), '--parallel')),
         memory: raw.memory, rate: parseCount(raw.rate, '--rate'), steadyRounds: parseCount(raw.steadyRounds, '--steady-rounds'), out: raw.out,
-        forecast, onNote: (line) => process.stderr.write(`${line}\n`),
+        forecast: raw.forecast, onNote: (line) => process.stderr.write(`${line}\n`),
       });
       if (raw.json) printJson(results);
       else process.stdout.write(fleetMarkdown(results));

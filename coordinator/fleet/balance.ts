@@ -17,7 +17,10 @@ import { surveyHosts, type HostSurvey } from '../inventory.js';
 import { migrateLive } from '../migrate.js';
 import { migrationFor } from './drain.js';
 import type { FleetStore, ForecastSummary, Forecaster } from './fleet-store.js';
-import { refusalOf, type Pending } from './placement.js';
+import { PAGE_SIZE } from '../../shared/constants.js';
+import { predictMigration } from '../forecast.js';
+import { measureLink } from '../link-measure.js';
+import { memoryShare, refusalOf, type Pending } from './placement.js';
 
 export type Metric = 'cpu' | 'memory' | 'both';
 
@@ -72,8 +75,7 @@ export function deviation(values: number[]): number {
 
 /** A VM's share of a host's CPU: its vCPU busy percent over the host's cores. */
 function cpuShare(vm: VmInfo, host: HostInfo): number {
-  const stats = (vm as VmInfo & { stats?: { cpuPercent: number } }).stats;
-  return (stats?.cpuPercent ?? 0) / 100 / Math.max(1, host.load?.cores ?? 1);
+  return (vm.stats?.cpuPercent ?? 0) / 100 / Math.max(1, host.load?.cores ?? 1);
 }
 
 function loadOf(metric: Metric, memory: number, cpu: number): number {
@@ -225,7 +227,8 @@ export async function balanceOnce(cluster: Cluster, options: BalanceOptions, app
   const refused = new Map<string, Set<string>>();
   const forecastSkips: BalancePlan['skipped'] = [];
   const forecasts = new Map<string, ForecastSummary>();
-  let plan = planBalance({ surveys, vms, options, frozen, refused, ...(hooks.cost ? { cost: hooks.cost } : {}) });
+  const cost = hooks.cost ?? (hooks.forecast ? await rankingCost(surveys, options, connect) : undefined);
+  let plan = planBalance({ surveys, vms, options, frozen, refused, ...(cost ? { cost } : {}) });
   // Every planned move is forecast; one the forecast refuses is taken out and the plan made again without it.
   for (let pass = 0; hooks.forecast && pass < 10; pass++) {
     let changed = false;
@@ -251,7 +254,7 @@ export async function balanceOnce(cluster: Cluster, options: BalanceOptions, app
       }
     }
     if (!changed) break;
-    plan = planBalance({ surveys, vms, options, frozen, refused, ...(hooks.cost ? { cost: hooks.cost } : {}) });
+    plan = planBalance({ surveys, vms, options, frozen, refused, ...(cost ? { cost } : {}) });
   }
   plan.skipped.push(...forecastSkips);
   for (const move of plan.moves) {
@@ -272,6 +275,29 @@ export async function balanceOnce(cluster: Cluster, options: BalanceOptions, app
   }
   return { ...plan, applied };
 }
+
+/**
+ * The cost the planner ranks moves by: each VM's forecast total time (its own dirty curve, its memory) on one link
+ * measured now, from the most loaded host to the least (16 MiB; a minute's measurement of that pair is reused). The
+ * moves it then plans are each forecast on their own link.
+ */
+async function rankingCost(surveys: HostSurvey[], options: BalanceOptions, connect: Connector): Promise<PlanInput['cost'] | undefined> {
+  const up = surveys.filter((survey) => survey.info && !survey.info.maintenance && survey.info.health?.state !== 'degraded');
+  if (up.length < 2) return undefined;
+  const byShare = [...up].sort((a, b) => memoryShare(a.info!, 0) - memoryShare(b.info!, 0));
+  const from = byShare.at(-1)!.host;
+  const to = byShare[0]!.host;
+  const link = await withHost(from, (client) => measureLink(client, from, { name: to.name, url: to.migrationUrl ?? to.url }, RANKING_LINK_BYTES), connect).catch(() => undefined);
+  if (!link) return undefined;
+  return (vm) => predictMigration({
+    memoryPages: vm.memoryBytes / PAGE_SIZE,
+    stats: vm.stats ?? { dirtyPagesPerSec: 0, wssPages: 0 },
+    link,
+    options: migrationFor(vm, options.migration),
+  }).totalTimeMs;
+}
+
+const RANKING_LINK_BYTES = 16 * 1024 * 1024;
 
 /** One move of a plan, under the VM's lock; recorded in the store for the cool-down when it commits. */
 export async function applyMove(cluster: Cluster, vm: VmInfo, move: { from: string; to: string }, options: BalanceOptions, hooks: BalanceHooks, connect: Connector): Promise<AppliedMove> {
