@@ -20,8 +20,8 @@ import type { Logger } from '../shared/log.js';
 import { writeWhole } from './datastore/durable.js';
 
 const flagsSchema = z.object({
-  maintenance: z.object({ since: z.string(), by: z.string().optional() }).nullable().default(null),
-  degraded: z.object({ reason: z.string(), since: z.string() }).nullable().default(null),
+  maintenance: z.object({ since: z.string().max(64), by: z.string().max(200).optional() }).nullable().default(null),
+  degraded: z.object({ reason: z.string().max(500), since: z.string().max(64) }).nullable().default(null),
 });
 export type OperatorFlags = z.infer<typeof flagsSchema>;
 
@@ -37,11 +37,17 @@ export interface HostStateSettings {
 
 /** The window load and lag are measured over. */
 const WINDOW_MS = 5000;
+/** Windows in a row the lag must stay over the threshold before it is a signal. */
+const LAGGING_WINDOWS = 3;
 /** The event-loop delay histogram's timer: each sample is this plus the lag. */
 const LAG_RESOLUTION_MS = 20;
 
 export class HostState {
   private flags: OperatorFlags = { maintenance: null, degraded: null };
+  /** The changes of the flags, one after another: each builds on the last one written. */
+  private changes: Promise<void> = Promise.resolve();
+  /** Windows in a row whose mean lag was over the threshold. */
+  private laggingWindows = 0;
   private readonly settings: HostStateSettings;
   private readonly lag: IntervalHistogram;
   private readonly timer: NodeJS.Timeout;
@@ -87,8 +93,14 @@ export class HostState {
     return this.flags.maintenance;
   }
 
-  /** Sets or clears the operator's flags (undefined leaves one as it is), and keeps them. */
-  async set(change: { maintenance?: boolean | undefined; by?: string | undefined; degraded?: string | null | undefined }): Promise<void> {
+  /** Sets or clears the operator's flags (undefined leaves one as it is), and keeps them; one change at a time. */
+  set(change: { maintenance?: boolean | undefined; by?: string | undefined; degraded?: string | null | undefined }): Promise<void> {
+    const run = this.changes.then(() => this.apply(change));
+    this.changes = run.catch(() => undefined);
+    return run;
+  }
+
+  private async apply(change: { maintenance?: boolean | undefined; by?: string | undefined; degraded?: string | null | undefined }): Promise<void> {
     const now = new Date().toISOString();
     const next: OperatorFlags = { ...this.flags };
     if (change.maintenance === true) next.maintenance = this.flags.maintenance ?? { since: now, ...(change.by ? { by: change.by } : {}) };
@@ -110,8 +122,9 @@ export class HostState {
     this.lag.reset();
     this.windowCpu = process.cpuUsage();
     this.windowStart = now;
-    const lagging = this.lagMeanMs > this.settings.lagThresholdMs;
-    this.lagSince = lagging ? (this.lagSince ?? new Date().toISOString()) : undefined;
+    // A signal only when it lasts: three windows in a row (15 s), not one burst of work (a migration arriving).
+    this.laggingWindows = this.lagMeanMs > this.settings.lagThresholdMs ? this.laggingWindows + 1 : 0;
+    this.lagSince = this.laggingWindows >= LAGGING_WINDOWS ? (this.lagSince ?? new Date().toISOString()) : undefined;
   }
 
   /** The host's health: the operator's flag and the agent's own signals, each with why and since when. */

@@ -494,9 +494,9 @@ export const controlOps = {
     z.object({
       maintenance: z.boolean().optional(),
       /** Who asked, for the record (a user or coordinator name). */
-      by: z.string().max(200).optional(),
-      degraded: z.string().min(1).max(500).nullable().optional(),
-    }),
+      by: z.string().trim().min(1).max(200).regex(/^[^\u0000-\u001f\u007f]*$/, 'no control characters').optional(),
+      degraded: z.string().trim().min(1).max(500).regex(/^[^\u0000-\u001f\u007f]*$/, 'no control characters').nullable().optional(),
+    }).strict().refine((change) => change.maintenance !== undefined || change.degraded !== undefined, 'name maintenance or degraded'),
     hostInfoSchema,
   ],
   'vm.create': [

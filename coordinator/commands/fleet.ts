@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { Option, type Command } from 'commander';
 import { DEFAULT_MAX_DOWNTIME_MS, STOP_RULES } from '../../shared/constants.js';
-import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import { formatDuration, parseCount, parseDuration } from '../../shared/units.js';
 import { findHost, type Cluster } from '../cluster.js';
 import { withHost } from '../connect.js';
@@ -210,11 +210,15 @@ async function watch(context: FleetContext, balance: BalanceOptions, run: { inte
     if (!run.json) process.stderr.write(`${line}\n`);
   };
   let failures = 0;
+  type Leadership = Awaited<ReturnType<FleetStore['campaign']>>;
+  // Only a balancer that acts needs to lead: one that prints plans (no --apply) keeps no other from acting.
+  const leads = run.apply && context.store !== undefined;
+  let leadership: Leadership | undefined;
+  /** Aborted when this balancer stops leading (or is stopped): a round under way makes no further move. */
+  let acting: AbortController | undefined;
   try {
-    type Leadership = Awaited<ReturnType<FleetStore['campaign']>>;
-    let leadership: Leadership | undefined = context.store ? undefined : { lost: new Promise<void>(() => undefined), resign: async (): Promise<void> => undefined };
     for (let round = 1; round <= run.rounds && !stop.signal.aborted; round++) {
-      if (!leadership) {
+      if (leads && !leadership) {
         say(`balancer ${id}: waiting to lead (another balancer may be acting)`);
         leadership = await context.store!.campaign('balance', id, { signal: stop.signal }).catch((error: unknown) => {
           if (stop.signal.aborted) return undefined;
@@ -223,20 +227,33 @@ async function watch(context: FleetContext, balance: BalanceOptions, run: { inte
         if (!leadership) break;
         say(`balancer ${id}: leading`);
         const held = leadership;
+        const controller = new AbortController();
+        acting = controller;
         void held.lost.then(() => {
+          controller.abort(new FerryError(ErrorCode.CANCELLED, `balancer ${id} lost the lead: it makes no further move`, 'another balancer leads now'));
           if (leadership === held) leadership = undefined;
+          say(`balancer ${id}: lost the lead`);
         });
       }
+      const signal = acting ? AbortSignal.any([stop.signal, acting.signal]) : stop.signal;
       const startedAt = new Date().toISOString();
-      const evacuated = run.apply ? await evacuateDegraded(context, balance, hooks) : [];
-      const result = await balanceOnce(context.cluster, balance, run.apply, { ...hooks, signal: stop.signal });
-      failures += result.applied.filter((move) => move.outcome !== 'committed').length;
-      if (run.json) process.stdout.write(`${JSON.stringify({ round, at: startedAt, endedAt: new Date().toISOString(), leader: id, evacuated, ...result })}\n`);
-      else process.stdout.write(`round ${round} (${startedAt}): ${summaryLine(result, run.apply)}${evacuated.length > 0 ? `; evacuated ${evacuated.map((entry) => `${entry.host} (${entry.moved} moved, ${entry.failed} failed)`).join(', ')}` : ''}\n`);
+      // A round that fails (a host or the store not answering) is said, and the next round tries again.
+      try {
+        const evacuated = run.apply ? await evacuateDegraded(context, balance, hooks, signal) : [];
+        const result = await balanceOnce(context.cluster, balance, run.apply, { ...hooks, signal });
+        failures += result.applied.filter((move) => move.outcome !== 'committed').length + evacuated.reduce((sum, entry) => sum + entry.failed, 0);
+        if (run.json) process.stdout.write(`${JSON.stringify({ round, at: startedAt, endedAt: new Date().toISOString(), leader: leads ? id : null, evacuated, ...result })}\n`);
+        else process.stdout.write(`round ${round} (${startedAt}): ${summaryLine(result, run.apply)}${evacuated.length > 0 ? `; evacuated ${evacuated.map((entry) => `${entry.host} (${entry.moved} moved, ${entry.failed} failed)`).join(', ')}` : ''}\n`);
+      } catch (error) {
+        failures += 1;
+        const failure = toFerryError(error);
+        if (run.json) process.stdout.write(`${JSON.stringify({ round, at: startedAt, endedAt: new Date().toISOString(), leader: leads ? id : null, error: failure.toPayload() })}\n`);
+        else process.stdout.write(`round ${round} (${startedAt}): failed: ${failure.message}\n`);
+      }
       if (round < run.rounds) await sleep(run.intervalMs, stop.signal);
     }
-    await leadership?.resign().catch(() => undefined);
   } finally {
+    await leadership?.resign().catch(() => undefined);
     process.off('SIGINT', onSigint);
     process.off('SIGTERM', onSigint);
   }
@@ -244,15 +261,21 @@ async function watch(context: FleetContext, balance: BalanceOptions, run: { inte
 }
 
 /** Hosts that report themselves degraded (and are not already in maintenance): their running VMs move off. */
-async function evacuateDegraded(context: FleetContext, balance: BalanceOptions, hooks: Parameters<typeof balanceOnce>[3]): Promise<{ host: string; moved: number; failed: number }[]> {
+async function evacuateDegraded(context: FleetContext, balance: BalanceOptions, hooks: Parameters<typeof balanceOnce>[3], signal: AbortSignal): Promise<{ host: string; moved: number; failed: number; error?: string }[]> {
   const surveys = await surveyHosts(context.cluster);
   const degraded = surveys.filter((survey) => survey.info?.health?.state === 'degraded' && !survey.info.maintenance && survey.info.vms.some((vm) => vm.state === 'running' || vm.state === 'paused'));
   const done = [];
   for (const survey of degraded) {
-    const report = await drainHost(context.cluster, survey.host.name, {
-      parallel: 2, stopped: 'stay', attempts: 3, deadlineMs: 5 * 60_000, migration: balance.migration, maintenance: false, ...(hooks?.by ? { by: hooks.by } : {}),
-    }, { store: context.store, forecast: context.forecast });
-    done.push({ host: survey.host.name, moved: report.moved.length, failed: report.failed.length });
+    if (signal.aborted) break;
+    try {
+      const report = await drainHost(context.cluster, survey.host.name, {
+        parallel: 2, stopped: 'stay', attempts: 3, deadlineMs: 5 * 60_000, migration: balance.migration, maintenance: false, ...(hooks?.by ? { by: hooks.by } : {}),
+      }, { store: context.store, forecast: context.forecast, signal });
+      done.push({ host: survey.host.name, moved: report.moved.length, failed: report.failed.length });
+    } catch (error) {
+      // The degraded host stopped answering (as failing hosts do): said, and tried again next round.
+      done.push({ host: survey.host.name, moved: 0, failed: 1, error: toFerryError(error).message });
+    }
   }
   return done;
 }

@@ -261,6 +261,15 @@ export async function balanceOnce(cluster: Cluster, options: BalanceOptions, app
     const forecast = forecasts.get(`${move.vm}→${move.to}`);
     if (forecast) move.forecast = { totalTimeMs: forecast.totalTimeMs, downtimeMs: forecast.downtimeMs, converges: forecast.converges };
   }
+  // With forecasts, a move is made only if its forecast was made and accepted (not one the last replan added, nor
+  // one whose forecast failed).
+  if (hooks.forecast) {
+    const accepted = (move: PlannedMove): boolean => move.forecast !== undefined && move.forecast.converges && move.forecast.downtimeMs <= options.migration.maxDowntimeMs;
+    for (const move of plan.moves.filter((entry) => !accepted(entry))) {
+      plan.skipped.push({ vm: move.vm, to: move.to, reason: move.forecast ? 'its forecast was refused' : 'no forecast could be made for it' });
+    }
+    plan.moves = plan.moves.filter(accepted);
+  }
 
   const applied: AppliedMove[] = [];
   if (apply) {

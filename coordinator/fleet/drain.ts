@@ -16,7 +16,7 @@ import { surveyHosts, type HostSurvey } from '../inventory.js';
 import { migrateCold } from '../migrate-cold.js';
 import { migrateLive } from '../migrate.js';
 import type { FleetStore, Forecaster } from './fleet-store.js';
-import { describeRefusals, localDiskBytes, rankTargets, type MoveMode, type Pending } from './placement.js';
+import { describeRefusals, localDiskBytes, rankTargets, refusalOf, type MoveMode, type Pending } from './placement.js';
 
 /** KubeVirt's default: at most this many migrations arriving on one host at once. */
 export const PER_HOST_INCOMING = 2;
@@ -85,11 +85,6 @@ function modeOf(vm: VmInfo): MoveMode | 'busy' {
   return 'busy';
 }
 
-/** Errors that say the destination, not the VM, was the trouble: the next host may well take it. */
-function blamesDestination(code: string): boolean {
-  return code !== ErrorCode.VM_NOT_FOUND && code !== ErrorCode.CANCELLED;
-}
-
 /** How long to wait before looking again at a VM that another operation holds. */
 const BUSY_RETRY_MS = 500;
 
@@ -98,6 +93,7 @@ export async function drainHost(cluster: Cluster, hostName: string, options: Dra
   const connect = hooks.connect ?? connectAgent;
   const host = findHost(cluster, hostName);
   if (!Number.isInteger(options.parallel) || options.parallel < 1) throw new FerryError(ErrorCode.BAD_INPUT, `--parallel ${options.parallel} is not a count of 1 or more`, 'e.g. --parallel 2');
+  if (!Number.isInteger(options.attempts) || options.attempts < 1) throw new FerryError(ErrorCode.BAD_INPUT, `--attempts ${options.attempts} is not a count of 1 or more`, 'e.g. --attempts 3');
 
   // Maintenance first, so that nothing new arrives while the host empties; the store keeps a copy for operators.
   if (options.maintenance !== false) {
@@ -133,21 +129,31 @@ export async function drainHost(cluster: Cluster, hostName: string, options: Dra
     wake();
   };
 
+  const inFlight = (): number => [...arriving.values()].reduce((sum, count) => sum + count, 0);
+  /** Waits until a move in flight ends, or the deadline: not an attempt. */
+  const waitForSlot = (deadline: number): Promise<unknown> => Promise.race([slotWait, sleep(Math.max(0, deadline - Date.now()))]);
+
   const moveOne = async (first: VmInfo): Promise<void> => {
     const deadline = Date.now() + options.deadlineMs;
     const tried = new Set<string>();
     const attempts: DrainFailure['attempts'] = [];
+    let busyRefusals = 0;
     const fail = (reason: string): void => {
       const failure = { vm: first.name, reason, attempts };
       report.failed.push(failure);
       hooks.onEvent?.({ kind: 'failed', failure });
     };
+    // Another coordinator's operation on the VM (a balance, a migration by hand): wait for it, up to the deadline.
     let lock: { release(): Promise<void> } | undefined;
-    try {
-      lock = await hooks.store?.lockVm(first.name, `drain of ${hostName}`);
-    } catch (error) {
-      fail(toFerryError(error).message);
-      return;
+    for (;;) {
+      try {
+        lock = await hooks.store?.lockVm(first.name, `drain of ${hostName}`);
+        break;
+      } catch (error) {
+        const refusal = toFerryError(error);
+        if (refusal.code !== ErrorCode.VM_BUSY || Date.now() + BUSY_RETRY_MS >= deadline || hooks.signal?.aborted) return fail(refusal.message);
+        await sleep(BUSY_RETRY_MS);
+      }
     }
     try {
       while (attempts.length < options.attempts) {
@@ -172,15 +178,27 @@ export async function drainHost(cluster: Cluster, hostName: string, options: Dra
           return;
         }
         const ranked = rankTargets(vm, mode, source, surveys, pending, tried);
-        const open = ranked.fits.filter((survey) => (arriving.get(survey.host.name) ?? 0) < PER_HOST_INCOMING);
-        if (ranked.fits.length === 0) return fail(`no host can take it: ${describeRefusals(ranked.refused)}`);
+        const isOpen = (name: string): boolean => (arriving.get(name) ?? 0) < PER_HOST_INCOMING;
+        const open = ranked.fits.filter((survey) => isOpen(survey.host.name));
+        if (ranked.fits.length === 0) {
+          // Refused only for what is on its way there now (the survey may count a reservation that `pending` also
+          // holds): wait for those moves, then look again.
+          if (inFlight() > 0 && rankTargets(vm, mode, source, surveys, new Map(), tried).fits.length > 0) {
+            await waitForSlot(deadline);
+            continue;
+          }
+          return fail(`no host can take it: ${describeRefusals(ranked.refused)}`);
+        }
         if (open.length === 0) {
           // Every host that fits has its arrivals full: wait for one to finish (not an attempt).
-          await Promise.race([slotWait, sleep(Math.max(0, deadline - Date.now()))]);
+          await waitForSlot(deadline);
           continue;
         }
         const choice = await choose(vm, mode, source, open, hooks.forecast, options.migration);
         const to = choice.survey.host.name;
+        // The forecasts took time, and another worker may have sent a VM there meanwhile: check again, with no await
+        // between the check and taking the slot.
+        if (!isOpen(to) || refusalOf(vm, mode, source, choice.survey, pending.get(to))) continue;
         const need = { memoryBytes: mode === 'live' ? vm.memoryBytes : 0, diskBytes: localDiskBytes(vm) };
         addPending(pending, to, need, 1);
         arriving.set(to, (arriving.get(to) ?? 0) + 1);
@@ -208,8 +226,18 @@ export async function drainHost(cluster: Cluster, hostName: string, options: Dra
           return;
         }
         const message = error?.message ?? 'not committed';
+        // Gone from the host between the survey and the migration: someone else moved or destroyed it.
+        if (error?.code === ErrorCode.VM_NOT_FOUND) return;
+        // The VM itself was busy (a dump, another operation): wait, without counting it against the destination; the
+        // same refusal a third time in a row is the destination's (VM_STATE also says, e.g., storage it lacks).
+        if ((error?.code === ErrorCode.VM_STATE || error?.code === ErrorCode.VM_BUSY) && ++busyRefusals < 3) {
+          if (Date.now() + BUSY_RETRY_MS >= deadline) return fail(message);
+          await sleep(BUSY_RETRY_MS);
+          continue;
+        }
+        busyRefusals = 0;
         attempts.push({ to, error: `${error?.code ?? ErrorCode.INTERNAL}: ${message}` });
-        if (error && !blamesDestination(error.code)) return fail(message);
+        if (error?.code === ErrorCode.CANCELLED) return fail(message);
         tried.add(to);
         hooks.onEvent?.({ kind: 'retry', vm: vm.name, to, error: message });
       }
@@ -229,11 +257,16 @@ export async function drainHost(cluster: Cluster, hostName: string, options: Dra
   };
   await Promise.all(Array.from({ length: Math.min(options.parallel, Math.max(1, queue.length)) }, () => worker()));
 
-  // Whatever is still on the host and neither failed nor stayed (it arrived, or was busy, meanwhile) is said.
+  // Whatever is still on the host and neither failed nor stayed (it arrived, or was leaving for another operation,
+  // meanwhile) is said: the host is not empty until it is gone.
   const accounted = new Set([...report.failed.map((entry) => entry.vm), ...report.stayed.map((entry) => entry.vm)]);
-  for (const vm of await vmsOn(host, connect)) {
-    if (accounted.has(vm.name) || vm.state === 'migrating-out') continue;
-    report.failed.push({ vm: vm.name, reason: `still on ${hostName} (${vm.state}); run the drain again`, attempts: [] });
+  try {
+    for (const vm of await vmsOn(host, connect)) {
+      if (accounted.has(vm.name)) continue;
+      report.failed.push({ vm: vm.name, reason: `still on ${hostName} (${vm.state}); run the drain again`, attempts: [] });
+    }
+  } catch (error) {
+    report.failed.push({ vm: '*', reason: `${hostName} could not be checked again after the moves (${toFerryError(error).message}); run the drain again to see what is left`, attempts: [] });
   }
   report.totalTimeMs = performance.now() - startedMs;
   return report;
