@@ -3,6 +3,7 @@
  * agent/control/link.ts), kept for a minute per host pair in this process: a planner that weighs many moves
  * measures each pair once, and a migration right after a `--plan` reuses the plan's measurement.
  */
+import { LINK_MEASURE } from '../shared/constants.js';
 import type { LinkMeasure } from '../shared/protocol.js';
 import type { AgentClient } from './connect.js';
 
@@ -12,7 +13,7 @@ export const LINK_TIMEOUT_MS = 30_000;
 /** How long a measurement stands for its host pair. */
 export const LINK_CACHE_MS = 60_000;
 
-const cache = new Map<string, { link: LinkMeasure; atMs: number }>();
+const cache = new Map<string, { link: LinkMeasure; atMs: number; sampleBytes: number }>();
 
 /**
  * The link from `from` (whose agent `client` is connected to) to `to`: cached, or measured now. Keyed by names and
@@ -21,11 +22,12 @@ const cache = new Map<string, { link: LinkMeasure; atMs: number }>();
 export async function measureLink(client: AgentClient, from: { name: string; url: string }, to: { name: string; url: string }, bytes?: number, timeoutMs = LINK_TIMEOUT_MS, now: () => number = () => performance.now()): Promise<LinkMeasure> {
   const key = [from.name, from.url, to.name, to.url].join(' ');
   const cached = cache.get(key);
-  if (cached && now() - cached.atMs < LINK_CACHE_MS) return cached.link;
+  // A smaller sample than asked for does not stand for this one (agent/control/link.ts says why).
+  if (cached && now() - cached.atMs < LINK_CACHE_MS && (bytes === undefined || cached.sampleBytes >= bytes)) return cached.link;
   // The source agent keeps its last measurement too: another ferry process that measured within the minute (a
   // `--plan` before this migration) spares this one the measuring.
   const link = await client.request('link.measure', { to, maxAgeMs: LINK_CACHE_MS, ...(bytes !== undefined ? { bytes } : {}) }, { timeoutMs });
-  cache.set(key, { link, atMs: now() - link.ageMs });
+  cache.set(key, { link, atMs: now() - link.ageMs, sampleBytes: bytes ?? LINK_MEASURE.defaultBytes });
   return link;
 }
 

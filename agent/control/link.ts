@@ -28,7 +28,7 @@ const FILL_SLICE_BYTES = 16 * 1024 * 1024;
 type Measured = Omit<LinkMeasure, 'ageMs' | 'recent'>;
 
 /** The last measurement to each agent (by name and URL), for requests that accept one of a given age. */
-const lastMeasured = new WeakMap<Agent, Map<string, { link: Measured; atMs: number }>>();
+const lastMeasured = new WeakMap<Agent, Map<string, { link: Measured; atMs: number; sampleBytes: number }>>();
 
 export function serveLinkControl(connection: ControlServer, agent: Agent): void {
   connection.handle('link.measure', async ({ to, bytes, maxAgeMs }, context) => {
@@ -37,10 +37,12 @@ export function serveLinkControl(connection: ControlServer, agent: Agent): void 
     if (!memo) lastMeasured.set(agent, (memo = new Map()));
     const key = `${to.name} ${to.url}`;
     const last = memo.get(key);
-    const fresh = last && maxAgeMs !== undefined && performance.now() - last.atMs <= maxAgeMs
+    const wanted = bytes ?? LINK_MEASURE.defaultBytes;
+    // A smaller sample than asked for does not stand for this one: short transfers go at a short transfer's pace.
+    const fresh = last && maxAgeMs !== undefined && performance.now() - last.atMs <= maxAgeMs && last.sampleBytes >= wanted
       ? { link: last.link, ageMs: performance.now() - last.atMs }
-      : { link: await measure(agent, to, bytes ?? LINK_MEASURE.defaultBytes, context.signal), ageMs: 0 };
-    if (fresh.ageMs === 0) memo.set(key, { link: fresh.link, atMs: performance.now() });
+      : { link: await measure(agent, to, wanted, context.signal), ageMs: 0 };
+    if (fresh.ageMs === 0) memo.set(key, { link: fresh.link, atMs: performance.now(), sampleBytes: wanted });
     // The fixed costs are read now, whatever the measurement's age: a migration since then is among them.
     const recent = agent.migrationHistory.recent(to.name);
     return { ...fresh.link, ageMs: fresh.ageMs, ...(recent ? { recent } : {}) };
