@@ -10,6 +10,7 @@
  *   peer/settlement.ts      another agent asking how a migration in doubt ended, or telling this one to forget a VM
  *   peer/cold-target.ts     another agent's cold migration into this datastore, and settling what arrived
  *   peer/image-target.ts    an image arriving, from another agent or imported by the coordinator (both connections)
+ *   memory-return.ts        giving a departed VM's memory back to the OS
  *   host-state.ts           maintenance and health flags, the host's own signals, its load
  *   leases.ts               releasing VMs whose lease has ended (periodic.ts runs the background loops)
  *   vm-stats/sampler.ts     each running VM's busy fraction, dirty rate and working set (vm info's `stats`)
@@ -35,6 +36,7 @@ import type { VmConfig } from './datastore/config.js';
 import type { Datastore } from './datastore/datastore.js';
 import type { Faults } from './faults.js';
 import { HostState } from './host-state.js';
+import { MemoryReturn } from './memory-return.js';
 import { Leases } from './leases.js';
 import { ActivationLog } from './migration/activation-log.js';
 import { connectToDestination, dialPeerAgent, type PeerClient } from './migration/peer-client.js';
@@ -108,6 +110,8 @@ export class Agent {
   readonly addressMode: AddressMode;
   /** Maintenance and health: whether this host takes new VMs, and how it is doing. */
   readonly state: HostState;
+  /** Gives released guest memory back to the OS. */
+  readonly memoryReturn: MemoryReturn;
   private readonly coldMarks: ColdMarks;
   /** Each running VM's measured load (vm info's `stats`), sampled by one loop. */
   readonly vmStats: VmStatsSampler;
@@ -139,6 +143,8 @@ export class Agent {
     this.coldMarks = new ColdMarks(this);
     this.vmStats = new VmStatsSampler(this.catalog, { log: this.log });
     this.vmStatsLoop = every(STATS_TICK_MS, 'vm stats', this.log, () => this.vmStats.tick());
+    this.memoryReturn = new MemoryReturn(() => this.incoming.size > 0 || this.catalog.anyBusyWith('migration'), this.log);
+    this.catalog.onMemoryReleased = () => this.memoryReturn.released();
     this.state = new HostState({
       folder: settings.datastore?.root,
       diskReserveBytes: settings.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES,
@@ -249,6 +255,7 @@ export class Agent {
 
   async shutdown(): Promise<void> {
     this.state.stop();
+    this.memoryReturn.stop();
     this.settlements.stop();
     this.leases.stop();
     this.coldMarks.stop();

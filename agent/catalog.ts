@@ -73,9 +73,27 @@ export class Catalog {
   readonly capacityBytes: number;
   private readonly entries = new Map<string, Entry>();
 
+  /** Called when a VM's memory has been let go (agent/memory-return.ts gives it back to the OS). */
+  onMemoryReleased: (() => void) | undefined;
+
   constructor(hostName: string, capacityBytes: number) {
     this.hostName = hostName;
     this.capacityBytes = capacityBytes;
+  }
+
+  /** Whether some VM here is held by `action` now (e.g. a live migration out). */
+  anyBusyWith(action: string): boolean {
+    for (const entry of this.entries.values()) if (entry.busy === action) return true;
+    return false;
+  }
+
+  /** Stops a VM's vCPU and devices; its memory is then let go. */
+  private async dispose(vm: VirtualMachine): Promise<void> {
+    try {
+      await vm.destroy();
+    } finally {
+      this.onMemoryReleased?.();
+    }
   }
 
   get usedBytes(): number {
@@ -186,7 +204,7 @@ export class Catalog {
       try {
         await populate(vm.memory);
       } catch (error) {
-        await vm.destroy();
+        await this.dispose(vm);
         throw error;
       }
     }
@@ -213,7 +231,7 @@ export class Catalog {
       vm = await this.build(spec, state, options.prealloc ?? false);
       await options.setup?.(vm);
     } catch (error) {
-      await vm?.destroy();
+      if (vm) await this.dispose(vm);
       if (this.entries.get(spec.name) === claim) this.entries.delete(spec.name);
       throw error;
     }
@@ -254,7 +272,7 @@ export class Catalog {
       vm.diskRegisters = config.diskRegisters;
       await setup(vm, entry.stored);
     } catch (error) {
-      await vm?.destroy();
+      if (vm) await this.dispose(vm);
       if (this.entries.get(name) === claim) this.entries.set(name, entry);
       throw error;
     }
@@ -267,14 +285,14 @@ export class Catalog {
     const entry = this.entries.get(vm.name);
     if (entry?.kind !== 'machine' || entry.vm !== vm) throw new FerryError(ErrorCode.INTERNAL, `${vm.name} is not a machine of ${this.hostName}`);
     this.entries.set(vm.name, { kind: 'stored', stored });
-    await vm.destroy();
+    await this.dispose(vm);
   }
 
   /** Forgets the machine and stops its vCPU; its memory goes when the last view of it does. */
   async release(vm: VirtualMachine): Promise<void> {
     const entry = this.entries.get(vm.name);
     if (entry?.kind === 'machine' && entry.vm === vm) this.entries.delete(vm.name);
-    await vm.destroy();
+    await this.dispose(vm);
   }
 
   /**

@@ -150,6 +150,7 @@ export class HostState {
       cores: os.availableParallelism(),
       vms,
       eventLoopLagMs: Math.round(this.lagMeanMs * 10) / 10,
+      residentBytes: process.memoryUsage.rss(),
     };
   }
 

@@ -210,17 +210,17 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
         process.stdout.write(`no hosts in ${file} yet: add one with \`ferry hosts add host-a ws://127.0.0.1:7001\`\n`);
         return;
       }
-      const rows = [['NAME', 'URL', 'STATUS', 'CAPACITY', 'FREE', 'LOAD', 'LEVEL', 'CPU', 'VMS']];
+      const rows = [['NAME', 'URL', 'STATUS', 'CAPACITY', 'FREE', 'RESIDENT', 'LOAD', 'LEVEL', 'CPU', 'VMS']];
       const notes: string[] = [];
       for (const s of surveys) {
         const info: HostInfo | undefined = s.info;
         const status = !info ? `down (${s.error?.code ?? '?'})` : info.maintenance ? 'maintenance' : info.health?.state === 'degraded' ? 'degraded' : 'up';
         if (info?.health?.state === 'degraded') notes.push(...info.health.reasons.map((reason) => `${s.host.name} degraded (${reason.source}): ${reason.reason}`));
         rows.push(info
-          ? [s.host.name, s.host.url, status, formatBytes(info.capacityBytes), formatBytes(info.freeBytes), info.load ? `cpu ${info.load.cpuPercent.toFixed(0)} %, mem ${info.load.memoryPercent.toFixed(0)} %` : '-', levelText(info.hostCpu), `${info.hostCpu.vendor} ${info.hostCpu.model}`, info.vms.map((vm) => vm.name).join(', ') || '-']
-          : [s.host.name, s.host.url, status, '-', '-', '-', '-', '-', '-']);
+          ? [s.host.name, s.host.url, status, formatBytes(info.capacityBytes), formatBytes(info.freeBytes), info.load?.residentBytes !== undefined ? formatBytes(info.load.residentBytes) : '-', info.load ? `cpu ${info.load.cpuPercent.toFixed(0)} %, mem ${info.load.memoryPercent.toFixed(0)} %` : '-', levelText(info.hostCpu), `${info.hostCpu.vendor} ${info.hostCpu.model}`, info.vms.map((vm) => vm.name).join(', ') || '-']
+          : [s.host.name, s.host.url, status, '-', '-', '-', '-', '-', '-', '-']);
       }
-      process.stdout.write(`${formatTable(rows, [3, 4])}\n${notes.map((note) => `${note}\n`).join('')}`);
+      process.stdout.write(`${formatTable(rows, [3, 4, 5])}\n${notes.map((note) => `${note}\n`).join('')}`);
     });
   hosts
     .command('add <name> <url>')

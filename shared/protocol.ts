@@ -236,6 +236,8 @@ export const hostLoadSchema = z.object({
   vms: z.number().int(),
   /** The agent's event loop: mean delay over the last window. */
   eventLoopLagMs: z.number(),
+  /** The agent process's resident memory (its VMs' guest memory included), bytes. */
+  residentBytes: z.number().optional(),
 });
 export type HostLoad = z.infer<typeof hostLoadSchema>;
 

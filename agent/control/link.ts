@@ -110,5 +110,6 @@ async function measure(agent: Agent, to: { name: string; url: string }, bytes: n
     };
   } finally {
     peer.close();
+    agent.memoryReturn.released();
   }
 }

@@ -37,6 +37,7 @@ export function serveLinkProbe(connection: PeerServer, agent: Agent): void {
     }
   };
   connection.signal.addEventListener('abort', () => {
+    if (probe) agent.memoryReturn.released();
     probe = undefined;
   }, { once: true });
 
@@ -55,6 +56,7 @@ export function serveLinkProbe(connection: PeerServer, agent: Agent): void {
     if (!probe) throw new FerryError(ErrorCode.PROTOCOL, 'link.begin must come first', 'the peer is not a compatible ferry-agent');
     const { pagesReceived, mismatches } = probe;
     probe = undefined;
+    agent.memoryReturn.released();
     return { pagesReceived, mismatches };
   });
 }

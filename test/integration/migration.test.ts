@@ -2,9 +2,9 @@
  * Live migration between two real ferry-agent processes, driven by the real ferry CLI.
  */
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { checkDump } from '../replay.js';
-import { startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { patiently, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
@@ -72,15 +72,23 @@ describe('live migration between two agent processes', () => {
     await expectMemoryMatchesReplay(c, 'web1');
   });
 
-  it('migrates back and forth, each time committing with memory that matches replay', async () => {
+  it('migrates back and forth, each time committing with memory that matches replay, and the host left gives the memory back', async () => {
     cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
     const c = cluster;
-    expect((await c.ferry('vm', 'create', 'db1', '--on', 'host-a', '--memory', '32MiB', '--rate', '5000', '--wss', '8MiB', '--seed', '99')).code).toBe(0);
-    for (const to of ['host-b', 'host-a', 'host-b']) {
-      const migrated = await c.ferry('migrate', 'db1', '--to', to, '--json');
+    // 256 MiB, all of it resident from the start (--prealloc), so that the host it leaves has that much to give back.
+    expect((await c.ferry('vm', 'create', 'db1', '--on', 'host-a', '--memory', '256MiB', '--prealloc', '--rate', '5000', '--wss', '8MiB', '--seed', '99')).code).toBe(0);
+    const resident = async (host: string): Promise<number> => (await c.ferry('hosts', '--json')).json<{ name: string; load: { residentBytes: number } }[]>()
+      .find((entry) => entry.name === host)!.load.residentBytes;
+    const MiB = 1024 * 1024;
+    for (const [from, to] of [['host-a', 'host-b'], ['host-b', 'host-a'], ['host-a', 'host-b']] as const) {
+      const holding = await resident(from);
+      expect(holding).toBeGreaterThan(256 * MiB);
+      const migrated = await c.ferry('migrate', 'db1', '--to', to, '--json', '--no-forecast');
       expect(migrated.code, migrated.stderr).toBe(0);
       expect(migrated.json().outcome).toBe('committed');
       expect((await vmInfo(c, 'db1')).host).toBe(to);
+      // The departed guest's pages go back to the OS (agent/memory-return.ts), not when some collection happens to run.
+      await vi.waitFor(async () => expect(await resident(from)).toBeLessThan(holding - 192 * MiB), patiently);
     }
     await expectMemoryMatchesReplay(c, 'db1');
   });
