@@ -123,7 +123,13 @@ export function formatReport(report: MigrationReport): string {
   if (report.downtimeLimitExceededMs !== undefined) {
     facts.push(['over the limit', `${formatDuration(report.downtimeLimitExceededMs)}: a cap forced stop-and-copy before the dirty set fit --max-downtime`]);
   }
-  if (report.guestBlackoutMs !== undefined) facts.push(['guest blackout', `${formatDuration(report.guestBlackoutMs)}  (gap in the guest's own heartbeat)`]);
+  if (report.guestBlackoutMs !== undefined) {
+    // Two clocks of one pause: a reader should not have to guess why the guest's is the shorter.
+    const why = report.downtimeMs !== undefined && report.guestBlackoutMs < report.downtimeMs
+      ? `; shorter than downtime, which the source times from asking the vCPU to pause until the destination's "running" reaches it: that reply's trip back, and each side's handling, are in downtime but not in the guest's gap`
+      : '';
+    facts.push(['guest blackout', `${formatDuration(report.guestBlackoutMs)}  (gap in the guest's own heartbeat${why})`]);
+  }
   facts.push(['total time', formatDuration(report.totalTimeMs)]);
   facts.push(['sent', describeSent(report.bytesSent, report.memoryBytes)]);
   if (report.throughputBytesPerSec > 0) facts.push(['throughput', `${formatRate(report.throughputBytesPerSec)} (round 1)`]);

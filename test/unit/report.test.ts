@@ -84,6 +84,12 @@ function refusedBeforeRounds(): MigrationReport {
 }
 
 describe('formatReport', () => {
+  it('says why the guest blackout is shorter than the downtime, when it is, and nothing when it is not', () => {
+    const shorter = formatReport({ ...committed(), downtimeMs: 12.5, guestBlackoutMs: 9.1 });
+    expect(shorter).toMatch(/guest blackout +9\.10 ms {2}\(gap in the guest's own heartbeat; shorter than downtime, which the source times from asking the vCPU to pause/);
+    expect(formatReport(committed())).not.toContain('shorter than downtime');
+  });
+
   it('says COMMITTED and names the VM and both hosts for a committed migration', () => {
     const text = formatReport(committed());
     const first = text.split('\n')[0]!;
