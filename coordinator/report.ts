@@ -5,6 +5,7 @@ import type { ErrorPayload } from '../shared/errors.js';
 import type { RoundReport, SourceReport, StageReport, StopReason, Verification } from '../shared/protocol.js';
 import { PAGE_SIZE, STOP_RULES } from '../shared/constants.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
+import type { Forecast } from './forecast.js';
 import { formatTable } from './output.js';
 
 export interface MigrationReport {
@@ -51,17 +52,10 @@ export interface MigrationReport {
 }
 
 /** The forecast as a report carries it: the predicted figures, and how long making it took. */
-export interface ReportedForecast {
-  totalTimeMs: number;
-  downtimeMs: number;
-  bytes: number;
-  rounds: number;
-  converges: boolean;
-  stopReason: StopReason;
-  advice: string[];
+export type ReportedForecast = Pick<Forecast, 'totalTimeMs' | 'downtimeMs' | 'bytes' | 'rounds' | 'converges' | 'stopReason' | 'advice'> & {
   /** Gathering stats and measuring the link (0 ms of link when a measurement of the last minute was reused). */
   tookMs: number;
-}
+};
 
 export const stopReasonText: Record<StopReason, string> = {
   'few-dirty-pages': `fewer than ${STOP_RULES.fewDirtyPages} pages were dirty (Xen's rule)`,

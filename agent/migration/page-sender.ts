@@ -23,6 +23,7 @@ import { ErrorCode, FerryError, abortReason } from '../../shared/errors.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
 import { encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
 import type { VirtualMachine } from '../vm/vm.js';
+import { sleepUnlessAborted } from '../../shared/sleep.js';
 
 export interface SendProgress {
   pagesSent: number;
@@ -126,7 +127,7 @@ export class PageSender {
       else if (this.vm.net) await new Promise((resolve) => setImmediate(resolve));
       if (maxBandwidthBytesPerSec > 0) {
         const aheadMs = (progress.bytesSent / maxBandwidthBytesPerSec) * 1000 - (now() - startedMs);
-        if (aheadMs > 1) await sleep(aheadMs, signal);
+        if (aheadMs > 1) await sleepUnlessAborted(aheadMs, signal);
       }
       if (this.options.onProgress && now() - lastProgressMs >= interval) {
         lastProgressMs = now();
@@ -175,14 +176,3 @@ export class PageSender {
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}

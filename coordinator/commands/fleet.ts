@@ -16,6 +16,7 @@ import { fleetMarkdown, runFleetBench } from '../bench/fleet.js';
 import { surveyHosts } from '../inventory.js';
 import { migrationOptions } from '../migrate-options.js';
 import { ExitCode, formatTable, printJson } from '../output.js';
+import { sleepUnlessAborted } from '../../shared/sleep.js';
 
 export interface FleetContext {
   cluster: Cluster;
@@ -250,7 +251,7 @@ async function watch(context: FleetContext, balance: BalanceOptions, run: { inte
         if (run.json) process.stdout.write(`${JSON.stringify({ round, at: startedAt, endedAt: new Date().toISOString(), leader: leads ? id : null, error: failure.toPayload() })}\n`);
         else process.stdout.write(`round ${round} (${startedAt}): failed: ${failure.message}\n`);
       }
-      if (round < run.rounds) await sleep(run.intervalMs, stop.signal);
+      if (round < run.rounds) await sleepUnlessAborted(run.intervalMs, stop.signal);
     }
   } finally {
     await leadership?.resign().catch(() => undefined);
@@ -280,17 +281,6 @@ async function evacuateDegraded(context: FleetContext, balance: BalanceOptions, 
   return done;
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
 
 const pct = (value: number): string => `${(value * 100).toFixed(1)} %`;
 

@@ -3,31 +3,12 @@
  * run with the file store or etcd alike, and without a forecast where none can be made.
  */
 import type { MigrationOptions, VmInfo } from '../../shared/protocol.js';
+import type { ClusterStore } from '../store/store.js';
 
-export interface HostFlagsRecord {
-  maintenance?: { since: string; by?: string } | undefined;
-  degraded?: { reason: string; since: string } | undefined;
-}
+export type { HostFlags as HostFlagsRecord, MoveRecord } from '../store/store.js';
 
-export interface MoveRecord {
-  vm: string;
-  from: string;
-  to: string;
-  /** ISO time the move committed. */
-  at: string;
-  by: string;
-}
-
-export interface FleetStore {
-  setHostFlags(host: string, flags: HostFlagsRecord): Promise<void>;
-  /** One operation per VM across coordinators; throws naming the holder. */
-  lockVm(vm: string, operation: string): Promise<{ release(): Promise<void> }>;
-  recordMove(move: MoveRecord): Promise<void>;
-  /** Moves at or after now - `sinceMs`. */
-  recentMoves(sinceMs: number): Promise<MoveRecord[]>;
-  /** Resolves once `id` leads `election`; at most one leader at a time. */
-  campaign(election: string, id: string, options?: { signal?: AbortSignal }): Promise<{ readonly lost: Promise<void>; resign(): Promise<void> }>;
-}
+/** What drain and balance use of the cluster store: host flags, VM holds, move records, the balancer's election. */
+export type FleetStore = Pick<ClusterStore, 'setHostFlags' | 'lockVm' | 'recordMove' | 'recentMoves' | 'campaign'>;
 
 export interface ForecastSummary {
   totalTimeMs: number;
