@@ -632,7 +632,8 @@ Examples:
       if (raw.json) printJson(results);
       else process.stdout.write(toMarkdown(results));
       const sound = results.runs.every((run) => run.outcome === 'committed' && run.verification?.match === true && run.replayMatches !== false)
-        && results.services.every((run) => run.migrations.every((migration) => migration.outcome === 'committed'));
+        && results.services.every((run) => run.migrations.every((migration) => migration.outcome === 'committed'))
+        && (results.soaks ?? []).every((run) => run.committed === run.migrations.length && run.replayMatches);
       process.exitCode = sound ? ExitCode.OK : ExitCode.FAILED;
     });
 

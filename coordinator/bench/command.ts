@@ -16,6 +16,7 @@ import { benchWorkdir, measureBaseline, runScenario, type BenchContext, type Run
 import { defaultScenarioFile, loadScenarios, selectScenarios, type Scenario } from './scenarios.js';
 import { runServiceScenario, stepsOf, type ServiceRun } from './service.js';
 import { checkStorageTargets, measureRawDisk, runStorageScenario, storageSteps, summarizeStorage, type RawDiskResult, type StorageRun, type StorageSummary } from './storage.js';
+import { runSoakScenario, soakSteps, type SoakRun } from './soak.js';
 import { checkTargets, summarize, summarizeService, type ServiceSummary } from './summary.js';
 
 export interface BenchOptions {
@@ -44,10 +45,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const serviceSummaries: ServiceSummary[] = [];
   const storageRuns: StorageRun[] = [];
   const storageSummaries: StorageSummary[] = [];
+  const soaks: SoakRun[] = [];
   let rawDisk: RawDiskResult | undefined;
   const workdir = benchWorkdir();
   const stream = options.stream ?? process.stderr;
-  const progress = runProgress(selected.reduce((total, scenario) => total + (scenario.storage ? storageSteps(scenario) : stepsOf(scenario)), 0) * options.repeat, stream);
+  const progress = runProgress(selected.reduce((total, scenario) => total + (scenario.storage ? storageSteps(scenario) : scenario.soak ? soakSteps(scenario) : stepsOf(scenario)), 0) * options.repeat, stream);
   try {
     for (const wanted of linkNames) {
       let link: Link;
@@ -78,6 +80,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
             storageSummaries.push(...summarizeStorage(scenario, scenarioRuns));
             continue;
           }
+          if (scenario.soak) {
+            for (let repeat = 1; repeat <= options.repeat; repeat++) soaks.push(await runSoakScenario(scenario, repeat, context));
+            continue;
+          }
           if (scenario.service) {
             const scenarioRuns: ServiceRun[] = [];
             for (let repeat = 1; repeat <= options.repeat; repeat++) scenarioRuns.push(await runServiceScenario(scenario, repeat, context));
@@ -103,7 +109,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   }
 
   const results: BenchResults = {
-    environment: describeEnvironment([...new Set([...runs, ...services, ...storageRuns].map((run) => run.link))].join(', ')),
+    environment: describeEnvironment([...new Set([...runs, ...services, ...storageRuns, ...soaks].map((run) => run.link))].join(', ')),
     command: options.command,
     repeat: options.repeat,
     baselines,
@@ -116,6 +122,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     storage: storageRuns,
     storageSummaries,
     storageTargets: checkStorageTargets(storageSummaries, rawDisk),
+    soaks,
     charts: [],
   };
   const out = options.out ?? path.join(process.cwd(), 'bench-results', new Date().toISOString().replace(/[:.]/g, '-'));

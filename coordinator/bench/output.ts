@@ -8,6 +8,7 @@ import type { RawTcpResult } from './baseline.js';
 import type { Environment } from './environment.js';
 import type { RunResult } from './runner.js';
 import type { ServiceMigration, ServiceRun } from './service.js';
+import type { SoakRun } from './soak.js';
 import type { RawDiskResult, StorageRun, StorageSummary, StorageTargetCheck } from './storage.js';
 import type { ScenarioSummary, ServiceSummary, TargetCheck } from './summary.js';
 import type { Spread } from './stats.js';
@@ -24,6 +25,8 @@ export interface BenchResults {
   /** Service scenarios: a run per repeat, each with its migrations under the probe and its steady rates. */
   services: ServiceRun[];
   serviceSummaries: ServiceSummary[];
+  /** Soaks: migrations back and forth between long-lived agents hosting other VMs (bench/soak.ts). */
+  soaks?: SoakRun[];
   /** Raw disk write speed on the work folder's file system, where storage scenarios keep their disks. */
   rawDisk?: RawDiskResult;
   /** Storage scenarios: a run per repeat, each with its moves. */
@@ -139,6 +142,7 @@ export function toMarkdown(results: BenchResults): string {
   }
   if (results.serviceSummaries.length > 0) lines.push(...serviceSection(results.serviceSummaries));
   if (results.storageSummaries.length > 0) lines.push(...storageSection(results));
+  if (results.soaks && results.soaks.length > 0) lines.push(...soakSection(results.soaks));
   if (results.charts.length > 0) {
     lines.push('## Charts', '');
     for (const chart of results.charts) lines.push(`![${chart}](charts/${chart})`, '');
@@ -195,6 +199,21 @@ function serviceSection(summaries: ServiceSummary[]): string[] {
     }
     lines.push('');
   }
+  return lines;
+}
+
+function soakSection(soaks: SoakRun[]): string[] {
+  const lines = ['## Soak: as a user runs ferry', '',
+    'The same two agents for the whole run, other VMs on each, the VM made as the scenario says (no --prealloc unless ' +
+    'it says so), migrated back and forth with default options. Downtime over every committed ' +
+    'migration of the run; round 1 throughput its median.', ''];
+  lines.push('| scenario | run | memory | prealloc | other VMs per agent | migrations (committed) | downtime median ms | p95 ms | max ms | round 1 median MB/s | memory matches replay |');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const run of soaks) {
+    const round1 = [...run.migrations.map((migration) => migration.round1BytesPerSec)].sort((a, b) => a - b)[Math.floor(run.migrations.length / 2)] ?? 0;
+    lines.push(`| ${run.scenario} | ${run.repeat} | ${formatBytes(run.memoryBytes)} | ${run.prealloc ? 'yes' : 'no'} | ${run.others} | ${run.migrations.length} (${run.committed}) | ${num(run.downtimeMs.median, 2)} | ${num(run.downtimeMs.p95, 2)} | ${num(run.downtimeMs.max, 2)} | ${mb(round1)} | ${run.replayMatches ? 'yes' : '**no**'} |`);
+  }
+  lines.push('');
   return lines;
 }
 

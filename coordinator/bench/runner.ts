@@ -106,10 +106,11 @@ async function cpuOf(host: HostEntry): Promise<HostInfo['cpu']> {
 const relativeError = (measured: number, predicted: number): number => (predicted > 0 ? (measured - predicted) / predicted : Number.NaN);
 
 /** Two fresh agents with room for the scenario's VM, for the length of `body`; stopped and their files gone after. */
-export async function withRunAgents<T>(scenario: Scenario, repeat: number, context: BenchContext, body: (bench: BenchAgents, hosts: [HostEntry, HostEntry]) => Promise<T>): Promise<T> {
+/** `memoryBytes`: what one agent may hold at once, when more than the scenario's VM (a soak's other VMs). */
+export async function withRunAgents<T>(scenario: Scenario, repeat: number, context: BenchContext, body: (bench: BenchAgents, hosts: [HostEntry, HostEntry]) => Promise<T>, memoryBytes = parseSize(scenario.memory)): Promise<T> {
   const workdir = path.join(context.workdir, `${scenario.name}-${repeat}`);
   await mkdir(workdir, { recursive: true });
-  const capacity = `${Math.ceil((parseSize(scenario.memory) * 1.5) / 1024 ** 2)}MiB`;
+  const capacity = `${Math.ceil((Math.max(parseSize(scenario.memory), memoryBytes) * 1.5) / 1024 ** 2)}MiB`;
   const bench = await context.link.startAgents(capacity, workdir);
   try {
     return await body(bench, bench.cluster.hosts as [HostEntry, HostEntry]);

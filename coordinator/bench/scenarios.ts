@@ -41,6 +41,19 @@ export const storageSpecSchema = z.object({
 }).strict();
 export type StorageSpec = z.infer<typeof storageSpecSchema>;
 
+/**
+ * A soak: the same two agents for the whole run, `others` pattern VMs on each beside the one that moves, and
+ * `migrations` migrations of it back and forth with default options (bench/soak.ts).
+ */
+export const soakSpecSchema = z.object({
+  migrations: z.number().int().min(1).max(1000),
+  others: z.number().int().min(0).max(16).default(2),
+  othersMemory: z.string().default('64MiB'),
+  /** Page writes a second of each other VM. */
+  othersRate: z.number().int().min(0).max(1_000_000).default(2000),
+}).strict();
+export type SoakSpec = z.infer<typeof soakSpecSchema>;
+
 export const scenarioSchema = z.object({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/),
   description: z.string(),
@@ -72,6 +85,8 @@ export const scenarioSchema = z.object({
   service: serviceSchema.optional(),
   /** A disk the guest writes, moved back and forth by `storage move` (pattern VMs only); see storageSpecSchema. */
   storage: storageSpecSchema.optional(),
+  /** Migrations back and forth between long-lived agents hosting other VMs; see soakSpecSchema. */
+  soak: soakSpecSchema.optional(),
 });
 export type Scenario = z.infer<typeof scenarioSchema>;
 
@@ -119,6 +134,12 @@ export function loadScenarios(file: string): Scenario[] {
     }
     if (scenario.storage && scenario.workload !== 'pattern') {
       throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} has a storage part but runs ${scenario.workload}`, 'only a pattern VM writes its disk: give it "workload": "pattern"');
+    }
+    if (scenario.soak && (scenario.storage || scenario.service)) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} has a soak part beside a service or storage part`, 'give it one of them');
+    }
+    if (scenario.soak && scenario.dirtyRateOfLink !== undefined) {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${file}: soak scenario ${scenario.name} gives dirtyRateOfLink`, 'a soak writes at a fixed rate: give "rate" (page writes per second)');
     }
     if (scenario.storage && scenario.service) {
       throw new FerryError(ErrorCode.BAD_INPUT, `${file}: scenario ${scenario.name} has both a service and a storage part`, 'give it one of them');

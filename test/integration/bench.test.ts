@@ -104,6 +104,26 @@ describe('ferry bench', () => {
     expect(existsSync(path.join(out, 'charts', 'service-outage.png'))).toBe(true);
   });
 
+  it('runs the smoke-sized soak: migrations back and forth between the same agents beside other VMs, the downtime tail, memory checked', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
+    const out = path.join(dir, 'results');
+    const result = await bench(['--scenario', 'soak-smoke', '--repeat', '1', '--out', out, '--json']);
+    expect(result.code, result.stderr).toBe(0);
+    const results = result.json();
+    expect(results.runs).toEqual([]);
+    expect(results.soaks).toHaveLength(1);
+    const [run] = results.soaks;
+    expect(run).toMatchObject({ scenario: 'soak-smoke', repeat: 1, memoryBytes: 32 * 1024 * 1024, prealloc: false, others: 1, committed: 4, replayMatches: true });
+    expect(run.migrations.map((m: { from: string; to: string }) => `${m.from}>${m.to}`)).toEqual(['host-a>host-b', 'host-b>host-a', 'host-a>host-b', 'host-b>host-a']);
+    const downtimes = run.migrations.map((m: { downtimeMs: number }) => m.downtimeMs).sort((a: number, b: number) => a - b);
+    expect(run.downtimeMs.max).toBe(downtimes.at(-1));
+    expect(run.downtimeMs.median).toBeGreaterThanOrEqual(downtimes[0]);
+    expect(run.downtimeMs.p95).toBeLessThanOrEqual(run.downtimeMs.max);
+    const markdown = readFileSync(path.join(out, 'summary.md'), 'utf8');
+    expect(markdown).toContain('## Soak: as a user runs ferry');
+    expect(markdown).toContain('| soak-smoke | 1 | 32 MiB | no | 1 | 4 (4) |');
+  });
+
   it('runs the smoke-sized storage scenario: a disk moved back and forth in both modes while the guest writes it, checked, with its table and chart', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
     const out = path.join(dir, 'results');
