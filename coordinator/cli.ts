@@ -193,8 +193,10 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .description('each host: whether it answers, its capacity, what is free, its VMs')
     .option('--json', 'print JSON')
     .action(async (options: { json?: boolean }, command: Command) => {
-      const { file, cluster: hosts } = await cluster(command);
+      const { file, cluster: hosts, store } = await cluster(command);
       const surveys = await surveyHosts(hosts);
+      // A host that does not answer still has the flags its operators set, as the store keeps them.
+      const recorded = surveys.some((s) => !s.info) ? await store.hostFlags().catch(() => ({} as Awaited<ReturnType<typeof store.hostFlags>>)) : {};
       if (options.json) {
         printJson(surveys.map((s) => ({
           name: s.host.name, url: s.host.url, reachable: s.info !== undefined,
@@ -202,7 +204,7 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
             capacityBytes: s.info.capacityBytes, freeBytes: s.info.freeBytes, vms: s.info.vms.map((vm) => vm.name), hostCpu: s.info.hostCpu,
             ...(s.info.addressMode ? { addressMode: s.info.addressMode } : {}),
             load: s.info.load ?? null, maintenance: s.info.maintenance ?? null, health: s.info.health ?? null,
-          } : { error: s.error?.toPayload() }),
+          } : { error: s.error?.toPayload(), recordedFlags: recorded[s.host.name] ?? {} }),
         })));
         return;
       }
@@ -214,7 +216,11 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
       const notes: string[] = [];
       for (const s of surveys) {
         const info: HostInfo | undefined = s.info;
-        const status = !info ? `down (${s.error?.code ?? '?'})` : info.maintenance ? 'maintenance' : info.health?.state === 'degraded' ? 'degraded' : 'up';
+        const flags = recorded[s.host.name];
+        const status = !info
+          ? `down (${s.error?.code ?? '?'})${flags?.maintenance ? ', in maintenance' : ''}${flags?.degraded ? ', degraded' : ''}`
+          : info.maintenance ? 'maintenance' : info.health?.state === 'degraded' ? 'degraded' : 'up';
+        if (!info && flags?.degraded) notes.push(`${s.host.name} degraded (operator, as the store records it): ${flags.degraded.reason}`);
         if (info?.health?.state === 'degraded') notes.push(...info.health.reasons.map((reason) => `${s.host.name} degraded (${reason.source}): ${reason.reason}`));
         rows.push(info
           ? [s.host.name, s.host.url, status, formatBytes(info.capacityBytes), formatBytes(info.freeBytes), info.load?.residentBytes !== undefined ? formatBytes(info.load.residentBytes) : '-', info.load ? `cpu ${info.load.cpuPercent.toFixed(0)} %, mem ${info.load.memoryPercent.toFixed(0)} %` : '-', levelText(info.hostCpu), `${info.hostCpu.vendor} ${info.hostCpu.model}`, info.vms.map((vm) => vm.name).join(', ') || '-']

@@ -95,6 +95,13 @@ describe('host drain', () => {
     const retried = await c.ferry('host', 'drain', 'host-a', '--json');
     expect(retried.code, retried.stderr).toBe(0);
     expect(retried.json().moved).toEqual([expect.objectContaining({ vm: 'big1', to: 'host-c', outcome: 'committed' })]);
+
+    // A host that stops answering still shows the flags its operators set, as the cluster store keeps them.
+    expect((await c.ferry('host', 'health', 'host-b', '--degraded', 'psu alarm')).code).toBe(0);
+    await c.agent('host-b').stop(0);
+    const down = (await c.ferry('hosts', '--json')).json<{ name: string; reachable: boolean; recordedFlags?: { degraded?: { reason: string } } }[]>().find((host) => host.name === 'host-b');
+    expect(down).toMatchObject({ reachable: false, recordedFlags: { degraded: { reason: 'psu alarm' } } });
+    expect((await c.ferry('hosts')).stdout).toMatch(/host-b .*down \(FERRY_ERR_UNREACHABLE\), degraded/);
   });
 });
 
