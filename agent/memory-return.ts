@@ -32,7 +32,7 @@ export class MemoryReturn {
   private timer: NodeJS.Timeout | undefined;
   private readonly migrating: () => boolean;
   private readonly log: Logger;
-  /** Collections run, and the resident memory they gave back, for the log and the tests. */
+  /** Collections run so far (the tests count them). */
   collections = 0;
 
   constructor(migrating: () => boolean, log: Logger) {

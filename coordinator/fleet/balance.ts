@@ -191,8 +191,6 @@ export interface BalanceHooks {
   connect?: Connector;
   store?: FleetStore | undefined;
   forecast?: Forecaster | undefined;
-  /** A sync estimate of a move's cost in ms, for ranking; the forecast still checks each planned move. */
-  cost?: PlanInput['cost'];
   onEvent?: (event: { kind: 'applying'; move: PlannedMove } | { kind: 'applied'; applied: AppliedMove }) => void;
   signal?: AbortSignal;
   by?: string;
@@ -227,7 +225,7 @@ export async function balanceOnce(cluster: Cluster, options: BalanceOptions, app
   const refused = new Map<string, Set<string>>();
   const forecastSkips: BalancePlan['skipped'] = [];
   const forecasts = new Map<string, ForecastSummary>();
-  const cost = hooks.cost ?? (hooks.forecast ? await rankingCost(surveys, options, connect) : undefined);
+  const cost = hooks.forecast ? await rankingCost(surveys, options, connect) : undefined;
   let plan = planBalance({ surveys, vms, options, frozen, refused, ...(cost ? { cost } : {}) });
   // Every planned move is forecast; one the forecast refuses is taken out and the plan made again without it.
   for (let pass = 0; hooks.forecast && pass < 10; pass++) {

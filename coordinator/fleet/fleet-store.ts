@@ -3,18 +3,14 @@
  * run with the file store or etcd alike, and without a forecast where none can be made.
  */
 import type { MigrationOptions, VmInfo } from '../../shared/protocol.js';
+import type { Forecast } from '../forecast.js';
 import type { ClusterStore } from '../store/store.js';
-
-export type { HostFlags as HostFlagsRecord, MoveRecord } from '../store/store.js';
 
 /** What drain and balance use of the cluster store: host flags, VM holds, move records, the balancer's election. */
 export type FleetStore = Pick<ClusterStore, 'setHostFlags' | 'lockVm' | 'recordMove' | 'recentMoves' | 'campaign'>;
 
-export interface ForecastSummary {
-  totalTimeMs: number;
-  downtimeMs: number;
-  converges: boolean;
-}
+/** What drain and balance read of a forecast. */
+export type ForecastSummary = Pick<Forecast, 'totalTimeMs' | 'downtimeMs' | 'converges'>;
 
 /** The forecast of moving `vm` from host `from` to host `to` with these options. */
 export type Forecaster = (vm: VmInfo, from: string, to: string, options: MigrationOptions) => Promise<ForecastSummary>;

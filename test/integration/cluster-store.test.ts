@@ -166,13 +166,19 @@ describe('fleet operations on a cluster store in etcd', () => {
     }
 
     const drain = spawnFerry(c, ['host', 'drain', 'host-a', '--parallel', '1', '--json']);
-    await expect.poll(async () => (await ferry(c, ['hosts', '--json'])).json<{ name: string; vms: string[] }[]>()
-      .some((host) => host.name !== 'host-a' && host.vms.length > 0), { timeout: 20_000, interval: 100 }).toBe(true);
+    let moving = '';
+    await expect.poll(async () => {
+      moving = (await ferry(c, ['hosts', '--json'])).json<{ name: string; vms: string[] }[]>()
+        .find((host) => host.name !== 'host-a' && host.vms.length > 0)?.vms[0] ?? '';
+      return moving;
+    }, { timeout: 20_000, interval: 100 }).not.toBe('');
+    // The drain holds the VM on its way (host-a keeps its round 1 for 3 s): another coordinator cannot take it.
+    store = await openStore(etcd.url);
+    await expect(store.lockVm(moving, 'check')).rejects.toMatchObject({ code: 'FERRY_ERR_VM_BUSY' });
     drain.kill();
     expect((await drain.result).code).not.toBe(0);
 
     // Its holds end with its lease: another coordinator can take each VM.
-    store = await openStore(etcd.url);
     for (const vm of ['web1', 'web2']) {
       await expect.poll(async () => {
         try {

@@ -86,6 +86,7 @@ describe('planBalance', () => {
     ];
     const plan = planBalance({ surveys, vms, options: options({ threshold: 0.01 }), frozen: new Map(), refused: new Map() });
     expect(plan.excluded.map((entry) => entry.host)).toEqual(['maint', 'sick']);
+    expect(plan.moves.length).toBeGreaterThan(0);
     for (const move of plan.moves) {
       expect(['small', 'old']).toContain(move.to);
       if (move.to === 'small') expect(move.vm).not.toBe('big');
