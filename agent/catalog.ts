@@ -19,7 +19,9 @@
  * Migrations keep their own indexes (reservations by migration id, copies in doubt: agent.ts, settlement.ts), each
  * pointing at a VM that lives here.
  */
+import { NET_REGION_PAGES, PAGE_SIZE } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
+import { fillInitialPages } from '../shared/workloads.js';
 import type { VmState, VmSummary } from '../shared/protocol.js';
 import { formatBytes } from '../shared/units.js';
 import type { StoredVm } from './datastore/config.js';
@@ -64,6 +66,20 @@ export async function populate(memory: Uint8Array): Promise<void> {
   for (let start = 0; start < memory.length; start += POPULATE_SLICE_BYTES) {
     const end = Math.min(start + POPULATE_SLICE_BYTES, memory.length);
     for (let offset = start; offset < end; offset += 4096) memory[offset] = 0;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+/**
+ * Fills a filled guest's memory as it starts (workloads.ts `fillInitialPages`), all but the network device's pages
+ * at the top of an addressed VM's memory, a slice at a time so the agent keeps answering.
+ */
+export async function fillGuest(vm: VirtualMachine): Promise<void> {
+  if (!vm.workload.filled) return;
+  const pages = vm.pageCount - (vm.network ? NET_REGION_PAGES : 0);
+  const slicePages = POPULATE_SLICE_BYTES / PAGE_SIZE;
+  for (let from = 0; from < pages; from += slicePages) {
+    fillInitialPages(vm.memory, from, Math.min(from + slicePages, pages));
     await new Promise((resolve) => setImmediate(resolve));
   }
 }
@@ -217,6 +233,9 @@ export class Catalog {
    * `purpose` names the request in a refusal ("be created", "receive it"). If anything fails, nothing is left.
    */
   async allocate(spec: VmSpec, state: VmState, purpose: string, options: { prealloc?: boolean; setup?: (vm: VirtualMachine) => Promise<void> } = {}): Promise<VirtualMachine> {
+    if (spec.workload.filled && spec.workload.kind === 'kv') {
+      throw new FerryError(ErrorCode.BAD_INPUT, `${spec.name} cannot be filled: a kv guest's table starts empty`, 'leave out --filled for a kv VM');
+    }
     if (spec.workload.wssPages > spec.memoryBytes / 4096 || (spec.workload.hotPages ?? 0) > spec.workload.wssPages) {
       throw new FerryError(ErrorCode.BAD_INPUT, `the working set of ${spec.name} is larger than its memory (or its hot set than its working set)`, 'give --wss at most --memory, and --hot at most --wss');
     }

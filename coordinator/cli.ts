@@ -259,13 +259,14 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--seed <n>', 'xorshift32 seed for pattern and hotset, not 0', '1')
     .option('--hot <size>', 'hotset: the hot region that takes 7 of 8 writes (default: wss / 8)')
     .option('--prealloc', 'back all guest memory with real pages now, not on first touch (like QEMU -mem-prealloc)')
+    .option('--filled', 'start memory non-zero (every page as pattern write 0), as a guest that has run a while: a migration moves every byte, none goes as a zero page')
     .option('--disk <size>', 'give it a sparse disk image (disk0.img) of this size in the host\'s datastore')
     .option('--disk-rate <writes>', 'pattern with --disk: 4 KiB block writes per second to its disk (default 0: none)')
     .option('--disk-wss <size>', 'the part of the disk, from its start, those writes go to (default: the whole disk)')
     .option('--ip <address>', 'its address, served on UDP port 7777 (loopback mode: in 127.0.0.0/8, e.g. 127.100.0.5)')
     .addOption(cpuOption())
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; disk?: string; diskRate?: string; diskWss?: string; ip?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
+    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; filled?: boolean; disk?: string; diskRate?: string; diskWss?: string; ip?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
       const request = toVmRequest(name, options);
       const { cluster: hosts } = await cluster(command);
       const host = findHost(hosts, options.on);

@@ -18,7 +18,7 @@ export interface DumpMetadata {
   host: string;
   memoryBytes: number;
   pageSize: number;
-  workload: { kind: string; seed: number; wssPages: number; rate: number; hotPages?: number };
+  workload: { kind: string; seed: number; wssPages: number; rate: number; hotPages?: number; filled?: boolean };
   cpu: { x: number; n: number };
   takenAt: string;
 }
@@ -58,7 +58,7 @@ export async function dumpMemory(client: AgentClient, name: string, outFile: str
     host: info.host,
     memoryBytes: info.memoryBytes,
     pageSize: PAGE_SIZE,
-    workload: { kind: info.workload.kind, seed: info.workload.seed, wssPages: info.workload.wssPages, rate: info.workload.rate, ...(info.workload.hotPages ? { hotPages: info.workload.hotPages } : {}) },
+    workload: { kind: info.workload.kind, seed: info.workload.seed, wssPages: info.workload.wssPages, rate: info.workload.rate, ...(info.workload.hotPages ? { hotPages: info.workload.hotPages } : {}), ...(info.workload.filled ? { filled: true } : {}) },
     cpu: info.cpu,
     takenAt: new Date().toISOString(),
   };

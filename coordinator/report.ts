@@ -100,13 +100,15 @@ export function formatReport(report: MigrationReport): string {
 
   if (report.rounds.length > 0) {
     lines.push('', '  pre-copy rounds');
-    const rows = [['round', 'pages', 'sent', 'took', 'throughput', 'dirty after']];
+    // "zero": pages that were all zeros and went as a flag, with no bytes (they are in "pages", not in "sent").
+    const rows = [['round', 'pages', 'zero', 'sent', 'took', 'throughput', 'dirty after']];
     for (const round of report.rounds) {
-      rows.push([String(round.round), int(round.pages), formatBytes(round.bytes), formatDuration(round.durationMs), formatRate(round.throughputBytesPerSec), int(round.dirtyPagesAfter)]);
+      rows.push([String(round.round), int(round.pages), int(round.zeroPages ?? 0), formatBytes(round.bytes), formatDuration(round.durationMs), formatRate(round.throughputBytesPerSec), int(round.dirtyPagesAfter)]);
     }
     const last = report.stopAndCopy;
-    if (last) rows.push(['stop+copy', int(last.pages), formatBytes(last.bytes), formatDuration(last.durationMs), formatRate(last.throughputBytesPerSec), '-']);
-    lines.push(...formatTable(rows, [1, 2, 3, 4, 5]).split('\n').map((line) => `    ${line}`));
+    if (last) rows.push(['stop+copy', int(last.pages), int(last.zeroPages ?? 0), formatBytes(last.bytes), formatDuration(last.durationMs), formatRate(last.throughputBytesPerSec), '-']);
+    lines.push(...formatTable(rows, [1, 2, 3, 4, 5, 6]).split('\n').map((line) => `    ${line}`));
+    if (report.rounds.some((round) => (round.zeroPages ?? 0) > 0)) lines.push('    zero: pages that were all zeros, sent as a flag with no bytes (counted in pages, not in sent)');
   }
 
   lines.push('');

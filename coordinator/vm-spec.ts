@@ -18,6 +18,8 @@ export interface CreateOptions {
   seed: string;
   hot?: string | undefined;
   prealloc?: boolean | undefined;
+  /** Memory starts as pattern write 0 of every page, none of it zero (shared/workloads.ts). */
+  filled?: boolean | undefined;
   disk?: string | undefined;
   /** pattern with a disk: block writes per second to its first disk (DESIGN.md, "Disk writes"). */
   diskRate?: string | undefined;
@@ -72,7 +74,11 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
     wssPages: Math.floor(wssBytes / PAGE_SIZE),
     seed: parseCount(options.seed, '--seed'),
     ...(options.hot ? { hotPages: Math.floor(parseSize(options.hot) / PAGE_SIZE) } : {}),
+    ...(options.filled ? { filled: true } : {}),
   };
+  if (options.filled && options.workload === 'kv') {
+    throw new FerryError(ErrorCode.BAD_INPUT, '--filled: a kv guest\'s table starts empty, it cannot start filled', 'leave out --filled, or use another workload');
+  }
   const diskBytes = options.disk === undefined ? undefined : parseSize(options.disk);
   // Disk writes: only a pattern VM's, and only into a disk it has.
   if (options.diskRate !== undefined || options.diskWss !== undefined) {

@@ -6,7 +6,7 @@
 export const PAGE_SIZE = 4096;
 
 /** Bumped whenever a message or frame changes shape; peers that differ refuse each other at `hello`. */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /** Smallest guest: 256 pages, one full page-data frame. */
 export const MIN_MEMORY_BYTES = 1024 * 1024;

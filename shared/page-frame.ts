@@ -10,28 +10,38 @@
  *   ------  -----------  ----------------------------------------------------------------
  *   0       1            magic 0xC1: a byte MessagePack never uses, so a header is never
  *                        mistaken for a control message (those are MessagePack maps)
- *   1       1            frame version (1)
+ *   1       1            frame version (2)
  *   2       2            flags: bit 0 = sent with the vCPU paused (stop-and-copy)
  *   4       4            round (1 = the full first pass)
  *   8       4            count: pages in the data message that follows, 1..PAGES_PER_FRAME
  *   12      4            reserved, 0
  *   16      8 x count    xxh64 of each page (DESIGN.md "Verified commit"), a little-endian uint64
- *   16+8c   4 x count    page number of each page, in the order they appear in the data message
+ *   16+8c   4 x count    each page's entry: bits 0-30 its page number; bit 31 set for a zero page
  *
- * Data message: count x PAGE_SIZE bytes, page i at offset i x PAGE_SIZE.
+ * Data message: the pages whose entries are not zero pages, in header order, PAGE_SIZE bytes each. A zero page
+ * (all 4096 bytes 0) travels as its flag alone, as QEMU sends them: it has no bytes in the data message, and its
+ * hash field holds the xxh64 of a zero page (page-hash.ts `ZERO_PAGE_HASH`). A frame of zero pages only has no
+ * data message at all.
  */
 import { PAGE_SIZE, PAGES_PER_FRAME } from './constants.js';
 import { ErrorCode, FerryError } from './errors.js';
 
 export const PAGE_HEADER_MAGIC = 0xc1;
-export const PAGE_FRAME_VERSION = 1;
+export const PAGE_FRAME_VERSION = 2;
 export const PAGE_FLAG_PAUSED = 1;
+/** Bit 31 of a page entry: the page is all zeros and has no bytes in the data message. */
+export const ZERO_PAGE_BIT = 0x8000_0000;
+const PAGE_NUMBER_MASK = 0x7fff_ffff;
 const FIXED_BYTES = 16;
 
 export interface PageHeader {
   round: number;
   flags: number;
   pages: Uint32Array;
+  /** 1 where pages[i] is a zero page (no bytes in the data message), else 0. */
+  zero: Uint8Array;
+  /** Pages that have bytes in the data message: pages.length less the zero pages. */
+  dataPages: number;
   /** The xxh64 of page i as two words, low then high: words 2i and 2i + 1 (page-hash.ts). */
   hashes: Uint32Array;
 }
@@ -40,12 +50,15 @@ export function pageHeaderBytes(count: number): number {
   return FIXED_BYTES + 12 * count;
 }
 
-/** Writes a header for `count` pages into `target` (which must hold pageHeaderBytes(count)) and returns the view. */
+/**
+ * Writes a header for `count` pages into `target` (which must hold pageHeaderBytes(count)) and returns the view.
+ * `entries` are page numbers, a zero page's with ZERO_PAGE_BIT set.
+ */
 export function encodePageHeader(
   target: Buffer,
   round: number,
   flags: number,
-  pages: ArrayLike<number>,
+  entries: ArrayLike<number>,
   hashes: Uint32Array,
   count: number,
 ): Buffer {
@@ -60,7 +73,7 @@ export function encodePageHeader(
   for (let i = 0; i < count; i++) {
     header.writeUInt32LE(hashes[2 * i]!, FIXED_BYTES + 8 * i);
     header.writeUInt32LE(hashes[2 * i + 1]!, FIXED_BYTES + 8 * i + 4);
-    header.writeUInt32LE(pages[i]!, pagesAt + 4 * i);
+    header.writeUInt32LE(entries[i]!, pagesAt + 4 * i);
   }
   return header;
 }
@@ -81,18 +94,26 @@ export function decodePageHeader(frame: Buffer, pageCount: number): PageHeader {
   if (count < 1 || count > PAGES_PER_FRAME) bad(`page count ${count} is outside 1..${PAGES_PER_FRAME}`);
   if (frame.length !== pageHeaderBytes(count)) bad(`${frame.length} bytes for ${count} pages, expected ${pageHeaderBytes(count)}`);
   const pages = new Uint32Array(count);
+  const zero = new Uint8Array(count);
   const hashes = new Uint32Array(2 * count);
   const pagesAt = FIXED_BYTES + 8 * count;
+  let zeroPages = 0;
   for (let i = 0; i < count; i++) {
-    const page = frame.readUInt32LE(pagesAt + 4 * i);
+    const entry = frame.readUInt32LE(pagesAt + 4 * i);
+    const page = entry & PAGE_NUMBER_MASK;
     if (page >= pageCount) bad(`page ${page} is outside the guest's ${pageCount} pages`);
     pages[i] = page;
+    if (entry & ZERO_PAGE_BIT) {
+      zero[i] = 1;
+      zeroPages += 1;
+    }
     hashes[2 * i] = frame.readUInt32LE(FIXED_BYTES + 8 * i);
     hashes[2 * i + 1] = frame.readUInt32LE(FIXED_BYTES + 8 * i + 4);
   }
-  return { round: frame.readUInt32LE(4), flags: frame.readUInt16LE(2), pages, hashes };
+  return { round: frame.readUInt32LE(4), flags: frame.readUInt16LE(2), pages, zero, dataPages: count - zeroPages, hashes };
 }
 
+/** Bytes of the data message after `header`: 0 when every page is a zero page (no data message follows). */
 export function expectedDataBytes(header: PageHeader): number {
-  return header.pages.length * PAGE_SIZE;
+  return header.dataPages * PAGE_SIZE;
 }

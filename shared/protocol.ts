@@ -68,6 +68,11 @@ export const workloadSpecSchema = z.object({
   diskRate: z.number().int().min(0).max(1_000_000).optional(),
   /** pattern only: 4 KiB blocks of the first disk, from block 0, that disk writes go to; absent: the whole disk. */
   diskWssBlocks: z.number().int().min(1).optional(),
+  /**
+   * Memory starts filled, not zero: page p as pattern write 0 leaves it (shared/workloads.ts), so no page is zero
+   * and a migration moves every byte. Not for kv, whose table starts empty.
+   */
+  filled: z.boolean().optional(),
 });
 export type WorkloadSpec = z.infer<typeof workloadSpecSchema>;
 
@@ -319,6 +324,8 @@ export const roundReportSchema = z.object({
   durationMs: z.number(),
   dirtyPagesAfter: z.number(),
   throughputBytesPerSec: z.number(),
+  /** Pages of the round that were all zeros and went as a flag, with no bytes (page-frame.ts). */
+  zeroPages: z.number().optional(),
 });
 export type RoundReport = z.infer<typeof roundReportSchema>;
 

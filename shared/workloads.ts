@@ -11,6 +11,10 @@
  * idle: writes nothing.
  * kv: writes no pages of its own: it serves its table over the network (agent/vm/net/kv-table.ts); x and n stay.
  * Every workload writes whole pages with the same fill, so any memory image can be told apart by write.
+ *
+ * A filled guest (workload `filled`) starts with every page as write 0 leaves it (fillPage with n = 0: w[0] = w[1]
+ * = 0, w[2] = p, w[k] = k * 0x9E3779B1 for k = 3..1023) instead of zeros: no page of it is zero, so a migration
+ * must move every byte of it, as it would a guest that has run a while.
  */
 import { PAGE_SIZE } from './constants.js';
 import type { WorkloadSpec } from './protocol.js';
@@ -40,6 +44,18 @@ export function fillPage(words: Uint32Array, page: number, n: number): void {
   words[base + 1] = Math.floor(n / 2 ** 32);
   words[base + 2] = page;
   for (let k = 3; k < WORDS_PER_PAGE; k++) words[base + k] = (low ^ Math.imul(k, GOLDEN)) >>> 0;
+}
+
+/** Fills pages [from, to) of `memory` as a filled guest starts (see above): one copy of a template page each. */
+export function fillInitialPages(memory: Uint8Array, from: number, to: number): void {
+  const template = new Uint32Array(WORDS_PER_PAGE);
+  fillPage(template, 0, 0);
+  const templateBytes = new Uint8Array(template.buffer);
+  const words = new Uint32Array(memory.buffer, memory.byteOffset, memory.length >>> 2);
+  for (let page = from; page < to; page++) {
+    memory.set(templateBytes, page * PAGE_SIZE);
+    words[page * WORDS_PER_PAGE + 2] = page;
+  }
 }
 
 /**

@@ -8,7 +8,8 @@
  * - one write: n = n + 1; x ^= x << 13; x ^= x >>> 17; x ^= x << 5 (uint32 throughout); p = x % wssPages;
  *   page p becomes 1024 little-endian uint32 words: w[0] = n mod 2^32, w[1] = floor(n / 2^32), w[2] = p,
  *   w[k] = w[0] XOR (k * 0x9E3779B1 mod 2^32) for k = 3..1023;
- * - a page never written is all zeros.
+ * - a page never written is all zeros; in a VM created --filled, it is as write 0 leaves it (the fill above with
+ *   n = 0: w[0] = w[1] = 0, w[2] = p).
  *
  * To check an image: replay n writes from the seed, keeping only the last write index of each page (one number per
  * page, so the replay costs O(n + pages) and never touches page contents), then compare every page of the image
@@ -26,6 +27,8 @@ export interface PatternState {
   wssPages: number;
   x: number;
   n: number;
+  /** The VM was created --filled: a page never written holds write 0's fill, not zeros. */
+  filled?: boolean;
 }
 
 export interface ReplayResult {
@@ -64,8 +67,8 @@ function fail(result: Omit<ReplayResult, 'ok'>, reason: string): ReplayResult {
  * Does page `page`, whose first word is words[base], hold exactly what write number `last` (0: never written)
  * leaves there? `words` are the page's little-endian uint32 words as this host reads them.
  */
-function pageMatches(words: Uint32Array, base: number, page: number, last: number): boolean {
-  if (last === 0) {
+function pageMatches(words: Uint32Array, base: number, page: number, last: number, filled: boolean): boolean {
+  if (last === 0 && !filled) {
     for (let k = 0; k < WORDS; k++) if (words[base + k] !== 0) return false;
     return true;
   }
@@ -118,7 +121,7 @@ export function checkPatternImage(image: Uint8Array, state: PatternState): Repla
     const lastWrite = page < wssPages ? last[page]! : 0;
     let matches: boolean;
     if (view) {
-      matches = pageMatches(view, page * WORDS, page, lastWrite);
+      matches = pageMatches(view, page * WORDS, page, lastWrite, state.filled === true);
     } else {
       const bytes = image.subarray(page * PAGE_BYTES, (page + 1) * PAGE_BYTES);
       if (hostIsLittleEndian) {
@@ -127,7 +130,7 @@ export function checkPatternImage(image: Uint8Array, state: PatternState): Repla
         const data = new DataView(bytes.buffer, bytes.byteOffset, PAGE_BYTES);
         for (let k = 0; k < WORDS; k++) scratch[k] = data.getUint32(4 * k, true);
       }
-      matches = pageMatches(scratch, 0, page, lastWrite);
+      matches = pageMatches(scratch, 0, page, lastWrite, state.filled === true);
     }
     if (!matches) {
       badCount += 1;
@@ -177,7 +180,7 @@ export function checkDump(file: string): ReplayResult {
   if (meta.memoryBytes !== undefined && meta.memoryBytes !== image.byteLength) {
     return fail(empty, `the metadata says ${meta.memoryBytes} bytes, the image has ${image.byteLength}`);
   }
-  const { seed, wssPages } = meta.workload as { seed: number; wssPages: number };
+  const { seed, wssPages, filled } = meta.workload as { seed: number; wssPages: number; filled?: boolean };
   const { x, n } = (meta.cpu ?? {}) as { x: number; n: number };
-  return checkPatternImage(image, { seed, wssPages, x, n });
+  return checkPatternImage(image, { seed, wssPages, x, n, filled: filled === true });
 }

@@ -9,6 +9,7 @@ import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { VmInfo } from '../../shared/protocol.js';
 import { formatBytes } from '../../shared/units.js';
 import type { Agent, ControlServer } from '../agent.js';
+import { fillGuest } from '../catalog.js';
 import { randomMac } from '../datastore/config.js';
 import { configDriveText, makeConfigDrive } from '../datastore/config-drive.js';
 import { requireCpu, resolveCpuModel } from '../vm/cpu-model.js';
@@ -80,6 +81,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
         vm.cpuModel = cpuModel;
         if (diskSize) vm.disks = [{ file: 'disk0.img', sizeBytes: diskSize, ...(files?.shared ? { shared: true } : {}) }];
         vm.network = fullNetwork;
+        await fillGuest(vm);
         if (leaseUntil) vm.leaseUntil = leaseUntil;
         await files?.makeFolder(name);
         try {
@@ -132,6 +134,7 @@ export function serveVmControl(connection: ControlServer, agent: Agent): void {
       }
       // A fresh boot starts memory over but writes on where the disk was left (config.json's diskRegisters).
       if (!suspended && vm.diskRegisters) vm.setRegisters({ ...vm.registers(), ...vm.diskRegisters });
+      if (!suspended) await fillGuest(vm);
       // Its device: made afresh at a fresh boot, found in the saved memory of a suspended guest.
       await attachNetwork(vm, { mode: agent.addressMode, log, fresh: !suspended });
       await attachDisk(vm, agent.files, log);

@@ -4,6 +4,8 @@
  *
  * Passes over each byte, on this side:
  * - every page is hashed where it lies in guest memory (page-hash.ts: no copy into the hasher);
+ * - a page whose hash is the zero page's is compared with zeros, and if it is all zeros travels as a flag with no
+ *   bytes (zero-page.ts): only zero pages pay that compare;
  * - a run of consecutive pages (all of round 1, and runs in later rounds) is then sent as a view of guest memory:
  *   the socket reads the bytes straight from guest memory;
  * - scattered pages are gathered into a staging buffer: one more pass, the copy.
@@ -21,14 +23,21 @@
 import { PAGE_SIZE, PAGES_PER_FRAME, PEER_REPLY_TIMEOUT_MS, SEND_WINDOW_BYTES } from '../../shared/constants.js';
 import { ErrorCode, FerryError, abortReason } from '../../shared/errors.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
-import { encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
+import { ZERO_PAGE_BIT, encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
+import { hasZeroPageHash, isZeroPage } from '../../shared/zero-page.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import { sleepUnlessAborted } from '../../shared/sleep.js';
 
 export interface SendProgress {
   pagesSent: number;
+  /** Page bytes handed to the socket: zero pages have none. */
   bytesSent: number;
+  /** Pages sent as a zero-page flag (counted in pagesSent too). */
+  zeroPages: number;
 }
+
+/** Frames the sender hashes between two turns of the event loop at most, when no send window makes it wait. */
+const FRAMES_PER_TURN = 32;
 
 export interface PageSenderOptions {
   /** Bytes per second, 0 for no limit. */
@@ -72,33 +81,54 @@ export class PageSender {
     const interval = this.options.progressIntervalMs ?? 100;
     const startedMs = now();
     let lastProgressMs = startedMs;
-    const progress: SendProgress = { pagesSent: 0, bytesSent: 0 };
+    const progress: SendProgress = { pagesSent: 0, bytesSent: 0, zeroPages: 0 };
     const frameHashes = new Uint32Array(2 * PAGES_PER_FRAME);
-    const { hasher } = this.vm;
+    const entries = new Uint32Array(PAGES_PER_FRAME);
+    const { hasher, memory } = this.vm;
+    let framesSinceTurn = 0;
 
     for (let first = 0; first < pages.length; first += PAGES_PER_FRAME) {
       if (signal.aborted) throw abortReason(signal, 'migration cancelled while sending pages');
       if (this.sendError) throw this.sendError;
       const batch = pages.subarray(first, first + PAGES_PER_FRAME);
       const count = batch.length;
-      const firstPage = batch[0]!;
-      const contiguous = batch[count - 1]! - firstPage === count - 1;
 
-      // Hash each page where it lies in guest memory (its dirty bit is already clear), then send the run as a view,
-      // or copy scattered pages into a staging buffer. Either way the bytes that leave may be newer than the hash if
-      // the vCPU wrote meanwhile; that write set the bit again, so the page goes again (see above).
-      for (let i = 0; i < count; i++) hasher.hashInto(batch[i]!, frameHashes, i);
-      let data: Buffer;
+      // Hash each page where it lies in guest memory (its dirty bit is already clear); a page with the zero page's
+      // hash that is all zeros goes as a flag. Then send the other pages' run as a view, or copy scattered ones into
+      // a staging buffer. Either way the bytes that leave may be newer than the hash if the vCPU wrote meanwhile;
+      // that write set the bit again, so the page goes again (see above). The same holds for a zero-page flag.
+      let zeroPages = 0;
+      let firstData = -1;
+      let lastData = -1;
+      for (let i = 0; i < count; i++) {
+        const page = batch[i]!;
+        hasher.hashInto(page, frameHashes, i);
+        if (hasZeroPageHash(frameHashes, i) && isZeroPage(memory, page)) {
+          entries[i] = page | ZERO_PAGE_BIT;
+          zeroPages += 1;
+        } else {
+          entries[i] = page;
+          if (firstData < 0) firstData = page;
+          lastData = page;
+        }
+      }
+      const dataPages = count - zeroPages;
+      let data: Buffer | undefined;
       let staging: Buffer | undefined;
-      if (contiguous) {
-        data = this.vm.pageView(firstPage, count);
+      if (dataPages === 0) {
+        data = undefined;
+      } else if (lastData - firstData === dataPages - 1) {
+        data = this.vm.pageView(firstData, dataPages);
       } else {
         staging = this.stagingPool.pop() ?? Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
+        let at = 0;
         for (let i = 0; i < count; i++) {
+          if (entries[i]! & ZERO_PAGE_BIT) continue;
           const from = batch[i]! * PAGE_SIZE;
-          staging.set(this.vm.memory.subarray(from, from + PAGE_SIZE), i * PAGE_SIZE);
+          staging.set(memory.subarray(from, from + PAGE_SIZE), at);
+          at += PAGE_SIZE;
         }
-        data = staging.subarray(0, count * PAGE_SIZE);
+        data = staging.subarray(0, at);
       }
       for (let i = 0; i < count; i++) {
         const page = batch[i]!;
@@ -107,24 +137,35 @@ export class PageSender {
       }
 
       // A fresh header each frame: the socket holds it until written. It is small; the page data is not copied.
-      const header = encodePageHeader(Buffer.allocUnsafe(pageHeaderBytes(count)), round, flags, batch, frameHashes, count);
+      const header = encodePageHeader(Buffer.allocUnsafe(pageHeaderBytes(count)), round, flags, entries, frameHashes, count);
       this.socket.send(header);
-      this.outstandingBytes += data.length;
-      this.socket.send(data, (error) => {
-        this.outstandingBytes -= data.length;
-        if (staging) this.stagingPool.push(staging);
-        if (error && !this.sendError) {
-          this.sendError = new FerryError(ErrorCode.CONNECTION_LOST, `connection to the destination lost: ${error.message}`, 'check that the destination agent is still running');
-        }
-        this.drained?.();
-      });
+      if (data) {
+        const sent = data;
+        this.outstandingBytes += sent.length;
+        this.socket.send(sent, (error) => {
+          this.outstandingBytes -= sent.length;
+          if (staging) this.stagingPool.push(staging);
+          if (error && !this.sendError) {
+            this.sendError = new FerryError(ErrorCode.CONNECTION_LOST, `connection to the destination lost: ${error.message}`, 'check that the destination agent is still running');
+          }
+          this.drained?.();
+        });
+      }
 
       progress.pagesSent += count;
-      progress.bytesSent += data.length;
-      if (this.outstandingBytes > SEND_WINDOW_BYTES) await this.waitForDrain();
-      // A VM that serves an address needs this thread too (its device's backend sends the replies, vm/net/backend.ts):
-      // give the event loop a turn between frames, or a 32 MiB window of sends holds every reply back for tens of ms.
-      else if (this.vm.net) await new Promise((resolve) => setImmediate(resolve));
+      progress.bytesSent += data?.length ?? 0;
+      progress.zeroPages += zeroPages;
+      framesSinceTurn += 1;
+      if (this.outstandingBytes > SEND_WINDOW_BYTES) {
+        await this.waitForDrain();
+        framesSinceTurn = 0;
+      } else if (this.vm.net || framesSinceTurn >= FRAMES_PER_TURN) {
+        // A VM that serves an address needs this thread too (its device's backend sends the replies,
+        // vm/net/backend.ts): give the event loop a turn between frames, or a 32 MiB window of sends holds every
+        // reply back for tens of ms. Frames of zero pages fill no window: they get a turn every FRAMES_PER_TURN.
+        await new Promise((resolve) => setImmediate(resolve));
+        framesSinceTurn = 0;
+      }
       if (maxBandwidthBytesPerSec > 0) {
         const aheadMs = (progress.bytesSent / maxBandwidthBytesPerSec) * 1000 - (now() - startedMs);
         if (aheadMs > 1) await sleepUnlessAborted(aheadMs, signal);

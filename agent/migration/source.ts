@@ -166,7 +166,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       const dirtyPagesAfter = vm.dirtyLog.count();
       const throughput = (sent.bytesSent / durationMs) * 1000;
       const roundReport: RoundReport = {
-        round, pages: inRound, bytes: sent.bytesSent, durationMs, dirtyPagesAfter, throughputBytesPerSec: throughput,
+        round, pages: inRound, bytes: sent.bytesSent, durationMs, dirtyPagesAfter, throughputBytesPerSec: throughput, zeroPages: sent.zeroPages,
       };
       rounds.push(roundReport);
       emit({ kind: 'round', report: roundReport });
@@ -208,7 +208,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const lastDurationMs = Math.max(now() - lastStartMs, 0.001);
     stopAndCopy = {
       round: round + 1, pages: lastPages.length, bytes: last.bytesSent, durationMs: lastDurationMs,
-      dirtyPagesAfter: 0, throughputBytesPerSec: (last.bytesSent / lastDurationMs) * 1000,
+      dirtyPagesAfter: 0, throughputBytesPerSec: (last.bytesSent / lastDurationMs) * 1000, zeroPages: last.zeroPages,
     };
     await storage?.whilePaused();
     const registers = vm.registers();

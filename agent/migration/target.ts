@@ -24,6 +24,9 @@ import type { ActivationLog } from './activation-log.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import type { ClientDatagram } from '../vm/net/address.js';
 import type { FileSink } from '../storage/file-sink.js';
+import { PageInstaller } from './page-install.js';
+
+const EMPTY = Buffer.alloc(0);
 
 /**
  * `--copy-storage` on this host (set by the agent, which owns the datastore): staging images for the VM's local
@@ -53,8 +56,8 @@ export class MigrationTarget {
   private readonly catalog: Pick<Catalog, 'release'>;
   private readonly faults: Faults;
   private readonly log: Logger;
-  /** The destination's page-hash table: xxh64 of each page as installed, two words a page (page-hash.ts). */
-  private readonly hashes: Uint32Array;
+  /** Installs arriving pages and keeps the destination's page-hash table (page-install.ts). */
+  private readonly installer: PageInstaller;
   private pendingHeader: PageHeader | undefined;
   private phase: Phase = 'reserved';
   private pagesReceived = 0;
@@ -107,7 +110,7 @@ export class MigrationTarget {
     this.catalog = catalog;
     this.faults = faults;
     this.log = log;
-    this.hashes = new Uint32Array(2 * vm.pageCount);
+    this.installer = new PageInstaller(vm.memory, vm.hasher, vm.pageCount);
     // Before verification nothing can have been committed, so a silent source costs only its reservation.
     this.watchdog = setInterval(() => {
       if ((this.phase === 'reserved' || this.phase === 'receiving') && performance.now() - this.lastHeardMs > RESERVATION_TIMEOUT_MS) {
@@ -146,7 +149,10 @@ export class MigrationTarget {
     if (this.phase !== 'receiving') {
       throw new FerryError(ErrorCode.PROTOCOL, `page data for ${this.vm.name} arrived while the migration is ${this.phase}`);
     }
-    this.pendingHeader = decodePageHeader(frame, this.vm.pageCount);
+    const header = decodePageHeader(frame, this.vm.pageCount);
+    // A frame of zero pages only has no data message.
+    if (header.dataPages === 0) this.install(header, EMPTY);
+    else this.pendingHeader = header;
     return true;
   }
 
@@ -156,36 +162,25 @@ export class MigrationTarget {
       throw new FerryError(ErrorCode.PROTOCOL, `page data is ${data.length} bytes, its header announced ${expected}`, 'the peer is not a compatible ferry-agent');
     }
     const paused = (header.flags & PAGE_FLAG_PAUSED) !== 0;
-    const { pages, hashes } = header;
-    const count = pages.length;
     const faulty = this.faults.corruptPage;
     if (faulty !== undefined) {
-      const index = pages.indexOf(faulty);
-      if (index >= 0) {
-        this.faults.corruptPage = undefined;
-        data[index * PAGE_SIZE + 17]! ^= 0xff;
-        this.log.warn('fault: corrupted a page in transit', { page: faulty });
+      // The page's place in the data message: zero pages have none (a zero page cannot be corrupted in transit).
+      let at = 0;
+      for (let i = 0; i < header.pages.length; i++) {
+        if (header.zero[i]) continue;
+        if (header.pages[i] === faulty) {
+          this.faults.corruptPage = undefined;
+          data[at * PAGE_SIZE + 17]! ^= 0xff;
+          this.log.warn('fault: corrupted a page in transit', { page: faulty });
+          break;
+        }
+        at += 1;
       }
     }
-    // Install first, in one copy when the pages are a run (all of round 1), then hash each page where it now lies.
-    const memory = this.vm.memory;
-    const first = pages[0]!;
-    if (pages[count - 1]! - first === count - 1) {
-      memory.set(data, first * PAGE_SIZE);
-    } else {
-      for (let i = 0; i < count; i++) memory.set(data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), pages[i]! * PAGE_SIZE);
-    }
-    const { hasher } = this.vm;
-    const table = this.hashes;
-    for (let i = 0; i < count; i++) {
-      const page = pages[i]!;
-      hasher.hashInto(page, table, page);
-      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) {
-        if (paused) this.damagedWhilePaused += 1;
-        else this.pageMismatches += 1;
-      }
-    }
-    this.pagesReceived += count;
+    const mismatches = this.installer.install(header, data);
+    if (paused) this.damagedWhilePaused += mismatches;
+    else this.pageMismatches += mismatches;
+    this.pagesReceived += header.pages.length;
   }
 
   /** Every frame before this request has been installed (frames are handled in order, synchronously). */
@@ -244,7 +239,7 @@ export class MigrationTarget {
     this.files = request.files;
     this.phase = 'verified';
     return {
-      destDigest: formatDigest(digestPageTable(this.hashes)),
+      destDigest: formatDigest(digestPageTable(this.installer.table)),
       ...(request.mode === 'full' ? { destMemoryDigest: formatDigest(digestMemory(this.vm.memory)) } : {}),
       pageMismatches: this.pageMismatches,
       damagedWhilePaused: this.damagedWhilePaused,

@@ -10,12 +10,11 @@ import { decodePageHeader, expectedDataBytes, isPageHeader, type PageHeader } fr
 import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
 import type { Agent, PeerServer } from '../agent.js';
 import { populate } from '../catalog.js';
+import { PageInstaller } from '../migration/page-install.js';
 
 interface Probe {
-  memory: Uint8Array;
-  hasher: PageHasher;
+  installer: PageInstaller;
   pageCount: number;
-  table: Uint32Array;
   pending?: PageHeader;
   pagesReceived: number;
   mismatches: number;
@@ -48,7 +47,7 @@ export function serveLinkProbe(connection: PeerServer, agent: Agent): void {
     const startedMs = performance.now();
     await populate(memory);
     const populateMs = Math.max(performance.now() - startedMs, 0.001);
-    probe = { memory, hasher: new PageHasher(wasm), pageCount: pages, table: new Uint32Array(2), pagesReceived: 0, mismatches: 0 };
+    probe = { installer: new PageInstaller(memory, new PageHasher(wasm), pages), pageCount: pages, pagesReceived: 0, mismatches: 0 };
     return { populateBytesPerSec: (memory.length / populateMs) * 1000 };
   });
   connection.handle('link.ping', async () => ({}));
@@ -68,20 +67,19 @@ function take(probe: Probe, frame: Buffer): boolean {
     probe.pending = undefined;
     const expected = expectedDataBytes(header);
     if (frame.length !== expected) throw new FerryError(ErrorCode.PROTOCOL, `page data is ${frame.length} bytes, its header announced ${expected}`);
-    const { pages, hashes } = header;
-    // As target.ts installs: a run in one copy, scattered pages one by one; then each hashed where it now lies.
-    const first = pages[0]!;
-    if (pages[pages.length - 1]! - first === pages.length - 1) probe.memory.set(frame, first * PAGE_SIZE);
-    else for (let i = 0; i < pages.length; i++) probe.memory.set(frame.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), pages[i]! * PAGE_SIZE);
-    for (let i = 0; i < pages.length; i++) {
-      const page = pages[i]!;
-      probe.hasher.hashInto(page, probe.table, 0);
-      if (probe.table[0] !== hashes[2 * i] || probe.table[1] !== hashes[2 * i + 1]) probe.mismatches += 1;
-    }
-    probe.pagesReceived += pages.length;
+    installFrame(probe, header, frame);
     return true;
   }
   if (!isPageHeader(frame)) return false;
-  probe.pending = decodePageHeader(frame, probe.pageCount);
+  const header = decodePageHeader(frame, probe.pageCount);
+  // As target.ts: a frame of zero pages only has no data message.
+  if (header.dataPages === 0) installFrame(probe, header, Buffer.alloc(0));
+  else probe.pending = header;
   return true;
+}
+
+/** As target.ts installs a migration's pages (page-install.ts). */
+function installFrame(probe: Probe, header: PageHeader, data: Buffer): void {
+  probe.mismatches += probe.installer.install(header, data);
+  probe.pagesReceived += header.pages.length;
 }

@@ -18,7 +18,7 @@ import type { MigrationReport } from '../report.js';
 import { measureRawTcp, type RawTcpResult } from './baseline.js';
 import type { BenchAgents, Link } from './link.js';
 import { predictPreCopy, type ModelPrediction } from './model.js';
-import type { Scenario } from './scenarios.js';
+import { filledGuest, type Scenario } from './scenarios.js';
 
 const GiB = 1024 ** 3;
 
@@ -96,6 +96,7 @@ export function workloadFor(scenario: Scenario, linkRateBytesPerSec: number): Wo
     wssPages,
     seed: scenario.seed,
     ...(scenario.hot ? { hotPages: Math.floor(parseSize(scenario.hot) / PAGE_SIZE) } : {}),
+    ...(filledGuest(scenario) ? { filled: true } : {}),
   };
 }
 

@@ -77,6 +77,12 @@ export const scenarioSchema = z.object({
    * no long-running guest pays.
    */
   prealloc: z.boolean().default(true),
+  /**
+   * Start the guest's memory filled (`vm create --filled`): no page is zero, so sending zero pages as flags cannot
+   * stand in for moving bytes. On unless the scenario says false (the zero-page scenario) or runs kv, whose table
+   * starts empty.
+   */
+  filled: z.boolean().optional(),
   /** How long the guest runs before the migration starts. */
   warmup: z.string().default('1s'),
   /** A small scenario that proves the benchmark works, for CI. */
@@ -89,6 +95,11 @@ export const scenarioSchema = z.object({
   soak: soakSpecSchema.optional(),
 });
 export type Scenario = z.infer<typeof scenarioSchema>;
+
+/** Whether the scenario's guest starts filled (see `filled`). */
+export function filledGuest(scenario: Scenario): boolean {
+  return scenario.filled ?? scenario.workload !== 'kv';
+}
 
 const fileSchema = z.object({ scenarios: z.array(scenarioSchema).min(1) });
 

@@ -14,7 +14,7 @@ import { migrateLive } from '../migrate.js';
 import { checkPattern } from '../pattern-check.js';
 import { toVmRequest } from '../vm-spec.js';
 import { withRunAgents, type BenchContext } from './runner.js';
-import type { Scenario, SoakSpec } from './scenarios.js';
+import { filledGuest, type Scenario, type SoakSpec } from './scenarios.js';
 import { percentile } from './stats.js';
 
 export interface SoakMigration {
@@ -59,12 +59,12 @@ export async function runSoakScenario(scenario: Scenario, repeat: number, contex
   };
   const othersBytes = soak.others * parseSize(soak.othersMemory);
   return withRunAgents(scenario, repeat, context, async (bench, [hostA, hostB]) => {
-    const request = toVmRequest('soak', { memory: scenario.memory, workload: scenario.workload, rate: String(scenario.rate ?? 0), seed: String(scenario.seed), ...(scenario.wss ? { wss: scenario.wss } : {}) });
+    const request = toVmRequest('soak', { memory: scenario.memory, workload: scenario.workload, rate: String(scenario.rate ?? 0), seed: String(scenario.seed), ...(scenario.wss ? { wss: scenario.wss } : {}), filled: filledGuest(scenario) });
     await withHost(hostA, (client) => client.request('vm.create', { ...request, prealloc: scenario.prealloc, cpuModel: { model: 'host' } }));
     for (const [index, host] of [hostA, hostB].entries()) {
       for (let other = 1; other <= soak.others; other++) {
         const name = `other-${index === 0 ? 'a' : 'b'}${other}`;
-        const spec = toVmRequest(name, { memory: soak.othersMemory, workload: 'pattern', rate: String(soak.othersRate), seed: String(100 + 10 * index + other) });
+        const spec = toVmRequest(name, { memory: soak.othersMemory, workload: 'pattern', rate: String(soak.othersRate), seed: String(100 + 10 * index + other), filled: true });
         await withHost(host, (client) => client.request('vm.create', { ...spec, cpuModel: { model: 'host' } }));
       }
     }

@@ -23,7 +23,7 @@ import { DiskPatternChecker } from '../pattern-check.js';
 import { moveStorage } from '../storage-move.js';
 import { toVmRequest } from '../vm-spec.js';
 import type { BenchContext } from './runner.js';
-import { type Scenario, type StorageModeName, type StorageSpec } from './scenarios.js';
+import { filledGuest, type Scenario, type StorageModeName, type StorageSpec } from './scenarios.js';
 import { spread, type Spread } from './stats.js';
 
 const MiB = 1024 ** 2;
@@ -212,7 +212,7 @@ export async function runStorageScenario(scenario: Scenario, repeat: number, con
     }
     const request = toVmRequest('bench', {
       memory: scenario.memory, workload: 'pattern', rate: String(scenario.rate ?? 0), seed: String(scenario.seed),
-      ...(scenario.wss ? { wss: scenario.wss } : {}), prealloc: scenario.prealloc,
+      ...(scenario.wss ? { wss: scenario.wss } : {}), prealloc: scenario.prealloc, filled: filledGuest(scenario),
       disk: storage.disk, diskRate: String(storage.diskRate), ...(storage.diskWss ? { diskWss: storage.diskWss } : {}),
     });
     const createdAtMs = performance.now();

@@ -38,9 +38,12 @@ describe('live migration between two agent processes', () => {
     expect(report.error).toBeUndefined();
     expect(report.rounds.length).toBeGreaterThanOrEqual(3);
     expect(report.rounds[0].pages).toBe(16384);
+    // The half of memory above the working set was never written: its pages go as zero-page flags, with no bytes.
+    expect(report.rounds[0].zeroPages).toBeGreaterThanOrEqual(8192);
     for (const [i, round] of report.rounds.entries()) {
       expect(round).toMatchObject({ round: i + 1 });
-      expect(Object.keys(round).sort()).toEqual(['bytes', 'dirtyPagesAfter', 'durationMs', 'pages', 'round', 'throughputBytesPerSec']);
+      expect(Object.keys(round).sort()).toEqual(['bytes', 'dirtyPagesAfter', 'durationMs', 'pages', 'round', 'throughputBytesPerSec', 'zeroPages']);
+      expect(round.bytes).toBe((round.pages - round.zeroPages) * 4096);
     }
     expect(['few-dirty-pages', 'converged-within-downtime', 'max-rounds', 'max-bytes']).toContain(report.stopReason);
     expect(report.stages.map((stage: { stage: number }) => stage.stage)).toEqual([0, 1, 2, 3, 4, 5]);
@@ -75,8 +78,9 @@ describe('live migration between two agent processes', () => {
   it('migrates back and forth, each time committing with memory that matches replay, and the host left gives the memory back', async () => {
     cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
     const c = cluster;
-    // 256 MiB, all of it resident from the start (--prealloc), so that the host it leaves has that much to give back.
-    expect((await c.ferry('vm', 'create', 'db1', '--on', 'host-a', '--memory', '256MiB', '--prealloc', '--rate', '5000', '--wss', '8MiB', '--seed', '99')).code).toBe(0);
+    // 256 MiB, all of it resident from the start and none of it zero (--filled), so that the host it leaves has that
+    // much to give back, and every page travels with its bytes.
+    expect((await c.ferry('vm', 'create', 'db1', '--on', 'host-a', '--memory', '256MiB', '--filled', '--rate', '5000', '--wss', '8MiB', '--seed', '99')).code).toBe(0);
     const resident = async (host: string): Promise<number> => (await c.ferry('hosts', '--json')).json<{ name: string; load: { residentBytes: number } }[]>()
       .find((entry) => entry.name === host)!.load.residentBytes;
     const MiB = 1024 * 1024;
@@ -86,6 +90,7 @@ describe('live migration between two agent processes', () => {
       const migrated = await c.ferry('migrate', 'db1', '--to', to, '--json', '--no-forecast');
       expect(migrated.code, migrated.stderr).toBe(0);
       expect(migrated.json().outcome).toBe('committed');
+      expect(migrated.json().rounds[0]).toMatchObject({ pages: 65536, zeroPages: 0, bytes: 256 * MiB });
       expect((await vmInfo(c, 'db1')).host).toBe(to);
       // The departed guest's pages go back to the OS (agent/memory-return.ts), not when some collection happens to run.
       await vi.waitFor(async () => expect(await resident(from)).toBeLessThan(holding - 192 * MiB), patiently);

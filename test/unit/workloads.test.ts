@@ -2,8 +2,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { WorkloadSpec } from '../../shared/protocol.js';
-import { WORDS_PER_PAGE, fillPage, workloadStep, xorshift32, type WorkloadRegisters } from '../../shared/workloads.js';
+import type { VmInfo, WorkloadSpec } from '../../shared/protocol.js';
+import { checkPattern } from '../../coordinator/pattern-check.js';
+import { WORDS_PER_PAGE, fillInitialPages, fillPage, workloadStep, xorshift32, type WorkloadRegisters } from '../../shared/workloads.js';
 import { checkDump, checkPatternImage, readDump } from '../replay.js';
 
 const PAGE = 4096;
@@ -296,5 +297,35 @@ describe('readDump and checkDump', () => {
       cpu: { x: regs.x, n: regs.n },
     };
     expect(checkDump(writeDump(image.subarray(0, 127 * PAGE), meta)).ok).toBe(false);
+  });
+});
+
+describe('a filled guest (vm create --filled)', () => {
+  const spec: WorkloadSpec = { kind: 'pattern', rate: 1000, wssPages: 100, seed: 77, filled: true };
+  const pageCount = 128;
+
+  function filledImage(): { image: Uint8Array; regs: WorkloadRegisters } {
+    const image = new Uint8Array(pageCount * PAGE);
+    fillInitialPages(image, 0, pageCount);
+    const words = new Uint32Array(image.buffer);
+    const regs = { x: spec.seed, n: 0 };
+    const next = workloadStep(spec);
+    for (let i = 0; i < 300; i++) fillPage(words, next(regs), regs.n);
+    return { image, regs };
+  }
+
+  it('starts with no zero page, and the independent replay accepts it only as a filled image', () => {
+    const { image, regs } = filledImage();
+    for (let page = 0; page < pageCount; page++) expect(image.subarray(page * PAGE, (page + 1) * PAGE).some((byte) => byte !== 0)).toBe(true);
+    expect(checkPatternImage(image, { seed: spec.seed, wssPages: spec.wssPages, x: regs.x, n: regs.n, filled: true }).ok).toBe(true);
+    expect(checkPatternImage(image, { seed: spec.seed, wssPages: spec.wssPages, x: regs.x, n: regs.n }).ok).toBe(false);
+  });
+
+  it('is what the product\'s own check (ferry vm check) expects too, page for page', () => {
+    const { image, regs } = filledImage();
+    const info = { memoryBytes: pageCount * PAGE, workload: spec, cpu: { x: regs.x, n: regs.n } } as unknown as VmInfo;
+    expect(checkPattern(info, image)).toMatchObject({ ok: true, badPages: [] });
+    image[(pageCount - 1) * PAGE + 8] = 0; // w[2] of the last page, never written: it must read as its page number
+    expect(checkPattern(info, image).badPages).toEqual([pageCount - 1]);
   });
 });

@@ -1,0 +1,80 @@
+/**
+ * The receiving end of the page stream (page-frame.ts), for a migration's destination (target.ts) and a link
+ * measurement (peer/link-probe.ts): each frame's pages go into guest memory, then each is hashed where it now lies
+ * and compared with the hash it travelled with; the hashes make the destination's page-hash table, whose digest
+ * the commit compares with the source's.
+ *
+ * A zero page has no bytes on the wire. Memory given to a reservation is all zeros, and the installer knows which
+ * pages it has written since: a zero page over a page never written costs nothing (its memory is left alone, so
+ * the OS keeps it unbacked if it was), over a written one it is cleared. Either way the page holds zeros, so its
+ * table entry is the zero page's hash, and the hash it came with must be that too.
+ */
+import { PAGE_SIZE } from '../../shared/constants.js';
+import type { PageHeader } from '../../shared/page-frame.js';
+import type { PageHasher } from '../../shared/page-hash.js';
+import { ZERO_PAGE_HASH } from '../../shared/zero-page.js';
+
+export class PageInstaller {
+  /** xxh64 of each page as installed, two words a page (page-hash.ts). */
+  readonly table: Uint32Array;
+  private readonly memory: Uint8Array;
+  private readonly hasher: PageHasher;
+  /** 1 where the page may hold bytes other than zero: written by this installer and not cleared since. */
+  private readonly written: Uint8Array;
+
+  constructor(memory: Uint8Array, hasher: PageHasher, pageCount: number) {
+    this.memory = memory;
+    this.hasher = hasher;
+    this.table = new Uint32Array(2 * pageCount);
+    this.written = new Uint8Array(pageCount);
+  }
+
+  /**
+   * Installs the pages of `header`, their bytes in `data` (empty when every page is a zero page; the caller has
+   * checked its length), and returns how many did not match the hash they came with.
+   */
+  install(header: PageHeader, data: Buffer): number {
+    const { pages, zero, hashes, dataPages } = header;
+    const { memory, table, written } = this;
+    const count = pages.length;
+    // The data pages in one copy when they are a run (all of round 1 for a filled guest), else one by one.
+    if (dataPages > 0) {
+      let firstData = -1;
+      let lastData = -1;
+      for (let i = 0; i < count; i++) {
+        if (zero[i]) continue;
+        if (firstData < 0) firstData = pages[i]!;
+        lastData = pages[i]!;
+      }
+      if (lastData - firstData === dataPages - 1) {
+        memory.set(data, firstData * PAGE_SIZE);
+        written.fill(1, firstData, lastData + 1);
+      } else {
+        let at = 0;
+        for (let i = 0; i < count; i++) {
+          if (zero[i]) continue;
+          const page = pages[i]!;
+          memory.set(data.subarray(at, at + PAGE_SIZE), page * PAGE_SIZE);
+          written[page] = 1;
+          at += PAGE_SIZE;
+        }
+      }
+    }
+    let mismatches = 0;
+    for (let i = 0; i < count; i++) {
+      const page = pages[i]!;
+      if (zero[i]) {
+        if (written[page]) {
+          memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+          written[page] = 0;
+        }
+        table[2 * page] = ZERO_PAGE_HASH[0]!;
+        table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
+      } else {
+        this.hasher.hashInto(page, table, page);
+      }
+      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) mismatches += 1;
+    }
+    return mismatches;
+  }
+}
