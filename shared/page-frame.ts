@@ -15,7 +15,7 @@
  *   4       4            round (1 = the full first pass)
  *   8       4            count: pages in the data message that follows, 1..PAGES_PER_FRAME
  *   12      4            reserved, 0
- *   16      8 x count    xxh64 of each page (DESIGN.md "Verified commit"), a little-endian uint64
+ *   16      8 x count    XXH3-64 of each page (DESIGN.md "Verified commit"), a little-endian uint64
  *   16+8c   4 x count    page number of each page, in the order they appear in the data message
  *
  * Data message: count x PAGE_SIZE bytes, page i at offset i x PAGE_SIZE.
@@ -32,7 +32,7 @@ export interface PageHeader {
   round: number;
   flags: number;
   pages: Uint32Array;
-  /** The xxh64 of page i as two words, low then high: words 2i and 2i + 1 (page-hash.ts). */
+  /** The XXH3-64 of page i as two words, low then high: words 2i and 2i + 1 (page-hash.ts). */
   hashes: Uint32Array;
 }
 
