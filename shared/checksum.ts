@@ -1,5 +1,6 @@
 /**
- * xxh64 over pages, page-hash tables and whole memory images.
+ * xxh64 over disk blocks and file chunks, page-hash tables and whole memory images (guest pages themselves are
+ * hashed with XXH3-64 in place, page-hash.ts).
  *
  * xxhash-wasm copies every input into its wasm memory, which grows to the largest input it has seen and never
  * shrinks (DESIGN.md, data-path facts). So nothing here hashes more than HASH_CHUNK_BYTES in one call: a page, a

@@ -5,7 +5,10 @@
 /** Guest page size. 4 KiB is the x86 base page that Xen, KVM and vMotion track dirtiness at. */
 export const PAGE_SIZE = 4096;
 
-/** Bumped whenever a message or frame changes shape; peers that differ refuse each other at `hello`. */
+/**
+ * Bumped whenever a message or frame changes shape or meaning; peers that differ refuse each other at `hello`.
+ * 3: the per-page hash is XXH3-64 (shared/xxh3-page.wat), was xxh64; zero pages travel as a flag (page frame 2)
+ */
 export const PROTOCOL_VERSION = 3;
 
 /** Smallest guest: 256 pages, one full page-data frame. */

@@ -15,12 +15,12 @@
  *   4       4            round (1 = the full first pass)
  *   8       4            count: pages in the data message that follows, 1..PAGES_PER_FRAME
  *   12      4            reserved, 0
- *   16      8 x count    xxh64 of each page (DESIGN.md "Verified commit"), a little-endian uint64
+ *   16      8 x count    XXH3-64 of each page (DESIGN.md "Verified commit"), a little-endian uint64
  *   16+8c   4 x count    each page's entry: bits 0-30 its page number; bit 31 set for a zero page
  *
  * Data message: the pages whose entries are not zero pages, in header order, PAGE_SIZE bytes each. A zero page
  * (all 4096 bytes 0) travels as its flag alone, as QEMU sends them: it has no bytes in the data message, and its
- * hash field holds the xxh64 of a zero page (page-hash.ts `ZERO_PAGE_HASH`). A frame of zero pages only has no
+ * hash field holds the hash of a zero page (page-hash.ts `ZERO_PAGE_HASH`). A frame of zero pages only has no
  * data message at all.
  */
 import { PAGE_SIZE, PAGES_PER_FRAME } from './constants.js';
@@ -42,7 +42,7 @@ export interface PageHeader {
   zero: Uint8Array;
   /** Pages that have bytes in the data message: pages.length less the zero pages. */
   dataPages: number;
-  /** The xxh64 of page i as two words, low then high: words 2i and 2i + 1 (page-hash.ts). */
+  /** The XXH3-64 of page i as two words, low then high: words 2i and 2i + 1 (page-hash.ts). */
   hashes: Uint32Array;
 }
 

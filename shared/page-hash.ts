@@ -1,5 +1,5 @@
 /**
- * xxh64 of 4 KiB pages, computed in place in guest memory by a small wasm module (xxh64-page.wat), with no copy
+ * XXH3-64 of 4 KiB pages, computed in place in guest memory by a small SIMD wasm module (xxh3-page.wat), with no copy
  * and no BigInt: each page's hash lands in a Uint32Array table as two little-endian words (low, high), which is
  * exactly the byte layout of a little-endian uint64, so the table's bytes are the "page-hash table" whose digest
  * the commit compares.
@@ -7,10 +7,10 @@
  * Guest memory must be a shared WebAssembly.Memory for the module to read it; `allocateGuestMemory` makes one.
  */
 import { PAGE_SIZE } from './constants.js';
-import { XXH64_PAGE_WASM } from './xxh64-page.wasm.js';
+import { XXH3_PAGE_WASM } from './xxh3-page.wasm.js';
 
 const WASM_PAGE_BYTES = 64 * 1024;
-const compiled = new WebAssembly.Module(Buffer.from(XXH64_PAGE_WASM, 'base64'));
+const compiled = new WebAssembly.Module(Buffer.from(XXH3_PAGE_WASM, 'base64'));
 
 /** Guest memory of `bytes` (a multiple of 4 KiB, at most 4 GiB) as shared wasm memory, all zeros. */
 export function allocateGuestMemory(bytes: number): WebAssembly.Memory {
@@ -19,22 +19,20 @@ export function allocateGuestMemory(bytes: number): WebAssembly.Memory {
 }
 
 export class PageHasher {
-  private readonly hashPageAt: (offset: number) => void;
-  private readonly lo: WebAssembly.Global;
+  /** Hashes the page at `offset`; returns the low 32 bits of its hash and leaves the high 32 bits in `hi`. */
+  private readonly hashPageAt: (offset: number) => number;
   private readonly hi: WebAssembly.Global;
 
   constructor(memory: WebAssembly.Memory) {
     const instance = new WebAssembly.Instance(compiled, { env: { memory } });
-    const exports = instance.exports as { hashPage: (offset: number) => void; lo: WebAssembly.Global; hi: WebAssembly.Global };
+    const exports = instance.exports as { hashPage: (offset: number) => number; hi: WebAssembly.Global };
     this.hashPageAt = exports.hashPage;
-    this.lo = exports.lo;
     this.hi = exports.hi;
   }
 
-  /** Hashes guest page `page` where it lies and writes its xxh64 into `table` at `slot` (words 2 slot, 2 slot + 1). */
+  /** Hashes guest page `page` where it lies and writes its XXH3-64 into `table` at `slot` (words 2 slot, 2 slot + 1). */
   hashInto(page: number, table: Uint32Array, slot: number): void {
-    this.hashPageAt(page * PAGE_SIZE);
-    table[2 * slot] = this.lo.value as number;
+    table[2 * slot] = this.hashPageAt(page * PAGE_SIZE);
     table[2 * slot + 1] = this.hi.value as number;
   }
 }

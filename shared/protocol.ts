@@ -484,7 +484,7 @@ export const linkMeasureSchema = z.object({
   dialMs: z.number(),
   /** How fast the destination made fresh memory real (as a reservation does), bytes per second. */
   populateBytesPerSec: z.number(),
-  /** Pages whose xxh64 did not match on arrival: 0 on a sound path. */
+  /** Pages whose XXH3-64 did not match on arrival: 0 on a sound path. */
   mismatches: z.number(),
   /** How old the measurement is: 0 when made for this request, more when an earlier one was within `maxAgeMs`. */
   ageMs: z.number(),
@@ -757,7 +757,7 @@ export const peerOps = {
    */
   'link.begin': [z.object({ pages: z.number().int().min(LINK_MEASURE.minBytes / PAGE_SIZE).max(LINK_MEASURE.maxBytes / PAGE_SIZE) }).strict(), z.object({ populateBytesPerSec: z.number() })],
   'link.ping': [empty, empty],
-  /** Every frame before it checked: how many pages arrived and how many did not match their xxh64. Frees the memory. */
+  /** Every frame before it checked: how many pages arrived and how many did not match their XXH3-64. Frees the memory. */
   'link.end': [empty, z.object({ pagesReceived: z.number(), mismatches: z.number() })],
   ...imageReceiveOps,
 } as const;

@@ -5,6 +5,9 @@
 ;; always 4096 bytes, a whole number of 32-byte stripes, so only the four-accumulator path of xxh64 is needed: no
 ;; short-input path and no tail. The result goes out in two i32 globals, so JavaScript reads it without a BigInt.
 ;;
+;; Since protocol 3 ferry's page hash is XXH3-64 (xxh3-page.wat); this module stays as the baseline that
+;; bench/probes/page-costs.mjs and ws-ceiling.mjs measure it against.
+;;
 ;; Build: npm run build:wasm (wabt) writes shared/xxh64-page.wasm.ts; a unit test checks the two agree.
 (module
   (import "env" "memory" (memory 1 65536 shared))

@@ -15,7 +15,7 @@ import type { PageHasher } from '../../shared/page-hash.js';
 import { ZERO_PAGE_HASH } from '../../shared/zero-page.js';
 
 export class PageInstaller {
-  /** xxh64 of each page as installed, two words a page (page-hash.ts). */
+  /** XXH3-64 of each page as installed, two words a page (page-hash.ts). */
   readonly table: Uint32Array;
   private readonly memory: Uint8Array;
   private readonly hasher: PageHasher;

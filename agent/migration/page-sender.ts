@@ -1,6 +1,6 @@
 /**
  * Sends pages of a running guest to the destination: batches of up to PAGES_PER_FRAME pages, each a header
- * message (page numbers and xxh64s, page-frame.ts) followed by one data message.
+ * message (page numbers and XXH3-64s, page-frame.ts) followed by one data message.
  *
  * Passes over each byte, on this side:
  * - every page is hashed where it lies in guest memory (page-hash.ts: no copy into the hasher);
@@ -58,7 +58,7 @@ export class PageSender {
   private readonly socket: FrameSocket;
   private readonly vm: VirtualMachine;
   private readonly options: PageSenderOptions;
-  /** The source's page-hash table: the xxh64 of what it last sent of each page, two words a page (page-hash.ts). */
+  /** The source's page-hash table: the XXH3-64 of what it last sent of each page, two words a page (page-hash.ts). */
   readonly hashes: Uint32Array;
   private readonly stagingPool: Buffer[] = [];
   private outstandingBytes = 0;

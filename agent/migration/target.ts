@@ -2,7 +2,7 @@
  * The destination side of a live migration: a reservation (stage 1) that receives pages (stages 2-3), checks its
  * image (stage 4) and becomes the VM on activation (stage 5).
  *
- * Every arriving page is hashed and checked against the xxh64 it travelled with, installed into guest memory,
+ * Every arriving page is hashed and checked against the XXH3-64 it travelled with, installed into guest memory,
  * and its hash kept in a per-page table whose digest the commit compares with the source's. A mismatch during
  * pre-copy is not proof of damage (the source sends views of live memory; page-sender.ts explains why the page
  * will come again), so it is counted and the page's own hash is kept: if it never comes again, the digests differ
