@@ -53,6 +53,8 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const workdir = benchWorkdir();
   const stream = options.stream ?? process.stderr;
   const status = options.peer ? peerStatus(options.peer) : undefined;
+  // The machine's 1-minute load average when the bench began and ended: others' work on it moves every figure.
+  const loadAtStart = os.loadavg()[0]!;
   const peers: PeerScenario[] = [];
   const peerSteps = status?.available ? selected.filter((scenario) => peerRuns(scenario, linkOf(scenario))).length : 0;
   const progress = runProgress((selected.reduce((total, scenario) => total + (scenario.storage ? storageSteps(scenario) : scenario.soak ? soakSteps(scenario) : stepsOf(scenario)), 0) + peerSteps) * options.repeat, stream);
@@ -135,7 +137,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     storageSummaries,
     storageTargets: checkStorageTargets(storageSummaries, rawDisk),
     soaks,
-    ...(status ? { peer: { peer: status.peer, available: status.available, downtimeLimitMs: status.downtimeLimitMs, ...(status.version ? { version: status.version } : {}), ...(status.binary ? { binary: status.binary } : {}), ...(status.reason ? { reason: status.reason } : {}) }, peers } : {}),
+    ...(status ? { peer: { peer: status.peer, available: status.available, downtimeLimitMs: status.downtimeLimitMs, ...(status.version ? { version: status.version } : {}), ...(status.binary ? { binary: status.binary } : {}), ...(status.reason ? { reason: status.reason } : {}), loadAverage: { start: loadAtStart, end: os.loadavg()[0]! } }, peers } : {}),
     charts: [],
   };
   const out = options.out ?? path.join(process.cwd(), 'bench-results', new Date().toISOString().replace(/[:.]/g, '-'));

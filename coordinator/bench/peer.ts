@@ -20,6 +20,8 @@ export interface PeerStatus {
   /** Why it did not run, when it did not: `peer unavailable: ...`. */
   reason?: string;
   downtimeLimitMs: number;
+  /** The machine's 1-minute load average when the bench began and when it ended (results only). */
+  loadAverage?: { start: number; end: number };
 }
 
 export interface PeerScenario {
@@ -179,7 +181,8 @@ export function peerSection(status: PeerStatus | undefined, peers: PeerScenario[
     '(page p: words 0, 0, p, then k × 0x9E3779B1), so no page is skipped as zero. Medians of the runs, (min–max) beside them. ' +
     'Throughput: ferry\'s round 1; QEMU\'s bytes sent over its total time less setup. Downtime: as each reports it (ferry: vCPU paused on the source until running on the destination; ' +
     'QEMU: source stopped until its last byte was sent). Paused → running: the source\'s STOP to the destination\'s RESUME (QMP event times) for QEMU, ferry\'s downtime for ferry. ' +
-    'CPU: both processes, per GiB sent. Memory: ferry\'s verification (and replay for pattern guests); QEMU\'s destination saved and compared with its source from 1 MiB up, both paused after the migration.', '');
+    'CPU: both processes, per GiB sent. Memory: ferry\'s verification (and replay for pattern guests); QEMU\'s destination saved and compared with its source from 1 MiB up, both paused after the migration.' +
+    (status.loadAverage ? ` Load average (1 min) of the machine: ${status.loadAverage.start.toFixed(2)} when the bench began, ${status.loadAverage.end.toFixed(2)} when it ended.` : ''), '');
   lines.push('| scenario | migrator | runs (done) | throughput MiB/s (% raw TCP) | total time ms | downtime ms | paused → running ms | CPU ms/GiB | sent / memory | memory |');
   lines.push('|---|---|---|---|---|---|---|---|---|---|');
   for (const peer of peers) {
