@@ -205,7 +205,7 @@ class Qmp {
   }
 
   /** Connects to `socketPath` (retrying while QEMU starts), reads the greeting, enters command mode. */
-  static async connect(socketPath: string, name: string, child: ChildProcess, stderr: () => string, timeoutMs = 60_000): Promise<Qmp> {
+  static async connect(socketPath: string, name: string, child: ChildProcess, stderr: () => string, timeoutMs = 120_000): Promise<Qmp> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (child.exitCode !== null || child.signalCode !== null) {
@@ -218,10 +218,20 @@ class Qmp {
       });
       if (socket) {
         const qmp = new Qmp(socket, name);
+        // The socket listens before QEMU has finished starting (preallocating a GiB takes seconds on a busy
+        // machine): the greeting comes once it has, within what is left of the deadline.
         await new Promise<void>((resolve, reject) => {
-          qmp.greeted = resolve;
-          const timer = setTimeout(() => reject(new FerryError(ErrorCode.TIMEOUT, `no QMP greeting from qemu (${name})`)), 10_000);
-          timer.unref();
+          const timer = setTimeout(() => reject(new FerryError(ErrorCode.TIMEOUT, `no QMP greeting from qemu (${name}) within ${timeoutMs} ms of starting it`)), Math.max(deadline - Date.now(), 1000));
+          const exited = (): void => reject(new FerryError(ErrorCode.INTERNAL, `qemu (${name}) exited at start: ${stderr().trim() || `code ${child.exitCode ?? child.signalCode}`}`));
+          child.once('exit', exited);
+          qmp.greeted = () => {
+            clearTimeout(timer);
+            child.off('exit', exited);
+            resolve();
+          };
+        }).catch((error: unknown) => {
+          qmp.close();
+          throw error;
         });
         await qmp.execute('qmp_capabilities');
         return qmp;
