@@ -618,7 +618,8 @@ Service scenarios (kv-*) migrate a kv VM back and forth under a UDP client: its 
 --peer qemu runs QEMU (TCG, an idle SeaBIOS guest, memory filled with non-zero data) on 127.0.0.1 the same
 number of times, after ferry's runs of each idle scenario, and puts QEMU's throughput, total time, downtime,
 CPU per GiB and bytes sent beside ferry's in summary.md ("QEMU beside ferry") and results.json (peers). Where
-qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86) the bench says so and goes on.
+qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86) the bench says so and goes on;
+FERRY_QEMU names another QEMU binary.
 
 Examples:
   ferry bench --scenario smoke --repeat 1

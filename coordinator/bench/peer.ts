@@ -183,6 +183,10 @@ export function peerSection(status: PeerStatus | undefined, peers: PeerScenario[
     'QEMU: source stopped until its last byte was sent). Paused → running: the source\'s STOP to the destination\'s RESUME (QMP event times) for QEMU, ferry\'s downtime for ferry. ' +
     'CPU: both processes, per GiB sent. Memory: ferry\'s verification (and replay for pattern guests); QEMU\'s destination saved and compared with its source from 1 MiB up, both paused after the migration.' +
     (status.loadAverage ? ` Load average (1 min) of the machine: ${status.loadAverage.start.toFixed(2)} when the bench began, ${status.loadAverage.end.toFixed(2)} when it ended.` : ''), '');
+  if (peers.length === 0) {
+    lines.push('QEMU ran beside no scenario of this run: it runs beside plain memory scenarios whose guest writes nothing (idle-256m, idle-1g, idle-4g, hot-1g-0).', '');
+    return lines;
+  }
   lines.push('| scenario | migrator | runs (done) | throughput MiB/s (% raw TCP) | total time ms | downtime ms | paused → running ms | CPU ms/GiB | sent / memory | memory |');
   lines.push('|---|---|---|---|---|---|---|---|---|---|');
   for (const peer of peers) {

@@ -6,7 +6,7 @@
  * until it completes or fails. After it, both guests are paused and their memory saved (`pmemsave`) and compared.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -132,19 +132,19 @@ function fillPages(out: Buffer, first: number, pages: number, template: Uint32Ar
 }
 
 /** Writes the filled image of `bytes` to `file`. */
-export function writeFillImage(file: string, bytes: number): void {
+export async function writeFillImage(file: string, bytes: number): Promise<void> {
   const template = fillTemplate();
   const chunkPages = 1024;
   const chunk = Buffer.alloc(chunkPages * PAGE);
-  const fd = openSync(file, 'w');
+  const handle = await open(file, 'w');
   try {
     for (let page = 0; page < bytes / PAGE; page += chunkPages) {
       const pages = Math.min(chunkPages, bytes / PAGE - page);
       fillPages(chunk, page, pages, template);
-      writeSync(fd, chunk, 0, pages * PAGE);
+      await handle.write(chunk, 0, pages * PAGE);
     }
   } finally {
-    closeSync(fd);
+    await handle.close();
   }
 }
 
@@ -298,6 +298,8 @@ async function startQemu(binary: string, name: string, workdir: string, memoryBy
     else child.once('exit', () => resolve());
   });
   const spawnFailed = new Promise<never>((_resolve, reject) => child.once('error', (error) => reject(new FerryError(ErrorCode.INTERNAL, `cannot start ${binary}: ${error.message}`))));
+  // Only the start waits on it: an error after that (a failed kill) must not become an unhandled rejection.
+  spawnFailed.catch(() => undefined);
   const stop = async (): Promise<void> => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
@@ -407,7 +409,7 @@ export async function migrateQemuGuest(scenario: string, repeat: number, options
   const dumps = [path.join(workdir, 'source.mem'), path.join(workdir, 'destination.mem')] as const;
   const started: QemuProcess[] = [];
   try {
-    writeFillImage(image, memoryBytes);
+    await writeFillImage(image, memoryBytes);
     const source = await startQemu(qemu.binary, 'source', workdir, memoryBytes, [
       '-object', `memory-backend-file,id=ram0,size=${memoryBytes},mem-path=${image},share=off,prealloc=on`,
     ]);

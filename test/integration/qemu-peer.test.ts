@@ -86,7 +86,24 @@ describe.skipIf(!qemu.available)('QEMU peer (qemu-system-x86_64 installed)', () 
   });
 });
 
+describe('QEMU peer failures', () => {
+  it('refuses a guest size QEMU cannot take, and cleans up after a QEMU that exits at start', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-qemu-peer-'));
+    const broken = { available: true as const, binary: '/bin/false', version: 'none' };
+    await expect(migrateQemuGuest('test', 1, { memoryBytes: 1024 ** 2 + 4096, workdir: dir, downtimeLimitMs: 5 }, broken)).rejects.toMatchObject({ code: 'FERRY_ERR_BAD_INPUT' });
+    await expect(migrateQemuGuest('test', 1, { memoryBytes: 16 * 1024 ** 2, workdir: dir, downtimeLimitMs: 5 }, broken)).rejects.toThrow(/exited at start/);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+});
+
 describe('ferry bench --peer qemu without QEMU', () => {
+  it('refuses an unknown peer with exit 2 and names the known one', async () => {
+    const result = await bench(['--scenario', 'smoke', '--peer', 'xen']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('FERRY_ERR_BAD_INPUT');
+    expect(result.stderr).toMatch(/--peer xen: no such peer[\s\S]*hint: known: qemu/);
+  });
+
   it('says the peer is unavailable and why, and the bench goes on', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-qemu-peer-'));
     const out = path.join(dir, 'results');

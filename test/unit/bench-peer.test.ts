@@ -10,23 +10,14 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parsePeerOptions, peerSection, peerSkipReason, summarizePeer } from '../../coordinator/bench/peer.js';
 import { findQemu, writeFillImage, type QemuPeerRun } from '../../coordinator/bench/qemu-peer.js';
 import { scenarioSchema } from '../../coordinator/bench/scenarios.js';
-import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { WORDS_PER_PAGE, fillPage } from '../../shared/workloads.js';
+import { badInput } from '../bad-input.js';
 
 let dir: string | undefined;
 afterEach(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
   dir = undefined;
 });
-
-function codeOf(action: () => unknown): string | undefined {
-  try {
-    action();
-  } catch (error) {
-    return error instanceof FerryError ? error.code : 'not a FerryError';
-  }
-  return undefined;
-}
 
 const scenario = (fields: object) => scenarioSchema.parse({ name: 'x', description: 'x', memory: '256MiB', workload: 'idle', ...fields });
 
@@ -35,15 +26,10 @@ describe('bench --peer', () => {
     expect(parsePeerOptions(undefined, undefined)).toBeUndefined();
     expect(parsePeerOptions('qemu', undefined)).toEqual({ peer: 'qemu', downtimeLimitMs: 5 });
     expect(parsePeerOptions('qemu', '300ms')).toEqual({ peer: 'qemu', downtimeLimitMs: 300 });
-    expect(codeOf(() => parsePeerOptions('xen', undefined))).toBe(ErrorCode.BAD_INPUT);
-    expect(codeOf(() => parsePeerOptions('qemu', '0.5ms'))).toBe(ErrorCode.BAD_INPUT);
-    expect(codeOf(() => parsePeerOptions('qemu', 'soon'))).toBe(ErrorCode.BAD_INPUT);
-    expect(codeOf(() => parsePeerOptions(undefined, '5ms'))).toBe(ErrorCode.BAD_INPUT);
-    try {
-      parsePeerOptions('xen', undefined);
-    } catch (error) {
-      expect((error as FerryError).hint).toMatch(/qemu/);
-    }
+    expect(badInput(() => parsePeerOptions('xen', undefined)).hint).toMatch(/qemu/);
+    expect(badInput(() => parsePeerOptions('qemu', '0.5ms')).message).toMatch(/whole milliseconds/);
+    badInput(() => parsePeerOptions('qemu', 'soon'));
+    expect(badInput(() => parsePeerOptions(undefined, '5ms')).message).toMatch(/needs --peer/);
   });
 
   it('runs plain scenarios whose guest writes nothing, on loopback, and says why it skips the others', () => {
@@ -60,7 +46,7 @@ describe('bench --peer', () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-peer-test-'));
     const file = path.join(dir, 'image');
     const pages = 2048 + 3;
-    writeFillImage(file, pages * 4096);
+    await writeFillImage(file, pages * 4096);
     const image = readFileSync(file);
     expect(image.length).toBe(pages * 4096);
     const expected = new Uint32Array(pages * WORDS_PER_PAGE);
@@ -93,5 +79,6 @@ describe('bench --peer', () => {
     expect(markdown).toContain('| idle-256m | qemu | 2 (1) | 1020 (53.5 %) | 250 | 2.00 | 4.00 | 680 | 1.00 | matches source |');
     const unavailable = peerSection({ peer: 'qemu', available: false, reason: 'peer unavailable: qemu-system-x86_64 is not installed', downtimeLimitMs: 5 }, [], []).join('\n');
     expect(unavailable).toContain('QEMU did not run: peer unavailable: qemu-system-x86_64 is not installed');
+    expect(peerSection(status, [], []).join('\n')).toContain('QEMU ran beside no scenario of this run');
   });
 });
