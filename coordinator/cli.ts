@@ -616,7 +616,7 @@ migrates it live, reads both agents' CPU time, and for pattern VMs checks the de
 Before the migrations, raw TCP is measured between the same endpoints (1 MiB writes, separate processes).
 Service scenarios (kv-*) migrate a kv VM back and forth under a UDP client: its outage beside downtime and blackout.
 --peer qemu runs QEMU (TCG, an idle SeaBIOS guest, memory filled with non-zero data) on 127.0.0.1 the same
-number of times, after ferry's runs of each idle scenario, and puts QEMU's throughput, total time, downtime,
+number of times after ferry's runs of each scenario whose guest writes nothing (idle-*, hot-1g-0), and puts QEMU's throughput, total time, downtime,
 CPU per GiB and bytes sent beside ferry's in summary.md ("QEMU beside ferry") and results.json (peers). Where
 qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86) the bench says so and goes on;
 FERRY_QEMU names another QEMU binary.
