@@ -10,6 +10,7 @@ import { verifyModeSchema, workloadKindSchema, type ConfigDrive, type HostInfo, 
 import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } from '../shared/units.js';
 import { runBench } from './bench/command.js';
 import { toMarkdown } from './bench/output.js';
+import { parsePeerOptions } from './bench/peer.js';
 import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
 import { addHost, findHost, loadCluster, removeHost, withCredentials, type Cluster } from './cluster.js';
 import { openStore, type ClusterStore } from './store/store.js';
@@ -607,18 +608,26 @@ Exit status is 0 only when committed.`)
     .option('--link <link>', 'run every scenario with the agents in network namespaces on a bridge, with a client namespace and VMs\' addresses in namespaces mode: `namespaces` (unshaped) or a rate that shapes it, e.g. 1gbit (needs root)')
     .option('--scenarios <file>', 'scenario file', undefined)
     .option('--list', 'list the scenarios and exit')
+    .option('--peer <name>', 'also migrate a guest of the same size and memory contents with QEMU (qemu-system-x86_64, two local processes) after ferry\'s runs of each scenario whose guest writes nothing, and show both: qemu')
+    .option('--peer-downtime-limit <time>', 'QEMU\'s downtime-limit for --peer qemu (its own default is 300ms)', '5ms')
     .option('--json', 'print the results as JSON on stdout')
     .addHelpText('after', `
 Scenarios are data: bench/scenarios.json. Each run starts two ferry-agent processes, creates the VM, lets it run,
 migrates it live, reads both agents' CPU time, and for pattern VMs checks the destination's memory by replay.
 Before the migrations, raw TCP is measured between the same endpoints (1 MiB writes, separate processes).
 Service scenarios (kv-*) migrate a kv VM back and forth under a UDP client: its outage beside downtime and blackout.
+--peer qemu runs QEMU (TCG, an idle SeaBIOS guest, memory filled with non-zero data) on 127.0.0.1 the same
+number of times after ferry's runs of each scenario whose guest writes nothing (idle-*, hot-1g-0), and puts QEMU's throughput, total time, downtime,
+CPU per GiB and bytes sent beside ferry's in summary.md ("QEMU beside ferry") and results.json (peers). Where
+qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86) the bench says so and goes on;
+FERRY_QEMU names another QEMU binary.
 
 Examples:
   ferry bench --scenario smoke --repeat 1
   ferry bench --scenario idle-1g hot-1g --repeat 5 --out docs/bench
-  ferry bench --scenario kv-256m --repeat 1`)
-    .action(async (raw: { scenario?: string[]; repeat: string; out?: string; link?: string; scenarios?: string; list?: boolean; json?: boolean }) => {
+  ferry bench --scenario kv-256m --repeat 1
+  ferry bench --scenario idle-256m idle-1g --repeat 3 --peer qemu`)
+    .action(async (raw: { scenario?: string[]; repeat: string; out?: string; link?: string; scenarios?: string; list?: boolean; json?: boolean; peer?: string; peerDowntimeLimit?: string }, command: Command) => {
       if (raw.list) {
         for (const scenario of loadScenarios(raw.scenarios ?? defaultScenarioFile())) {
           process.stdout.write(`${scenario.name.padEnd(18)} ${scenario.description}${scenario.smoke ? ' (smoke)' : ''}\n`);
@@ -628,7 +637,11 @@ Examples:
       const repeat = parseCount(raw.repeat, '--repeat');
       if (repeat < 1) throw new FerryError(ErrorCode.BAD_INPUT, '--repeat must be at least 1', 'medians need 5 or more');
       if (raw.link && raw.link !== 'namespaces') parseRate(raw.link);
+      // The limit's default applies only with --peer: given by hand without it, it is a mistake worth saying.
+      const limitGiven = command.getOptionValueSource('peerDowntimeLimit') === 'cli';
+      const peer = parsePeerOptions(raw.peer, raw.peer !== undefined || limitGiven ? raw.peerDowntimeLimit : undefined);
       const results = await runBench({
+        ...(peer ? { peer } : {}),
         ...(raw.scenario ? { scenarios: raw.scenario } : {}),
         ...(raw.scenarios ? { scenarioFile: raw.scenarios } : {}),
         ...(raw.out ? { out: raw.out } : {}),

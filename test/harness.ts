@@ -67,8 +67,8 @@ export function runFerry(args: string[], env: Record<string, string> = {}, netns
  * (`ferry bench`: agents, raw-TCP ends, probes). `stop()` kills the whole group, whatever is left of it: a test that
  * fails or times out leaves nothing running.
  */
-export function runFerryGroup(args: string[]): { result: Promise<CliResult>; stop(): void } {
-  const child = spawn(process.execPath, [ferryEntry, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+export function runFerryGroup(args: string[], env: Record<string, string> = {}): { result: Promise<CliResult>; stop(): void } {
+  const child = spawn(process.execPath, [ferryEntry, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...process.env, ...env } });
   let stdout = '';
   let stderr = '';
   child.stdout!.setEncoding('utf8').on('data', (text: string) => (stdout += text));

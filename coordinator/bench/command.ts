@@ -12,6 +12,7 @@ import { writeCharts } from './charts.js';
 import { describeEnvironment } from './environment.js';
 import { loopbackLink, namespacesLink, type Link } from './link.js';
 import { writeResults, type BenchResults } from './output.js';
+import { peerRuns, peerStatus, runPeerScenario, type PeerRequest, type PeerScenario } from './peer.js';
 import { benchWorkdir, measureBaseline, runScenario, type BenchContext, type RunResult } from './runner.js';
 import { defaultScenarioFile, loadScenarios, selectScenarios, type Scenario } from './scenarios.js';
 import { runServiceScenario, stepsOf, type ServiceRun } from './service.js';
@@ -27,6 +28,8 @@ export interface BenchOptions {
   /** Run every scenario over this link instead of its own: `namespaces`, or a shaped rate such as `1gbit`. */
   link?: string;
   command: string;
+  /** Also migrate a guest of the same size with this peer (QEMU) after ferry's runs of each plain memory scenario. */
+  peer?: PeerRequest;
   /** Where progress and notes go (stderr in the CLI): through one display, so a note never lands on a redrawn line. */
   stream?: ProgressStream;
 }
@@ -49,7 +52,13 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   let rawDisk: RawDiskResult | undefined;
   const workdir = benchWorkdir();
   const stream = options.stream ?? process.stderr;
-  const progress = runProgress(selected.reduce((total, scenario) => total + (scenario.storage ? storageSteps(scenario) : scenario.soak ? soakSteps(scenario) : stepsOf(scenario)), 0) * options.repeat, stream);
+  const status = options.peer ? peerStatus(options.peer) : undefined;
+  // The machine's 1-minute load average when the bench began and ended: others' work on it moves every figure.
+  const loadAtStart = os.loadavg()[0]!;
+  const peers: PeerScenario[] = [];
+  const peerSteps = status?.available ? selected.filter((scenario) => peerRuns(scenario, linkOf(scenario))).length : 0;
+  const progress = runProgress((selected.reduce((total, scenario) => total + (scenario.storage ? storageSteps(scenario) : scenario.soak ? soakSteps(scenario) : stepsOf(scenario)), 0) + peerSteps) * options.repeat, stream);
+  if (status && !status.available) progress.log(`${status.reason}; the bench goes on without it`);
   try {
     for (const wanted of linkNames) {
       let link: Link;
@@ -98,6 +107,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
           }
           runs.push(...scenarioRuns);
           summaries.push(summarize(scenario, scenarioRuns, rawTcp));
+          if (status) {
+            peers.push(await runPeerScenario(scenario, options.repeat, {
+              status, workdir, rawTcp, link: link.name, onStep: (label) => progress.step(label), onNote: (line) => progress.log(line),
+            }));
+          }
         }
       } finally {
         link.teardown();
@@ -123,6 +137,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     storageSummaries,
     storageTargets: checkStorageTargets(storageSummaries, rawDisk),
     soaks,
+    ...(status ? { peer: { peer: status.peer, available: status.available, downtimeLimitMs: status.downtimeLimitMs, ...(status.version ? { version: status.version } : {}), ...(status.binary ? { binary: status.binary } : {}), ...(status.reason ? { reason: status.reason } : {}), loadAverage: { start: loadAtStart, end: os.loadavg()[0]! } }, peers } : {}),
     charts: [],
   };
   const out = options.out ?? path.join(process.cwd(), 'bench-results', new Date().toISOString().replace(/[:.]/g, '-'));

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { formatBytes, formatRate } from '../../shared/units.js';
 import type { RawTcpResult } from './baseline.js';
 import type { Environment } from './environment.js';
+import { peerSection, type PeerScenario, type PeerStatus } from './peer.js';
 import type { RunResult } from './runner.js';
 import type { ServiceMigration, ServiceRun } from './service.js';
 import type { SoakRun } from './soak.js';
@@ -33,6 +34,9 @@ export interface BenchResults {
   storage: StorageRun[];
   storageSummaries: StorageSummary[];
   storageTargets: StorageTargetCheck[];
+  /** `--peer qemu`: whether QEMU was found (its version, or why not), and its runs beside ferry's. */
+  peer?: PeerStatus;
+  peers?: PeerScenario[];
   charts: string[];
 }
 
@@ -140,6 +144,7 @@ export function toMarkdown(results: BenchResults): string {
     for (const target of results.targets) lines.push(targetRow(target));
     lines.push('');
   }
+  if (results.peer) lines.push(...peerSection(results.peer, results.peers ?? [], results.summaries));
   if (results.serviceSummaries.length > 0) lines.push(...serviceSection(results.serviceSummaries));
   if (results.storageSummaries.length > 0) lines.push(...storageSection(results));
   if (results.soaks && results.soaks.length > 0) lines.push(...soakSection(results.soaks));
