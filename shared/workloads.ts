@@ -46,15 +46,19 @@ export function fillPage(words: Uint32Array, page: number, n: number): void {
   for (let k = 3; k < WORDS_PER_PAGE; k++) words[base + k] = (low ^ Math.imul(k, GOLDEN)) >>> 0;
 }
 
-/** Fills pages [from, to) of `memory` as a filled guest starts (see above): one copy of a template page each. */
-export function fillInitialPages(memory: Uint8Array, from: number, to: number): void {
+/**
+ * Fills pages [from, to) as a filled guest starts (see above): one copy of a template page each. Page p goes at
+ * (p - firstInMemory) x 4 KiB of `memory`: 0 when `memory` is all of guest memory, `from` for a buffer of those pages.
+ */
+export function fillInitialPages(memory: Uint8Array, from: number, to: number, firstInMemory = 0): void {
   const template = new Uint32Array(WORDS_PER_PAGE);
   fillPage(template, 0, 0);
   const templateBytes = new Uint8Array(template.buffer);
   const words = new Uint32Array(memory.buffer, memory.byteOffset, memory.length >>> 2);
   for (let page = from; page < to; page++) {
-    memory.set(templateBytes, page * PAGE_SIZE);
-    words[page * WORDS_PER_PAGE + 2] = page;
+    const at = page - firstInMemory;
+    memory.set(templateBytes, at * PAGE_SIZE);
+    words[at * WORDS_PER_PAGE + 2] = page;
   }
 }
 

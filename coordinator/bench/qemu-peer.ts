@@ -11,10 +11,9 @@ import { mkdir, open, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { fillInitialPages } from '../../shared/workloads.js';
 
 const PAGE = 4096;
-const WORDS = PAGE / 4;
-const GOLDEN = 0x9e3779b1;
 const GiB = 1024 ** 3;
 /** SeaBIOS writes the first MiB (and a few tables it places higher): compare from here up. */
 const LOW_BYTES = 1024 ** 2;
@@ -115,32 +114,15 @@ export interface QemuPeerRun {
   verification?: QemuVerification;
 }
 
-/** One page of the fill (page number 0): the words every page shares; word 2 is the page number. */
-function fillTemplate(): Uint32Array {
-  const words = new Uint32Array(WORDS);
-  for (let k = 3; k < WORDS; k++) words[k] = Math.imul(k, GOLDEN) >>> 0;
-  return words;
-}
-
-/** `pages` pages of the fill from page `first`, into `out` (little-endian, as the machine is). */
-function fillPages(out: Buffer, first: number, pages: number, template: Uint32Array): void {
-  const words = new Uint32Array(out.buffer, out.byteOffset, pages * WORDS);
-  for (let i = 0; i < pages; i++) {
-    words.set(template, i * WORDS);
-    words[i * WORDS + 2] = first + i;
-  }
-}
-
 /** Writes the filled image of `bytes` to `file`. */
 export async function writeFillImage(file: string, bytes: number): Promise<void> {
-  const template = fillTemplate();
   const chunkPages = 1024;
   const chunk = Buffer.alloc(chunkPages * PAGE);
   const handle = await open(file, 'w');
   try {
     for (let page = 0; page < bytes / PAGE; page += chunkPages) {
       const pages = Math.min(chunkPages, bytes / PAGE - page);
-      fillPages(chunk, page, pages, template);
+      fillInitialPages(chunk, page, page + pages, page);
       await handle.write(chunk, 0, pages * PAGE);
     }
   } finally {
@@ -346,7 +328,6 @@ async function compareDumps(sourceFile: string, destinationFile: string, memoryB
   const chunkPages = 1024;
   const source = await open(sourceFile, 'r');
   const destination = await open(destinationFile, 'r');
-  const template = fillTemplate();
   const a = Buffer.alloc(chunkPages * PAGE);
   const b = Buffer.alloc(chunkPages * PAGE);
   const fill = Buffer.alloc(chunkPages * PAGE);
@@ -362,7 +343,7 @@ async function compareDumps(sourceFile: string, destinationFile: string, memoryB
       const readA = await source.read(a, 0, bytes, first * PAGE);
       const readB = await destination.read(b, 0, bytes, first * PAGE);
       if (readA.bytesRead !== bytes || readB.bytesRead !== bytes) throw new FerryError(ErrorCode.IO, `a memory dump is short at page ${first}`);
-      fillPages(fill, first, pages, template);
+      fillInitialPages(fill, first, first + pages, first);
       for (let i = 0; i < pages; i++) {
         const start = i * PAGE;
         const end = start + PAGE;
