@@ -34,7 +34,7 @@ import { formatReport } from './report.js';
 import { forecastMigration, forecaster, type PlannedMigration } from './forecast.js';
 import { formatPlan } from './plan-output.js';
 import { checkVmName, toVmRequest } from './vm-spec.js';
-import { runProbe, type ProbeResult } from './probe.js';
+import type { ProbeResult } from './probe.js';
 import { DEFAULT_CPU_MODEL, clusterBaseline, cpuModelRequest, formatBaseline, levelText } from './cpu-models.js';
 
 interface Global {
@@ -345,6 +345,7 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
       if (ratePerSec < 1 || ratePerSec > 200_000) throw new FerryError(ErrorCode.BAD_INPUT, `--rate ${options.rate} must be 1 to 200,000 requests a second`, 'e.g. --rate 1000');
       const address = isAddress(target) ? target : await serviceAddress(command, target);
       if (!options.json) process.stdout.write(`probing ${target === address ? address : `${target} at ${address}`}: ${int(ratePerSec)} requests/s for ${formatDuration(durationMs)}\n`);
+      const { runProbe } = await import('./probe.js'); // its histogram library loads only for `ferry probe`
       const result = await runProbe({
         address, ratePerSec, durationMs,
         ...(options.json ? {} : { onTick: (tick) => process.stdout.write(`  sent ${int(tick.sent)}, answered ${int(tick.answered)}, outstanding ${int(tick.outstanding)}, longest gap ${formatDuration(tick.longestGapMs)}\n`) }),

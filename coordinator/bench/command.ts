@@ -8,7 +8,6 @@ import { rm } from 'node:fs/promises';
 import { formatRate } from '../../shared/units.js';
 import { runProgress, type ProgressStream } from '../progress.js';
 import type { RawTcpResult } from './baseline.js';
-import { writeCharts } from './charts.js';
 import { describeEnvironment } from './environment.js';
 import { loopbackLink, namespacesLink, type Link } from './link.js';
 import { writeResults, type BenchResults } from './output.js';
@@ -142,7 +141,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   };
   const out = options.out ?? path.join(process.cwd(), 'bench-results', new Date().toISOString().replace(/[:.]/g, '-'));
   const loopbackBaseline = baselines.loopback ?? Object.values(baselines)[0];
-  if (loopbackBaseline) results.charts = await writeCharts(out, runs, summaries, loopbackBaseline, services, storageSummaries, storageRuns);
+  if (loopbackBaseline) {
+    // Loaded here, not at start: Vega is a third of every `ferry` command's start-up, and only the benchmark draws.
+    const { writeCharts } = await import('./charts.js');
+    results.charts = await writeCharts(out, runs, summaries, loopbackBaseline, services, storageSummaries, storageRuns);
+  }
   await writeResults(out, results);
   stream.write(`results in ${out}${os.EOL}${os.EOL}`);
   return results;
