@@ -8,5 +8,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     pool: 'forks',
     maxWorkers: 2,
+    // Tests a file marks concurrent (each with its own agents) run this many at a time.
+    maxConcurrency: 3,
   },
 });

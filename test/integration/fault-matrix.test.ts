@@ -6,15 +6,19 @@
  * needs it back.
  */
 import path from 'node:path';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { describe, it, vi, type TestContext } from 'vitest';
 import { checkDump } from '../replay.js';
 import { patiently, spawnFerry, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
-let cluster: TestCluster | undefined;
-afterEach(async () => {
-  await cluster?.stop();
-  cluster = undefined;
-});
+/**
+ * Each case has its own two agents, so the cases run three at a time (most of a case is waiting: for round 2, for a
+ * crashed agent to restart, for the agents to settle). Its agents stop when the case ends, however it ends.
+ */
+async function clusterFor(context: TestContext, specs: Parameters<typeof startCluster>[0]): Promise<TestCluster> {
+  const cluster = await startCluster(specs);
+  context.onTestFinished(() => cluster.stop());
+  return cluster;
+}
 
 type Party = 'source' | 'destination';
 interface Case {
@@ -42,16 +46,16 @@ const cases: Case[] = [
 
 interface Listed { name: string; host: string; state: string; epoch: number }
 
-describe('fault matrix', () => {
+describe.concurrent('fault matrix', () => {
   for (const c of cases) {
-    it(`${c.fault} in the ${c.party}: the VM ends ${c.endsOn === 'none' ? 'nowhere (its host died with it)' : `running on ${c.endsOn} only`}, matching replay`, async () => {
+    it(`${c.fault} in the ${c.party}: the VM ends ${c.endsOn === 'none' ? 'nowhere (its host died with it)' : `running on ${c.endsOn} only`}, matching replay`, async (context) => {
+      const { expect } = context;
       const faulty = { env: { FERRY_FAULTS: c.fault } };
-      cluster = await startCluster([
+      const t = await clusterFor(context, [
         { name: 'host-a', ...(c.party === 'source' ? faulty : {}) },
         { name: 'host-b', ...(c.party === 'destination' ? faulty : {}) },
       ]);
-      const t = cluster;
-      expect((await t.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '32MiB', '--rate', '5000', '--wss', '8MiB', '--seed', '61')).code).toBe(0);
+      expect((await t.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '32MiB', '--filled', '--rate', '5000', '--wss', '8MiB', '--seed', '61')).code).toBe(0);
       await waitForWrites(t, 'web1', 1000);
       // 64 MiB/s makes round 1 take half a second, so there is always a round 2.
       const migrated = await t.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '64MiB/s', '--json');
@@ -96,16 +100,16 @@ const coordinatorCases: { point: string; holder: 'host-a' | 'host-b'; endsOn: 'h
   { point: 'before-activation', holder: 'host-b', endsOn: 'host-b' },
 ];
 
-describe('fault matrix: the coordinator killed', () => {
+describe.concurrent('fault matrix: the coordinator killed', () => {
   for (const c of coordinatorCases) {
-    it(`at ${c.point}: the VM ends running on ${c.endsOn} only, matching replay`, async () => {
+    it(`at ${c.point}: the VM ends running on ${c.endsOn} only, matching replay`, async (context) => {
+      const { expect } = context;
       const delayed = { env: { FERRY_FAULTS: `delay@${c.point}` } };
-      cluster = await startCluster([
+      const t = await clusterFor(context, [
         { name: 'host-a', ...(c.holder === 'host-a' ? delayed : {}) },
         { name: 'host-b', ...(c.holder === 'host-b' ? delayed : {}) },
       ]);
-      const t = cluster;
-      expect((await t.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '32MiB', '--rate', '5000', '--wss', '8MiB', '--seed', '67')).code).toBe(0);
+      expect((await t.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '32MiB', '--filled', '--rate', '5000', '--wss', '8MiB', '--seed', '67')).code).toBe(0);
       await waitForWrites(t, 'web1', 1000);
       const coordinator = spawnFerry(['--cluster', t.clusterFile, 'migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '64MiB/s', '--json'], { FERRY_TOKEN: t.token });
       const exited = new Promise((resolve) => coordinator.once('exit', resolve));
