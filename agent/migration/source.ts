@@ -9,14 +9,16 @@
  * never resumes its copy: if the destination's activation cannot be confirmed, the VM stays suspended here.
  */
 import { AUTO_CONVERGE, PEER_REPLY_TIMEOUT_MS, STOP_RULES } from '../../shared/constants.js';
-import { digestMemory, digestPageTable, formatDigest } from '../../shared/checksum.js';
+import { digestMemory, formatDigest } from '../../shared/checksum.js';
+import { TableDigest } from '../../shared/table-digest.js';
 import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PAGE_FLAG_PAUSED } from '../../shared/page-frame.js';
 import {
-  type MigrationEvent, type MigrationOptions, type RoundReport, type SourceReport, type StageReport,
-  type StopReason, type Verification,
+  type MigrationEvent, type MigrationOptions, type PeerOps, type ReplyOf, type RoundReport, type SourceReport, type StageReport,
+  type StopReason, type TimelineMark, type Verification,
 } from '../../shared/protocol.js';
+import { collectionsWithin } from '../gc-log.js';
 import { faultPoint, type Faults } from '../faults.js';
 import type { Catalog } from '../catalog.js';
 import type { VirtualMachine } from '../vm/vm.js';
@@ -74,6 +76,15 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   let bytesSent = 0;
   let servingAfterPauseMs: number | undefined;
   let announcements = 0;
+  // The switchover's timeline (protocol.ts, downtimeTimelineSchema): our marks from the pause, and the destination's.
+  const marks: TimelineMark[] = [];
+  const destinationMarks: TimelineMark[] = [];
+  let destinationGc: NonNullable<ReplyOf<PeerOps, 'peer.activate'>['gc']> = [];
+  let switchoverEndMs: number | undefined;
+  let destinationAnchorEpochMs: number | undefined;
+  const mark = (event: string): void => {
+    if (pausedAtMs !== undefined) marks.push({ event, atMs: now() - pausedAtMs });
+  };
   const network = new NetHandover(vm, peer, log);
 
   // The peer connection closing is as fatal as a cancel.
@@ -115,6 +126,16 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       ...(verification ? { verification } : {}),
       ...(network.report(servingAfterPauseMs, announcements) ? { network: network.report(servingAfterPauseMs, announcements) } : {}),
       ...(storage ? { storage: storage.report(storageVerification) } : {}),
+      ...(pausedAtMs !== undefined ? {
+        timeline: {
+          source: marks,
+          destination: destinationMarks,
+          sourceGc: collectionsWithin(pausedAtMs, switchoverEndMs ?? now()),
+          destinationGc,
+          sourceAnchorEpochMs: performance.timeOrigin + pausedAtMs,
+          ...(destinationAnchorEpochMs !== undefined ? { destinationAnchorEpochMs } : {}),
+        },
+      } : {}),
     };
   };
 
@@ -141,6 +162,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     },
   });
 
+  // The page-table digest, kept current round by round (table-digest.ts): the pause rehashes only the last round's part.
+  const tableDigest = new TableDigest(sender.hashes);
+
   try {
     // Stage 2: iterative pre-copy. Round 1 sends every page; each later round the pages dirtied during the last.
     vm.state = 'migrating-out';
@@ -158,9 +182,13 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       const roundStartMs = now();
       const inRound = pages.length;
       Object.assign(current, { round, pagesInRound: inRound, startMs: roundStartMs, bytesBefore: bytesSent });
+      tableDigest.touchAll(pages);
       const sent = await sender.send(pages, round, 0);
       await faultPoint(context.faults, `round-${round}`, log, () => peer.close());
-      await peer.request('peer.sync', { round }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+      const synced = peer.request('peer.sync', { round }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+      synced.catch(() => undefined); // awaited just below
+      tableDigest.refresh(); // while the destination installs the round's last frames
+      await synced;
       bytesSent += sent.bytesSent;
       const durationMs = Math.max(now() - roundStartMs, 0.001);
       const dirtyPagesAfter = vm.dirtyLog.count();
@@ -193,17 +221,24 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     }
 
     await storage?.beforePause();
+    // Made before the pause: the pause path allocates as little as it can (a collection there is downtime).
+    const lastPagesBuffer = new Uint32Array(vm.pageCount);
     // Stage 3: stop-and-copy. Pause the vCPU, send what is still dirty and the registers.
     enterStage(3);
     pausedAtMs = now();
-    if (vm.vcpuRunning) await vm.pause();
+    mark('pause requested');
+    if (vm.vcpuRunning) await vm.pause({ quick: true });
+    mark('vCPU paused');
     // Before the harvest below: from here the agent leaves the rings alone, so the last copy carries them exactly.
     network.hold();
     vm.state = 'handing-over';
     await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
-    const lastPages = vm.dirtyLog.harvest();
+    const lastPages = lastPagesBuffer.subarray(0, vm.dirtyLog.harvestInto(lastPagesBuffer));
+    tableDigest.touchAll(lastPages);
+    mark('dirty log harvested');
     const lastStartMs = now();
     const last = await sender.send(lastPages, round + 1, PAGE_FLAG_PAUSED);
+    mark('last pages sent');
     bytesSent += last.bytesSent;
     const lastDurationMs = Math.max(now() - lastStartMs, 0.001);
     stopAndCopy = {
@@ -215,21 +250,26 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     log.debug('stop-and-copy timing', { pauseMs: lastStartMs - pausedAtMs, pages: lastPages.length, sendMs: lastDurationMs });
 
     // Stage 4: commitment. The destination checks its image and answers with its digests; we compare.
-    enterStage(4);
-    // Ask first, then compute our own digest while the destination computes its own.
+    // Ask first, then compute our own digest while the destination computes its own; the stage's event after asking.
     const verifyStartMs = now();
     const asked = peer.request('peer.verify', {
       registers, mode: options.verify, resume: wasRunning, ...(context.files ? { files: context.files } : {}), ...(vm.guest ? { guest: vm.guest } : {}),
       network: vm.network,
     }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
+    mark('verify asked');
+    enterStage(4);
     const disksChecked = storage?.verify(options.verify);
     disksChecked?.catch(() => undefined);
-    const sourceDigest = formatDigest(digestPageTable(sender.hashes));
+    const sourceDigest = formatDigest(tableDigest.digest());
     // --verify full: hash all of memory here while the destination does the same there (the vCPU is paused).
     const sourceMemoryDigest = options.verify === 'full' ? formatDigest(digestMemory(vm.memory)) : undefined;
     const digestMs = now() - verifyStartMs;
+    mark('source digest done');
     const answer = await asked;
+    mark('verify answered');
+    destinationMarks.push(...(answer.timeline ?? []));
+    destinationAnchorEpochMs = answer.anchorEpochMs;
     if (disksChecked) {
       storageVerification = await disksChecked;
       const bad = storageVerification.find((disk) => !disk.match);
@@ -253,17 +293,26 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     }
     // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
     committed = true;
+    mark('committed');
     // Kept datagrams, and each new one, go to the destination now: on this connection, so before the activation.
     network.commit();
-    log.info('committed', { vm: vm.name, digest: sourceDigest });
     await faultPoint(context.faults, 'after-commit', log, () => peer.close());
-    log.debug('commit timing', { digestMs, verifyRoundTripMs: now() - verifyStartMs });
 
-    // Stage 5: activation on the destination, then the source frees its copy.
-    enterStage(5);
+    // Stage 5: activation on the destination, then the source frees its copy. Asked first; the log lines and the
+    // stage's event go out while the destination activates.
     const activateStartMs = now();
-    const activated = await peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+    mark('activate asked');
+    const activating = peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+    activating.catch(() => undefined); // awaited just below
+    enterStage(5);
+    log.info('committed', { vm: vm.name, digest: sourceDigest });
+    log.debug('commit timing', { digestMs, verifyRoundTripMs: activateStartMs - verifyStartMs });
+    const activated = await activating;
     const activatedAtMs = now();
+    switchoverEndMs = activatedAtMs;
+    mark('activate answered');
+    destinationMarks.push(...(activated.timeline ?? []));
+    destinationGc = activated.gc ?? [];
     log.debug('activation timing', { activateRoundTripMs: activatedAtMs - activateStartMs });
     // Measured on each side's own clock: pause to asking, then the destination's asked to serving. It leaves out the
     // request's one-way trip, so it may be early by that much; never later than the activation's reply.
