@@ -672,7 +672,17 @@ export const peerOps = {
    * ends with it, so round times and rates are measured to the destination, not to the local socket buffer, and
    * stop-and-copy never starts behind a backlog the destination has yet to install.
    */
-  'peer.sync': [z.object({ round: z.number().int().min(1) }).strict(), z.object({ pagesReceived: z.number() })],
+  'peer.sync': [
+    z.object({
+      round: z.number().int().min(1),
+      /**
+       * Sent once more after the last round, just before the pause: the destination also runs a full garbage
+       * collection before it answers, so that none falls inside the pause (source.ts).
+       */
+      beforePause: z.boolean().optional(),
+    }).strict(),
+    z.object({ pagesReceived: z.number() }),
+  ],
   /** Stop-and-copy is done: every page is sent. The destination checks its image and answers with its digests. */
   'peer.verify': [
     z.object({

@@ -178,6 +178,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         now: () => performance.now(),
         emit: (event) => void context.event(event),
         log,
+        collectGarbage: () => agent.collectGarbage(),
         onInDoubt: (doubtful, resume) => agent.settlements.add({ migrationId, vm: doubtful, destinationUrl: destination.url, resume }),
         ...(storage ? { storage } : {}),
       }).finally(() => {

@@ -51,6 +51,11 @@ export interface SourceContext {
   onInDoubt?: (vm: VirtualMachine, resume: boolean) => void;
   /** `--copy-storage`: the VM's local disks, copied before memory (storage/live-storage.ts). */
   storage?: LocalDisk[];
+  /**
+   * A full garbage collection, run on both sides just before the pause so that none falls inside it (the agent's;
+   * none where there is no agent, as in the in-memory network). Returns how long it took.
+   */
+  collectGarbage?: () => number;
 }
 
 const stageNames: Record<number, string> = {
@@ -176,6 +181,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     }
     enterStage(2);
     let round = 1;
+    let collected = false;
     vm.dirtyLog.clearAll(); // cleared BEFORE round 1 reads any page: writes from here on are caught
     let pages: Uint32Array = Uint32Array.from({ length: vm.pageCount }, (_, page) => page);
     for (;;) {
@@ -205,6 +211,23 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         round, pagesSent: inRound, dirtyPagesAfter, bytesSentTotal: bytesSent, memoryBytes: vm.memoryBytes,
         bandwidthBytesPerSec: bandwidth, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds,
       });
+      if (stopReason && !collected && context.collectGarbage && stopReason !== 'max-rounds' && stopReason !== 'max-bytes') {
+        // Both sides collect their garbage now, while the guest runs: a collection is most likely due at the end of
+        // pre-copy (each page frame sent or received was a buffer), and one that fell inside the pause would be
+        // downtime. The guest dirties pages meanwhile; if more than the few-pages rule allows, one more round sends
+        // them, so that the pause carries no more than it would have. A cap that fired is left as it is.
+        collected = true;
+        const collecting = peer.request('peer.sync', { round, beforePause: true }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+        collecting.catch(() => undefined); // awaited just below
+        const tookMs = context.collectGarbage();
+        await collecting;
+        log.debug('collected before the pause', { vm: vm.name, tookMs });
+        if (vm.dirtyLog.count() >= STOP_RULES.fewDirtyPages) {
+          round += 1;
+          pages = vm.dirtyLog.harvest(); // bits cleared here, BEFORE the pages are read by the sender
+          continue;
+        }
+      }
       if (stopReason) break;
       // Auto-converge (QEMU): a round that did not shrink the dirty set by 10 % means the guest dirties memory about
       // as fast as the link carries it; hold the vCPU back, 20 % at first and 10 % more each such round.

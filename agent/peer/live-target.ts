@@ -44,8 +44,13 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     if (!target) throw new FerryError(ErrorCode.PROTOCOL, 'peer.hello must come first', 'the peer is not a compatible ferry-agent');
     return target;
   };
-  connection.handle('peer.sync', async ({ round }) => {
+  connection.handle('peer.sync', async ({ round, beforePause }) => {
     const reply = current().sync();
+    if (beforePause) {
+      const tookMs = agent.collectGarbage();
+      log.debug('collected before the pause', { tookMs });
+      return reply;
+    }
     await faultPoint(faults, `round-${round}`, log, () => connection.close());
     return reply;
   });
