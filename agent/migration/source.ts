@@ -100,12 +100,22 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   peer.signal.addEventListener('abort', onPeerClosed, { once: true });
   const signal = abort.signal;
 
+  // Events are held from the pause until the switchover is over (the stages keep their times): each one sent while
+  // the VM is paused wakes the coordinator just when the two agents need the cores.
+  let heldEvents: MigrationEvent[] | undefined;
+  const releaseEvents = (): void => {
+    const held = heldEvents ?? [];
+    heldEvents = undefined;
+    for (const event of held) emit(event);
+  };
   const enterStage = (stage: number, name = stageNames[stage] ?? `stage ${stage}`): void => {
     const atMs = now() - startedMs;
     const previous = stages.at(-1);
     if (previous) previous.endMs = atMs;
     stages.push({ stage, name, startMs: atMs, endMs: atMs });
-    emit({ kind: 'stage', stage, name, atMs });
+    const event: MigrationEvent = { kind: 'stage', stage, name, atMs };
+    if (heldEvents) heldEvents.push(event);
+    else emit(event);
   };
   const storage = context.storage?.length
     ? new LiveStorageCopy(peer, context.storage, { mode: options.storageMode ?? 'mirror', maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds, maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec, signal: abort.signal, emit, faults: context.faults, log })
@@ -248,6 +258,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const lastPagesBuffer = new Uint32Array(vm.pageCount);
     // Stage 3: stop-and-copy. Pause the vCPU, send what is still dirty and the registers.
     enterStage(3);
+    heldEvents = [];
     pausedAtMs = now();
     mark('pause requested');
     if (vm.vcpuRunning) await vm.pause({ quick: true });
@@ -328,12 +339,15 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const activating = peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
     activating.catch(() => undefined); // awaited just below
     enterStage(5);
-    log.info('committed', { vm: vm.name, digest: sourceDigest });
-    log.debug('commit timing', { digestMs, verifyRoundTripMs: activateStartMs - verifyStartMs });
     const activated = await activating;
     const activatedAtMs = now();
     switchoverEndMs = activatedAtMs;
     mark('activate answered');
+    // Logged once the guest runs at the destination: a log line is a write that may wake whoever reads this agent's
+    // output. A failed activation logs its own line below, which says the VM was committed.
+    log.info('committed', { vm: vm.name, digest: sourceDigest });
+    log.debug('commit timing', { digestMs, verifyRoundTripMs: activateStartMs - verifyStartMs });
+    releaseEvents();
     destinationMarks.push(...(activated.timeline ?? []));
     destinationGc = activated.gc ?? [];
     log.debug('activation timing', { activateRoundTripMs: activatedAtMs - activateStartMs });
@@ -354,6 +368,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       registers,
     };
   } catch (caught) {
+    releaseEvents();
     const error = toFerryError(caught);
     if (committed) {
       // The destination has a verified image and may be running it: never resume here (no two copies).
@@ -371,6 +386,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     await rollBack(context, wasRunning, error, network);
     return report('rolled-back', error);
   } finally {
+    releaseEvents();
     // No mirror outlives the migration, whatever happened.
     storage?.close();
     // The throttle was the migration's, not the guest's: lift it (on the destination it never existed).

@@ -342,7 +342,9 @@ export class MigrationTarget {
       this.vm.state = 'paused';
     }
     this.mark('vCPU resumed');
-    this.log.info('activated', { vm: this.vm.name, migration: this.migrationId, epoch: this.vm.epoch });
+    // Logged after the reply has gone: a log line is a write that may wake whoever reads this agent's output.
+    const { name, epoch } = this.vm;
+    setImmediate(() => this.log.info('activated', { vm: name, migration: this.migrationId, epoch }));
     // The VM's files join this datastore once it runs: writing and syncing them is no part of its downtime.
     const files = this.files;
     if (files) {
