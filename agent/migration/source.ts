@@ -332,8 +332,8 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     network.commit();
     await faultPoint(context.faults, 'after-commit', log, () => peer.close());
 
-    // Stage 5: activation on the destination, then the source frees its copy. Asked first; the log lines and the
-    // stage's event go out while the destination activates.
+    // Stage 5: activation on the destination, then the source frees its copy. Asked at once: the stage's event is held
+    // (above) and the log lines wait for the reply.
     const activateStartMs = now();
     mark('activate asked');
     const activating = peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
