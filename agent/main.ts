@@ -8,6 +8,7 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { z } from 'zod';
 import { initChecksums } from '../shared/checksum.js';
+import { watchGarbageCollection } from './gc-log.js';
 import { MAX_MEMORY_BYTES } from '../shared/constants.js';
 import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
 import { cpuFlagSchema, cpuFlagsSchema, sortedFlags } from '../shared/cpu.js';
@@ -153,6 +154,8 @@ Example:
   }
   const faults = parseFaults(process.env.FERRY_FAULTS);
   await initChecksums();
+  // Which collections fall inside a migration's switchover: its timeline reports them.
+  watchGarbageCollection();
   await mkdir(options.datastore, { recursive: true });
 
   const { token, tokenFile } = await resolveToken(options, log);

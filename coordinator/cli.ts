@@ -441,6 +441,7 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     .option('--plan', 'forecast the migration (rounds, total time, downtime, bytes, whether it converges, and what would make it) and move nothing')
     .option('--no-forecast', 'skip the forecast a live migration makes first (its report shows it beside what happened)')
     .option('--json', 'print the report as JSON on stdout')
+    .option('--trace', 'also print the downtime timeline: each side\'s marks from the pause to the guest running at the destination (the JSON report always has it)')
     .option('--quiet', 'no progress on stderr')
     .addHelpText('after', `
 --plan samples the VM (its dirty rate and working set, measured by its agent), measures the page stream from its host
@@ -452,7 +453,7 @@ commit checks it with memory; after the commit the source deletes its copy.
 Until the commit, any failure leaves the VM running on its source. Ctrl-C, --timeout and
 \`ferry migrate NAME --cancel\` roll the migration back unless it has already committed.
 Exit status is 0 only when committed.`)
-    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; quiet?: boolean }, command: Command) => {
+    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; trace?: boolean; quiet?: boolean }, command: Command) => {
       const { cluster: hosts, store } = await cluster(command);
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');
@@ -522,7 +523,7 @@ Exit status is 0 only when committed.`)
         report.forecastError = forecastError;
       }
       if (raw.json) printJson(report);
-      else process.stdout.write(`${formatReport(report)}\n`);
+      else process.stdout.write(`${formatReport(report, { trace: raw.trace ?? false })}\n`);
       // A migration that was refused before it began says why in its exit code (2 bad input, 3 unreachable);
       // one that began and was undone exits 1.
       process.exitCode = report.outcome === 'committed'

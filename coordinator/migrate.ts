@@ -153,6 +153,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
       throughputBytesPerSec: sourceReport.rounds[0]?.throughputBytesPerSec ?? 0,
       ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
       ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),
+      ...(sourceReport.timeline ? { timeline: sourceReport.timeline } : {}),
     };
     if (report.outcome === 'committed') {
       // What balancing reads to leave a VM moved lately alone; the move stands whether or not this is written.

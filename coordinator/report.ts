@@ -2,7 +2,7 @@
  * The migration report: what `ferry migrate --json` prints, and its readable form.
  */
 import type { ErrorPayload } from '../shared/errors.js';
-import type { RoundReport, SourceReport, StageReport, StopReason, Verification } from '../shared/protocol.js';
+import type { DowntimeTimeline, RoundReport, SourceReport, StageReport, StopReason, Verification } from '../shared/protocol.js';
 import { PAGE_SIZE, STOP_RULES } from '../shared/constants.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 import type { Forecast } from './forecast.js';
@@ -49,6 +49,8 @@ export interface MigrationReport {
   forecast?: ReportedForecast;
   /** Why no forecast was made, when the migration went ahead without one. */
   forecastError?: string;
+  /** The switchover mark by mark, on both sides' clocks (`--trace` prints it). */
+  timeline?: DowntimeTimeline;
 }
 
 /** The forecast as a report carries it: the predicted figures, and how long making it took. */
@@ -78,7 +80,55 @@ function describeSent(bytesSent: number, memoryBytes: number): string {
   return `${formatBytes(bytesSent)} for ${formatBytes(memoryBytes)} of memory (${(bytesSent / memoryBytes).toFixed(2)} x, ${pages})`;
 }
 
-export function formatReport(report: MigrationReport): string {
+/**
+ * The switchover as a table: the source's marks (ms since it asked the vCPU to pause) and the destination's (ms since
+ * it received the verify request, on its own clock), merged in order: the destination's verify marks after the
+ * source's `verify asked`, its activation's after `activate asked`. Each side's own offsets are printed as measured.
+ * Where both anchors' wall-clock times are known, the destination's marks are also placed on the source's scale
+ * (marked ≈): exact on one machine, as good as the hosts' clock agreement otherwise.
+ */
+export function formatTimeline(timeline: DowntimeTimeline): string[] {
+  const ms = (value: number): string => `${value.toFixed(2)} ms`;
+  const skewMs = timeline.sourceAnchorEpochMs !== undefined && timeline.destinationAnchorEpochMs !== undefined
+    ? timeline.destinationAnchorEpochMs - timeline.sourceAnchorEpochMs
+    : undefined;
+  const destination = timeline.destination;
+  const activationStart = destination.findIndex((mark) => mark.event === 'activate received');
+  const verifyPart = activationStart < 0 ? destination : destination.slice(0, activationStart);
+  const activatePart = activationStart < 0 ? [] : destination.slice(activationStart);
+  const rows: string[][] = [['side', 'event', 'since pause', 'destination clock', 'step']];
+  let previous: { side: string; atMs: number } | undefined;
+  const push = (side: 'source' | 'destination', event: string, atMs: number): void => {
+    const step = previous?.side === side ? ms(atMs - previous.atMs) : '';
+    if (side === 'source') rows.push(['source', event, ms(atMs), '', step]);
+    else rows.push(['  destination', event, skewMs === undefined ? '' : `≈ ${ms(skewMs + atMs)}`, ms(atMs), step]);
+    previous = { side, atMs };
+  };
+  const pushAll = (marks: { event: string; atMs: number }[]): void => {
+    for (const mark of marks) push('destination', mark.event, mark.atMs);
+  };
+  for (const mark of timeline.source) {
+    push('source', mark.event, mark.atMs);
+    if (mark.event === 'verify asked') pushAll(verifyPart);
+    if (mark.event === 'activate asked') pushAll(activatePart);
+  }
+  // A migration that ended before asking: whatever the destination said still shows.
+  if (!timeline.source.some((mark) => mark.event === 'verify asked')) pushAll(verifyPart);
+  if (!timeline.source.some((mark) => mark.event === 'activate asked')) pushAll(activatePart);
+  const lines = formatTable(rows, [2, 3, 4]).split('\n').map((line) => `    ${line}`);
+  const gc = [
+    ...(timeline.sourceGc ?? []).map((entry) => `source ${entry.kind} at ${ms(entry.startMs)} for ${ms(entry.durationMs)}`),
+    ...(timeline.destinationGc ?? []).map((entry) => `destination ${entry.kind} at ${ms(entry.startMs)} (its clock) for ${ms(entry.durationMs)}`),
+  ];
+  return [
+    '  downtime timeline: source marks in ms since it asked the vCPU to pause; destination marks in ms since it received',
+    '  the verify request, on its own clock (≈: placed on the source\'s scale by the hosts\' wall clocks, exact on one machine)',
+    ...lines,
+    `    garbage collection in the switchover: ${gc.length === 0 ? 'none seen' : gc.join('; ')}`,
+  ];
+}
+
+export function formatReport(report: MigrationReport, options: { trace?: boolean } = {}): string {
   const lines: string[] = [];
   const verdict = report.outcome === 'committed' ? 'COMMITTED' : report.outcome === 'rolled-back' ? 'ROLLED BACK' : 'FAILED';
   lines.push(`live migration of ${report.vm}: ${report.from} -> ${report.to}   ${verdict}`);
@@ -160,6 +210,9 @@ export function formatReport(report: MigrationReport): string {
   const width = Math.max(...facts.map(([label]) => label.length));
   lines.push(...facts.map(([label, value]) => `  ${label.padEnd(width)}  ${value}`));
   if (report.forecast && report.outcome === 'committed') lines.push('', ...formatForecastBeside(report, report.forecast));
+  if (options.trace) {
+    lines.push('', ...(report.timeline ? formatTimeline(report.timeline) : ['  downtime timeline: none (the migration never paused the VM)']));
+  }
   return lines.join('\n');
 }
 

@@ -40,13 +40,6 @@ function digestChunks(bytes: Uint8Array): bigint {
   return stream.digest();
 }
 
-/**
- * The digest that the commit compares: xxh64 of the page-hash table (the hash of the hash vector). For a 1 GiB
- * guest that is 2 MiB of table, a few milliseconds.
- */
-export function digestPageTable(table: Uint32Array): bigint {
-  return digestChunks(new Uint8Array(table.buffer, table.byteOffset, table.byteLength));
-}
 
 /** xxh64 of all of memory, streamed in chunks (`--verify full`, about 0.2 s per GiB here). */
 export function digestMemory(memory: Uint8Array): bigint {

@@ -356,6 +356,33 @@ export const errorPayloadSchema = z.object({
   hint: z.string().optional(),
 });
 
+/** One moment of the switchover: what happened, in ms from its side's anchor (see downtimeTimelineSchema). */
+export const timelineMarkSchema = z.object({ event: z.string(), atMs: z.number() });
+export type TimelineMark = z.infer<typeof timelineMarkSchema>;
+
+/** A garbage collection that overlapped the switchover, on one side's clock and anchor (perf_hooks 'gc' entries). */
+export const gcPauseSchema = z.object({ kind: z.string(), startMs: z.number(), durationMs: z.number() });
+export type GcPause = z.infer<typeof gcPauseSchema>;
+
+/**
+ * Where the downtime goes: each side's marks from the pause to the guest running at the destination. Two clocks:
+ * the source's marks are ms since it asked the vCPU to pause; the destination's are ms since it received the
+ * verify request, on its own clock (the two are never subtracted; the source's `verify asked` is the nearest mark).
+ */
+export const downtimeTimelineSchema = z.object({
+  source: z.array(timelineMarkSchema),
+  destination: z.array(timelineMarkSchema),
+  sourceGc: z.array(gcPauseSchema).optional(),
+  destinationGc: z.array(gcPauseSchema).optional(),
+  /**
+   * Each anchor on its host's wall clock (performance.timeOrigin + the anchor, ms since 1970): the destination's
+   * marks line up with the source's only as well as the two hosts' clocks agree (exactly, on one machine).
+   */
+  sourceAnchorEpochMs: z.number().optional(),
+  destinationAnchorEpochMs: z.number().optional(),
+});
+export type DowntimeTimeline = z.infer<typeof downtimeTimelineSchema>;
+
 /** What the source agent knows of a migration when it ends; the coordinator adds its own timings. */
 export const sourceReportSchema = z.object({
   outcome: z.enum(['committed', 'rolled-back', 'failed']),
@@ -373,6 +400,8 @@ export const sourceReportSchema = z.object({
   bytesSent: z.number(),
   verification: verificationSchema.optional(),
   registers: registersSchema.optional(),
+  /** The switchover, mark by mark on both sides (`ferry migrate --trace` prints it). */
+  timeline: downtimeTimelineSchema.optional(),
   /** Auto-converge: the highest throttle applied, percent of the vCPU's rate held back (0: none). */
   throttlePct: z.number(),
   /** The VM's address moving with it (agent/migration/net-handover.ts), when it serves one. */
@@ -650,7 +679,17 @@ export const peerOps = {
    * ends with it, so round times and rates are measured to the destination, not to the local socket buffer, and
    * stop-and-copy never starts behind a backlog the destination has yet to install.
    */
-  'peer.sync': [z.object({ round: z.number().int().min(1) }).strict(), z.object({ pagesReceived: z.number() })],
+  'peer.sync': [
+    z.object({
+      round: z.number().int().min(1),
+      /**
+       * Sent once more after the last round, just before the pause: the destination also runs a full garbage
+       * collection before it answers, so that none falls inside the pause (source.ts).
+       */
+      beforePause: z.boolean().optional(),
+    }).strict(),
+    z.object({ pagesReceived: z.number() }),
+  ],
   /** Stop-and-copy is done: every page is sent. The destination checks its image and answers with its digests. */
   'peer.verify': [
     z.object({
@@ -672,6 +711,10 @@ export const peerOps = {
       destMemoryDigest: z.string().optional(),
       pageMismatches: z.number(),
       damagedWhilePaused: z.number(),
+      /** The destination's marks so far, ms since it received this request (downtimeTimelineSchema). */
+      timeline: z.array(timelineMarkSchema).optional(),
+      anchorEpochMs: z.number().optional(),
+      gc: z.array(gcPauseSchema).optional(),
     }),
   ],
   /** The source has committed: the destination is primary now and resumes the vCPU. */
@@ -681,7 +724,12 @@ export const peerOps = {
      * `servingAfterMs`: from the request's arrival until the destination served the VM's address (when it has one);
      * `announcements`: gratuitous ARPs it scheduled for the address (namespaces mode), the first as it took it.
      */
-    z.object({ guestBlackoutMs: z.number(), servingAfterMs: z.number().optional(), announcements: z.number().int().min(0).max(100).optional() }),
+    z.object({
+      guestBlackoutMs: z.number(), servingAfterMs: z.number().optional(), announcements: z.number().int().min(0).max(100).optional(),
+      /** The destination's marks of the activation, ms since it received peer.verify (downtimeTimelineSchema). */
+      timeline: z.array(timelineMarkSchema).optional(),
+      gc: z.array(gcPauseSchema).optional(),
+    }),
   ],
   /**
    * Source to destination, from the commit until the source gives the VM's address up: datagrams that reached the

@@ -64,6 +64,9 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
     // on it until its files are written.
     target.registerFiles = (files, newEpoch) => catalog.exclusive(name, 'file registration', async () => {
       if (!agent.files) return;
+      // The VM is held from here; the work (parsing, checking, writing) waits a turn, so the activation's reply,
+      // which is downtime, goes first.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       const config = vmConfigSchema.parse({ ...JSON.parse(files.config), epoch: newEpoch });
       if (config.name !== name) throw new FerryError(ErrorCode.BAD_INPUT, `the config that arrived names ${config.name}, the migration ${name}`);
       vm.network = config.network;
@@ -78,9 +81,18 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
     });
     target.attachNetwork = (earlier) => attachNetwork(vm, { mode: agent.addressMode, log, fresh: false, earlier });
     // Live migration moves VMs whose disks are on shared storage: the destination opens the same image.
+    // The config is read once, when verification brings it (prepareDisk, after the reply), not in the activation.
+    let parsed: { config: string; disks: VirtualMachine['disks'] } | undefined;
+    const disksOf = (config: string): VirtualMachine['disks'] => {
+      if (parsed?.config !== config) parsed = { config, disks: vmConfigSchema.parse(JSON.parse(config)).disks };
+      return parsed.disks;
+    };
+    target.prepareDisk = (config) => {
+      if (config !== undefined) disksOf(config);
+    };
     target.attachDisk = async (config) => {
       if (config === undefined) return;
-      vm.disks = vmConfigSchema.parse(JSON.parse(config)).disks;
+      vm.disks = disksOf(config);
       await attachDisk(vm, agent.files, log);
     };
     const files = agent.files;
@@ -166,6 +178,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         now: () => performance.now(),
         emit: (event) => void context.event(event),
         log,
+        collectGarbage: () => agent.collectGarbage(),
         onInDoubt: (doubtful, resume) => agent.settlements.add({ migrationId, vm: doubtful, destinationUrl: destination.url, resume }),
         ...(storage ? { storage } : {}),
       }).finally(() => {

@@ -9,14 +9,16 @@
  * never resumes its copy: if the destination's activation cannot be confirmed, the VM stays suspended here.
  */
 import { AUTO_CONVERGE, PEER_REPLY_TIMEOUT_MS, STOP_RULES } from '../../shared/constants.js';
-import { digestMemory, digestPageTable, formatDigest } from '../../shared/checksum.js';
+import { digestMemory, formatDigest } from '../../shared/checksum.js';
+import { TableDigest } from '../../shared/table-digest.js';
 import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PAGE_FLAG_PAUSED } from '../../shared/page-frame.js';
 import {
-  type MigrationEvent, type MigrationOptions, type RoundReport, type SourceReport, type StageReport,
-  type StopReason, type Verification,
+  type MigrationEvent, type MigrationOptions, type PeerOps, type ReplyOf, type RoundReport, type SourceReport, type StageReport,
+  type StopReason, type TimelineMark, type Verification,
 } from '../../shared/protocol.js';
+import { collectionsWithin } from '../gc-log.js';
 import { faultPoint, type Faults } from '../faults.js';
 import type { Catalog } from '../catalog.js';
 import type { VirtualMachine } from '../vm/vm.js';
@@ -49,6 +51,11 @@ export interface SourceContext {
   onInDoubt?: (vm: VirtualMachine, resume: boolean) => void;
   /** `--copy-storage`: the VM's local disks, copied before memory (storage/live-storage.ts). */
   storage?: LocalDisk[];
+  /**
+   * A full garbage collection, run on both sides just before the pause so that none falls inside it (the agent's;
+   * none where there is no agent, as in the in-memory network). Returns how long it took.
+   */
+  collectGarbage?: () => number;
 }
 
 const stageNames: Record<number, string> = {
@@ -74,6 +81,15 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   let bytesSent = 0;
   let servingAfterPauseMs: number | undefined;
   let announcements = 0;
+  // The switchover's timeline (protocol.ts, downtimeTimelineSchema): our marks from the pause, and the destination's.
+  const marks: TimelineMark[] = [];
+  const destinationMarks: TimelineMark[] = [];
+  let destinationGc: NonNullable<ReplyOf<PeerOps, 'peer.activate'>['gc']> = [];
+  let switchoverEndMs: number | undefined;
+  let destinationAnchorEpochMs: number | undefined;
+  const mark = (event: string): void => {
+    if (pausedAtMs !== undefined) marks.push({ event, atMs: now() - pausedAtMs });
+  };
   const network = new NetHandover(vm, peer, log);
 
   // The peer connection closing is as fatal as a cancel.
@@ -84,12 +100,22 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   peer.signal.addEventListener('abort', onPeerClosed, { once: true });
   const signal = abort.signal;
 
+  // Events are held from the pause until the switchover is over (the stages keep their times): each one sent while
+  // the VM is paused wakes the coordinator just when the two agents need the cores.
+  let heldEvents: MigrationEvent[] | undefined;
+  const releaseEvents = (): void => {
+    const held = heldEvents ?? [];
+    heldEvents = undefined;
+    for (const event of held) emit(event);
+  };
   const enterStage = (stage: number, name = stageNames[stage] ?? `stage ${stage}`): void => {
     const atMs = now() - startedMs;
     const previous = stages.at(-1);
     if (previous) previous.endMs = atMs;
     stages.push({ stage, name, startMs: atMs, endMs: atMs });
-    emit({ kind: 'stage', stage, name, atMs });
+    const event: MigrationEvent = { kind: 'stage', stage, name, atMs };
+    if (heldEvents) heldEvents.push(event);
+    else emit(event);
   };
   const storage = context.storage?.length
     ? new LiveStorageCopy(peer, context.storage, { mode: options.storageMode ?? 'mirror', maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds, maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec, signal: abort.signal, emit, faults: context.faults, log })
@@ -115,6 +141,16 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       ...(verification ? { verification } : {}),
       ...(network.report(servingAfterPauseMs, announcements) ? { network: network.report(servingAfterPauseMs, announcements) } : {}),
       ...(storage ? { storage: storage.report(storageVerification) } : {}),
+      ...(pausedAtMs !== undefined ? {
+        timeline: {
+          source: marks,
+          destination: destinationMarks,
+          sourceGc: collectionsWithin(pausedAtMs, switchoverEndMs ?? now()),
+          destinationGc,
+          sourceAnchorEpochMs: performance.timeOrigin + pausedAtMs,
+          ...(destinationAnchorEpochMs !== undefined ? { destinationAnchorEpochMs } : {}),
+        },
+      } : {}),
     };
   };
 
@@ -141,6 +177,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     },
   });
 
+  // The page-table digest, kept current round by round (table-digest.ts): the pause rehashes only the last round's part.
+  const tableDigest = new TableDigest(sender.hashes);
+
   try {
     // Stage 2: iterative pre-copy. Round 1 sends every page; each later round the pages dirtied during the last.
     vm.state = 'migrating-out';
@@ -152,15 +191,20 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     }
     enterStage(2);
     let round = 1;
+    let collected = false;
     vm.dirtyLog.clearAll(); // cleared BEFORE round 1 reads any page: writes from here on are caught
     let pages: Uint32Array = Uint32Array.from({ length: vm.pageCount }, (_, page) => page);
     for (;;) {
       const roundStartMs = now();
       const inRound = pages.length;
       Object.assign(current, { round, pagesInRound: inRound, startMs: roundStartMs, bytesBefore: bytesSent });
+      tableDigest.touchAll(pages);
       const sent = await sender.send(pages, round, 0);
       await faultPoint(context.faults, `round-${round}`, log, () => peer.close());
-      await peer.request('peer.sync', { round }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+      const synced = peer.request('peer.sync', { round }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+      synced.catch(() => undefined); // awaited just below
+      tableDigest.refresh(); // while the destination installs the round's last frames
+      await synced;
       bytesSent += sent.bytesSent;
       const durationMs = Math.max(now() - roundStartMs, 0.001);
       const dirtyPagesAfter = vm.dirtyLog.count();
@@ -177,6 +221,23 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         round, pagesSent: inRound, dirtyPagesAfter, bytesSentTotal: bytesSent, memoryBytes: vm.memoryBytes,
         bandwidthBytesPerSec: bandwidth, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds,
       });
+      if (stopReason && !collected && context.collectGarbage && stopReason !== 'max-rounds' && stopReason !== 'max-bytes') {
+        // Both sides collect their garbage now, while the guest runs: a collection is most likely due at the end of
+        // pre-copy (each page frame sent or received was a buffer), and one that fell inside the pause would be
+        // downtime. The guest dirties pages meanwhile; if more than the few-pages rule allows, one more round sends
+        // them, so that the pause carries no more than it would have. A cap that fired is left as it is.
+        collected = true;
+        const collecting = peer.request('peer.sync', { round, beforePause: true }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+        collecting.catch(() => undefined); // awaited just below
+        const tookMs = context.collectGarbage();
+        await collecting;
+        log.debug('collected before the pause', { vm: vm.name, tookMs });
+        if (vm.dirtyLog.count() >= STOP_RULES.fewDirtyPages) {
+          round += 1;
+          pages = vm.dirtyLog.harvest(); // bits cleared here, BEFORE the pages are read by the sender
+          continue;
+        }
+      }
       if (stopReason) break;
       // Auto-converge (QEMU): a round that did not shrink the dirty set by 10 % means the guest dirties memory about
       // as fast as the link carries it; hold the vCPU back, 20 % at first and 10 % more each such round.
@@ -193,17 +254,25 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     }
 
     await storage?.beforePause();
+    // Made before the pause: the pause path allocates as little as it can (a collection there is downtime).
+    const lastPagesBuffer = new Uint32Array(vm.pageCount);
     // Stage 3: stop-and-copy. Pause the vCPU, send what is still dirty and the registers.
     enterStage(3);
+    heldEvents = [];
     pausedAtMs = now();
-    if (vm.vcpuRunning) await vm.pause();
+    mark('pause requested');
+    if (vm.vcpuRunning) await vm.pause({ quick: true });
+    mark('vCPU paused');
     // Before the harvest below: from here the agent leaves the rings alone, so the last copy carries them exactly.
     network.hold();
     vm.state = 'handing-over';
     await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
-    const lastPages = vm.dirtyLog.harvest();
+    const lastPages = lastPagesBuffer.subarray(0, vm.dirtyLog.harvestInto(lastPagesBuffer));
+    tableDigest.touchAll(lastPages);
+    mark('dirty log harvested');
     const lastStartMs = now();
     const last = await sender.send(lastPages, round + 1, PAGE_FLAG_PAUSED);
+    mark('last pages sent');
     bytesSent += last.bytesSent;
     const lastDurationMs = Math.max(now() - lastStartMs, 0.001);
     stopAndCopy = {
@@ -215,21 +284,26 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     log.debug('stop-and-copy timing', { pauseMs: lastStartMs - pausedAtMs, pages: lastPages.length, sendMs: lastDurationMs });
 
     // Stage 4: commitment. The destination checks its image and answers with its digests; we compare.
-    enterStage(4);
-    // Ask first, then compute our own digest while the destination computes its own.
+    // Ask first, then compute our own digest while the destination computes its own; the stage's event after asking.
     const verifyStartMs = now();
     const asked = peer.request('peer.verify', {
       registers, mode: options.verify, resume: wasRunning, ...(context.files ? { files: context.files } : {}), ...(vm.guest ? { guest: vm.guest } : {}),
       network: vm.network,
     }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
+    mark('verify asked');
+    enterStage(4);
     const disksChecked = storage?.verify(options.verify);
     disksChecked?.catch(() => undefined);
-    const sourceDigest = formatDigest(digestPageTable(sender.hashes));
+    const sourceDigest = formatDigest(tableDigest.digest());
     // --verify full: hash all of memory here while the destination does the same there (the vCPU is paused).
     const sourceMemoryDigest = options.verify === 'full' ? formatDigest(digestMemory(vm.memory)) : undefined;
     const digestMs = now() - verifyStartMs;
+    mark('source digest done');
     const answer = await asked;
+    mark('verify answered');
+    destinationMarks.push(...(answer.timeline ?? []));
+    destinationAnchorEpochMs = answer.anchorEpochMs;
     if (disksChecked) {
       storageVerification = await disksChecked;
       const bad = storageVerification.find((disk) => !disk.match);
@@ -253,17 +327,29 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     }
     // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
     committed = true;
+    mark('committed');
     // Kept datagrams, and each new one, go to the destination now: on this connection, so before the activation.
     network.commit();
-    log.info('committed', { vm: vm.name, digest: sourceDigest });
     await faultPoint(context.faults, 'after-commit', log, () => peer.close());
-    log.debug('commit timing', { digestMs, verifyRoundTripMs: now() - verifyStartMs });
 
-    // Stage 5: activation on the destination, then the source frees its copy.
-    enterStage(5);
+    // Stage 5: activation on the destination, then the source frees its copy. Asked at once: the stage's event is held
+    // (above) and the log lines wait for the reply.
     const activateStartMs = now();
-    const activated = await peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+    mark('activate asked');
+    const activating = peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+    activating.catch(() => undefined); // awaited just below
+    enterStage(5);
+    const activated = await activating;
     const activatedAtMs = now();
+    switchoverEndMs = activatedAtMs;
+    mark('activate answered');
+    // Logged once the guest runs at the destination: a log line is a write that may wake whoever reads this agent's
+    // output. A failed activation logs its own line below, which says the VM was committed.
+    log.info('committed', { vm: vm.name, digest: sourceDigest });
+    log.debug('commit timing', { digestMs, verifyRoundTripMs: activateStartMs - verifyStartMs });
+    releaseEvents();
+    destinationMarks.push(...(activated.timeline ?? []));
+    destinationGc = activated.gc ?? [];
     log.debug('activation timing', { activateRoundTripMs: activatedAtMs - activateStartMs });
     // Measured on each side's own clock: pause to asking, then the destination's asked to serving. It leaves out the
     // request's one-way trip, so it may be early by that much; never later than the activation's reply.
@@ -282,6 +368,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       registers,
     };
   } catch (caught) {
+    releaseEvents();
     const error = toFerryError(caught);
     if (committed) {
       // The destination has a verified image and may be running it: never resume here (no two copies).
@@ -299,6 +386,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     await rollBack(context, wasRunning, error, network);
     return report('rolled-back', error);
   } finally {
+    releaseEvents();
     // No mirror outlives the migration, whatever happened.
     storage?.close();
     // The throttle was the migration's, not the guest's: lift it (on the destination it never existed).

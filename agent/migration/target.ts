@@ -13,11 +13,13 @@
  * destination cannot know whether the source committed, so it keeps the image parked, never running, and says so.
  */
 import { PAGE_SIZE } from '../../shared/constants.js';
-import { digestMemory, digestPageTable, formatDigest } from '../../shared/checksum.js';
+import { digestMemory, formatDigest } from '../../shared/checksum.js';
+import { TableDigest } from '../../shared/table-digest.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PAGE_FLAG_PAUSED, decodePageHeader, expectedDataBytes, isPageHeader, type PageHeader } from '../../shared/page-frame.js';
-import type { PeerOps, ReplyOf, RequestOf } from '../../shared/protocol.js';
+import type { PeerOps, ReplyOf, RequestOf, TimelineMark } from '../../shared/protocol.js';
+import { collectionsWithin } from '../gc-log.js';
 import type { Faults } from '../faults.js';
 import type { Catalog } from '../catalog.js';
 import type { ActivationLog } from './activation-log.js';
@@ -58,6 +60,8 @@ export class MigrationTarget {
   private readonly log: Logger;
   /** Installs arriving pages and keeps the destination's page-hash table (page-install.ts). */
   private readonly installer: PageInstaller;
+  /** The table's digest, kept current round by round (table-digest.ts): the pause rehashes only the last round's part. */
+  private readonly tableDigest: TableDigest;
   private pendingHeader: PageHeader | undefined;
   private phase: Phase = 'reserved';
   private pagesReceived = 0;
@@ -86,12 +90,19 @@ export class MigrationTarget {
   attachNetwork: ((earlier: ClientDatagram[]) => Promise<boolean>) | undefined;
   /** Serves the VM's first disk here (vm/disk/attach.ts), given the VM's config from verification; set by the agent. */
   attachDisk: ((config: string | undefined) => Promise<void>) | undefined;
+  /** Reads what attachDisk will need from the VM's config ahead of the activation; set by the agent. */
+  prepareDisk: ((config: string | undefined) => void) | undefined;
   /** `--copy-storage`: where the disks that arrive are staged; set by the agent. */
   diskStaging: DiskStaging | undefined;
   /** The staged disks, by the index the source gives them; placed in the VM's folder at activation. */
   private diskSinks: FileSink[] = [];
   /** Whether the VM's folder exists here already, its disks in it (registerFiles then fills it). */
   disksPlaced = false;
+  /** When the last page-stream frame was taken (performance.now()); set by the connection (peer/live-target.ts). */
+  lastFrameMs: number | undefined;
+  /** The switchover's marks on this side, ms since peer.verify arrived (protocol.ts, downtimeTimelineSchema). */
+  private verifyReceivedMs = 0;
+  private marks: TimelineMark[] = [];
 
   constructor(
     migrationId: string,
@@ -111,6 +122,7 @@ export class MigrationTarget {
     this.faults = faults;
     this.log = log;
     this.installer = new PageInstaller(vm.memory, vm.hasher, vm.pageCount);
+    this.tableDigest = new TableDigest(this.installer.table);
     // Before verification nothing can have been committed, so a silent source costs only its reservation.
     this.watchdog = setInterval(() => {
       if ((this.phase === 'reserved' || this.phase === 'receiving') && performance.now() - this.lastHeardMs > RESERVATION_TIMEOUT_MS) {
@@ -178,6 +190,7 @@ export class MigrationTarget {
       }
     }
     const mismatches = this.installer.install(header, data);
+    this.tableDigest.touchAll(header.pages);
     if (paused) this.damagedWhilePaused += mismatches;
     else this.pageMismatches += mismatches;
     this.pagesReceived += header.pages.length;
@@ -190,6 +203,8 @@ export class MigrationTarget {
     if (this.phase !== 'receiving') {
       throw new FerryError(ErrorCode.PROTOCOL, `sync for ${this.vm.name} while the migration is ${this.phase}`);
     }
+    // The round's pages are all in: bring the digest up to date now, outside the pause.
+    this.tableDigest.refresh();
     return { pagesReceived: this.pagesReceived };
   }
 
@@ -227,35 +242,66 @@ export class MigrationTarget {
     };
   }
 
+  private mark(event: string, atMs = performance.now()): void {
+    this.marks.push({ event, atMs: atMs - this.verifyReceivedMs });
+  }
+
   /** Stage 4: all pages are here (the stream is ordered); load the registers and report our digests. */
-  verify(request: RequestOf<PeerOps, 'peer.verify'>): ReplyOf<PeerOps, 'peer.verify'> {
+  verify(request: RequestOf<PeerOps, 'peer.verify'>, receivedMs = performance.now()): ReplyOf<PeerOps, 'peer.verify'> {
     if (this.phase !== 'receiving' || this.pendingHeader) {
       throw new FerryError(ErrorCode.PROTOCOL, `verification of ${this.vm.name} asked while ${this.pendingHeader ? 'page data is still due' : `the migration is ${this.phase}`}`);
     }
+    this.verifyReceivedMs = receivedMs;
+    this.marks = [];
+    if (this.lastFrameMs !== undefined) this.mark('last frame taken', this.lastFrameMs);
+    this.mark('verify received', receivedMs);
     this.vm.setRegisters(request.registers);
     this.vm.guest = request.guest;
     if (request.network !== undefined) this.vm.network = request.network;
     this.resumeOnActivation = request.resume;
     this.files = request.files;
     this.phase = 'verified';
+    this.mark('registers set');
+    const destDigest = formatDigest(this.tableDigest.digest());
+    const destMemoryDigest = request.mode === 'full' ? formatDigest(digestMemory(this.vm.memory)) : undefined;
+    this.mark('digest done');
+    this.mark('verify reply ready');
     return {
-      destDigest: formatDigest(digestPageTable(this.installer.table)),
-      ...(request.mode === 'full' ? { destMemoryDigest: formatDigest(digestMemory(this.vm.memory)) } : {}),
+      destDigest,
+      ...(destMemoryDigest !== undefined ? { destMemoryDigest } : {}),
       pageMismatches: this.pageMismatches,
       damagedWhilePaused: this.damagedWhilePaused,
+      timeline: this.marks.splice(0),
+      anchorEpochMs: performance.timeOrigin + receivedMs,
     };
   }
 
+  /**
+   * After the verify reply has gone: the work of the activation that can be done before it is asked for, while the
+   * source compares digests and commits (the config read once, here). Nothing here makes the VM run or serve.
+   */
+  prepareActivation(): void {
+    if (this.phase !== 'verified') return;
+    try {
+      this.prepareDisk?.(this.files?.config);
+    } catch (error) {
+      // The activation reads it again and says what is wrong there; nothing is lost by failing here.
+      this.log.warn('could not read the VM\'s config ahead of its activation', { vm: this.vm.name, error: String(error) });
+    }
+  }
+
   /** Stage 5: the source has committed; this copy is the VM now. */
-  async activate(resume: boolean): Promise<ReplyOf<PeerOps, 'peer.activate'>> {
+  async activate(resume: boolean, receivedMs = performance.now()): Promise<ReplyOf<PeerOps, 'peer.activate'>> {
     if (this.phase === 'active') return { guestBlackoutMs: this.vm.lastBlackoutMs() }; // settled twice: same answer
     if (this.phase !== 'verified') {
       throw new FerryError(ErrorCode.PROTOCOL, `activation of ${this.vm.name} asked while the migration is ${this.phase}`);
     }
     this.phase = 'active';
+    this.mark('activate received', receivedMs);
     clearInterval(this.watchdog);
     // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it).
     this.activations.record(this.migrationId, this.vm.name, this.sourceEpoch + 1);
+    this.mark('activation recorded');
     this.vm.epoch = this.sourceEpoch + 1;
     // The address before the guest runs: what was forwarded first, then whatever arrives here.
     const servingStartMs = performance.now();
@@ -268,6 +314,7 @@ export class MigrationTarget {
       // The VM is committed here: it runs, without its address, rather than not at all. Said loudly.
       this.log.error('could not serve the VM\'s address after activation', { vm: this.vm.name, error: String(error) });
     }
+    this.mark('network attached');
     if (this.diskSinks.length > 0) {
       try {
         await this.diskStaging!.place(this.diskSinks);
@@ -282,13 +329,17 @@ export class MigrationTarget {
       // Committed here, as above: it runs without its disk (its vCPU then makes no disk writes), said loudly.
       this.log.error('could not open the VM\'s disk after activation', { vm: this.vm.name, error: String(error) });
     }
+    this.mark('disk attached');
     if (resume) {
-      await this.vm.resume();
+      await this.vm.resume({ quick: true });
       this.vm.state = 'running';
     } else {
       this.vm.state = 'paused';
     }
-    this.log.info('activated', { vm: this.vm.name, migration: this.migrationId, epoch: this.vm.epoch });
+    this.mark('vCPU resumed');
+    // Logged after the reply has gone: a log line is a write that may wake whoever reads this agent's output.
+    const { name, epoch } = this.vm;
+    setImmediate(() => this.log.info('activated', { vm: name, migration: this.migrationId, epoch }));
     // The VM's files join this datastore once it runs: writing and syncing them is no part of its downtime.
     const files = this.files;
     if (files) {
@@ -298,10 +349,13 @@ export class MigrationTarget {
     }
     this.onFinished?.();
     const announcements = this.vm.net?.announcements;
+    this.mark('activate reply ready');
     return {
       guestBlackoutMs: resume ? this.vm.lastBlackoutMs() : 0,
       ...(servingAfterMs !== undefined ? { servingAfterMs } : {}),
       ...(announcements ? { announcements } : {}),
+      timeline: this.marks.splice(0),
+      gc: collectionsWithin(this.verifyReceivedMs, performance.now()),
     };
   }
 

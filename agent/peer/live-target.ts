@@ -15,7 +15,9 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
   connection.rawFrameHook = (frame) => {
     if (!target) return false;
     try {
-      return target.takeFrame(frame);
+      const taken = target.takeFrame(frame);
+      if (taken) target.lastFrameMs = performance.now();
+      return taken;
     } catch (error) {
       log.warn('bad page frame; closing the page stream', { error: (error as Error).message });
       connection.close(1008, 'bad page frame');
@@ -42,23 +44,31 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     if (!target) throw new FerryError(ErrorCode.PROTOCOL, 'peer.hello must come first', 'the peer is not a compatible ferry-agent');
     return target;
   };
-  connection.handle('peer.sync', async ({ round }) => {
+  connection.handle('peer.sync', async ({ round, beforePause }) => {
     const reply = current().sync();
+    if (beforePause) {
+      const tookMs = agent.collectGarbage();
+      log.debug('collected before the pause', { tookMs });
+      return reply;
+    }
     await faultPoint(faults, `round-${round}`, log, () => connection.close());
     return reply;
   });
   connection.handle('peer.verify', async (request) => {
     const startedMs = performance.now();
-    const reply = current().verify(request);
+    const reply = current().verify(request, startedMs);
     log.debug('verified', { tookMs: performance.now() - startedMs });
-    // 'after-verify' fires once the reply is on its way.
-    setImmediate(() => void faultPoint(faults, 'after-verify', log, () => connection.close()));
+    // 'after-verify' fires once the reply is on its way; so does the activation's groundwork.
+    setImmediate(() => {
+      target?.prepareActivation();
+      void faultPoint(faults, 'after-verify', log, () => connection.close());
+    });
     return reply;
   });
   connection.handle('peer.activate', async ({ resume }) => {
     const startedMs = performance.now();
     await faultPoint(faults, 'before-activation', log, () => connection.close());
-    const reply = await current().activate(resume);
+    const reply = await current().activate(resume, startedMs);
     log.debug('activated', { tookMs: performance.now() - startedMs });
     return reply;
   });

@@ -48,6 +48,26 @@ export class DirtyLog {
     return Uint32Array.from(found);
   }
 
+  /**
+   * As `harvest`, into `into` (at least pageCount long), allocating nothing: returns how many pages it wrote. For the
+   * pause, where an allocation could be the one that starts a garbage collection.
+   */
+  harvestInto(into: Uint32Array): number {
+    const { words } = this;
+    let found = 0;
+    for (let w = 0; w < words.length; w++) {
+      if (Atomics.load(words, w) === 0) continue;
+      let bits = Atomics.exchange(words, w, 0);
+      const base = w << 5;
+      while (bits !== 0) {
+        const low = bits & -bits;
+        into[found++] = base + 31 - Math.clz32(low);
+        bits ^= low;
+      }
+    }
+    return found;
+  }
+
   /** Clears every bit and returns how many were set: the start of round 1, which sends every page anyway. */
   clearAll(): number {
     let cleared = 0;

@@ -113,12 +113,13 @@ export class VirtualMachine {
     return this.vcpu.state === VcpuState.RUNNING;
   }
 
-  async pause(): Promise<void> {
-    await this.vcpu.pause();
+  /** `quick`: a migration's pause or resume, which is downtime (vcpu.ts, QUICK_WAIT_MS). */
+  async pause(options: { quick?: boolean } = {}): Promise<void> {
+    await this.vcpu.pause(options);
   }
 
-  async resume(): Promise<void> {
-    await this.vcpu.resume();
+  async resume(options: { quick?: boolean } = {}): Promise<void> {
+    await this.vcpu.resume(options);
   }
 
   async destroy(): Promise<void> {

@@ -123,4 +123,40 @@ describe('live migration between two agent processes', () => {
     expect(migrated.stdout).toMatch(/verification\s+pages: source [0-9a-f]{16}, destination [0-9a-f]{16}: match/);
     expect(migrated.stderr).toContain('stage 2: iterative pre-copy');
   });
+
+  it('reports the downtime timeline with --trace: each side\'s marks from the pause to the guest running, in order', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web3', '--on', 'host-a', '--memory', '16MiB', '--rate', '2000', '--seed', '9')).code).toBe(0);
+    await waitForWrites(c, 'web3', 500);
+    const there = await c.ferry('migrate', 'web3', '--to', 'host-b', '--trace', '--json');
+    expect(there.code, there.stderr).toBe(0);
+    const { timeline } = there.json<{ timeline: { source: { event: string; atMs: number }[]; destination: { event: string; atMs: number }[]; sourceGc: unknown[]; destinationGc: unknown[] } }>();
+    expect(timeline.source.map((mark) => mark.event)).toEqual([
+      'pause requested', 'vCPU paused', 'dirty log harvested', 'last pages sent', 'verify asked', 'source digest done',
+      'verify answered', 'committed', 'activate asked', 'activate answered',
+    ]);
+    expect(timeline.destination.map((mark) => mark.event)).toEqual([
+      'last frame taken', 'verify received', 'registers set', 'digest done', 'verify reply ready', 'activate received',
+      'activation recorded', 'network attached', 'disk attached', 'vCPU resumed', 'activate reply ready',
+    ]);
+    // Each side's marks are on its own monotonic clock, in the order things happened there.
+    for (const side of [timeline.source, timeline.destination]) {
+      for (let i = 1; i < side.length; i++) expect(side[i]!.atMs).toBeGreaterThanOrEqual(side[i - 1]!.atMs);
+    }
+    expect(timeline.source[0]!.atMs).toBeGreaterThanOrEqual(0);
+    expect(timeline.destination.find((mark) => mark.event === 'verify received')!.atMs).toBe(0);
+    expect(Array.isArray(timeline.sourceGc) && Array.isArray(timeline.destinationGc)).toBe(true);
+
+    // And back, printed: the table names both sides, the destination's marks between the source's asks and answers.
+    const back = await c.ferry('migrate', 'web3', '--to', 'host-a', '--trace');
+    expect(back.code, back.stderr).toBe(0);
+    expect(back.stdout).toContain('downtime timeline');
+    expect(back.stdout).toMatch(/source\s+verify asked[\s\S]*destination\s+verify received[\s\S]*source\s+verify answered[\s\S]*source\s+activate asked[\s\S]*destination\s+vCPU resumed[\s\S]*source\s+activate answered/);
+    expect(back.stdout).toContain('garbage collection in the switchover:');
+    // Without --trace the readable report leaves the timeline out.
+    const plain = await c.ferry('migrate', 'web3', '--to', 'host-b');
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(plain.stdout).not.toContain('downtime timeline');
+  });
 });

@@ -47,9 +47,12 @@ describe('migration over the in-memory network', () => {
     await createVm(network, 'host-a', 'web1', 16 * MiB, 20_000, 2048, 7);
     await delay(200);
     const events: MigrationEvent[] = [];
+    const collections = [vi.spyOn(network.agents.get('host-a')!, 'collectGarbage'), vi.spyOn(network.agents.get('host-b')!, 'collectGarbage')];
     const report = await migrateLive(network.cluster, { vm: 'web1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 64 * MiB } }, { connect: network.connect, onEvent: (event) => events.push(event) });
     expect(report.error).toBeUndefined();
     expect(report.outcome).toBe('committed');
+    // Both sides collected their garbage once, before the pause (never inside it).
+    for (const collected of collections) expect(collected).toHaveBeenCalledTimes(1);
     expect(report.rounds.length).toBeGreaterThanOrEqual(2);
     expect(report.verification?.match).toBe(true);
     expect(events.filter((event) => event.kind === 'stage').map((event) => (event as { stage: number }).stage)).toEqual([0, 1, 2, 3, 4, 5]);
@@ -92,9 +95,12 @@ describe('migration over the in-memory network', () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
     // A 4 MiB working set rewritten 50,000 times a second against a 8 MiB/s link never shrinks below 50 pages.
     await createVm(network, 'host-a', 'hot1', 8 * MiB, 50_000, 1024, 5);
+    const collected = vi.spyOn(network.agents.get('host-a')!, 'collectGarbage');
     const report = await migrateLive(network.cluster, { vm: 'hot1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 8 * MiB, maxRounds: 3, maxDowntimeMs: 1 } }, { connect: network.connect });
     expect(report.outcome).toBe('committed');
     expect(report.stopReason).toBe('max-rounds');
+    // A cap is not extended: no collection before the pause, and so no round after it.
+    expect(collected).not.toHaveBeenCalled();
     expect(report.rounds).toHaveLength(3);
     expect(report.downtimeLimitExceededMs).toBeGreaterThan(0);
     const moved = network.agents.get('host-b')!.catalog.machine('hot1');

@@ -194,3 +194,38 @@ describe('formatReport', () => {
     expect(formatReport(without)).not.toContain('forecast beside what happened');
   });
 });
+
+describe('the downtime timeline (--trace)', () => {
+  const timeline = {
+    source: [
+      { event: 'pause requested', atMs: 0 }, { event: 'vCPU paused', atMs: 0.2 }, { event: 'verify asked', atMs: 1 },
+      { event: 'verify answered', atMs: 3 }, { event: 'committed', atMs: 3.1 }, { event: 'activate asked', atMs: 3.2 },
+      { event: 'activate answered', atMs: 5 },
+    ],
+    destination: [
+      { event: 'verify received', atMs: 0 }, { event: 'verify reply ready', atMs: 0.5 },
+      { event: 'activate received', atMs: 2.4 }, { event: 'vCPU resumed', atMs: 3 },
+    ],
+    sourceGc: [],
+    destinationGc: [{ kind: 'minor', startMs: 2.5, durationMs: 0.4 }],
+    sourceAnchorEpochMs: 1_000_000,
+    destinationAnchorEpochMs: 1_000_001.25,
+  };
+
+  it('places the destination\'s marks between the source\'s asks and answers, each side on its own clock', () => {
+    const text = formatReport({ ...committed(), timeline }, { trace: true });
+    const order = ['verify asked', 'verify received', 'verify reply ready', 'verify answered', 'activate asked', 'activate received', 'vCPU resumed', 'activate answered'];
+    const at = order.map((event) => text.indexOf(event));
+    expect(at.every((index) => index >= 0)).toBe(true);
+    expect([...at].sort((a, b) => a - b)).toEqual(at);
+    // The destination's own offsets as measured, and placed on the source's scale by the anchors' wall-clock times.
+    expect(text).toMatch(/destination\s+vCPU resumed\s+≈ 4\.25 ms\s+3\.00 ms/);
+    expect(text).toContain('destination minor at 2.50 ms (its clock) for 0.40 ms');
+  });
+
+  it('is printed only with --trace, and says so when the migration never paused', () => {
+    expect(formatReport({ ...committed(), timeline })).not.toContain('downtime timeline');
+    const { timeline: _none, ...withoutTimeline } = { ...committed(), timeline };
+    expect(formatReport(withoutTimeline, { trace: true })).toContain('downtime timeline: none');
+  });
+});
