@@ -28,10 +28,11 @@ async function expectRunningOnSourceWithIntactMemory(c: TestCluster, name: strin
 describe('failures before the commit', () => {
   it('a page corrupted in transit fails verification, and the VM keeps running on the source with memory that matches replay', async () => {
     // 16 MiB guest writing only its first 8 MiB: page 4095 is sent once, in round 1, and never again, so its
-    // damage cannot be healed by a resend; only the verified commit can catch it.
+    // damage cannot be healed by a resend; only the verified commit can catch it. Filled, so that the page travels
+    // with its bytes (a zero page has none to damage).
     cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'corrupt-page:4095' } }]);
     const c = cluster;
-    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '16MiB', '--rate', '10000', '--wss', '8MiB', '--seed', '11')).code).toBe(0);
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '16MiB', '--filled', '--rate', '10000', '--wss', '8MiB', '--seed', '11')).code).toBe(0);
     await waitForWrites(c, 'web1', 2000);
 
     const migrated = await c.ferry('migrate', 'web1', '--to', 'host-b', '--json');
@@ -114,8 +115,8 @@ describe('failures before the commit', () => {
   it('rolls back a migration that runs past --timeout, and the VM keeps running on its source', async () => {
     cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
     const c = cluster;
-    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--rate', '5000', '--wss', '16MiB', '--seed', '41')).code).toBe(0);
-    // 64 MiB at 16 MiB/s takes four seconds; the timeout is one.
+    expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--filled', '--rate', '5000', '--wss', '16MiB', '--seed', '41')).code).toBe(0);
+    // 64 MiB (filled: every byte travels) at 16 MiB/s takes four seconds; the timeout is one.
     const migrated = await c.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--timeout', '1s', '--json');
     expect(migrated.code).toBe(1);
     const report = migrated.json();

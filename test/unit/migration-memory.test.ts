@@ -21,10 +21,10 @@ afterEach(async () => {
   network = undefined;
 });
 
-async function createVm(net: MemoryNetwork, host: string, name: string, memoryBytes: number, rate: number, wssPages: number, seed: number): Promise<void> {
+async function createVm(net: MemoryNetwork, host: string, name: string, memoryBytes: number, rate: number, wssPages: number, seed: number, filled = false): Promise<void> {
   const client = await net.connect(net.cluster.hosts.find((entry) => entry.name === host)!);
   try {
-    await client.request('vm.create', { name, memoryBytes, workload: { kind: 'pattern', rate, wssPages, seed } });
+    await client.request('vm.create', { name, memoryBytes, workload: { kind: 'pattern', rate, wssPages, seed, ...(filled ? { filled } : {}) } });
   } finally {
     client.close();
   }
@@ -33,7 +33,7 @@ async function createVm(net: MemoryNetwork, host: string, name: string, memoryBy
 function expectReplayMatches(net: MemoryNetwork, host: string, name: string): void {
   const vm = net.agents.get(host)!.catalog.machine(name);
   const { x, n } = vm.registers();
-  const result = checkPatternImage(vm.memory, { seed: vm.workload.seed, wssPages: vm.workload.wssPages, x, n });
+  const result = checkPatternImage(vm.memory, { seed: vm.workload.seed, wssPages: vm.workload.wssPages, x, n, filled: vm.workload.filled === true });
   expect(result.badPages).toEqual([]);
   expect(result.ok).toBe(true);
 }
@@ -126,9 +126,9 @@ describe('migration over the in-memory network', () => {
 
   it('refuses a dump, pause, resume or destroy of a VM while it migrates, and serves them again after', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
-    await createVm(network, 'host-a', 'web1', 32 * MiB, 500, 4096, 17);
+    await createVm(network, 'host-a', 'web1', 32 * MiB, 500, 4096, 17, true);
     const net = network;
-    // 32 MiB at 16 MiB/s: two seconds of pre-copy to knock on.
+    // 32 MiB (filled: every byte travels) at 16 MiB/s: two seconds of pre-copy to knock on.
     const migrating = migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: { ...defaults, maxBandwidthBytesPerSec: 16 * MiB } }, { connect: net.connect });
     await delay(300);
     const client = await net.connect(net.cluster.hosts[0]!);
