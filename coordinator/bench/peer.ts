@@ -7,7 +7,7 @@ import { parseDuration, parseSize } from '../../shared/units.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { RawTcpResult } from './baseline.js';
 import { KNOWN_PEERS, findQemu, migrateQemuGuest, type PeerName, type QemuPeerRun } from './qemu-peer.js';
-import type { Scenario } from './scenarios.js';
+import { filledGuest, type Scenario } from './scenarios.js';
 import { spread, type Spread } from './stats.js';
 import type { ScenarioSummary } from './summary.js';
 
@@ -122,6 +122,7 @@ export async function runPeerScenario(scenario: Scenario, repeat: number, contex
         workdir: context.workdir,
         downtimeLimitMs: context.status.downtimeLimitMs,
         destinationPrealloc: scenario.prealloc,
+        filled: filledGuest(scenario),
         warmupMs: parseDuration(scenario.warmup),
       }, found?.available ? found : undefined));
     } catch (error) {
@@ -177,8 +178,8 @@ export function peerSection(status: PeerStatus | undefined, peers: PeerScenario[
     return lines;
   }
   lines.push(`QEMU ${status.version} (TCG, q35, no devices, SeaBIOS with nothing to boot: a running, idle guest), two processes on 127.0.0.1, ` +
-    `\`downtime-limit\` ${status.downtimeLimitMs} ms, \`max-bandwidth\` raised out of the way; its guest's memory filled with non-zero data ` +
-    '(page p: words 0, 0, p, then k × 0x9E3779B1), so no page is skipped as zero. Medians of the runs, (min–max) beside them. ' +
+    `\`downtime-limit\` ${status.downtimeLimitMs} ms, \`max-bandwidth\` raised out of the way; its guest's memory as the scenario's: filled with non-zero data ` +
+    '(page p: words 0, 0, p, then k × 0x9E3779B1), so no page is skipped as zero, or all zeros where the scenario says `"filled": false`. Medians of the runs, (min–max) beside them. ' +
     'Throughput: ferry\'s round 1; QEMU\'s bytes sent over its total time less setup. Downtime: as each reports it (ferry: vCPU paused on the source until running on the destination; ' +
     'QEMU: source stopped until its last byte was sent). Paused → running: the source\'s STOP to the destination\'s RESUME (QMP event times) for QEMU, ferry\'s downtime for ferry. ' +
     'CPU: both processes, per GiB sent. Memory: ferry\'s verification (and replay for pattern guests); QEMU\'s destination saved and compared with its source from 1 MiB up, both paused after the migration.' +

@@ -61,6 +61,11 @@ export interface QemuPeerOptions {
    * ferry destination does at reservation for a scenario with `prealloc` (the default). Default true.
    */
   destinationPrealloc?: boolean;
+  /**
+   * The source's memory starts as ferry's filled guest does (default true); false: zeros, preallocated (the zero-page
+   * scenario's guest).
+   */
+  filled?: boolean;
   /** Save both guests' memory after the migration and compare them (default true). */
   verify?: boolean;
   binary?: string;
@@ -324,7 +329,7 @@ interface MigrateInfo {
 }
 
 /** Compares the two memory dumps from 1 MiB up, page by page, with each other and with the fill. */
-async function compareDumps(sourceFile: string, destinationFile: string, memoryBytes: number): Promise<QemuVerification> {
+async function compareDumps(sourceFile: string, destinationFile: string, memoryBytes: number, filled: boolean): Promise<QemuVerification> {
   const chunkPages = 1024;
   const source = await open(sourceFile, 'r');
   const destination = await open(destinationFile, 'r');
@@ -343,7 +348,7 @@ async function compareDumps(sourceFile: string, destinationFile: string, memoryB
       const readA = await source.read(a, 0, bytes, first * PAGE);
       const readB = await destination.read(b, 0, bytes, first * PAGE);
       if (readA.bytesRead !== bytes || readB.bytesRead !== bytes) throw new FerryError(ErrorCode.IO, `a memory dump is short at page ${first}`);
-      fillInitialPages(fill, first, first + pages, first);
+      if (filled) fillInitialPages(fill, first, first + pages, first); // else it stays zeros
       for (let i = 0; i < pages; i++) {
         const start = i * PAGE;
         const end = start + PAGE;
@@ -384,15 +389,18 @@ export async function migrateQemuGuest(scenario: string, repeat: number, options
   }
   const maxBandwidth = options.maxBandwidthBytesPerSec ?? 100 * GiB;
   const destinationPrealloc = options.destinationPrealloc ?? true;
+  const filled = options.filled ?? true;
   const workdir = path.join(options.workdir, `qemu-${scenario}-${repeat}`);
   await mkdir(workdir, { recursive: true });
   const image = path.join(workdir, 'memory.img');
   const dumps = [path.join(workdir, 'source.mem'), path.join(workdir, 'destination.mem')] as const;
   const started: QemuProcess[] = [];
   try {
-    await writeFillImage(image, memoryBytes);
+    if (filled) await writeFillImage(image, memoryBytes);
     const source = await startQemu(qemu.binary, 'source', workdir, memoryBytes, [
-      '-object', `memory-backend-file,id=ram0,size=${memoryBytes},mem-path=${image},share=off,prealloc=on`,
+      '-object', filled
+        ? `memory-backend-file,id=ram0,size=${memoryBytes},mem-path=${image},share=off,prealloc=on`
+        : `memory-backend-ram,id=ram0,size=${memoryBytes},prealloc=on`,
     ]);
     started.push(source);
     // The guest's memory is now QEMU's own (private, preallocated: every page copied from the image).
@@ -442,7 +450,7 @@ export async function migrateQemuGuest(scenario: string, repeat: number, options
       await destination.qmp.execute('stop');
       await source.qmp.execute('pmemsave', { val: 0, size: memoryBytes, filename: dumps[0] });
       await destination.qmp.execute('pmemsave', { val: 0, size: memoryBytes, filename: dumps[1] });
-      verification = await compareDumps(dumps[0], dumps[1], memoryBytes);
+      verification = await compareDumps(dumps[0], dumps[1], memoryBytes, filled);
     }
     return {
       peer: 'qemu',
