@@ -33,19 +33,8 @@ export class DirtyLog {
    * those pages only after this returns.
    */
   harvest(): Uint32Array {
-    const found: number[] = [];
-    const { words } = this;
-    for (let w = 0; w < words.length; w++) {
-      if (Atomics.load(words, w) === 0) continue;
-      let bits = Atomics.exchange(words, w, 0);
-      const base = w << 5;
-      while (bits !== 0) {
-        const low = bits & -bits;
-        found.push(base + 31 - Math.clz32(low));
-        bits ^= low;
-      }
-    }
-    return Uint32Array.from(found);
+    const into = new Uint32Array(this.pageCount);
+    return into.slice(0, this.harvestInto(into));
   }
 
   /**
