@@ -102,6 +102,8 @@ export function decodePageHeader(frame: Buffer, pageCount: number): PageHeader {
     const entry = frame.readUInt32LE(pagesAt + 4 * i);
     const page = entry & PAGE_NUMBER_MASK;
     if (page >= pageCount) bad(`page ${page} is outside the guest's ${pageCount} pages`);
+    // Ascending, each once: the receiver takes a run of data pages by its first and last page alone.
+    if (i > 0 && page <= pages[i - 1]!) bad(`page ${page} follows page ${pages[i - 1]}: page numbers must ascend, each once`);
     pages[i] = page;
     if (entry & ZERO_PAGE_BIT) {
       zero[i] = 1;

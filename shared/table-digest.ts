@@ -14,7 +14,7 @@
  *   digest
  *
  * Whoever changes the table says which pages (`touch`); their chunks are marked stale and rehashed at the next
- * `refresh` (each side calls it at the end of every pre-copy round) or `digest`. `digestPageTable` (checksum.ts)
+ * `refresh` (each side calls it at the end of every pre-copy round) or `digest`. `digestTableFromScratch` (below)
  * computes the same value from scratch; test/unit/table-digest.test.ts holds the two equal.
  *
  * Chunk size: 256 pages is 2 KiB of table: a stop-and-copy of a few hundred scattered pages rehashes at most that many

@@ -192,6 +192,8 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     enterStage(2);
     let round = 1;
     let collected = false;
+    /** Set when the stop rule fired and one more round follows the collection: pre-copy ends after it, for that reason. */
+    let stopAfterNextRound: StopReason | undefined;
     vm.dirtyLog.clearAll(); // cleared BEFORE round 1 reads any page: writes from here on are caught
     let pages: Uint32Array = Uint32Array.from({ length: vm.pageCount }, (_, page) => page);
     for (;;) {
@@ -221,11 +223,18 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         round, pagesSent: inRound, dirtyPagesAfter, bytesSentTotal: bytesSent, memoryBytes: vm.memoryBytes,
         bandwidthBytesPerSec: bandwidth, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds,
       });
-      if (stopReason && !collected && context.collectGarbage && stopReason !== 'max-rounds' && stopReason !== 'max-bytes') {
+      if (stopAfterNextRound) {
+        stopReason ??= stopAfterNextRound;
+        break;
+      }
+      // A cap is never extended: not when it fired, and not when it would have fired had few-dirty-pages not come
+      // first (decideStop checks that rule before the caps).
+      const capsLeave = round < options.maxRounds && bytesSent < STOP_RULES.maxBytesFactor * vm.memoryBytes;
+      if (stopReason && !collected && context.collectGarbage && capsLeave) {
         // Both sides collect their garbage now, while the guest runs: a collection is most likely due at the end of
         // pre-copy (each page frame sent or received was a buffer), and one that fell inside the pause would be
-        // downtime. The guest dirties pages meanwhile; if more than the few-pages rule allows, one more round sends
-        // them, so that the pause carries no more than it would have. A cap that fired is left as it is.
+        // downtime. The guest dirties pages meanwhile; if more than the few-pages rule allows, exactly one more
+        // round sends them, so that the pause carries no more than it would have; pre-copy ends after it.
         collected = true;
         const collecting = peer.request('peer.sync', { round, beforePause: true }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
         collecting.catch(() => undefined); // awaited just below
@@ -233,6 +242,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         await collecting;
         log.debug('collected before the pause', { vm: vm.name, tookMs });
         if (vm.dirtyLog.count() >= STOP_RULES.fewDirtyPages) {
+          stopAfterNextRound = stopReason;
           round += 1;
           pages = vm.dirtyLog.harvest(); // bits cleared here, BEFORE the pages are read by the sender
           continue;

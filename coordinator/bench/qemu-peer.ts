@@ -14,6 +14,8 @@ import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { fillInitialPages } from '../../shared/workloads.js';
 
 const PAGE = 4096;
+/** The longest a QMP command may take to answer: a `pmemsave` of a 4 GiB guest on a busy machine, with room. */
+const QMP_COMMAND_TIMEOUT_MS = 180_000;
 const GiB = 1024 ** 3;
 /** SeaBIOS writes the first MiB (and a few tables it places higher): compare from here up. */
 const LOW_BYTES = 1024 ** 2;
@@ -228,10 +230,23 @@ class Qmp {
     }
   }
 
-  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+  /**
+   * Runs `command` and resolves with its answer. A QEMU that does not answer within `timeoutMs` is taken as wedged:
+   * the command fails with FERRY_ERR_TIMEOUT and the connection closes (answers come in order, so no later one could
+   * be matched), which fails whatever else waits on it; the run then stops the process.
+   */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = QMP_COMMAND_TIMEOUT_MS): Promise<T> {
     if (this.closedError) return Promise.reject(new FerryError(ErrorCode.CONNECTION_LOST, `QMP of ${this.name} is closed: ${this.closedError.message}`));
     return new Promise<T>((resolve, reject) => {
-      this.waiting.push({ resolve: resolve as (value: unknown) => void, reject, command });
+      const timer = setTimeout(() => {
+        reject(new FerryError(ErrorCode.TIMEOUT, `QEMU (${this.name}) did not answer ${command} within ${timeoutMs / 1000} s`, 'the QEMU process may be wedged; the run stops it'));
+        this.socket.destroy();
+      }, timeoutMs);
+      const settle = <V>(done: (value: V) => void) => (value: V): void => {
+        clearTimeout(timer);
+        done(value);
+      };
+      this.waiting.push({ resolve: settle(resolve as (value: unknown) => void), reject: settle(reject), command });
       this.socket.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
     });
   }
@@ -257,11 +272,19 @@ interface QemuProcess {
   stop(): Promise<void>;
 }
 
-/** Every QEMU this process started and has not stopped: killed if ferry exits first. */
+/** Every QEMU this process started and has not stopped: killed if ferry exits first, or is told to stop. */
 const running = new Set<ChildProcess>();
 let exitHookInstalled = false;
 function killAllOnExit(): void {
   for (const child of running) child.kill('SIGKILL');
+}
+/**
+ * SIGTERM or SIGHUP would end ferry without its `exit` event: the QEMU processes go first, then the signal is raised
+ * again, its handler gone, to end ferry as it would have.
+ */
+function killAllOnSignal(signal: NodeJS.Signals): void {
+  killAllOnExit();
+  process.kill(process.pid, signal);
 }
 
 async function startQemu(binary: string, name: string, workdir: string, memoryBytes: number, extra: string[]): Promise<QemuProcess> {
@@ -276,6 +299,8 @@ async function startQemu(binary: string, name: string, workdir: string, memoryBy
   running.add(child);
   if (!exitHookInstalled) {
     process.once('exit', killAllOnExit);
+    process.once('SIGTERM', killAllOnSignal);
+    process.once('SIGHUP', killAllOnSignal);
     exitHookInstalled = true;
   }
   let stderr = '';

@@ -108,6 +108,18 @@ describe('migration over the in-memory network', () => {
     expectReplayMatches(network, 'host-b', 'hot1');
   });
 
+  it('does not collect (nor add a round) past the round cap when few-dirty-pages ends pre-copy on the last round it allows', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    // An idle guest: round 1 leaves no page dirty, so few-dirty-pages ends pre-copy, on the one round --max-rounds allows.
+    await createVm(network, 'host-a', 'idle1', 8 * MiB, 0, 1024, 5);
+    const collected = vi.spyOn(network.agents.get('host-a')!, 'collectGarbage');
+    const report = await migrateLive(network.cluster, { vm: 'idle1', to: 'host-b', options: { ...defaults, maxRounds: 1 } }, { connect: network.connect });
+    expect(report.outcome).toBe('committed');
+    expect(report.stopReason).toBe('few-dirty-pages');
+    expect(collected).not.toHaveBeenCalled();
+    expect(report.rounds).toHaveLength(1);
+  });
+
   it('refuses a second migration of a VM that is already migrating, and the first one commits', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }, { name: 'host-c' }]);
     await createVm(network, 'host-a', 'web1', 16 * MiB, 5000, 1024, 13);

@@ -41,7 +41,7 @@ function protocolError(frame: Buffer, pageCount: number, message: RegExp): void 
 
 describe('page frame header', () => {
   it('round-trips round, flags, page numbers and 64-bit hashes', () => {
-    const pages = [0, 5, 1023, 17];
+    const pages = [0, 5, 17, 1023];
     const hashes = [0n, 0xffffffffffffffffn, 0x0123456789abcdefn, 42n];
     const frame = encode(pages, hashes, 123456, PAGE_FLAG_PAUSED);
     expect(frame.length).toBe(pageHeaderBytes(4));
@@ -54,7 +54,7 @@ describe('page frame header', () => {
   });
 
   it('round-trips a full frame of PAGES_PER_FRAME pages with no flags', () => {
-    const pages = Array.from({ length: PAGES_PER_FRAME }, (_, i) => PAGE_COUNT - 1 - i);
+    const pages = Array.from({ length: PAGES_PER_FRAME }, (_, i) => PAGE_COUNT - PAGES_PER_FRAME + i);
     const hashes = pages.map((p) => BigInt(p) * 0x1_0000_0001n);
     const header = decodePageHeader(encode(pages, hashes, 1, 0), PAGE_COUNT);
     expect(header.round).toBe(1);
@@ -125,5 +125,10 @@ describe('page frame header', () => {
     expect([...decodePageHeader(frame, PAGE_COUNT).pages]).toEqual([0, PAGE_COUNT - 1]);
     protocolError(frame, PAGE_COUNT - 1, new RegExp(`page ${PAGE_COUNT - 1} is outside`));
     protocolError(encode([0xffffffff], [0n]), PAGE_COUNT, /outside/);
+  });
+
+  it('rejects page numbers that do not ascend, or name a page twice: a run is taken by its first and last page', () => {
+    protocolError(encode([3, 3, 5], [0n, 0n, 0n]), PAGE_COUNT, /page 3 follows page 3/);
+    protocolError(encode([3, 5, 4], [0n, 0n, 0n]), PAGE_COUNT, /page 4 follows page 5/);
   });
 });
