@@ -95,7 +95,9 @@ export function migrationProgress(stream: ProgressStream = process.stderr): Migr
           return;
         case 'round': {
           const r = event.report;
-          line.log(`              round ${r.round}: ${int(r.pages)} pages (${formatBytes(r.bytes)}) in ${formatDuration(r.durationMs)} at ${formatRate(r.throughputBytesPerSec)}; ${int(r.dirtyPagesAfter)} dirtied meanwhile`);
+          // Zero pages went as flags: they count in the pages, not in the bytes or the rate.
+          const zeros = r.zeroPages ? `, ${int(r.zeroPages)} of them zero pages sent as flags` : '';
+          line.log(`              round ${r.round}: ${int(r.pages)} pages (${formatBytes(r.bytes)}${zeros}) in ${formatDuration(r.durationMs)} at ${formatRate(r.throughputBytesPerSec)}; ${int(r.dirtyPagesAfter)} dirtied meanwhile`);
           return;
         }
         case 'throttle':

@@ -57,13 +57,15 @@ describe('progress display', () => {
     progress.onEvent(stage(0, 'pre-migration', 0.057));
     progress.onEvent(progressEvent(500));
     progress.onEvent({ kind: 'round', report: { round: 1, pages: 1000, bytes: 4096000, durationMs: 10, dirtyPagesAfter: 12, throughputBytesPerSec: 1024 ** 3 } });
+    progress.onEvent({ kind: 'round', report: { round: 2, pages: 300, bytes: 409600, durationMs: 2, dirtyPagesAfter: 3, throughputBytesPerSec: 1024 ** 3, zeroPages: 200 } });
     progress.finish();
     const text = stream.text();
     expect(text).not.toContain('\r');
     expect(text).not.toContain('\x1b');
     expect(text.split('\n')).toEqual([
       expect.stringMatching(/stage 0: pre-migration$/),
-      expect.stringMatching(/round 1: 1,000 pages .* 12 dirtied meanwhile$/),
+      expect.stringMatching(/round 1: 1,000 pages \([^,)]*\) .* 12 dirtied meanwhile$/),
+      expect.stringMatching(/round 2: 300 pages \(.*, 200 of them zero pages sent as flags\) .* 3 dirtied meanwhile$/),
       '',
     ]);
   });
