@@ -23,13 +23,18 @@ function bench(args: string[]): Promise<CliResult> {
   return group.result;
 }
 
+/** `ferry bench --scenario SCENARIO --repeat N --out DIR --json` into a fresh folder; it must exit 0. */
+async function benchScenario(scenario: string, repeat = 1): Promise<{ result: CliResult; results: any; out: string }> {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
+  const out = path.join(dir, 'results');
+  const result = await bench(['--scenario', scenario, '--repeat', String(repeat), '--out', out, '--json']);
+  expect(result.code, result.stderr).toBe(0);
+  return { result, results: result.json(), out };
+}
+
 describe('ferry bench', () => {
   it('runs the smoke scenario and writes JSON, CSV, Markdown and charts that agree with each other', async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
-    const out = path.join(dir, 'results');
-    const result = await bench(['--scenario', 'smoke', '--repeat', '2', '--out', out, '--json']);
-    expect(result.code, result.stderr).toBe(0);
-    const results = result.json();
+    const { result, results, out } = await benchScenario('smoke', 2);
     expect(JSON.parse(readFileSync(path.join(out, 'results.json'), 'utf8'))).toEqual(results);
 
     expect(results.environment).toMatchObject({ cores: os.cpus().length, node: process.version, link: 'loopback' });
@@ -68,11 +73,7 @@ describe('ferry bench', () => {
   });
 
   it('runs the smoke-sized service scenario: a kv VM migrated back and forth under a probe, with its outage, table and chart', async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
-    const out = path.join(dir, 'results');
-    const result = await bench(['--scenario', 'kv-smoke', '--repeat', '1', '--out', out, '--json']);
-    expect(result.code, result.stderr).toBe(0);
-    const results = result.json();
+    const { result, results, out } = await benchScenario('kv-smoke');
     expect(results.runs).toEqual([]);
     expect(results.services).toHaveLength(1);
     const [run] = results.services;
@@ -105,11 +106,7 @@ describe('ferry bench', () => {
   });
 
   it('runs the smoke-sized soak: migrations back and forth between the same agents beside other VMs, the downtime tail, memory checked', async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
-    const out = path.join(dir, 'results');
-    const result = await bench(['--scenario', 'soak-smoke', '--repeat', '1', '--out', out, '--json']);
-    expect(result.code, result.stderr).toBe(0);
-    const results = result.json();
+    const { results, out } = await benchScenario('soak-smoke');
     expect(results.runs).toEqual([]);
     expect(results.soaks).toHaveLength(1);
     const [run] = results.soaks;
@@ -125,11 +122,7 @@ describe('ferry bench', () => {
   });
 
   it('runs the smoke-sized storage scenario: a disk moved back and forth in both modes while the guest writes it, checked, with its table and chart', async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-bench-test-'));
-    const out = path.join(dir, 'results');
-    const result = await bench(['--scenario', 'storage-smoke', '--repeat', '1', '--out', out, '--json']);
-    expect(result.code, result.stderr).toBe(0);
-    const results = result.json();
+    const { result, results, out } = await benchScenario('storage-smoke');
     expect(results.runs).toEqual([]);
     expect(results.rawDisk.bytesPerSec).toBeGreaterThan(0);
     expect(results.storage).toHaveLength(1);
