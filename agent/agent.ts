@@ -40,6 +40,7 @@ import { MemoryReturn, collectGarbageNow } from './memory-return.js';
 import { Leases } from './leases.js';
 import { ActivationLog } from './migration/activation-log.js';
 import { connectToDestination, dialPeerAgent, type PeerClient } from './migration/peer-client.js';
+import { PageStreamTickets } from './migration/page-stream-source.js';
 import { Settlements } from './migration/settlement.js';
 import type { MigrationTarget } from './migration/target.js';
 import { ColdMarks, serveColdTarget } from './peer/cold-target.js';
@@ -118,6 +119,8 @@ export class Agent {
   private readonly vmStatsLoop: Periodic;
   /** The fixed costs of the last live migrations this host sent, by destination: link.measure reports them. */
   readonly migrationHistory = new MigrationHistory();
+  /** Page streams this host's outgoing migrations wait for (migration/page-stream-source.ts); server.ts hands them over. */
+  readonly pageStreams = new PageStreamTickets();
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;

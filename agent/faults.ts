@@ -22,6 +22,9 @@
  *                                progress; crash and drop)
  *             disk-receiving     --copy-storage, destination: the first disk write has arrived
  *   full-disk:N              a disk copy's target (storage move) fails with ENOSPC once N bytes are written to it
+ *   cut-stream:N             the destination closes a migration's page stream of its own (shared/page-stream.ts) once
+ *                            N bytes of page frames have come on it, as a link that fails under it would; its /peer
+ *                            WebSocket stays up
  *
  *   e.g. FERRY_FAULTS=crash@after-commit   or   FERRY_FAULTS=stall@round-2,corrupt-page:7
  */
@@ -40,21 +43,25 @@ export interface Faults {
   corruptPage: number | undefined;
   /** Bytes a disk copy's target takes before it fails as a full disk would (ENOSPC). */
   fullDiskAfterBytes: number | undefined;
+  /** Bytes of page frames after which the destination cuts the page stream, once. */
+  cutStreamAfterBytes: number | undefined;
   /** Armed actions by point, each fired once. */
   at: Map<string, FaultAction>;
 }
 
 export function parseFaults(text: string | undefined): Faults {
-  const faults: Faults = { corruptPage: undefined, fullDiskAfterBytes: undefined, at: new Map() };
+  const faults: Faults = { corruptPage: undefined, fullDiskAfterBytes: undefined, cutStreamAfterBytes: undefined, at: new Map() };
   for (const item of (text ?? '').split(',').map((part) => part.trim()).filter(Boolean)) {
     const corrupt = /^corrupt-page:(\d+)$/.exec(item);
     const full = /^full-disk:(\d+)$/.exec(item);
+    const cut = /^cut-stream:(\d+)$/.exec(item);
     const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying|disk-receiving)$/.exec(item);
     if (corrupt) faults.corruptPage = Number(corrupt[1]);
     else if (full) faults.fullDiskAfterBytes = Number(full[1]);
+    else if (cut) faults.cutStreamAfterBytes = Number(cut[1]);
     else if (action) faults.at.set(action[2]!, action[1] as FaultAction);
     else {
-      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, full-disk:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying|disk-receiving');
+      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, full-disk:N, cut-stream:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying|disk-receiving');
     }
   }
   return faults;

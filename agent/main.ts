@@ -178,6 +178,7 @@ Example:
     ? { cert: await readPem(options.tlsCert, 'certificate'), key: await readPem(options.tlsKey, 'key') }
     : undefined;
   const server = await startServer(agent, options.host, options.port, token, tls);
+  agent.pageStreams.listening = true;
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;

@@ -1,16 +1,18 @@
 /**
- * The agent's network face: one HTTP server that upgrades `/control` (the coordinator) and `/peer` (another
- * agent's page stream) to WebSockets. Anything else is refused before the upgrade.
+ * The agent's network face: one HTTP server that upgrades `/control` (the coordinator) and `/peer` (another agent's
+ * migration) to WebSockets, and `/pages` to a page stream an outgoing migration of this host waits for
+ * (shared/page-stream.ts). Anything else is refused before the upgrade.
  */
 import http from 'node:http';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { PAGES_PER_FRAME, PAGE_SIZE } from '../shared/constants.js';
 import { controlOps, peerOps } from '../shared/protocol.js';
 import { fromWebSocket } from '../shared/frame-socket.js';
 import { RpcConnection } from '../shared/rpc.js';
 import { isAuthorized } from '../shared/token.js';
+import { PAGE_STREAM_PATH, PAGE_STREAM_PROTOCOL, PAGE_STREAM_TICKET, PAGE_STREAM_TICKET_HEADER } from '../shared/page-stream.js';
 import type { Agent } from './agent.js';
 
 /** The largest frame any peer may send: one page-data message plus room for a control message. */
@@ -48,12 +50,27 @@ export async function startServer(agent: Agent, host: string, port: number, toke
     } catch {
       path = '';
     }
-    if (path !== '/control' && path !== '/peer') {
+    if (path !== '/control' && path !== '/peer' && path !== PAGE_STREAM_PATH) {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
       return;
     }
     if (!isAuthorized(request.headers.authorization, token)) {
       socket.end('HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nConnection: close\r\n\r\n');
+      return;
+    }
+    if (path === PAGE_STREAM_PATH) {
+      // The destination of one of this host's migrations, dialling back with the ticket it was given (peer.stream).
+      // It sends nothing after its request until this answers, and then nothing at all.
+      const ticket = request.headers[PAGE_STREAM_TICKET_HEADER];
+      if (request.headers.upgrade?.toLowerCase() !== PAGE_STREAM_PROTOCOL || typeof ticket !== 'string' || !PAGE_STREAM_TICKET.test(ticket) || head.length > 0) {
+        socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+        return;
+      }
+      if (!agent.pageStreams.take(ticket, socket as Socket)) {
+        socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+        return;
+      }
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${PAGE_STREAM_PROTOCOL}\r\n\r\n`);
       return;
     }
     sockets.handleUpgrade(request, socket, head, (ws) => {

@@ -438,6 +438,7 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     .option('--cold', 'move a powered-off or suspended VM: its files, checked, registered on the destination, deleted here')
     .option('--copy-storage', 'also copy its local disks, live (shared-nothing): the disks first, to ready, then memory; verified at the commit with memory')
     .addOption(new Option('--storage-mode <mode>', 'with --copy-storage: mirror (every guest write goes to both copies once the copy begins: converges at any write rate below the copy\'s) or iterate (dirty-block rounds, like memory)').choices(['mirror', 'iterate']).default('mirror'))
+    .addOption(new Option('--page-stream <path>', 'how pages travel: tcp (a connection of their own that the destination dials back to the source and reads straight into guest memory; if it cannot, the pages go on ws and the report says why) or ws (on the peer WebSocket)').choices(['tcp', 'ws']).default('tcp'))
     .option('--plan', 'forecast the migration (rounds, total time, downtime, bytes, whether it converges, and what would make it) and move nothing')
     .option('--no-forecast', 'skip the forecast a live migration makes first (its report shows it beside what happened)')
     .option('--json', 'print the report as JSON on stdout')
@@ -453,7 +454,7 @@ commit checks it with memory; after the commit the source deletes its copy.
 Until the commit, any failure leaves the VM running on its source. Ctrl-C, --timeout and
 \`ferry migrate NAME --cancel\` roll the migration back unless it has already committed.
 Exit status is 0 only when committed.`)
-    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; trace?: boolean; quiet?: boolean }, command: Command) => {
+    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; pageStream?: string; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; trace?: boolean; quiet?: boolean }, command: Command) => {
       const { cluster: hosts, store } = await cluster(command);
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');

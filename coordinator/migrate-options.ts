@@ -15,6 +15,7 @@ export interface TypedMigrationOptions {
   autoConverge?: boolean | undefined;
   copyStorage?: boolean | undefined;
   storageMode?: string | undefined;
+  pageStream?: string | undefined;
 }
 
 export function migrationOptions(raw: TypedMigrationOptions): MigrationOptions {
@@ -25,11 +26,13 @@ export function migrationOptions(raw: TypedMigrationOptions): MigrationOptions {
     verify: raw.verify,
     autoConverge: raw.autoConverge ?? false,
     ...(raw.copyStorage ? { copyStorage: true, storageMode: raw.storageMode ?? 'mirror' } : {}),
+    ...(raw.pageStream !== undefined && raw.pageStream !== 'tcp' ? { pageStream: raw.pageStream } : {}),
   }, {
     maxDowntimeMs: { option: '--max-downtime', typed: raw.maxDowntime, unit: 'ms', hint: 'e.g. --max-downtime 300ms' },
     maxBandwidthBytesPerSec: { option: '--max-bandwidth', typed: raw.maxBandwidth ?? '', unit: 'bytes', hint: 'e.g. --max-bandwidth 1GiB/s, or leave it out for no cap' },
     maxRounds: { option: '--max-rounds', typed: raw.maxRounds, unit: 'count', hint: `the default is Xen's ${STOP_RULES.maxRounds}` },
     verify: { option: '--verify', typed: raw.verify, unit: 'text', hint: 'pages compares page-hash digests; full also hashes all memory' },
+    pageStream: { option: '--page-stream', typed: raw.pageStream ?? '', unit: 'text', hint: 'tcp (a connection of their own, read into guest memory: the default) or ws (on the peer WebSocket)' },
     storageMode: { option: '--storage-mode', typed: raw.storageMode ?? '', unit: 'text', hint: 'mirror (the default: converges at any write rate below the copy\'s) or iterate (dirty-block rounds)' },
   });
 }

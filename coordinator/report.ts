@@ -45,6 +45,8 @@ export interface MigrationReport {
   network?: SourceReport['network'];
   /** `--copy-storage`: the disks copied before memory, when they were ready, and their verification. */
   storage?: SourceReport['storage'];
+  /** How the pages travelled (shared/page-stream.ts), and why not on a stream of their own when one was asked for. */
+  pageStream?: SourceReport['pageStream'];
   /** The forecast made before the migration began (coordinator/forecast.ts), to set beside what happened. */
   forecast?: ReportedForecast;
   /** Why no forecast was made, when the migration went ahead without one. */
@@ -178,6 +180,10 @@ export function formatReport(report: MigrationReport, options: { trace?: boolean
   }
   facts.push(['total time', formatDuration(report.totalTimeMs)]);
   facts.push(['sent', describeSent(report.bytesSent, report.memoryBytes)]);
+  if (report.pageStream) {
+    const { kind, fallback } = report.pageStream;
+    facts.push(['pages over', kind === 'tcp' ? 'a TCP stream of their own, read into guest memory' : `the peer WebSocket${fallback ? ` (no stream of their own: ${fallback})` : ''}`]);
+  }
   if (report.throughputBytesPerSec > 0) facts.push(['throughput', `${formatRate(report.throughputBytesPerSec)} (round 1)`]);
   const verification = report.verification;
   if (verification) {

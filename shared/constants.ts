@@ -8,8 +8,10 @@ export const PAGE_SIZE = 4096;
 /**
  * Bumped whenever a message or frame changes shape or meaning; peers that differ refuse each other at `hello`.
  * 3: the per-page hash is XXH3-64 (shared/xxh3-page.wat), was xxh64; zero pages travel as a flag (page frame 2)
+ * 4: pages may travel on a page stream of their own (`peer.stream`, shared/page-stream.ts); `peer.sync` and
+ *    `peer.verify` carry the page-frame bytes sent so far
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 
 /** Smallest guest: 256 pages, one full page-data frame. */
 export const MIN_MEMORY_BYTES = 1024 * 1024;
@@ -56,6 +58,8 @@ export const DEFAULT_MAX_DOWNTIME_MS = 300;
 
 /** How long a migration waits for any single reply from a peer before it gives up and rolls back. */
 export const PEER_REPLY_TIMEOUT_MS = 30_000;
+/** How long the destination may take to open the page stream back to the source (shared/page-stream.ts). */
+export const PAGE_STREAM_DIAL_TIMEOUT_MS = 5_000;
 
 /** How often the vCPU refreshes its heartbeat when it has nothing to write (idle workload, or rate-limited). */
 export const HEARTBEAT_INTERVAL_MS = 1;

@@ -292,6 +292,11 @@ export const migrationOptionsSchema = z.object({
   copyStorage: z.boolean().optional(),
   /** Default: mirror. */
   storageMode: z.enum(['mirror', 'iterate']).optional(),
+  /**
+   * How pages travel (shared/page-stream.ts): `tcp`, a connection of their own read straight into guest memory, the
+   * default, falling back to `ws` when it cannot be opened; `ws`, binary messages on the peer WebSocket.
+   */
+  pageStream: z.enum(['tcp', 'ws']).optional(),
 });
 export type MigrationOptions = z.infer<typeof migrationOptionsSchema>;
 
@@ -398,6 +403,11 @@ export const sourceReportSchema = z.object({
   guestBlackoutMs: z.number().optional(),
   expectedDowntimeMs: z.number().optional(),
   bytesSent: z.number(),
+  /**
+   * How the pages travelled: `tcp` (a page stream of their own, shared/page-stream.ts) or `ws` (on the peer
+   * WebSocket), and why not `tcp` when it was asked for and could not be opened.
+   */
+  pageStream: z.object({ kind: z.enum(['tcp', 'ws']), fallback: z.string().optional() }).optional(),
   verification: verificationSchema.optional(),
   registers: registersSchema.optional(),
   /** The switchover, mark by mark on both sides (`ferry migrate --trace` prints it). */
@@ -675,6 +685,14 @@ export const controlOps = {
 export const peerOps = {
   'peer.hello': [z.object({ migrationId: migrationIdSchema, from: hostNameSchema, version: z.number().int() }).strict(), z.object({ name: z.string() })],
   /**
+   * Asks the destination to open the page stream (shared/page-stream.ts): it dials the source's `/pages` with this
+   * ticket and answers once the upgrade is done, or says why it could not (the source then sends on this WebSocket).
+   */
+  'peer.stream': [
+    z.object({ ticket: z.string().regex(/^[0-9a-f]{32}$/) }).strict(),
+    z.object({ open: z.boolean(), reason: z.string().optional() }),
+  ],
+  /**
    * Answered once the destination has installed every page sent before it (the stream is ordered). Each round
    * ends with it, so round times and rates are measured to the destination, not to the local socket buffer, and
    * stop-and-copy never starts behind a backlog the destination has yet to install.
@@ -687,6 +705,8 @@ export const peerOps = {
        * collection before it answers, so that none falls inside the pause (source.ts).
        */
       beforePause: z.boolean().optional(),
+      /** Page-frame bytes sent so far, on whichever path: the destination answers once it has taken that many. */
+      streamBytes: z.number().int().nonnegative().optional(),
     }).strict(),
     z.object({ pagesReceived: z.number() }),
   ],
@@ -705,6 +725,8 @@ export const peerOps = {
       guest: guestFactsSchema.optional(),
       /** Its network configuration: the destination serves its address from activation on. */
       network: networkSchema.nullable().optional(),
+      /** Page-frame bytes sent in all, stop-and-copy's included: the destination verifies once it has taken them. */
+      streamBytes: z.number().int().nonnegative().optional(),
     }).strict(),
     z.object({
       destDigest: z.string(),

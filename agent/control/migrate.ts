@@ -10,6 +10,8 @@ import { configDriveText, parseConfigDrive } from '../datastore/config-drive.js'
 import { faultPoint } from '../faults.js';
 import { sendColdCopy } from '../migration/cold.js';
 import { runSource, type SourceContext } from '../migration/source.js';
+import { openPageStream } from '../migration/page-stream-source.js';
+import { fromStreamSocket } from '../../shared/page-stream.js';
 import { MigrationTarget } from '../migration/target.js';
 import { requireCpu } from '../vm/cpu-model.js';
 import { attachNetwork } from '../vm/net/attach.js';
@@ -158,6 +160,24 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         vm.state = wasRunning ? 'running' : 'paused';
         throw error;
       }
+      // Pages on a stream of their own unless asked not to (or it cannot be opened): shared/page-stream.ts.
+      let pageStream: SourceContext['pageStream'];
+      // An agent that listens nowhere (the in-memory network of the tests) has no page stream to offer.
+      if (options.pageStream !== 'ws' && agent.pageStreams.listening) {
+        try {
+          const opened = await openPageStream(agent.pageStreams, peer, context.signal, log);
+          if (opened.socket) {
+            pageStream = { socket: fromStreamSocket(opened.socket) };
+          } else {
+            pageStream = { fallback: opened.fallback };
+            log.warn('no page stream of its own; pages go over the peer WebSocket', { vm: name, reason: opened.fallback });
+          }
+        } catch (error) {
+          peer.close();
+          vm.state = wasRunning ? 'running' : 'paused';
+          throw error;
+        }
+      }
       // Cancelled by `migrate.cancel` (through the catalog), or by the coordinator's connection closing.
       const cancel = new AbortController();
       const onCancelled = (): void => cancel.abort(cancelled.reason);
@@ -181,6 +201,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         collectGarbage: () => agent.collectGarbage(),
         onInDoubt: (doubtful, resume) => agent.settlements.add({ migrationId, vm: doubtful, destinationUrl: destination.url, resume }),
         ...(storage ? { storage } : {}),
+        ...(pageStream ? { pageStream } : {}),
       }).finally(() => {
         cancelled.removeEventListener('abort', onCancelled);
         context.signal.removeEventListener('abort', onClosed);

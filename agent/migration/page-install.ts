@@ -34,8 +34,8 @@ export class PageInstaller {
    * checked its length), and returns how many did not match the hash they came with.
    */
   install(header: PageHeader, data: Buffer): number {
-    const { pages, zero, hashes, dataPages } = header;
-    const { memory, table, written } = this;
+    const { pages, zero, dataPages } = header;
+    const { memory, written } = this;
     const count = pages.length;
     // The data pages in one copy when they are a run (all of round 1 for a filled guest), else one by one.
     if (dataPages > 0) {
@@ -60,6 +60,24 @@ export class PageInstaller {
         }
       }
     }
+    return this.settle(header);
+  }
+
+  /**
+   * Takes the pages of `header` whose bytes a page stream read straight into their place in guest memory
+   * (page-stream-reader.ts), and returns how many did not match the hash they came with.
+   */
+  installInPlace(header: PageHeader): number {
+    const { pages, zero } = header;
+    for (let i = 0; i < pages.length; i++) if (!zero[i]) this.written[pages[i]!] = 1;
+    return this.settle(header);
+  }
+
+  /** Clears zero pages, hashes the others where they lie into the table, and counts those that do not match. */
+  private settle(header: PageHeader): number {
+    const { pages, zero, hashes } = header;
+    const { memory, table, written } = this;
+    const count = pages.length;
     let mismatches = 0;
     for (let i = 0; i < count; i++) {
       const page = pages[i]!;

@@ -62,6 +62,8 @@ export class PageSender {
   readonly hashes: Uint32Array;
   private readonly stagingPool: Buffer[] = [];
   private outstandingBytes = 0;
+  /** Page-frame bytes handed to the socket in all, headers and data: the destination is told it (peer.sync, peer.verify). */
+  streamBytes = 0;
   private drained: (() => void) | undefined;
   private sendError: FerryError | undefined;
 
@@ -139,6 +141,7 @@ export class PageSender {
       // A fresh header each frame: the socket holds it until written. It is small; the page data is not copied.
       const header = encodePageHeader(Buffer.allocUnsafe(pageHeaderBytes(count)), round, flags, entries, frameHashes, count);
       this.socket.send(header);
+      this.streamBytes += header.length + (data?.length ?? 0);
       if (data) {
         const sent = data;
         this.outstandingBytes += sent.length;

@@ -25,6 +25,7 @@ import type { VirtualMachine } from '../vm/vm.js';
 import { NetHandover } from './net-handover.js';
 import { PageSender } from './page-sender.js';
 import type { PeerClient } from './peer-client.js';
+import type { FrameSocket } from '../../shared/frame-socket.js';
 import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
 import { LiveStorageCopy, type LocalDisk } from '../storage/live-storage.js';
 
@@ -51,6 +52,11 @@ export interface SourceContext {
   onInDoubt?: (vm: VirtualMachine, resume: boolean) => void;
   /** `--copy-storage`: the VM's local disks, copied before memory (storage/live-storage.ts). */
   storage?: LocalDisk[];
+  /**
+   * The page stream of its own (page-stream-source.ts) when one was opened: pages go there rather than on `peer`.
+   * `fallback` says why there is none when one was asked for. The migration closes it when it ends.
+   */
+  pageStream?: { socket?: FrameSocket; fallback?: string };
   /**
    * A full garbage collection, run on both sides just before the pause so that none falls inside it (the agent's;
    * none where there is no agent, as in the in-memory network). Returns how long it took.
@@ -138,6 +144,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       stages,
       ...(expectedDowntime !== undefined ? { expectedDowntimeMs: expectedDowntime } : {}),
       bytesSent,
+      pageStream: { kind: pageSocket ? 'tcp' : 'ws', ...(context.pageStream?.fallback ? { fallback: context.pageStream.fallback } : {}) },
       ...(verification ? { verification } : {}),
       ...(network.report(servingAfterPauseMs, announcements) ? { network: network.report(servingAfterPauseMs, announcements) } : {}),
       ...(storage ? { storage: storage.report(storageVerification) } : {}),
@@ -156,7 +163,8 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
 
   // What the progress events describe: the round under way.
   const current = { round: 1, pagesInRound: 0, startMs: 0, bytesBefore: 0 };
-  const sender = new PageSender(peer.socket, vm, {
+  const pageSocket = context.pageStream?.socket;
+  const sender = new PageSender(pageSocket ?? peer.socket, vm, {
     maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec,
     signal,
     now,
@@ -203,7 +211,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       tableDigest.touchAll(pages);
       const sent = await sender.send(pages, round, 0);
       await faultPoint(context.faults, `round-${round}`, log, () => peer.close());
-      const synced = peer.request('peer.sync', { round }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+      const synced = peer.request('peer.sync', { round, streamBytes: sender.streamBytes }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
       synced.catch(() => undefined); // awaited just below
       tableDigest.refresh(); // while the destination installs the round's last frames
       await synced;
@@ -236,7 +244,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         // downtime. The guest dirties pages meanwhile; if more than the few-pages rule allows, exactly one more
         // round sends them, so that the pause carries no more than it would have; pre-copy ends after it.
         collected = true;
-        const collecting = peer.request('peer.sync', { round, beforePause: true }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+        const collecting = peer.request('peer.sync', { round, beforePause: true, streamBytes: sender.streamBytes }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
         collecting.catch(() => undefined); // awaited just below
         const tookMs = context.collectGarbage();
         await collecting;
@@ -298,7 +306,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const verifyStartMs = now();
     const asked = peer.request('peer.verify', {
       registers, mode: options.verify, resume: wasRunning, ...(context.files ? { files: context.files } : {}), ...(vm.guest ? { guest: vm.guest } : {}),
-      network: vm.network,
+      network: vm.network, streamBytes: sender.streamBytes,
     }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
     asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
     mark('verify asked');
@@ -397,6 +405,8 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     return report('rolled-back', error);
   } finally {
     releaseEvents();
+    // Nothing more goes on the page stream: verified, or given up.
+    pageSocket?.close();
     // No mirror outlives the migration, whatever happened.
     storage?.close();
     // The throttle was the migration's, not the guest's: lift it (on the destination it never existed).

@@ -17,7 +17,7 @@ import { digestMemory, formatDigest } from '../../shared/checksum.js';
 import { TableDigest } from '../../shared/table-digest.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import { PAGE_FLAG_PAUSED, decodePageHeader, expectedDataBytes, isPageHeader, type PageHeader } from '../../shared/page-frame.js';
+import { PAGE_FLAG_PAUSED, decodePageHeader, expectedDataBytes, isPageHeader, pageHeaderBytes, type PageHeader } from '../../shared/page-frame.js';
 import type { PeerOps, ReplyOf, RequestOf, TimelineMark } from '../../shared/protocol.js';
 import { collectionsWithin } from '../gc-log.js';
 import type { Faults } from '../faults.js';
@@ -27,6 +27,9 @@ import type { VirtualMachine } from '../vm/vm.js';
 import type { ClientDatagram } from '../vm/net/address.js';
 import type { FileSink } from '../storage/file-sink.js';
 import { PageInstaller } from './page-install.js';
+import { PageStreamReader } from './page-stream-reader.js';
+import type { PageStreamConnection } from '../../shared/page-stream.js';
+import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -63,6 +66,12 @@ export class MigrationTarget {
   /** The table's digest, kept current round by round (table-digest.ts): the pause rehashes only the last round's part. */
   private readonly tableDigest: TableDigest;
   private pendingHeader: PageHeader | undefined;
+  /** The page stream of its own (shared/page-stream.ts), when the source opened one. */
+  private stream: PageStreamConnection | undefined;
+  private streamReader: PageStreamReader | undefined;
+  /** Page-frame bytes taken, on either path; `streamAt` waits on it. */
+  private streamBytes = 0;
+  private streamWaiters: (() => void)[] = [];
   private phase: Phase = 'reserved';
   private pagesReceived = 0;
   private pageMismatches = 0;
@@ -154,25 +163,100 @@ export class MigrationTarget {
     if (this.pendingHeader) {
       const header = this.pendingHeader;
       this.pendingHeader = undefined;
-      this.install(header, frame);
+      const expected = expectedDataBytes(header);
+      if (frame.length !== expected) {
+        throw new FerryError(ErrorCode.PROTOCOL, `page data is ${frame.length} bytes, its header announced ${expected}`, 'the peer is not a compatible ferry-agent');
+      }
+      this.install(header, frame, pageHeaderBytes(header.pages.length) + frame.length);
       return true;
     }
     if (!isPageHeader(frame)) return false;
-    if (this.phase !== 'receiving') {
-      throw new FerryError(ErrorCode.PROTOCOL, `page data for ${this.vm.name} arrived while the migration is ${this.phase}`);
-    }
+    if (this.stream) throw new FerryError(ErrorCode.PROTOCOL, `page data for ${this.vm.name} arrived on the WebSocket while its page stream is open`);
+    this.checkReceiving();
     const header = decodePageHeader(frame, this.vm.pageCount);
     // A frame of zero pages only has no data message.
-    if (header.dataPages === 0) this.install(header, EMPTY);
+    if (header.dataPages === 0) this.install(header, EMPTY, frame.length);
     else this.pendingHeader = header;
     return true;
   }
 
-  private install(header: PageHeader, data: Buffer): void {
-    const expected = expectedDataBytes(header);
-    if (data.length !== expected) {
-      throw new FerryError(ErrorCode.PROTOCOL, `page data is ${data.length} bytes, its header announced ${expected}`, 'the peer is not a compatible ferry-agent');
+  private checkReceiving(): void {
+    if (this.phase !== 'receiving') {
+      throw new FerryError(ErrorCode.PROTOCOL, `page data for ${this.vm.name} arrived while the migration is ${this.phase}`);
     }
+  }
+
+  /**
+   * The source opened a page stream of its own (shared/page-stream.ts): frames arrive there from now on, read
+   * straight into guest memory. `onLost` is called if it closes while pages are still due.
+   */
+  attachStream(stream: PageStreamConnection, onLost: (why: string) => void): void {
+    if (this.phase !== 'receiving' || this.stream) throw new FerryError(ErrorCode.PROTOCOL, `a page stream for ${this.vm.name} while the migration is ${this.phase}${this.stream ? ' and has one' : ''}`);
+    this.stream = stream;
+    const reader = new PageStreamReader({
+      pageCount: this.vm.pageCount,
+      memory: this.vm.memory,
+      onFrame: (header, staged, bytes) => {
+        this.lastHeardMs = performance.now();
+        this.lastFrameMs = this.lastHeardMs;
+        this.checkReceiving();
+        this.install(header, staged, bytes);
+        const cutAfter = this.faults.cutStreamAfterBytes;
+        if (cutAfter !== undefined && this.streamBytes >= cutAfter) {
+          this.faults.cutStreamAfterBytes = undefined;
+          this.log.warn('fault: cutting the page stream', { bytes: this.streamBytes });
+          stream.socket.destroy();
+        }
+      },
+    });
+    this.streamReader = reader;
+    let error: string | undefined;
+    stream.socket.on('error', (cause) => {
+      error = cause.message;
+    });
+    stream.socket.once('close', () => {
+      if (this.phase === 'receiving') onLost(error ?? 'the page stream closed while pages were due');
+      for (const waiter of this.streamWaiters.splice(0)) waiter();
+    });
+    stream.consume(reader);
+  }
+
+  /**
+   * Resolves once `bytes` of page frames have been taken (the source says how many it sent), so that what follows
+   * a round or stop-and-copy on the WebSocket is handled after every page sent before it, as on one ordered
+   * connection. Without `bytes` (an older request) there is nothing to wait for.
+   */
+  async streamAt(bytes: number | undefined): Promise<void> {
+    if (bytes === undefined) return;
+    const deadline = performance.now() + PEER_REPLY_TIMEOUT_MS;
+    for (;;) {
+      if (this.streamBytes > bytes) throw new FerryError(ErrorCode.PROTOCOL, `${this.streamBytes} bytes of page frames arrived where the source sent ${bytes}`, 'the peer is not a compatible ferry-agent');
+      if (this.streamBytes === bytes && !this.streamReader?.midFrame && !this.pendingHeader) return;
+      if (!this.stream) {
+        throw new FerryError(ErrorCode.PROTOCOL, `the source says it sent ${bytes} bytes of page frames on this connection, and ${this.streamBytes} arrived before its request`, 'the peer is not a compatible ferry-agent');
+      }
+      if (this.stream.socket.destroyed) {
+        throw new FerryError(ErrorCode.CONNECTION_LOST, `the page stream ended after ${this.streamBytes} of the ${bytes} bytes sent`, 'check the network between the hosts');
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) throw new FerryError(ErrorCode.TIMEOUT, `${bytes - this.streamBytes} bytes of page frames did not arrive within ${PEER_REPLY_TIMEOUT_MS / 1000} s`, 'check the network between the hosts');
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.streamWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** The page stream carries nothing more once the image is verified, active or dropped. */
+  private destroyPageStream(): void {
+    this.stream?.socket.destroy();
+  }
+
+  /** Installs a frame whose data is in `data`, or in place in guest memory when undefined (a page stream read it there). */
+  private install(header: PageHeader, data: Buffer | undefined, bytes: number): void {
     const paused = (header.flags & PAGE_FLAG_PAUSED) !== 0;
     const faulty = this.faults.corruptPage;
     if (faulty !== undefined) {
@@ -182,18 +266,21 @@ export class MigrationTarget {
         if (header.zero[i]) continue;
         if (header.pages[i] === faulty) {
           this.faults.corruptPage = undefined;
-          data[at * PAGE_SIZE + 17]! ^= 0xff;
+          if (data) data[at * PAGE_SIZE + 17]! ^= 0xff;
+          else this.vm.memory[faulty * PAGE_SIZE + 17]! ^= 0xff;
           this.log.warn('fault: corrupted a page in transit', { page: faulty });
           break;
         }
         at += 1;
       }
     }
-    const mismatches = this.installer.install(header, data);
+    const mismatches = data ? this.installer.install(header, data) : this.installer.installInPlace(header);
     this.tableDigest.touchAll(header.pages);
     if (paused) this.damagedWhilePaused += mismatches;
     else this.pageMismatches += mismatches;
     this.pagesReceived += header.pages.length;
+    this.streamBytes += bytes;
+    if (this.streamWaiters.length > 0) for (const waiter of this.streamWaiters.splice(0)) waiter();
   }
 
   /** Every frame before this request has been installed (frames are handled in order, synchronously). */
@@ -253,8 +340,11 @@ export class MigrationTarget {
     }
     this.verifyReceivedMs = receivedMs;
     this.marks = [];
-    if (this.lastFrameMs !== undefined) this.mark('last frame taken', this.lastFrameMs);
+    // A page stream of its own may bring its last frame after the request (streamAt waited for it): marks in time order.
+    const lastFrameMs = this.lastFrameMs;
+    if (lastFrameMs !== undefined && lastFrameMs <= receivedMs) this.mark('last frame taken', lastFrameMs);
     this.mark('verify received', receivedMs);
+    if (lastFrameMs !== undefined && lastFrameMs > receivedMs) this.mark('last frame taken', lastFrameMs);
     this.vm.setRegisters(request.registers);
     this.vm.guest = request.guest;
     if (request.network !== undefined) this.vm.network = request.network;
@@ -298,6 +388,7 @@ export class MigrationTarget {
     }
     this.phase = 'active';
     this.mark('activate received', receivedMs);
+    setImmediate(() => this.destroyPageStream()); // after the reply: nothing arrives on it any more
     clearInterval(this.watchdog);
     // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it).
     this.activations.record(this.migrationId, this.vm.name, this.sourceEpoch + 1);
@@ -399,6 +490,7 @@ export class MigrationTarget {
     }
     this.phase = 'dropped';
     clearInterval(this.watchdog);
+    this.destroyPageStream();
     this.log.info('reservation dropped', { vm: this.vm.name, migration: this.migrationId, reason });
     // Partial (or verified but never committed) disks go with the reservation.
     await this.diskStaging?.remove(this.diskSinks).catch((error: unknown) => this.log.warn('could not remove the staged disks', { vm: this.vm.name, error: String(error) }));

@@ -3,7 +3,8 @@
  * guest memory) and the requests of stages 2-5 on the same connection. The reservation itself was made on the
  * control connection (control/migrate.ts); `peer.hello` binds this connection to it.
  */
-import { PROTOCOL_VERSION } from '../../shared/constants.js';
+import { PAGE_STREAM_DIAL_TIMEOUT_MS, PROTOCOL_VERSION } from '../../shared/constants.js';
+import { dialPageStream } from '../../shared/page-stream.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Agent, PeerServer } from '../agent.js';
 import { faultPoint } from '../faults.js';
@@ -44,7 +45,29 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     if (!target) throw new FerryError(ErrorCode.PROTOCOL, 'peer.hello must come first', 'the peer is not a compatible ferry-agent');
     return target;
   };
-  connection.handle('peer.sync', async ({ round, beforePause }) => {
+  // The page stream of its own: dialled back to the source, which sends on it once this is answered. A stream that
+  // cannot be opened is no failure: the source sends on this WebSocket instead, and says so in its report.
+  connection.handle('peer.stream', async ({ ticket }) => {
+    const found = current();
+    let stream;
+    try {
+      stream = await dialPageStream({ url: found.sourceUrl, token: agent.token, ticket, timeoutMs: PAGE_STREAM_DIAL_TIMEOUT_MS });
+    } catch (error) {
+      log.warn('could not open the page stream; pages come over the peer WebSocket', { vm: found.vm.name, error: (error as Error).message });
+      return { open: false, reason: (error as Error).message };
+    }
+    if (connection.signal.aborted) {
+      stream.socket.destroy();
+      return { open: false, reason: 'the peer connection closed' };
+    }
+    found.attachStream(stream, (why) => {
+      log.warn('page stream lost; closing the peer connection', { vm: found.vm.name, error: why });
+      connection.close(1011, 'page stream lost');
+    });
+    return { open: true };
+  });
+  connection.handle('peer.sync', async ({ round, beforePause, streamBytes }) => {
+    await current().streamAt(streamBytes);
     const reply = current().sync();
     if (beforePause) {
       const tookMs = agent.collectGarbage();
@@ -56,6 +79,7 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
   });
   connection.handle('peer.verify', async (request) => {
     const startedMs = performance.now();
+    await current().streamAt(request.streamBytes);
     const reply = current().verify(request, startedMs);
     log.debug('verified', { tookMs: performance.now() - startedMs });
     // 'after-verify' fires once the reply is on its way; so does the activation's groundwork.

@@ -136,6 +136,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       maxRounds: STOP_RULES.maxRounds,
       verify: scenario.verify,
       autoConverge: false,
+      ...(scenario.pageStream === 'ws' ? { pageStream: 'ws' as const } : {}),
     };
     const forecastStartedMs = performance.now();
     const planned = await forecastMigration(bench.cluster, { vm: 'bench', to: 'host-b', options }).catch((error: unknown) => {

@@ -71,6 +71,8 @@ export const scenarioSchema = z.object({
   link: z.string().default('loopback'),
   maxBandwidth: z.string().optional(),
   maxDowntime: z.string().default('300ms'),
+  /** How the pages travel (`ferry migrate --page-stream`): a TCP stream of their own (the default), or the peer WebSocket. */
+  pageStream: z.enum(['tcp', 'ws']).default('tcp'),
   /**
    * Back guest memory with real pages at creation (QEMU's -mem-prealloc). On by default: a guest that has run for a
    * while has its memory resident, and a fresh guest's untouched memory would charge the migration for page faults

@@ -142,8 +142,12 @@ describe('live migration between two agent processes', () => {
       'pause requested', 'vCPU paused', 'dirty log harvested', 'last pages sent', 'verify asked', 'source digest done',
       'verify answered', 'committed', 'activate asked', 'activate answered',
     ]);
-    expect(timeline.destination.map((mark) => mark.event)).toEqual([
-      'last frame taken', 'verify received', 'registers set', 'digest done', 'verify reply ready', 'activate received',
+    // The pages travel on a stream of their own, so the last frame may be taken just after the verify request
+    // arrived (the destination then verifies once it is in): either way the marks come in time order.
+    const destinationEvents = timeline.destination.map((mark) => mark.event);
+    expect([0, 1]).toContain(destinationEvents.indexOf('last frame taken'));
+    expect(destinationEvents.filter((event) => event !== 'last frame taken')).toEqual([
+      'verify received', 'registers set', 'digest done', 'verify reply ready', 'activate received',
       'activation recorded', 'network attached', 'disk attached', 'vCPU resumed', 'activate reply ready',
     ]);
     // Each side's marks are on its own monotonic clock, in the order things happened there.
