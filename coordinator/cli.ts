@@ -232,7 +232,7 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
   hosts
     .command('add <name> <url>')
     .description('add a host (creates the cluster file if there is none)')
-    .option('--migration-url <url>', 'where other agents send this host page streams, if not <url> (a separate migration network)')
+    .option('--migration-url <url>', 'where other agents reach this host for migrations (pages sent here, and page streams dialled back from a destination), if not <url> (a separate migration network)')
     .action(async (name: string, url: string, options: { migrationUrl?: string }, command: Command) => {
       const { file, store } = await clusterFile(command);
       await store.update((current) => addHost(current, { name, url, ...(options.migrationUrl ? { migrationUrl: options.migrationUrl } : {}) }));

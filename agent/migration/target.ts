@@ -431,12 +431,13 @@ export class MigrationTarget {
     // Logged after the reply has gone: a log line is a write that may wake whoever reads this agent's output.
     const { name, epoch } = this.vm;
     setImmediate(() => this.log.info('activated', { vm: name, migration: this.migrationId, epoch }));
-    // The VM's files join this datastore once it runs: writing and syncing them is no part of its downtime.
+    // The VM's files join this datastore once it runs, started after the reply has gone: writing and syncing them,
+    // even the first synchronous steps, are no part of its downtime.
     const files = this.files;
     if (files) {
-      void this.registerFiles?.(files, this.vm.epoch).catch((error: unknown) => {
+      setImmediate(() => void this.registerFiles?.(files, epoch).catch((error: unknown) => {
         this.log.error('could not write the VM\'s files into the datastore', { vm: this.vm.name, error: String(error) });
-      });
+      }));
     }
     this.onFinished?.();
     const announcements = this.vm.net?.announcements;
