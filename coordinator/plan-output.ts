@@ -9,6 +9,13 @@ import { stopReasonText } from './report.js';
 
 const int = (value: number): string => Math.round(value).toLocaleString('en-US');
 
+/** Which path the link measurement took, as a migration report says it (report.ts): older agents do not say. */
+function measuredPath(link: PlannedMigration['link']): string {
+  if (link.pageStream === 'tcp') return ', on a TCP stream of its own';
+  if (link.pageStream === 'ws') return `, on the peer WebSocket${link.pageStreamFallback ? ` (no stream of its own: ${link.pageStreamFallback})` : ''}`;
+  return '';
+}
+
 export function formatPlan(plan: PlannedMigration): string {
   const { forecast, stats, link } = plan;
   const lines: string[] = [];
@@ -24,7 +31,7 @@ export function formatPlan(plan: PlannedMigration): string {
     ['guest', stats
       ? `${int(stats.dirtyPagesPerSec)} page writes/s over a working set of ${formatBytes(stats.wssPages * PAGE_SIZE)} (${stats.model}, fitted to ${stats.curve.map((point) => `${int(point.pages)} pages in ${Math.round(point.ms)} ms`).join(', ')}); vCPU ${stats.cpuPercent.toFixed(0)} % busy`
       : 'no measured dirty rate (paused, or just started): assumed to write nothing'],
-    ['link', `${link.recent?.roundOneBytesPerSec !== undefined ? `${formatRate(link.recent.roundOneBytesPerSec)} in round 1 of the last ${link.recent.migrations} migration(s) here, used; measured now: ` : ''}${formatRate(link.bytesPerSec)} page stream (${formatBytes(link.bytes)} in ${formatDuration(link.ms)}), ${formatRate(link.scatteredBytesPerSec)} for scattered pages, round trip ${formatDuration(link.rttMs)}${plan.forecast.bandwidthBytesPerSec < (link.recent?.roundOneBytesPerSec ?? link.bytesPerSec) ? `; --max-bandwidth holds it to ${formatRate(forecast.bandwidthBytesPerSec)}` : ''}`],
+    ['link', `${link.recent?.roundOneBytesPerSec !== undefined ? `${formatRate(link.recent.roundOneBytesPerSec)} in round 1 of the last ${link.recent.migrations} migration(s) here, used; measured now: ` : ''}${formatRate(link.bytesPerSec)} page stream (${formatBytes(link.bytes)} in ${formatDuration(link.ms)}${measuredPath(link)}), ${formatRate(link.scatteredBytesPerSec)} for scattered pages, round trip ${formatDuration(link.rttMs)}${plan.forecast.bandwidthBytesPerSec < (link.recent?.roundOneBytesPerSec ?? link.bytesPerSec) ? `; --max-bandwidth holds it to ${formatRate(forecast.bandwidthBytesPerSec)}` : ''}`],
     ['fixed costs', `setup ${formatDuration(forecast.overheadMs.setupMs)}, pause ${formatDuration(forecast.overheadMs.pausedMs)}, after ${formatDuration(forecast.overheadMs.tailMs)}${link.ageMs > 0 ? `; link measured ${formatDuration(link.ageMs)} ago` : ''}${link.recent ? ` (from the last ${link.recent.migrations} migration(s) ${plan.from} -> ${plan.to})` : ''}`],
   ];
   if (forecast.throttlePct > 0) facts.push(['auto-converge', `the vCPU held back by up to ${forecast.throttlePct} %`]);

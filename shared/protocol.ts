@@ -525,6 +525,13 @@ export const linkMeasureSchema = z.object({
   populateBytesPerSec: z.number(),
   /** Pages whose XXH3-64 did not match on arrival: 0 on a sound path. */
   mismatches: z.number(),
+  /**
+   * The path the pages took, as a migration's would (shared/page-stream.ts): `tcp`, a page stream of their own; `ws`,
+   * the peer WebSocket. Absent from older agents.
+   */
+  pageStream: z.enum(['tcp', 'ws']).optional(),
+  /** Why the pages went on the WebSocket when a page stream was asked for and could not be opened. */
+  pageStreamFallback: z.string().optional(),
   /** How old the measurement is: 0 when made for this request, more when an earlier one was within `maxAgeMs`. */
   ageMs: z.number(),
   /** The fixed costs of the last live migrations from this host to the destination (migration/history.ts). */
@@ -671,15 +678,23 @@ export const controlOps = {
   /**
    * Measures the page path from this agent to `to`: `bytes` (default LINK_MEASURE.defaultBytes) of incompressible
    * synthetic pages, hashed and sent as a migration's round 1 is (page-sender.ts), checked and discarded there; or,
-   * given `maxAgeMs`, the last measurement to the same agent if it is no older.
+   * given `maxAgeMs`, the last measurement to the same agent if it is no older. `from.url` is where `to` reaches this
+   * agent (the coordinator knows it, as for `migrate.reserve`'s `sourceUrl`): the pages then go on a page stream
+   * dialled back to it, as a migration's do; without it, on the peer WebSocket.
    */
-  'link.measure': [z.object({ to: destinationSchema, bytes: linkBytesSchema.optional(), maxAgeMs: z.number().int().min(0).max(3_600_000).optional() }).strict(), linkMeasureSchema],
+  'link.measure': [z.object({
+    to: destinationSchema, bytes: linkBytesSchema.optional(), maxAgeMs: z.number().int().min(0).max(3_600_000).optional(),
+    from: z.object({ url: agentUrlSchema }).strict().optional(),
+  }).strict(), linkMeasureSchema],
   /** Sends image `name`, held here, to the agent `destination` (peer ops image.begin/chunk/finish). Events: progress. */
   'image.send': [
     z.object({ name: imageNameSchema, destination: destinationSchema }).strict(),
     z.object({ bytes: z.number(), bytesSent: z.number(), durationMs: z.number() }),
   ],
 } as const;
+
+/** A page stream's one-time ticket (shared/page-stream.ts), handed to the destination in `peer.stream` or `link.begin`. */
+const pageStreamTicketSchema = z.string().regex(/^[0-9a-f]{32}$/);
 
 /** Requests the source agent sends its destination on the peer connection. */
 export const peerOps = {
@@ -689,7 +704,7 @@ export const peerOps = {
    * ticket and answers once the upgrade is done, or says why it could not (the source then sends on this WebSocket).
    */
   'peer.stream': [
-    z.object({ ticket: z.string().regex(/^[0-9a-f]{32}$/) }).strict(),
+    z.object({ ticket: pageStreamTicketSchema }).strict(),
     z.object({ open: z.boolean(), reason: z.string().optional() }),
   ],
   /**
@@ -824,11 +839,23 @@ export const peerOps = {
   /**
    * `link.measure`, on a fresh connection: the destination takes `pages` of fresh memory (timing how fast it becomes
    * real), then checks the page frames that follow (page-frame.ts, round 1, pages numbered within it) and discards them.
+   * With `stream`, it then dials the page stream back to `url` with `ticket`, as for `peer.stream`, and the frames
+   * come there; `streamOpen` says whether it did, `streamReason` why not (they then come on this WebSocket).
    */
-  'link.begin': [z.object({ pages: z.number().int().min(LINK_MEASURE.minBytes / PAGE_SIZE).max(LINK_MEASURE.maxBytes / PAGE_SIZE) }).strict(), z.object({ populateBytesPerSec: z.number() })],
-  'link.ping': [empty, empty],
-  /** Every frame before it checked: how many pages arrived and how many did not match their XXH3-64. Frees the memory. */
-  'link.end': [empty, z.object({ pagesReceived: z.number(), mismatches: z.number() })],
+  'link.begin': [
+    z.object({
+      pages: z.number().int().min(LINK_MEASURE.minBytes / PAGE_SIZE).max(LINK_MEASURE.maxBytes / PAGE_SIZE),
+      stream: z.object({ url: agentUrlSchema, ticket: pageStreamTicketSchema }).strict().optional(),
+    }).strict(),
+    z.object({ populateBytesPerSec: z.number(), streamOpen: z.boolean(), streamReason: z.string().optional() }),
+  ],
+  /** A round trip; with `streamBytes` (page-frame bytes sent so far), answered once that many have been taken. */
+  'link.ping': [z.object({ streamBytes: z.number().int().nonnegative().optional() }).strict(), empty],
+  /**
+   * Every frame before it checked (`streamBytes`, as for `link.ping`): how many pages arrived and how many did not
+   * match their XXH3-64. Frees the memory and closes the page stream.
+   */
+  'link.end': [z.object({ streamBytes: z.number().int().nonnegative().optional() }).strict(), z.object({ pagesReceived: z.number(), mismatches: z.number() })],
   ...imageReceiveOps,
 } as const;
 

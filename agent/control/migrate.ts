@@ -2,6 +2,7 @@
  * The coordinator's requests that move VMs: a live migration's reservation here (stage 1) and its run from here as
  * the source (stages 2-5, migration/source.ts), its cancel, and a cold migration of a powered-off VM's files.
  */
+import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Agent, ControlServer } from '../agent.js';
 import { vmConfigSchema, type VmConfig } from '../datastore/config.js';
@@ -165,7 +166,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       // An agent that listens nowhere (the in-memory network of the tests) has no page stream to offer.
       if (options.pageStream !== 'ws' && agent.pageStreams.listening) {
         try {
-          const opened = await openPageStream(agent.pageStreams, peer, context.signal, log);
+          const opened = await openPageStream(agent.pageStreams, (ticket) => peer.request('peer.stream', { ticket }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal: context.signal }), log);
           if (opened.socket) {
             pageStream = { socket: fromStreamSocket(opened.socket) };
           } else {

@@ -1,13 +1,12 @@
 /**
- * The source's end of a page stream (shared/page-stream.ts): a one-time ticket per migration, handed to the
- * destination in `peer.stream`; the destination dials this agent's `/pages` with it (server.ts), and the socket that
- * arrives with a ticket this agent is waiting on becomes that migration's page stream.
+ * The source's end of a page stream (shared/page-stream.ts): a one-time ticket per migration (or link measurement),
+ * handed to the destination in `peer.stream` (or `link.begin`); the destination dials this agent's `/pages` with it
+ * (server.ts), and the socket that arrives with a ticket this agent is waiting on becomes that migration's page stream.
  */
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import { PAGE_STREAM_DIAL_TIMEOUT_MS, PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import type { Logger } from '../../shared/log.js';
-import type { PeerClient } from './peer-client.js';
 
 interface Waiting {
   resolve(socket: net.Socket | undefined): void;
@@ -56,15 +55,16 @@ export class PageStreamTickets {
 export type OpenedPageStream = { socket: net.Socket; fallback?: undefined } | { socket?: undefined; fallback: string };
 
 /**
- * Asks the destination on `peer` to open the page stream back to this agent, and returns it, or why there is none
- * (the migration then sends its pages on the peer WebSocket). Never throws for a stream that cannot be opened;
- * a peer connection that fails meanwhile is thrown, as any request of the migration's would be.
+ * Asks the destination to open a page stream back to this agent, and returns it, or why there is none (the pages
+ * then go on the peer WebSocket). `ask` makes the request that hands the destination its ticket and says whether it
+ * dialled: `peer.stream` for a migration, `link.begin` for a link measurement (control/link.ts). Never throws for a
+ * stream that cannot be opened; a request that fails (the peer connection lost) is thrown, ticket cancelled.
  */
-export async function openPageStream(tickets: PageStreamTickets, peer: PeerClient, signal: AbortSignal, log: Logger): Promise<OpenedPageStream> {
+export async function openPageStream(tickets: PageStreamTickets, ask: (ticket: string) => Promise<{ open: boolean; reason?: string | undefined }>, log: Logger): Promise<OpenedPageStream> {
   const { ticket, socket } = tickets.expect(PAGE_STREAM_DIAL_TIMEOUT_MS + PEER_REPLY_TIMEOUT_MS);
   let answer;
   try {
-    answer = await peer.request('peer.stream', { ticket }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+    answer = await ask(ticket);
   } catch (error) {
     tickets.cancel(ticket);
     throw error;

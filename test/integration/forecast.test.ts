@@ -52,6 +52,12 @@ describe('forecasts with two agent processes', () => {
     expect(plan.forecast.bytes).toBeGreaterThanOrEqual(64 * 1024 * 1024);
     expect(plan.link.bytesPerSec).toBeGreaterThan(0);
     expect(plan.link.mismatches).toBe(0);
+    // Measured on the path a migration's pages take: a page stream host-b dialled back to host-a.
+    expect(plan.link.pageStream).toBe('tcp');
+    expect(plan.link.pageStreamFallback).toBeUndefined();
+    const text = await cluster.ferry('migrate', 'web1', '--to', 'host-b', '--plan');
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/page stream \([^)]*, on a TCP stream of its own\)/);
 
     const after = await vmInfo(cluster, 'web1');
     expect(after.host).toBe('host-a');

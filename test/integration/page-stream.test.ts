@@ -1,7 +1,7 @@
 /**
  * The page stream of its own (shared/page-stream.ts) between real agent processes: the default path and the
- * WebSocket beside it, the fallback when the destination cannot dial the source back, a stream cut under a migration,
- * and the source agent refusing a `/pages` dial it did not ask for.
+ * WebSocket beside it, the fallback when the destination cannot dial the source back (for a migration and for a link
+ * measurement), a stream cut under a migration, and the source agent refusing a `/pages` dial it did not ask for.
  */
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -76,6 +76,30 @@ describe('the page stream', () => {
     expect(report).toMatchObject({ outcome: 'committed', pageStream: { kind: 'ws' } });
     expect(report.pageStream.fallback).toMatch(/cannot open the page stream to ws:\/\/127\.0\.0\.1:1/);
     await expectMemoryMatchesReplay(c, 'web2');
+  });
+
+  it('carries a link measurement the same way, and the plan says it went over the peer WebSocket, and why, when the destination cannot dial the source back', async () => {
+    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+    const c = cluster;
+    expect((await c.ferry('vm', 'create', 'web4', '--on', 'host-a', '--memory', '16MiB', '--rate', '1000', '--seed', '14')).code).toBe(0);
+    const direct = await c.ferry('migrate', 'web4', '--to', 'host-b', '--plan', '--json');
+    expect(direct.code, direct.stderr).toBe(0);
+    expect(direct.json().link).toMatchObject({ from: 'host-a', to: 'host-b', pageStream: 'tcp', mismatches: 0 });
+
+    // host-a's migration URL is a port nothing listens on: host-b is told to dial back there, and cannot.
+    expect((await c.ferry('hosts', 'rm', 'host-a')).code).toBe(0);
+    expect((await c.ferry('hosts', 'add', 'host-a', c.agent('host-a').url, '--migration-url', 'ws://127.0.0.1:1')).code).toBe(0);
+    const planned = await c.ferry('migrate', 'web4', '--to', 'host-b', '--plan', '--json');
+    expect(planned.code, planned.stderr).toBe(0);
+    const { link } = planned.json();
+    // A fresh measurement (the one over the stream is not taken for this path), with every page checked on arrival.
+    expect(link).toMatchObject({ pageStream: 'ws', ageMs: 0, mismatches: 0 });
+    expect(link.bytesPerSec).toBeGreaterThan(0);
+    expect(link.pageStreamFallback).toMatch(/cannot open the page stream to ws:\/\/127\.0\.0\.1:1/);
+    const text = await c.ferry('migrate', 'web4', '--to', 'host-b', '--plan');
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/on the peer WebSocket \(no stream of its own: cannot open the page stream to ws:\/\/127\.0\.0\.1:1/);
+    expect((await vmInfo(c, 'web4')).host).toBe('host-a');
   });
 
   it('rolls the migration back when the stream is cut under it: the VM runs on at its source with its memory, and the destination keeps nothing', async () => {
