@@ -84,8 +84,9 @@ function describeSent(bytesSent: number, memoryBytes: number): string {
 
 /**
  * The switchover as a table: the source's marks (ms since it asked the vCPU to pause) and the destination's (ms since
- * it received the verify request, on its own clock), merged in order: the destination's verify marks after the
- * source's `verify asked`, its activation's after `activate asked`. Each side's own offsets are printed as measured.
+ * it received the verify or switchover request, on its own clock), merged in order: the destination's verify marks
+ * after the source's `verify asked`, its activation's after `activate asked`; after a switchover, all of them after
+ * `switchover asked`. Each side's own offsets are printed as measured.
  * Where both anchors' wall-clock times are known, the destination's marks are also placed on the source's scale
  * (marked ≈): exact on one machine, as good as the hosts' clock agreement otherwise.
  */
@@ -113,10 +114,14 @@ export function formatTimeline(timeline: DowntimeTimeline): string[] {
     push('source', mark.event, mark.atMs);
     if (mark.event === 'verify asked') pushAll(verifyPart);
     if (mark.event === 'activate asked') pushAll(activatePart);
+    if (mark.event === 'switchover asked') pushAll(destination);
   }
   // A migration that ended before asking: whatever the destination said still shows.
-  if (!timeline.source.some((mark) => mark.event === 'verify asked')) pushAll(verifyPart);
-  if (!timeline.source.some((mark) => mark.event === 'activate asked')) pushAll(activatePart);
+  const asked = (event: string): boolean => timeline.source.some((mark) => mark.event === event);
+  if (!asked('switchover asked')) {
+    if (!asked('verify asked')) pushAll(verifyPart);
+    if (!asked('activate asked')) pushAll(activatePart);
+  }
   const lines = formatTable(rows, [2, 3, 4]).split('\n').map((line) => `    ${line}`);
   const gc = [
     ...(timeline.sourceGc ?? []).map((entry) => `source ${entry.kind} at ${ms(entry.startMs)} for ${ms(entry.durationMs)}`),
@@ -124,7 +129,7 @@ export function formatTimeline(timeline: DowntimeTimeline): string[] {
   ];
   return [
     '  downtime timeline: source marks in ms since it asked the vCPU to pause; destination marks in ms since it received',
-    '  the verify request, on its own clock (≈: placed on the source\'s scale by the hosts\' wall clocks, exact on one machine)',
+    '  the verify or switchover request, on its own clock (≈: placed on the source\'s scale by the hosts\' wall clocks, exact on one machine)',
     ...lines,
     `    garbage collection in the switchover: ${gc.length === 0 ? 'none seen' : gc.join('; ')}`,
   ];

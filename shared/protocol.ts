@@ -697,6 +697,46 @@ export const controlOps = {
 const pageStreamTicketSchema = z.string().regex(/^[0-9a-f]{32}$/);
 
 /** Requests the source agent sends its destination on the peer connection. */
+/** peer.verify's request: what stop-and-copy leaves for the destination to check and take (the registers, the files). */
+const verifyRequestSchema = z.object({
+  registers: registersSchema,
+  mode: verifyModeSchema,
+  resume: z.boolean(),
+  /**
+   * The VM's small files (config.json, nvram.bin, vm.log, and its config drive cidata.json when it has one),
+   * registered in the destination's datastore at activation.
+   */
+  files: z.object({ config: z.string(), nvram: z.instanceof(Uint8Array), log: z.string(), configDrive: z.string().max(4 * MAX_USER_DATA_BYTES).optional() }).optional(),
+  /** What the guest took from its config drive at boot: guest state, carried like the registers. */
+  guest: guestFactsSchema.optional(),
+  /** Its network configuration: the destination serves its address from activation on. */
+  network: networkSchema.nullable().optional(),
+  /** Page-frame bytes sent in all, stop-and-copy's included: the destination verifies once it has taken them. */
+  streamBytes: z.number().int().nonnegative().optional(),
+}).strict();
+
+const verifyReplySchema = z.object({
+  destDigest: z.string(),
+  destMemoryDigest: z.string().optional(),
+  pageMismatches: z.number(),
+  damagedWhilePaused: z.number(),
+  /** The destination's marks so far, ms since it received this request (downtimeTimelineSchema). */
+  timeline: z.array(timelineMarkSchema).optional(),
+  anchorEpochMs: z.number().optional(),
+  gc: z.array(gcPauseSchema).optional(),
+});
+
+/**
+ * `servingAfterMs`: from the request's arrival until the destination served the VM's address (when it has one);
+ * `announcements`: gratuitous ARPs it scheduled for the address (namespaces mode), the first as it took it.
+ */
+const activateReplySchema = z.object({
+  guestBlackoutMs: z.number(), servingAfterMs: z.number().optional(), announcements: z.number().int().min(0).max(100).optional(),
+  /** The destination's marks of the activation, ms since it received peer.verify (downtimeTimelineSchema). */
+  timeline: z.array(timelineMarkSchema).optional(),
+  gc: z.array(gcPauseSchema).optional(),
+});
+
 export const peerOps = {
   'peer.hello': [z.object({ migrationId: migrationIdSchema, from: hostNameSchema, version: z.number().int() }).strict(), z.object({ name: z.string() })],
   /**
@@ -726,48 +766,30 @@ export const peerOps = {
     z.object({ pagesReceived: z.number() }),
   ],
   /** Stop-and-copy is done: every page is sent. The destination checks its image and answers with its digests. */
-  'peer.verify': [
-    z.object({
-      registers: registersSchema,
-      mode: verifyModeSchema,
-      resume: z.boolean(),
-      /**
-       * The VM's small files (config.json, nvram.bin, vm.log, and its config drive cidata.json when it has one),
-       * registered in the destination's datastore at activation.
-       */
-      files: z.object({ config: z.string(), nvram: z.instanceof(Uint8Array), log: z.string(), configDrive: z.string().max(4 * MAX_USER_DATA_BYTES).optional() }).optional(),
-      /** What the guest took from its config drive at boot: guest state, carried like the registers. */
-      guest: guestFactsSchema.optional(),
-      /** Its network configuration: the destination serves its address from activation on. */
-      network: networkSchema.nullable().optional(),
-      /** Page-frame bytes sent in all, stop-and-copy's included: the destination verifies once it has taken them. */
-      streamBytes: z.number().int().nonnegative().optional(),
-    }).strict(),
-    z.object({
-      destDigest: z.string(),
-      destMemoryDigest: z.string().optional(),
-      pageMismatches: z.number(),
-      damagedWhilePaused: z.number(),
-      /** The destination's marks so far, ms since it received this request (downtimeTimelineSchema). */
-      timeline: z.array(timelineMarkSchema).optional(),
-      anchorEpochMs: z.number().optional(),
-      gc: z.array(gcPauseSchema).optional(),
-    }),
-  ],
+  'peer.verify': [verifyRequestSchema, verifyReplySchema],
   /** The source has committed: the destination is primary now and resumes the vCPU. */
-  'peer.activate': [
-    z.object({ resume: z.boolean() }).strict(),
-    /**
-     * `servingAfterMs`: from the request's arrival until the destination served the VM's address (when it has one);
-     * `announcements`: gratuitous ARPs it scheduled for the address (namespaces mode), the first as it took it.
-     */
-    z.object({
-      guestBlackoutMs: z.number(), servingAfterMs: z.number().optional(), announcements: z.number().int().min(0).max(100).optional(),
-      /** The destination's marks of the activation, ms since it received peer.verify (downtimeTimelineSchema). */
-      timeline: z.array(timelineMarkSchema).optional(),
-      gc: z.array(gcPauseSchema).optional(),
+  'peer.activate': [z.object({ resume: z.boolean() }).strict(), activateReplySchema],
+  /**
+   * Verification and activation in one round trip (source.ts, "the switchover"): the source sends its own digest
+   * with the verify request and is committed from that moment; the destination verifies, and on a match activates at
+   * once and answers both. On a mismatch it drops its image and says so (`activated: false`): the source rolls back.
+   */
+  'peer.switchover': [
+    verifyRequestSchema.extend({ sourceDigest: z.string().regex(/^[0-9a-f]{16}$/) }).strict(),
+    verifyReplySchema.extend({
+      match: z.boolean(),
+      activated: z.boolean(),
+      guestBlackoutMs: z.number().optional(),
+      servingAfterMs: z.number().optional(),
+      announcements: z.number().int().min(0).max(100).optional(),
     }),
   ],
+  /**
+   * After a switchover: the source has freed its copy and its files. A destination that activated in a switchover
+   * and never hears this (the source died, or the connection failed first) asks the source later what it still
+   * holds, so that a restarted source drops its stale definition (settlement.ts).
+   */
+  'peer.released': [z.object({}).strict(), empty],
   /**
    * Source to destination, from the commit until the source gives the VM's address up: datagrams that reached the
    * source for the VM, in arrival order. Before activation the destination keeps them (host side); from it, they go

@@ -123,6 +123,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       };
     }
     target.onFinished = () => agent.incoming.delete(migrationId);
+    target.onSourceUnconfirmed = () => agent.settlements.confirmRelease({ migrationId, name, epoch: target.vm.epoch, sourceUrl });
     agent.incoming.set(migrationId, target);
     log.info('reserved', { vm: name, memoryBytes, migration: migrationId });
     return { freeBytesAfter: catalog.freeBytes };

@@ -12,6 +12,12 @@
  *   all, having died: the verified image is the VM, and activates), `running` (the source rolled back: the image is
  *   dropped), or `pending` (ask again).
  * Ownership epochs (1 at creation, +1 per commit) tell the copies apart in listings.
+ *
+ * A switchover (source.ts) activates the destination within the commit's own round trip, so no parked image waits
+ * for its source there. If the source does not say it freed its copy (`peer.released`) before the connection closes,
+ * the destination asks it `peer.holds` until it answers (`confirmRelease`): `committed` or `pending` (the source is
+ * alive and settles for itself, by `peer.settle`), or `none` (it restarted: it is told to forget its stale
+ * definition, `peer.forget`, as after a settled parked image).
  */
 import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 import { toFerryError } from '../../shared/errors.js';
@@ -42,9 +48,20 @@ export interface SettlementDeps {
   forgetFiles: (name: string) => Promise<void>;
 }
 
+/** A destination's copy that a switchover activated, whose source did not say it freed its own. */
+export interface UnconfirmedRelease {
+  migrationId: string;
+  name: string;
+  /** The epoch the copy here runs at: a stale definition at the source is older. */
+  epoch: number;
+  sourceUrl: string;
+}
+
 export class Settlements {
   /** The source's side: its suspended copies whose destination's outcome is unknown, by VM name. */
   readonly inDoubt = new Map<string, InDoubt>();
+  /** The destination's side: switchovers whose source has not confirmed it freed its copy, by migration id. */
+  private readonly unconfirmed = new Map<string, UnconfirmedRelease>();
   private readonly deps: SettlementDeps;
   private readonly loop: Periodic;
 
@@ -55,6 +72,11 @@ export class Settlements {
 
   stop(): void {
     this.loop.stop();
+  }
+
+  confirmRelease(entry: UnconfirmedRelease): void {
+    this.unconfirmed.set(entry.migrationId, entry);
+    this.deps.log.info('the source did not confirm it freed its copy; asking it until it answers', { vm: entry.name, migration: entry.migrationId });
   }
 
   add(entry: InDoubt): void {
@@ -78,6 +100,11 @@ export class Settlements {
     for (const name of [...this.inDoubt.keys()]) {
       await this.settleSource(name).catch((error: unknown) => {
         this.deps.log.debug('settlement: the destination did not answer yet', { vm: name, error: toFerryError(error).message });
+      });
+    }
+    for (const entry of [...this.unconfirmed.values()]) {
+      await this.confirmSource(entry).catch((error: unknown) => {
+        this.deps.log.debug('settlement: the source did not answer yet', { vm: entry.name, error: toFerryError(error).message });
       });
     }
     for (const target of [...this.deps.incoming.values()]) {
@@ -109,6 +136,28 @@ export class Settlements {
       doubt.vm.state = doubt.resume ? 'running' : 'paused';
       log.info('settled: the destination never ran the VM; resumed the copy here', { vm: name, migration: doubt.migrationId });
       return 'the destination never ran it; resumed here';
+    } finally {
+      peer.close();
+    }
+  }
+
+  /** Destination side, after a switchover: what does the source still hold? Forget a stale definition there. */
+  private async confirmSource(entry: UnconfirmedRelease): Promise<void> {
+    const peer = await this.deps.dial(entry.sourceUrl);
+    try {
+      const { state } = await peer.request('peer.holds', { migrationId: entry.migrationId, name: entry.name }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+      if (state === 'pending') return; // still handing over, or about to ask peer.settle: ask again
+      this.unconfirmed.delete(entry.migrationId);
+      if (state === 'running') {
+        // Cannot happen while both keep the rules (the source resumes only when this host never activated): said loudly.
+        this.deps.log.error('after a switchover the source says it runs the VM too', { vm: entry.name, migration: entry.migrationId });
+        return;
+      }
+      if (state === 'none') {
+        const { forgot } = await peer.request('peer.forget', { name: entry.name, epoch: entry.epoch }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+        this.deps.log.info('settled: the source holds no copy', { vm: entry.name, migration: entry.migrationId, forgotStaleDefinition: forgot });
+      }
+      // committed: the source is in doubt and settles for itself (peer.settle answers `active`).
     } finally {
       peer.close();
     }

@@ -301,72 +301,111 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     const registers = vm.registers();
     log.debug('stop-and-copy timing', { pauseMs: lastStartMs - pausedAtMs, pages: lastPages.length, sendMs: lastDurationMs });
 
-    // Stage 4: commitment. The destination checks its image and answers with its digests; we compare.
-    // Ask first, then compute our own digest while the destination computes its own; the stage's event after asking.
-    const verifyStartMs = now();
-    const asked = peer.request('peer.verify', {
+    const verifyRequest = {
       registers, mode: options.verify, resume: wasRunning, ...(context.files ? { files: context.files } : {}), ...(vm.guest ? { guest: vm.guest } : {}),
       network: vm.network, streamBytes: sender.streamBytes,
-    }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
-    asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
-    mark('verify asked');
-    enterStage(4);
-    const disksChecked = storage?.verify(options.verify);
-    disksChecked?.catch(() => undefined);
-    const sourceDigest = formatDigest(tableDigest.digest());
-    // --verify full: hash all of memory here while the destination does the same there (the vCPU is paused).
-    const sourceMemoryDigest = options.verify === 'full' ? formatDigest(digestMemory(vm.memory)) : undefined;
-    const digestMs = now() - verifyStartMs;
-    mark('source digest done');
-    const answer = await asked;
-    mark('verify answered');
-    destinationMarks.push(...(answer.timeline ?? []));
-    destinationAnchorEpochMs = answer.anchorEpochMs;
-    if (disksChecked) {
-      storageVerification = await disksChecked;
-      const bad = storageVerification.find((disk) => !disk.match);
-      if (bad) {
-        throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's copy of ${vm.name}'s ${bad.file} does not match (${bad.sourceImageDigest ? `images ${bad.sourceImageDigest} / ${bad.destImageDigest}` : `block digests ${bad.sourceDigest} / ${bad.destDigest}`})`, 'the VM keeps running on the source with its disk; check the destination\'s storage and retry');
-      }
-    }
-    const memoryMatch = sourceMemoryDigest === undefined || sourceMemoryDigest === answer.destMemoryDigest;
-    const match = sourceDigest === answer.destDigest && memoryMatch && answer.damagedWhilePaused === 0;
-    verification = {
-      mode: options.verify, sourceDigest, destDigest: answer.destDigest, match, pageMismatches: answer.pageMismatches,
-      ...(sourceMemoryDigest !== undefined ? { sourceMemoryDigest, destMemoryDigest: answer.destMemoryDigest ?? '' } : {}),
     };
-    if (!match) {
-      const what = answer.damagedWhilePaused > 0
-        ? `${answer.damagedWhilePaused} page(s) arrived damaged during stop-and-copy`
-        : !memoryMatch
-          ? `memory digests differ (source ${sourceMemoryDigest}, destination ${answer.destMemoryDigest})`
+    // The switchover: verification and activation in one round trip, for --verify pages without disks to check (a
+    // full memory digest, or the disks' digests, are compared here and need the classic two steps). The source
+    // sends its own digest with the request and is committed from that moment: the destination compares, and on a
+    // match activates at once. Two of the four one-way messages of the classic path go (DESIGN.md, "Verified
+    // commit"). The cost: a connection lost after the request leaves the VM suspended here until settled, where
+    // before the classic verify's reply it would have resumed here.
+    let activated: ReplyOf<PeerOps, 'peer.activate'>;
+    let activateStartMs: number;
+    if (options.verify === 'pages' && !storage) {
+      const sourceDigest = formatDigest(tableDigest.digest());
+      mark('source digest done');
+      // COMMIT POINT: once the request leaves, the destination may run the VM; this copy is never resumed unless
+      // the destination says it did not (a mismatch), or settlement finds it never ran it.
+      committed = true;
+      network.commit(); // kept datagrams go ahead of the request, on this connection: in the RX ring before the guest runs
+      activateStartMs = now();
+      const switching = peer.request('peer.switchover', { ...verifyRequest, sourceDigest }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+      switching.catch(() => undefined); // awaited below
+      mark('switchover asked');
+      enterStage(4);
+      await faultPoint(context.faults, 'after-commit', log, () => peer.close());
+      const answer = await switching;
+      mark('switchover answered');
+      destinationMarks.push(...(answer.timeline ?? []));
+      destinationAnchorEpochMs = answer.anchorEpochMs;
+      verification = { mode: 'pages', sourceDigest, destDigest: answer.destDigest, match: answer.match, pageMismatches: answer.pageMismatches };
+      if (!answer.activated) {
+        // The destination dropped its image, and said so: nothing runs there, and this copy resumes.
+        committed = false;
+        const what = answer.damagedWhilePaused > 0
+          ? `${answer.damagedWhilePaused} page(s) arrived damaged during stop-and-copy`
           : `page-table digests differ (source ${sourceDigest}, destination ${answer.destDigest})`;
-      throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's image of ${vm.name} does not match: ${what}`, 'the VM keeps running on the source; check the network between the hosts and retry');
+        throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's image of ${vm.name} does not match: ${what}`, 'the VM keeps running on the source; check the network between the hosts and retry');
+      }
+      activated = { guestBlackoutMs: answer.guestBlackoutMs ?? 0, ...(answer.servingAfterMs !== undefined ? { servingAfterMs: answer.servingAfterMs } : {}), ...(answer.announcements !== undefined ? { announcements: answer.announcements } : {}), ...(answer.gc ? { gc: answer.gc } : {}) };
+      enterStage(5);
+      log.info('committed', { vm: vm.name, digest: sourceDigest });
+    } else {
+      // Stage 4: commitment. The destination checks its image and answers with its digests; we compare.
+      // Ask first, then compute our own digest while the destination computes its own; the stage's event after asking.
+      const verifyStartMs = now();
+      const asked = peer.request('peer.verify', verifyRequest, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+      asked.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
+      mark('verify asked');
+      enterStage(4);
+      const disksChecked = storage?.verify(options.verify);
+      disksChecked?.catch(() => undefined);
+      const sourceDigest = formatDigest(tableDigest.digest());
+      // --verify full: hash all of memory here while the destination does the same there (the vCPU is paused).
+      const sourceMemoryDigest = options.verify === 'full' ? formatDigest(digestMemory(vm.memory)) : undefined;
+      const digestMs = now() - verifyStartMs;
+      mark('source digest done');
+      const answer = await asked;
+      mark('verify answered');
+      destinationMarks.push(...(answer.timeline ?? []));
+      destinationAnchorEpochMs = answer.anchorEpochMs;
+      if (disksChecked) {
+        storageVerification = await disksChecked;
+        const bad = storageVerification.find((disk) => !disk.match);
+        if (bad) {
+          throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's copy of ${vm.name}'s ${bad.file} does not match (${bad.sourceImageDigest ? `images ${bad.sourceImageDigest} / ${bad.destImageDigest}` : `block digests ${bad.sourceDigest} / ${bad.destDigest}`})`, 'the VM keeps running on the source with its disk; check the destination\'s storage and retry');
+        }
+      }
+      const memoryMatch = sourceMemoryDigest === undefined || sourceMemoryDigest === answer.destMemoryDigest;
+      const match = sourceDigest === answer.destDigest && memoryMatch && answer.damagedWhilePaused === 0;
+      verification = {
+        mode: options.verify, sourceDigest, destDigest: answer.destDigest, match, pageMismatches: answer.pageMismatches,
+        ...(sourceMemoryDigest !== undefined ? { sourceMemoryDigest, destMemoryDigest: answer.destMemoryDigest ?? '' } : {}),
+      };
+      if (!match) {
+        const what = answer.damagedWhilePaused > 0
+          ? `${answer.damagedWhilePaused} page(s) arrived damaged during stop-and-copy`
+          : !memoryMatch
+            ? `memory digests differ (source ${sourceMemoryDigest}, destination ${answer.destMemoryDigest})`
+            : `page-table digests differ (source ${sourceDigest}, destination ${answer.destDigest})`;
+        throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's image of ${vm.name} does not match: ${what}`, 'the VM keeps running on the source; check the network between the hosts and retry');
+      }
+      // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
+      committed = true;
+      mark('committed');
+      // Kept datagrams, and each new one, go to the destination now: on this connection, so before the activation.
+      network.commit();
+      await faultPoint(context.faults, 'after-commit', log, () => peer.close());
+      // Stage 5: activation on the destination, then the source frees its copy. Asked at once: the stage's event is
+      // held (above) and the log lines wait for the reply.
+      activateStartMs = now();
+      mark('activate asked');
+      const activating = peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+      activating.catch(() => undefined); // awaited just below
+      enterStage(5);
+      activated = await activating;
+      mark('activate answered');
+      // Logged once the guest runs at the destination: a log line is a write that may wake whoever reads this agent's
+      // output. A failed activation logs its own line below, which says the VM was committed.
+      log.info('committed', { vm: vm.name, digest: sourceDigest });
+      log.debug('commit timing', { digestMs, verifyRoundTripMs: activateStartMs - verifyStartMs });
+      destinationMarks.push(...(activated.timeline ?? []));
     }
-    // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
-    committed = true;
-    mark('committed');
-    // Kept datagrams, and each new one, go to the destination now: on this connection, so before the activation.
-    network.commit();
-    await faultPoint(context.faults, 'after-commit', log, () => peer.close());
-
-    // Stage 5: activation on the destination, then the source frees its copy. Asked at once: the stage's event is held
-    // (above) and the log lines wait for the reply.
-    const activateStartMs = now();
-    mark('activate asked');
-    const activating = peer.request('peer.activate', { resume: wasRunning }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
-    activating.catch(() => undefined); // awaited just below
-    enterStage(5);
-    const activated = await activating;
     const activatedAtMs = now();
     switchoverEndMs = activatedAtMs;
-    mark('activate answered');
-    // Logged once the guest runs at the destination: a log line is a write that may wake whoever reads this agent's
-    // output. A failed activation logs its own line below, which says the VM was committed.
-    log.info('committed', { vm: vm.name, digest: sourceDigest });
-    log.debug('commit timing', { digestMs, verifyRoundTripMs: activateStartMs - verifyStartMs });
     releaseEvents();
-    destinationMarks.push(...(activated.timeline ?? []));
     destinationGc = activated.gc ?? [];
     log.debug('activation timing', { activateRoundTripMs: activatedAtMs - activateStartMs });
     // Measured on each side's own clock: pause to asking, then the destination's asked to serving. It leaves out the
@@ -377,6 +416,8 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     // Files first, then the name (catalog.ts): this host keeps listing the VM until nothing of it is left here.
     await context.forgetFiles?.(vm.name);
     await context.catalog.release(vm);
+    // Nothing of the VM is left here: a destination that activated in a switchover stops waiting to hear it.
+    peer.request('peer.released', {}, { timeoutMs: PEER_REPLY_TIMEOUT_MS }).catch(() => undefined);
     peer.close();
     const result = report('committed');
     return {

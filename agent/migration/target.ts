@@ -89,6 +89,19 @@ export class MigrationTarget {
   resumeOnActivation = true;
   /** The page stream closed while verified: the settlement loop (settlement.ts) takes over. */
   streamClosed = false;
+  /**
+   * A switchover was asked (live-target.ts): the source is committed from the moment it asked, so the connection
+   * closing no longer drops the reservation; the switchover itself decides (verified and activated, or dropped).
+   */
+  switchoverAsked = false;
+  /** Activated by a switchover, and whether the source has said since that it freed its copy (`peer.released`). */
+  activatedBySwitchover = false;
+  sourceReleased = false;
+  /**
+   * Called when the connection closes after a switchover activated this copy and before the source said it freed
+   * its own: the agent then asks the source what it still holds (settlement.ts `confirmRelease`). Set by the agent.
+   */
+  onSourceUnconfirmed: (() => void) | undefined;
   /** The VM's small files, from verification; written to this agent's datastore at activation by `registerFiles`. */
   private files: RequestOf<PeerOps, 'peer.verify'>['files'];
   registerFiles: ((files: NonNullable<RequestOf<PeerOps, 'peer.verify'>['files']>, epoch: number) => Promise<void>) | undefined;
@@ -334,7 +347,7 @@ export class MigrationTarget {
   }
 
   /** Stage 4: all pages are here (the stream is ordered); load the registers and report our digests. */
-  verify(request: RequestOf<PeerOps, 'peer.verify'>, receivedMs = performance.now()): ReplyOf<PeerOps, 'peer.verify'> {
+  verify(request: RequestOf<PeerOps, 'peer.verify'>, receivedMs = performance.now(), { switchover = false } = {}): ReplyOf<PeerOps, 'peer.verify'> {
     if (this.phase !== 'receiving' || this.pendingHeader) {
       throw new FerryError(ErrorCode.PROTOCOL, `verification of ${this.vm.name} asked while ${this.pendingHeader ? 'page data is still due' : `the migration is ${this.phase}`}`);
     }
@@ -343,7 +356,7 @@ export class MigrationTarget {
     // A page stream of its own may bring its last frame after the request (streamAt waited for it): marks in time order.
     const lastFrameMs = this.lastFrameMs;
     if (lastFrameMs !== undefined && lastFrameMs <= receivedMs) this.mark('last frame taken', lastFrameMs);
-    this.mark('verify received', receivedMs);
+    this.mark(switchover ? 'switchover received' : 'verify received', receivedMs);
     if (lastFrameMs !== undefined && lastFrameMs > receivedMs) this.mark('last frame taken', lastFrameMs);
     this.vm.setRegisters(request.registers);
     this.vm.guest = request.guest;
@@ -355,7 +368,7 @@ export class MigrationTarget {
     const destDigest = formatDigest(this.tableDigest.digest());
     const destMemoryDigest = request.mode === 'full' ? formatDigest(digestMemory(this.vm.memory)) : undefined;
     this.mark('digest done');
-    this.mark('verify reply ready');
+    if (!switchover) this.mark('verify reply ready');
     return {
       destDigest,
       ...(destMemoryDigest !== undefined ? { destMemoryDigest } : {}),
@@ -381,13 +394,14 @@ export class MigrationTarget {
   }
 
   /** Stage 5: the source has committed; this copy is the VM now. */
-  async activate(resume: boolean, receivedMs = performance.now()): Promise<ReplyOf<PeerOps, 'peer.activate'>> {
+  async activate(resume: boolean, receivedMs = performance.now(), { switchover = false } = {}): Promise<ReplyOf<PeerOps, 'peer.activate'>> {
     if (this.phase === 'active') return { guestBlackoutMs: this.vm.lastBlackoutMs() }; // settled twice: same answer
     if (this.phase !== 'verified') {
       throw new FerryError(ErrorCode.PROTOCOL, `activation of ${this.vm.name} asked while the migration is ${this.phase}`);
     }
     this.phase = 'active';
-    this.mark('activate received', receivedMs);
+    this.activatedBySwitchover = switchover;
+    this.mark(switchover ? 'digests match' : 'activate received', receivedMs);
     setImmediate(() => this.destroyPageStream()); // after the reply: nothing arrives on it any more
     clearInterval(this.watchdog);
     // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it).
@@ -469,8 +483,13 @@ export class MigrationTarget {
    * it, the source may have committed, so the image stays, parked and never running.
    */
   connectionClosed(): void {
-    if (this.phase === 'reserved' || this.phase === 'receiving') {
+    if (this.switchoverAsked && (this.phase === 'receiving' || this.phase === 'verified')) {
+      // The source committed when it asked: the switchover under way verifies and activates, or drops, on its own.
+      this.streamClosed = true;
+    } else if (this.phase === 'reserved' || this.phase === 'receiving') {
       void this.drop('the page stream closed before the commit', { keepVerified: true });
+    } else if (this.phase === 'active') {
+      if (this.activatedBySwitchover && !this.sourceReleased) this.onSourceUnconfirmed?.();
     } else if (this.phase === 'verified') {
       this.streamClosed = true;
       this.log.warn('peer connection closed between verification and activation; keeping the image parked until the source says how it ended', { vm: this.vm.name });

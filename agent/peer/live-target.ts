@@ -89,6 +89,37 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     });
     return reply;
   });
+  // Verification and activation in one round trip (source.ts, "the switchover"). The source is committed from the
+  // moment it asked: from here this side decides. A match activates at once; a mismatch, or pages that never all
+  // arrive, drops the image, and the source (told, or settling) finds this host never ran the VM.
+  connection.handle('peer.switchover', async (request) => {
+    const startedMs = performance.now();
+    const found = current();
+    if (request.mode !== 'pages') throw new FerryError(ErrorCode.PROTOCOL, 'a switchover verifies the page tables only', 'ask peer.verify for --verify full');
+    found.switchoverAsked = true;
+    try {
+      await found.streamAt(request.streamBytes);
+    } catch (error) {
+      await found.drop(`the switchover's pages did not all arrive: ${(error as Error).message}`, { keepVerified: false });
+      throw error;
+    }
+    const verified = found.verify(request, startedMs, { switchover: true });
+    if (verified.destDigest !== request.sourceDigest || verified.damagedWhilePaused > 0) {
+      await found.drop('its image does not match the source\'s', { keepVerified: false });
+      return { ...verified, match: false, activated: false };
+    }
+    await faultPoint(faults, 'after-verify', log, () => connection.close());
+    await faultPoint(faults, 'before-activation', log, () => connection.close());
+    const activated = await found.activate(request.resume, performance.now(), { switchover: true });
+    // The connection closed while this ran: the source may never hear how it ended (settlement.ts).
+    if (connection.signal.aborted && !found.sourceReleased) found.onSourceUnconfirmed?.();
+    log.debug('switched over', { tookMs: performance.now() - startedMs });
+    return { ...verified, ...activated, timeline: [...(verified.timeline ?? []), ...(activated.timeline ?? [])], match: true, activated: true };
+  });
+  connection.handle('peer.released', async () => {
+    current().sourceReleased = true;
+    return {};
+  });
   connection.handle('peer.activate', async ({ resume }) => {
     const startedMs = performance.now();
     await faultPoint(faults, 'before-activation', log, () => connection.close());

@@ -28,6 +28,11 @@ interface Case {
   endsOn: 'host-a' | 'host-b' | 'none';
   /** Restart this host (it crashed) before checking. */
   restart?: 'host-a' | 'host-b';
+  /**
+   * `--verify full`: verification and activation in two round trips (source.ts), where the default (`pages`) takes
+   * the switchover, one round trip; the points after verification fall in different places of the two.
+   */
+  verify?: 'full';
 }
 
 const cases: Case[] = [
@@ -42,13 +47,16 @@ const cases: Case[] = [
   { fault: 'drop@after-verify', party: 'destination', endsOn: 'host-b' },
   { fault: 'drop@after-commit', party: 'source', endsOn: 'host-b' },
   { fault: 'drop@before-activation', party: 'destination', endsOn: 'host-b' },
+  { fault: 'crash@after-commit', party: 'source', endsOn: 'host-b', restart: 'host-a', verify: 'full' },
+  { fault: 'drop@after-verify', party: 'destination', endsOn: 'host-b', verify: 'full' },
+  { fault: 'crash@before-activation', party: 'destination', endsOn: 'host-a', restart: 'host-b', verify: 'full' },
 ];
 
 interface Listed { name: string; host: string; state: string; epoch: number }
 
 describe.concurrent('fault matrix', () => {
   for (const c of cases) {
-    it(`${c.fault} in the ${c.party}: the VM ends ${c.endsOn === 'none' ? 'nowhere (its host died with it)' : `running on ${c.endsOn} only`}, matching replay`, async (context) => {
+    it(`${c.fault} in the ${c.party}${c.verify ? ` (--verify ${c.verify})` : ''}: the VM ends ${c.endsOn === 'none' ? 'nowhere (its host died with it)' : `running on ${c.endsOn} only`}, matching replay`, async (context) => {
       const { expect } = context;
       const faulty = { env: { FERRY_FAULTS: c.fault } };
       const t = await clusterFor(context, [
@@ -58,7 +66,7 @@ describe.concurrent('fault matrix', () => {
       expect((await t.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '32MiB', '--filled', '--rate', '5000', '--wss', '8MiB', '--seed', '61')).code).toBe(0);
       await waitForWrites(t, 'web1', 1000);
       // 64 MiB/s makes round 1 take half a second, so there is always a round 2.
-      const migrated = await t.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '64MiB/s', '--json');
+      const migrated = await t.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '64MiB/s', '--json', ...(c.verify ? ['--verify', c.verify] : []));
       expect(migrated.code).not.toBe(0);
       expect(t.agent(c.party === 'source' ? 'host-a' : 'host-b').log()).toContain(`fault: ${c.fault.replace('@', ' at ')}`);
       if (c.restart) await t.restartAgent(c.restart);

@@ -138,16 +138,17 @@ describe('live migration between two agent processes', () => {
     const there = await c.ferry('migrate', 'web3', '--to', 'host-b', '--trace', '--json');
     expect(there.code, there.stderr).toBe(0);
     const { timeline } = there.json<{ timeline: { source: { event: string; atMs: number }[]; destination: { event: string; atMs: number }[]; sourceGc: unknown[]; destinationGc: unknown[] } }>();
+    // --verify pages: verification and activation in one round trip, the switchover.
     expect(timeline.source.map((mark) => mark.event)).toEqual([
-      'pause requested', 'vCPU paused', 'dirty log harvested', 'last pages sent', 'verify asked', 'source digest done',
-      'verify answered', 'committed', 'activate asked', 'activate answered',
+      'pause requested', 'vCPU paused', 'dirty log harvested', 'last pages sent', 'source digest done', 'switchover asked',
+      'switchover answered',
     ]);
-    // The pages travel on a stream of their own, so the last frame may be taken just after the verify request
+    // The pages travel on a stream of their own, so the last frame may be taken just after the switchover request
     // arrived (the destination then verifies once it is in): either way the marks come in time order.
     const destinationEvents = timeline.destination.map((mark) => mark.event);
     expect([0, 1]).toContain(destinationEvents.indexOf('last frame taken'));
     expect(destinationEvents.filter((event) => event !== 'last frame taken')).toEqual([
-      'verify received', 'registers set', 'digest done', 'verify reply ready', 'activate received',
+      'switchover received', 'registers set', 'digest done', 'digests match',
       'activation recorded', 'network attached', 'disk attached', 'vCPU resumed', 'activate reply ready',
     ]);
     // Each side's marks are on its own monotonic clock, in the order things happened there.
@@ -155,11 +156,12 @@ describe('live migration between two agent processes', () => {
       for (let i = 1; i < side.length; i++) expect(side[i]!.atMs).toBeGreaterThanOrEqual(side[i - 1]!.atMs);
     }
     expect(timeline.source[0]!.atMs).toBeGreaterThanOrEqual(0);
-    expect(timeline.destination.find((mark) => mark.event === 'verify received')!.atMs).toBe(0);
+    expect(timeline.destination.find((mark) => mark.event === 'switchover received')!.atMs).toBe(0);
     expect(Array.isArray(timeline.sourceGc) && Array.isArray(timeline.destinationGc)).toBe(true);
 
-    // And back, printed: the table names both sides, the destination's marks between the source's asks and answers.
-    const back = await c.ferry('migrate', 'web3', '--to', 'host-a', '--trace');
+    // And back with --verify full, which takes the classic two steps, printed: the table names both sides, the
+    // destination's marks between the source's asks and answers.
+    const back = await c.ferry('migrate', 'web3', '--to', 'host-a', '--trace', '--verify', 'full');
     expect(back.code, back.stderr).toBe(0);
     expect(back.stdout).toContain('downtime timeline');
     expect(back.stdout).toMatch(/source\s+verify asked[\s\S]*destination\s+verify received[\s\S]*source\s+verify answered[\s\S]*source\s+activate asked[\s\S]*destination\s+vCPU resumed[\s\S]*source\s+activate answered/);
@@ -168,5 +170,9 @@ describe('live migration between two agent processes', () => {
     const plain = await c.ferry('migrate', 'web3', '--to', 'host-b');
     expect(plain.code, plain.stderr).toBe(0);
     expect(plain.stdout).not.toContain('downtime timeline');
+    // A switchover, printed: the destination's marks, from verification to the vCPU running, inside its round trip.
+    const switched = await c.ferry('migrate', 'web3', '--to', 'host-a', '--trace');
+    expect(switched.code, switched.stderr).toBe(0);
+    expect(switched.stdout).toMatch(/source\s+switchover asked[\s\S]*destination\s+switchover received[\s\S]*destination\s+digests match[\s\S]*destination\s+vCPU resumed[\s\S]*source\s+switchover answered/);
   });
 });

@@ -192,12 +192,15 @@ describe('migration over the in-memory network', () => {
     }
   };
 
-  it('settles a commit whose activation request was lost: the destination activates, the source frees its copy', async () => {
+  // --verify full verifies and activates in two round trips (source.ts); the default, a switchover, in one.
+  const twoSteps: MigrationOptions = { ...defaults, verify: 'full' };
+
+  it('settles a commit whose activation request was lost (two round trips): the destination activates, the source frees its copy', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
     const net = network;
     await createVm(net, 'host-a', 'web1', 8 * MiB, 2000, 512, 19);
     net.peerCut = (fromDestination, data) => !fromDestination && message(data, (envelope) => envelope.t === 'req' && envelope.op === 'peer.activate');
-    const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
+    const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: twoSteps }, { connect: net.connect });
     net.peerCut = undefined;
     expect(report.outcome).toBe('failed');
     expect(report.verification?.match).toBe(true);
@@ -228,7 +231,43 @@ describe('migration over the in-memory network', () => {
     expect(destination.state).toBe('running');
   });
 
-  it('resumes the source copy when the destination lost the image before activating it', async () => {
+  it('keeps the source suspended when a switchover request is lost, then resumes it once settlement finds the destination never ran the VM', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    const net = network;
+    await createVm(net, 'host-a', 'web1', 8 * MiB, 2000, 512, 29);
+    // The request leaves the source (committed from then on) and never arrives; the link breaks with it.
+    net.peerCut = (fromDestination, data) => !fromDestination && message(data, (envelope) => envelope.t === 'req' && envelope.op === 'peer.switchover');
+    const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
+    net.peerCut = undefined;
+    expect(report.outcome).toBe('failed');
+    expect(report.error?.message).toContain('committed');
+    // Settled on its own: the destination dropped its reservation when the link broke, and never ran the VM.
+    const source = net.agents.get('host-a')!.catalog.machine('web1');
+    await vi.waitFor(() => expect(source.state, 'web1 resumed on host-a').toBe('running'), patiently);
+    expect(source.epoch).toBe(1);
+    expect(net.agents.get('host-b')!.catalog.has('web1')).toBe(false);
+    await source.pause();
+    expectReplayMatches(net, 'host-a', 'web1');
+  });
+
+  it('rolls back when a switchover finds the images differ: the destination drops its image and says so', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    const net = network;
+    await createVm(net, 'host-a', 'web1', 8 * MiB, 2000, 512, 31, true);
+    // A page the guest never writes again (outside its 512-page working set; filled, so it travels with its bytes) is
+    // damaged on arrival in round 1: the destination's digest no longer matches the source's.
+    net.agents.get('host-b')!.faults.corruptPage = 2000;
+    const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
+    expect(report.outcome).toBe('rolled-back');
+    expect(report.error?.code).toBe('FERRY_ERR_CHECKSUM_MISMATCH');
+    const source = net.agents.get('host-a')!.catalog.machine('web1');
+    expect(source.state).toBe('running');
+    expect(net.agents.get('host-b')!.catalog.has('web1')).toBe(false);
+    await source.pause();
+    expectReplayMatches(net, 'host-a', 'web1');
+  });
+
+  it('resumes the source copy when the destination lost the image before activating it (two round trips)', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
     const net = network;
     await createVm(net, 'host-a', 'web1', 8 * MiB, 2000, 512, 53);
@@ -236,7 +275,7 @@ describe('migration over the in-memory network', () => {
     // destination that crashed and restarted before activating would have.
     const settling = ['peer.activate', 'peer.settle', 'peer.holds'];
     net.peerCut = (_fromDestination, data) => message(data, (envelope) => envelope.t === 'req' && settling.includes(envelope.op));
-    const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: defaults }, { connect: net.connect });
+    const report = await migrateLive(net.cluster, { vm: 'web1', to: 'host-b', options: twoSteps }, { connect: net.connect });
     expect(report.outcome).toBe('failed');
     const parked = net.agents.get('host-b')!.catalog.machine('web1');
     await net.agents.get('host-b')!.catalog.release(parked);
