@@ -11,6 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect, vi } from 'vitest';
 import { startLocalAgent, type LocalAgent, type LocalAgentOptions } from '../coordinator/local-agent.js';
+import { checkDump } from './replay.js';
 
 const ferryEntry = fileURLToPath(new URL('../dist/coordinator/main.js', import.meta.url));
 
@@ -180,4 +181,15 @@ export function waitForWrites(cluster: TestCluster, name: string, n: number): Pr
     expect(info.cpu.n, `${name}'s write count`).toBeGreaterThan(n);
     return info;
   }, patiently);
+}
+
+/** Dumps VM `name` with the real CLI and checks the image by replay (test/replay.ts): every page and the registers. */
+export async function expectMemoryMatchesReplay(cluster: TestCluster, name: string): Promise<void> {
+  const file = path.join(cluster.dir, `${name}-${Date.now()}.bin`);
+  const dump = await cluster.ferry('vm', 'dump', name, '--out', file, '--json');
+  expect(dump.code, dump.stderr).toBe(0);
+  const result = checkDump(file);
+  expect(result.badPages).toEqual([]);
+  expect(result.registersMatch).toBe(true);
+  expect(result.ok).toBe(true);
 }

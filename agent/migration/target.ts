@@ -17,7 +17,7 @@ import { digestMemory, formatDigest } from '../../shared/checksum.js';
 import { TableDigest } from '../../shared/table-digest.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import { PAGE_FLAG_PAUSED, decodePageHeader, expectedDataBytes, isPageHeader, pageHeaderBytes, type PageHeader } from '../../shared/page-frame.js';
+import { PAGE_FLAG_PAUSED, type PageHeader } from '../../shared/page-frame.js';
 import type { PeerOps, ReplyOf, RequestOf, TimelineMark } from '../../shared/protocol.js';
 import { collectionsWithin } from '../gc-log.js';
 import type { Faults } from '../faults.js';
@@ -26,12 +26,8 @@ import type { ActivationLog } from './activation-log.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import type { ClientDatagram } from '../vm/net/address.js';
 import type { FileSink } from '../storage/file-sink.js';
-import { PageInstaller } from './page-install.js';
-import { PageStreamReader } from './page-stream-reader.js';
+import { PageReceiver } from './page-receiver.js';
 import type { PageStreamConnection } from '../../shared/page-stream.js';
-import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
-
-const EMPTY = Buffer.alloc(0);
 
 /**
  * `--copy-storage` on this host (set by the agent, which owns the datastore): staging images for the VM's local
@@ -61,19 +57,14 @@ export class MigrationTarget {
   private readonly catalog: Pick<Catalog, 'release'>;
   private readonly faults: Faults;
   private readonly log: Logger;
-  /** Installs arriving pages and keeps the destination's page-hash table (page-install.ts). */
-  private readonly installer: PageInstaller;
+  /**
+   * Takes arriving pages, on the WebSocket or a page stream of their own, into guest memory and keeps the
+   * destination's page-hash table (page-receiver.ts, page-install.ts).
+   */
+  private readonly receiver: PageReceiver;
   /** The table's digest, kept current round by round (table-digest.ts): the pause rehashes only the last round's part. */
   private readonly tableDigest: TableDigest;
-  private pendingHeader: PageHeader | undefined;
-  /** The page stream of its own (shared/page-stream.ts), when the source opened one. */
-  private stream: PageStreamConnection | undefined;
-  private streamReader: PageStreamReader | undefined;
-  /** Page-frame bytes taken, on either path; `streamAt` waits on it. */
-  private streamBytes = 0;
-  private streamWaiters: (() => void)[] = [];
   private phase: Phase = 'reserved';
-  private pagesReceived = 0;
   private pageMismatches = 0;
   private damagedWhilePaused = 0;
   private readonly watchdog: NodeJS.Timeout;
@@ -120,8 +111,6 @@ export class MigrationTarget {
   private diskSinks: FileSink[] = [];
   /** Whether the VM's folder exists here already, its disks in it (registerFiles then fills it). */
   disksPlaced = false;
-  /** When the last page-stream frame was taken (performance.now()); set by the connection (peer/live-target.ts). */
-  lastFrameMs: number | undefined;
   /** The switchover's marks on this side, ms since peer.verify arrived (protocol.ts, downtimeTimelineSchema). */
   private verifyReceivedMs = 0;
   private marks: TimelineMark[] = [];
@@ -143,8 +132,25 @@ export class MigrationTarget {
     this.catalog = catalog;
     this.faults = faults;
     this.log = log;
-    this.installer = new PageInstaller(vm.memory, vm.hasher, vm.pageCount);
-    this.tableDigest = new TableDigest(this.installer.table);
+    this.receiver = new PageReceiver(vm.memory, vm.hasher, vm.pageCount, {
+      beforeInstall: (header, data) => {
+        this.lastHeardMs = performance.now();
+        this.checkReceiving();
+        this.damageForFault(header, data);
+      },
+      afterInstall: (header, mismatches) => {
+        this.tableDigest.touchAll(header.pages);
+        if ((header.flags & PAGE_FLAG_PAUSED) !== 0) this.damagedWhilePaused += mismatches;
+        else this.pageMismatches += mismatches;
+        const cutAfter = this.faults.cutStreamAfterBytes;
+        if (cutAfter !== undefined && this.receiver.hasStream && this.receiver.bytes >= cutAfter) {
+          this.faults.cutStreamAfterBytes = undefined;
+          this.log.warn('fault: cutting the page stream', { bytes: this.receiver.bytes });
+          this.receiver.closeStream();
+        }
+      },
+    });
+    this.tableDigest = new TableDigest(this.receiver.installer.table);
     // Before verification nothing can have been committed, so a silent source costs only its reservation.
     this.watchdog = setInterval(() => {
       if ((this.phase === 'reserved' || this.phase === 'receiving') && performance.now() - this.lastHeardMs > RESERVATION_TIMEOUT_MS) {
@@ -173,24 +179,7 @@ export class MigrationTarget {
    */
   takeFrame(frame: Buffer): boolean {
     this.lastHeardMs = performance.now();
-    if (this.pendingHeader) {
-      const header = this.pendingHeader;
-      this.pendingHeader = undefined;
-      const expected = expectedDataBytes(header);
-      if (frame.length !== expected) {
-        throw new FerryError(ErrorCode.PROTOCOL, `page data is ${frame.length} bytes, its header announced ${expected}`, 'the peer is not a compatible ferry-agent');
-      }
-      this.install(header, frame, pageHeaderBytes(header.pages.length) + frame.length);
-      return true;
-    }
-    if (!isPageHeader(frame)) return false;
-    if (this.stream) throw new FerryError(ErrorCode.PROTOCOL, `page data for ${this.vm.name} arrived on the WebSocket while its page stream is open`);
-    this.checkReceiving();
-    const header = decodePageHeader(frame, this.vm.pageCount);
-    // A frame of zero pages only has no data message.
-    if (header.dataPages === 0) this.install(header, EMPTY, frame.length);
-    else this.pendingHeader = header;
-    return true;
+    return this.receiver.takeMessage(frame);
   }
 
   private checkReceiving(): void {
@@ -204,34 +193,8 @@ export class MigrationTarget {
    * straight into guest memory. `onLost` is called if it closes while pages are still due.
    */
   attachStream(stream: PageStreamConnection, onLost: (why: string) => void): void {
-    if (this.phase !== 'receiving' || this.stream) throw new FerryError(ErrorCode.PROTOCOL, `a page stream for ${this.vm.name} while the migration is ${this.phase}${this.stream ? ' and has one' : ''}`);
-    this.stream = stream;
-    const reader = new PageStreamReader({
-      pageCount: this.vm.pageCount,
-      memory: this.vm.memory,
-      onFrame: (header, staged, bytes) => {
-        this.lastHeardMs = performance.now();
-        this.lastFrameMs = this.lastHeardMs;
-        this.checkReceiving();
-        this.install(header, staged, bytes);
-        const cutAfter = this.faults.cutStreamAfterBytes;
-        if (cutAfter !== undefined && this.streamBytes >= cutAfter) {
-          this.faults.cutStreamAfterBytes = undefined;
-          this.log.warn('fault: cutting the page stream', { bytes: this.streamBytes });
-          stream.socket.destroy();
-        }
-      },
-    });
-    this.streamReader = reader;
-    let error: string | undefined;
-    stream.socket.on('error', (cause) => {
-      error = cause.message;
-    });
-    stream.socket.once('close', () => {
-      if (this.phase === 'receiving') onLost(error ?? 'the page stream closed while pages were due');
-      for (const waiter of this.streamWaiters.splice(0)) waiter();
-    });
-    stream.consume(reader);
+    if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `a page stream for ${this.vm.name} while the migration is ${this.phase}`);
+    this.receiver.attachStream(stream, () => this.phase !== 'receiving', onLost);
   }
 
   /**
@@ -239,61 +202,32 @@ export class MigrationTarget {
    * a round or stop-and-copy on the WebSocket is handled after every page sent before it, as on one ordered
    * connection. Without `bytes` (an older request) there is nothing to wait for.
    */
-  async streamAt(bytes: number | undefined): Promise<void> {
-    if (bytes === undefined) return;
-    const deadline = performance.now() + PEER_REPLY_TIMEOUT_MS;
-    for (;;) {
-      if (this.streamBytes > bytes) throw new FerryError(ErrorCode.PROTOCOL, `${this.streamBytes} bytes of page frames arrived where the source sent ${bytes}`, 'the peer is not a compatible ferry-agent');
-      if (this.streamBytes === bytes && !this.streamReader?.midFrame && !this.pendingHeader) return;
-      if (!this.stream) {
-        throw new FerryError(ErrorCode.PROTOCOL, `the source says it sent ${bytes} bytes of page frames on this connection, and ${this.streamBytes} arrived before its request`, 'the peer is not a compatible ferry-agent');
-      }
-      if (this.stream.socket.destroyed) {
-        throw new FerryError(ErrorCode.CONNECTION_LOST, `the page stream ended after ${this.streamBytes} of the ${bytes} bytes sent`, 'check the network between the hosts');
-      }
-      const left = deadline - performance.now();
-      if (left <= 0) throw new FerryError(ErrorCode.TIMEOUT, `${bytes - this.streamBytes} bytes of page frames did not arrive within ${PEER_REPLY_TIMEOUT_MS / 1000} s`, 'check the network between the hosts');
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.streamWaiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
+  streamAt(bytes: number | undefined): Promise<void> {
+    return this.receiver.streamAt(bytes);
   }
 
   /** The page stream carries nothing more once the image is verified, active or dropped. */
   private destroyPageStream(): void {
-    this.stream?.socket.destroy();
+    this.receiver.closeStream();
   }
 
-  /** Installs a frame whose data is in `data`, or in place in guest memory when undefined (a page stream read it there). */
-  private install(header: PageHeader, data: Buffer | undefined, bytes: number): void {
-    const paused = (header.flags & PAGE_FLAG_PAUSED) !== 0;
+  /** Test-only: `corrupt-page:N` damages page N the first time it arrives, before it is checked (faults.ts). */
+  private damageForFault(header: PageHeader, data: Buffer | undefined): void {
     const faulty = this.faults.corruptPage;
-    if (faulty !== undefined) {
-      // The page's place in the data message: zero pages have none (a zero page cannot be corrupted in transit).
-      let at = 0;
-      for (let i = 0; i < header.pages.length; i++) {
-        if (header.zero[i]) continue;
-        if (header.pages[i] === faulty) {
-          this.faults.corruptPage = undefined;
-          if (data) data[at * PAGE_SIZE + 17]! ^= 0xff;
-          else this.vm.memory[faulty * PAGE_SIZE + 17]! ^= 0xff;
-          this.log.warn('fault: corrupted a page in transit', { page: faulty });
-          break;
-        }
-        at += 1;
+    if (faulty === undefined) return;
+    // The page's place in the data message: zero pages have none (a zero page cannot be corrupted in transit).
+    let at = 0;
+    for (let i = 0; i < header.pages.length; i++) {
+      if (header.zero[i]) continue;
+      if (header.pages[i] === faulty) {
+        this.faults.corruptPage = undefined;
+        if (data) data[at * PAGE_SIZE + 17]! ^= 0xff;
+        else this.vm.memory[faulty * PAGE_SIZE + 17]! ^= 0xff;
+        this.log.warn('fault: corrupted a page in transit', { page: faulty });
+        return;
       }
+      at += 1;
     }
-    const mismatches = data ? this.installer.install(header, data) : this.installer.installInPlace(header);
-    this.tableDigest.touchAll(header.pages);
-    if (paused) this.damagedWhilePaused += mismatches;
-    else this.pageMismatches += mismatches;
-    this.pagesReceived += header.pages.length;
-    this.streamBytes += bytes;
-    if (this.streamWaiters.length > 0) for (const waiter of this.streamWaiters.splice(0)) waiter();
   }
 
   /** Every frame before this request has been installed (frames are handled in order, synchronously). */
@@ -305,7 +239,7 @@ export class MigrationTarget {
     }
     // The round's pages are all in: bring the digest up to date now, outside the pause.
     this.tableDigest.refresh();
-    return { pagesReceived: this.pagesReceived };
+    return { pagesReceived: this.receiver.pagesReceived };
   }
 
   /** `disk.begin`: an empty sparse image per disk, in the migration's staging folder. */
@@ -348,13 +282,13 @@ export class MigrationTarget {
 
   /** Stage 4: all pages are here (the stream is ordered); load the registers and report our digests. */
   verify(request: RequestOf<PeerOps, 'peer.verify'>, receivedMs = performance.now(), { switchover = false } = {}): ReplyOf<PeerOps, 'peer.verify'> {
-    if (this.phase !== 'receiving' || this.pendingHeader) {
-      throw new FerryError(ErrorCode.PROTOCOL, `verification of ${this.vm.name} asked while ${this.pendingHeader ? 'page data is still due' : `the migration is ${this.phase}`}`);
+    if (this.phase !== 'receiving' || this.receiver.midFrame) {
+      throw new FerryError(ErrorCode.PROTOCOL, `verification of ${this.vm.name} asked while ${this.receiver.midFrame ? 'page data is still due' : `the migration is ${this.phase}`}`);
     }
     this.verifyReceivedMs = receivedMs;
     this.marks = [];
     // A page stream of its own may bring its last frame after the request (streamAt waited for it): marks in time order.
-    const lastFrameMs = this.lastFrameMs;
+    const { lastFrameMs } = this.receiver;
     if (lastFrameMs !== undefined && lastFrameMs <= receivedMs) this.mark('last frame taken', lastFrameMs);
     this.mark(switchover ? 'switchover received' : 'verify received', receivedMs);
     if (lastFrameMs !== undefined && lastFrameMs > receivedMs) this.mark('last frame taken', lastFrameMs);

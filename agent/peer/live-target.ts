@@ -16,9 +16,7 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
   connection.rawFrameHook = (frame) => {
     if (!target) return false;
     try {
-      const taken = target.takeFrame(frame);
-      if (taken) target.lastFrameMs = performance.now();
-      return taken;
+      return target.takeFrame(frame);
     } catch (error) {
       log.warn('bad page frame; closing the page stream', { error: (error as Error).message });
       connection.close(1008, 'bad page frame');

@@ -1,26 +1,14 @@
 /**
  * Live migration between two real ferry-agent processes, driven by the real ferry CLI.
  */
-import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { checkDump } from '../replay.js';
-import { patiently, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { expectMemoryMatchesReplay, patiently, startCluster, type TestCluster, vmInfo, waitForWrites } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
   await cluster?.stop();
   cluster = undefined;
 });
-
-async function expectMemoryMatchesReplay(c: TestCluster, name: string): Promise<void> {
-  const file = path.join(c.dir, `${name}-${Date.now()}.bin`);
-  const dump = await c.ferry('vm', 'dump', name, '--out', file, '--json');
-  expect(dump.code, dump.stderr).toBe(0);
-  const result = checkDump(file);
-  expect(result.badPages).toEqual([]);
-  expect(result.registersMatch).toBe(true);
-  expect(result.ok).toBe(true);
-}
 
 describe('live migration between two agent processes', () => {
   it('moves a pattern VM through at least three pre-copy rounds, commits, and the guest runs on with memory that matches replay', async () => {

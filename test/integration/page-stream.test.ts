@@ -3,25 +3,16 @@
  * WebSocket beside it, the fallback when the destination cannot dial the source back (for a migration and for a link
  * measurement), a stream cut under a migration, and the source agent refusing a `/pages` dial it did not ask for.
  */
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { dialPageStream } from '../../shared/page-stream.js';
 import { FerryError } from '../../shared/errors.js';
-import { checkDump } from '../replay.js';
-import { startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
+import { expectMemoryMatchesReplay, startCluster, type TestCluster, vmInfo, waitForWrites } from '../harness.js';
 
 let cluster: TestCluster | undefined;
 afterEach(async () => {
   await cluster?.stop();
   cluster = undefined;
 });
-
-async function expectMemoryMatchesReplay(c: TestCluster, name: string): Promise<void> {
-  const file = path.join(c.dir, `${name}-${Date.now()}.bin`);
-  const dump = await c.ferry('vm', 'dump', name, '--out', file, '--json');
-  expect(dump.code, dump.stderr).toBe(0);
-  expect(checkDump(file).ok).toBe(true);
-}
 
 async function refusal(promise: Promise<unknown>): Promise<FerryError> {
   const caught = await promise.then(() => undefined, (error: unknown) => error);

@@ -1,0 +1,160 @@
+/**
+ * The receiving end of page frames (shared/page-frame.ts), on either path, for a migration's destination (target.ts)
+ * and a link measurement (peer/link-probe.ts):
+ *
+ * - on the peer WebSocket, a header message and then its data message (`takeMessage`);
+ * - on a page stream of its own (shared/page-stream.ts), read straight into guest memory (`attachStream`,
+ *   page-stream-reader.ts).
+ *
+ * Either way each frame is installed, hashed and checked by one PageInstaller, and its bytes counted, so that a
+ * request on the WebSocket that says how many page-frame bytes were sent before it (`peer.sync`, `peer.verify`,
+ * `link.ping`, `link.end`) can wait until they have all been taken (`streamAt`): as on one ordered connection.
+ */
+import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
+import { decodePageHeader, expectedDataBytes, isPageHeader, pageHeaderBytes, type PageHeader } from '../../shared/page-frame.js';
+import type { PageHasher } from '../../shared/page-hash.js';
+import type { PageStreamConnection } from '../../shared/page-stream.js';
+import { PageInstaller } from './page-install.js';
+import { PageStreamReader } from './page-stream-reader.js';
+
+const EMPTY = Buffer.alloc(0);
+
+export interface PageReceiverHooks {
+  /**
+   * Before a frame is installed, its bytes in `data` or already in place in guest memory (undefined): may throw to
+   * refuse it (the connection is then closed), or damage it (a test's fault).
+   */
+  beforeInstall?(header: PageHeader, data: Buffer | undefined): void;
+  /** After a frame is installed: how many of its pages did not match the hash they came with. */
+  afterInstall?(header: PageHeader, mismatches: number): void;
+}
+
+export class PageReceiver {
+  readonly installer: PageInstaller;
+  /** Pages taken so far, zero pages included. */
+  pagesReceived = 0;
+  /** Page-frame bytes taken, headers and data, on either path. */
+  bytes = 0;
+  /** When the last frame was taken (performance.now()). */
+  lastFrameMs: number | undefined;
+  private readonly memory: Uint8Array;
+  private readonly pageCount: number;
+  private readonly hooks: PageReceiverHooks;
+  /** A header taken off the WebSocket whose data message is due next. */
+  private pending: PageHeader | undefined;
+  private stream: PageStreamConnection | undefined;
+  private reader: PageStreamReader | undefined;
+  private waiters: (() => void)[] = [];
+
+  constructor(memory: Uint8Array, hasher: PageHasher, pageCount: number, hooks: PageReceiverHooks = {}) {
+    this.memory = memory;
+    this.pageCount = pageCount;
+    this.hooks = hooks;
+    this.installer = new PageInstaller(memory, hasher, pageCount);
+  }
+
+  /** Whether a page stream of its own was attached. */
+  get hasStream(): boolean {
+    return this.stream !== undefined;
+  }
+
+  /** Whether a frame is part-taken: its header is in and some of its bytes are still due. */
+  get midFrame(): boolean {
+    return this.pending !== undefined || this.reader?.midFrame === true;
+  }
+
+  /**
+   * Takes a binary message off the WebSocket if it belongs to the page stream: a page header, or the data message
+   * that follows one. Throws on a malformed frame; the caller closes the connection.
+   */
+  takeMessage(frame: Buffer): boolean {
+    if (this.pending) {
+      const header = this.pending;
+      this.pending = undefined;
+      const expected = expectedDataBytes(header);
+      if (frame.length !== expected) {
+        throw new FerryError(ErrorCode.PROTOCOL, `page data is ${frame.length} bytes, its header announced ${expected}`, 'the peer is not a compatible ferry-agent');
+      }
+      this.install(header, frame, pageHeaderBytes(header.pages.length) + frame.length);
+      return true;
+    }
+    if (!isPageHeader(frame)) return false;
+    if (this.stream) throw new FerryError(ErrorCode.PROTOCOL, 'page data arrived on the WebSocket while a page stream of its own is open', 'the peer is not a compatible ferry-agent');
+    const header = decodePageHeader(frame, this.pageCount);
+    // A frame of zero pages only has no data message.
+    if (header.dataPages === 0) this.install(header, EMPTY, frame.length);
+    else this.pending = header;
+    return true;
+  }
+
+  /**
+   * Frames arrive on `stream` from now on, read straight into guest memory. `onLost` is called if it closes while
+   * `ended()` says pages may still be due.
+   */
+  attachStream(stream: PageStreamConnection, ended: () => boolean, onLost: (why: string) => void): void {
+    if (this.stream) throw new FerryError(ErrorCode.PROTOCOL, 'a second page stream for the same pages', 'the peer is not a compatible ferry-agent');
+    this.stream = stream;
+    this.reader = new PageStreamReader({
+      pageCount: this.pageCount,
+      memory: this.memory,
+      onFrame: (header, staged, bytes) => this.install(header, staged, bytes),
+    });
+    let error: string | undefined;
+    stream.socket.on('error', (cause) => {
+      error = cause.message;
+    });
+    stream.socket.once('close', () => {
+      if (!ended()) onLost(error ?? 'the page stream closed while pages were due');
+      this.wake();
+    });
+    stream.consume(this.reader);
+  }
+
+  /** Closes the page stream of its own, if there is one: nothing more is due on it. */
+  closeStream(): void {
+    this.stream?.socket.destroy();
+  }
+
+  /**
+   * Resolves once `bytes` of page frames have been taken (the sender says how many it sent), so that what follows
+   * on the WebSocket is handled after every page sent before it. Without `bytes` there is nothing to wait for.
+   */
+  async streamAt(bytes: number | undefined): Promise<void> {
+    if (bytes === undefined) return;
+    const deadline = performance.now() + PEER_REPLY_TIMEOUT_MS;
+    for (;;) {
+      if (this.bytes > bytes) throw new FerryError(ErrorCode.PROTOCOL, `${this.bytes} bytes of page frames arrived where the source sent ${bytes}`, 'the peer is not a compatible ferry-agent');
+      if (this.bytes === bytes && !this.midFrame) return;
+      if (!this.stream) {
+        throw new FerryError(ErrorCode.PROTOCOL, `the source says it sent ${bytes} bytes of page frames on this connection, and ${this.bytes} arrived before its request`, 'the peer is not a compatible ferry-agent');
+      }
+      if (this.stream.socket.destroyed) {
+        throw new FerryError(ErrorCode.CONNECTION_LOST, `the page stream ended after ${this.bytes} of the ${bytes} bytes sent`, 'check the network between the hosts');
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) throw new FerryError(ErrorCode.TIMEOUT, `${bytes - this.bytes} bytes of page frames did not arrive within ${PEER_REPLY_TIMEOUT_MS / 1000} s`, 'check the network between the hosts');
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  private install(header: PageHeader, data: Buffer | undefined, bytes: number): void {
+    this.hooks.beforeInstall?.(header, data);
+    const mismatches = data ? this.installer.install(header, data) : this.installer.installInPlace(header);
+    this.pagesReceived += header.pages.length;
+    this.bytes += bytes;
+    this.lastFrameMs = performance.now();
+    this.hooks.afterInstall?.(header, mismatches);
+    this.wake();
+  }
+
+  private wake(): void {
+    if (this.waiters.length > 0) for (const waiter of this.waiters.splice(0)) waiter();
+  }
+}
