@@ -22,6 +22,7 @@ import { readHostCpu } from './host-cpu.js';
 import { parseFaults } from './faults.js';
 import { startServer } from './server.js';
 import { loopbackMode } from './vm/net/address.js';
+import { warmSwitchover } from './migration/warm.js';
 import { namespaceMode } from './vm/net/namespace.js';
 
 export interface AgentOptions {
@@ -179,6 +180,8 @@ Example:
     : undefined;
   const server = await startServer(agent, options.host, options.port, token, tls);
   agent.pageStreams.listening = true;
+  // Before the agent says it is ready: a fresh agent's first switchover then builds no parser in its pause.
+  warmSwitchover();
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;

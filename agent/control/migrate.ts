@@ -84,10 +84,12 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
     });
     target.attachNetwork = (earlier) => attachNetwork(vm, { mode: agent.addressMode, log, fresh: false, earlier });
     // Live migration moves VMs whose disks are on shared storage: the destination opens the same image.
-    // The config is read once, when verification brings it (prepareDisk, after the reply), not in the activation.
+    // The config is read once, when verification brings it (prepareDisk, after the reply), not in the activation; a
+    // switchover activates in the same request, so only its disks are read and checked there (the whole config is
+    // checked when the VM's files are registered, after the activation).
     let parsed: { config: string; disks: VirtualMachine['disks'] } | undefined;
     const disksOf = (config: string): VirtualMachine['disks'] => {
-      if (parsed?.config !== config) parsed = { config, disks: vmConfigSchema.parse(JSON.parse(config)).disks };
+      if (parsed?.config !== config) parsed = { config, disks: vmConfigSchema.shape.disks.parse((JSON.parse(config) as { disks?: unknown }).disks) };
       return parsed.disks;
     };
     target.prepareDisk = (config) => {

@@ -1,0 +1,48 @@
+/**
+ * What a switchover runs inside the pause, run once when the agent starts: its messages through the codec and their
+ * schemas, the dirty log's harvest, the check of a config's disks.
+ *
+ * zod builds a schema's parser the first time it is used, and V8 compiles the code that runs it: measured here, the
+ * first parse of a switchover request took 2.8-3.0 ms and of its reply 1.2-1.3 ms, the second 0.1 ms and 0.05 ms. In a
+ * fresh agent that first parse would fall inside the first migration's pause (the destination parses the request, the
+ * source the reply), and a fresh agent's first switchover took 9-10 ms where the next ones took 3-5. Every field is
+ * present in the samples, so that no part of either schema is met for the first time in a pause. The same holds for
+ * the harvest of a 1 GiB guest's dirty log (2.8 ms the first time, in a pause that had harvested nothing before, and
+ * tens of microseconds once compiled) and the check of the disks in the VM's config at activation (1.3 ms).
+ */
+import { decodeMessage, encodeMessage } from '../../shared/rpc.js';
+import { peerOps } from '../../shared/protocol.js';
+import { vmConfigSchema } from '../datastore/config.js';
+import { DirtyLog } from '../vm/dirty-log.js';
+
+/** A 1 GiB guest's pages. */
+const WARM_PAGES = 262_144;
+
+export function warmSwitchover(): void {
+  const [request, reply] = peerOps['peer.switchover'];
+  const sampleRequest = {
+    registers: { x: 1, n: 1, y: 1, m: 1, heartbeatMs: 1 },
+    mode: 'pages',
+    resume: true,
+    files: { config: '{}', nvram: new Uint8Array(8), log: '', configDrive: '{}' },
+    guest: { hostname: 'warm' },
+    network: { ip: '10.0.0.1', prefix: 24, gateway: '10.0.0.254', mac: '02:00:00:00:00:01' },
+    streamBytes: 1,
+    sourceDigest: '0000000000000000',
+  };
+  const sampleReply = {
+    destDigest: '0000000000000000', destMemoryDigest: '0000000000000000', pageMismatches: 0, damagedWhilePaused: 0,
+    timeline: [{ event: 'warm', atMs: 0 }], anchorEpochMs: 0, gc: [{ kind: 'minor', startMs: 0, durationMs: 0 }],
+    match: true, activated: true, guestBlackoutMs: 0, servingAfterMs: 0, announcements: 0,
+  };
+  const body = (envelope: ReturnType<typeof decodeMessage>): unknown => ('body' in envelope ? envelope.body : undefined);
+  request.parse(body(decodeMessage(encodeMessage({ t: 'req', id: 1, op: 'peer.switchover', body: sampleRequest }))));
+  reply.parse(body(decodeMessage(encodeMessage({ t: 'res', id: 1, ok: true, body: sampleReply }))));
+  vmConfigSchema.shape.disks.parse([{ file: 'disk0.img', sizeBytes: 4096, shared: true }]);
+  const log = DirtyLog.allocate(WARM_PAGES);
+  const into = new Uint32Array(WARM_PAGES);
+  for (let pass = 0; pass < 8; pass++) {
+    log.mark(pass * 4099);
+    log.harvestInto(into);
+  }
+}
