@@ -760,6 +760,11 @@ export const peerOps = {
        * collection before it answers, so that none falls inside the pause (source.ts).
        */
       beforePause: z.boolean().optional(),
+      /**
+       * With `beforePause`: the VM's config.json, as the verify or switchover request will carry it, so that the
+       * destination reads it (the disks it will attach) before the pause rather than in it.
+       */
+      config: z.string().optional(),
       /** Page-frame bytes sent so far, on whichever path: the destination answers once it has taken that many. */
       streamBytes: z.number().int().nonnegative().optional(),
     }).strict(),

@@ -3,15 +3,22 @@
  * before the vCPU first runs. It answers, even after the agent restarts, the one question a source in doubt must
  * have answered before it may resume its own copy: did this copy ever run?
  *
+ * A migration's file is made empty at its reservation (`prepare`), and the activation writes the record into it: one
+ * write to a file already open, where making the file inside the pause took 0.26-0.6 ms here. An empty file is no
+ * record (a reservation that never activated, or an agent that died before it did). A dropped reservation removes
+ * its empty file.
+ *
  * Written without fsync: it survives the agent process dying (the crash ferry's fault tests inject), not the machine
  * losing power; an fsync would add its latency to every migration's downtime.
  */
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 
 export class ActivationLog {
   private readonly folder: string | undefined;
   private readonly inMemory = new Set<string>();
+  /** Files made at reservation, open, waiting for their record; by migration id. */
+  private readonly prepared = new Map<string, number>();
 
   /** `folder` undefined keeps the log in memory only (the in-memory test network). */
   constructor(folder: string | undefined) {
@@ -19,14 +26,39 @@ export class ActivationLog {
     if (folder) mkdirSync(folder, { recursive: true });
   }
 
+  /** At reservation: the migration's file, empty and open, so that the activation only writes into it. */
+  prepare(migrationId: string): void {
+    if (!this.folder || this.prepared.has(migrationId)) return;
+    this.prepared.set(migrationId, openSync(this.file(migrationId), 'wx'));
+  }
+
+  /** A reservation dropped without activating: its empty file goes. */
+  discard(migrationId: string): void {
+    const fd = this.prepared.get(migrationId);
+    if (fd === undefined) return;
+    this.prepared.delete(migrationId);
+    closeSync(fd);
+    rmSync(this.file(migrationId), { force: true });
+  }
+
   record(migrationId: string, vm: string, epoch: number): void {
     this.inMemory.add(migrationId);
     if (!this.folder) return;
-    writeFileSync(this.file(migrationId), `${JSON.stringify({ migrationId, vm, epoch, activatedAt: new Date().toISOString() })}\n`);
+    const text = `${JSON.stringify({ migrationId, vm, epoch, activatedAt: new Date().toISOString() })}\n`;
+    const fd = this.prepared.get(migrationId);
+    if (fd === undefined) {
+      writeFileSync(this.file(migrationId), text);
+      return;
+    }
+    this.prepared.delete(migrationId);
+    writeSync(fd, text);
+    setImmediate(() => closeSync(fd)); // after the activation's reply: the record is in the file already
   }
 
   activated(migrationId: string): boolean {
-    return this.inMemory.has(migrationId) || (this.folder !== undefined && existsSync(this.file(migrationId)));
+    if (this.inMemory.has(migrationId)) return true;
+    if (this.folder === undefined || !existsSync(this.file(migrationId))) return false;
+    return statSync(this.file(migrationId)).size > 0;
   }
 
   private file(migrationId: string): string {

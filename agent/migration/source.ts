@@ -244,7 +244,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         // downtime. The guest dirties pages meanwhile; if more than the few-pages rule allows, exactly one more
         // round sends them, so that the pause carries no more than it would have; pre-copy ends after it.
         collected = true;
-        const collecting = peer.request('peer.sync', { round, beforePause: true, streamBytes: sender.streamBytes }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+        const collecting = peer.request('peer.sync', {
+          round, beforePause: true, streamBytes: sender.streamBytes, ...(context.files ? { config: context.files.config } : {}),
+        }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
         collecting.catch(() => undefined); // awaited just below
         const tookMs = context.collectGarbage();
         await collecting;

@@ -128,6 +128,12 @@ export class MigrationTarget {
     this.sourceEpoch = source.epoch;
     this.sourceUrl = source.url;
     this.activations = activations;
+    try {
+      activations.prepare(migrationId);
+    } catch (error) {
+      // The activation then makes the file itself, as it did before files were prepared: slower, as sound.
+      log.warn('could not prepare the activation record', { migration: migrationId, error: String(error) });
+    }
     this.vm = vm;
     this.catalog = catalog;
     this.faults = faults;
@@ -314,13 +320,14 @@ export class MigrationTarget {
   }
 
   /**
-   * After the verify reply has gone: the work of the activation that can be done before it is asked for, while the
-   * source compares digests and commits (the config read once, here). Nothing here makes the VM run or serve.
+   * The work of the activation that can be done before it is asked for (the config read once, here): after the verify
+   * reply has gone, while the source compares digests and commits; or, given the config the source sent with its last
+   * sync before the pause, before the pause. Nothing here makes the VM run or serve.
    */
-  prepareActivation(): void {
-    if (this.phase !== 'verified') return;
+  prepareActivation(config = this.files?.config): void {
+    if (this.phase !== 'verified' && this.phase !== 'receiving') return;
     try {
-      this.prepareDisk?.(this.files?.config);
+      this.prepareDisk?.(config);
     } catch (error) {
       // The activation reads it again and says what is wrong there; nothing is lost by failing here.
       this.log.warn('could not read the VM\'s config ahead of its activation', { vm: this.vm.name, error: String(error) });
@@ -444,6 +451,11 @@ export class MigrationTarget {
     }
     this.phase = 'dropped';
     clearInterval(this.watchdog);
+    try {
+      this.activations.discard(this.migrationId);
+    } catch (error) {
+      this.log.warn('could not remove the empty activation record', { migration: this.migrationId, error: String(error) });
+    }
     this.destroyPageStream();
     this.log.info('reservation dropped', { vm: this.vm.name, migration: this.migrationId, reason });
     // Partial (or verified but never committed) disks go with the reservation.

@@ -64,10 +64,11 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     });
     return { open: true };
   });
-  connection.handle('peer.sync', async ({ round, beforePause, streamBytes }) => {
+  connection.handle('peer.sync', async ({ round, beforePause, streamBytes, config }) => {
     await current().streamAt(streamBytes);
     const reply = current().sync();
     if (beforePause) {
+      if (config !== undefined) current().prepareActivation(config);
       const tookMs = agent.collectGarbage();
       log.debug('collected before the pause', { tookMs });
       return reply;
