@@ -39,6 +39,8 @@ export async function startServer(agent: Agent, host: string, port: number, toke
   };
   const server = tls ? https.createServer({ cert: tls.cert, key: tls.key }, hint) : http.createServer(hint);
   const sockets = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false });
+  /** Page streams handed to migrations: upgraded sockets the HTTP server no longer tracks, closed with it. */
+  const pageStreams = new Set<Socket>();
 
   server.on('upgrade', (request, socket, head) => {
     // Nothing a client sends before the upgrade may take the agent down: a reset socket or a URL that does not
@@ -66,10 +68,13 @@ export async function startServer(agent: Agent, host: string, port: number, toke
         socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
         return;
       }
-      if (!agent.pageStreams.take(ticket, socket as Socket)) {
+      const stream = socket as Socket;
+      if (!agent.pageStreams.take(ticket, stream)) {
         socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
         return;
       }
+      pageStreams.add(stream);
+      stream.once('close', () => pageStreams.delete(stream));
       socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${PAGE_STREAM_PROTOCOL}\r\n\r\n`);
       return;
     }
@@ -93,6 +98,7 @@ export async function startServer(agent: Agent, host: string, port: number, toke
     close: () =>
       new Promise<void>((resolve) => {
         for (const client of sockets.clients) client.terminate();
+        for (const stream of pageStreams) stream.destroy();
         sockets.close();
         server.close(() => resolve());
         server.closeAllConnections();

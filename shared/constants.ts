@@ -9,7 +9,8 @@ export const PAGE_SIZE = 4096;
  * Bumped whenever a message or frame changes shape or meaning; peers that differ refuse each other at `hello`.
  * 3: the per-page hash is XXH3-64 (shared/xxh3-page.wat), was xxh64; zero pages travel as a flag (page frame 2)
  * 4: pages may travel on a page stream of their own (`peer.stream`, shared/page-stream.ts); `peer.sync` and
- *    `peer.verify` carry the page-frame bytes sent so far
+ *    `peer.verify` carry the page-frame bytes sent so far; `peer.switchover` and `peer.released` (verification and
+ *    activation in one round trip, the commit point at the source's request); `peer.sync` may carry the config
  */
 export const PROTOCOL_VERSION = 4;
 

@@ -150,17 +150,22 @@ export async function dialPageStream(options: DialPageStreamOptions): Promise<Pa
     : net.connect({ host, port, onread });
   socket.setNoDelay(true);
   const label = `the page stream to ${options.url}`;
+  // The upgrade's own listeners, removed once it is done (only these: a TLS socket has listeners of its own).
+  let onError: ((error: Error) => void) | undefined;
+  let onClose: (() => void) | undefined;
   try {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new FerryError(ErrorCode.TIMEOUT, `${label} did not open within ${options.timeoutMs} ms`, 'check that the destination can reach the source at the URL the cluster has for it (ferry hosts add --migration-url)')), options.timeoutMs);
-      socket.once('error', (error) => {
+      onError = (error) => {
         clearTimeout(timer);
         reject(error instanceof FerryError ? error : new FerryError(ErrorCode.UNREACHABLE, `cannot open ${label}: ${error.message}`, 'check that the destination can reach the source at the URL the cluster has for it (ferry hosts add --migration-url)'));
-      });
-      socket.once('close', () => {
+      };
+      onClose = () => {
         clearTimeout(timer);
         reject(new FerryError(ErrorCode.CONNECTION_LOST, `${label} closed during its upgrade`, 'check that the source is a ferry-agent of this version'));
-      });
+      };
+      socket.once('error', onError);
+      socket.once('close', onClose);
       consumer = new ResponseHead((head) => {
         clearTimeout(timer);
         consumer = NOTHING;
@@ -182,11 +187,12 @@ export async function dialPageStream(options: DialPageStreamOptions): Promise<Pa
       });
     });
   } catch (error) {
+    socket.on('error', () => undefined); // destroying may still report the failed upgrade
     socket.destroy();
     throw error;
   }
-  socket.removeAllListeners('close');
-  socket.removeAllListeners('error');
+  socket.off('error', onError!);
+  socket.off('close', onClose!);
   socket.on('error', () => undefined); // 'close' follows; whoever holds the stream listens for it
   bytesRead = 0;
   return {

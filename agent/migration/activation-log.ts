@@ -41,18 +41,35 @@ export class ActivationLog {
     rmSync(this.file(migrationId), { force: true });
   }
 
+  /**
+   * Writes the record, and only then counts the migration as activated: a write that fails throws, and leaves no
+   * record (nor a part of one) behind.
+   */
   record(migrationId: string, vm: string, epoch: number): void {
-    this.inMemory.add(migrationId);
-    if (!this.folder) return;
-    const text = `${JSON.stringify({ migrationId, vm, epoch, activatedAt: new Date().toISOString() })}\n`;
-    const fd = this.prepared.get(migrationId);
-    if (fd === undefined) {
-      writeFileSync(this.file(migrationId), text);
-      return;
+    if (this.folder) {
+      const text = `${JSON.stringify({ migrationId, vm, epoch, activatedAt: new Date().toISOString() })}\n`;
+      const fd = this.prepared.get(migrationId);
+      try {
+        if (fd === undefined) writeFileSync(this.file(migrationId), text);
+        else if (writeSync(fd, text) !== Buffer.byteLength(text)) throw new Error('short write');
+      } catch (error) {
+        if (fd !== undefined) this.discard(migrationId);
+        else rmSync(this.file(migrationId), { force: true });
+        throw error;
+      }
+      if (fd !== undefined) {
+        this.prepared.delete(migrationId);
+        // After the activation's reply: the record is in the file already.
+        setImmediate(() => {
+          try {
+            closeSync(fd);
+          } catch {
+            // Already closed (the process is going down): the record was written before.
+          }
+        });
+      }
     }
-    this.prepared.delete(migrationId);
-    writeSync(fd, text);
-    setImmediate(() => closeSync(fd)); // after the activation's reply: the record is in the file already
+    this.inMemory.add(migrationId);
   }
 
   activated(migrationId: string): boolean {

@@ -24,7 +24,8 @@
  * rollback never has to fetch anything back. A commit whose activation is not confirmed (the VM stays suspended,
  * settlement.ts) keeps datagrams on the source again: served there if settlement finds the destination never ran
  * the VM, dropped with the copy if it did. What it does not cover: datagrams already forwarded on a connection that
- * then failed, and those kept when the destination turns out to run the VM.
+ * then failed, or ahead of a switchover whose digests then differed (source.ts), and those kept when the destination
+ * turns out to run the VM.
  */
 import type { Logger } from '../../shared/log.js';
 import type { SourceReport } from '../../shared/protocol.js';

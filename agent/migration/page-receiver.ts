@@ -22,6 +22,11 @@ const EMPTY = Buffer.alloc(0);
 
 export interface PageReceiverHooks {
   /**
+   * A frame's header is in, before any of its page bytes is taken (on a page stream, before they are read into guest
+   * memory): may throw to refuse it, when pages are no longer accepted (the connection is then closed).
+   */
+  acceptHeader?(header: PageHeader): void;
+  /**
    * Before a frame is installed, its bytes in `data` or already in place in guest memory (undefined): may throw to
    * refuse it (the connection is then closed), or damage it (a test's fault).
    */
@@ -82,6 +87,7 @@ export class PageReceiver {
     if (!isPageHeader(frame)) return false;
     if (this.stream) throw new FerryError(ErrorCode.PROTOCOL, 'page data arrived on the WebSocket while a page stream of its own is open', 'the peer is not a compatible ferry-agent');
     const header = decodePageHeader(frame, this.pageCount);
+    this.hooks.acceptHeader?.(header);
     // A frame of zero pages only has no data message.
     if (header.dataPages === 0) this.install(header, EMPTY, frame.length);
     else this.pending = header;
@@ -98,6 +104,7 @@ export class PageReceiver {
     this.reader = new PageStreamReader({
       pageCount: this.pageCount,
       memory: this.memory,
+      onHeader: (header) => this.hooks.acceptHeader?.(header),
       onFrame: (header, staged, bytes) => this.install(header, staged, bytes),
     });
     let error: string | undefined;
@@ -121,7 +128,11 @@ export class PageReceiver {
    * on the WebSocket is handled after every page sent before it. Without `bytes` there is nothing to wait for.
    */
   async streamAt(bytes: number | undefined): Promise<void> {
-    if (bytes === undefined) return;
+    if (bytes === undefined) {
+      // Without the count nothing says the stream's last frames are in: a sender with a stream must give it.
+      if (this.stream) throw new FerryError(ErrorCode.PROTOCOL, 'a request after page frames on a page stream must say how many bytes were sent (streamBytes)', 'the peer is not a compatible ferry-agent');
+      return;
+    }
     const deadline = performance.now() + PEER_REPLY_TIMEOUT_MS;
     for (;;) {
       if (this.bytes > bytes) throw new FerryError(ErrorCode.PROTOCOL, `${this.bytes} bytes of page frames arrived where the source sent ${bytes}`, 'the peer is not a compatible ferry-agent');

@@ -24,6 +24,8 @@ const MAX_RUNS_IN_PLACE = 8;
 export interface PageStreamSink {
   readonly pageCount: number;
   readonly memory: Uint8Array;
+  /** A header is decoded, before any of its page bytes is read: may throw to refuse the frame (the stream closes). */
+  onHeader?(header: PageHeader): void;
   /** A frame's bytes are all in: in `staged` (data pages in header order), or in place in guest memory when undefined. */
   onFrame(header: PageHeader, staged: Buffer | undefined, bytes: number): void;
 }
@@ -73,8 +75,10 @@ export class PageStreamReader implements StreamConsumer {
         this.headerEnd = pageHeaderBytes(count);
         return;
       }
-      this.header = decodePageHeader(this.headerBuffer.subarray(0, this.headerEnd), this.sink.pageCount);
-      this.plan(this.header);
+      const header = decodePageHeader(this.headerBuffer.subarray(0, this.headerEnd), this.sink.pageCount);
+      this.sink.onHeader?.(header);
+      this.header = header;
+      this.plan(header);
       if (this.header.dataPages === 0) this.finish();
       return;
     }

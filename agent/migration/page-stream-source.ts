@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import { PAGE_STREAM_DIAL_TIMEOUT_MS, PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
+import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 
 interface Waiting {
@@ -62,20 +63,30 @@ export type OpenedPageStream = { socket: net.Socket; fallback?: undefined } | { 
  */
 export async function openPageStream(tickets: PageStreamTickets, ask: (ticket: string) => Promise<{ open: boolean; reason?: string | undefined }>, log: Logger): Promise<OpenedPageStream> {
   const { ticket, socket } = tickets.expect(PAGE_STREAM_DIAL_TIMEOUT_MS + PEER_REPLY_TIMEOUT_MS);
+  // A socket that arrived for a stream that is not used (the request failed, or the destination gave up after it
+  // dialled) is closed, never left open.
+  const discard = (): void => {
+    tickets.cancel(ticket);
+    void socket.then((arrived) => arrived?.destroy());
+  };
   let answer;
   try {
     answer = await ask(ticket);
   } catch (error) {
-    tickets.cancel(ticket);
+    discard();
     throw error;
   }
   if (!answer.open) {
-    tickets.cancel(ticket);
+    discard();
     return { fallback: answer.reason ?? 'the destination could not open it' };
   }
-  // The upgrade was answered before the destination said `open`: the socket is here already.
+  // The upgrade was answered before the destination said `open`: the socket is here already. One that closed as it
+  // opened is lost to a destination that has attached it already: the migration fails, as any lost stream does.
   const arrived = await socket;
-  if (!arrived || arrived.destroyed) return { fallback: 'the page stream closed as it opened' };
+  if (!arrived || arrived.destroyed) {
+    arrived?.destroy();
+    throw new FerryError(ErrorCode.CONNECTION_LOST, 'the page stream closed as it opened', 'check the network between the hosts');
+  }
   arrived.setNoDelay(true); // a round's last frame leaves at once, not after the peer's delayed ACK
   arrived.on('error', (error) => log.debug('page stream error', { error: error.message }));
   return { socket: arrived };

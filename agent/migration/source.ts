@@ -334,8 +334,13 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       destinationAnchorEpochMs = answer.anchorEpochMs;
       verification = { mode: 'pages', sourceDigest, destDigest: answer.destDigest, match: answer.match, pageMismatches: answer.pageMismatches };
       if (!answer.activated) {
-        // The destination dropped its image, and said so: nothing runs there, and this copy resumes.
+        // The destination dropped its image, and said so: nothing runs there, and this copy resumes. The network
+        // goes back to holding first, so that the rollback serves it here again (what was forwarded is lost).
         committed = false;
+        network.inDoubt();
+        if (answer.match) {
+          throw new FerryError(ErrorCode.IO, `the destination verified ${vm.name} but could not activate it, and dropped its image`, 'the VM keeps running on the source; see the destination agent\'s log');
+        }
         const what = answer.damagedWhilePaused > 0
           ? `${answer.damagedWhilePaused} page(s) arrived damaged during stop-and-copy`
           : `page-table digests differ (source ${sourceDigest}, destination ${answer.destDigest})`;

@@ -11,6 +11,8 @@
  * Until activation, the reservation is dropped (memory freed, VM forgotten) when the source aborts, or when the
  * peer connection closes before the source asked for verification. After verification and before activation the
  * destination cannot know whether the source committed, so it keeps the image parked, never running, and says so.
+ * A switchover (live-target.ts) is the exception: the source committed when it asked, and the switchover itself
+ * activates the image on a match or drops it on a mismatch (the source is told, and resumes).
  */
 import { PAGE_SIZE } from '../../shared/constants.js';
 import { digestMemory, formatDigest } from '../../shared/checksum.js';
@@ -139,6 +141,7 @@ export class MigrationTarget {
     this.faults = faults;
     this.log = log;
     this.receiver = new PageReceiver(vm.memory, vm.hasher, vm.pageCount, {
+      acceptHeader: () => this.checkReceiving(),
       beforeInstall: (header, data) => {
         this.lastHeardMs = performance.now();
         this.checkReceiving();
@@ -343,11 +346,18 @@ export class MigrationTarget {
     this.phase = 'active';
     this.activatedBySwitchover = switchover;
     this.mark(switchover ? 'digests match' : 'activate received', receivedMs);
+    // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it). A record
+    // that cannot be written (a full datastore) leaves the image verified and not running, as before the request.
+    try {
+      this.activations.record(this.migrationId, this.vm.name, this.sourceEpoch + 1);
+    } catch (error) {
+      this.phase = 'verified';
+      this.activatedBySwitchover = false;
+      throw new FerryError(ErrorCode.IO, `could not record the activation of ${this.vm.name}: ${(error as Error).message}`, 'free space in the destination\'s datastore');
+    }
+    this.mark('activation recorded');
     setImmediate(() => this.destroyPageStream()); // after the reply: nothing arrives on it any more
     clearInterval(this.watchdog);
-    // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it).
-    this.activations.record(this.migrationId, this.vm.name, this.sourceEpoch + 1);
-    this.mark('activation recorded');
     this.vm.epoch = this.sourceEpoch + 1;
     // The address before the guest runs: what was forwarded first, then whatever arrives here.
     const servingStartMs = performance.now();
@@ -445,8 +455,9 @@ export class MigrationTarget {
    */
   async drop(reason: string, { keepVerified }: { keepVerified: boolean }): Promise<void> {
     if (this.phase === 'active' || this.phase === 'dropped') return;
-    if (this.phase === 'verified' && keepVerified) {
-      this.log.warn('not dropping a verified image: its source may have committed', { vm: this.vm.name, reason });
+    if (keepVerified && (this.phase === 'verified' || this.switchoverAsked)) {
+      // A switchover asked means the source committed: the switchover decides, not a closed connection or a release.
+      this.log.warn('not dropping a verified image, or one a switchover is deciding: its source may have committed', { vm: this.vm.name, reason });
       return;
     }
     this.phase = 'dropped';

@@ -58,10 +58,15 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
       stream.socket.destroy();
       return { open: false, reason: 'the peer connection closed' };
     }
-    found.attachStream(stream, (why) => {
-      log.warn('page stream lost; closing the peer connection', { vm: found.vm.name, error: why });
-      connection.close(1011, 'page stream lost');
-    });
+    try {
+      found.attachStream(stream, (why) => {
+        log.warn('page stream lost; closing the peer connection', { vm: found.vm.name, error: why });
+        connection.close(1011, 'page stream lost');
+      });
+    } catch (error) {
+      stream.socket.destroy();
+      throw error;
+    }
     return { open: true };
   });
   connection.handle('peer.sync', async ({ round, beforePause, streamBytes, config }) => {
@@ -96,20 +101,33 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     const found = current();
     if (request.mode !== 'pages') throw new FerryError(ErrorCode.PROTOCOL, 'a switchover verifies the page tables only', 'ask peer.verify for --verify full');
     found.switchoverAsked = true;
+    // Until the comparison has passed, any failure drops the image: nothing verified it, and the source, told or
+    // settling, finds this host never ran the VM.
+    let verified;
     try {
       await found.streamAt(request.streamBytes);
+      verified = found.verify(request, startedMs, { switchover: true });
     } catch (error) {
-      await found.drop(`the switchover's pages did not all arrive: ${(error as Error).message}`, { keepVerified: false });
+      await found.drop(`the switchover failed before its comparison: ${(error as Error).message}`, { keepVerified: false });
       throw error;
     }
-    const verified = found.verify(request, startedMs, { switchover: true });
     if (verified.destDigest !== request.sourceDigest || verified.damagedWhilePaused > 0) {
       await found.drop('its image does not match the source\'s', { keepVerified: false });
       return { ...verified, match: false, activated: false };
     }
     await faultPoint(faults, 'after-verify', log, () => connection.close());
     await faultPoint(faults, 'before-activation', log, () => connection.close());
-    const activated = await found.activate(request.resume, performance.now(), { switchover: true });
+    let activated;
+    try {
+      activated = await found.activate(request.resume, performance.now(), { switchover: true });
+    } catch (error) {
+      // Refused before the vCPU ran (its activation record could not be written: the image is verified, not active):
+      // this copy never ran, so it goes, and the source resumes its own.
+      if (found.state !== 'verified') throw error;
+      log.error('could not activate after a switchover; dropping the image, the source resumes', { vm: found.vm.name, error: (error as Error).message });
+      await found.drop(`could not activate: ${(error as Error).message}`, { keepVerified: false });
+      return { ...verified, match: true, activated: false };
+    }
     // The connection closed while this ran: the source may never hear how it ended (settlement.ts).
     if (connection.signal.aborted && !found.sourceReleased) found.onSourceUnconfirmed?.();
     log.debug('switched over', { tookMs: performance.now() - startedMs });
