@@ -23,6 +23,8 @@ beforeAll(async () => {
     { name: 'host-a', env: { FERRY_FAULTS: 'delay@stop-and-copy' } },
     { name: 'host-b', env: { FERRY_FAULTS: 'drop@stop-and-copy' } },
     { name: 'host-c' },
+    // Damages page 0 (the device's rings, written by every kv guest) the first time it arrives: a switchover that fails.
+    { name: 'host-d', env: { FERRY_FAULTS: 'corrupt-page:0' } },
   ]);
 }, 60_000);
 afterAll(async () => {
@@ -184,6 +186,21 @@ describe('guest network', () => {
     expect(boundBy(address)).toEqual(['host-b']);
     expect(await guest.ask('2 GET stays')).toBe('2 VALUE here');
     expect((await cluster.ferry('vm', 'info', 'kv3', '--json')).json<{ host: string }>().host).toBe('host-b');
+  }, 60_000);
+
+  it('serves its address from the source again when a switchover finds the images differ and the migration rolls back', async () => {
+    const address = await createKv('kv7', 'host-c', freshIp());
+    const guest = await client(address);
+    expect(await guest.ask('1 PUT survives mismatch')).toBe('1 OK');
+    const migrated = await cluster.ferry('migrate', 'kv7', '--to', 'host-d', '--json', '--no-forecast');
+    expect(migrated.code).not.toBe(0);
+    expect(migrated.json<{ outcome: string; error: { code: string } }>()).toMatchObject({ outcome: 'rolled-back', error: { code: 'FERRY_ERR_CHECKSUM_MISMATCH' } });
+    // The datagrams forwarded ahead of the switchover are lost with the destination's image; the guest answers
+    // requests sent now, from the source, its table intact.
+    expect(boundBy(address)).toEqual(['host-c']);
+    expect(await guest.ask('2 GET survives')).toBe('2 VALUE mismatch');
+    expect(await guest.ask('3 PING')).toBe('3 PONG');
+    expect((await cluster.ferry('vm', 'info', 'kv7', '--json')).json<{ host: string; state: string }>()).toMatchObject({ host: 'host-c', state: 'running' });
   }, 60_000);
 
   it('answers, from the destination, the requests that sat in the RX ring when the guest was paused', async () => {
