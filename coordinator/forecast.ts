@@ -298,7 +298,8 @@ export async function forecastMove(cluster: Cluster, request: MoveRequest, conne
       await new Promise((resolve) => setTimeout(resolve, 200));
       info = await client.request('vm.info', { name: request.vm });
     }
-    const link = await measureLink(client, source, { name: destination.name, url: destination.migrationUrl ?? destination.url }, request.linkBytes ?? sampleBytesFor(info.memoryBytes), request.linkTimeoutMs);
+    // On the path the migration will take: the page stream, or the WebSocket for --page-stream ws.
+    const link = await measureLink(client, source, { name: destination.name, url: destination.migrationUrl ?? destination.url }, request.linkBytes ?? sampleBytesFor(info.memoryBytes), request.linkTimeoutMs, undefined, request.options.pageStream ?? 'tcp');
     const stats = info.stats ?? null;
     const memoryPages = info.memoryBytes / PAGE_SIZE;
     const recent = link.recent;

@@ -19,17 +19,18 @@ const cache = new Map<string, { link: LinkMeasure; atMs: number; sampleBytes: nu
  * The link from `from` (whose agent `client` is connected to) to `to`: cached, or measured now. Keyed by names and
  * URLs both: an agent started again elsewhere under the same name is another link. The measurement goes on the path
  * a migration takes: `to` dials a page stream back to `from` at its migration URL when it has one (as for
- * `migrate.reserve`'s `sourceUrl`), else at its URL.
+ * `migrate.reserve`'s `sourceUrl`), else at its URL; or, for a migration asked for `--page-stream ws`, the peer
+ * WebSocket (no URL to dial back).
  */
-export async function measureLink(client: AgentClient, from: { name: string; url: string; migrationUrl?: string | undefined }, to: { name: string; url: string }, bytes?: number, timeoutMs = LINK_TIMEOUT_MS, now: () => number = () => performance.now()): Promise<LinkMeasure> {
+export async function measureLink(client: AgentClient, from: { name: string; url: string; migrationUrl?: string | undefined }, to: { name: string; url: string }, bytes?: number, timeoutMs = LINK_TIMEOUT_MS, now: () => number = () => performance.now(), pageStream: 'tcp' | 'ws' = 'tcp'): Promise<LinkMeasure> {
   const backUrl = from.migrationUrl ?? from.url;
-  const key = [from.name, from.url, backUrl, to.name, to.url].join(' ');
+  const key = [from.name, from.url, backUrl, to.name, to.url, pageStream].join(' ');
   const cached = cache.get(key);
   // A smaller sample than asked for does not stand for this one (agent/control/link.ts says why).
   if (cached && now() - cached.atMs < LINK_CACHE_MS && (bytes === undefined || cached.sampleBytes >= bytes)) return cached.link;
   // The source agent keeps its last measurement too: another ferry process that measured within the minute (a
   // `--plan` before this migration) spares this one the measuring.
-  const link = await client.request('link.measure', { to, from: { url: backUrl }, maxAgeMs: LINK_CACHE_MS, ...(bytes !== undefined ? { bytes } : {}) }, { timeoutMs });
+  const link = await client.request('link.measure', { to, ...(pageStream === 'tcp' ? { from: { url: backUrl } } : {}), maxAgeMs: LINK_CACHE_MS, ...(bytes !== undefined ? { bytes } : {}) }, { timeoutMs });
   cache.set(key, { link, atMs: now() - link.ageMs, sampleBytes: bytes ?? LINK_MEASURE.defaultBytes });
   return link;
 }

@@ -76,6 +76,11 @@ describe('the page stream', () => {
     const direct = await c.ferry('migrate', 'web4', '--to', 'host-b', '--plan', '--json');
     expect(direct.code, direct.stderr).toBe(0);
     expect(direct.json().link).toMatchObject({ from: 'host-a', to: 'host-b', pageStream: 'tcp', mismatches: 0 });
+    // A migration asked for the WebSocket is forecast on the WebSocket: a measurement of its own, no fallback.
+    const overWs = await c.ferry('migrate', 'web4', '--to', 'host-b', '--plan', '--json', '--page-stream', 'ws');
+    expect(overWs.code, overWs.stderr).toBe(0);
+    expect(overWs.json().link).toMatchObject({ pageStream: 'ws', ageMs: 0, mismatches: 0 });
+    expect(overWs.json().link.pageStreamFallback).toBeUndefined();
 
     // host-a's migration URL is a port nothing listens on: host-b is told to dial back there, and cannot.
     expect((await c.ferry('hosts', 'rm', 'host-a')).code).toBe(0);
