@@ -8,11 +8,11 @@ import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { PAGES_PER_FRAME, PAGE_SIZE } from '../shared/constants.js';
-import { controlOps, peerOps } from '../shared/protocol.js';
+import { controlOps, pageStreamTicketSchema, peerOps } from '../shared/protocol.js';
 import { fromWebSocket } from '../shared/frame-socket.js';
 import { RpcConnection } from '../shared/rpc.js';
 import { isAuthorized } from '../shared/token.js';
-import { PAGE_STREAM_PATH, PAGE_STREAM_PROTOCOL, PAGE_STREAM_TICKET, PAGE_STREAM_TICKET_HEADER } from '../shared/page-stream.js';
+import { PAGE_STREAM_PATH, PAGE_STREAM_PROTOCOL, PAGE_STREAM_TICKET_HEADER } from '../shared/page-stream.js';
 import type { Agent } from './agent.js';
 
 /** The largest frame any peer may send: one page-data message plus room for a control message. */
@@ -64,7 +64,7 @@ export async function startServer(agent: Agent, host: string, port: number, toke
       // The destination of one of this host's migrations, dialling back with the ticket it was given (peer.stream).
       // It sends nothing after its request until this answers, and then nothing at all.
       const ticket = request.headers[PAGE_STREAM_TICKET_HEADER];
-      if (request.headers.upgrade?.toLowerCase() !== PAGE_STREAM_PROTOCOL || typeof ticket !== 'string' || !PAGE_STREAM_TICKET.test(ticket) || head.length > 0) {
+      if (request.headers.upgrade?.toLowerCase() !== PAGE_STREAM_PROTOCOL || typeof ticket !== 'string' || !pageStreamTicketSchema.safeParse(ticket).success || head.length > 0) {
         socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
         return;
       }

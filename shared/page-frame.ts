@@ -82,16 +82,29 @@ export function isPageHeader(frame: Buffer): boolean {
   return frame.length > 0 && frame[0] === PAGE_HEADER_MAGIC;
 }
 
+/** The size of a header's fixed part: enough to know its length (`headerPageCount`). */
+export const PAGE_HEADER_FIXED_BYTES = FIXED_BYTES;
+
+function bad(why: string): never {
+  throw new FerryError(ErrorCode.PROTOCOL, `bad page header: ${why}`, 'the peer is not a compatible ferry-agent');
+}
+
+/**
+ * Checks a header's fixed part (its first PAGE_HEADER_FIXED_BYTES: magic, version, count) and returns the count, so
+ * that a reader of a byte stream knows how long the whole header is before it reads it.
+ */
+export function headerPageCount(fixed: Buffer): number {
+  if (fixed.length < FIXED_BYTES) bad(`${fixed.length} bytes is shorter than the ${FIXED_BYTES}-byte header`);
+  if (fixed[0] !== PAGE_HEADER_MAGIC) bad(`wrong magic byte ${fixed[0]}: not a version ${PAGE_FRAME_VERSION} page header`);
+  if (fixed[1] !== PAGE_FRAME_VERSION) bad(`frame version ${fixed[1]} (this agent speaks ${PAGE_FRAME_VERSION}): not a version ${PAGE_FRAME_VERSION} page header`);
+  const count = fixed.readUInt32LE(8);
+  if (count < 1 || count > PAGES_PER_FRAME) bad(`page count ${count} is outside 1..${PAGES_PER_FRAME}`);
+  return count;
+}
+
 /** Decodes and checks a header: right magic and version, a count in range, page numbers inside the guest. */
 export function decodePageHeader(frame: Buffer, pageCount: number): PageHeader {
-  const bad = (why: string): never => {
-    throw new FerryError(ErrorCode.PROTOCOL, `bad page header: ${why}`, 'the peer is not a compatible ferry-agent');
-  };
-  if (frame.length < FIXED_BYTES) bad(`${frame.length} bytes is shorter than the ${FIXED_BYTES}-byte header`);
-  if (frame[0] !== PAGE_HEADER_MAGIC) bad('wrong magic byte');
-  if (frame[1] !== PAGE_FRAME_VERSION) bad(`frame version ${frame[1]} (this agent speaks ${PAGE_FRAME_VERSION})`);
-  const count = frame.readUInt32LE(8);
-  if (count < 1 || count > PAGES_PER_FRAME) bad(`page count ${count} is outside 1..${PAGES_PER_FRAME}`);
+  const count = headerPageCount(frame);
   if (frame.length !== pageHeaderBytes(count)) bad(`${frame.length} bytes for ${count} pages, expected ${pageHeaderBytes(count)}`);
   const pages = new Uint32Array(count);
   const zero = new Uint8Array(count);

@@ -33,7 +33,6 @@ import type { FrameSocket } from './frame-socket.js';
 export const PAGE_STREAM_PATH = '/pages';
 export const PAGE_STREAM_PROTOCOL = 'ferry-pages';
 export const PAGE_STREAM_TICKET_HEADER = 'ferry-ticket';
-export const PAGE_STREAM_TICKET = /^[0-9a-f]{32}$/;
 
 /**
  * What reads a stream: `next` gives the buffer the next socket read fills (at most its length is read), `took` says
@@ -49,8 +48,6 @@ export interface PageStreamConnection {
   readonly socket: net.Socket;
   /** Who reads what arrives next. */
   consume(consumer: StreamConsumer): void;
-  /** Bytes read since the upgrade. */
-  readonly bytesRead: number;
 }
 
 /** Nothing is expected: any byte is an error. */
@@ -108,7 +105,6 @@ export async function dialPageStream(options: DialPageStreamOptions): Promise<Pa
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
   const port = Number(url.port || (secure ? 443 : 80));
   let consumer: StreamConsumer = NOTHING;
-  let bytesRead = 0;
   let failed: Error | undefined;
   // Node asks for the next read's buffer right after each read, so a read may land in a buffer of the consumer
   // before the current one (the upgrade's, or the idle one's before `consume`): its bytes are then handed on.
@@ -122,7 +118,6 @@ export async function dialPageStream(options: DialPageStreamOptions): Promise<Pa
     },
     callback: (bytes: number): boolean => {
       if (failed) return false;
-      bytesRead += bytes;
       try {
         if (supplier === consumer) consumer.took(bytes);
         else handOn(supplied.subarray(0, bytes));
@@ -194,14 +189,10 @@ export async function dialPageStream(options: DialPageStreamOptions): Promise<Pa
   socket.off('error', onError!);
   socket.off('close', onClose!);
   socket.on('error', () => undefined); // 'close' follows; whoever holds the stream listens for it
-  bytesRead = 0;
   return {
     socket,
     consume(next) {
       consumer = next;
-    },
-    get bytesRead() {
-      return bytesRead;
     },
   };
 }

@@ -694,7 +694,8 @@ export const controlOps = {
 } as const;
 
 /** A page stream's one-time ticket (shared/page-stream.ts), handed to the destination in `peer.stream` or `link.begin`. */
-const pageStreamTicketSchema = z.string().regex(/^[0-9a-f]{32}$/);
+/** A page stream's one-time ticket (shared/page-stream.ts): 32 hex digits, in `peer.stream`, `link.begin` and the upgrade. */
+export const pageStreamTicketSchema = z.string().regex(/^[0-9a-f]{32}$/);
 
 /** Requests the source agent sends its destination on the peer connection. */
 /** peer.verify's request: what stop-and-copy leaves for the destination to check and take (the registers, the files). */

@@ -13,11 +13,9 @@
  * place already. A frame that does not check out throws from `took`: the stream is closed with that error.
  */
 import { PAGE_SIZE, PAGES_PER_FRAME } from '../../shared/constants.js';
-import { ErrorCode, FerryError } from '../../shared/errors.js';
-import { PAGE_FRAME_VERSION, PAGE_HEADER_MAGIC, decodePageHeader, pageHeaderBytes, type PageHeader } from '../../shared/page-frame.js';
+import { PAGE_HEADER_FIXED_BYTES as FIXED_BYTES, decodePageHeader, headerPageCount, pageHeaderBytes, type PageHeader } from '../../shared/page-frame.js';
 import type { StreamConsumer } from '../../shared/page-stream.js';
 
-const FIXED_BYTES = 16;
 /** More runs than this in a frame and it is read into the staging buffer rather than run by run. */
 const MAX_RUNS_IN_PLACE = 8;
 
@@ -68,11 +66,7 @@ export class PageStreamReader implements StreamConsumer {
       this.headerAt += bytes;
       if (this.headerAt < this.headerEnd) return;
       if (this.headerEnd === FIXED_BYTES) {
-        const fixed = this.headerBuffer;
-        if (fixed[0] !== PAGE_HEADER_MAGIC || fixed[1] !== PAGE_FRAME_VERSION) bad(`a frame starts with bytes ${fixed[0]} ${fixed[1]}, not a version ${PAGE_FRAME_VERSION} page header`);
-        const count = fixed.readUInt32LE(8);
-        if (count < 1 || count > PAGES_PER_FRAME) bad(`page count ${count} is outside 1..${PAGES_PER_FRAME}`);
-        this.headerEnd = pageHeaderBytes(count);
+        this.headerEnd = pageHeaderBytes(headerPageCount(this.headerBuffer.subarray(0, FIXED_BYTES)));
         return;
       }
       const header = decodePageHeader(this.headerBuffer.subarray(0, this.headerEnd), this.sink.pageCount);
@@ -127,8 +121,4 @@ export class PageStreamReader implements StreamConsumer {
     this.headerEnd = FIXED_BYTES;
     this.sink.onFrame(header, staged, bytes);
   }
-}
-
-function bad(why: string): never {
-  throw new FerryError(ErrorCode.PROTOCOL, `bad page header: ${why}`, 'the peer is not a compatible ferry-agent');
 }

@@ -341,12 +341,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         if (answer.match) {
           throw new FerryError(ErrorCode.IO, `the destination verified ${vm.name} but could not activate it, and dropped its image`, 'the VM keeps running on the source; see the destination agent\'s log');
         }
-        const what = answer.damagedWhilePaused > 0
-          ? `${answer.damagedWhilePaused} page(s) arrived damaged during stop-and-copy`
-          : `page-table digests differ (source ${sourceDigest}, destination ${answer.destDigest})`;
-        throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's image of ${vm.name} does not match: ${what}`, 'the VM keeps running on the source; check the network between the hosts and retry');
+        throw imageMismatch(vm.name, answer.damagedWhilePaused, `page-table digests differ (source ${sourceDigest}, destination ${answer.destDigest})`);
       }
-      activated = { guestBlackoutMs: answer.guestBlackoutMs ?? 0, ...(answer.servingAfterMs !== undefined ? { servingAfterMs: answer.servingAfterMs } : {}), ...(answer.announcements !== undefined ? { announcements: answer.announcements } : {}), ...(answer.gc ? { gc: answer.gc } : {}) };
+      activated = { ...answer, guestBlackoutMs: answer.guestBlackoutMs ?? 0 };
       enterStage(5);
       log.info('committed', { vm: vm.name, digest: sourceDigest });
     } else {
@@ -382,12 +379,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         ...(sourceMemoryDigest !== undefined ? { sourceMemoryDigest, destMemoryDigest: answer.destMemoryDigest ?? '' } : {}),
       };
       if (!match) {
-        const what = answer.damagedWhilePaused > 0
-          ? `${answer.damagedWhilePaused} page(s) arrived damaged during stop-and-copy`
-          : !memoryMatch
-            ? `memory digests differ (source ${sourceMemoryDigest}, destination ${answer.destMemoryDigest})`
-            : `page-table digests differ (source ${sourceDigest}, destination ${answer.destDigest})`;
-        throw new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's image of ${vm.name} does not match: ${what}`, 'the VM keeps running on the source; check the network between the hosts and retry');
+        throw imageMismatch(vm.name, answer.damagedWhilePaused, !memoryMatch
+          ? `memory digests differ (source ${sourceMemoryDigest}, destination ${answer.destMemoryDigest})`
+          : `page-table digests differ (source ${sourceDigest}, destination ${answer.destDigest})`);
       }
       // COMMIT POINT: from here the destination's copy is the VM; this one is never resumed.
       committed = true;
@@ -462,6 +456,12 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     context.signal.removeEventListener('abort', onAbort);
     peer.signal.removeEventListener('abort', onPeerClosed);
   }
+}
+
+/** The destination's image does not match: pages damaged while paused, else the digests that differ (`digests`). */
+function imageMismatch(vm: string, damagedWhilePaused: number, digests: string): FerryError {
+  const what = damagedWhilePaused > 0 ? `${damagedWhilePaused} page(s) arrived damaged during stop-and-copy` : digests;
+  return new FerryError(ErrorCode.CHECKSUM_MISMATCH, `the destination's image of ${vm} does not match: ${what}`, 'the VM keeps running on the source; check the network between the hosts and retry');
 }
 
 async function rollBack(context: SourceContext, wasRunning: boolean, error: FerryError, network: NetHandover): Promise<void> {

@@ -9,13 +9,13 @@
  * and `link.end` say how many page-frame bytes were sent before them, and are answered once that many have been
  * taken, as `peer.sync` is (target.ts `streamAt`): the source's clock then stops when the pages are in and checked.
  */
-import { PAGE_SIZE, PAGE_STREAM_DIAL_TIMEOUT_MS } from '../../shared/constants.js';
+import { PAGE_SIZE } from '../../shared/constants.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
-import { dialPageStream, type PageStreamConnection } from '../../shared/page-stream.js';
 import type { Agent, PeerServer } from '../agent.js';
 import { populate } from '../catalog.js';
 import { PageReceiver } from '../migration/page-receiver.js';
+import { dialBack } from './dial-back.js';
 
 interface Probe {
   /** Takes the frames, on either path, into the probe's memory, installed, hashed and checked (page-receiver.ts). */
@@ -64,24 +64,12 @@ export function serveLinkProbe(connection: PeerServer, agent: Agent): void {
     const populateBytesPerSec = (memory.length / populateMs) * 1000;
     if (!stream) return { populateBytesPerSec, streamOpen: false };
     // As for a migration's `peer.stream`: a stream that cannot be opened is no failure; the source sends on this
-    // WebSocket instead, and its reply says so.
-    let opened: PageStreamConnection;
-    try {
-      opened = await dialPageStream({ url: stream.url, token: agent.token, ticket: stream.ticket, timeoutMs: PAGE_STREAM_DIAL_TIMEOUT_MS });
-    } catch (error) {
-      agent.log.warn('could not open the page stream for a link measurement; pages come over the peer WebSocket', { error: (error as Error).message });
-      return { populateBytesPerSec, streamOpen: false, streamReason: (error as Error).message };
-    }
-    if (connection.signal.aborted || begun.ended) {
-      opened.socket.destroy();
-      end(begun);
-      return { populateBytesPerSec, streamOpen: false, streamReason: 'the peer connection closed' };
-    }
-    begun.receiver.attachStream(opened, () => begun.ended, (why) => {
-      agent.log.warn('page stream of a link measurement lost; closing the peer connection', { error: why });
-      connection.close(1011, 'page stream lost');
+    // WebSocket instead, and its reply says so. (A connection that closed meanwhile has ended the probe already.)
+    const dialed = await dialBack(agent, connection, { url: stream.url, ticket: stream.ticket, what: 'a link measurement' }, (opened, onLost) => {
+      if (begun.ended) throw new FerryError(ErrorCode.PROTOCOL, 'the link measurement ended while its page stream opened');
+      begun.receiver.attachStream(opened, () => begun.ended, onLost);
     });
-    return { populateBytesPerSec, streamOpen: true };
+    return dialed.open ? { populateBytesPerSec, streamOpen: true } : { populateBytesPerSec, streamOpen: false, streamReason: dialed.reason };
   });
   connection.handle('link.ping', async ({ streamBytes }) => {
     if (streamBytes !== undefined && !probe) throw new FerryError(ErrorCode.PROTOCOL, 'link.begin must come first', 'the peer is not a compatible ferry-agent');

@@ -3,8 +3,8 @@
  * guest memory) and the requests of stages 2-5 on the same connection. The reservation itself was made on the
  * control connection (control/migrate.ts); `peer.hello` binds this connection to it.
  */
-import { PAGE_STREAM_DIAL_TIMEOUT_MS, PROTOCOL_VERSION } from '../../shared/constants.js';
-import { dialPageStream } from '../../shared/page-stream.js';
+import { PROTOCOL_VERSION } from '../../shared/constants.js';
+import { dialBack } from './dial-back.js';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { Agent, PeerServer } from '../agent.js';
 import { faultPoint } from '../faults.js';
@@ -47,27 +47,7 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
   // cannot be opened is no failure: the source sends on this WebSocket instead, and says so in its report.
   connection.handle('peer.stream', async ({ ticket }) => {
     const found = current();
-    let stream;
-    try {
-      stream = await dialPageStream({ url: found.sourceUrl, token: agent.token, ticket, timeoutMs: PAGE_STREAM_DIAL_TIMEOUT_MS });
-    } catch (error) {
-      log.warn('could not open the page stream; pages come over the peer WebSocket', { vm: found.vm.name, error: (error as Error).message });
-      return { open: false, reason: (error as Error).message };
-    }
-    if (connection.signal.aborted) {
-      stream.socket.destroy();
-      return { open: false, reason: 'the peer connection closed' };
-    }
-    try {
-      found.attachStream(stream, (why) => {
-        log.warn('page stream lost; closing the peer connection', { vm: found.vm.name, error: why });
-        connection.close(1011, 'page stream lost');
-      });
-    } catch (error) {
-      stream.socket.destroy();
-      throw error;
-    }
-    return { open: true };
+    return dialBack(agent, connection, { url: found.sourceUrl, ticket, what: `the migration of ${found.vm.name}` }, (stream, onLost) => found.attachStream(stream, onLost));
   });
   connection.handle('peer.sync', async ({ round, beforePause, streamBytes, config }) => {
     await current().streamAt(streamBytes);
