@@ -23,7 +23,7 @@ import {
   writeRegisterN,
 } from './layout.js';
 import {
-  diskStep, fillBlock, fillPage, workloadStep, writesDisk, type DiskRegisters, type WorkloadRegisters,
+  diskStep, fillBlock, pageWrite, workloadStep, writesDisk, type DiskRegisters, type WorkloadRegisters,
 } from '../../shared/workloads.js';
 import { NetDevice } from './net/device.js';
 import { serveRequest } from './net/guest-service.js';
@@ -75,6 +75,7 @@ function run(data: VcpuWorkerData): void {
   const words = new Uint32Array(data.memory);
   const dirtyLog = new DirtyLog(data.dirtyLog, data.pageCount);
   const nextPage = workloadStep(data.workload);
+  const writePage = pageWrite(data.workload);
   const baseRate = data.workload.kind === 'idle' || data.workload.kind === 'kv' ? 0 : data.workload.rate;
   const registers: WorkloadRegisters = { x: 0, n: 0 };
   const disk: DiskRegisters = { y: 0, m: 0 };
@@ -230,7 +231,7 @@ function run(data: VcpuWorkerData): void {
       const page = nextPage(registers);
       if (page >= 0) {
         // Write the page, THEN mark it dirty (dirty-log.ts explains why this order matters).
-        fillPage(words, page, registers.n);
+        writePage(words, page, registers);
         dirtyLog.mark(page);
       }
       Atomics.store(ints, ControlSlot.REG_X, registers.x | 0);
