@@ -3,7 +3,7 @@
  */
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { DEFAULT_MAX_DOWNTIME_MS, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, STOP_RULES } from '../shared/constants.js';
+import { DEFAULT_MAX_DOWNTIME_MS, DEFAULT_XBZRLE_CACHE_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, STOP_RULES } from '../shared/constants.js';
 import { cpuModelNameSchema, highestLevel, type CpuModelName } from '../shared/cpu.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { verifyModeSchema, workloadKindSchema, type ConfigDrive, type HostInfo, type VmInfo, type VmSummary } from '../shared/protocol.js';
@@ -390,13 +390,13 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     });
 
   vm.command('check <name>')
-    .description('pattern VMs: check every page of guest memory, and every block of a disk it writes, against a replay of the workload from its seed')
+    .description('pattern and counters VMs: check every page of guest memory, and every block of a disk it writes, against a replay of the workload from its seed')
     .option('--json', 'print JSON')
     .action(async (name: string, options: { json?: boolean }, command: Command) => {
       const { info, image, disk } = await onVmHost(command, name, async (client) => {
         const found = await client.request('vm.info', { name });
-        if (found.workload.kind !== 'pattern') {
-          throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern memory can be checked by replay`, 'create the VM with --workload pattern');
+        if (found.workload.kind !== 'pattern' && found.workload.kind !== 'counters') {
+          throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern and counters memory can be checked by replay`, 'create the VM with --workload pattern or --workload counters');
         }
         const memory = await readMemory(client, name);
         if (!writesDisk(found.workload) || !found.disks?.length) return { ...memory, disk: undefined };
@@ -439,6 +439,8 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     .option('--copy-storage', 'also copy its local disks, live (shared-nothing): the disks first, to ready, then memory; verified at the commit with memory')
     .addOption(new Option('--storage-mode <mode>', 'with --copy-storage: mirror (every guest write goes to both copies once the copy begins: converges at any write rate below the copy\'s) or iterate (dirty-block rounds, like memory)').choices(['mirror', 'iterate']).default('mirror'))
     .addOption(new Option('--page-stream <path>', 'how pages travel: tcp (a connection of their own that the destination dials back to the source and reads straight into guest memory; if it cannot, the pages go on ws and the report says why) or ws (on the peer WebSocket)').choices(['tcp', 'ws']).default('tcp'))
+    .option('--compress <method>', 'xbzrle: pages sent again (round 2 on, and the stop-and-copy) go as XOR run-length deltas against the copy sent before, where that is smaller (QEMU\'s XBZRLE)')
+    .option('--xbzrle-cache <size>', `with --compress xbzrle: the source's cache of pages as last sent (default ${DEFAULT_XBZRLE_CACHE_BYTES / 1024 ** 2}MiB)`)
     .option('--plan', 'forecast the migration (rounds, total time, downtime, bytes, whether it converges, and what would make it) and move nothing')
     .option('--no-forecast', 'skip the forecast a live migration makes first (its report shows it beside what happened)')
     .option('--json', 'print the report as JSON on stdout')
@@ -454,7 +456,7 @@ commit checks it with memory; after the commit the source deletes its copy.
 Until the commit, any failure leaves the VM running on its source. Ctrl-C, --timeout and
 \`ferry migrate NAME --cancel\` roll the migration back unless it has already committed.
 Exit status is 0 only when committed.`)
-    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; pageStream?: string; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; trace?: boolean; quiet?: boolean }, command: Command) => {
+    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; pageStream?: string; compress?: string; xbzrleCache?: string; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; trace?: boolean; quiet?: boolean }, command: Command) => {
       const { cluster: hosts, store } = await cluster(command);
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');

@@ -158,7 +158,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
     const achieved = report.cpu ? ((report.cpu.n - before.cpu.n) / Math.max(pausedAtMs, 1)) * 1000 : 0;
 
     let replayMatches: boolean | undefined;
-    if (report.outcome === 'committed' && workload.kind === 'pattern') {
+    if (report.outcome === 'committed' && (workload.kind === 'pattern' || workload.kind === 'counters')) {
       const { info, image } = await withHost(hostB, (client) => readMemory(client, 'bench'));
       replayMatches = checkPattern(info, image).ok;
     }
