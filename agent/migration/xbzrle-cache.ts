@@ -63,10 +63,11 @@ export class XbzrleCache {
     return this.slotPage[this.slotOf(page)] === page;
   }
 
-  /** Whether `page`, not cached, may take its slot in `round` (see the top of this file). */
+  /** Whether `page` may have its slot in `round`: it holds the page already, none, or one unsent for long enough. */
   mayTake(page: number, round: number): boolean {
     const slot = this.slotOf(page);
-    return this.slotPage[slot] === -1 || this.slotAge[slot]! + CACHED_PAGE_LIFETIME <= round;
+    const holder = this.slotPage[slot];
+    return holder === page || holder === -1 || this.slotAge[slot]! + CACHED_PAGE_LIFETIME <= round;
   }
 
   /** Records that `page`'s copy in its slot is the one sent in `round` (the caller has written it there). */
