@@ -122,8 +122,8 @@ describe('page stream reader', () => {
     const source = sourceGuest(new Set());
     const good = frame(source, [1, 2], new Set());
     const cases: [string, (bytes: Buffer) => void, RegExp][] = [
-      ['wrong magic', (bytes) => void (bytes[0] = 0x82), /not a version 2 page header/],
-      ['wrong version', (bytes) => void (bytes[1] = 9), /not a version 2 page header/],
+      ['wrong magic', (bytes) => void (bytes[0] = 0x82), /not a version 3 page header/],
+      ['wrong version', (bytes) => void (bytes[1] = 9), /not a version 3 page header/],
       ['count 0', (bytes) => bytes.writeUInt32LE(0, 8), /page count 0/],
       ['count too large', (bytes) => bytes.writeUInt32LE(257, 8), /page count 257/],
       ['page outside the guest', (bytes) => bytes.writeUInt32LE(PAGE_COUNT, pageHeaderBytes(2) - 4), /outside the guest/],
