@@ -171,17 +171,22 @@ export function readDump(file: string): { image: Uint8Array; meta: any } {
   return { image: readWhole(file), meta };
 }
 
-/** Reads a dump and checks it with checkPatternImage; a dump that is not of a pattern VM, or inconsistent, fails. */
+/**
+ * Reads a dump and checks it with checkPatternImage (checkCountersImage for a counters VM); a dump that is not of a
+ * pattern or counters VM, or inconsistent, fails.
+ */
 export function checkDump(file: string): ReplayResult {
   const { image, meta } = readDump(file);
   const empty = { writesReplayed: 0, pagesWritten: 0, badPages: [] as number[], registersMatch: false };
-  if (meta?.workload?.kind !== 'pattern') return fail(empty, `the dump's workload is ${String(meta?.workload?.kind)}, not pattern`);
+  const kind = meta?.workload?.kind;
+  if (kind !== 'pattern' && kind !== 'counters') return fail(empty, `the dump's workload is ${String(kind)}, not pattern or counters`);
   if (meta.pageSize !== undefined && meta.pageSize !== PAGE_BYTES) return fail(empty, `the dump's page size is ${meta.pageSize}, not ${PAGE_BYTES}`);
   if (meta.memoryBytes !== undefined && meta.memoryBytes !== image.byteLength) {
     return fail(empty, `the metadata says ${meta.memoryBytes} bytes, the image has ${image.byteLength}`);
   }
   const { seed, wssPages, filled } = meta.workload as { seed: number; wssPages: number; filled?: boolean };
   const { x, n } = (meta.cpu ?? {}) as { x: number; n: number };
+  if (kind === 'counters') return checkCountersImage(image, { seed, wssPages, x, n });
   return checkPatternImage(image, { seed, wssPages, x, n, filled: filled === true });
 }
 
