@@ -73,6 +73,10 @@ export const scenarioSchema = z.object({
   maxDowntime: z.string().default('300ms'),
   /** How the pages travel (`ferry migrate --page-stream`): a TCP stream of their own (the default), or the peer WebSocket. */
   pageStream: z.enum(['tcp', 'ws']).default('tcp'),
+  /** `ferry migrate --compress`: `xbzrle` sends pages sent again as deltas; absent, every page goes whole. */
+  compress: z.enum(['xbzrle']).optional(),
+  /** With `compress`: `--xbzrle-cache`, e.g. `64MiB` (the default). */
+  xbzrleCache: z.string().optional(),
   /**
    * Back guest memory with real pages at creation (QEMU's -mem-prealloc). On by default: a guest that has run for a
    * while has its memory resident, and a fresh guest's untouched memory would charge the migration for page faults

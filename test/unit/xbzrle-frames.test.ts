@@ -82,9 +82,9 @@ async function sendRounds(): Promise<{ vm: VirtualMachine; sender: PageSender; e
   // Round 3 (paused): the zeroed page comes back with one word, an unchanged page goes as an empty delta, first and last bytes.
   const round3 = [0, 5, 17, 18, 299];
   words[17 * 1024 + 3] = 77;
-  vm.memory[18 * PAGE_SIZE] ^= 0xff;
-  vm.memory[19 * PAGE_SIZE - 1] ^= 0xff;
-  vm.memory[299 * PAGE_SIZE + 4095] ^= 1;
+  vm.memory[18 * PAGE_SIZE]! ^= 0xff;
+  vm.memory[19 * PAGE_SIZE - 1]! ^= 0xff;
+  vm.memory[299 * PAGE_SIZE + 4095]! ^= 1;
   await sender.send(Uint32Array.from(round3), 3, PAGE_FLAG_PAUSED);
   rounds.push(take());
   return { vm, sender, encoder, rounds };
