@@ -10,6 +10,7 @@ import { PageReceiver } from '../../agent/migration/page-receiver.js';
 import { PageInstaller } from '../../agent/migration/page-install.js';
 import { PageSender } from '../../agent/migration/page-sender.js';
 import { PageStreamReader } from '../../agent/migration/page-stream-reader.js';
+import { feedStream as feed } from '../stream-feed.js';
 import { XbzrleCache } from '../../agent/migration/xbzrle-cache.js';
 import { XbzrleEncoder } from '../../agent/migration/xbzrle-encoder.js';
 import { VirtualMachine } from '../../agent/vm/vm.js';
@@ -37,20 +38,6 @@ function recordingSocket(): { socket: FrameSocket; messages: Buffer[] } {
     onClose: () => undefined,
   };
   return { socket, messages };
-}
-
-/** Feeds `stream` to `reader` in reads of pseudo-random sizes, each capped by the buffer the reader gives. */
-function feed(reader: PageStreamReader, stream: Buffer, seed: number): void {
-  let state = seed;
-  let at = 0;
-  while (at < stream.length) {
-    state = (state * 1103515245 + 12345) >>> 0;
-    const into = reader.next();
-    const size = Math.min(into.length, stream.length - at, 1 + (state % (state & 1 ? 64 * 1024 : 37)));
-    into.set(stream.subarray(at, at + size));
-    at += size;
-    reader.took(size);
-  }
 }
 
 function destinationMemory(): { memory: Uint8Array; hasher: PageHasher } {

@@ -6,18 +6,12 @@ import { describe, expect, it } from 'vitest';
 import { PAGE_SIZE } from '../../shared/constants.js';
 import { FerryError } from '../../shared/errors.js';
 import { XBZRLE_MAX_DELTA_BYTES, applyDelta, checkDelta, encodeDelta } from '../../shared/xbzrle.js';
+import { xorshift32 } from '../../shared/workloads.js';
 
-/** A deterministic generator of bytes (xorshift32), so a failure can be replayed. */
+/** A deterministic generator (xorshift32), so a failure can be replayed. */
 function random(seed: number): () => number {
   let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
+  return () => (x = xorshift32(x));
 }
 
 function randomPage(next: () => number): Uint8Array {
