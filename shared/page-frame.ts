@@ -11,7 +11,9 @@
  *   0       1            magic 0xC1: a byte MessagePack never uses, so a header is never
  *                        mistaken for a control message (those are MessagePack maps)
  *   1       1            frame version (2)
- *   2       2            flags: bit 0 = sent with the vCPU paused (stop-and-copy)
+ *   2       2            flags: bit 0 = sent with the vCPU paused (stop-and-copy, and all of
+ *                        post-copy); bit 1 = sent after a post-copy switch (the destination takes
+ *                        only the pages it still lacks)
  *   4       4            round (1 = the full first pass)
  *   8       4            count: pages in the data message that follows, 1..PAGES_PER_FRAME
  *   12      4            reserved, 0
@@ -29,6 +31,7 @@ import { ErrorCode, FerryError } from './errors.js';
 export const PAGE_HEADER_MAGIC = 0xc1;
 export const PAGE_FRAME_VERSION = 2;
 export const PAGE_FLAG_PAUSED = 1;
+export const PAGE_FLAG_POSTCOPY = 2;
 /** Bit 31 of a page entry: the page is all zeros and has no bytes in the data message. */
 export const ZERO_PAGE_BIT = 0x8000_0000;
 const PAGE_NUMBER_MASK = 0x7fff_ffff;

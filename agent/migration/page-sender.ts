@@ -52,6 +52,8 @@ export interface PageSenderOptions {
    * PEER_REPLY_TIMEOUT_MS; tests shorten it.
    */
   stallTimeoutMs?: number;
+  /** The page-hash table to keep (`hashes`): another sender's, when two send the same migration's pages (post-copy). */
+  hashes?: Uint32Array;
 }
 
 export class PageSender {
@@ -71,7 +73,7 @@ export class PageSender {
     this.socket = socket;
     this.vm = vm;
     this.options = options;
-    this.hashes = new Uint32Array(2 * vm.pageCount);
+    this.hashes = options.hashes ?? new Uint32Array(2 * vm.pageCount);
   }
 
   /**

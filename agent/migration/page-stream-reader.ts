@@ -7,7 +7,8 @@
  * - the data pages of a frame whose pages lie in a few runs (all of round 1 is one run of 256 pages) are read
  *   straight into their place in guest memory, a run per read at most: no copy in JavaScript at all;
  * - a frame of scattered pages (later rounds) is read whole into a staging buffer, then copied page by page, as
- *   over the WebSocket: one read for the frame rather than one per page.
+ *   over the WebSocket: one read for the frame rather than one per page; so is every frame of a post-copy's second
+ *   half, whose pages may be present and in the guest's use already (the sink's `mustStage`).
  *
  * Each frame, once all its bytes are in, goes to `onFrame` with the staging buffer, or none when its pages are in
  * place already. A frame that does not check out throws from `took`: the stream is closed with that error.
@@ -24,6 +25,8 @@ export interface PageStreamSink {
   readonly memory: Uint8Array;
   /** A header is decoded, before any of its page bytes is read: may throw to refuse the frame (the stream closes). */
   onHeader?(header: PageHeader): void;
+  /** Whether the frame's pages must go through the staging buffer, never straight into guest memory (post-copy). */
+  mustStage?(header: PageHeader): boolean;
   /** A frame's bytes are all in: in `staged` (data pages in header order), or in place in guest memory when undefined. */
   onFrame(header: PageHeader, staged: Buffer | undefined, bytes: number): void;
 }
@@ -104,7 +107,7 @@ export class PageStreamReader implements StreamConsumer {
       runEnd = page + 1;
     }
     if (runStart >= 0) this.runs.push(runStart * PAGE_SIZE, (runEnd - runStart) * PAGE_SIZE);
-    this.inStaging = this.runs.length / 2 > MAX_RUNS_IN_PLACE;
+    this.inStaging = this.runs.length / 2 > MAX_RUNS_IN_PLACE || this.sink.mustStage?.(header) === true;
     if (this.inStaging) {
       this.staging ??= Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
       this.runs.length = 0;
