@@ -79,6 +79,12 @@ describe('post-copy', () => {
     expect(mode.stderr).toMatch(/--postcopy sometimes is not a post-copy mode/);
     const both = await c.ferry('migrate', 'pc2', '--to', 'host-b', '--postcopy', '--postcopy-after', '2', '--no-forecast');
     expect(both.code).toBe(2);
+    const kvMade = await c.ferry('vm', 'create', 'kv2', '--on', 'host-a', '--memory', '16MiB', '--workload', 'kv', '--ip', '127.77.0.26');
+    expect(kvMade.code, kvMade.stderr).toBe(0);
+    const kv = await c.ferry('migrate', 'kv2', '--to', 'host-b', '--postcopy', '--no-forecast');
+    expect(kv.code).toBe(2);
+    expect(kv.stdout + kv.stderr).toMatch(/post-copy cannot move kv2: its kv table/);
+    expect(await copiesOf(c, 'kv2')).toEqual([expect.objectContaining({ host: 'host-a', state: 'running' })]);
     expect((await vmInfo(c, 'pc2')).host).toBe('host-a');
     expect(await copiesOf(c, 'pc2')).toEqual([expect.objectContaining({ host: 'host-a', state: 'running' })]);
   });
