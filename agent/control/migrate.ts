@@ -318,7 +318,7 @@ async function resumePostcopy(agent: Agent, name: string, parked: ParkedEntry, c
       peer = await agent.dialPeer(destination.url, migrationId, agent.name, context.signal, agent.token, true);
     } catch (caught) {
       const error = toFerryError(caught);
-      if (error.code !== ErrorCode.VM_NOT_FOUND && error.code !== ErrorCode.VM_STATE) throw error;
+      if (error.code !== ErrorCode.VM_NOT_FOUND) throw error;
       return await settleForgotten(agent, name, parked, base);
     }
     let pushSocket: FrameSocket | undefined;
