@@ -54,6 +54,11 @@ export interface PageSenderOptions {
   stallTimeoutMs?: number;
   /** The page-hash table to keep (`hashes`): another sender's, when two send the same migration's pages (post-copy). */
   hashes?: Uint32Array;
+  /**
+   * Frames between two turns of the event loop at most (default FRAMES_PER_TURN). A post-copy's push gives a turn
+   * after every frame, so that a page the guest waits for is asked for and sent without waiting behind it.
+   */
+  framesPerTurn?: number;
 }
 
 export class PageSender {
@@ -78,9 +83,11 @@ export class PageSender {
 
   /**
    * Sends `pages` (ascending page numbers whose dirty bits were already cleared) and resolves once every byte has
-   * been handed to the socket.
+   * been handed to the socket; with `flush: false`, once the last frame is queued within the send window (a caller that
+   * sends batch after batch flushes once, at the end).
    */
-  async send(pages: Uint32Array, round: number, flags: number): Promise<SendProgress> {
+  async send(pages: Uint32Array, round: number, flags: number, { flush = true }: { flush?: boolean } = {}): Promise<SendProgress> {
+    const framesPerTurn = this.options.framesPerTurn ?? FRAMES_PER_TURN;
     const { now, maxBandwidthBytesPerSec, signal } = this.options;
     const interval = this.options.progressIntervalMs ?? 100;
     const startedMs = now();
@@ -164,7 +171,7 @@ export class PageSender {
       if (this.outstandingBytes > SEND_WINDOW_BYTES) {
         await this.waitForDrain();
         framesSinceTurn = 0;
-      } else if (this.vm.net || framesSinceTurn >= FRAMES_PER_TURN) {
+      } else if (this.vm.net || framesSinceTurn >= framesPerTurn) {
         // A VM that serves an address needs this thread too (its device's backend sends the replies,
         // vm/net/backend.ts): give the event loop a turn between frames, or a 32 MiB window of sends holds every
         // reply back for tens of ms. Frames of zero pages fill no window: they get a turn every FRAMES_PER_TURN.
@@ -180,7 +187,7 @@ export class PageSender {
         this.options.onProgress({ ...progress });
       }
     }
-    await this.flush();
+    if (flush) await this.flush();
     return progress;
   }
 

@@ -80,9 +80,9 @@ export async function pushPostcopy(context: PostcopyPushContext): Promise<Postco
   peer.signal.addEventListener('abort', onClosed, { once: true });
   const signal = abort.signal;
   const push = new PageSender(context.pushSocket ?? peer.socket, vm, {
-    maxBandwidthBytesPerSec: context.maxBandwidthBytesPerSec, signal, now, hashes: context.hashes,
+    maxBandwidthBytesPerSec: context.maxBandwidthBytesPerSec, signal, now, hashes: context.hashes, framesPerTurn: 1,
   });
-  const urgent = new PageSender(peer.socket, vm, { maxBandwidthBytesPerSec: 0, signal, now, hashes: context.hashes });
+  const urgent = new PageSender(peer.socket, vm, { maxBandwidthBytesPerSec: 0, signal, now, hashes: context.hashes, framesPerTurn: 1 });
 
   // Pages asked for: sent by one loop at a time, in page order, each batch as it stands when the last one is handed over.
   const queue = new Set<number>();
@@ -159,9 +159,8 @@ export async function pushPostcopy(context: PostcopyPushContext): Promise<Postco
       left -= count;
       const pages = batch.subarray(0, count);
       context.tableDigest.touchAll(pages);
-      const sent = await push.send(pages, context.round, FLAGS);
-      // On the WebSocket, pages asked for queue behind what the push handed over: hand it a batch at a time.
-      if (!context.pushSocket) await push.flush();
+      // On the WebSocket, pages asked for queue behind what the push handed over: hand it a batch at a time there.
+      const sent = await push.send(pages, context.round, FLAGS, { flush: !context.pushSocket });
       stats.pushedPages += count;
       stats.bytesSent += sent.bytesSent;
       if (now() - lastProgressMs >= PROGRESS_INTERVAL_MS) {

@@ -317,6 +317,17 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       // Post-copy (postcopy-source.ts): pause, send the device's pages, and let the destination run the VM with the
       // list of pages still here; then push them, serving its faults first.
       const lastRound = rounds.length;
+      // Both sides collect their garbage first, as before a stop-and-copy (a collection in the switch is downtime).
+      if (context.collectGarbage) {
+        const collecting = peer.request('peer.sync', {
+          round: Math.max(lastRound, 1), beforePause: true, streamBytes: sender.streamBytes, ...(context.files ? { config: context.files.config } : {}),
+        }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+        collecting.catch(() => undefined);
+        context.collectGarbage();
+        await collecting;
+      }
+      const dirtyBuffer = new Uint32Array(vm.pageCount);
+      const missing = new Uint8Array(Math.ceil(vm.pageCount / 8));
       enterStage(3, 'post-copy switch');
       heldEvents = [];
       pausedAtMs = now();
@@ -327,10 +338,15 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       vm.state = 'handing-over';
       await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
       // The destination lacks what pre-copy never sent (all of it, switching before round 1) and what was written since.
-      const missing = new Uint8Array(Math.ceil(vm.pageCount / 8));
-      if (lastRound === 0) missing.fill(0xff);
-      for (const page of vm.dirtyLog.harvest()) missing[page >>> 3]! |= 1 << (page & 7);
-      if (lastRound === 0 && vm.pageCount % 8 !== 0) missing[missing.length - 1] = (1 << (vm.pageCount % 8)) - 1;
+      const dirtyCount = vm.dirtyLog.harvestInto(dirtyBuffer);
+      let missingPages = lastRound === 0 ? vm.pageCount : dirtyCount;
+      if (lastRound === 0) {
+        missing.fill(0xff);
+        if (vm.pageCount % 8 !== 0) missing[missing.length - 1] = (1 << (vm.pageCount % 8)) - 1;
+      } else {
+        for (let i = 0; i < dirtyCount; i++) missing[dirtyBuffer[i]! >>> 3]! |= 1 << (dirtyBuffer[i]! & 7);
+      }
+      mark('dirty log harvested');
       // The network device's rings go now: the agents on both sides touch them outside the vCPU, which alone waits for a page.
       if (vm.net) {
         const devicePages: number[] = [];
@@ -338,14 +354,13 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
           if ((missing[page >>> 3]! & (1 << (page & 7))) === 0) continue;
           devicePages.push(page);
           missing[page >>> 3]! &= ~(1 << (page & 7));
+          missingPages -= 1;
         }
         const pagesNow = Uint32Array.from(devicePages);
         tableDigest.touchAll(pagesNow);
         const sentNow = await sender.send(pagesNow, lastRound + 1, PAGE_FLAG_PAUSED);
         bytesSent += sentNow.bytesSent;
       }
-      let missingPages = 0;
-      for (let page = 0; page < vm.pageCount; page++) if ((missing[page >>> 3]! & (1 << (page & 7))) !== 0) missingPages += 1;
       mark('missing pages listed');
       postcopy = {
         afterRounds: lastRound, reason: postcopyReason, missingPages, pushedPages: 0, requestedPages: 0, faults: 0, refetched: 0,

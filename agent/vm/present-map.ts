@@ -58,12 +58,16 @@ export class PresentMap {
     if (missing.length !== expected) {
       throw new FerryError(ErrorCode.PROTOCOL, `a bitmap of ${missing.length} bytes for a guest of ${this.pageCount} pages (expected ${expected})`, 'the peer is not a compatible ferry-agent');
     }
-    this.fill();
+    // Word by word: a word's 32 bits are the four bytes of the bitmap that cover its pages, inverted.
     let count = 0;
-    for (let page = 0; page < this.pageCount; page++) {
-      if ((missing[page >>> 3]! & (1 << (page & 7))) === 0) continue;
-      Atomics.and(this.words, page >>> 5, ~(1 << (page & 31)));
-      count += 1;
+    for (let word = 0; word < this.words.length; word++) {
+      const at = word * 4;
+      let bits = (missing[at] ?? 0) | ((missing[at + 1] ?? 0) << 8) | ((missing[at + 2] ?? 0) << 16) | ((missing[at + 3] ?? 0) << 24);
+      // Bits past the last page (the bitmap's padding) name no page: never missing.
+      const pagesInWord = this.pageCount - word * 32;
+      if (pagesInWord < 32) bits &= (1 << pagesInWord) - 1;
+      count += popcount(bits);
+      Atomics.store(this.words, word, ~bits);
     }
     return count;
   }
@@ -81,6 +85,12 @@ export class PresentMap {
     for (let page = 0; page < this.pageCount; page++) if (!this.has(page)) count += 1;
     return count;
   }
+}
+
+function popcount(value: number): number {
+  let v = value - ((value >>> 1) & 0x55555555);
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+  return (Math.imul((v + (v >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24);
 }
 
 /** Pages set in a wire bitmap (missing pages), ascending. */
