@@ -43,6 +43,7 @@ import { connectToDestination, dialPeerAgent, type PeerClient } from './migratio
 import { PageStreamTickets } from './migration/page-stream-source.js';
 import { Settlements } from './migration/settlement.js';
 import type { MigrationTarget } from './migration/target.js';
+import type { ParkedPostcopy } from './migration/source.js';
 import { ColdMarks, serveColdTarget } from './peer/cold-target.js';
 import { serveImageReceiver } from './peer/image-target.js';
 import { serveLiveTarget } from './peer/live-target.js';
@@ -101,6 +102,11 @@ export class Agent {
   readonly hostCpu: HostCpu;
   /** Live migrations coming in: their reservations, by migration id. */
   readonly incoming = new Map<string, MigrationTarget>();
+  /**
+   * Post-copies whose link broke after the switch, by VM name: this (source) agent keeps the paused copy and the
+   * pages its destination lacks until `migrate.resume` sends them (control/migrate.ts).
+   */
+  readonly postcopiesOut = new Map<string, ParkedPostcopy & { migrationId: string; destination: { name: string; url: string }; resuming: boolean }>();
   readonly activations: ActivationLog;
   readonly settlements: Settlements;
   readonly dialPeer: typeof connectToDestination;

@@ -371,10 +371,17 @@ export class Catalog {
       vm = this.machine(name);
       entry = this.entries.get(name) as MachineEntry;
     }
-    if (vm.state !== 'running' && vm.state !== 'paused') {
-      throw new FerryError(ErrorCode.VM_STATE, `cannot ${action} ${name}: it is ${vm.state}`, 'wait for its migration to finish, then retry');
+    // A VM lost in post-copy can only be destroyed (its memory cannot be put together again).
+    if (vm.state !== 'running' && vm.state !== 'paused' && !(vm.state === 'lost' && action === 'destroy')) {
+      throw new FerryError(ErrorCode.VM_STATE, `cannot ${action} ${name}: it is ${vm.state}`, vm.state === 'postcopy-out'
+        ? `its post-copy's link broke and this paused copy holds pages the running VM lacks: \`ferry migrate ${name} --resume\``
+        : vm.state === 'lost' ? `it was lost in post-copy; destroy it: \`ferry vm destroy ${name}\`` : 'wait for its migration to finish, then retry');
     }
     if (entry.busy) throw busyError(name, action, entry.busy);
+    // Part of a post-copy's memory is still at its source: nothing may read or move it but the post-copy itself.
+    if (vm.postcopy?.role === 'destination' && action !== 'file registration') {
+      throw new FerryError(ErrorCode.VM_STATE, `cannot ${action} ${name}: its post-copy is under way, ${vm.postcopy.missingPages()} page(s) still on ${vm.postcopy.peer}`, vm.postcopy.linked() ? 'wait for it to finish' : `its link broke: \`ferry migrate ${name} --resume\``);
+    }
     const cancel = new AbortController();
     let settle: () => void = () => undefined;
     entry.busy = action;

@@ -21,17 +21,21 @@
  *             storage-copying    storage move, or --copy-storage's source: the disk copy has begun (its first
  *                                progress; crash and drop)
  *             disk-receiving     --copy-storage, destination: the first disk write has arrived
+ *             postcopy-switched  post-copy, source: the switch was answered, before the push; destination: the
+ *                                switch's reply has been sent
  *   full-disk:N              a disk copy's target (storage move) fails with ENOSPC once N bytes are written to it
  *   cut-stream:N             the destination closes a migration's page stream of its own (shared/page-stream.ts) once
  *                            N bytes of page frames have come on it, as a link that fails under it would; its /peer
  *                            WebSocket stays up
+ *   cut-postcopy:N           the destination closes a post-copy's page stream and peer WebSocket once N pages have
+ *                            arrived after the switch, as a link that breaks would
  *
  *   e.g. FERRY_FAULTS=crash@after-commit   or   FERRY_FAULTS=stall@round-2,corrupt-page:7
  */
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 
-export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation', 'cold-receiving', 'cold-registered', 'cold-sent', 'image-finishing', 'storage-copying', 'disk-receiving'] as const;
+export const faultPoints = ['stop-and-copy', 'after-verify', 'after-commit', 'before-activation', 'cold-receiving', 'cold-registered', 'cold-sent', 'image-finishing', 'storage-copying', 'disk-receiving', 'postcopy-switched'] as const;
 export type FaultPoint = (typeof faultPoints)[number] | `round-${number}`;
 export type FaultAction = 'crash' | 'drop' | 'stall' | 'delay';
 
@@ -45,23 +49,27 @@ export interface Faults {
   fullDiskAfterBytes: number | undefined;
   /** Bytes of page frames after which the destination cuts the page stream, once. */
   cutStreamAfterBytes: number | undefined;
+  /** Pages a post-copy's destination takes after the switch before it cuts the link, once. */
+  cutPostcopyAfterPages: number | undefined;
   /** Armed actions by point, each fired once. */
   at: Map<string, FaultAction>;
 }
 
 export function parseFaults(text: string | undefined): Faults {
-  const faults: Faults = { corruptPage: undefined, fullDiskAfterBytes: undefined, cutStreamAfterBytes: undefined, at: new Map() };
+  const faults: Faults = { corruptPage: undefined, fullDiskAfterBytes: undefined, cutStreamAfterBytes: undefined, cutPostcopyAfterPages: undefined, at: new Map() };
   for (const item of (text ?? '').split(',').map((part) => part.trim()).filter(Boolean)) {
     const corrupt = /^corrupt-page:(\d+)$/.exec(item);
     const full = /^full-disk:(\d+)$/.exec(item);
     const cut = /^cut-stream:(\d+)$/.exec(item);
-    const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying|disk-receiving)$/.exec(item);
+    const cutPostcopy = /^cut-postcopy:(\d+)$/.exec(item);
+    const action = /^(crash|drop|stall|delay)@(round-\d+|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying|disk-receiving|postcopy-switched)$/.exec(item);
     if (corrupt) faults.corruptPage = Number(corrupt[1]);
     else if (full) faults.fullDiskAfterBytes = Number(full[1]);
     else if (cut) faults.cutStreamAfterBytes = Number(cut[1]);
+    else if (cutPostcopy) faults.cutPostcopyAfterPages = Number(cutPostcopy[1]);
     else if (action) faults.at.set(action[2]!, action[1] as FaultAction);
     else {
-      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, full-disk:N, cut-stream:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying|disk-receiving');
+      throw new FerryError(ErrorCode.BAD_INPUT, `unknown fault "${item}" in FERRY_FAULTS`, 'known: corrupt-page:N, full-disk:N, cut-stream:N, cut-postcopy:N, and crash|drop|stall|delay @ round-N|stop-and-copy|after-verify|after-commit|before-activation|cold-receiving|cold-registered|cold-sent|image-finishing|storage-copying|disk-receiving|postcopy-switched');
     }
   }
   return faults;

@@ -20,7 +20,7 @@ import { withHost } from './connect.js';
 import { dumpMemory, fetchDisk, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
 import { formatColdReport, migrateCold } from './migrate-cold.js';
-import { migrateLive } from './migrate.js';
+import { migrateLive, resumeLive } from './migrate.js';
 import { migrationOptions } from './migrate-options.js';
 import { typedSize } from './option-check.js';
 import { ExitCode, exitCodeFor, formatTable, printJson } from './output.js';
@@ -438,6 +438,9 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     .option('--cold', 'move a powered-off or suspended VM: its files, checked, registered on the destination, deleted here')
     .option('--copy-storage', 'also copy its local disks, live (shared-nothing): the disks first, to ready, then memory; verified at the commit with memory')
     .addOption(new Option('--storage-mode <mode>', 'with --copy-storage: mirror (every guest write goes to both copies once the copy begins: converges at any write rate below the copy\'s) or iterate (dirty-block rounds, like memory)').choices(['mirror', 'iterate']).default('mirror'))
+    .option('--postcopy [mode]', 'switch to post-copy after the first pre-copy round (the VM runs at the destination at once; its last pages follow, each fetched first when the guest touches it); `auto`: only when pre-copy would not converge. A crash of either host after the switch loses the VM')
+    .option('--postcopy-after <n>', 'switch to post-copy after N pre-copy rounds (0: before any)')
+    .option('--resume', 'take up a post-copy whose link broke: the source sends the pages the destination still lacks')
     .addOption(new Option('--page-stream <path>', 'how pages travel: tcp (a connection of their own that the destination dials back to the source and reads straight into guest memory; if it cannot, the pages go on ws and the report says why) or ws (on the peer WebSocket)').choices(['tcp', 'ws']).default('tcp'))
     .option('--compress <method>', 'xbzrle: pages sent again (round 2 on, and the stop-and-copy) go as XOR run-length deltas against the copy sent before, where that is smaller (QEMU\'s XBZRLE)')
     .option('--xbzrle-cache <size>', `with --compress xbzrle: the source's cache of pages as last sent (default ${DEFAULT_XBZRLE_CACHE_BYTES / 1024 ** 2}MiB)`)
@@ -455,9 +458,24 @@ With --copy-storage the disk is copied to ready before memory moves; the stop-an
 commit checks it with memory; after the commit the source deletes its copy.
 Until the commit, any failure leaves the VM running on its source. Ctrl-C, --timeout and
 \`ferry migrate NAME --cancel\` roll the migration back unless it has already committed.
-Exit status is 0 only when committed.`)
-    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; pageStream?: string; compress?: string; xbzrleCache?: string; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; trace?: boolean; quiet?: boolean }, command: Command) => {
+
+Post-copy (--postcopy, --postcopy-after N, --postcopy auto) commits at the switch: the VM runs at the destination
+from then on while the pages it lacks come from the source, the ones it touches first. If the link breaks, both
+hosts keep what they have (the guest waits on its next missing page) and \`ferry migrate NAME --resume\` finishes
+it. If either HOST CRASHES after the switch, THE VM IS LOST: part of its memory was only on the host that died (as
+in QEMU). Post-copy is never chosen unless asked for. It cannot move a kv VM, nor go with --verify full or
+--copy-storage.
+Exit status is 0 only when committed; a post-copy whose link broke exits 1 and says how to resume it.`)
+    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; pageStream?: string; postcopy?: boolean | string; postcopyAfter?: string; compress?: string; xbzrleCache?: string; resume?: boolean; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; trace?: boolean; quiet?: boolean }, command: Command) => {
       const { cluster: hosts, store } = await cluster(command);
+      if (raw.resume) {
+        const progress = raw.quiet ? undefined : migrationProgress();
+        const report = await resumeLive(hosts, checkVmName(name), { onEvent: (event) => progress?.onEvent(event), store }).finally(() => progress?.finish());
+        if (raw.json) printJson(report);
+        else process.stdout.write(`${formatReport(report)}\n`);
+        process.exitCode = report.outcome === 'committed' ? ExitCode.OK : report.outcome === 'failed' && report.error ? exitCodeFor(FerryError.fromPayload(report.error)) : ExitCode.FAILED;
+        return;
+      }
       if (raw.cold) {
         if (!raw.to) throw new FerryError(ErrorCode.BAD_INPUT, 'migrate needs --to <host>', 'for example: ferry migrate web1 --to host-b --cold');
         const progress = raw.quiet ? undefined : coldProgress();

@@ -8,7 +8,7 @@ import { ErrorCode, FerryError, abortReason, toFerryError } from '../shared/erro
 import { migrationEventSchema, type MigrationEvent, type MigrationOptions, type StageReport } from '../shared/protocol.js';
 import { findHost, type Cluster } from './cluster.js';
 import { connectAgent, openHost, type AgentClient, type Connector } from './connect.js';
-import { locateVm } from './inventory.js';
+import { locateVm, surveyHosts } from './inventory.js';
 import type { MigrationReport } from './report.js';
 import { ownerName, type ClusterStore, type VmLock } from './store/store.js';
 
@@ -156,6 +156,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
       ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
       ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),
       ...(sourceReport.timeline ? { timeline: sourceReport.timeline } : {}),
+      ...(sourceReport.postcopy ? { postcopy: sourceReport.postcopy } : {}),
     };
     if (report.outcome === 'committed') {
       // What balancing reads to leave a VM moved lately alone; the move stands whether or not this is written.
@@ -170,5 +171,58 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     source?.close();
     destination?.close();
     await vmLock?.release().catch(() => undefined);
+  }
+}
+
+/**
+ * `ferry migrate NAME --resume`: takes up a post-copy whose link broke. The host that holds the paused copy
+ * (`postcopy-out`) reconnects to the destination and sends what it still lacks; when no host holds one, the host that
+ * runs the VM asks its source, and says the VM is lost if the source no longer has the pages (it crashed).
+ */
+export async function resumeLive(cluster: Cluster, name: string, hooks: MigrateHooks = {}): Promise<MigrationReport> {
+  const now = hooks.now ?? (() => performance.now());
+  const connect = hooks.connect ?? connectAgent;
+  const startedMs = now();
+  const surveys = await surveyHosts(cluster, connect);
+  const copies = surveys.flatMap((survey) => (survey.info?.vms ?? []).filter((vm) => vm.name === name).map((vm) => ({ host: survey.host, vm })));
+  const parked = copies.find((copy) => copy.vm.state === 'postcopy-out');
+  const running = [...copies].sort((a, b) => b.vm.epoch - a.vm.epoch).find((copy) => copy.vm.state === 'running' || copy.vm.state === 'paused');
+  const asked = parked ?? running;
+  if (!asked) {
+    const down = surveys.filter((survey) => survey.error).map((survey) => survey.host.name);
+    throw new FerryError(ErrorCode.VM_NOT_FOUND, `no host holds a post-copy of ${name} to resume${down.length > 0 ? ` (${down.join(', ')} did not answer)` : ''}`, 'run `ferry vm list` to see where it is');
+  }
+  const client = (await openHost(asked.host, connect)).client;
+  const base = {
+    vm: name, from: parked ? asked.host.name : '?', to: parked ? (running?.host.name ?? '?') : asked.host.name, mode: 'live' as const, rounds: [],
+    maxDowntimeMs: 0, throughputBytesPerSec: 0, throttlePct: 0, memoryBytes: asked.vm.memoryBytes, resumed: true,
+  };
+  try {
+    const sourceReport = await client.request('migrate.resume', { name }, {
+      onEvent: (body) => {
+        const parsed = migrationEventSchema.safeParse(body);
+        if (parsed.success) hooks.onEvent?.(parsed.data);
+      },
+      ...(hooks.signal ? { signal: hooks.signal } : {}),
+    });
+    const report: MigrationReport = {
+      ...base,
+      outcome: sourceReport.outcome,
+      ...(sourceReport.error ? { error: sourceReport.error } : {}),
+      stages: sourceReport.stages,
+      totalTimeMs: now() - startedMs,
+      bytesSent: sourceReport.bytesSent,
+      ...(sourceReport.pageStream ? { pageStream: sourceReport.pageStream } : {}),
+      ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
+      ...(sourceReport.postcopy ? { postcopy: sourceReport.postcopy } : {}),
+    };
+    if (report.outcome === 'committed') {
+      await hooks.store?.recordMove({ vm: name, from: base.from, to: base.to, at: new Date().toISOString(), by: ownerName() }).catch(() => undefined);
+    }
+    return report;
+  } catch (error) {
+    return { ...base, stages: [], bytesSent: 0, outcome: 'failed', error: toFerryError(error).toPayload(), totalTimeMs: now() - startedMs };
+  } finally {
+    client.close();
   }
 }

@@ -115,6 +115,15 @@ export function migrationProgress(stream: ProgressStream = process.stderr): Migr
           line.redraw(`              round ${event.round} ${progressBar(fraction)} ${percent(fraction)}  ${left} pages left  ${formatRate(event.rateBytesPerSec)}  dirtying ${int(Math.round(event.dirtyPagesPerSec))} pages/s  downtime now ~${formatDuration(event.expectedDowntimeMs)}`);
           return;
         }
+        case 'postcopy': {
+          const sent = `${int(event.pushedPages)} pushed, ${int(event.requestedPages)} asked for, ${int(event.faults)} fault(s)`;
+          if (event.phase === 'progress') line.redraw(`              post-copy: ${int(event.pagesLeft)} pages still at the source  ${sent}`);
+          else if (event.phase === 'switched') line.log(`              post-copy: the VM runs at the destination; ${int(event.pagesLeft)} of its pages follow`);
+          else if (event.phase === 'paused') line.log(`              post-copy: the link broke with ${int(event.pagesLeft)} pages still at the source (${sent})`);
+          else if (event.phase === 'resumed') line.log(`              post-copy resumed: ${int(event.pagesLeft)} pages to send`);
+          else line.log(`              post-copy complete: ${sent}`);
+          return;
+        }
         default: {
           const unreachable: never = event;
           return unreachable;

@@ -2,7 +2,7 @@
  * The migration report: what `ferry migrate --json` prints, and its readable form.
  */
 import type { ErrorPayload } from '../shared/errors.js';
-import type { DowntimeTimeline, RoundReport, SourceReport, StageReport, StopReason, Verification } from '../shared/protocol.js';
+import type { DowntimeTimeline, PostcopyReport, RoundReport, SourceReport, StageReport, StopReason, Verification } from '../shared/protocol.js';
 import { PAGE_SIZE, STOP_RULES } from '../shared/constants.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 import type { Forecast } from './forecast.js';
@@ -13,7 +13,8 @@ export interface MigrationReport {
   from: string;
   to: string;
   mode: 'live';
-  outcome: 'committed' | 'rolled-back' | 'failed';
+  /** postcopy-paused: the post-copy's link broke after the switch (the VM runs at `to`; `ferry migrate --resume`). */
+  outcome: 'committed' | 'rolled-back' | 'failed' | 'postcopy-paused';
   error?: ErrorPayload;
   stopReason?: StopReason;
   rounds: RoundReport[];
@@ -55,6 +56,10 @@ export interface MigrationReport {
   forecastError?: string;
   /** The switchover mark by mark, on both sides' clocks (`--trace` prints it). */
   timeline?: DowntimeTimeline;
+  /** Post-copy, when the migration switched to it (agent/migration/postcopy-source.ts). */
+  postcopy?: PostcopyReport;
+  /** `ferry migrate --resume`: this report is of a post-copy taken up again, not of a whole migration. */
+  resumed?: boolean;
 }
 
 /** The forecast as a report carries it: the predicted figures, and how long making it took. */
@@ -148,14 +153,29 @@ export function formatTimeline(timeline: DowntimeTimeline): string[] {
   ];
 }
 
+/** A post-copy's lines in the report: when it switched, what went how, the faults and how long they held the guest. */
+function postcopyFacts(postcopy: PostcopyReport, report: MigrationReport): [string, string][] {
+  const facts: [string, string][] = [];
+  const why = postcopy.reason === 'asked' ? 'as asked' : 'pre-copy was not converging';
+  facts.push(['post-copy', `switched after ${postcopy.afterRounds} pre-copy round(s) (${why}) with ${int(postcopy.missingPages)} page(s) still on ${report.from}; ${postcopy.complete ? `all at ${report.to} ${formatDuration(postcopy.durationMs)} later` : `${report.to} still lacks some`}`]);
+  facts.push(['  pages', `${int(postcopy.pushedPages)} pushed in the background, ${int(postcopy.requestedPages)} sent ahead of it when asked for; ${formatBytes(postcopy.bytesSent)} after the switch${postcopy.refetched > 0 ? `; ${int(postcopy.refetched)} arrived damaged and were sent again` : ''}`]);
+  const stall = postcopy.stallMs;
+  facts.push(['  page faults', stall
+    ? `${int(postcopy.faults)}: the guest waited ${formatDuration(stall.p50)} (p50), ${formatDuration(stall.p99)} (p99), ${formatDuration(stall.max)} at most, ${formatDuration(stall.totalMs)} in all`
+    : `${int(postcopy.faults)}`]);
+  if (postcopy.resumes > 0) facts.push(['  resumed', `${postcopy.resumes} time(s) after the link broke`]);
+  return facts;
+}
+
 export function formatReport(report: MigrationReport, options: { trace?: boolean } = {}): string {
   const lines: string[] = [];
-  const verdict = report.outcome === 'committed' ? 'COMMITTED' : report.outcome === 'rolled-back' ? 'ROLLED BACK' : 'FAILED';
-  lines.push(`live migration of ${report.vm}: ${report.from} -> ${report.to}   ${verdict}`);
+  const verdict = { committed: 'COMMITTED', 'rolled-back': 'ROLLED BACK', failed: 'FAILED', 'postcopy-paused': 'POST-COPY PAUSED' }[report.outcome];
+  lines.push(`${report.resumed ? 'post-copy resumed' : 'live migration'} of ${report.vm}: ${report.from} -> ${report.to}   ${verdict}`);
   if (report.error) {
     lines.push(`  error: ${report.error.code}: ${report.error.message}`);
     if (report.error.hint) lines.push(`  hint:  ${report.error.hint}`);
     if (report.outcome === 'rolled-back') lines.push(`  ${report.vm} keeps running on ${report.from}, its memory untouched.`);
+    if (report.outcome === 'postcopy-paused') lines.push(`  ${report.vm} runs on ${report.to}; ${report.from} keeps the pages it still lacks, paused, until resumed.`);
   }
   if (report.stopReason) lines.push(`  pre-copy ended: ${stopReasonText[report.stopReason]}`);
 
@@ -229,6 +249,7 @@ export function formatReport(report: MigrationReport, options: { trace?: boolean
       facts.push([`verified ${check.file}`, `${check.match ? 'match' : 'MISMATCH'}: blocks ${check.sourceDigest} / ${check.destDigest}${check.sourceImageDigest ? `; images ${check.sourceImageDigest} / ${check.destImageDigest}` : ''}`]);
     }
   }
+  if (report.postcopy) facts.push(...postcopyFacts(report.postcopy, report));
   if (report.forecastError) facts.push(['forecast', `not made: ${report.forecastError}`]);
   if (report.forecast) facts.push(['forecast', `made in ${formatDuration(report.forecast.tookMs)} before the migration; below, beside what happened`]);
   if (report.cpu) facts.push(['registers', `x=${report.cpu.x} n=${int(report.cpu.n)} handed to ${report.to}`]);

@@ -53,6 +53,11 @@ export const ErrorCode = {
   CANCELLED: 'FERRY_ERR_CANCELLED',
   /** A file could not be read or written. */
   IO: 'FERRY_ERR_IO',
+  /**
+   * A post-copy migration's other side crashed after the switch: part of the guest's memory was only there, so the
+   * VM cannot run again from either copy (as in QEMU without postcopy-recover's pause).
+   */
+  POSTCOPY_LOST: 'FERRY_ERR_POSTCOPY_LOST',
   /** A bug: something ferry believed impossible happened. */
   INTERNAL: 'FERRY_ERR_INTERNAL',
 } as const;

@@ -11,7 +11,9 @@
  *   0             1            magic 0xC1: a byte MessagePack never uses, so a header is never
  *                              mistaken for a control message (those are MessagePack maps)
  *   1             1            frame version (3)
- *   2             2            flags: bit 0 = sent with the vCPU paused (stop-and-copy)
+ *   2             2            flags: bit 0 = sent with the vCPU paused (stop-and-copy, and all of
+ *                              post-copy); bit 1 = sent after a post-copy switch (the destination takes
+ *                              only the pages it still lacks; never delta pages)
  *   4             4            round (1 = the full first pass)
  *   8             4            count: pages in the data message that follows, 1..PAGES_PER_FRAME
  *   12            4            deltas: pages of the frame sent as XBZRLE deltas (shared/xbzrle.ts), 0..count
@@ -37,6 +39,7 @@ import { XBZRLE_MAX_DELTA_BYTES } from './xbzrle.js';
 export const PAGE_HEADER_MAGIC = 0xc1;
 export const PAGE_FRAME_VERSION = 3;
 export const PAGE_FLAG_PAUSED = 1;
+export const PAGE_FLAG_POSTCOPY = 2;
 /** Bit 31 of a page entry: the page is all zeros and has no bytes in the data message. */
 export const ZERO_PAGE_BIT = 0x8000_0000;
 /** Bit 30 of a page entry: the page's bytes in the data message are an XBZRLE delta (shared/xbzrle.ts). */
@@ -173,6 +176,8 @@ export function decodePageHeader(frame: Buffer, pageCount: number): PageHeader {
     hashes[2 * i + 1] = frame.readUInt32LE(FIXED_BYTES + 8 * i + 4);
   }
   if (deltasSeen !== deltaPages) bad(`${deltasSeen} delta pages where the header announced ${deltaPages}`);
+  // After a post-copy switch the destination's guest writes its memory: no copy there is what the source sent last.
+  if (deltaPages > 0 && (frame.readUInt16LE(2) & PAGE_FLAG_POSTCOPY) !== 0) bad(`a post-copy frame carries ${deltaPages} delta pages`);
   return {
     round: frame.readUInt32LE(4), flags: frame.readUInt16LE(2), pages, zero, dataPages: count - zeroPages, hashes, delta, deltaBytes, deltaPages, dataBytes,
   };

@@ -102,8 +102,12 @@ export type Registers = z.infer<typeof registersSchema>;
  * powered off with its memory and registers saved in the datastore. migrating-out (pre-copy), handing-over (the
  * source with its vCPU paused, from stop-and-copy until the destination confirms; after a lost commit
  * acknowledgement, until settled) and migrating-in (the destination's reservation): a migration's states.
+ * postcopy-out: the source after a post-copy switch whose page push was cut (the link broke): the VM runs at the
+ * destination, and this paused copy holds the pages it still lacks until `ferry migrate NAME --resume` sends them.
+ * lost: a post-copy migration whose other side crashed (its memory is split and cannot be put together again, as in
+ * QEMU): the copy is kept, never run, until destroyed.
  */
-export const vmStateSchema = z.enum(['running', 'paused', 'defined', 'suspended', 'migrating-out', 'handing-over', 'migrating-in']);
+export const vmStateSchema = z.enum(['running', 'paused', 'defined', 'suspended', 'migrating-out', 'handing-over', 'migrating-in', 'postcopy-out', 'lost']);
 export type VmState = z.infer<typeof vmStateSchema>;
 
 export const vmSummarySchema = z.object({
@@ -226,6 +230,13 @@ export const vmInfoSchema = vmSummarySchema.extend({
   configDrive: configDriveSchema.optional(),
   /** What the running guest took from its config drive at boot. */
   guest: guestFactsSchema.optional(),
+  /**
+   * A post-copy under way: on the destination (`role: destination`, the VM runs here and `missingPages` are still at
+   * `peer`) or on the source (`postcopy-out`, holding them). `linked`: the page push is connected.
+   */
+  postcopy: z.object({
+    role: z.enum(['source', 'destination']), migrationId: z.string(), peer: z.string(), missingPages: z.number(), linked: z.boolean(),
+  }).optional(),
   /** A running VM's measured load, once its first sampling window has ended. */
   stats: vmStatsSchema.optional(),
 });
@@ -280,6 +291,12 @@ export type HostInfo = z.infer<typeof hostInfoSchema>;
 export const verifyModeSchema = z.enum(['pages', 'full']);
 export type VerifyMode = z.infer<typeof verifyModeSchema>;
 
+export const postcopyOptionSchema = z.discriminatedUnion('mode', [
+  z.object({ mode: z.literal('after'), afterRounds: z.number().int().min(0).max(1000) }).strict(),
+  z.object({ mode: z.literal('auto') }).strict(),
+]);
+export type PostcopyOption = z.infer<typeof postcopyOptionSchema>;
+
 export const migrationOptionsSchema = z.object({
   maxDowntimeMs: z.number().positive(),
   /** 0 means unlimited. */
@@ -307,6 +324,12 @@ export const migrationOptionsSchema = z.object({
    * the guest is used). At most 2 GiB: the cache is wasm memory, a page more than its slots, and that tops out at 4 GiB.
    */
   xbzrleCacheBytes: z.number().int().min(PAGE_SIZE).max(MAX_MEMORY_BYTES / 2).optional(),
+  /**
+   * Post-copy (agent/migration/postcopy-source.ts): `after` switches once `afterRounds` pre-copy rounds are done (0:
+   * before any), `auto` only when pre-copy will not converge within the limits. After the switch the VM runs at the
+   * destination while its last pages still come from the source: a crash of either side then loses the VM.
+   */
+  postcopy: postcopyOptionSchema.optional(),
 });
 export type MigrationOptions = z.infer<typeof migrationOptionsSchema>;
 
@@ -399,8 +422,42 @@ export const downtimeTimelineSchema = z.object({
 export type DowntimeTimeline = z.infer<typeof downtimeTimelineSchema>;
 
 /** What the source agent knows of a migration when it ends; the coordinator adds its own timings. */
+/** Stall times of a post-copy's page faults on the destination's vCPU, in ms. */
+export const stallSummarySchema = z.object({ p50: z.number(), p99: z.number(), max: z.number(), totalMs: z.number() });
+
+/** A post-copy's figures (agent/migration/postcopy-source.ts): from the switch until every page is at the destination. */
+export const postcopyReportSchema = z.object({
+  /** Pre-copy rounds done before the switch. */
+  afterRounds: z.number(),
+  /** Why it switched: `asked` (--postcopy, --postcopy-after) or `not converging` (--postcopy auto). */
+  reason: z.enum(['asked', 'not converging']),
+  /** Pages the destination lacked at the switch. */
+  missingPages: z.number(),
+  /** Pages sent by the background push, and on demand for a fault (ahead of the push, on the peer WebSocket). */
+  pushedPages: z.number(),
+  requestedPages: z.number(),
+  /** Faults the destination's vCPU took on a missing page, and how long each held it. */
+  faults: z.number(),
+  stallMs: stallSummarySchema.optional(),
+  /** Pages that arrived not matching their hash and were asked for again. */
+  refetched: z.number(),
+  /** From the switch until the destination held every page (over every resume), ms. */
+  durationMs: z.number(),
+  /** Times the push was taken up again after the link broke (`ferry migrate NAME --resume`). */
+  resumes: z.number(),
+  /** Whether every page is at the destination: false when the link broke first (the outcome is then `postcopy-paused`). */
+  complete: z.boolean(),
+  /** Page bytes sent after the switch. */
+  bytesSent: z.number(),
+});
+export type PostcopyReport = z.infer<typeof postcopyReportSchema>;
+
 export const sourceReportSchema = z.object({
-  outcome: z.enum(['committed', 'rolled-back', 'failed']),
+  /**
+   * postcopy-paused: the post-copy's link broke after the switch; the VM runs at the destination and waits for the
+   * pages still here (`ferry migrate NAME --resume`).
+   */
+  outcome: z.enum(['committed', 'rolled-back', 'failed', 'postcopy-paused']),
   /** The source passed its commit point: the destination's copy is the VM, even if its activation went unconfirmed. */
   committed: z.boolean(),
   error: errorPayloadSchema.optional(),
@@ -457,6 +514,8 @@ export const sourceReportSchema = z.object({
     disks: z.array(diskCopyReportSchema),
     verification: z.array(z.object({ file: z.string(), sourceDigest: z.string(), destDigest: z.string(), sourceImageDigest: z.string().optional(), destImageDigest: z.string().optional(), match: z.boolean() })),
   }).optional(),
+  /** Post-copy, when the migration switched to it. */
+  postcopy: postcopyReportSchema.optional(),
 });
 export type SourceReport = z.infer<typeof sourceReportSchema>;
 
@@ -475,6 +534,11 @@ export const migrationEventSchema = z.discriminatedUnion('kind', [
   }),
   z.object({ kind: z.literal('round'), report: roundReportSchema }),
   z.object({ kind: z.literal('throttle'), round: z.number(), pct: z.number() }),
+  /** Post-copy: the switch, the push's progress, a broken link, a resume, the end. */
+  z.object({
+    kind: z.literal('postcopy'), phase: z.enum(['switched', 'progress', 'paused', 'resumed', 'complete']),
+    pagesLeft: z.number(), pushedPages: z.number(), requestedPages: z.number(), faults: z.number(),
+  }),
   z.object({ kind: z.literal('storage'), file: z.string(), phase: z.enum(['bulk', 'round', 'ready', 'paused']), round: z.number(), blocksDone: z.number(), blocksTotal: z.number(), bytesSent: z.number() }),
 ]);
 export type MigrationEvent = z.infer<typeof migrationEventSchema>;
@@ -648,6 +712,13 @@ export const controlOps = {
     }).strict(),
     sourceReportSchema,
   ],
+  /**
+   * Takes up a post-copy whose link broke (`ferry migrate NAME --resume`). On the source (the VM `postcopy-out` here):
+   * reconnects to the destination and sends the pages it still lacks; events and reply as `migrate.start`. On the
+   * destination: asks the source whether it still holds them; if it does not (it crashed), the VM is lost here too
+   * (FERRY_ERR_POSTCOPY_LOST); if it cannot be reached, says so (FERRY_ERR_UNREACHABLE) and changes nothing.
+   */
+  'migrate.resume': [byName, sourceReportSchema],
   /** Settles, now, a migration of VM `name` left in doubt here (a lost commit acknowledgement); says what holds it. */
   'vm.resolve': [byName, z.object({ state: z.string(), detail: z.string() })],
   /**
@@ -765,8 +836,15 @@ const activateReplySchema = z.object({
   gc: z.array(gcPauseSchema).optional(),
 });
 
+/** One bit a page, bit (p & 7) of byte (p >>> 3) for page p: a post-copy's pages still at the source. */
+export const pageBitmapSchema = z.instanceof(Uint8Array).refine((bits) => bits.length <= MAX_MEMORY_BYTES / PAGE_SIZE / 8, 'one bit a page of at most the largest guest');
+
+/** A `peer.faults` event: pages the destination's vCPU waits for (or that arrived damaged), to send ahead of the push. */
+export const pageRequestEventSchema = z.object({ pages: z.array(z.number().int().min(0)).min(1).max(4096) }).strict();
+
 export const peerOps = {
-  'peer.hello': [z.object({ migrationId: migrationIdSchema, from: hostNameSchema, version: z.number().int() }).strict(), z.object({ name: z.string() })],
+  /** `resume`: a post-copy's source reconnecting after its link broke (`migrate.resume`), not a new migration. */
+  'peer.hello': [z.object({ migrationId: migrationIdSchema, from: hostNameSchema, version: z.number().int(), resume: z.boolean().optional() }).strict(), z.object({ name: z.string() })],
   /**
    * Asks the destination to open the page stream (shared/page-stream.ts): it dials the source's `/pages` with this
    * ticket and answers once the upgrade is done, or says why it could not (the source then sends on this WebSocket).
@@ -817,6 +895,32 @@ export const peerOps = {
       announcements: z.number().int().min(0).max(100).optional(),
     }),
   ],
+  /**
+   * The post-copy switch (agent/migration/postcopy-source.ts): the source has paused the vCPU and is committed from
+   * this request on. The destination takes the registers and files, marks the `missing` pages (page-bitmap) absent,
+   * and runs the VM at once: a vCPU that touches a missing page waits for it. Answered once the VM runs there.
+   */
+  'peer.postcopy': [
+    verifyRequestSchema.omit({ mode: true }).extend({ missing: pageBitmapSchema }).strict(),
+    /** `activated: false`: the destination could not run the VM and dropped its image (the source resumes its own). */
+    activateReplySchema.extend({ activated: z.boolean(), anchorEpochMs: z.number().optional() }),
+  ],
+  /**
+   * Open for the whole post-copy: the destination sends an event (pageRequestEventSchema) for each page its vCPU waits
+   * for, and for each that arrived damaged; the source sends those on this WebSocket ahead of the push. Answered when
+   * the post-copy ends, or the connection closes.
+   */
+  'peer.faults': [empty, empty],
+  /**
+   * Every missing page is pushed: answered once the destination holds every page, with its page-table digest (the
+   * hashes each page arrived with) for the source to compare with its own, and the vCPU's faults.
+   */
+  'peer.postcopy-end': [
+    z.object({ sourceDigest: z.string().regex(/^[0-9a-f]{16}$/) }).strict(),
+    z.object({ destDigest: z.string(), match: z.boolean(), faults: z.number(), stallMs: stallSummarySchema.optional(), refetched: z.number() }),
+  ],
+  /** After a resume's `peer.hello`: the pages the destination still lacks (page-bitmap), and its faults so far. */
+  'peer.postcopy-state': [empty, z.object({ missing: pageBitmapSchema, faults: z.number() })],
   /**
    * After a switchover: the source has freed its copy and its files. A destination that activated in a switchover
    * and never hears this (the source died, or the connection failed first) asks the source later what it still

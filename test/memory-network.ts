@@ -45,11 +45,11 @@ export async function createMemoryNetwork(hosts: { name: string; capacityBytes?:
       faults: parseFaults(host.faults),
       log,
       token: 'memory-network-token',
-      dialPeer: async (url, migrationId, from, signal) => {
+      dialPeer: async (url, migrationId, from, signal, _token, resume) => {
         const [sourceEnd, destinationEnd] = createSocketPair({ cut: (from, data) => network.peerCut?.(from === 1, data) ?? false });
         peerLinks.push([sourceEnd, destinationEnd]);
         agentAt(url).servePeer(new RpcConnection(destinationEnd, peerOps, {}));
-        return greetDestination(new RpcConnection(sourceEnd, {}, peerOps), migrationId, from, signal);
+        return greetDestination(new RpcConnection(sourceEnd, {}, peerOps), migrationId, from, signal, resume);
       },
       dialAgent: async (url) => {
         const [callerEnd, agentEnd] = createSocketPair({ cut: (from, data) => network.peerCut?.(from === 1, data) ?? false });

@@ -10,7 +10,12 @@ import type { Datastore } from '../datastore/datastore.js';
 import { configDriveText, parseConfigDrive } from '../datastore/config-drive.js';
 import { faultPoint } from '../faults.js';
 import { sendColdCopy } from '../migration/cold.js';
-import { runSource, type SourceContext } from '../migration/source.js';
+import { finishPostcopy, postcopyPausedError, runSource, type SourceContext } from '../migration/source.js';
+import { pushPostcopy } from '../migration/postcopy-source.js';
+import { NET_REGION_PAGES } from '../../shared/constants.js';
+import type { FrameSocket } from '../../shared/frame-socket.js';
+import type { SourceReport } from '../../shared/protocol.js';
+import { toFerryError } from '../../shared/errors.js';
 import { openPageStream } from '../migration/page-stream-source.js';
 import { fromStreamSocket } from '../../shared/page-stream.js';
 import { MigrationTarget } from '../migration/target.js';
@@ -151,6 +156,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
           `copy them too, live: \`ferry migrate ${name} --to ${destination.name} --copy-storage\`; or stop it and move it cold (\`--cold\`); or keep its disks on storage both hosts mount (ferry-agent --shared-storage, \`ferry storage move ${name} --to shared\`)`,
         );
       }
+      if (options.postcopy) requirePostcopyFits(vm, options);
       const storage = options.copyStorage && local.length > 0 ? localDisks(vm, local) : undefined;
       log.info('migration starting', { vm: name, to: destination.name, migration: migrationId });
       await agent.logEvent(name, `migrating to ${destination.name} (migration ${migrationId})`);
@@ -206,6 +212,8 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         onInDoubt: (doubtful, resume) => agent.settlements.add({ migrationId, vm: doubtful, destinationUrl: destination.url, resume }),
         ...(storage ? { storage } : {}),
         ...(pageStream ? { pageStream } : {}),
+        migration: { id: migrationId, destination: destination.name },
+        onPostcopyParked: (parked) => agent.postcopiesOut.set(name, { ...parked, migrationId, destination, resuming: false }),
       }).finally(() => {
         cancelled.removeEventListener('abort', onCancelled);
         context.signal.removeEventListener('abort', onClosed);
@@ -215,6 +223,14 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       if (report.outcome === 'rolled-back') await agent.logEvent(name, `migration to ${destination.name} rolled back: ${report.error?.message ?? ''}`);
       return report;
     });
+  });
+
+  connection.handle('migrate.resume', async ({ name }, context) => {
+    const parked = agent.postcopiesOut.get(name);
+    if (parked) return resumePostcopy(agent, name, parked, context);
+    const target = [...agent.incoming.values()].find((incoming) => incoming.vm.name === name && incoming.state === 'postcopy');
+    if (target) return checkPostcopySource(agent, target);
+    throw new FerryError(ErrorCode.VM_STATE, `${agent.name} has no post-copy of ${name} to resume`, 'a post-copy is resumed on the host that holds the paused copy (`postcopy-out` in `ferry vm list`)');
   });
 
   connection.handle('migrate.cancel', async ({ name, reason }) => {
@@ -260,4 +276,137 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       }
     });
   });
+}
+
+/**
+ * Post-copy needs every access to guest memory to go through the vCPU's check of the present map (vcpu-worker.ts).
+ * The kv workload's table and a disk copied live do not, and `--verify full` hashes all of memory at a moment when
+ * part of it is still at the source: those are refused before anything starts.
+ */
+function requirePostcopyFits(vm: VirtualMachine, options: { verify: string; copyStorage?: boolean | undefined }): void {
+  const refuse = (why: string, hint: string): never => {
+    throw new FerryError(ErrorCode.BAD_INPUT, `post-copy cannot move ${vm.name}: ${why}`, hint);
+  };
+  if (vm.workload.kind === 'kv') refuse('its kv table is read and written outside the vCPU\'s page checks', 'migrate it with pre-copy (leave out --postcopy)');
+  if (options.verify === 'full') refuse('--verify full hashes all of memory at the switch, when part of it is still on the source', 'use --verify pages: every page is checked against its hash as it arrives');
+  if (options.copyStorage) refuse('--copy-storage is done with pre-copy only', 'move the disk first (`ferry storage move`), then migrate with --postcopy');
+  if (vm.pageCount <= NET_REGION_PAGES) refuse(`it has ${vm.pageCount} pages, no more than its network device's`, 'give it more memory, or leave out --postcopy');
+}
+
+type ParkedEntry = Agent['postcopiesOut'] extends Map<string, infer T> ? T : never;
+
+/**
+ * `migrate.resume` on the source: reconnects to the destination and sends the pages it still lacks. A destination
+ * that no longer knows the migration either never ran the VM (no activation record: this copy is the VM, and runs on
+ * here) or ran it and lost what it had (it crashed: the VM is lost, FERRY_ERR_POSTCOPY_LOST).
+ */
+async function resumePostcopy(agent: Agent, name: string, parked: ParkedEntry, context: { signal: AbortSignal; event: (body: unknown) => void }): Promise<SourceReport> {
+  const { log } = agent;
+  const { vm, stats, destination, migrationId } = parked;
+  if (parked.resuming) throw new FerryError(ErrorCode.VM_STATE, `a resume of ${name}'s post-copy is under way`, 'wait for it to finish');
+  parked.resuming = true;
+  const startedMs = performance.now();
+  const base = (outcome: SourceReport['outcome'], error?: FerryError): SourceReport => ({
+    outcome, committed: outcome !== 'rolled-back', throttlePct: 0, rounds: [], bytesSent: stats.bytesSent, postcopy: stats,
+    stages: [{ stage: 6, name: 'post-copy', startMs: 0, endMs: performance.now() - startedMs }],
+    pageStream: { kind: parked.pageStreamKind },
+    ...(error ? { error: error.toPayload() } : {}),
+  });
+  try {
+    let peer;
+    try {
+      peer = await agent.dialPeer(destination.url, migrationId, agent.name, context.signal, agent.token, true);
+    } catch (caught) {
+      const error = toFerryError(caught);
+      if (error.code !== ErrorCode.VM_NOT_FOUND) throw error;
+      return await settleForgotten(agent, name, parked, base);
+    }
+    let pushSocket: FrameSocket | undefined;
+    if (parked.pageStreamKind === 'tcp' && agent.pageStreams.listening) {
+      const opened = await openPageStream(agent.pageStreams, (ticket) => peer.request('peer.stream', { ticket }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal: context.signal }), log);
+      if (opened.socket) pushSocket = fromStreamSocket(opened.socket);
+    }
+    const state = await peer.request('peer.postcopy-state', {}, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal: context.signal });
+    stats.resumes += 1;
+    stats.faults = state.faults;
+    log.info('post-copy resumed', { vm: name, migration: migrationId, resumes: stats.resumes });
+    const emit = (event: Parameters<typeof context.event>[0]): void => context.event(event);
+    let ended;
+    try {
+      ended = await pushPostcopy({
+        vm, peer, pushSocket, hashes: parked.hashes, tableDigest: parked.tableDigest, missing: state.missing, round: parked.round,
+        maxBandwidthBytesPerSec: 0, signal: context.signal, now: () => performance.now(), emit, log, stats,
+      });
+    } catch (caught) {
+      peer.close();
+      pushSocket?.close();
+      const error = postcopyPausedError(name, toFerryError(caught));
+      log.warn('post-copy link lost again', { vm: name, error: error.message });
+      return base('postcopy-paused', error);
+    }
+    pushSocket?.close();
+    agent.postcopiesOut.delete(name);
+    await finishPostcopy({ forgetFiles: (vmName) => agent.forgetFiles(vmName), catalog: agent.catalog }, vm, peer);
+    return {
+      ...base('committed'),
+      verification: { mode: 'pages', sourceDigest: ended.sourceDigest, destDigest: ended.answer.destDigest, match: ended.answer.match, pageMismatches: stats.refetched },
+    };
+  } finally {
+    parked.resuming = false;
+  }
+}
+
+/** The destination no longer knows the post-copy: did it ever run the VM? Its activation record says (settlement.ts). */
+async function settleForgotten(agent: Agent, name: string, parked: ParkedEntry, base: (outcome: SourceReport['outcome'], error?: FerryError) => SourceReport): Promise<SourceReport> {
+  const { vm, destination, migrationId } = parked;
+  const peer = await agent.dial(destination.url);
+  let phase;
+  try {
+    ({ phase } = await peer.request('peer.settle', { migrationId, resume: false }, { timeoutMs: PEER_REPLY_TIMEOUT_MS }));
+  } finally {
+    peer.close();
+  }
+  if (phase === 'pending') throw new FerryError(ErrorCode.VM_STATE, `${destination.name} is still deciding about ${name}`, 'retry in a moment');
+  agent.postcopiesOut.delete(name);
+  vm.postcopy = undefined;
+  if (phase === 'unknown') {
+    // It never ran there: this copy, complete and paused since the switch, is the VM.
+    if (parked.wasRunning) await vm.resume();
+    vm.state = parked.wasRunning ? 'running' : 'paused';
+    agent.log.warn('post-copy never ran at the destination; the VM runs here again', { vm: name, migration: migrationId });
+    await agent.logEvent(name, `post-copy to ${destination.name} never started there; running here again (migration ${migrationId})`);
+    return base('rolled-back', new FerryError(ErrorCode.CONNECTION_LOST, `${destination.name} never ran ${name}: the switch did not reach it`, 'the VM runs on the source as before'));
+  }
+  vm.state = 'lost';
+  agent.log.error('post-copy lost: the destination ran the VM and no longer has it', { vm: name, migration: migrationId });
+  await agent.logEvent(name, `lost in post-copy: ${destination.name} ran it and no longer has it (migration ${migrationId})`);
+  throw new FerryError(ErrorCode.POSTCOPY_LOST, `${name} was lost in post-copy: ${destination.name} ran it, then lost what it held (it crashed or restarted)`, `the copy here is stale (the guest ran on there); destroy it: \`ferry vm destroy ${name}\``);
+}
+
+/**
+ * `migrate.resume` on the destination, when no host holds a paused copy: asks the source whether it still holds the
+ * pages this VM lacks. It does: resume from there. It does not (it crashed or restarted): the VM is lost here too.
+ */
+async function checkPostcopySource(agent: Agent, target: MigrationTarget): Promise<SourceReport> {
+  const { name } = target.vm;
+  const source = target.sourceName || target.sourceUrl;
+  let peer;
+  try {
+    peer = await agent.dial(target.sourceUrl);
+  } catch (error) {
+    throw new FerryError(ErrorCode.UNREACHABLE, `${source}, which holds ${target.postcopy?.missing ?? 'the'} page(s) ${name} lacks, cannot be reached: ${toFerryError(error).message}`, `if it crashed, ${name} is lost; if it is only cut off, run \`ferry migrate ${name} --resume\` again once it is back`);
+  }
+  let state;
+  try {
+    ({ state } = await peer.request('peer.holds', { migrationId: target.migrationId, name }, { timeoutMs: PEER_REPLY_TIMEOUT_MS }));
+  } finally {
+    peer.close();
+  }
+  if (state === 'pending' || state === 'committed') {
+    throw new FerryError(ErrorCode.VM_STATE, `${source} still holds the pages ${name} lacks`, `resume it there: \`ferry migrate ${name} --resume\` finds it`);
+  }
+  const missing = target.postcopy?.missing ?? 0;
+  await target.losePostcopy();
+  await agent.logEvent(name, `lost in post-copy: ${source} no longer holds the ${missing} page(s) it lacked (migration ${target.migrationId})`);
+  throw new FerryError(ErrorCode.POSTCOPY_LOST, `${name} was lost in post-copy: ${source} no longer holds the ${missing} page(s) it lacked (it crashed or restarted)`, `destroy it here (\`ferry vm destroy ${name}\`); a definition left on ${source} starts fresh, without what was in memory`);
 }

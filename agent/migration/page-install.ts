@@ -19,6 +19,7 @@ import type { PageHeader } from '../../shared/page-frame.js';
 import type { PageHasher } from '../../shared/page-hash.js';
 import { ZERO_PAGE_HASH } from '../../shared/zero-page.js';
 import { applyDelta } from '../../shared/xbzrle.js';
+import type { PresentMap } from '../vm/present-map.js';
 
 export class PageInstaller {
   /** XXH3-64 of each page as installed, two words a page (page-hash.ts). */
@@ -89,6 +90,45 @@ export class PageInstaller {
     const { pages, zero } = header;
     for (let i = 0; i < pages.length; i++) if (!zero[i]) this.written[pages[i]!] = 1;
     return this.settle(header);
+  }
+
+  /**
+   * A post-copy's frame (postcopy-target.ts): only the pages still missing are taken, each checked as it lands, and
+   * marked present once it matches its hash, which wakes a vCPU waiting for it. A page already present is skipped: the
+   * guest may have written it since, and every copy of a page sent after the switch is the same (the source's vCPU is
+   * paused). A page that does not match stays missing, its bytes unseen by the guest, and goes to `damaged` to be
+   * asked for again. Returns how many pages became present.
+   */
+  installMissing(header: PageHeader, data: Buffer, present: PresentMap, damaged: (page: number) => void): number {
+    const { pages, zero, hashes } = header;
+    const { memory, table, written } = this;
+    let at = 0;
+    let installed = 0;
+    for (let i = 0; i < pages.length; i++) {
+      const page = pages[i]!;
+      const from = at;
+      if (!zero[i]) at += PAGE_SIZE;
+      if (present.has(page)) continue;
+      if (zero[i]) {
+        if (written[page]) {
+          memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+          written[page] = 0;
+        }
+        table[2 * page] = ZERO_PAGE_HASH[0]!;
+        table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
+      } else {
+        memory.set(data.subarray(from, from + PAGE_SIZE), page * PAGE_SIZE);
+        written[page] = 1;
+        this.hasher.hashInto(page, table, page);
+      }
+      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) {
+        damaged(page);
+        continue;
+      }
+      present.set(page); // after the bytes: a vCPU that sees the bit sees them (present-map.ts)
+      installed += 1;
+    }
+    return installed;
   }
 
   /** Clears zero pages, hashes the others where they lie into the table, and counts those that do not match. */

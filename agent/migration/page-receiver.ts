@@ -15,6 +15,7 @@ import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { decodePageHeader, expectedDataBytes, isPageHeader, pageHeaderBytes, type PageHeader } from '../../shared/page-frame.js';
 import type { PageHasher } from '../../shared/page-hash.js';
 import type { PageStreamConnection } from '../../shared/page-stream.js';
+import type { PresentMap } from '../vm/present-map.js';
 import { PageInstaller } from './page-install.js';
 import { PageStreamReader } from './page-stream-reader.js';
 
@@ -35,6 +36,15 @@ export interface PageReceiverHooks {
   afterInstall?(header: PageHeader, mismatches: number): void;
 }
 
+/** A post-copy's second half (postcopy-target.ts): only missing pages are taken, each marked present as it lands. */
+export interface PostcopyInstall {
+  present: PresentMap;
+  /** Pages that became present with a frame. */
+  installed(count: number): void;
+  /** A page that did not match its hash: still missing, to be asked for again. */
+  damaged(page: number): void;
+}
+
 export class PageReceiver {
   readonly installer: PageInstaller;
   /** Pages taken so far, zero pages included. */
@@ -51,6 +61,11 @@ export class PageReceiver {
   private stream: PageStreamConnection | undefined;
   private reader: PageStreamReader | undefined;
   private waiters: (() => void)[] = [];
+  /**
+   * Set from a post-copy's switch on: frames may then come on both paths at once (the push on the page stream, pages
+   * a fault asked for on the WebSocket), and are installed page by page, never over a page present already.
+   */
+  postcopy: PostcopyInstall | undefined;
 
   constructor(memory: Uint8Array, hasher: PageHasher, pageCount: number, hooks: PageReceiverHooks = {}) {
     this.memory = memory;
@@ -85,7 +100,7 @@ export class PageReceiver {
       return true;
     }
     if (!isPageHeader(frame)) return false;
-    if (this.stream) throw new FerryError(ErrorCode.PROTOCOL, 'page data arrived on the WebSocket while a page stream of its own is open', 'the peer is not a compatible ferry-agent');
+    if (this.stream && !this.postcopy) throw new FerryError(ErrorCode.PROTOCOL, 'page data arrived on the WebSocket while a page stream of its own is open', 'the peer is not a compatible ferry-agent');
     const header = decodePageHeader(frame, this.pageCount);
     this.hooks.acceptHeader?.(header);
     // A frame of zero pages (and deltas of unchanged pages) only has no data message.
@@ -99,12 +114,14 @@ export class PageReceiver {
    * `ended()` says pages may still be due.
    */
   attachStream(stream: PageStreamConnection, ended: () => boolean, onLost: (why: string) => void): void {
-    if (this.stream) throw new FerryError(ErrorCode.PROTOCOL, 'a second page stream for the same pages', 'the peer is not a compatible ferry-agent');
+    // A post-copy resumed after its link broke opens a new one in place of the closed one.
+    if (this.stream && !(this.postcopy && this.stream.socket.destroyed)) throw new FerryError(ErrorCode.PROTOCOL, 'a second page stream for the same pages', 'the peer is not a compatible ferry-agent');
     this.stream = stream;
     this.reader = new PageStreamReader({
       pageCount: this.pageCount,
       memory: this.memory,
       onHeader: (header) => this.hooks.acceptHeader?.(header),
+      mustStage: () => this.postcopy !== undefined,
       onFrame: (header, staged, bytes) => this.install(header, staged, bytes),
     });
     let error: string | undefined;
@@ -112,6 +129,7 @@ export class PageReceiver {
       error = cause.message;
     });
     stream.socket.once('close', () => {
+      if (this.stream !== stream) return; // replaced by a resumed post-copy's stream
       if (!ended()) onLost(error ?? 'the page stream closed while pages were due');
       this.wake();
     });
@@ -155,8 +173,23 @@ export class PageReceiver {
     }
   }
 
+  /** Forgets a WebSocket frame half taken: its data message will never come (a post-copy's link broke). */
+  dropPending(): void {
+    this.pending = undefined;
+  }
+
   private install(header: PageHeader, data: Buffer | undefined, bytes: number): void {
     this.hooks.beforeInstall?.(header, data);
+    const { postcopy } = this;
+    if (postcopy) {
+      // Staged always (the reader's mustStage; the WebSocket's data message): never in place.
+      postcopy.installed(this.installer.installMissing(header, data ?? EMPTY, postcopy.present, (page) => postcopy.damaged(page)));
+      this.pagesReceived += header.pages.length;
+      this.bytes += bytes;
+      this.lastFrameMs = performance.now();
+      this.hooks.afterInstall?.(header, 0);
+      return;
+    }
     const mismatches = data ? this.installer.install(header, data) : this.installer.installInPlace(header);
     this.pagesReceived += header.pages.length;
     this.bytes += bytes;

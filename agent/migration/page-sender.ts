@@ -26,7 +26,7 @@
 import { PAGE_SIZE, PAGES_PER_FRAME, PEER_REPLY_TIMEOUT_MS, SEND_WINDOW_BYTES } from '../../shared/constants.js';
 import { ErrorCode, FerryError, abortReason } from '../../shared/errors.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
-import { ZERO_PAGE_BIT, encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
+import { PAGE_FLAG_POSTCOPY, ZERO_PAGE_BIT, encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
 import type { XbzrleEncoder } from './xbzrle-encoder.js';
 import { hasZeroPageHash, isZeroPage } from '../../shared/zero-page.js';
 import type { VirtualMachine } from '../vm/vm.js';
@@ -58,6 +58,13 @@ export interface PageSenderOptions {
   stallTimeoutMs?: number;
   /** `--compress xbzrle`: pages sent again go as deltas against what was sent before, where that is smaller. */
   xbzrle?: XbzrleEncoder;
+  /** The page-hash table to keep (`hashes`): another sender's, when two send the same migration's pages (post-copy). */
+  hashes?: Uint32Array;
+  /**
+   * Frames between two turns of the event loop at most (default FRAMES_PER_TURN). A post-copy's push gives a turn
+   * after every frame, so that a page the guest waits for is asked for and sent without waiting behind it.
+   */
+  framesPerTurn?: number;
 }
 
 /** What a frame carries besides its header: its data message (none when empty) and the staging buffer holding it. */
@@ -87,14 +94,16 @@ export class PageSender {
     this.socket = socket;
     this.vm = vm;
     this.options = options;
-    this.hashes = new Uint32Array(2 * vm.pageCount);
+    this.hashes = options.hashes ?? new Uint32Array(2 * vm.pageCount);
   }
 
   /**
    * Sends `pages` (ascending page numbers whose dirty bits were already cleared) and resolves once every byte has
-   * been handed to the socket.
+   * been handed to the socket; with `flush: false`, once the last frame is queued within the send window (a caller that
+   * sends batch after batch flushes once, at the end).
    */
-  async send(pages: Uint32Array, round: number, flags: number): Promise<SendProgress> {
+  async send(pages: Uint32Array, round: number, flags: number, { flush = true }: { flush?: boolean } = {}): Promise<SendProgress> {
+    const framesPerTurn = this.options.framesPerTurn ?? FRAMES_PER_TURN;
     const { now, maxBandwidthBytesPerSec, signal } = this.options;
     const interval = this.options.progressIntervalMs ?? 100;
     const startedMs = now();
@@ -110,7 +119,7 @@ export class PageSender {
       const batch = pages.subarray(first, first + PAGES_PER_FRAME);
       const count = batch.length;
 
-      const { zeroPages, data, staging, deltaLengths } = this.pack(batch, round, frameHashes, entries);
+      const { zeroPages, data, staging, deltaLengths } = this.pack(batch, round, flags, frameHashes, entries);
       for (let i = 0; i < count; i++) {
         const page = batch[i]!;
         this.hashes[2 * page] = frameHashes[2 * i]!;
@@ -141,7 +150,7 @@ export class PageSender {
       if (this.outstandingBytes > SEND_WINDOW_BYTES) {
         await this.waitForDrain();
         framesSinceTurn = 0;
-      } else if (this.vm.net || framesSinceTurn >= FRAMES_PER_TURN) {
+      } else if (this.vm.net || framesSinceTurn >= framesPerTurn) {
         // A VM that serves an address needs this thread too (its device's backend sends the replies,
         // vm/net/backend.ts): give the event loop a turn between frames, or a 32 MiB window of sends holds every
         // reply back for tens of ms. Frames of zero pages fill no window: they get a turn every FRAMES_PER_TURN.
@@ -157,15 +166,16 @@ export class PageSender {
         this.options.onProgress({ ...progress });
       }
     }
-    await this.flush();
+    if (flush) await this.flush();
     return progress;
   }
 
   /** Hashes a batch's pages, marks its zero pages, and lays out its data message (see the top of this file). */
-  private pack(batch: Uint32Array, round: number, frameHashes: Uint32Array, entries: Uint32Array): FrameData {
+  private pack(batch: Uint32Array, round: number, flags: number, frameHashes: Uint32Array, entries: Uint32Array): FrameData {
     const count = batch.length;
     const { hasher, memory } = this.vm;
-    if (this.options.xbzrle) {
+    // Never after a post-copy switch (as QEMU): the destination's guest writes its copies then (page-frame.ts).
+    if (this.options.xbzrle && (flags & PAGE_FLAG_POSTCOPY) === 0) {
       const staging = this.stagingPool.pop() ?? Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
       const packed = this.options.xbzrle.pack(batch, round, frameHashes, entries, staging);
       if (packed && packed.dataBytes > 0) return { zeroPages: packed.zeroPages, data: staging.subarray(0, packed.dataBytes), staging, deltaLengths: packed.deltaLengths };

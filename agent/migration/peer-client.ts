@@ -22,14 +22,17 @@ export function dialPeerAgent(url: string, token: string, signal?: AbortSignal):
 }
 
 /** Opens the page stream to the destination: a peer connection bound to this migration's reservation. */
-export async function connectToDestination(url: string, migrationId: string, from: string, signal: AbortSignal, token: string): Promise<PeerClient> {
-  return greetDestination(await dialPeerAgent(url, token, signal), migrationId, from, signal);
+export async function connectToDestination(url: string, migrationId: string, from: string, signal: AbortSignal, token: string, resume = false): Promise<PeerClient> {
+  return greetDestination(await dialPeerAgent(url, token, signal), migrationId, from, signal, resume);
 }
 
-/** Binds a fresh peer connection to the destination's reservation for this migration. */
-export async function greetDestination(peer: PeerClient, migrationId: string, from: string, signal: AbortSignal): Promise<PeerClient> {
+/**
+ * Binds a fresh peer connection to the destination's reservation for this migration; `resume`: to its post-copy,
+ * whose link broke.
+ */
+export async function greetDestination(peer: PeerClient, migrationId: string, from: string, signal: AbortSignal, resume = false): Promise<PeerClient> {
   try {
-    await peer.request('peer.hello', { migrationId, from, version: PROTOCOL_VERSION }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+    await peer.request('peer.hello', { migrationId, from, version: PROTOCOL_VERSION, ...(resume ? { resume: true } : {}) }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
   } catch (error) {
     peer.close();
     throw error;

@@ -8,14 +8,14 @@
  * as before, its memory untouched (the sender only ever reads guest memory). After the commit point the source
  * never resumes its copy: if the destination's activation cannot be confirmed, the VM stays suspended here.
  */
-import { AUTO_CONVERGE, DEFAULT_XBZRLE_CACHE_BYTES, PEER_REPLY_TIMEOUT_MS, STOP_RULES } from '../../shared/constants.js';
+import { AUTO_CONVERGE, DEFAULT_XBZRLE_CACHE_BYTES, NET_REGION_PAGES, PEER_REPLY_TIMEOUT_MS, STOP_RULES } from '../../shared/constants.js';
 import { digestMemory, formatDigest } from '../../shared/checksum.js';
 import { TableDigest } from '../../shared/table-digest.js';
 import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PAGE_FLAG_PAUSED } from '../../shared/page-frame.js';
 import {
-  type MigrationEvent, type MigrationOptions, type PeerOps, type ReplyOf, type RoundReport, type SourceReport, type StageReport,
+  type MigrationEvent, type MigrationOptions, type PeerOps, type PostcopyReport, type ReplyOf, type RoundReport, type SourceReport, type StageReport,
   type StopReason, type TimelineMark, type Verification,
 } from '../../shared/protocol.js';
 import { collectionsWithin } from '../gc-log.js';
@@ -30,6 +30,7 @@ import type { PeerClient } from './peer-client.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
 import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
 import { LiveStorageCopy, type LocalDisk } from '../storage/live-storage.js';
+import { pushPostcopy } from './postcopy-source.js';
 
 export interface SourceContext {
   /** The VM's small files to carry to the destination (none in the in-memory network, which has no datastore). */
@@ -64,6 +65,37 @@ export interface SourceContext {
    * none where there is no agent, as in the in-memory network). Returns how long it took.
    */
   collectGarbage?: () => number;
+  /** The migration's id and its destination's name: a post-copy's source says them in its VM's info. */
+  migration?: { id: string; destination: string };
+  /**
+   * A post-copy's link broke after the switch: this copy is kept, paused (`postcopy-out`), holding the pages the
+   * destination lacks, until `ferry migrate NAME --resume` sends them (control/migrate.ts keeps it).
+   */
+  onPostcopyParked?: (parked: ParkedPostcopy) => void;
+}
+
+/** What a post-copy whose link broke keeps for its resume: the page-hash table and its digest, the figures so far. */
+export interface ParkedPostcopy {
+  vm: VirtualMachine;
+  hashes: Uint32Array;
+  tableDigest: TableDigest;
+  round: number;
+  stats: PostcopyReport;
+  wasRunning: boolean;
+  pageStreamKind: 'tcp' | 'ws';
+}
+
+/**
+ * Whether pre-copy switches to post-copy after `round` (options.postcopy): `after N` once N rounds are done, `auto`
+ * when the rounds say it will not converge (a cap fired, or a round that barely shrank the dirty set leaves more than
+ * the downtime limit allows). Never when pre-copy has converged: a stop-and-copy of a few pages is shorter.
+ */
+function switchToPostcopy(options: MigrationOptions, round: number, stopReason: StopReason | undefined, stalled: boolean, expectedDowntimeMs: number): PostcopyReport['reason'] | undefined {
+  const { postcopy } = options;
+  if (!postcopy || stopReason === 'few-dirty-pages' || stopReason === 'converged-within-downtime') return undefined;
+  if (postcopy.mode === 'after') return round >= postcopy.afterRounds ? 'asked' : undefined;
+  if (stopReason === 'max-rounds' || stopReason === 'max-bytes') return 'not converging';
+  return stalled && expectedDowntimeMs > options.maxDowntimeMs ? 'not converging' : undefined;
 }
 
 const stageNames: Record<number, string> = {
@@ -96,6 +128,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   let switchoverEndMs: number | undefined;
   let destinationAnchorEpochMs: number | undefined;
   let deltaDecodeMs: number | undefined;
+  /** Set at the post-copy switch: from its request on, a broken link parks this copy rather than failing it. */
+  let postcopy: PostcopyReport | undefined;
+  let postcopyAsked = false;
   const mark = (event: string): void => {
     if (pausedAtMs !== undefined) marks.push({ event, atMs: now() - pausedAtMs });
   };
@@ -152,6 +187,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       ...(network.report(servingAfterPauseMs, announcements) ? { network: network.report(servingAfterPauseMs, announcements) } : {}),
       ...(xbzrle ? { compression: xbzrle.report(deltaDecodeMs) } : {}),
       ...(storage ? { storage: storage.report(storageVerification) } : {}),
+      ...(postcopy ? { postcopy } : {}),
       ...(pausedAtMs !== undefined ? {
         timeline: {
           source: marks,
@@ -212,7 +248,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     let stopAfterNextRound: StopReason | undefined;
     vm.dirtyLog.clearAll(); // cleared BEFORE round 1 reads any page: writes from here on are caught
     let pages: Uint32Array = Uint32Array.from({ length: vm.pageCount }, (_, page) => page);
-    for (;;) {
+    /** Why pre-copy hands over to post-copy, when it does (switchToPostcopy). */
+    let postcopyReason: PostcopyReport['reason'] | undefined = options.postcopy?.mode === 'after' && options.postcopy.afterRounds === 0 ? 'asked' : undefined;
+    for (; postcopyReason === undefined;) {
       const roundStartMs = now();
       const inRound = pages.length;
       Object.assign(current, { round, pagesInRound: inRound, startMs: roundStartMs, bytesBefore: bytesSent });
@@ -243,6 +281,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         stopReason ??= stopAfterNextRound;
         break;
       }
+      const stalled = dirtyPagesAfter > inRound * (1 - STOP_RULES.minShrinkFraction);
+      postcopyReason = switchToPostcopy(options, round, stopReason, stalled, expectedDowntime);
+      if (postcopyReason) break;
       // A cap is never extended: not when it fired, and not when it would have fired had few-dirty-pages not come
       // first (decideStop checks that rule before the caps).
       const capsLeave = round < options.maxRounds && bytesSent < STOP_RULES.maxBytesFactor * vm.memoryBytes;
@@ -269,7 +310,6 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       if (stopReason) break;
       // Auto-converge (QEMU): a round that did not shrink the dirty set by 10 % means the guest dirties memory about
       // as fast as the link carries it; hold the vCPU back, 20 % at first and 10 % more each such round.
-      const stalled = dirtyPagesAfter > inRound * (1 - STOP_RULES.minShrinkFraction);
       if (options.autoConverge && stalled && throttlePct < AUTO_CONVERGE.maxPct) {
         throttlePct = throttlePct === 0 ? AUTO_CONVERGE.initialPct : Math.min(AUTO_CONVERGE.maxPct, throttlePct + AUTO_CONVERGE.incrementPct);
         vm.setThrottle(throttlePct);
@@ -279,6 +319,118 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       round += 1;
       pages = vm.dirtyLog.harvest(); // bits cleared here, BEFORE the pages are read by the sender
       log.debug('pre-copy round', { vm: vm.name, round, pages: pages.length });
+    }
+
+    if (postcopyReason) {
+      // Post-copy (postcopy-source.ts): pause, send the device's pages, and let the destination run the VM with the
+      // list of pages still here; then push them, serving its faults first.
+      const lastRound = rounds.length;
+      // Both sides collect their garbage first, as before a stop-and-copy (a collection in the switch is downtime).
+      if (context.collectGarbage) {
+        const collecting = peer.request('peer.sync', {
+          round: Math.max(lastRound, 1), beforePause: true, streamBytes: sender.streamBytes, ...(context.files ? { config: context.files.config } : {}),
+        }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
+        collecting.catch(() => undefined);
+        context.collectGarbage();
+        await collecting;
+      }
+      const dirtyBuffer = new Uint32Array(vm.pageCount);
+      const missing = new Uint8Array(Math.ceil(vm.pageCount / 8));
+      enterStage(3, 'post-copy switch');
+      heldEvents = [];
+      pausedAtMs = now();
+      mark('pause requested');
+      if (vm.vcpuRunning) await vm.pause({ quick: true });
+      mark('vCPU paused');
+      network.hold();
+      vm.state = 'handing-over';
+      await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
+      // The destination lacks what pre-copy never sent (all of it, switching before round 1) and what was written since.
+      const dirtyCount = vm.dirtyLog.harvestInto(dirtyBuffer);
+      let missingPages = lastRound === 0 ? vm.pageCount : dirtyCount;
+      if (lastRound === 0) {
+        missing.fill(0xff);
+        if (vm.pageCount % 8 !== 0) missing[missing.length - 1] = (1 << (vm.pageCount % 8)) - 1;
+      } else {
+        for (let i = 0; i < dirtyCount; i++) missing[dirtyBuffer[i]! >>> 3]! |= 1 << (dirtyBuffer[i]! & 7);
+      }
+      mark('dirty log harvested');
+      // The network device's rings go now: the agents on both sides touch them outside the vCPU, which alone waits for a page.
+      if (vm.net) {
+        const devicePages: number[] = [];
+        for (let page = vm.pageCount - NET_REGION_PAGES; page < vm.pageCount; page++) {
+          if ((missing[page >>> 3]! & (1 << (page & 7))) === 0) continue;
+          devicePages.push(page);
+          missing[page >>> 3]! &= ~(1 << (page & 7));
+          missingPages -= 1;
+        }
+        const pagesNow = Uint32Array.from(devicePages);
+        tableDigest.touchAll(pagesNow);
+        const sentNow = await sender.send(pagesNow, lastRound + 1, PAGE_FLAG_PAUSED);
+        bytesSent += sentNow.bytesSent;
+      }
+      mark('missing pages listed');
+      postcopy = {
+        afterRounds: lastRound, reason: postcopyReason, missingPages, pushedPages: 0, requestedPages: 0, faults: 0, refetched: 0,
+        durationMs: 0, resumes: 0, complete: false, bytesSent: 0,
+      };
+      const registers = vm.registers();
+      // COMMIT POINT: once the request leaves, the destination may run the VM; this copy never resumes unless the
+      // destination says it did not (activated: false), or a resume finds it never ran it.
+      committed = true;
+      postcopyAsked = true;
+      network.commit();
+      const askedAtMs = now();
+      const switching = peer.request('peer.postcopy', {
+        registers, resume: wasRunning, ...(context.files ? { files: context.files } : {}), ...(vm.guest ? { guest: vm.guest } : {}),
+        network: vm.network, streamBytes: sender.streamBytes, missing,
+      }, { timeoutMs: PEER_REPLY_TIMEOUT_MS });
+      switching.catch(() => undefined);
+      mark('switch asked');
+      await faultPoint(context.faults, 'after-commit', log, () => peer.close());
+      const answer = await switching;
+      mark('switch answered');
+      destinationMarks.push(...(answer.timeline ?? []));
+      destinationAnchorEpochMs = answer.anchorEpochMs;
+      if (!answer.activated) {
+        committed = false;
+        postcopyAsked = false;
+        network.inDoubt();
+        throw new FerryError(ErrorCode.IO, `the destination could not run ${vm.name} after the post-copy switch, and dropped its image`, 'the VM keeps running on the source; see the destination agent\'s log');
+      }
+      const switchedAtMs = now();
+      switchoverEndMs = switchedAtMs;
+      enterStage(5);
+      releaseEvents();
+      log.info('switched to post-copy', { vm: vm.name, missingPages, afterRounds: lastRound });
+      emit({ kind: 'postcopy', phase: 'switched', pagesLeft: missingPages, pushedPages: 0, requestedPages: 0, faults: 0 });
+      if (answer.servingAfterMs !== undefined) servingAfterPauseMs = Math.min(askedAtMs - pausedAtMs + answer.servingAfterMs, switchedAtMs - pausedAtMs);
+      announcements = answer.announcements ?? 0;
+      await network.finish();
+      vm.state = 'postcopy-out';
+      await faultPoint(context.faults, 'postcopy-switched', log, () => peer.close());
+      const stats = postcopy;
+      if (context.migration) vm.postcopy = { role: 'source', migrationId: context.migration.id, peer: context.migration.destination, missingPages: () => stats.missingPages - stats.pushedPages - stats.requestedPages, linked: () => !peer.signal.aborted };
+      enterStage(6, 'post-copy');
+      let ended;
+      try {
+        ended = await pushPostcopy({
+          vm, peer, pushSocket: pageSocket, hashes: sender.hashes, tableDigest, missing, round: lastRound + 1,
+          maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec, signal, now, emit, log, stats,
+        });
+      } catch (caught) {
+        const error = toFerryError(caught);
+        // The VM runs at the destination; the pages it lacks are here. Keep them, paused, for a resume.
+        log.warn('post-copy link lost: keeping the pages the destination lacks until `ferry migrate --resume`', { vm: vm.name, error: error.message });
+        peer.close();
+        emit({ kind: 'postcopy', phase: 'paused', pagesLeft: Math.max(0, stats.missingPages - stats.pushedPages - stats.requestedPages), pushedPages: stats.pushedPages, requestedPages: stats.requestedPages, faults: stats.faults });
+        context.onPostcopyParked?.({ vm, hashes: sender.hashes, tableDigest, round: lastRound + 1, stats, wasRunning, pageStreamKind: pageSocket ? 'tcp' : 'ws' });
+        return { ...report('postcopy-paused', postcopyPausedError(vm.name, error)), downtimeMs: switchedAtMs - pausedAtMs, guestBlackoutMs: answer.guestBlackoutMs, registers };
+      }
+      bytesSent += stats.bytesSent;
+      verification = { mode: 'pages', sourceDigest: ended.sourceDigest, destDigest: ended.answer.destDigest, match: ended.answer.match, pageMismatches: stats.refetched };
+      await finishPostcopy(context, vm, peer);
+      return { ...report('committed'), downtimeMs: switchedAtMs - pausedAtMs, guestBlackoutMs: answer.guestBlackoutMs, registers };
     }
 
     await storage?.beforePause();
@@ -440,6 +592,16 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   } catch (caught) {
     releaseEvents();
     const error = toFerryError(caught);
+    if (postcopyAsked && postcopy) {
+      // The switch was asked and its answer never came: the destination may run the VM. Kept as after a broken push:
+      // a resume finds out (it runs there: the push goes on; it never ran there: this copy resumes).
+      log.warn('post-copy switch unanswered: keeping the VM paused here until `ferry migrate --resume` finds out how it ended', { vm: vm.name, error: error.message });
+      network.inDoubt();
+      peer.close();
+      vm.state = 'postcopy-out';
+      context.onPostcopyParked?.({ vm, hashes: sender.hashes, tableDigest, round: Math.max(rounds.length, 0) + 1, stats: postcopy, wasRunning, pageStreamKind: pageSocket ? 'tcp' : 'ws' });
+      return report('postcopy-paused', postcopyPausedError(vm.name, error));
+    }
     if (committed) {
       // The destination has a verified image and may be running it: never resume here (no two copies).
       log.error('activation not confirmed after commit; keeping the VM suspended', { vm: vm.name, error: error.message });
@@ -466,6 +628,24 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     context.signal.removeEventListener('abort', onAbort);
     peer.signal.removeEventListener('abort', onPeerClosed);
   }
+}
+
+/** A post-copy whose link broke: the VM runs at the destination and waits for the pages kept here. */
+export function postcopyPausedError(name: string, cause: FerryError): FerryError {
+  return new FerryError(
+    ErrorCode.CONNECTION_LOST,
+    `the link broke during ${name}'s post-copy: ${cause.message}`,
+    `the VM runs at the destination and waits for the pages still on the source, which keeps them: run \`ferry migrate ${name} --resume\` once the hosts can reach each other`,
+  );
+}
+
+/** A post-copy is over: the destination holds every page. The source frees its copy, as after any migration. */
+export async function finishPostcopy(context: Pick<SourceContext, 'forgetFiles' | 'catalog'>, vm: VirtualMachine, peer: PeerClient): Promise<void> {
+  vm.postcopy = undefined;
+  await context.forgetFiles?.(vm.name);
+  await context.catalog.release(vm);
+  peer.request('peer.released', {}, { timeoutMs: PEER_REPLY_TIMEOUT_MS }).catch(() => undefined);
+  peer.close();
 }
 
 /** The destination's image does not match: pages damaged while paused, else the digests that differ (`digests`). */

@@ -30,6 +30,8 @@ import type { ClientDatagram } from '../vm/net/address.js';
 import type { FileSink } from '../storage/file-sink.js';
 import { PageReceiver } from './page-receiver.js';
 import type { PageStreamConnection } from '../../shared/page-stream.js';
+import { PostcopyTarget } from './postcopy-target.js';
+import { PEER_REPLY_TIMEOUT_MS } from '../../shared/constants.js';
 
 /**
  * `--copy-storage` on this host (set by the agent, which owns the datastore): staging images for the VM's local
@@ -51,7 +53,8 @@ const MAX_FORWARDED_EARLY = 4096;
 export const RESERVATION_TIMEOUT_MS = 60_000;
 const STALL_CHECK_MS = 5_000;
 
-type Phase = 'reserved' | 'receiving' | 'verified' | 'active' | 'dropped';
+/** `postcopy`: switched to post-copy, the VM running here while some of its pages are still at the source. */
+type Phase = 'reserved' | 'receiving' | 'verified' | 'postcopy' | 'active' | 'dropped';
 
 export class MigrationTarget {
   readonly migrationId: string;
@@ -71,6 +74,12 @@ export class MigrationTarget {
   private damagedWhilePaused = 0;
   private readonly watchdog: NodeJS.Timeout;
   private lastHeardMs = performance.now();
+  /** The source's host name, from its `peer.hello`. */
+  sourceName = '';
+  /** The post-copy's second half, from the switch until every page is here. */
+  postcopy: PostcopyTarget | undefined;
+  /** Pages of post-copy frames taken since the switch (fault `cut-postcopy:N`). */
+  private postcopyPages = 0;
   /** Closes the page stream; set once a source has said hello. */
   closeStream: (() => void) | undefined;
   onFinished: (() => void) | undefined;
@@ -151,6 +160,13 @@ export class MigrationTarget {
         this.tableDigest.touchAll(header.pages);
         if ((header.flags & PAGE_FLAG_PAUSED) !== 0) this.damagedWhilePaused += mismatches;
         else this.pageMismatches += mismatches;
+        const cutPostcopy = this.faults.cutPostcopyAfterPages;
+        if (cutPostcopy !== undefined && this.postcopy && this.phase === 'postcopy' && this.postcopyPagesTaken(header.pages.length) >= cutPostcopy) {
+          this.faults.cutPostcopyAfterPages = undefined;
+          this.log.warn('fault: cutting the post-copy link', { pages: cutPostcopy });
+          this.receiver.closeStream();
+          this.closeStream?.();
+        }
         const cutAfter = this.faults.cutStreamAfterBytes;
         if (cutAfter !== undefined && this.receiver.hasStream && this.receiver.bytes >= cutAfter) {
           this.faults.cutStreamAfterBytes = undefined;
@@ -174,8 +190,17 @@ export class MigrationTarget {
     return this.phase;
   }
 
-  /** Peer said hello: the page stream is about to start. */
-  attach(): void {
+  /** Peer said hello: the page stream is about to start. `resume`: a post-copy's source, back after its link broke. */
+  attach(from: string, resume = false): void {
+    if (resume) {
+      if (this.phase !== 'postcopy' || this.postcopy?.linked) {
+        throw new FerryError(ErrorCode.VM_STATE, `migration ${this.migrationId} has no post-copy waiting for its source here (it is ${this.phase})`, 'only a post-copy whose link broke can be resumed');
+      }
+      this.receiver.dropPending();
+      this.log.info('post-copy source reconnected', { vm: this.vm.name, migration: this.migrationId, missing: this.postcopy?.missing });
+      return;
+    }
+    this.sourceName = from;
     if (this.phase !== 'reserved') {
       throw new FerryError(ErrorCode.VM_STATE, `migration ${this.migrationId} already has a source connected`, 'start a new migration');
     }
@@ -192,7 +217,8 @@ export class MigrationTarget {
   }
 
   private checkReceiving(): void {
-    if (this.phase !== 'receiving') {
+    // After a post-copy's end, copies of pages still in flight are taken and skipped (every page is present).
+    if (this.phase !== 'receiving' && this.phase !== 'postcopy' && !(this.phase === 'active' && this.postcopy)) {
       throw new FerryError(ErrorCode.PROTOCOL, `page data for ${this.vm.name} arrived while the migration is ${this.phase}`);
     }
   }
@@ -202,8 +228,8 @@ export class MigrationTarget {
    * straight into guest memory. `onLost` is called if it closes while pages are still due.
    */
   attachStream(stream: PageStreamConnection, onLost: (why: string) => void): void {
-    if (this.phase !== 'receiving') throw new FerryError(ErrorCode.PROTOCOL, `a page stream for ${this.vm.name} while the migration is ${this.phase}`);
-    this.receiver.attachStream(stream, () => this.phase !== 'receiving', onLost);
+    if (this.phase !== 'receiving' && this.phase !== 'postcopy') throw new FerryError(ErrorCode.PROTOCOL, `a page stream for ${this.vm.name} while the migration is ${this.phase}`);
+    this.receiver.attachStream(stream, () => this.phase !== 'receiving' && this.phase !== 'postcopy', onLost);
   }
 
   /**
@@ -339,12 +365,14 @@ export class MigrationTarget {
   }
 
   /** Stage 5: the source has committed; this copy is the VM now. */
-  async activate(resume: boolean, receivedMs = performance.now(), { switchover = false } = {}): Promise<ReplyOf<PeerOps, 'peer.activate'>> {
+  async activate(resume: boolean, receivedMs = performance.now(), { switchover = false, postcopy = false } = {}): Promise<ReplyOf<PeerOps, 'peer.activate'>> {
     if (this.phase === 'active') return { guestBlackoutMs: this.vm.lastBlackoutMs() }; // settled twice: same answer
     if (this.phase !== 'verified') {
       throw new FerryError(ErrorCode.PROTOCOL, `activation of ${this.vm.name} asked while the migration is ${this.phase}`);
     }
-    this.phase = 'active';
+    // A post-copy with pages still to come keeps its page stream, and is `postcopy` until the last page is here.
+    const pagesDue = postcopy && this.postcopy !== undefined && !this.postcopy.complete;
+    this.phase = pagesDue ? 'postcopy' : 'active';
     this.activatedBySwitchover = switchover;
     this.mark(switchover ? 'digests match' : 'activate received', receivedMs);
     // Recorded before the vCPU runs: "no record" then proves this copy never ran (settlement.ts relies on it). A record
@@ -354,10 +382,11 @@ export class MigrationTarget {
     } catch (error) {
       this.phase = 'verified';
       this.activatedBySwitchover = false;
+      if (postcopy) this.vm.setPostcopy(null);
       throw new FerryError(ErrorCode.IO, `could not record the activation of ${this.vm.name}: ${(error as Error).message}`, 'free space in the destination\'s datastore');
     }
     this.mark('activation recorded');
-    setImmediate(() => this.destroyPageStream()); // after the reply: nothing arrives on it any more
+    if (!pagesDue) setImmediate(() => this.destroyPageStream()); // after the reply: nothing arrives on it any more
     clearInterval(this.watchdog);
     this.vm.epoch = this.sourceEpoch + 1;
     // The address before the guest runs: what was forwarded first, then whatever arrives here.
@@ -405,7 +434,7 @@ export class MigrationTarget {
         this.log.error('could not write the VM\'s files into the datastore', { vm: this.vm.name, error: String(error) });
       }));
     }
-    this.onFinished?.();
+    if (!pagesDue) this.onFinished?.(); // a post-copy is finished here once its last page is (endedPostcopy)
     const announcements = this.vm.net?.announcements;
     this.mark('activate reply ready');
     return {
@@ -417,10 +446,109 @@ export class MigrationTarget {
     };
   }
 
+  /**
+   * The post-copy switch (`peer.postcopy`): every frame sent before it is in (the caller waited with `streamAt`). Takes
+   * the registers and files as verification would, marks the missing pages absent, and runs the VM at once; a vCPU
+   * that touches a missing page waits for it (postcopy-target.ts). The source committed when it asked.
+   */
+  async beginPostcopy(request: RequestOf<PeerOps, 'peer.postcopy'>, receivedMs: number): Promise<ReplyOf<PeerOps, 'peer.postcopy'>> {
+    if (this.phase !== 'receiving' || this.receiver.midFrame) {
+      throw new FerryError(ErrorCode.PROTOCOL, `a post-copy switch for ${this.vm.name} while ${this.receiver.midFrame ? 'page data is still due' : `the migration is ${this.phase}`}`);
+    }
+    this.verifyReceivedMs = receivedMs;
+    this.marks = [];
+    this.mark('postcopy received', receivedMs);
+    const missing = this.vm.present.loadMissing(request.missing);
+    this.vm.setRegisters(request.registers);
+    this.vm.guest = request.guest;
+    if (request.network !== undefined) this.vm.network = request.network;
+    this.resumeOnActivation = request.resume;
+    this.files = request.files;
+    const postcopy = new PostcopyTarget(this.vm, missing, this.log);
+    this.postcopy = postcopy;
+    this.receiver.postcopy = postcopy;
+    if (missing > 0) {
+      this.vm.setPostcopy((message) => postcopy.onVcpu(message));
+      this.vm.postcopy = {
+        role: 'destination', migrationId: this.migrationId, peer: this.sourceName, missingPages: () => postcopy.missing, linked: () => postcopy.linked,
+      };
+    }
+    this.phase = 'verified';
+    this.mark('missing pages marked');
+    let activated;
+    try {
+      activated = await this.activate(request.resume, performance.now(), { postcopy: true });
+    } catch (error) {
+      this.receiver.postcopy = undefined;
+      this.postcopy = undefined;
+      this.vm.postcopy = undefined;
+      throw error;
+    }
+    return { ...activated, activated: true, anchorEpochMs: performance.timeOrigin + receivedMs };
+  }
+
+  private postcopyPagesTaken(more: number): number {
+    this.postcopyPages += more;
+    return this.postcopyPages;
+  }
+
+  /** `peer.faults`: pages are asked for on this request's events until the post-copy completes or the connection goes. */
+  faultChannel(send: (pages: number[]) => void, closed: AbortSignal): Promise<void> {
+    const postcopy = this.postcopy;
+    if (!postcopy || (this.phase !== 'postcopy' && this.phase !== 'active')) throw new FerryError(ErrorCode.PROTOCOL, `page requests for ${this.vm.name} while the migration is ${this.phase}`);
+    return postcopy.openChannel(send, closed);
+  }
+
+  /** `peer.postcopy-state`: what a resumed source must still send. */
+  postcopyState(): ReplyOf<PeerOps, 'peer.postcopy-state'> {
+    const postcopy = this.postcopy;
+    if (!postcopy || this.phase !== 'postcopy') throw new FerryError(ErrorCode.VM_STATE, `${this.vm.name} has no post-copy under way here (the migration is ${this.phase})`);
+    return { missing: this.vm.present.missingBitmap(), faults: postcopy.faults };
+  }
+
+  /**
+   * `peer.postcopy-end`: the source has pushed every missing page. Answered once every page is here, with the digest
+   * of the hashes they arrived with, for the source to compare with its own. The VM runs here either way: a page that
+   * arrived damaged was asked for again, so a mismatch here means a fault in ferry itself, said loudly.
+   */
+  async endPostcopy(sourceDigest: string, signal: AbortSignal): Promise<ReplyOf<PeerOps, 'peer.postcopy-end'>> {
+    const postcopy = this.postcopy;
+    if (!postcopy || (this.phase !== 'postcopy' && this.phase !== 'active')) throw new FerryError(ErrorCode.PROTOCOL, `the end of a post-copy of ${this.vm.name} while the migration is ${this.phase}`);
+    if (this.phase === 'postcopy' && !(await postcopy.whenComplete(PEER_REPLY_TIMEOUT_MS, signal))) {
+      throw new FerryError(ErrorCode.TIMEOUT, `${postcopy.missing} page(s) of ${this.vm.name} still missing ${PEER_REPLY_TIMEOUT_MS / 1000} s after the push ended`, 'the source sends them when asked; check the link between the hosts');
+    }
+    this.endedPostcopy(true);
+    const destDigest = formatDigest(this.tableDigest.digest());
+    const match = destDigest === sourceDigest;
+    if (!match) this.log.error('post-copy page tables differ after every page arrived checked', { vm: this.vm.name, sourceDigest, destDigest });
+    const stallMs = postcopy.stallSummary();
+    return { destDigest, match, faults: postcopy.faults, ...(stallMs ? { stallMs } : {}), refetched: postcopy.refetched };
+  }
+
+  /** The post-copy is over here: every page present (`complete`), or the VM lost with its source. */
+  private endedPostcopy(complete: boolean): void {
+    if (this.phase !== 'postcopy') return;
+    this.phase = 'active';
+    this.vm.postcopy = undefined;
+    setImmediate(() => this.destroyPageStream());
+    this.log.info(complete ? 'post-copy finished here' : 'post-copy ended here without its pages', { vm: this.vm.name, migration: this.migrationId });
+    this.onFinished?.();
+  }
+
+  /** The source is gone with the pages this VM lacks (it said so, or forgot the migration): the VM is lost here. */
+  async losePostcopy(): Promise<void> {
+    if (this.phase !== 'postcopy') return;
+    this.log.error('post-copy lost: the source no longer holds the pages this VM lacks; its vCPU is stopped', { vm: this.vm.name, missing: this.postcopy?.missing });
+    await this.vm.pause().catch(() => undefined);
+    this.vm.setPostcopy(null);
+    this.vm.state = 'lost';
+    this.endedPostcopy(false);
+  }
+
   /** Datagrams the source forwarded: kept until activation, then straight to the VM's RX ring. */
   takeForwarded(datagrams: ClientDatagram[]): void {
     this.lastHeardMs = performance.now();
-    if (this.phase === 'active') {
+    if (this.phase === 'active' || this.phase === 'postcopy') {
       for (const datagram of datagrams) this.vm.net?.deliver(datagram);
       return;
     }
@@ -435,6 +563,12 @@ export class MigrationTarget {
    * it, the source may have committed, so the image stays, parked and never running.
    */
   connectionClosed(): void {
+    if (this.phase === 'postcopy') {
+      // The VM runs here; the pages it lacks are at the source, which keeps them until it reconnects.
+      this.receiver.dropPending();
+      this.log.warn('post-copy link lost: the VM runs here and waits for its missing pages until the source reconnects (ferry migrate --resume)', { vm: this.vm.name, missing: this.postcopy?.missing });
+      return;
+    }
     if (this.switchoverAsked && (this.phase === 'receiving' || this.phase === 'verified')) {
       // The source committed when it asked: the switchover under way verifies and activates, or drops, on its own.
       this.streamClosed = true;
@@ -455,7 +589,7 @@ export class MigrationTarget {
    * only committed copy.
    */
   async drop(reason: string, { keepVerified }: { keepVerified: boolean }): Promise<void> {
-    if (this.phase === 'active' || this.phase === 'dropped') return;
+    if (this.phase === 'active' || this.phase === 'postcopy' || this.phase === 'dropped') return;
     if (keepVerified && (this.phase === 'verified' || this.switchoverAsked)) {
       // A switchover asked means the source committed: the switchover decides, not a closed connection or a release.
       this.log.warn('not dropping a verified image, or one a switchover is deciding: its source may have committed', { vm: this.vm.name, reason });

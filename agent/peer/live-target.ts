@@ -25,7 +25,7 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
   };
   connection.signal.addEventListener('abort', () => target?.connectionClosed(), { once: true });
 
-  connection.handle('peer.hello', async ({ migrationId, version }) => {
+  connection.handle('peer.hello', async ({ migrationId, from, version, resume }) => {
     if (version !== PROTOCOL_VERSION) {
       throw new FerryError(ErrorCode.PROTOCOL_VERSION, `the source speaks protocol ${version}, ${agent.name} speaks ${PROTOCOL_VERSION}`, 'run the same ferry version on every host');
     }
@@ -34,7 +34,7 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     if (!found) {
       throw new FerryError(ErrorCode.VM_NOT_FOUND, `no reservation for migration ${migrationId} on ${agent.name}`, 'the reservation expired or was released; start the migration again');
     }
-    found.attach();
+    found.attach(from, resume === true);
     found.closeStream = () => connection.close(1001, 'reservation expired');
     target = found;
     return { name: agent.name };
@@ -113,6 +113,32 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     log.debug('switched over', { tookMs: performance.now() - startedMs });
     return { ...verified, ...activated, timeline: [...(verified.timeline ?? []), ...(activated.timeline ?? [])], match: true, activated: true };
   });
+  // The post-copy switch (source: postcopy-source.ts). As for a switchover, the source is committed from the moment
+  // it asked: a failure before the VM runs here drops the image and says so (the source resumes its copy); once it
+  // runs here, a closed connection leaves it running and waiting for its missing pages until the source reconnects.
+  connection.handle('peer.postcopy', async (request) => {
+    const startedMs = performance.now();
+    const found = current();
+    found.switchoverAsked = true;
+    try {
+      await found.streamAt(request.streamBytes);
+      const reply = await found.beginPostcopy(request, startedMs);
+      setImmediate(() => void faultPoint(faults, 'postcopy-switched', log, () => connection.close()));
+      log.debug('switched to post-copy', { vm: found.vm.name, missing: found.postcopy?.missing, tookMs: performance.now() - startedMs });
+      return { ...reply, activated: true };
+    } catch (error) {
+      if (found.state !== 'receiving' && found.state !== 'verified') throw error;
+      log.error('could not switch to post-copy; dropping the image, the source resumes', { vm: found.vm.name, error: (error as Error).message });
+      await found.drop(`the post-copy switch failed: ${(error as Error).message}`, { keepVerified: false });
+      return { guestBlackoutMs: 0, activated: false };
+    }
+  });
+  connection.handle('peer.faults', async (_request, context) => {
+    await current().faultChannel((pages) => void context.event({ pages }), context.signal);
+    return {};
+  });
+  connection.handle('peer.postcopy-state', async () => current().postcopyState());
+  connection.handle('peer.postcopy-end', async ({ sourceDigest }, context) => current().endPostcopy(sourceDigest, context.signal));
   connection.handle('peer.released', async () => {
     current().sourceReleased = true;
     return {};

@@ -13,10 +13,10 @@
  *
  *   control block  SharedArrayBuffer, CONTROL_BYTES
  *   Int32 slots (Atomics)
- *   +-----+-------+-------+------+------+----------+----------+-------------+-------+------+------+
- *   | CMD | STATE | REG_X | N_LO | N_HI | THROTTLE | DOORBELL | NET_PRESENT | REG_Y | M_LO | M_HI |
- *   +-----+-------+-------+------+------+----------+----------+-------------+-------+------+------+
- *    0     1       2       3      4      5          6          7             8       9      10
+ *   +-----+-------+-------+------+------+----------+----------+-------------+-------+------+------+----------+
+ *   | CMD | STATE | REG_X | N_LO | N_HI | THROTTLE | DOORBELL | NET_PRESENT | REG_Y | M_LO | M_HI | POSTCOPY |
+ *   +-----+-------+-------+------+------+----------+----------+-------------+-------+------+------+----------+
+ *    0     1       2       3      4      5          6          7             8       9      10     11
  *   Float64 slots (plain loads and stores), from byte 48
  *   +--------------+-------------+---------+
  *   | HEARTBEAT_MS | BLACKOUT_MS | BUSY_MS |
@@ -74,9 +74,15 @@ export const ControlSlot = {
   REG_M_LO: 9,
   /** Register m: disk writes done, high bits. */
   REG_M_HI: 10,
+  /**
+   * Main thread -> vCPU: 1 while some guest pages are not in this host's memory (a post-copy's destination): the
+   * vCPU checks the present map (present-map.ts) before each page write, and waits for a page that is missing.
+   * Set before the vCPU first runs after the switch, cleared once every page is present.
+   */
+  POSTCOPY: 11,
 } as const;
 
-export const INT32_SLOTS = 11;
+export const INT32_SLOTS = 12;
 
 export const ControlFloatSlot = {
   /** Guest clock: epoch milliseconds of the vCPU's last loop turn. */
@@ -88,7 +94,7 @@ export const ControlFloatSlot = {
 } as const;
 
 /**
- * Float64 slots start at byte 48 (INT32_SLOTS x 4 = 44, rounded up to 8), so Float64 index 6 is byte 48; three of
+ * Float64 slots start at byte 48 (INT32_SLOTS x 4 = 48), so Float64 index 6 is byte 48; three of
  * them end at byte 72. Nothing else assumes the size: the views are made over the whole buffer (controlViews).
  */
 export const CONTROL_BYTES = 72;

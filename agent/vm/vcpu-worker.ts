@@ -10,6 +10,13 @@
  * the block layer on the main thread says the write is in the image; only then do registers y and m count it. The
  * command is read between whole disk writes too, so a paused vCPU never has a disk write half done.
  *
+ * During a post-copy's second half (layout.ts, POSTCOPY) every page write first checks the present map
+ * (present-map.ts). A page still at the source is a fault: the vCPU tells the main thread which page (a `fault`
+ * message), then waits on the map's word until the page is in, reading its command every FAULT_WAIT_MS so that a
+ * pause or a stop still reaches it. A write given up that way never happened: its registers were not stored, and
+ * they are reloaded from the control block before the next one. When the page arrives the vCPU reports how long it
+ * waited (a `stall` message) and makes the write.
+ *
  * At boot, before its first write, the guest reads its config drive when it has one (agent/datastore/config-drive.ts)
  * and reports what it took (its hostname) to the agent by a message. That is all it does with it: guest memory is not
  * touched, so the `pattern` workload's memory stays a pure function of its seed and write count.
@@ -29,6 +36,7 @@ import { NetDevice } from './net/device.js';
 import { serveRequest } from './net/guest-service.js';
 import { KvTable } from './net/kv-table.js';
 import { BlockMailbox } from './disk/mailbox.js';
+import { PresentMap } from './present-map.js';
 
 export interface VcpuWorkerData {
   memory: SharedArrayBuffer;
@@ -38,6 +46,8 @@ export interface VcpuWorkerData {
   workload: WorkloadSpec;
   /** The first disk's block mailbox (disk/mailbox.ts); served while its BLOCK_COUNT is not 0. */
   diskMailbox: SharedArrayBuffer;
+  /** Which pages are in memory here (present-map.ts); read only while POSTCOPY is 1. */
+  present: SharedArrayBuffer;
   /** The config drive's text, when the VM boots with one (a fresh power-on); not for a migration's destination. */
   configDrive?: string | undefined;
 }
@@ -47,6 +57,9 @@ export interface GuestBootMessage {
   kind: 'guest';
   hostname: string | null;
 }
+
+/** A post-copy fault: the vCPU waits for `page`; then how long it waited, once the page came. */
+export type VcpuFaultMessage = { kind: 'fault'; page: number } | { kind: 'stall'; page: number; ms: number };
 
 /**
  * The guest's side of the config drive, written as a guest would: read the seed, take `meta-data.local-hostname`.
@@ -68,6 +81,8 @@ const WRITES_PER_TURN = 256;
 const REQUESTS_PER_TURN = 64;
 /** Disk writes per loop turn at most (each is a round trip to the main thread). */
 const DISK_WRITES_PER_TURN = 64;
+/** A vCPU waiting for a missing page reads its command this often (a pause or stop does not notify the map's word). */
+const FAULT_WAIT_MS = 10;
 
 function run(data: VcpuWorkerData): void {
   if (data.configDrive !== undefined) parentPort?.postMessage(bootFromConfigDrive(data.configDrive));
@@ -80,6 +95,7 @@ function run(data: VcpuWorkerData): void {
   const registers: WorkloadRegisters = { x: 0, n: 0 };
   const disk: DiskRegisters = { y: 0, m: 0 };
   const mailbox = new BlockMailbox(data.diskMailbox);
+  const present = new PresentMap(data.present, data.pageCount);
   const baseDiskRate = writesDisk(data.workload) ? (data.workload.diskRate ?? 0) : 0;
   // The network device and the kv table, made the first time the VM has an address (NET_PRESENT) and served.
   let device: NetDevice | undefined;
@@ -129,6 +145,26 @@ function run(data: VcpuWorkerData): void {
     Atomics.store(ints, ControlSlot.STATE, state);
     Atomics.notify(ints, ControlSlot.STATE);
   };
+  /**
+   * A post-copy fault on `page`: says so, then waits until the page is in (true), or until the command is no longer
+   * RUN (false: the write is given up, and the caller reloads the registers).
+   */
+  const awaitPage = (page: number): boolean => {
+    const startedMs = performance.now();
+    parentPort?.postMessage({ kind: 'fault', page } satisfies VcpuFaultMessage);
+    account();
+    while (!present.has(page)) {
+      if (Atomics.load(ints, ControlSlot.CMD) !== VcpuCommand.RUN) {
+        woke();
+        return false;
+      }
+      present.wait(page, FAULT_WAIT_MS);
+    }
+    woke();
+    parentPort?.postMessage({ kind: 'stall', page, ms: performance.now() - startedMs } satisfies VcpuFaultMessage);
+    return true;
+  };
+
   const loadRegisters = (): void => {
     registers.x = Atomics.load(ints, ControlSlot.REG_X) >>> 0;
     registers.n = readRegisterN(ints);
@@ -230,6 +266,10 @@ function run(data: VcpuWorkerData): void {
       if (Atomics.load(ints, ControlSlot.CMD) !== VcpuCommand.RUN) break;
       const page = nextPage(registers);
       if (page >= 0) {
+        if (Atomics.load(ints, ControlSlot.POSTCOPY) !== 0 && !present.has(page) && !awaitPage(page)) {
+          loadRegisters(); // the write was given up: its registers were never stored
+          break;
+        }
         // Write the page, THEN mark it dirty (dirty-log.ts explains why this order matters).
         writePage(words, page, registers);
         dirtyLog.mark(page);

@@ -8,7 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import { ControlSlot, VcpuCommand, VcpuState, controlViews } from './layout.js';
 import type { GuestFacts } from '../../shared/protocol.js';
-import type { GuestBootMessage, VcpuWorkerData } from './vcpu-worker.js';
+import type { GuestBootMessage, VcpuFaultMessage, VcpuWorkerData } from './vcpu-worker.js';
 
 /**
  * The worker's compiled file. Node 20 cannot start a `.ts` worker, so when this module itself runs from the
@@ -37,6 +37,8 @@ export class Vcpu {
   /** What the guest took from its config drive at boot, once it has said (vcpu-worker.ts). */
   private readonly booted: Promise<GuestBootMessage>;
   guest: GuestFacts | undefined;
+  /** A post-copy fault, and later its stall (vcpu-worker.ts): set by whoever serves the missing pages. */
+  onFault: ((message: VcpuFaultMessage) => void) | undefined;
 
   private constructor(data: VcpuWorkerData) {
     this.ints = controlViews(data.control).ints;
@@ -45,8 +47,9 @@ export class Vcpu {
     Atomics.store(this.ints, ControlSlot.STATE, VcpuState.STARTING);
     this.worker = new Worker(workerUrl(), { workerData: data, name: 'vcpu' });
     this.booted = new Promise((resolve) => {
-      this.worker.on('message', (message: GuestBootMessage) => {
+      this.worker.on('message', (message: GuestBootMessage | VcpuFaultMessage) => {
         if (message.kind === 'guest') resolve(message);
+        else this.onFault?.(message);
       });
     });
     this.worker.on('error', (error) => {
@@ -129,6 +132,11 @@ export class Vcpu {
   ring(): void {
     Atomics.add(this.ints, ControlSlot.DOORBELL, 1);
     Atomics.notify(this.ints, ControlSlot.DOORBELL);
+  }
+
+  /** Says whether the vCPU checks the present map before each page write (layout.ts, POSTCOPY). */
+  setPostcopy(on: boolean): void {
+    Atomics.store(this.ints, ControlSlot.POSTCOPY, on ? 1 : 0);
   }
 
   /** Says whether the vCPU serves a network device; only while it is paused or parked (layout.ts, NET_PRESENT). */

@@ -17,6 +17,8 @@ import { BlockMailbox } from './disk/mailbox.js';
 import { Vcpu } from './vcpu.js';
 import type { NetBackend } from './net/backend.js';
 import { NetDevice } from './net/device.js';
+import { PresentMap } from './present-map.js';
+import type { VcpuFaultMessage } from './vcpu-worker.js';
 
 export interface VmSpec {
   name: string;
@@ -36,6 +38,8 @@ export class VirtualMachine {
   /** Hashes guest pages where they lie (guest memory is shared wasm memory for it). */
   readonly hasher: PageHasher;
   readonly dirtyLog: DirtyLog;
+  /** Which pages are in memory here: all of them, except on a post-copy's destination until the last arrives. */
+  readonly present: PresentMap;
   readonly createdAt = new Date();
   state: VmState;
   /** Ownership epoch: 1 at creation, one more with each committed migration (protocol.ts, vmSummarySchema). */
@@ -59,6 +63,11 @@ export class VirtualMachine {
    * it and a suspend keeps it; a fresh boot reads the drive again.
    */
   guest: GuestFacts | undefined;
+  /**
+   * A post-copy under way (vmInfoSchema `postcopy`): this VM runs here and waits for pages (`destination`), or is the
+   * paused source copy that holds them (`source`).
+   */
+  postcopy: { role: 'source' | 'destination'; migrationId: string; peer: string; missingPages: () => number; linked: () => boolean } | undefined;
   /** The network device's host side, while the VM serves its address on this host (net/attach.ts). */
   net: NetBackend | undefined;
   /** The block mailbox of its first disk, between the vCPU and `disk0` (disk/mailbox.ts). */
@@ -71,7 +80,8 @@ export class VirtualMachine {
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 
-  private constructor(spec: VmSpec, memory: WebAssembly.Memory, dirtyLog: DirtyLog, control: SharedArrayBuffer, mailbox: BlockMailbox, vcpu: Vcpu, state: VmState) {
+  private constructor(spec: VmSpec, memory: WebAssembly.Memory, dirtyLog: DirtyLog, present: PresentMap, control: SharedArrayBuffer, mailbox: BlockMailbox, vcpu: Vcpu, state: VmState) {
+    this.present = present;
     this.diskMailbox = mailbox;
     this.name = spec.name;
     this.memoryBytes = spec.memoryBytes;
@@ -101,12 +111,14 @@ export class VirtualMachine {
     Atomics.store(ints, ControlSlot.REG_Y, initialDiskY(spec.workload.seed) | 0);
     writeRegisterM(ints, 0);
     const mailbox = BlockMailbox.allocate();
+    const present = PresentMap.allocate(pageCount);
+    present.fill();
     const vcpu = await Vcpu.start({
       memory: memory.buffer as SharedArrayBuffer, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload,
-      diskMailbox: mailbox.buffer,
+      diskMailbox: mailbox.buffer, present: present.words.buffer as SharedArrayBuffer,
       ...(spec.configDrive !== undefined ? { configDrive: spec.configDrive } : {}),
     });
-    return new VirtualMachine(spec, memory, dirtyLog, control, mailbox, vcpu, state);
+    return new VirtualMachine(spec, memory, dirtyLog, present, control, mailbox, vcpu, state);
   }
 
   get vcpuRunning(): boolean {
@@ -181,6 +193,15 @@ export class VirtualMachine {
     floats[ControlFloatSlot.HEARTBEAT_MS] = registers.heartbeatMs;
   }
 
+  /**
+   * Post-copy on this side (the destination): the vCPU checks the present map before each page write and waits for a
+   * missing page, telling `onFault` (null: stop checking, every page is here).
+   */
+  setPostcopy(onFault: ((message: VcpuFaultMessage) => void) | null): void {
+    this.vcpu.onFault = onFault ?? undefined;
+    this.vcpu.setPostcopy(onFault !== null);
+  }
+
   /** Holds the vCPU to (100 - percent) % of its rate: auto-converge's throttle; 0 lifts it. */
   setThrottle(percent: number): void {
     Atomics.store(this.control.ints, ControlSlot.THROTTLE_PCT, Math.max(0, Math.min(99, Math.round(percent))));
@@ -224,6 +245,12 @@ export class VirtualMachine {
       createdAt: this.createdAt.toISOString(),
       ...(this.image ? { image: this.image } : {}),
       ...(this.guest ? { guest: this.guest } : {}),
+      ...(this.postcopy ? {
+        postcopy: {
+          role: this.postcopy.role, migrationId: this.postcopy.migrationId, peer: this.postcopy.peer,
+          missingPages: this.postcopy.missingPages(), linked: this.postcopy.linked(),
+        },
+      } : {}),
     };
   }
 }

@@ -155,6 +155,8 @@ export function toMarkdown(results: BenchResults): string {
   if (results.peer) lines.push(...peerSection(results.peer, results.peers ?? [], results.summaries));
   if (results.serviceSummaries.length > 0) lines.push(...serviceSection(results.serviceSummaries));
   if (results.storageSummaries.length > 0) lines.push(...storageSection(results));
+  const postcopy = results.summaries.filter((summary) => summary.postcopy);
+  if (postcopy.length > 0) lines.push(...postcopySection(postcopy));
   if (results.soaks && results.soaks.length > 0) lines.push(...soakSection(results.soaks));
   if (results.charts.length > 0) {
     lines.push('## Charts', '');
@@ -198,6 +200,22 @@ function afterRound1Table(summaries: ScenarioSummary[]): string[] {
   for (const s of summaries) {
     const c = s.compression;
     lines.push(`| ${s.scenario} | ${s.compress ?? '-'} | ${withSpread(mib(s.bytesAfterRound1), 2)} | ${c ? int(c.cacheHits.median) : '-'} | ${c ? int(c.cacheMisses.median) : '-'} | ${c ? int(c.deltaPages.median) : '-'} | ${c ? withSpread(mib(c.bytesSaved), 1) : '-'} | ${c ? withSpread(c.encodeMs, 0) : '-'} | ${c ? withSpread(c.decodeMs, 0) : '-'} |`);
+  }
+  lines.push('');
+  return lines;
+}
+
+function postcopySection(summaries: ScenarioSummary[]): string[] {
+  const lines: string[] = ['## Post-copy', ''];
+  lines.push('Scenarios that switch to post-copy (`ferry migrate --postcopy-after N`, `--postcopy auto`): the VM runs at the destination ' +
+    'from the switch while its missing pages follow, each fetched first when the guest touches it. Downtime is the switch; ' +
+    'faults are the destination vCPU\'s waits for a missing page, and their stall the time each held it. One pass: memory over the ' +
+    'link\'s page rate as the forecast measured it in the same run. Medians over the runs, (min–max) beside them.', '');
+  lines.push('| scenario | switch | switched | downtime ms | total time ms | total / one pass | faults | stall p50 ms | stall p99 ms | pages asked for | pages pushed | post-copy ms | sent / memory |');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const s of summaries) {
+    const p = s.postcopy!;
+    lines.push(`| ${s.scenario} | ${p.mode} | ${p.switched}/${s.runs} | ${withSpread(s.downtimeMs, 2)} | ${withSpread(s.totalTimeMs, 0)} | ${num(p.totalOverOnePass.median, 2)} | ${withSpread(p.faults, 0)} | ${withSpread(p.stallP50Ms, 2)} | ${withSpread(p.stallP99Ms, 2)} | ${int(p.requestedPages.median)} | ${int(p.pushedPages.median)} | ${withSpread(p.postcopyMs, 0)} | ${num(s.bytesSentOverMemory.median, 2)} |`);
   }
   lines.push('');
   return lines;

@@ -6,7 +6,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { PAGE_SIZE, STOP_RULES } from '../../shared/constants.js';
-import type { HostInfo, SourceReport, StopReason, Verification, WorkloadSpec } from '../../shared/protocol.js';
+import type { HostInfo, PostcopyReport, SourceReport, StopReason, Verification, WorkloadSpec } from '../../shared/protocol.js';
 import { parseDuration, parseRate, parseSize } from '../../shared/units.js';
 import type { HostEntry } from '../cluster.js';
 import { withHost } from '../connect.js';
@@ -52,6 +52,10 @@ export interface RunResult {
   verification?: Verification;
   /** Guest memory on the destination checked against a replay of the pattern workload (pattern VMs only). */
   replayMatches?: boolean;
+  /** Post-copy's figures, when the migration switched to it: faults, their stalls, pages pushed and asked for. */
+  postcopy?: PostcopyReport;
+  /** Memory over the link's measured page rate (the forecast's measurement): the time of one pass over memory. */
+  onePassMs?: number;
   /** The model's pre-copy and stop-and-copy (stages 2-3), from round-1 throughput and the achieved dirty rate. */
   prediction: ModelPrediction;
   /** Stages 2-3 as measured, the span the model predicts. */
@@ -142,6 +146,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       autoConverge: false,
       ...(scenario.pageStream === 'ws' ? { pageStream: 'ws' as const } : {}),
       ...(scenario.compress ? { compress: scenario.compress, ...(scenario.xbzrleCache ? { xbzrleCacheBytes: parseSize(scenario.xbzrleCache) } : {}) } : {}),
+      ...(scenario.postcopy ? { postcopy: scenario.postcopy } : {}),
     };
     const forecastStartedMs = performance.now();
     const planned = await forecastMigration(bench.cluster, { vm: 'bench', to: 'host-b', options }).catch((error: unknown) => {
@@ -213,6 +218,8 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       },
       ...(report.verification ? { verification: report.verification } : {}),
       ...(replayMatches !== undefined ? { replayMatches } : {}),
+      ...(report.postcopy ? { postcopy: report.postcopy } : {}),
+      ...(planned && planned.link.bytesPerSec > 0 ? { onePassMs: (memoryBytes / planned.link.bytesPerSec) * 1000 } : {}),
       prediction,
       transferTimeMs,
       predictedTotalTimeMs,

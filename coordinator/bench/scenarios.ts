@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { ErrorCode, FerryError } from '../../shared/errors.js';
-import { verifyModeSchema, workloadKindSchema } from '../../shared/protocol.js';
+import { postcopyOptionSchema, verifyModeSchema, workloadKindSchema } from '../../shared/protocol.js';
 
 /**
  * A service scenario: the kv VM serves its address while a client probes it, across `migrations` live migrations
@@ -77,6 +77,8 @@ export const scenarioSchema = z.object({
   compress: z.enum(['xbzrle']).optional(),
   /** With `compress`: `--xbzrle-cache`, e.g. `64MiB` (the default). */
   xbzrleCache: z.string().optional(),
+  /** Post-copy (`ferry migrate --postcopy-after N` or `--postcopy auto`): `{mode: "after", afterRounds}` or `{mode: "auto"}`. */
+  postcopy: postcopyOptionSchema.optional(),
   /**
    * Back guest memory with real pages at creation (QEMU's -mem-prealloc). On by default: a guest that has run for a
    * while has its memory resident, and a fresh guest's untouched memory would charge the migration for page faults

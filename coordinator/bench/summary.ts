@@ -42,6 +42,19 @@ export interface ScenarioSummary {
   linkRateBytesPerSec: number;
   allVerified: boolean;
   allReplayMatched: boolean | undefined;
+  /** Post-copy scenarios: how the switch went, medians over the runs that switched. */
+  postcopy?: {
+    mode: string;
+    switched: number;
+    faults: Spread;
+    stallP50Ms: Spread;
+    stallP99Ms: Spread;
+    requestedPages: Spread;
+    pushedPages: Spread;
+    postcopyMs: Spread;
+    /** Total time over one pass of memory at the link's measured page rate. */
+    totalOverOnePass: Spread;
+  };
 }
 
 export function summarize(scenario: Scenario, runs: RunResult[], rawTcp: RawTcpResult): ScenarioSummary {
@@ -88,6 +101,24 @@ export function summarize(scenario: Scenario, runs: RunResult[], rawTcp: RawTcpR
     linkRateBytesPerSec: spread(runs.map((run) => run.linkRateBytesPerSec)).median,
     allVerified: runs.every((run) => run.outcome !== 'committed' || run.verification?.match === true),
     allReplayMatched: replayed.length > 0 ? replayed.every((run) => run.replayMatches) : undefined,
+    ...(scenario.postcopy ? { postcopy: summarizePostcopy(scenario, runs) } : {}),
+  };
+}
+
+function summarizePostcopy(scenario: Scenario, runs: RunResult[]): NonNullable<ScenarioSummary['postcopy']> {
+  const switched = runs.filter((run) => run.postcopy);
+  const of = (pick: (run: RunResult) => number): Spread => spread(switched.map(pick));
+  const mode = scenario.postcopy!.mode === 'auto' ? 'auto' : `after ${scenario.postcopy!.afterRounds} round(s)`;
+  return {
+    mode,
+    switched: switched.length,
+    faults: of((run) => run.postcopy!.faults),
+    stallP50Ms: of((run) => run.postcopy!.stallMs?.p50 ?? 0),
+    stallP99Ms: of((run) => run.postcopy!.stallMs?.p99 ?? 0),
+    requestedPages: of((run) => run.postcopy!.requestedPages),
+    pushedPages: of((run) => run.postcopy!.pushedPages),
+    postcopyMs: of((run) => run.postcopy!.durationMs),
+    totalOverOnePass: of((run) => run.totalTimeMs / (run.onePassMs ?? Number.NaN)),
   };
 }
 
@@ -117,6 +148,21 @@ export function checkTargets(summaries: ScenarioSummary[]): TargetCheck[] {
   }
   const hot25 = find('hot-1g-25');
   if (hot25) checks.push({ what: 'downtime, 1 GiB with 64 MiB hot set at 25 % of the link', target: '<= 15 ms', measured: ms(hot25.downtimeMs.median), met: hot25.downtimeMs.median <= 15 });
+  // Issue 14's post-copy targets: the 25 % hot set with post-copy or hybrid, and a guest that outruns the link.
+  for (const name of ['hot-1g-25-postcopy', 'hot-1g-25-hybrid']) {
+    const post = find(name);
+    if (!post?.postcopy) continue;
+    checks.push({ what: `downtime, ${name}`, target: '<= 15 ms', measured: ms(post.downtimeMs.median), met: post.downtimeMs.median <= 15 });
+    const ratio = post.postcopy.totalOverOnePass.median;
+    checks.push({ what: `total time, ${name}`, target: '<= 1.2 x memory / the link\'s page rate', measured: `${ratio.toFixed(2)} x`, met: ratio <= 1.2 });
+    checks.push({ what: `page-fault stall, ${name}`, target: 'p99 reported', measured: `p50 ${ms(post.postcopy.stallP50Ms.median)}, p99 ${ms(post.postcopy.stallP99Ms.median)}`, met: post.postcopy.switched > 0 });
+  }
+  const above = find('hot-1g-150-postcopy');
+  if (above?.postcopy) {
+    const onePass = above.rounds.median === 0 && above.bytesSentOverMemory.median <= 1.05;
+    checks.push({ what: 'above the link (150 %), post-copy', target: 'one pass', measured: `${above.rounds.median} pre-copy round(s), ${above.bytesSentOverMemory.median.toFixed(2)} x memory sent`, met: onePass });
+    checks.push({ what: 'downtime, above the link (150 %), post-copy', target: '<= 15 ms', measured: ms(above.downtimeMs.median), met: above.downtimeMs.median <= 15 });
+  }
   const idle256 = find('idle-256m');
   const idle4g = find('idle-4g');
   if (idle256 && idle4g) {

@@ -9,6 +9,7 @@
  * planBalance is pure (the tests give it hosts and VMs); balanceOnce surveys the cluster, plans, checks each planned
  * move with a real forecast, and applies the plan when asked.
  */
+import type { MigrationReport } from '../report.js';
 import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
 import type { HostInfo, MigrationOptions, VmInfo } from '../../shared/protocol.js';
 import type { Cluster } from '../cluster.js';
@@ -60,7 +61,7 @@ export interface AppliedMove {
   vm: string;
   from: string;
   to: string;
-  outcome: 'committed' | 'rolled-back' | 'failed';
+  outcome: MigrationReport['outcome'];
   downtimeMs?: number;
   totalTimeMs: number;
   error?: string;

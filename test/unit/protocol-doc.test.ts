@@ -257,7 +257,7 @@ describe('docs/PROTOCOL.md', () => {
     });
 
     it('notices a request field the doc lacks, one the code lacks, and an optional field written as required', () => {
-      expect(problemsAdded(editRow('peer.hello', '{migrationId, from, version}', '{migrationId, from}'))).toEqual([
+      expect(problemsAdded(editRow('peer.hello', '{migrationId, from, version, resume?}', '{migrationId, from, resume?}'))).toEqual([
         expect.stringMatching(/^peer op `peer.hello`.* request: field `version` is in the code, not in the doc$/),
       ]);
       expect(problemsAdded(editRow('migrate.release', '{migrationId}', '{migrationId, force}'))).toEqual([
