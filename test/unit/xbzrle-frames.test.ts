@@ -17,7 +17,7 @@ import { VirtualMachine } from '../../agent/vm/vm.js';
 import { PAGE_SIZE } from '../../shared/constants.js';
 import { FerryError } from '../../shared/errors.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
-import { DELTA_PAGE_BIT, PAGE_FLAG_PAUSED, ZERO_PAGE_BIT, decodePageHeader, encodePageHeader, isPageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
+import { DELTA_PAGE_BIT, PAGE_FLAG_PAUSED, PAGE_FLAG_POSTCOPY, ZERO_PAGE_BIT, decodePageHeader, encodePageHeader, isPageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
 import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
 import { XBZRLE_MAX_DELTA_BYTES } from '../../shared/xbzrle.js';
 import { fillInitialPages } from '../../shared/workloads.js';
@@ -118,6 +118,19 @@ describe('XBZRLE delta pages', () => {
     }
   });
 
+  it('are never packed after a post-copy switch: those frames carry whole pages', async () => {
+    const { vm, sender, encoder } = await sendRounds();
+    const before = encoder.report(undefined);
+    const { socket, messages } = recordingSocket();
+    const postcopy = new PageSender(socket, vm, { maxBandwidthBytesPerSec: 0, signal: new AbortController().signal, now: () => performance.now(), xbzrle: encoder, hashes: sender.hashes });
+    vm.memory[5 * PAGE_SIZE]! ^= 0x10;
+    await postcopy.send(Uint32Array.from([0, 5, 299]), 4, PAGE_FLAG_PAUSED | PAGE_FLAG_POSTCOPY);
+    const header = decodePageHeader(messages.find(isPageHeader)!, PAGE_COUNT);
+    expect(header.deltaPages).toBe(0);
+    expect(header.dataBytes).toBe(3 * PAGE_SIZE);
+    expect(encoder.report(undefined)).toEqual(before);
+  });
+
   it('reach the WebSocket path\'s receiver message by message, with the same result', async () => {
     const { vm, sender, rounds } = await sendRounds();
     const dest = destinationMemory();
@@ -171,6 +184,7 @@ describe('XBZRLE delta pages', () => {
       ['more delta entries than announced', encodePageHeader(Buffer.alloc(pageHeaderBytes(2, 1)), 2, 0, [(1 | DELTA_PAGE_BIT) >>> 0, (2 | DELTA_PAGE_BIT) >>> 0], hashes, 2, [10]), /more delta pages than the 1/],
       ['a delta longer than a delta may be', encodePageHeader(Buffer.alloc(pageHeaderBytes(1, 1)), 2, 0, [(1 | DELTA_PAGE_BIT) >>> 0], hashes, 1, [XBZRLE_MAX_DELTA_BYTES + 1]), /more than the 3072/],
       ['a page both zero and delta', encodePageHeader(Buffer.alloc(pageHeaderBytes(1, 1)), 2, 0, [(1 | DELTA_PAGE_BIT | ZERO_PAGE_BIT) >>> 0], hashes, 1, [4]), /both a zero page and a delta/],
+      ['delta pages after a post-copy switch', encodePageHeader(Buffer.alloc(pageHeaderBytes(1, 1)), 2, PAGE_FLAG_PAUSED | PAGE_FLAG_POSTCOPY, [(1 | DELTA_PAGE_BIT) >>> 0], hashes, 1, [4]), /a post-copy frame carries 1 delta pages/],
     ];
     for (const [what, bytes, message] of cases) {
       const dest = destinationMemory();
