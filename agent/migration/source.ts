@@ -26,7 +26,7 @@ import { NetHandover } from './net-handover.js';
 import { PageSender } from './page-sender.js';
 import type { PeerClient } from './peer-client.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
-import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
+import { decideStop, expectedDowntimeMs, switchToPostcopy } from '../../shared/stop-rules.js';
 import { LiveStorageCopy, type LocalDisk } from '../storage/live-storage.js';
 import { pushPostcopy } from './postcopy-source.js';
 
@@ -83,18 +83,6 @@ export interface ParkedPostcopy {
   pageStreamKind: 'tcp' | 'ws';
 }
 
-/**
- * Whether pre-copy switches to post-copy after `round` (options.postcopy): `after N` once N rounds are done, `auto`
- * when the rounds say it will not converge (a cap fired, or a round that barely shrank the dirty set leaves more than
- * the downtime limit allows). Never when pre-copy has converged: a stop-and-copy of a few pages is shorter.
- */
-function switchToPostcopy(options: MigrationOptions, round: number, stopReason: StopReason | undefined, stalled: boolean, expectedDowntimeMs: number): PostcopyReport['reason'] | undefined {
-  const { postcopy } = options;
-  if (!postcopy || stopReason === 'few-dirty-pages' || stopReason === 'converged-within-downtime') return undefined;
-  if (postcopy.mode === 'after') return round >= postcopy.afterRounds ? 'asked' : undefined;
-  if (stopReason === 'max-rounds' || stopReason === 'max-bytes') return 'not converging';
-  return stalled && expectedDowntimeMs > options.maxDowntimeMs ? 'not converging' : undefined;
-}
 
 const stageNames: Record<number, string> = {
   2: 'iterative pre-copy',
