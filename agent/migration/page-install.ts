@@ -81,7 +81,7 @@ export class PageInstaller {
    * paused). A page that does not match stays missing, its bytes unseen by the guest, and goes to `damaged` to be
    * asked for again. Returns how many pages became present.
    */
-  installMissing(header: PageHeader, data: Buffer, present: PresentMap, damaged: (page: number) => void): number {
+  installMissing(header: PageHeader, data: Buffer, present: PresentMap, damaged: (page: number) => void, claimed?: Uint8Array): number {
     const { pages, zero, hashes } = header;
     const { memory, table, written } = this;
     let at = 0;
@@ -90,7 +90,8 @@ export class PageInstaller {
       const page = pages[i]!;
       const from = at;
       if (!zero[i]) at += PAGE_SIZE;
-      if (present.has(page)) continue;
+      // Present: the guest's now. Claimed: a page-stream frame is being read into it; that copy decides.
+      if (present.has(page) || claimed?.[page]) continue;
       if (zero[i]) {
         if (written[page]) {
           memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
@@ -108,6 +109,38 @@ export class PageInstaller {
         continue;
       }
       present.set(page); // after the bytes: a vCPU that sees the bit sees them (present-map.ts)
+      installed += 1;
+    }
+    return installed;
+  }
+
+  /**
+   * A post-copy frame read straight into guest memory (page-receiver.ts `claimInPlace`: every page of it was missing
+   * and claimed, so nothing else wrote them meanwhile): each page checked where it lies, then marked present, or left
+   * missing and asked for again. Returns how many pages became present.
+   */
+  installMissingInPlace(header: PageHeader, present: PresentMap, damaged: (page: number) => void): number {
+    const { pages, zero, hashes } = header;
+    const { memory, table, written } = this;
+    let installed = 0;
+    for (let i = 0; i < pages.length; i++) {
+      const page = pages[i]!;
+      if (zero[i]) {
+        if (written[page]) {
+          memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+          written[page] = 0;
+        }
+        table[2 * page] = ZERO_PAGE_HASH[0]!;
+        table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
+      } else {
+        written[page] = 1;
+        this.hasher.hashInto(page, table, page);
+      }
+      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) {
+        damaged(page);
+        continue;
+      }
+      present.set(page);
       installed += 1;
     }
     return installed;

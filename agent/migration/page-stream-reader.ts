@@ -7,8 +7,8 @@
  * - the data pages of a frame whose pages lie in a few runs (all of round 1 is one run of 256 pages) are read
  *   straight into their place in guest memory, a run per read at most: no copy in JavaScript at all;
  * - a frame of scattered pages (later rounds) is read whole into a staging buffer, then copied page by page, as
- *   over the WebSocket: one read for the frame rather than one per page; so is every frame of a post-copy's second
- *   half, whose pages may be present and in the guest's use already (the sink's `mustStage`).
+ *   over the WebSocket: one read for the frame rather than one per page; so is a frame of a post-copy's second half
+ *   some of whose pages are present and in the guest's use already (the sink's `inPlace`).
  *
  * Each frame, once all its bytes are in, goes to `onFrame` with the staging buffer, or none when its pages are in
  * place already. A frame that does not check out throws from `took`: the stream is closed with that error.
@@ -25,8 +25,11 @@ export interface PageStreamSink {
   readonly memory: Uint8Array;
   /** A header is decoded, before any of its page bytes is read: may throw to refuse the frame (the stream closes). */
   onHeader?(header: PageHeader): void;
-  /** Whether the frame's pages must go through the staging buffer, never straight into guest memory (post-copy). */
-  mustStage?(header: PageHeader): boolean;
+  /**
+   * Whether a frame of few runs may be read straight into guest memory (default: yes). A post-copy's says no when
+   * some of its pages are present already (in the guest's use), and otherwise claims them until the frame is in.
+   */
+  inPlace?(header: PageHeader): boolean;
   /** A frame's bytes are all in: in `staged` (data pages in header order), or in place in guest memory when undefined. */
   onFrame(header: PageHeader, staged: Buffer | undefined, bytes: number): void;
 }
@@ -107,7 +110,7 @@ export class PageStreamReader implements StreamConsumer {
       runEnd = page + 1;
     }
     if (runStart >= 0) this.runs.push(runStart * PAGE_SIZE, (runEnd - runStart) * PAGE_SIZE);
-    this.inStaging = this.runs.length / 2 > MAX_RUNS_IN_PLACE || this.sink.mustStage?.(header) === true;
+    this.inStaging = this.runs.length / 2 > MAX_RUNS_IN_PLACE || this.sink.inPlace?.(header) === false;
     if (this.inStaging) {
       this.staging ??= Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
       this.runs.length = 0;

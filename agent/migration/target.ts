@@ -466,7 +466,7 @@ export class MigrationTarget {
     this.files = request.files;
     const postcopy = new PostcopyTarget(this.vm, missing, this.log);
     this.postcopy = postcopy;
-    this.receiver.postcopy = postcopy;
+    this.receiver.startPostcopy(postcopy);
     if (missing > 0) {
       this.vm.setPostcopy((message) => postcopy.onVcpu(message));
       this.vm.postcopy = {
@@ -481,6 +481,7 @@ export class MigrationTarget {
     } catch (error) {
       this.receiver.postcopy = undefined;
       this.postcopy = undefined;
+      this.vm.setPostcopy(null);
       this.vm.postcopy = undefined;
       throw error;
     }
