@@ -390,7 +390,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       vm.state = 'postcopy-out';
       await faultPoint(context.faults, 'postcopy-switched', log, () => peer.close());
       const stats = postcopy;
-      if (context.migration) vm.postcopy = { role: 'source', migrationId: context.migration.id, peer: context.migration.destination, missingPages: () => stats.missingPages - stats.pushedPages - stats.requestedPages, linked: () => !peer.signal.aborted };
+      if (context.migration) vm.postcopy = { role: 'source', migrationId: context.migration.id, peer: context.migration.destination, missingPages: () => Math.max(0, stats.missingPages - stats.pushedPages - stats.requestedPages), linked: () => !peer.signal.aborted };
       enterStage(6, 'post-copy');
       let ended;
       try {
