@@ -92,19 +92,11 @@ export class PageInstaller {
       if (!zero[i]) at += PAGE_SIZE;
       // Present: the guest's now. Claimed: a page-stream frame is being read into it; that copy decides.
       if (present.has(page) || claimed?.[page]) continue;
-      if (zero[i]) {
-        if (written[page]) {
-          memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
-          written[page] = 0;
-        }
-        table[2 * page] = ZERO_PAGE_HASH[0]!;
-        table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
-      } else {
+      if (!zero[i]) {
         memory.set(data.subarray(from, from + PAGE_SIZE), page * PAGE_SIZE);
         written[page] = 1;
-        this.hasher.hashInto(page, table, page);
       }
-      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) {
+      if (!this.check(page, zero[i] === 1, hashes, i)) {
         damaged(page);
         continue;
       }
@@ -125,18 +117,8 @@ export class PageInstaller {
     let installed = 0;
     for (let i = 0; i < pages.length; i++) {
       const page = pages[i]!;
-      if (zero[i]) {
-        if (written[page]) {
-          memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
-          written[page] = 0;
-        }
-        table[2 * page] = ZERO_PAGE_HASH[0]!;
-        table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
-      } else {
-        written[page] = 1;
-        this.hasher.hashInto(page, table, page);
-      }
-      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) {
+      if (!zero[i]) this.written[page] = 1;
+      if (!this.check(page, zero[i] === 1, hashes, i)) {
         damaged(page);
         continue;
       }
@@ -149,23 +131,27 @@ export class PageInstaller {
   /** Clears zero pages, hashes the others where they lie into the table, and counts those that do not match. */
   private settle(header: PageHeader): number {
     const { pages, zero, hashes } = header;
-    const { memory, table, written } = this;
-    const count = pages.length;
     let mismatches = 0;
-    for (let i = 0; i < count; i++) {
-      const page = pages[i]!;
-      if (zero[i]) {
-        if (written[page]) {
-          memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
-          written[page] = 0;
-        }
-        table[2 * page] = ZERO_PAGE_HASH[0]!;
-        table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
-      } else {
-        this.hasher.hashInto(page, table, page);
-      }
-      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) mismatches += 1;
-    }
+    for (let i = 0; i < pages.length; i++) if (!this.check(pages[i]!, zero[i] === 1, hashes, i)) mismatches += 1;
     return mismatches;
+  }
+
+  /**
+   * Takes page `page` as it now lies into the table (a zero page: cleared if this installer wrote it, and the zero
+   * page's hash; any other: hashed where it lies), and says whether it matches hash `i` of `hashes`.
+   */
+  private check(page: number, zero: boolean, hashes: Uint32Array, i: number): boolean {
+    const { memory, table, written } = this;
+    if (zero) {
+      if (written[page]) {
+        memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+        written[page] = 0;
+      }
+      table[2 * page] = ZERO_PAGE_HASH[0]!;
+      table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
+    } else {
+      this.hasher.hashInto(page, table, page);
+    }
+    return table[2 * page] === hashes[2 * i] && table[2 * page + 1] === hashes[2 * i + 1];
   }
 }

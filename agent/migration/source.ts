@@ -212,6 +212,22 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   // The page-table digest, kept current round by round (table-digest.ts): the pause rehashes only the last round's part.
   const tableDigest = new TableDigest(sender.hashes);
 
+  /** Stage 3 begins: the vCPU paused, events held, the network held (stop-and-copy, or a post-copy's switch). */
+  const pauseGuest = async (stageName?: string): Promise<number> => {
+    enterStage(3, stageName);
+    heldEvents = [];
+    const pausedAt = now();
+    pausedAtMs = pausedAt;
+    mark('pause requested');
+    if (vm.vcpuRunning) await vm.pause({ quick: true });
+    mark('vCPU paused');
+    // Before the harvest: from here the agent leaves the rings alone, so the last copy carries them exactly.
+    network.hold();
+    vm.state = 'handing-over';
+    await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
+    return pausedAt;
+  };
+
   try {
     // Stage 2: iterative pre-copy. Round 1 sends every page; each later round the pages dirtied during the last.
     vm.state = 'migrating-out';
@@ -316,15 +332,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       }
       const dirtyBuffer = new Uint32Array(vm.pageCount);
       const missing = new Uint8Array(Math.ceil(vm.pageCount / 8));
-      enterStage(3, 'post-copy switch');
-      heldEvents = [];
-      pausedAtMs = now();
-      mark('pause requested');
-      if (vm.vcpuRunning) await vm.pause({ quick: true });
-      mark('vCPU paused');
-      network.hold();
-      vm.state = 'handing-over';
-      await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
+      pausedAtMs = await pauseGuest('post-copy switch');
       // The destination lacks what pre-copy never sent (all of it, switching before round 1) and what was written since.
       const dirtyCount = vm.dirtyLog.harvestInto(dirtyBuffer);
       let missingPages = lastRound === 0 ? vm.pageCount : dirtyCount;
@@ -417,16 +425,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     // Made before the pause: the pause path allocates as little as it can (a collection there is downtime).
     const lastPagesBuffer = new Uint32Array(vm.pageCount);
     // Stage 3: stop-and-copy. Pause the vCPU, send what is still dirty and the registers.
-    enterStage(3);
-    heldEvents = [];
-    pausedAtMs = now();
-    mark('pause requested');
-    if (vm.vcpuRunning) await vm.pause({ quick: true });
-    mark('vCPU paused');
-    // Before the harvest below: from here the agent leaves the rings alone, so the last copy carries them exactly.
-    network.hold();
-    vm.state = 'handing-over';
-    await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
+    pausedAtMs = await pauseGuest();
     const lastPages = lastPagesBuffer.subarray(0, vm.dirtyLog.harvestInto(lastPagesBuffer));
     tableDigest.touchAll(lastPages);
     mark('dirty log harvested');
