@@ -28,7 +28,8 @@
  *                            N bytes of page frames have come on it, as a link that fails under it would; its /peer
  *                            WebSocket stays up
  *   cut-postcopy:N           the destination closes a post-copy's page stream and peer WebSocket once N pages have
- *                            arrived after the switch, as a link that breaks would
+ *                            arrived after the switch, as a link that breaks would: once in every post-copy it
+ *                            receives (the resume then finishes it)
  *
  *   e.g. FERRY_FAULTS=crash@after-commit   or   FERRY_FAULTS=stall@round-2,corrupt-page:7
  */
@@ -49,7 +50,7 @@ export interface Faults {
   fullDiskAfterBytes: number | undefined;
   /** Bytes of page frames after which the destination cuts the page stream, once. */
   cutStreamAfterBytes: number | undefined;
-  /** Pages a post-copy's destination takes after the switch before it cuts the link, once. */
+  /** Pages a post-copy's destination takes after the switch before it cuts the link, once a migration. */
   cutPostcopyAfterPages: number | undefined;
   /** Armed actions by point, each fired once. */
   at: Map<string, FaultAction>;

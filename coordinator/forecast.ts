@@ -24,7 +24,7 @@ import { AUTO_CONVERGE, LINK_MEASURE, PAGE_SIZE, STOP_RULES } from '../shared/co
 import { uniquePagesDirtied, type DirtyCurve } from '../shared/dirty-model.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import type { DirtyModel, LinkMeasure, MigrationOptions, StopReason, VmInfo, VmStats } from '../shared/protocol.js';
-import { decideStop } from '../shared/stop-rules.js';
+import { decideStop, switchToPostcopy } from '../shared/stop-rules.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 import { findHost, type Cluster } from './cluster.js';
 import { connectAgent, openHost, type Connector } from './connect.js';
@@ -98,6 +98,11 @@ export interface Forecast {
   storageMs?: number;
   overheadMs: Overheads;
   roundsDetail: ForecastRound[];
+  /**
+   * `--postcopy`: the switch after `afterRounds` rounds with `missingPages` still at the source, and the push of
+   * them (`durationMs`, at the run's pace). Downtime is then the switch alone; pre-copy's stop reason does not apply.
+   */
+  postcopy?: { afterRounds: number; missingPages: number; durationMs: number };
 }
 
 /** The simulation itself, without advice. */
@@ -130,9 +135,11 @@ function simulate(input: ForecastInput): Omit<Forecast, 'advice'> {
   let pages = memoryPages;
   let round = 1;
   let firstRoundRate = 0;
-  let stopReason: StopReason;
-  let dirtyAfter: number;
-  for (;;) {
+  let stopReason: StopReason = 'few-dirty-pages';
+  let dirtyAfter = memoryPages;
+  // Post-copy switches where the source would (stop-rules.ts `switchToPostcopy`): before round 1, or after a round.
+  let switched = options.postcopy?.mode === 'after' && options.postcopy.afterRounds === 0;
+  for (round = switched ? 0 : 1; !switched; round++) {
     const ms = (round === 1 ? sendMs(pages) : dirtySendMs(pages)) + overheadMs.perRoundMs;
     dirtyAfter = Math.min(memoryPages, Math.round(uniquePagesDirtied(curve(throttlePct), ms)));
     bytes += pages * PAGE_SIZE;
@@ -144,16 +151,31 @@ function simulate(input: ForecastInput): Omit<Forecast, 'advice'> {
       round, pagesSent: pages, dirtyPagesAfter: dirtyAfter, bytesSentTotal: bytes, memoryBytes: memoryPages * PAGE_SIZE,
       bandwidthBytesPerSec: firstRoundRate, maxDowntimeMs: options.maxDowntimeMs, maxRounds: options.maxRounds,
     });
+    const stalled = dirtyAfter > pages * (1 - STOP_RULES.minShrinkFraction);
+    if (switchToPostcopy(options, round, reason, stalled, sendMs(dirtyAfter))) {
+      switched = true;
+      break;
+    }
     if (reason) {
       stopReason = reason;
       break;
     }
-    const stalled = dirtyAfter > pages * (1 - STOP_RULES.minShrinkFraction);
     if (options.autoConverge && stalled && throttlePct < AUTO_CONVERGE.maxPct) {
       throttlePct = throttlePct === 0 ? AUTO_CONVERGE.initialPct : Math.min(AUTO_CONVERGE.maxPct, throttlePct + AUTO_CONVERGE.incrementPct);
     }
     pages = dirtyAfter;
-    round += 1;
+  }
+  if (switched) {
+    // The switch pauses for its fixed cost only; every page still dirty (all of them before round 1) follows it once.
+    const missingPages = round === 0 ? memoryPages : dirtyAfter;
+    const durationMs = sendMs(missingPages);
+    const downtimeMs = overheadMs.pausedMs;
+    bytes += missingPages * PAGE_SIZE;
+    return {
+      totalTimeMs: elapsedMs + downtimeMs + durationMs + overheadMs.tailMs, downtimeMs, bytes, rounds: round, converges: true, stopReason,
+      bandwidthBytesPerSec: bandwidth, throttlePct, ...(storageMs !== undefined ? { storageMs } : {}), overheadMs, roundsDetail,
+      postcopy: { afterRounds: round, missingPages, durationMs },
+    };
   }
   // The stop-and-copy goes at the run's pace, scattered or not: with the vCPU paused the sender has the cores the guest
   // had (measured: 370-600 MiB/s for the last pages where the rounds before went at 270-550; docs/PERFORMANCE.md).
@@ -209,6 +231,12 @@ export function predictMigration(input: ForecastInput): Forecast {
       }
       advice.push(`as it stands pre-copy ends by ${result.stopReason} with about ${formatDuration(result.downtimeMs)} of downtime: --max-downtime ${Math.ceil(result.downtimeMs)}ms would accept that`);
     }
+  }
+  if (result.postcopy) {
+    advice.push(`post-copy: the VM runs at the destination after ${result.postcopy.afterRounds} round(s), with ${result.postcopy.missingPages.toLocaleString('en-US')} page(s) following in about ${formatDuration(result.postcopy.durationMs)}; until they are all there, a crash of either host LOSES THE VM (a broken link only waits for \`ferry migrate --resume\`)`);
+  } else if (!result.converges && !options.postcopy) {
+    const post = simulate({ ...input, options: { ...options, postcopy: { mode: 'after', afterRounds: 1 } } });
+    advice.push(`--postcopy would end it in one pass after round 1: downtime about ${formatDuration(post.downtimeMs)}, total about ${formatDuration(post.totalTimeMs)}; but a crash of either host after the switch loses the VM`);
   }
   if (result.storageMs !== undefined) {
     const diskBytes = input.disks!.reduce((sum, disk) => sum + disk.bytes, 0);

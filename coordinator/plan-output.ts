@@ -26,8 +26,10 @@ export function formatPlan(plan: PlannedMigration): string {
   lines.push('', ...formatTable(rows, [1, 2, 3, 4]).split('\n').map((line) => `    ${line}`), '');
   const facts: [string, string][] = [
     ['total time', formatDuration(forecast.totalTimeMs)],
-    ['downtime', formatDuration(forecast.downtimeMs)],
-    ['sent', `${formatBytes(forecast.bytes)} in ${forecast.rounds} round(s) and the stop-and-copy`],
+    ['downtime', `${formatDuration(forecast.downtimeMs)}${forecast.postcopy ? ' (the post-copy switch)' : ''}`],
+    ['sent', forecast.postcopy
+      ? `${formatBytes(forecast.bytes)} in ${forecast.rounds} round(s) and post-copy's push of ${int(forecast.postcopy.missingPages)} page(s) (${formatDuration(forecast.postcopy.durationMs)})`
+      : `${formatBytes(forecast.bytes)} in ${forecast.rounds} round(s) and the stop-and-copy`],
     ['guest', stats
       ? `${int(stats.dirtyPagesPerSec)} page writes/s over a working set of ${formatBytes(stats.wssPages * PAGE_SIZE)} (${stats.model}, fitted to ${stats.curve.map((point) => `${int(point.pages)} pages in ${Math.round(point.ms)} ms`).join(', ')}); vCPU ${stats.cpuPercent.toFixed(0)} % busy`
       : 'no measured dirty rate (paused, or just started): assumed to write nothing'],

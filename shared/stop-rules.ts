@@ -8,7 +8,7 @@
  * downtime near the floor instead of near the limit.
  */
 import { PAGE_SIZE, STOP_RULES } from './constants.js';
-import type { StopReason } from './protocol.js';
+import type { MigrationOptions, PostcopyReport, StopReason } from './protocol.js';
 
 export interface RoundFacts {
   /** The round just finished, from 1. */
@@ -42,4 +42,20 @@ export function decideStop(facts: RoundFacts): StopReason | undefined {
   const fits = expectedDowntimeMs(facts.dirtyPagesAfter, facts.bandwidthBytesPerSec) <= facts.maxDowntimeMs;
   if (stalled && fits) return 'converged-within-downtime';
   return undefined;
+}
+
+/**
+ * Whether pre-copy switches to post-copy after `round` (options.postcopy; the source and the forecast both ask):
+ * `after N` once N rounds are done, `auto` when the rounds say it will not converge (a cap fired, or a round that
+ * barely shrank the dirty set leaves more than the downtime limit allows). Never when pre-copy has converged: a
+ * stop-and-copy of a few pages is shorter.
+ */
+export function switchToPostcopy(
+  options: Pick<MigrationOptions, 'postcopy' | 'maxDowntimeMs'>, round: number, stopReason: StopReason | undefined, stalled: boolean, expectedDowntimeMs: number,
+): PostcopyReport['reason'] | undefined {
+  const { postcopy } = options;
+  if (!postcopy || stopReason === 'few-dirty-pages' || stopReason === 'converged-within-downtime') return undefined;
+  if (postcopy.mode === 'after') return round >= postcopy.afterRounds ? 'asked' : undefined;
+  if (stopReason === 'max-rounds' || stopReason === 'max-bytes') return 'not converging';
+  return stalled && expectedDowntimeMs > options.maxDowntimeMs ? 'not converging' : undefined;
 }

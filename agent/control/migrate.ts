@@ -327,6 +327,8 @@ async function resumePostcopy(agent: Agent, name: string, parked: ParkedEntry, c
       if (opened.socket) pushSocket = fromStreamSocket(opened.socket);
     }
     const state = await peer.request('peer.postcopy-state', {}, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal: context.signal });
+    const linkedPeer = peer;
+    if (vm.postcopy) vm.postcopy = { ...vm.postcopy, linked: () => !linkedPeer.signal.aborted };
     stats.resumes += 1;
     stats.faults = state.faults;
     log.info('post-copy resumed', { vm: name, migration: migrationId, resumes: stats.resumes });

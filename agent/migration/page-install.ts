@@ -99,7 +99,7 @@ export class PageInstaller {
    * paused). A page that does not match stays missing, its bytes unseen by the guest, and goes to `damaged` to be
    * asked for again. Returns how many pages became present.
    */
-  installMissing(header: PageHeader, data: Buffer, present: PresentMap, damaged: (page: number) => void): number {
+  installMissing(header: PageHeader, data: Buffer, present: PresentMap, damaged: (page: number) => void, claimed?: Uint8Array): number {
     const { pages, zero, hashes } = header;
     const { memory, table, written } = this;
     let at = 0;
@@ -108,20 +108,13 @@ export class PageInstaller {
       const page = pages[i]!;
       const from = at;
       if (!zero[i]) at += PAGE_SIZE;
-      if (present.has(page)) continue;
-      if (zero[i]) {
-        if (written[page]) {
-          memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
-          written[page] = 0;
-        }
-        table[2 * page] = ZERO_PAGE_HASH[0]!;
-        table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
-      } else {
+      // Present: the guest's now. Claimed: a page-stream frame is being read into it; that copy decides.
+      if (present.has(page) || claimed?.[page]) continue;
+      if (!zero[i]) {
         memory.set(data.subarray(from, from + PAGE_SIZE), page * PAGE_SIZE);
         written[page] = 1;
-        this.hasher.hashInto(page, table, page);
       }
-      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) {
+      if (!this.check(page, zero[i] === 1, hashes, i)) {
         damaged(page);
         continue;
       }
@@ -131,26 +124,52 @@ export class PageInstaller {
     return installed;
   }
 
+  /**
+   * A post-copy frame read straight into guest memory (page-receiver.ts `claimInPlace`: every page of it was missing
+   * and claimed, so nothing else wrote them meanwhile): each page checked where it lies, then marked present, or left
+   * missing and asked for again. Returns how many pages became present.
+   */
+  installMissingInPlace(header: PageHeader, present: PresentMap, damaged: (page: number) => void): number {
+    const { pages, zero, hashes } = header;
+    const { memory, table, written } = this;
+    let installed = 0;
+    for (let i = 0; i < pages.length; i++) {
+      const page = pages[i]!;
+      if (!zero[i]) this.written[page] = 1;
+      if (!this.check(page, zero[i] === 1, hashes, i)) {
+        damaged(page);
+        continue;
+      }
+      present.set(page);
+      installed += 1;
+    }
+    return installed;
+  }
+
   /** Clears zero pages, hashes the others where they lie into the table, and counts those that do not match. */
   private settle(header: PageHeader): number {
     const { pages, zero, hashes } = header;
-    const { memory, table, written } = this;
-    const count = pages.length;
     let mismatches = 0;
-    for (let i = 0; i < count; i++) {
-      const page = pages[i]!;
-      if (zero[i]) {
-        if (written[page]) {
-          memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
-          written[page] = 0;
-        }
-        table[2 * page] = ZERO_PAGE_HASH[0]!;
-        table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
-      } else {
-        this.hasher.hashInto(page, table, page);
-      }
-      if (table[2 * page] !== hashes[2 * i] || table[2 * page + 1] !== hashes[2 * i + 1]) mismatches += 1;
-    }
+    for (let i = 0; i < pages.length; i++) if (!this.check(pages[i]!, zero[i] === 1, hashes, i)) mismatches += 1;
     return mismatches;
+  }
+
+  /**
+   * Takes page `page` as it now lies into the table (a zero page: cleared if this installer wrote it, and the zero
+   * page's hash; any other: hashed where it lies), and says whether it matches hash `i` of `hashes`.
+   */
+  private check(page: number, zero: boolean, hashes: Uint32Array, i: number): boolean {
+    const { memory, table, written } = this;
+    if (zero) {
+      if (written[page]) {
+        memory.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+        written[page] = 0;
+      }
+      table[2 * page] = ZERO_PAGE_HASH[0]!;
+      table[2 * page + 1] = ZERO_PAGE_HASH[1]!;
+    } else {
+      this.hasher.hashInto(page, table, page);
+    }
+    return table[2 * page] === hashes[2 * i] && table[2 * page + 1] === hashes[2 * i + 1];
   }
 }

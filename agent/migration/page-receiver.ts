@@ -62,10 +62,17 @@ export class PageReceiver {
   private reader: PageStreamReader | undefined;
   private waiters: (() => void)[] = [];
   /**
-   * Set from a post-copy's switch on: frames may then come on both paths at once (the push on the page stream, pages
-   * a fault asked for on the WebSocket), and are installed page by page, never over a page present already.
+   * Set from a post-copy's switch on (`startPostcopy`): frames may then come on both paths at once (the push on the
+   * page stream, pages a fault asked for on the WebSocket), and are installed page by page, never over a page present
+   * already.
    */
   postcopy: PostcopyInstall | undefined;
+  /**
+   * Post-copy: 1 for a page that a page-stream frame is being read straight into (`claimInPlace`). Such a page is
+   * not present, and no other copy of it is installed until that frame is in (it then is, or is asked for again).
+   */
+  private claimed: Uint8Array | undefined;
+  private claimedPages: Uint32Array | undefined;
 
   constructor(memory: Uint8Array, hasher: PageHasher, pageCount: number, hooks: PageReceiverHooks = {}) {
     this.memory = memory;
@@ -121,7 +128,7 @@ export class PageReceiver {
       pageCount: this.pageCount,
       memory: this.memory,
       onHeader: (header) => this.hooks.acceptHeader?.(header),
-      mustStage: () => this.postcopy !== undefined,
+      inPlace: (header) => this.claimInPlace(header),
       onFrame: (header, staged, bytes) => this.install(header, staged, bytes),
     });
     let error: string | undefined;
@@ -130,6 +137,7 @@ export class PageReceiver {
     });
     stream.socket.once('close', () => {
       if (this.stream !== stream) return; // replaced by a resumed post-copy's stream
+      this.releaseClaims(); // a frame cut short: its pages are still missing, and may come another way
       if (!ended()) onLost(error ?? 'the page stream closed while pages were due');
       this.wake();
     });
@@ -173,6 +181,33 @@ export class PageReceiver {
     }
   }
 
+  /** From a post-copy's switch on: frames are installed by `postcopy`, only where a page is still missing. */
+  startPostcopy(postcopy: PostcopyInstall): void {
+    this.postcopy = postcopy;
+    this.claimed = new Uint8Array(this.pageCount);
+  }
+
+  /**
+   * Whether a page-stream frame may be read straight into guest memory: always before a post-copy; during one, only
+   * when none of its pages is present or claimed, and then its pages are claimed until it is in.
+   */
+  private claimInPlace(header: PageHeader): boolean {
+    const { postcopy, claimed } = this;
+    if (!postcopy || !claimed) return true;
+    const { pages } = header;
+    for (let i = 0; i < pages.length; i++) if (claimed[pages[i]!] || postcopy.present.has(pages[i]!)) return false;
+    for (let i = 0; i < pages.length; i++) claimed[pages[i]!] = 1;
+    this.claimedPages = pages;
+    return true;
+  }
+
+  private releaseClaims(): void {
+    const { claimed, claimedPages } = this;
+    if (!claimed || !claimedPages) return;
+    for (let i = 0; i < claimedPages.length; i++) claimed[claimedPages[i]!] = 0;
+    this.claimedPages = undefined;
+  }
+
   /** Forgets a WebSocket frame half taken: its data message will never come (a post-copy's link broke). */
   dropPending(): void {
     this.pending = undefined;
@@ -182,8 +217,16 @@ export class PageReceiver {
     this.hooks.beforeInstall?.(header, data);
     const { postcopy } = this;
     if (postcopy) {
-      // Staged always (the reader's mustStage; the WebSocket's data message): never in place.
-      postcopy.installed(this.installer.installMissing(header, data ?? EMPTY, postcopy.present, (page) => postcopy.damaged(page)));
+      const damaged = (page: number): void => postcopy.damaged(page);
+      let installed: number;
+      if (data) {
+        installed = this.installer.installMissing(header, data, postcopy.present, damaged, this.claimed);
+      } else {
+        // Read in place, its pages claimed (claimInPlace): each is checked where it lies.
+        this.releaseClaims();
+        installed = this.installer.installMissingInPlace(header, postcopy.present, damaged);
+      }
+      postcopy.installed(installed);
       this.pagesReceived += header.pages.length;
       this.bytes += bytes;
       this.lastFrameMs = performance.now();

@@ -7,8 +7,8 @@
  * - the data pages of a frame whose pages lie in a few runs (all of round 1 is one run of 256 pages) are read
  *   straight into their place in guest memory, a run per read at most: no copy in JavaScript at all;
  * - a frame of scattered pages (later rounds) is read whole into a staging buffer, then copied page by page, as
- *   over the WebSocket: one read for the frame rather than one per page; so is every frame of a post-copy's second
- *   half, whose pages may be present and in the guest's use already (the sink's `mustStage`);
+ *   over the WebSocket: one read for the frame rather than one per page; so is a frame of a post-copy's second half
+ *   some of whose pages are present and in the guest's use already (the sink's `inPlace`);
  * - and so is a frame with delta pages (`--compress xbzrle`, shared/xbzrle.ts): a delta is not the page, and is
  *   decoded from the staging buffer into its place in guest memory, checked before a byte of the page is written.
  *
@@ -27,8 +27,11 @@ export interface PageStreamSink {
   readonly memory: Uint8Array;
   /** A header is decoded, before any of its page bytes is read: may throw to refuse the frame (the stream closes). */
   onHeader?(header: PageHeader): void;
-  /** Whether the frame's pages must go through the staging buffer, never straight into guest memory (post-copy). */
-  mustStage?(header: PageHeader): boolean;
+  /**
+   * Whether a frame of few runs may be read straight into guest memory (default: yes). A post-copy's says no when
+   * some of its pages are present already (in the guest's use), and otherwise claims them until the frame is in.
+   */
+  inPlace?(header: PageHeader): boolean;
   /** A frame's bytes are all in: in `staged` (data pages in header order), or in place in guest memory when undefined. */
   onFrame(header: PageHeader, staged: Buffer | undefined, bytes: number): void;
 }
@@ -110,8 +113,9 @@ export class PageStreamReader implements StreamConsumer {
     }
     if (runStart >= 0) this.runs.push(runStart * PAGE_SIZE, (runEnd - runStart) * PAGE_SIZE);
     // A frame with deltas is staged whole: its data message holds no run that is a page (and is smaller than one
-    // of whole pages, PAGES_PER_FRAME x PAGE_SIZE at most, as each delta is shorter than a page).
-    this.inStaging = header.deltaPages > 0 || this.runs.length / 2 > MAX_RUNS_IN_PLACE || this.sink.mustStage?.(header) === true;
+    // of whole pages, PAGES_PER_FRAME x PAGE_SIZE at most, as each delta is shorter than a page). The sink is asked
+    // (and a post-copy's claims pages) only for a frame that would be read in place; a post-copy frame has no deltas.
+    this.inStaging = header.deltaPages > 0 || this.runs.length / 2 > MAX_RUNS_IN_PLACE || this.sink.inPlace?.(header) === false;
     if (this.inStaging) {
       this.staging ??= Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
       this.runs.length = 0;

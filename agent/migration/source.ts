@@ -28,7 +28,7 @@ import { XbzrleCache } from './xbzrle-cache.js';
 import { XbzrleEncoder } from './xbzrle-encoder.js';
 import type { PeerClient } from './peer-client.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
-import { decideStop, expectedDowntimeMs } from '../../shared/stop-rules.js';
+import { decideStop, expectedDowntimeMs, switchToPostcopy } from '../../shared/stop-rules.js';
 import { LiveStorageCopy, type LocalDisk } from '../storage/live-storage.js';
 import { pushPostcopy } from './postcopy-source.js';
 
@@ -85,18 +85,6 @@ export interface ParkedPostcopy {
   pageStreamKind: 'tcp' | 'ws';
 }
 
-/**
- * Whether pre-copy switches to post-copy after `round` (options.postcopy): `after N` once N rounds are done, `auto`
- * when the rounds say it will not converge (a cap fired, or a round that barely shrank the dirty set leaves more than
- * the downtime limit allows). Never when pre-copy has converged: a stop-and-copy of a few pages is shorter.
- */
-function switchToPostcopy(options: MigrationOptions, round: number, stopReason: StopReason | undefined, stalled: boolean, expectedDowntimeMs: number): PostcopyReport['reason'] | undefined {
-  const { postcopy } = options;
-  if (!postcopy || stopReason === 'few-dirty-pages' || stopReason === 'converged-within-downtime') return undefined;
-  if (postcopy.mode === 'after') return round >= postcopy.afterRounds ? 'asked' : undefined;
-  if (stopReason === 'max-rounds' || stopReason === 'max-bytes') return 'not converging';
-  return stalled && expectedDowntimeMs > options.maxDowntimeMs ? 'not converging' : undefined;
-}
 
 const stageNames: Record<number, string> = {
   2: 'iterative pre-copy',
@@ -232,6 +220,22 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   // The page-table digest, kept current round by round (table-digest.ts): the pause rehashes only the last round's part.
   const tableDigest = new TableDigest(sender.hashes);
 
+  /** Stage 3 begins: the vCPU paused, events held, the network held (stop-and-copy, or a post-copy's switch). */
+  const pauseGuest = async (stageName?: string): Promise<number> => {
+    enterStage(3, stageName);
+    heldEvents = [];
+    const pausedAt = now();
+    pausedAtMs = pausedAt;
+    mark('pause requested');
+    if (vm.vcpuRunning) await vm.pause({ quick: true });
+    mark('vCPU paused');
+    // Before the harvest: from here the agent leaves the rings alone, so the last copy carries them exactly.
+    network.hold();
+    vm.state = 'handing-over';
+    await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
+    return pausedAt;
+  };
+
   try {
     // Stage 2: iterative pre-copy. Round 1 sends every page; each later round the pages dirtied during the last.
     vm.state = 'migrating-out';
@@ -336,15 +340,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       }
       const dirtyBuffer = new Uint32Array(vm.pageCount);
       const missing = new Uint8Array(Math.ceil(vm.pageCount / 8));
-      enterStage(3, 'post-copy switch');
-      heldEvents = [];
-      pausedAtMs = now();
-      mark('pause requested');
-      if (vm.vcpuRunning) await vm.pause({ quick: true });
-      mark('vCPU paused');
-      network.hold();
-      vm.state = 'handing-over';
-      await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
+      pausedAtMs = await pauseGuest('post-copy switch');
       // The destination lacks what pre-copy never sent (all of it, switching before round 1) and what was written since.
       const dirtyCount = vm.dirtyLog.harvestInto(dirtyBuffer);
       let missingPages = lastRound === 0 ? vm.pageCount : dirtyCount;
@@ -410,7 +406,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       vm.state = 'postcopy-out';
       await faultPoint(context.faults, 'postcopy-switched', log, () => peer.close());
       const stats = postcopy;
-      if (context.migration) vm.postcopy = { role: 'source', migrationId: context.migration.id, peer: context.migration.destination, missingPages: () => stats.missingPages - stats.pushedPages - stats.requestedPages, linked: () => !peer.signal.aborted };
+      if (context.migration) vm.postcopy = { role: 'source', migrationId: context.migration.id, peer: context.migration.destination, missingPages: () => Math.max(0, stats.missingPages - stats.pushedPages - stats.requestedPages), linked: () => !peer.signal.aborted };
       enterStage(6, 'post-copy');
       let ended;
       try {
@@ -437,16 +433,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     // Made before the pause: the pause path allocates as little as it can (a collection there is downtime).
     const lastPagesBuffer = new Uint32Array(vm.pageCount);
     // Stage 3: stop-and-copy. Pause the vCPU, send what is still dirty and the registers.
-    enterStage(3);
-    heldEvents = [];
-    pausedAtMs = now();
-    mark('pause requested');
-    if (vm.vcpuRunning) await vm.pause({ quick: true });
-    mark('vCPU paused');
-    // Before the harvest below: from here the agent leaves the rings alone, so the last copy carries them exactly.
-    network.hold();
-    vm.state = 'handing-over';
-    await faultPoint(context.faults, 'stop-and-copy', log, () => peer.close());
+    pausedAtMs = await pauseGuest();
     const lastPages = lastPagesBuffer.subarray(0, vm.dirtyLog.harvestInto(lastPagesBuffer));
     tableDigest.touchAll(lastPages);
     mark('dirty log harvested');

@@ -78,8 +78,9 @@ export class MigrationTarget {
   sourceName = '';
   /** The post-copy's second half, from the switch until every page is here. */
   postcopy: PostcopyTarget | undefined;
-  /** Pages of post-copy frames taken since the switch (fault `cut-postcopy:N`). */
+  /** Pages of post-copy frames taken since the switch, and whether the link was cut (fault `cut-postcopy:N`). */
   private postcopyPages = 0;
+  private postcopyCut = false;
   /** Closes the page stream; set once a source has said hello. */
   closeStream: (() => void) | undefined;
   onFinished: (() => void) | undefined;
@@ -161,8 +162,8 @@ export class MigrationTarget {
         if ((header.flags & PAGE_FLAG_PAUSED) !== 0) this.damagedWhilePaused += mismatches;
         else this.pageMismatches += mismatches;
         const cutPostcopy = this.faults.cutPostcopyAfterPages;
-        if (cutPostcopy !== undefined && this.postcopy && this.phase === 'postcopy' && this.postcopyPagesTaken(header.pages.length) >= cutPostcopy) {
-          this.faults.cutPostcopyAfterPages = undefined;
+        if (cutPostcopy !== undefined && this.postcopy && this.phase === 'postcopy' && !this.postcopyCut && this.postcopyPagesTaken(header.pages.length) >= cutPostcopy) {
+          this.postcopyCut = true; // once a migration: the resume then finishes it
           this.log.warn('fault: cutting the post-copy link', { pages: cutPostcopy });
           this.receiver.closeStream();
           this.closeStream?.();
@@ -466,7 +467,7 @@ export class MigrationTarget {
     this.files = request.files;
     const postcopy = new PostcopyTarget(this.vm, missing, this.log);
     this.postcopy = postcopy;
-    this.receiver.postcopy = postcopy;
+    this.receiver.startPostcopy(postcopy);
     if (missing > 0) {
       this.vm.setPostcopy((message) => postcopy.onVcpu(message));
       this.vm.postcopy = {
@@ -481,6 +482,7 @@ export class MigrationTarget {
     } catch (error) {
       this.receiver.postcopy = undefined;
       this.postcopy = undefined;
+      this.vm.setPostcopy(null);
       this.vm.postcopy = undefined;
       throw error;
     }

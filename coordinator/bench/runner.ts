@@ -56,6 +56,8 @@ export interface RunResult {
   postcopy?: PostcopyReport;
   /** Memory over the link's measured page rate (the forecast's measurement): the time of one pass over memory. */
   onePassMs?: number;
+  /** Stages 0-1: the checks and the reservation (the destination's memory made real), before any page moves. */
+  setupMs: number;
   /** The model's pre-copy and stop-and-copy (stages 2-3), from round-1 throughput and the achieved dirty rate. */
   prediction: ModelPrediction;
   /** Stages 2-3 as measured, the span the model predicts. */
@@ -220,6 +222,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       ...(replayMatches !== undefined ? { replayMatches } : {}),
       ...(report.postcopy ? { postcopy: report.postcopy } : {}),
       ...(planned && planned.link.bytesPerSec > 0 ? { onePassMs: (memoryBytes / planned.link.bytesPerSec) * 1000 } : {}),
+      setupMs: stageMs(0) + stageMs(1),
       prediction,
       transferTimeMs,
       predictedTotalTimeMs,

@@ -52,8 +52,9 @@ export interface ScenarioSummary {
     requestedPages: Spread;
     pushedPages: Spread;
     postcopyMs: Spread;
-    /** Total time over one pass of memory at the link's measured page rate. */
+    /** Total time over one pass of memory at the link's measured page rate; and the same without stages 0-1. */
     totalOverOnePass: Spread;
+    movingOverOnePass: Spread;
   };
 }
 
@@ -119,6 +120,7 @@ function summarizePostcopy(scenario: Scenario, runs: RunResult[]): NonNullable<S
     pushedPages: of((run) => run.postcopy!.pushedPages),
     postcopyMs: of((run) => run.postcopy!.durationMs),
     totalOverOnePass: of((run) => run.totalTimeMs / (run.onePassMs ?? Number.NaN)),
+    movingOverOnePass: of((run) => (run.totalTimeMs - run.setupMs) / (run.onePassMs ?? Number.NaN)),
   };
 }
 
@@ -154,7 +156,8 @@ export function checkTargets(summaries: ScenarioSummary[]): TargetCheck[] {
     if (!post?.postcopy) continue;
     checks.push({ what: `downtime, ${name}`, target: '<= 15 ms', measured: ms(post.downtimeMs.median), met: post.downtimeMs.median <= 15 });
     const ratio = post.postcopy.totalOverOnePass.median;
-    checks.push({ what: `total time, ${name}`, target: '<= 1.2 x memory / the link\'s page rate', measured: `${ratio.toFixed(2)} x`, met: ratio <= 1.2 });
+    const moving = post.postcopy.movingOverOnePass.median;
+    checks.push({ what: `total time, ${name}`, target: '<= 1.2 x memory / the link\'s page rate', measured: `${ratio.toFixed(2)} x (${moving.toFixed(2)} x without the reservation)`, met: ratio <= 1.2 });
     checks.push({ what: `page-fault stall, ${name}`, target: 'p99 reported', measured: `p50 ${ms(post.postcopy.stallP50Ms.median)}, p99 ${ms(post.postcopy.stallP99Ms.median)}`, met: post.postcopy.switched > 0 });
   }
   const above = find('hot-1g-150-postcopy');

@@ -22,6 +22,44 @@ function input(rate: number, overrides: Partial<ForecastInput> = {}): ForecastIn
   };
 }
 
+describe('predictMigration with post-copy', () => {
+  it('--postcopy-after 0: no rounds, the switch alone as downtime, every page pushed once, and the risk said', () => {
+    const rate = (1.5 * GiB) / PAGE_SIZE;
+    const forecast = predictMigration(input(rate, { options: { ...options, postcopy: { mode: 'after', afterRounds: 0 } } }));
+    expect(forecast.rounds).toBe(0);
+    expect(forecast.postcopy).toEqual({ afterRounds: 0, missingPages: GiB / PAGE_SIZE, durationMs: 1000 });
+    expect(forecast.converges).toBe(true);
+    expect(forecast.downtimeMs).toBeCloseTo(8, 6);
+    expect(forecast.bytes).toBe(GiB);
+    // setup + the switch + 1 s of push + the tail
+    expect(forecast.totalTimeMs).toBeCloseTo(100 + 8 + 1000 + 5, 6);
+    expect(forecast.advice.join(' ')).toMatch(/a crash of either host LOSES THE VM/);
+  });
+
+  it('--postcopy: one round, then the pages dirtied meanwhile follow the switch', () => {
+    const rate = (0.25 * GiB) / PAGE_SIZE;
+    const forecast = predictMigration(input(rate, { options: { ...options, postcopy: { mode: 'after', afterRounds: 1 } } }));
+    expect(forecast.rounds).toBe(1);
+    expect(forecast.postcopy?.afterRounds).toBe(1);
+    expect(forecast.postcopy?.missingPages).toBe(forecast.roundsDetail[0]!.dirtyPagesAfter);
+    expect(forecast.downtimeMs).toBeCloseTo(8, 6);
+  });
+
+  it('--postcopy auto switches only when pre-copy will not converge, and a guest that outruns the link is told post-copy would end it', () => {
+    const idle = predictMigration(input(0, { options: { ...options, postcopy: { mode: 'auto' } } }));
+    expect(idle.postcopy).toBeUndefined();
+    expect(idle.stopReason).toBe('few-dirty-pages');
+    const fast = (1.5 * GiB) / PAGE_SIZE;
+    const tight = { ...options, maxDowntimeMs: 5 };
+    const auto = predictMigration(input(fast, { options: { ...tight, postcopy: { mode: 'auto' } } }));
+    expect(auto.postcopy).toBeDefined();
+    expect(auto.converges).toBe(true);
+    const plain = predictMigration(input(fast, { options: tight }));
+    expect(plain.converges).toBe(false);
+    expect(plain.advice.some((line) => /--postcopy would end it in one pass/.test(line))).toBe(true);
+  });
+});
+
 describe('predictMigration', () => {
   it('an idle guest: one round, the fixed costs and nothing more', () => {
     const forecast = predictMigration(input(0));
