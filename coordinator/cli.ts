@@ -16,6 +16,9 @@ import { addHost, findHost, loadCluster, removeHost, withCredentials, type Clust
 import { openStore, type ClusterStore } from './store/store.js';
 import { addFleetBenchCommand, addFleetCommands } from './commands/fleet.js';
 import { addImageCommands } from './commands/image.js';
+import { addTraceCommands } from './commands/trace.js';
+import { readTraceFile } from './trace/file.js';
+import { pagesIn, replayTraceOf, type ReplayTrace } from '../shared/trace.js';
 import { withHost } from './connect.js';
 import { dumpMemory, fetchDisk, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
@@ -69,6 +72,7 @@ function describeVm(info: VmInfo): string {
   const workload = w.kind === 'idle'
     ? 'idle'
     : w.kind === 'kv' ? `kv: a key-value table over ${formatBytes(w.wssPages * 4096)} (${int(w.wssPages)} pages), served on the network`
+    : w.kind === 'replay' && w.trace ? describeReplay(w.trace)
     : `${w.kind}, ${int(w.rate)} page writes/s over ${formatBytes(w.wssPages * 4096)} (${int(w.wssPages)} pages), seed ${w.seed}${w.hotPages ? `, hot ${formatBytes(w.hotPages * 4096)}` : ''}`;
   return formatTable([
     [`${info.name}`, `on ${info.host}, ${info.state}`],
@@ -87,6 +91,12 @@ function describeVm(info: VmInfo): string {
     ...(info.configDrive ? [['  config drive', describeConfigDrive(info.configDrive)]] : []),
     ...(info.guest ? [['  guest', `hostname ${info.guest.hostname} (read from its config drive at boot)`]] : []),
   ]) + (info.log && info.log.length > 0 ? `\n  log (latest last):\n${info.log.map((line) => `    ${line}`).join('\n')}` : '');
+}
+
+function describeReplay(trace: ReplayTrace): string {
+  const pages = pagesIn(trace.samples);
+  const loopMs = trace.samples.length * trace.intervalMs;
+  return `replay of a trace: ${int(trace.samples.length)} samples of ${formatDuration(trace.intervalMs)}, ${int(pages)} page writes a pass (${int(Math.round((pages * 1000) / loopMs))} a second on average), looped`;
 }
 
 function describeProbe(result: ProbeResult): string {
@@ -265,10 +275,15 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--disk-rate <writes>', 'pattern with --disk: 4 KiB block writes per second to its disk (default 0: none)')
     .option('--disk-wss <size>', 'the part of the disk, from its start, those writes go to (default: the whole disk)')
     .option('--ip <address>', 'its address, served on UDP port 7777 (loopback mode: in 127.0.0.0/8, e.g. 127.100.0.5)')
+    .option('--trace <file>', 'replay: the trace file it reproduces (`ferry trace record`), looped at the trace\'s own timing; --memory defaults to the trace\'s, --rate, --wss, --seed and --hot do not apply')
     .addOption(cpuOption())
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; filled?: boolean; disk?: string; diskRate?: string; diskWss?: string; ip?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
-      const request = toVmRequest(name, options);
+    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; filled?: boolean; disk?: string; diskRate?: string; diskWss?: string; ip?: string; trace?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
+      const traceFile = options.trace === undefined ? undefined : await readTraceFile(options.trace);
+      const trace = traceFile && options.trace !== undefined ? { file: options.trace, trace: replayTraceOf(traceFile, options.trace), memoryBytes: traceFile.memoryBytes } : undefined;
+      // A replay VM has its trace's memory unless --memory says otherwise.
+      const memory = trace && command.getOptionValueSource('memory') !== 'cli' ? String(trace.memoryBytes) : options.memory;
+      const request = toVmRequest(name, { ...options, memory, trace });
       const { cluster: hosts } = await cluster(command);
       const host = findHost(hosts, options.on);
       if (request.network) {
@@ -390,13 +405,13 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     });
 
   vm.command('check <name>')
-    .description('pattern and counters VMs: check every page of guest memory, and every block of a disk it writes, against a replay of the workload from its seed')
+    .description('pattern, counters and replay VMs: check every page of guest memory, and every block of a disk it writes, against a replay of the workload from its seed (or its trace)')
     .option('--json', 'print JSON')
     .action(async (name: string, options: { json?: boolean }, command: Command) => {
       const { info, image, disk } = await onVmHost(command, name, async (client) => {
         const found = await client.request('vm.info', { name });
-        if (found.workload.kind !== 'pattern' && found.workload.kind !== 'counters') {
-          throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern and counters memory can be checked by replay`, 'create the VM with --workload pattern or --workload counters');
+        if (found.workload.kind !== 'pattern' && found.workload.kind !== 'counters' && found.workload.kind !== 'replay') {
+          throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern, counters and replay memory can be checked by replay`, 'create the VM with --workload pattern or --workload counters, or --workload replay --trace FILE');
         }
         const memory = await readMemory(client, name);
         if (!writesDisk(found.workload) || !found.disks?.length) return { ...memory, disk: undefined };
@@ -555,6 +570,7 @@ Exit status is 0 only when committed; a post-copy whose link broke exits 1 and s
     });
 
   addImageCommands(program, cluster);
+  addTraceCommands(program, cluster);
   addFleetCommands(program, async (command) => {
     const { cluster: hosts, store } = await cluster(command);
     return { cluster: hosts, store, forecast: forecaster(hosts) };

@@ -191,11 +191,8 @@ export function summarizeTrace(trace: { memoryBytes: number; intervalMs: number;
   };
 }
 
-/** A trace file's text, checked: anything that is not a valid trace is FERRY_ERR_BAD_INPUT, saying what and where. */
+/** A trace file's text (its size checked by the reader: coordinator/trace/file.ts), checked: anything that is not a valid trace is FERRY_ERR_BAD_INPUT, saying what and where. */
 export function parseTraceFile(text: string, file: string): TraceFile {
-  if (text.length > TRACE_LIMITS.maxFileBytes) {
-    throw new FerryError(ErrorCode.BAD_INPUT, `${file} is larger than a trace file may be (${TRACE_LIMITS.maxFileBytes / 1024 ** 2} MiB)`, 'record a shorter trace, or with a longer --interval');
-  }
   let json: unknown;
   try {
     json = JSON.parse(text);

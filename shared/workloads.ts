@@ -30,7 +30,7 @@
  */
 import { PAGE_SIZE } from './constants.js';
 import type { WorkloadSpec } from './protocol.js';
-import type { ReplayTrace } from './trace.js';
+import { pagesInSample, traceExtentPages, type ReplayTrace } from './trace.js';
 
 export const WORDS_PER_PAGE = PAGE_SIZE / 4;
 const GOLDEN = 0x9e3779b1;
@@ -246,6 +246,16 @@ function lastAtMost(values: Float64Array, target: number): number {
     else high = middle - 1;
   }
   return low;
+}
+
+/**
+ * The workload that replays `trace`: its working set reaches the highest page the trace names, and its `rate` is
+ * the trace's busiest interval as page writes per second (the vCPU's pacing follows the trace's own timing; the rate
+ * tells it how far behind is "more than a second behind", past which it does not burst to catch up).
+ */
+export function replayWorkload(trace: ReplayTrace): WorkloadSpec {
+  const busiest = trace.samples.reduce((most, sample) => Math.max(most, pagesInSample(sample)), 0);
+  return { kind: 'replay', rate: Math.max(1, Math.ceil((busiest * 1000) / trace.intervalMs)), wssPages: traceExtentPages(trace.samples), seed: 1, trace };
 }
 
 const plans = new WeakMap<ReplayTrace, ReplayPlan>();
