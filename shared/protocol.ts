@@ -658,6 +658,8 @@ export const traceRecordReplySchema = z.object({
   samples: z.number().int().min(0),
   /** When the first interval began (ISO 8601). */
   startedAt: z.string(),
+  /** The vCPU's write count (register n) when the first interval began: with the last sample's, the writes recorded. */
+  startN: z.number().int().min(0),
   /** From the first interval's start to the last sample. */
   durationMs: z.number(),
   complete: z.boolean(),

@@ -60,6 +60,7 @@ export function serveTraceControl(connection: ControlServer, agent: Agent): void
       const pages = new Uint32Array(vm.pageCount);
       // From here each harvest holds what the vCPU dirtied since the one before.
       vm.dirtyLog.clearAll();
+      const startN = vm.registers().n;
       const startedMs = performance.now();
       const startedAt = new Date().toISOString();
       let taken = 0;
@@ -84,7 +85,7 @@ export function serveTraceControl(connection: ControlServer, agent: Agent): void
       const ended = performance.now();
       log.info('trace recorded', { vm: name, samples: taken, ...(stoppedBy ? { stoppedBy } : {}) });
       return {
-        name, host: agent.name, memoryBytes: vm.memoryBytes, intervalMs, samples: taken, startedAt,
+        name, host: agent.name, memoryBytes: vm.memoryBytes, intervalMs, samples: taken, startedAt, startN,
         durationMs: taken === wanted ? taken * intervalMs : ended - startedMs,
         complete: taken === wanted, ...(stoppedBy ? { stoppedBy } : {}),
       };

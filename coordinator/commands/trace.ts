@@ -17,12 +17,13 @@ import { recordTrace } from '../trace/record.js';
 
 const int = (value: number): string => Math.round(value).toLocaleString('en-US');
 
-export function formatTraceSummary(summary: TraceSummary): string {
+export function formatTraceSummary(summary: TraceSummary, vcpuWrites?: { fromN: number; toN: number }): string {
   return formatTable([
     ['  samples', `${int(summary.samples)} of ${formatDuration(summary.intervalMs)} (${formatDuration(summary.durationMs)}), ${int(summary.runs)} runs`],
     ['  page writes', `${int(summary.pageWrites)}: ${int(summary.meanDirtyPagesPerSec)} pages/s on average, at most ${int(summary.peakPagesPerSample)} in one interval`],
     ['  distinct pages', `${int(summary.distinctPages)} (${formatBytes(summary.distinctPages * 4096)} of ${formatBytes(summary.memoryBytes)})`],
     ['  working set', `${int(summary.workingSetPages)} pages (${formatBytes(summary.workingSetPages * 4096)}) dirtied in two intervals or more`],
+    ...(vcpuWrites ? [['  vCPU writes', `${int(vcpuWrites.toN - vcpuWrites.fromN)} (n ${int(vcpuWrites.fromN)} to ${int(vcpuWrites.toN)}), repeats within an interval included`]] : []),
   ]);
 }
 
@@ -90,9 +91,12 @@ Examples:
         process.stderr.write(`ferry: the recording of ${name} stopped after ${int(summary.samples)} of ${int(wanted)} samples (${recorded.reply.stoppedBy === 'migration' ? 'a migration of it began' : 'the VM stopped or left its host'}); ${options.out} holds those\n`);
       }
       if (options.json) {
-        printJson({ file: options.out, vm: recorded.trace.vm, host: recorded.trace.host, complete: recorded.trace.complete, ...(recorded.reply.stoppedBy ? { stoppedBy: recorded.reply.stoppedBy } : {}), ...summary });
+        printJson({
+          file: options.out, vm: recorded.trace.vm, host: recorded.trace.host, complete: recorded.trace.complete,
+          ...(recorded.reply.stoppedBy ? { stoppedBy: recorded.reply.stoppedBy } : {}), ...summary, vcpuWrites: recorded.vcpuWrites,
+        });
       } else {
-        process.stdout.write(`recorded ${name} on ${recorded.trace.host} into ${options.out}\n${formatTraceSummary(summary)}\n`);
+        process.stdout.write(`recorded ${name} on ${recorded.trace.host} into ${options.out}\n${formatTraceSummary(summary, recorded.vcpuWrites)}\n`);
       }
     });
 

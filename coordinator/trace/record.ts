@@ -17,12 +17,15 @@ export interface RecordRequest {
 export interface RecordedTrace {
   trace: TraceFile;
   reply: TraceRecordReply;
+  /** The vCPU's write count when the recording began and at its last sample: the writes it recorded. */
+  vcpuWrites: { fromN: number; toN: number };
 }
 
 /** Records on the agent behind `client`; `onSample` sees each sample as it arrives (progress). */
 export async function recordTrace(client: AgentClient, request: RecordRequest, onSample?: (event: TraceSampleEvent) => void): Promise<RecordedTrace> {
   const samples: TraceSample[] = [];
   let outOfOrder: number | undefined;
+  let lastN = 0;
   const reply = await client.request('trace.record', request, {
     // A recording answers after its duration: the agent's own reply comes then, not before.
     timeoutMs: request.durationMs + 30_000,
@@ -30,6 +33,7 @@ export async function recordTrace(client: AgentClient, request: RecordRequest, o
       const event = traceSampleEventSchema.parse(body);
       if (event.sample !== samples.length) outOfOrder ??= event.sample;
       samples.push(event.runs);
+      lastN = event.n;
       onSample?.(event);
     },
   });
@@ -43,5 +47,5 @@ export async function recordTrace(client: AgentClient, request: RecordRequest, o
     format: TRACE_FORMAT, version: TRACE_VERSION, vm: reply.name, host: reply.host, recordedAt: reply.startedAt, memoryBytes: reply.memoryBytes,
     pageSize: PAGE_SIZE, intervalMs: reply.intervalMs, complete: reply.complete, samples,
   });
-  return { trace, reply };
+  return { trace, reply, vcpuWrites: { fromN: reply.startN, toN: lastN } };
 }

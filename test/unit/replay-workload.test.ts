@@ -76,7 +76,7 @@ describe('the replay workload', () => {
     expect(checkReplayImage(image, { samples: trace.samples, seed: 1, x: 1, n: 6 }).ok).toBe(false);
     expect(checkPattern(infoOf(spec, pageCount, { x: 1, n: 6 }), image).ok).toBe(false);
 
-    image[4 * PAGE + 100] ^= 1;
+    image[4 * PAGE + 100] = image[4 * PAGE + 100]! ^ 1;
     expect(checkReplayImage(image, { samples: trace.samples, seed: 1, x: registers.x, n: registers.n })).toMatchObject({ ok: false, badPages: [4] });
     expect(checkPattern(infoOf(spec, pageCount, registers), image)).toMatchObject({ ok: false, badPages: [4] });
   });
