@@ -77,7 +77,7 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
   if (options.trace && options.trace.memoryBytes > memoryBytes) {
     throw new FerryError(ErrorCode.BAD_INPUT, `${options.trace.file} was recorded from a VM of ${formatBytes(options.trace.memoryBytes)}; --memory ${options.memory} is smaller`, `give --memory ${options.trace.memoryBytes} or more, or leave it out: a replay VM has its trace's memory by default`);
   }
-  const workload: WorkloadSpec = options.trace ? replayWorkload(options.trace.trace) : {
+  const workload: WorkloadSpec = options.trace ? { ...replayWorkload(options.trace.trace), ...(options.filled ? { filled: true } : {}) } : {
     kind: options.workload as WorkloadSpec['kind'],
     rate: parseCount(options.rate, '--rate'),
     wssPages: Math.floor(wssBytes / PAGE_SIZE),

@@ -745,7 +745,9 @@ export const controlOps = {
       migrationId: migrationIdSchema,
       name: vmNameSchema,
       destination: z.object({ name: hostNameSchema, url: agentUrlSchema }).strict(),
-      options: migrationOptionsSchema,
+      // Strict: an option this agent does not know is refused (FERRY_ERR_BAD_INPUT), never dropped, so that nobody
+      // believes a migration ran with a policy (post-copy, compression) that this agent does not have.
+      options: migrationOptionsSchema.strict(),
     }).strict(),
     sourceReportSchema,
   ],

@@ -169,9 +169,11 @@ export interface ReplayState {
   seed: number;
   x: number;
   n: number;
+  /** The VM was created --filled: a page never written holds write 0's fill, not zeros. */
+  filled?: boolean;
 }
 
-/** Checks an image against a replay of `n` writes of a trace: each page as its last write left it, or zero. */
+/** Checks an image against a replay of `n` writes of a trace: each page as its last write left it, or as it started. */
 export function checkReplayImage(image: Uint8Array, state: ReplayState): ReplayResult {
   const empty = { writesReplayed: 0, pagesWritten: 0, badPages: [] as number[], registersMatch: false };
   if (image.byteLength % PAGE_BYTES !== 0) return fail(empty, `image is ${image.byteLength} bytes, not a whole number of ${PAGE_BYTES}-byte pages`);
@@ -201,7 +203,7 @@ export function checkReplayImage(image: Uint8Array, state: ReplayState): ReplayR
   }
   let pagesWritten = 0;
   for (let page = 0; page < pageCount; page++) if (last[page]! > 0) pagesWritten += 1;
-  const { badPages, badCount } = compareImage(image, last, false);
+  const { badPages, badCount } = compareImage(image, last, state.filled === true);
   const registersMatch = state.x === state.seed;
   const result = { writesReplayed: state.n, pagesWritten, badPages, registersMatch };
   const reasons: string[] = [];
@@ -246,7 +248,7 @@ export function checkDump(file: string): ReplayResult {
   const kind = meta?.workload?.kind;
   if (kind === 'replay') {
     const { x, n } = (meta.cpu ?? {}) as { x: number; n: number };
-    return checkReplayImage(image, { samples: meta.workload.trace.samples as number[][], seed: meta.workload.seed as number, x, n });
+    return checkReplayImage(image, { samples: meta.workload.trace.samples as number[][], seed: meta.workload.seed as number, x, n, filled: meta.workload.filled === true });
   }
   if (kind !== 'pattern' && kind !== 'counters') return fail(empty, `the dump's workload is ${String(kind)}, not pattern, counters or replay`);
   if (meta.pageSize !== undefined && meta.pageSize !== PAGE_BYTES) return fail(empty, `the dump's page size is ${meta.pageSize}, not ${PAGE_BYTES}`);
