@@ -8,6 +8,7 @@ import type { TopLevelSpec } from 'vega-lite';
 import { formatBytes } from '../../shared/units.js';
 import type { Environment } from './environment.js';
 import type { BakeoffResults, PolicyRun, PolicySummary } from './bakeoff.js';
+import type { Spread } from './stats.js';
 
 const MiB = 1024 ** 2;
 
@@ -18,14 +19,19 @@ export interface BakeoffOutput extends BakeoffResults {
   charts: string[];
 }
 
-const num = (value: number | undefined, digits = 1): string => (value === undefined ? '-' : value.toFixed(digits));
+/** A median, with min-max beside it when there was more than one run. */
+const figure = (value: Spread | undefined, digits = 1, scale = 1): string => {
+  if (!value) return '-';
+  const at = (x: number): string => (x / scale).toFixed(digits);
+  return value.n > 1 ? `${at(value.median)} (${at(value.min)}-${at(value.max)})` : at(value.median);
+};
 const int = (value: number): string => Math.round(value).toLocaleString('en-US');
 const optionsText = (options: Record<string, unknown>): string => (Object.keys(options).length === 0 ? 'defaults' : `\`${JSON.stringify(options)}\``);
 
 function policyRow(summary: PolicySummary): string {
   if (summary.notRun !== undefined) return `| ${summary.policy} | ${optionsText(summary.options)} | 0 | not run: ${summary.notRun.replaceAll('|', '\\|')} | | | | |`;
   const replay = summary.replayMatches === undefined ? '-' : summary.replayMatches ? 'yes' : '**no**';
-  return `| ${summary.policy} | ${optionsText(summary.options)} | ${summary.committed}/${summary.runs} | ${num(summary.downtimeMs)} | ${num(summary.totalTimeMs, 0)} | ${summary.bytesSent === undefined ? '-' : num(summary.bytesSent / MiB)} | ${num(summary.slowdownPct)} % | ${replay} |`;
+  return `| ${summary.policy} | ${optionsText(summary.options)} | ${summary.committed}/${summary.runs} | ${figure(summary.downtimeMs)} | ${figure(summary.totalTimeMs, 0)} | ${figure(summary.bytesSent, 1, MiB)} | ${figure(summary.slowdownPct)} | ${replay} |`;
 }
 
 /** The table and the recommendation, as Markdown (also what `ferry bench --trace` prints). */
@@ -40,8 +46,8 @@ export function bakeoffMarkdown(results: BakeoffOutput): string {
       `${int(trace.distinctPages)} distinct pages, a working set of ${int(trace.workingSetPages)} pages (${formatBytes(trace.workingSetPages * 4096)}).`, '',
     `Each run: two fresh agents, a fresh VM replaying the trace with its memory filled (no page zero), ${results.warmupMs} ms of warm-up, one live migration with the policy's options on top of ` +
       `${optionsText(results.baseOptions as unknown as Record<string, unknown>)}, then the destination's memory checked against a replay of the trace. ` +
-      `${results.repeat} run(s) per policy; medians of the committed runs.`, '',
-    '| policy | options | committed | downtime (ms) | total time (ms) | sent (MiB) | guest slowdown | memory matches replay |',
+      `${results.repeat} run(s) per policy; medians of the committed runs, min-max in brackets.`, '',
+    '| policy | options | committed | downtime (ms) | total time (ms) | sent (MiB) | guest slowdown (%) | memory matches replay |',
     '|---|---|---|---|---|---|---|---|',
     ...results.policies.map(policyRow),
     '',
@@ -57,7 +63,7 @@ const CSV_COLUMNS: [string, (run: PolicyRun) => string | number | undefined][] =
   ['policy', (run) => run.policy], ['repeat', (run) => run.repeat], ['outcome', (run) => run.outcome], ['error', (run) => run.error],
   ['downtime_ms', (run) => run.downtimeMs?.toFixed(3)], ['total_time_ms', (run) => run.totalTimeMs?.toFixed(1)], ['bytes_sent', (run) => run.bytesSent],
   ['window_ms', (run) => run.windowMs?.toFixed(1)], ['writes_asked', (run) => run.writesAsked], ['writes_made', (run) => run.writesMade],
-  ['slowdown_pct', (run) => run.slowdownPct?.toFixed(2)], ['throttle_pct', (run) => run.throttlePct], ['rounds', (run) => run.rounds],
+  ['slowdown_pct', (run) => run.slowdownPct?.toFixed(2)], ['throttle_pct', (run) => run.throttlePct], ['rounds', (run) => run.rounds], ['stop_reason', (run) => run.stopReason],
   ['replay_matches', (run) => (run.replayMatches === undefined ? undefined : String(run.replayMatches))],
 ];
 
@@ -71,10 +77,10 @@ export function bakeoffChart(results: BakeoffResults): TopLevelSpec | undefined 
   const ran = results.policies.filter((summary) => summary.committed > 0);
   if (ran.length === 0) return undefined;
   const measures: [string, (summary: PolicySummary) => number | undefined][] = [
-    ['downtime (ms)', (summary) => summary.downtimeMs],
-    ['total time (ms)', (summary) => summary.totalTimeMs],
-    ['sent (MiB)', (summary) => (summary.bytesSent === undefined ? undefined : summary.bytesSent / MiB)],
-    ['guest slowdown (%)', (summary) => summary.slowdownPct],
+    ['downtime (ms)', (summary) => summary.downtimeMs?.median],
+    ['total time (ms)', (summary) => summary.totalTimeMs?.median],
+    ['sent (MiB)', (summary) => (summary.bytesSent === undefined ? undefined : summary.bytesSent.median / MiB)],
+    ['guest slowdown (%)', (summary) => summary.slowdownPct?.median],
   ];
   const values = ran.flatMap((summary) => measures.map(([measure, pick]) => ({ policy: summary.policy, measure, value: pick(summary) ?? 0, recommended: summary.policy === results.recommendation.policy ? 'recommended' : 'other' })));
   return {

@@ -27,7 +27,7 @@ import { migrateLive } from '../migrate.js';
 import { checkPattern } from '../pattern-check.js';
 import type { Link } from './link.js';
 import { POLICIES, policyOptions, type PolicyName } from './policies.js';
-import { median } from './stats.js';
+import { spread, type Spread } from './stats.js';
 
 const VM = 'bakeoff';
 
@@ -71,6 +71,8 @@ export interface PolicyRun {
   slowdownPct?: number;
   throttlePct?: number;
   rounds?: number;
+  /** The stop rule that ended pre-copy (DESIGN.md, "When pre-copy stops"). */
+  stopReason?: string;
   /** The destination's memory against a replay of the trace (committed runs). */
   replayMatches?: boolean;
 }
@@ -83,10 +85,11 @@ export interface PolicySummary {
   committed: number;
   /** Set when an agent refused the policy: its error. */
   notRun?: string;
-  downtimeMs?: number;
-  totalTimeMs?: number;
-  bytesSent?: number;
-  slowdownPct?: number;
+  /** Over the committed runs: median, min, max. */
+  downtimeMs?: Spread;
+  totalTimeMs?: Spread;
+  bytesSent?: Spread;
+  slowdownPct?: Spread;
   /** Every committed run's memory matched replay. */
   replayMatches?: boolean;
 }
@@ -150,7 +153,7 @@ async function runPolicy(request: BakeoffRequest, workload: WorkloadSpec, policy
       ...(report.downtimeMs !== undefined ? { downtimeMs: report.downtimeMs } : {}),
       totalTimeMs: report.totalTimeMs, bytesSent: report.bytesSent, windowMs, writesAsked, writesMade,
       slowdownPct: writesAsked > 0 ? (100 * Math.max(0, writesAsked - writesMade)) / writesAsked : 0,
-      throttlePct: report.throttlePct, rounds: report.rounds.length,
+      throttlePct: report.throttlePct, rounds: report.rounds.length, ...(report.stopReason ? { stopReason: report.stopReason } : {}),
       ...(replayMatches !== undefined ? { replayMatches } : {}),
     };
   } finally {
@@ -162,9 +165,9 @@ async function runPolicy(request: BakeoffRequest, workload: WorkloadSpec, policy
 export function summarizePolicy(policy: PolicyName, runs: PolicyRun[]): PolicySummary {
   const committed = runs.filter((run) => run.outcome === 'committed');
   const notRun = runs.find((run) => run.outcome === 'not-run');
-  const of = (pick: (run: PolicyRun) => number | undefined): number | undefined => {
+  const of = (pick: (run: PolicyRun) => number | undefined): Spread | undefined => {
     const values = committed.map(pick).filter((value): value is number => value !== undefined);
-    return values.length > 0 ? median(values) : undefined;
+    return values.length > 0 ? spread(values) : undefined;
   };
   const medians = { downtimeMs: of((run) => run.downtimeMs), totalTimeMs: of((run) => run.totalTimeMs), bytesSent: of((run) => run.bytesSent), slowdownPct: of((run) => run.slowdownPct) };
   return {
@@ -175,23 +178,26 @@ export function summarizePolicy(policy: PolicyName, runs: PolicyRun[]): PolicySu
   };
 }
 
-/** The recommendation under RECOMMENDATION's rule (stated in `rule`), and why. */
+/** The recommendation under RECOMMENDATION's rule (stated in `rule`), and why; on the medians. */
 export function recommend(summaries: PolicySummary[]): Recommendation {
   const { bound, slowdownPoints } = RECOMMENDATION;
-  const rule = `the least median downtime among the policies that committed every run with memory matching replay, whose median total time and bytes sent are each within ${bound}x the best of those and whose guest slowdown is within ${slowdownPoints} points of the least (ties: fewer bytes)`;
-  const sound = summaries.filter((summary) => summary.runs > 0 && summary.committed === summary.runs && summary.replayMatches === true
-    && summary.downtimeMs !== undefined && summary.totalTimeMs !== undefined && summary.bytesSent !== undefined && summary.slowdownPct !== undefined);
+  const rule = `the least median downtime among the policies that committed every run with memory matching replay, whose median total time and bytes sent are each within ${bound}x the best of those and whose median guest slowdown is within ${slowdownPoints} points of the least (ties: fewer bytes)`;
+  const sound = summaries.flatMap((summary) => {
+    const { downtimeMs, totalTimeMs, bytesSent, slowdownPct } = summary;
+    const ok = summary.runs > 0 && summary.committed === summary.runs && summary.replayMatches === true && downtimeMs && totalTimeMs && bytesSent && slowdownPct;
+    return ok ? [{ policy: summary.policy, downtime: downtimeMs.median, time: totalTimeMs.median, bytes: bytesSent.median, slowdown: slowdownPct.median }] : [];
+  });
   if (sound.length === 0) return { rule, reason: 'no policy committed every run with memory matching replay' };
-  const bestTime = Math.min(...sound.map((summary) => summary.totalTimeMs!));
-  const bestBytes = Math.min(...sound.map((summary) => summary.bytesSent!));
-  const leastSlowdown = Math.min(...sound.map((summary) => summary.slowdownPct!));
-  const within = sound.filter((summary) => summary.totalTimeMs! <= bound * bestTime && summary.bytesSent! <= bound * bestBytes && summary.slowdownPct! <= leastSlowdown + slowdownPoints);
-  const chosen = [...within].sort((a, b) => a.downtimeMs! - b.downtimeMs! || a.bytesSent! - b.bytesSent!)[0]!;
-  const left = sound.filter((summary) => !within.includes(summary)).map((summary) => summary.policy);
+  const bestTime = Math.min(...sound.map((entry) => entry.time));
+  const bestBytes = Math.min(...sound.map((entry) => entry.bytes));
+  const leastSlowdown = Math.min(...sound.map((entry) => entry.slowdown));
+  const within = sound.filter((entry) => entry.time <= bound * bestTime && entry.bytes <= bound * bestBytes && entry.slowdown <= leastSlowdown + slowdownPoints);
+  const chosen = [...within].sort((a, b) => a.downtime - b.downtime || a.bytes - b.bytes)[0]!;
+  const left = sound.filter((entry) => !within.includes(entry)).map((entry) => entry.policy);
   return {
     policy: chosen.policy,
     rule,
-    reason: `${chosen.policy}: ${chosen.downtimeMs!.toFixed(1)} ms of downtime, the least of ${within.map((summary) => summary.policy).join(', ')}${left.length > 0 ? ` (${left.join(', ')} out of bounds)` : ''}`,
+    reason: `${chosen.policy}: ${chosen.downtime.toFixed(1)} ms of downtime, the least of ${within.map((entry) => entry.policy).join(', ')}${left.length > 0 ? ` (${left.join(', ')} out of bounds)` : ''}`,
   };
 }
 

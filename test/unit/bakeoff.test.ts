@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { RECOMMENDATION, baseOptions, recommend, summarizePolicy, type PolicyRun, type PolicySummary } from '../../coordinator/bench/bakeoff.js';
+import type { Spread } from '../../coordinator/bench/stats.js';
 import { POLICY_NAMES, parsePolicies, policyOptions } from '../../coordinator/bench/policies.js';
 import { ErrorCode } from '../../shared/errors.js';
 
@@ -34,15 +35,20 @@ function run(policy: PolicyRun['policy'], fields: Partial<PolicyRun>): PolicyRun
 describe('summaries and the recommendation', () => {
   it('takes medians of the committed runs and keeps a refusal as the reason a policy did not run', () => {
     const summary = summarizePolicy('precopy', [run('precopy', { downtimeMs: 30 }), run('precopy', { downtimeMs: 10 }), run('precopy', { outcome: 'rolled-back', downtimeMs: 999 })]);
-    expect(summary).toMatchObject({ runs: 3, committed: 2, downtimeMs: 20, replayMatches: true });
+    expect(summary).toMatchObject({ runs: 3, committed: 2, downtimeMs: { median: 20, min: 10, max: 30, n: 2 }, replayMatches: true });
     const refused = summarizePolicy('postcopy', [{ policy: 'postcopy', repeat: 1, outcome: 'not-run', error: 'FERRY_ERR_BAD_INPUT: Unrecognized key: "postcopy"' }]);
     expect(refused).toMatchObject({ committed: 0, notRun: expect.stringMatching(/postcopy/) });
     expect(refused.downtimeMs).toBeUndefined();
   });
 
-  const summary = (policy: PolicySummary['policy'], fields: Partial<PolicySummary>): PolicySummary => ({
-    policy, description: '', options: {}, runs: 1, committed: 1, replayMatches: true, downtimeMs: 10, totalTimeMs: 1000, bytesSent: 100 * MiB, slowdownPct: 1, ...fields,
-  });
+  const one = (value: number): Spread => ({ median: value, min: value, max: value, n: 1 });
+  const summary = (policy: PolicySummary['policy'], fields: Partial<Record<'downtimeMs' | 'totalTimeMs' | 'bytesSent' | 'slowdownPct', number>> & Partial<Pick<PolicySummary, 'committed' | 'notRun' | 'replayMatches'>>): PolicySummary => {
+    const { downtimeMs = 10, totalTimeMs = 1000, bytesSent = 100 * MiB, slowdownPct = 1, ...rest } = fields;
+    return {
+      policy, description: '', options: {}, runs: 1, committed: 1, replayMatches: true, ...rest,
+      downtimeMs: one(downtimeMs), totalTimeMs: one(totalTimeMs), bytesSent: one(bytesSent), slowdownPct: one(slowdownPct),
+    };
+  };
 
   it('recommends the least downtime among the sound policies within the bounds, and says which fell outside', () => {
     const chosen = recommend([
@@ -53,7 +59,7 @@ describe('summaries and the recommendation', () => {
       summary('auto-converge', { downtimeMs: 5, slowdownPct: 1 + RECOMMENDATION.slowdownPoints + 1 }),
       summary('hybrid', { downtimeMs: 8, bytesSent: 120 * MiB }),
       // Not run, and one whose memory did not match: never candidates.
-      summary('xbzrle', { committed: 0, notRun: 'FERRY_ERR_BAD_INPUT', downtimeMs: undefined }),
+      summary('xbzrle', { committed: 0, notRun: 'FERRY_ERR_BAD_INPUT' }),
     ]);
     expect(chosen.policy).toBe('hybrid');
     expect(chosen.reason).toMatch(/hybrid: 8\.0 ms of downtime, the least of precopy, hybrid \(postcopy, auto-converge out of bounds\)/);
