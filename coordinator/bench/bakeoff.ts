@@ -185,7 +185,7 @@ export function recommend(summaries: PolicySummary[]): Recommendation {
   const sound = summaries.flatMap((summary) => {
     const { downtimeMs, totalTimeMs, bytesSent, slowdownPct } = summary;
     const ok = summary.runs > 0 && summary.committed === summary.runs && summary.replayMatches === true && downtimeMs && totalTimeMs && bytesSent && slowdownPct;
-    return ok ? [{ policy: summary.policy, downtime: downtimeMs.median, time: totalTimeMs.median, bytes: bytesSent.median, slowdown: slowdownPct.median }] : [];
+    return ok ? [{ policy: summary.policy, downtime: downtimeMs.median, range: downtimeMs, time: totalTimeMs.median, bytes: bytesSent.median, slowdown: slowdownPct.median }] : [];
   });
   if (sound.length === 0) return { rule, reason: 'no policy committed every run with memory matching replay' };
   const bestTime = Math.min(...sound.map((entry) => entry.time));
@@ -194,10 +194,13 @@ export function recommend(summaries: PolicySummary[]): Recommendation {
   const within = sound.filter((entry) => entry.time <= bound * bestTime && entry.bytes <= bound * bestBytes && entry.slowdown <= leastSlowdown + slowdownPoints);
   const chosen = [...within].sort((a, b) => a.downtime - b.downtime || a.bytes - b.bytes)[0]!;
   const left = sound.filter((entry) => !within.includes(entry)).map((entry) => entry.policy);
+  // A lead that the runs' own spread covers is no lead: say so rather than let a median decide alone.
+  const overlapping = within.filter((entry) => entry !== chosen && entry.range.min <= chosen.range.max && chosen.range.min <= entry.range.max).map((entry) => entry.policy);
   return {
     policy: chosen.policy,
     rule,
-    reason: `${chosen.policy}: ${chosen.downtime.toFixed(1)} ms of downtime, the least of ${within.map((entry) => entry.policy).join(', ')}${left.length > 0 ? ` (${left.join(', ')} out of bounds)` : ''}`,
+    reason: `${chosen.policy}: ${chosen.downtime.toFixed(1)} ms of downtime, the least of ${within.map((entry) => entry.policy).join(', ')}${left.length > 0 ? ` (${left.join(', ')} out of bounds)` : ''}`
+      + (overlapping.length > 0 ? `; its downtimes overlap ${overlapping.join(', ')}'s, so the lead is within run-to-run variation` : ''),
   };
 }
 

@@ -64,6 +64,9 @@ describe('summaries and the recommendation', () => {
     expect(chosen.policy).toBe('hybrid');
     expect(chosen.reason).toMatch(/hybrid: 8\.0 ms of downtime, the least of precopy, hybrid \(postcopy, auto-converge out of bounds\)/);
     expect(chosen.rule).toMatch(/within 1\.5x the best/);
+    const close = recommend([summary('precopy', { downtimeMs: 10 }), { ...summary('auto-converge', {}), downtimeMs: { median: 9, min: 8, max: 12, n: 3 } }]);
+    expect(close.policy).toBe('auto-converge');
+    expect(close.reason).toMatch(/overlap precopy's, so the lead is within run-to-run variation/);
     const none = recommend([summary('precopy', { replayMatches: false })]);
     expect(none.policy).toBeUndefined();
     expect(none.reason).toMatch(/no policy committed every run/);
