@@ -24,6 +24,7 @@ import type { HostEntry } from '../cluster.js';
 import { withHost } from '../connect.js';
 import { readMemory } from '../dump.js';
 import { migrateLive } from '../migrate.js';
+import type { MigrationReport } from '../report.js';
 import { checkPattern } from '../pattern-check.js';
 import type { Link } from './link.js';
 import { POLICIES, policyOptions, type PolicyName } from './policies.js';
@@ -56,7 +57,8 @@ export interface BakeoffRequest {
 export interface PolicyRun {
   policy: PolicyName;
   repeat: number;
-  outcome: 'committed' | 'rolled-back' | 'failed' | 'not-run';
+  /** The migration's outcome, or `not-run` when the agent refused the policy's options. */
+  outcome: MigrationReport['outcome'] | 'not-run';
   /** `CODE: message` of a failure, or of the agent's refusal of a policy it does not know. */
   error?: string;
   downtimeMs?: number;
@@ -138,7 +140,8 @@ async function runPolicy(request: BakeoffRequest, workload: WorkloadSpec, policy
     const error = report.error ? `${report.error.code}: ${report.error.message}` : undefined;
     // Refused before anything moved: the agent does not know the policy's options.
     if (report.outcome === 'failed' && report.error?.code === ErrorCode.BAD_INPUT) return { policy, repeat, outcome: 'not-run', ...(error ? { error } : {}) };
-    const holder = report.outcome === 'committed' ? destination : source;
+    // After a post-copy's switch the guest runs at the destination, even when its page push was cut (postcopy-paused).
+    const holder = report.outcome === 'committed' || report.outcome === 'postcopy-paused' ? destination : source;
     const after = await writeCount(holder);
     const windowMs = after.atMs - before.atMs;
     const writesAsked = workloadPacing(workload)(before.n, windowMs);
