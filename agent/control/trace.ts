@@ -25,8 +25,8 @@ import type { VirtualMachine } from '../vm/vm.js';
 /** The catalog's name for a recording's hold on a VM: migrate.ts preempts it by this name. */
 export const TRACE_RECORDING = 'trace recording';
 
-/** States in which a VM's dirty log belongs to a migration. */
-const MIGRATING = new Set(['migrating-out', 'handing-over', 'migrating-in']);
+/** States in which a VM's dirty log belongs to a migration (postcopy-out: the source of a post-copy whose push was cut). */
+const MIGRATING = new Set(['migrating-out', 'handing-over', 'migrating-in', 'postcopy-out']);
 
 /** Resolves after `ms`, or at once when `signal` aborts. */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
@@ -47,10 +47,11 @@ export function serveTraceControl(connection: ControlServer, agent: Agent): void
 
   connection.handle('trace.record', async ({ name, intervalMs, durationMs }, context) => {
     const found = catalog.machine(name);
-    if (MIGRATING.has(found.state) || catalog.busyWith(name) === 'migration') {
+    // A post-copy's destination runs the VM while its last pages arrive: still migrating.
+    if (MIGRATING.has(found.state) || found.postcopy !== undefined || catalog.busyWith(name) === 'migration') {
       throw new FerryError(
         ErrorCode.VM_STATE,
-        `cannot record a trace of ${name}: it is migrating (${found.state}), and its migration reads the dirty log a recording would clear`,
+        `cannot record a trace of ${name}: it is migrating (${found.postcopy ? `post-copy, ${found.postcopy.role}` : found.state}), and its migration reads the dirty log a recording would clear`,
         `record it once the migration has ended: \`ferry trace record ${name}\` finds it on its new host`,
       );
     }

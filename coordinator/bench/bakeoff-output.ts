@@ -52,6 +52,8 @@ export function bakeoffMarkdown(results: BakeoffOutput): string {
     ...results.policies.map(policyRow),
     '',
     'Guest slowdown: of the page writes the trace\'s timing asks for between the write counts read just before and just after the migration, the share the guest did not make.', '',
+    ...results.policies.filter((summary) => summary.postcopy).map((summary) => `${summary.policy}, after the switch: ${figure(summary.postcopy!.faults, 0)} faults on missing pages, holding the vCPU ${figure(summary.postcopy!.stallTotalMs)} ms in all (p99 of one: ${figure(summary.postcopy!.stallP99Ms, 2)} ms).`),
+    ...(results.policies.some((summary) => summary.postcopy) ? [''] : []),
     `**Recommendation: ${results.recommendation.policy ?? 'none'}.** ${results.recommendation.reason}.`, '',
     `Rule: ${results.recommendation.rule}.`, '',
   ];
@@ -64,6 +66,8 @@ const CSV_COLUMNS: [string, (run: PolicyRun) => string | number | undefined][] =
   ['downtime_ms', (run) => run.downtimeMs?.toFixed(3)], ['total_time_ms', (run) => run.totalTimeMs?.toFixed(1)], ['bytes_sent', (run) => run.bytesSent],
   ['window_ms', (run) => run.windowMs?.toFixed(1)], ['writes_asked', (run) => run.writesAsked], ['writes_made', (run) => run.writesMade],
   ['slowdown_pct', (run) => run.slowdownPct?.toFixed(2)], ['throttle_pct', (run) => run.throttlePct], ['rounds', (run) => run.rounds], ['stop_reason', (run) => run.stopReason],
+  ['postcopy_faults', (run) => run.postcopy?.faults], ['postcopy_stall_ms', (run) => run.postcopy?.stallTotalMs.toFixed(2)],
+  ['postcopy_stall_p99_ms', (run) => run.postcopy?.stallP99Ms.toFixed(3)],
   ['replay_matches', (run) => (run.replayMatches === undefined ? undefined : String(run.replayMatches))],
 ];
 

@@ -75,6 +75,8 @@ export interface PolicyRun {
   rounds?: number;
   /** The stop rule that ended pre-copy (DESIGN.md, "When pre-copy stops"). */
   stopReason?: string;
+  /** Post-copy: faults the destination's vCPU took on missing pages, and the time they held it (all, and p99). */
+  postcopy?: { faults: number; stallTotalMs: number; stallP99Ms: number };
   /** The destination's memory against a replay of the trace (committed runs). */
   replayMatches?: boolean;
 }
@@ -94,6 +96,8 @@ export interface PolicySummary {
   slowdownPct?: Spread;
   /** Every committed run's memory matched replay. */
   replayMatches?: boolean;
+  /** Post-copy's faults and stalls, over the committed runs that switched to it. */
+  postcopy?: { faults: Spread; stallTotalMs: Spread; stallP99Ms: Spread };
 }
 
 export interface Recommendation {
@@ -157,6 +161,7 @@ async function runPolicy(request: BakeoffRequest, workload: WorkloadSpec, policy
       totalTimeMs: report.totalTimeMs, bytesSent: report.bytesSent, windowMs, writesAsked, writesMade,
       slowdownPct: writesAsked > 0 ? (100 * Math.max(0, writesAsked - writesMade)) / writesAsked : 0,
       throttlePct: report.throttlePct, rounds: report.rounds.length, ...(report.stopReason ? { stopReason: report.stopReason } : {}),
+      ...(report.postcopy ? { postcopy: { faults: report.postcopy.faults, stallTotalMs: report.postcopy.stallMs?.totalMs ?? 0, stallP99Ms: report.postcopy.stallMs?.p99 ?? 0 } } : {}),
       ...(replayMatches !== undefined ? { replayMatches } : {}),
     };
   } finally {
@@ -168,6 +173,7 @@ async function runPolicy(request: BakeoffRequest, workload: WorkloadSpec, policy
 export function summarizePolicy(policy: PolicyName, runs: PolicyRun[]): PolicySummary {
   const committed = runs.filter((run) => run.outcome === 'committed');
   const notRun = runs.find((run) => run.outcome === 'not-run');
+  const switched = committed.filter((run) => run.postcopy !== undefined);
   const of = (pick: (run: PolicyRun) => number | undefined): Spread | undefined => {
     const values = committed.map(pick).filter((value): value is number => value !== undefined);
     return values.length > 0 ? spread(values) : undefined;
@@ -178,6 +184,12 @@ export function summarizePolicy(policy: PolicyName, runs: PolicyRun[]): PolicySu
     ...(notRun ? { notRun: notRun.error ?? 'refused' } : {}),
     ...Object.fromEntries(Object.entries(medians).filter(([, value]) => value !== undefined)),
     ...(committed.length > 0 ? { replayMatches: committed.every((run) => run.replayMatches === true) } : {}),
+    ...(switched.length > 0 ? {
+      postcopy: {
+        faults: spread(switched.map((run) => run.postcopy!.faults)), stallTotalMs: spread(switched.map((run) => run.postcopy!.stallTotalMs)),
+        stallP99Ms: spread(switched.map((run) => run.postcopy!.stallP99Ms)),
+      },
+    } : {}),
   };
 }
 

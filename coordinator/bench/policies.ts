@@ -4,9 +4,9 @@
  * defined: a policy whose options an agent does not know yet is refused by that agent's `migrate.start` schema
  * (FERRY_ERR_BAD_INPUT, strict about unknown option fields) and shows in the bake-off as not run, with that error.
  *
- * The options are typed loosely on purpose: `compress`, `xbzrleCacheBytes` and `postcopy` belong to features that
- * come on their own branches (delta compression, post-copy). When `migrationOptionsSchema` has them, these entries
- * type-check against it unchanged, and the policies run.
+ * The options are typed loosely on purpose: `compress` and `xbzrleCacheBytes` belong to delta compression, which
+ * comes on its own branch (`postcopy` is in `migrationOptionsSchema` already). When the schema has them, these
+ * entries type-check against it unchanged, and the policy runs.
  */
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { MigrationOptions } from '../../shared/protocol.js';
