@@ -4,9 +4,9 @@
  * defined: a policy whose options an agent does not know yet is refused by that agent's `migrate.start` schema
  * (FERRY_ERR_BAD_INPUT, strict about unknown option fields) and shows in the bake-off as not run, with that error.
  *
- * The options are typed loosely on purpose: `compress` and `xbzrleCacheBytes` belong to delta compression, which
- * comes on its own branch (`postcopy` is in `migrationOptionsSchema` already). When the schema has them, these
- * entries type-check against it unchanged, and the policy runs.
+ * The options are typed loosely on purpose, so that a policy can be listed before its feature is in
+ * `migrationOptionsSchema` (post-copy and delta compression were written beside this table, and their fields came
+ * later): an entry type-checks against the schema once its fields are there, and the policy runs.
  */
 import { ErrorCode, FerryError } from '../../shared/errors.js';
 import type { MigrationOptions } from '../../shared/protocol.js';
