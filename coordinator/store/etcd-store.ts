@@ -177,13 +177,25 @@ export class EtcdStore implements ClusterStore {
 
   async withLock<T>(purpose: string, action: () => Promise<T>, options: { waitMs?: number } = {}): Promise<T> {
     const waitMs = options.waitMs ?? 10_000;
-    const deadline = Date.now() + waitMs;
+    // The wait is for one holder: each time the lock changes hands (its key's revision moves) it starts again, so that
+    // a crowd of provisions, each quick, never times out a waiter that is only behind the others.
+    let deadline = Date.now() + waitMs;
+    let holder: string | undefined;
     const key = `locks/${purpose}`;
     const lock = this.ns.lock(key).ttl(this.ttl);
     for (let attempt = 0; ; attempt++) {
       // While another holds it, only look (a read); each try to take it is three writes to etcd's log (a lease,
       // the key, the lease revoked), which a crowd of waiters would slow everyone with.
-      const free = attempt === 0 || !(await this.call(`look at the ${purpose} lock`, () => this.ns.get(key).exists()));
+      let free = attempt === 0;
+      if (!free) {
+        const held = await this.call(`look at the ${purpose} lock`, () => this.ns.get(key).exec());
+        const revision = held.kvs[0]?.mod_revision;
+        free = revision === undefined;
+        if (revision !== undefined && revision !== holder) {
+          if (holder !== undefined) deadline = Date.now() + waitMs;
+          holder = revision;
+        }
+      }
       try {
         if (!free) throw new EtcdLockFailedError(`${key} is held`);
         await this.call(`take the ${purpose} lock`, () => lock.acquire());
