@@ -24,10 +24,12 @@ import type { ClusterStore } from '../store/store.js';
 import type { Relay } from './relay.js';
 
 const durationText = z.string().max(32).regex(/^\d+(\.\d+)?(ms|s|m)$/, 'a duration such as 300ms or 2s');
+/** As `--max-bandwidth`: parseRate says what it takes. */
+const rateText = z.string().max(32);
 
 export const actionSchemas = {
-  forecast: z.object({ vm: vmNameSchema, to: hostNameSchema, maxDowntime: durationText.optional() }).strict(),
-  migrate: z.object({ vm: vmNameSchema, to: hostNameSchema, maxDowntime: durationText.optional() }).strict(),
+  forecast: z.object({ vm: vmNameSchema, to: hostNameSchema, maxDowntime: durationText.optional(), maxBandwidth: rateText.optional() }).strict(),
+  migrate: z.object({ vm: vmNameSchema, to: hostNameSchema, maxDowntime: durationText.optional(), maxBandwidth: rateText.optional() }).strict(),
   cancel: z.object({ vm: vmNameSchema }).strict(),
   pause: z.object({ vm: vmNameSchema }).strict(),
   resume: z.object({ vm: vmNameSchema }).strict(),
@@ -38,8 +40,8 @@ export const actionSchemas = {
 
 export type ActionName = keyof typeof actionSchemas;
 
-const liveOptions = (maxDowntime: string | undefined) => migrationOptions({
-  maxDowntime: maxDowntime ?? `${DEFAULT_MAX_DOWNTIME_MS}ms`, maxRounds: String(STOP_RULES.maxRounds), verify: 'pages',
+const liveOptions = (maxDowntime: string | undefined, maxBandwidth?: string) => migrationOptions({
+  maxDowntime: maxDowntime ?? `${DEFAULT_MAX_DOWNTIME_MS}ms`, maxBandwidth, maxRounds: String(STOP_RULES.maxRounds), verify: 'pages',
 });
 
 export class Actions {
@@ -68,13 +70,13 @@ export class Actions {
     const input = parsed.data as Record<string, unknown>;
     switch (action) {
       case 'forecast': {
-        const { vm, to, maxDowntime } = actionSchemas.forecast.parse(input);
-        const plan = await forecastMigration(this.cluster, { vm, to, options: liveOptions(maxDowntime), linkBytes: MIGRATE_LINK_BYTES, statsWaitMs: 0, linkTimeoutMs: MIGRATE_LINK_TIMEOUT_MS });
+        const { vm, to, maxDowntime, maxBandwidth } = actionSchemas.forecast.parse(input);
+        const plan = await forecastMigration(this.cluster, { vm, to, options: liveOptions(maxDowntime, maxBandwidth), linkBytes: MIGRATE_LINK_BYTES, statsWaitMs: 0, linkTimeoutMs: MIGRATE_LINK_TIMEOUT_MS });
         return { plan, text: formatPlan(plan) };
       }
       case 'migrate': {
-        const { vm, to, maxDowntime } = actionSchemas.migrate.parse(input);
-        const options = liveOptions(maxDowntime);
+        const { vm, to, maxDowntime, maxBandwidth } = actionSchemas.migrate.parse(input);
+        const options = liveOptions(maxDowntime, maxBandwidth);
         findHost(this.cluster, to);
         this.background(`migration of ${vm} to ${to}`, async () => {
           const report = await migrateLive(this.cluster, { vm, to, options }, { signal: this.stopped.signal, ...(this.store ? { store: this.store } : {}) });
