@@ -54,7 +54,9 @@ export function serveEventsControl(connection: ControlServer, agent: Agent): voi
       let sampled: { machine: VirtualMachine; map: HeatMap } | undefined;
       heatTimer = setInterval(() => {
         const machine = agent.catalog.findMachine(heat.name);
-        if (!machine) return;
+        // Only the copy that is the VM: not a migration's reservation here (still being filled), nor a post-copy's
+        // paused source (the VM runs at its destination).
+        if (!machine || machine.state === 'migrating-in' || machine.state === 'postcopy-out') return;
         if (sampled?.machine !== machine) sampled = { machine, map: new HeatMap(heat.cells) };
         const frame = sampled.map.sample({
           pageCount: machine.pageCount, dirtyLog: machine.dirtyLog, writeStamps: machine.writeStamps, sending: machine.sending,

@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -161,6 +162,9 @@ describe('ferry ui in headless Chromium', () => {
     await expect.poll(async () => (await page.locator('#heat-writes').getAttribute('data-migrating-digests') ?? '').split(' ').filter(Boolean).length, WAIT).toBeGreaterThanOrEqual(2);
     const running = await page.locator('#migration-status').getAttribute('data-state');
     await page.locator('#chart-throughput svg').waitFor({ state: 'attached', ...WAIT });
+    // The screenshot once round 1 is over (the rounds chart has a bar), or the migration ended: whichever comes first.
+    await expect.poll(() => page.evaluate(() => document.querySelector('#chart-rounds svg') !== null
+      || document.querySelector('#migration-status')?.getAttribute('data-state') !== 'running'), WAIT).toBe(true);
     const shot = process.env['FERRY_UI_SCREENSHOT'] ?? path.join(cluster.dir, 'ui-migration.png');
     await page.screenshot({ path: shot, fullPage: true });
     expect(existsSync(shot)).toBe(true);
@@ -175,5 +179,19 @@ describe('ferry ui in headless Chromium', () => {
     expect(await page.locator('#chart-throughput svg').count()).toBeGreaterThan(0);
     // The guest moved whole: its memory is what a replay of its writes says.
     await expectMemoryMatchesReplay(cluster, 'web1');
+  });
+
+  it('opens a bench results folder: its summary\'s tables and its charts', async () => {
+    const folder = path.join(cluster.dir, 'bench-results', 'run-1');
+    await mkdir(path.join(folder, 'charts'), { recursive: true });
+    await writeFile(path.join(folder, 'results.json'), JSON.stringify({ command: 'ferry bench --repeat 1', environment: {}, charts: ['throughput.svg'] }));
+    await writeFile(path.join(folder, 'summary.md'), '# ferry benchmark results\n\n| scenario | downtime |\n|---|---:|\n| idle-256MiB | 12.5 ms |\n');
+    await writeFile(path.join(folder, 'charts', 'throughput.svg'), '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>');
+    await page.locator('#tabs button[data-tab="bench"]').click();
+    await page.locator('#bench-folders a', { hasText: 'run-1' }).click();
+    await expect.poll(() => page.locator('#bench-view table').textContent(), WAIT).toContain('idle-256MiB');
+    const chart = page.locator('#bench-view img[alt="throughput.svg"]');
+    await chart.waitFor(WAIT);
+    await expect.poll(() => chart.evaluate((image) => (image as unknown as { complete: boolean; naturalWidth: number }).complete && (image as unknown as { naturalWidth: number }).naturalWidth), WAIT).toBe(10);
   });
 });

@@ -104,6 +104,8 @@ const migration = {
 
 function resetMigration(id: string): void {
   Object.assign(migration, { id, firstStageMs: -1, roundsDone: [], throughput: [], rounds: [] });
+  $('chart-rounds').replaceChildren();
+  $('chart-throughput').replaceChildren();
   for (const li of document.querySelectorAll('#stage-timeline li')) li.classList.remove('done', 'current');
   $('progress').textContent = '';
   $('report').textContent = '';
@@ -125,7 +127,7 @@ function scheduleCharts(): void {
   migration.redraw = window.setTimeout(() => {
     migration.redraw = 0;
     void drawThroughput($('chart-throughput'), migration.throughput, migration.linkBytesPerSec).catch(failed);
-    void drawRounds($('chart-rounds'), migration.rounds).catch(failed);
+    if (migration.rounds.length > 0) void drawRounds($('chart-rounds'), migration.rounds).catch(failed);
   }, 300);
 }
 
@@ -153,6 +155,8 @@ function onMigration(event: Extract<UiEvent, { kind: 'migration' }>): void {
       migration.roundsDone.push({ durationMs: e.report.durationMs, bytes: e.report.bytes });
       migration.throughput.push({ atS: (doneMs + e.report.durationMs) / 1000, mibPerSec: e.report.throughputBytesPerSec / MIB, round: e.report.round });
       migration.rounds.push({ round: e.report.round, sent: e.report.pages, dirtiedMeanwhile: e.report.dirtyPagesAfter });
+      $('progress').textContent = `round ${e.report.round} done: ${e.report.pages.toLocaleString()} pages in ${e.report.durationMs.toFixed(0)} ms at `
+        + `${(e.report.throughputBytesPerSec / MIB).toFixed(1)} MiB/s; the guest dirtied ${e.report.dirtyPagesAfter.toLocaleString()} meanwhile`;
       scheduleCharts();
       break;
     case 'throttle':
