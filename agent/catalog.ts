@@ -21,7 +21,7 @@
  */
 import { NET_REGION_PAGES, PAGE_SIZE } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
-import { fillInitialPages } from '../shared/workloads.js';
+import { fillInitialPages, startsFilled } from '../shared/workloads.js';
 import type { VmState, VmSummary } from '../shared/protocol.js';
 import { formatBytes } from '../shared/units.js';
 import type { StoredVm } from './datastore/config.js';
@@ -71,11 +71,12 @@ export async function populate(memory: Uint8Array): Promise<void> {
 }
 
 /**
- * Fills a filled guest's memory as it starts (workloads.ts `fillInitialPages`), all but the network device's pages
- * at the top of an addressed VM's memory, a slice at a time so the agent keeps answering.
+ * Fills a filled guest's memory (a counters guest's always: workloads.ts `startsFilled`) as it starts
+ * (`fillInitialPages`), all but the network device's pages at the top of an addressed VM's memory, a slice at a time
+ * so the agent keeps answering.
  */
 export async function fillGuest(vm: VirtualMachine): Promise<void> {
-  if (!vm.workload.filled) return;
+  if (!startsFilled(vm.workload)) return;
   const pages = vm.pageCount - (vm.network ? NET_REGION_PAGES : 0);
   const slicePages = POPULATE_SLICE_BYTES / PAGE_SIZE;
   for (let from = 0; from < pages; from += slicePages) {

@@ -3,7 +3,7 @@
  */
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { DEFAULT_MAX_DOWNTIME_MS, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, STOP_RULES } from '../shared/constants.js';
+import { DEFAULT_MAX_DOWNTIME_MS, DEFAULT_XBZRLE_CACHE_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, STOP_RULES } from '../shared/constants.js';
 import { cpuModelNameSchema, highestLevel, type CpuModelName } from '../shared/cpu.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { verifyModeSchema, workloadKindSchema, type ConfigDrive, type HostInfo, type VmInfo, type VmSummary } from '../shared/protocol.js';
@@ -387,13 +387,13 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     });
 
   vm.command('check <name>')
-    .description('pattern VMs: check every page of guest memory, and every block of a disk it writes, against a replay of the workload from its seed')
+    .description('pattern and counters VMs: check every page of guest memory, and every block of a disk it writes, against a replay of the workload from its seed')
     .option('--json', 'print JSON')
     .action(async (name: string, options: { json?: boolean }, command: Command) => {
       const { info, image, disk } = await onVmHost(command, name, async (client) => {
         const found = await client.request('vm.info', { name });
-        if (found.workload.kind !== 'pattern') {
-          throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern memory can be checked by replay`, 'create the VM with --workload pattern');
+        if (found.workload.kind !== 'pattern' && found.workload.kind !== 'counters') {
+          throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern and counters memory can be checked by replay`, 'create the VM with --workload pattern or --workload counters');
         }
         const memory = await readMemory(client, name);
         if (!writesDisk(found.workload) || !found.disks?.length) return { ...memory, disk: undefined };
@@ -439,6 +439,8 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     .option('--postcopy-after <n>', 'switch to post-copy after N pre-copy rounds (0: before any)')
     .option('--resume', 'take up a post-copy whose link broke: the source sends the pages the destination still lacks')
     .addOption(new Option('--page-stream <path>', 'how pages travel: tcp (a connection of their own that the destination dials back to the source and reads straight into guest memory; if it cannot, the pages go on ws and the report says why) or ws (on the peer WebSocket)').choices(['tcp', 'ws']).default('tcp'))
+    .option('--compress <method>', 'xbzrle: pages sent again (round 2 on, and the stop-and-copy) go as XOR run-length deltas against the copy sent before, where that is smaller (QEMU\'s XBZRLE)')
+    .option('--xbzrle-cache <size>', `with --compress xbzrle: the source's cache of pages as last sent (default ${DEFAULT_XBZRLE_CACHE_BYTES / 1024 ** 2}MiB)`)
     .option('--plan', 'forecast the migration (rounds, total time, downtime, bytes, whether it converges, and what would make it) and move nothing')
     .option('--no-forecast', 'skip the forecast a live migration makes first (its report shows it beside what happened)')
     .option('--json', 'print the report as JSON on stdout')
@@ -461,7 +463,7 @@ it. If either HOST CRASHES after the switch, THE VM IS LOST: part of its memory 
 in QEMU). Post-copy is never chosen unless asked for. It cannot move a kv VM, nor go with --verify full or
 --copy-storage.
 Exit status is 0 only when committed; a post-copy whose link broke exits 1 and says how to resume it.`)
-    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; pageStream?: string; postcopy?: boolean | string; postcopyAfter?: string; resume?: boolean; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; trace?: boolean; quiet?: boolean }, command: Command) => {
+    .action(async (name: string, raw: { to?: string; maxDowntime: string; maxBandwidth?: string; maxRounds: string; verify: string; autoConverge?: boolean; copyStorage?: boolean; storageMode?: string; pageStream?: string; postcopy?: boolean | string; postcopyAfter?: string; compress?: string; xbzrleCache?: string; resume?: boolean; timeout?: string; cancel?: boolean; cold?: boolean; plan?: boolean; forecast: boolean; json?: boolean; trace?: boolean; quiet?: boolean }, command: Command) => {
       const { cluster: hosts, store } = await cluster(command);
       if (raw.resume) {
         const progress = raw.quiet ? undefined : migrationProgress();

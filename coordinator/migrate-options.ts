@@ -2,11 +2,11 @@
  * `ferry migrate` options, as typed, into the migration options the protocol carries. Their limits (a round cap of
  * 1 to 1000, a downtime above zero, the verify modes) are those of `migrationOptionsSchema` in shared/protocol.ts.
  */
-import { STOP_RULES } from '../shared/constants.js';
+import { DEFAULT_XBZRLE_CACHE_BYTES, MAX_MEMORY_BYTES, PAGE_SIZE, STOP_RULES } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { migrationOptionsSchema, type MigrationOptions, type PostcopyOption } from '../shared/protocol.js';
-import { parseCount, parseDuration, parseRate } from '../shared/units.js';
-import { checkOptions } from './option-check.js';
+import { parseCount, parseDuration, parseRate, parseSize } from '../shared/units.js';
+import { checkOptions, typedSize } from './option-check.js';
 
 export interface TypedMigrationOptions {
   maxDowntime: string;
@@ -17,6 +17,8 @@ export interface TypedMigrationOptions {
   copyStorage?: boolean | undefined;
   storageMode?: string | undefined;
   pageStream?: string | undefined;
+  compress?: string | undefined;
+  xbzrleCache?: string | undefined;
   /** `--postcopy` alone (true: after the first round), or `--postcopy auto`. */
   postcopy?: boolean | string | undefined;
   postcopyAfter?: string | undefined;
@@ -36,6 +38,9 @@ function postcopyOption(raw: TypedMigrationOptions): PostcopyOption | undefined 
 
 export function migrationOptions(raw: TypedMigrationOptions): MigrationOptions {
   const postcopy = postcopyOption(raw);
+  if (raw.xbzrleCache !== undefined && raw.compress !== 'xbzrle') {
+    throw new FerryError(ErrorCode.BAD_INPUT, `--xbzrle-cache ${raw.xbzrleCache} without --compress xbzrle: there is no cache to size`, 'add --compress xbzrle, or leave out --xbzrle-cache');
+  }
   return checkOptions(migrationOptionsSchema, {
     maxDowntimeMs: parseDuration(raw.maxDowntime),
     maxBandwidthBytesPerSec: raw.maxBandwidth ? parseRate(raw.maxBandwidth) : 0,
@@ -44,6 +49,8 @@ export function migrationOptions(raw: TypedMigrationOptions): MigrationOptions {
     autoConverge: raw.autoConverge ?? false,
     ...(raw.copyStorage ? { copyStorage: true, storageMode: raw.storageMode ?? 'mirror' } : {}),
     ...(raw.pageStream !== undefined && raw.pageStream !== 'tcp' ? { pageStream: raw.pageStream } : {}),
+    ...(raw.compress !== undefined ? { compress: raw.compress } : {}),
+    ...(raw.xbzrleCache !== undefined ? { xbzrleCacheBytes: parseSize(raw.xbzrleCache) } : {}),
     ...(postcopy ? { postcopy } : {}),
   }, {
     maxDowntimeMs: { option: '--max-downtime', typed: raw.maxDowntime, unit: 'ms', hint: 'e.g. --max-downtime 300ms' },
@@ -51,6 +58,8 @@ export function migrationOptions(raw: TypedMigrationOptions): MigrationOptions {
     maxRounds: { option: '--max-rounds', typed: raw.maxRounds, unit: 'count', hint: `the default is Xen's ${STOP_RULES.maxRounds}` },
     verify: { option: '--verify', typed: raw.verify, unit: 'text', hint: 'pages compares page-hash digests; full also hashes all memory' },
     pageStream: { option: '--page-stream', typed: raw.pageStream ?? '', unit: 'text', hint: 'tcp (a connection of their own, read into guest memory: the default) or ws (on the peer WebSocket)' },
+    compress: { option: '--compress', typed: raw.compress ?? '', unit: 'text', hint: 'xbzrle (pages sent again go as deltas against the copy sent before), or leave it out to send every page whole' },
+    xbzrleCacheBytes: { option: '--xbzrle-cache', typed: raw.xbzrleCache ?? '', unit: 'bytes', hint: `give ${typedSize(PAGE_SIZE)} to ${typedSize(MAX_MEMORY_BYTES / 2)}, e.g. the default ${typedSize(DEFAULT_XBZRLE_CACHE_BYTES)}` },
     'postcopy.afterRounds': { option: '--postcopy-after', typed: raw.postcopyAfter ?? '', unit: 'count', hint: 'the number of pre-copy rounds before the switch, 0 to 1000' },
     storageMode: { option: '--storage-mode', typed: raw.storageMode ?? '', unit: 'text', hint: 'mirror (the default: converges at any write rate below the copy\'s) or iterate (dirty-block rounds)' },
   });

@@ -151,6 +151,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
       ...(sourceReport.network ? { network: sourceReport.network } : {}),
       ...(sourceReport.storage ? { storage: sourceReport.storage } : {}),
       ...(sourceReport.pageStream ? { pageStream: sourceReport.pageStream } : {}),
+      ...(sourceReport.compression ? { compression: sourceReport.compression } : {}),
       throughputBytesPerSec: sourceReport.rounds[0]?.throughputBytesPerSec ?? 0,
       ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
       ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),

@@ -1,13 +1,16 @@
 /**
- * `ferry vm check`: is this memory image exactly what the `pattern` workload's registers say it should be?
+ * `ferry vm check`: is this memory image exactly what the `pattern` (or `counters`) workload's registers say it should be?
  * Replays n writes from the seed (DESIGN.md), notes the last write to each page, and compares every page; a torn
  * page, a lost round, a wrong register or a page from the wrong moment all show. A VM that writes its disk has
- * that checked the same way: replay m disk writes from the seed and compare every block of the image.
+ * that checked the same way: replay m disk writes from the seed and compare every block of the image. A `counters`
+ * VM's writes change a record of a page each, so its working set is replayed whole, write by write, from the filled
+ * image it starts as (DESIGN.md, "The counters workload").
  */
 import { NET_REGION_PAGES, PAGE_SIZE } from '../shared/constants.js';
 import type { VmInfo } from '../shared/protocol.js';
 import {
-  BLOCK_BYTES, WORDS_PER_BLOCK, WORDS_PER_PAGE, diskStep, fillBlock, fillPage, initialDiskY, workloadStep, type DiskRegisters, type WorkloadRegisters,
+  BLOCK_BYTES, WORDS_PER_BLOCK, WORDS_PER_PAGE, diskStep, fillBlock, fillInitialPages, fillPage, initialDiskY, startsFilled, workloadStep, writeCounter,
+  type DiskRegisters, type WorkloadRegisters,
 } from '../shared/workloads.js';
 
 export interface PatternCheck {
@@ -27,8 +30,16 @@ export function checkPattern(info: VmInfo, image: Uint8Array): PatternCheck {
   const pageCount = info.memoryBytes / PAGE_SIZE - (info.address ? NET_REGION_PAGES : 0);
   const lastWrite = new Float64Array(pageCount); // 0 = never written
   const registers: WorkloadRegisters = { x: seed, n: 0 };
-  const next = workloadStep({ ...info.workload, kind: 'pattern' });
-  for (let i = 0; i < info.cpu.n; i++) lastWrite[next(registers)] = registers.n;
+  const counters = info.workload.kind === 'counters';
+  const next = workloadStep({ ...info.workload, kind: counters ? 'counters' : 'pattern' });
+  // counters: the working set as the writes leave it, replayed whole (each write changes part of a page).
+  const replayed = counters ? new Uint32Array(Math.min(wssPages, pageCount) * WORDS_PER_PAGE) : undefined;
+  if (replayed) fillInitialPages(new Uint8Array(replayed.buffer), 0, replayed.length / WORDS_PER_PAGE);
+  for (let i = 0; i < info.cpu.n; i++) {
+    const page = next(registers);
+    lastWrite[page] = registers.n;
+    if (replayed) writeCounter(replayed, page, registers);
+  }
   let pagesWritten = 0;
 
   const expected = new Uint32Array(WORDS_PER_PAGE);
@@ -37,11 +48,13 @@ export function checkPattern(info: VmInfo, image: Uint8Array): PatternCheck {
   const badPages: number[] = [];
   for (let page = 0; page < pageCount; page++) {
     const n = lastWrite[page]!;
-    if (n > 0) {
-      pagesWritten += 1;
+    if (n > 0) pagesWritten += 1;
+    if (replayed && page < replayed.length / WORDS_PER_PAGE) {
+      expected.set(replayed.subarray(page * WORDS_PER_PAGE, (page + 1) * WORDS_PER_PAGE));
+    } else if (n > 0) {
       fillPage(expected, 0, n);
       expected[2] = page;
-    } else if (info.workload.filled) {
+    } else if (startsFilled(info.workload)) {
       // A filled guest's page that was never written is still as write 0 left it (shared/workloads.ts).
       fillPage(expected, 0, 0);
       expected[2] = page;

@@ -48,6 +48,8 @@ export interface MigrationReport {
   storage?: SourceReport['storage'];
   /** How the pages travelled (shared/page-stream.ts), and why not on a stream of their own when one was asked for. */
   pageStream?: SourceReport['pageStream'];
+  /** `--compress xbzrle`: cache hits and misses, delta pages, bytes saved, encode and decode CPU time. */
+  compression?: SourceReport['compression'];
   /** The forecast made before the migration began (coordinator/forecast.ts), to set beside what happened. */
   forecast?: ReportedForecast;
   /** Why no forecast was made, when the migration went ahead without one. */
@@ -74,6 +76,17 @@ export const stopReasonText: Record<StopReason, string> = {
 };
 
 const int = (value: number): string => value.toLocaleString('en-US');
+
+/** `--compress xbzrle` in one line: what the cache held, what the deltas saved of what was sent after round 1, and the CPU. */
+function describeCompression(compression: NonNullable<SourceReport['compression']>, rounds: RoundReport[], stopAndCopy: RoundReport | undefined): string {
+  const { cacheHits, cacheMisses, deltaPages, bytesSaved, encodeMs, decodeMs, cacheBytes } = compression;
+  const afterRound1 = rounds.slice(1).reduce((total, round) => total + round.bytes, 0) + (stopAndCopy?.bytes ?? 0);
+  const lookups = cacheHits + cacheMisses;
+  const hitRate = lookups > 0 ? ` (${((cacheHits / lookups) * 100).toFixed(1)} %)` : '';
+  const factor = afterRound1 > 0 ? `, ${((afterRound1 + bytesSaved) / afterRound1).toFixed(1)} x less after round 1` : '';
+  return `xbzrle, ${formatBytes(cacheBytes)} cache: ${int(cacheHits)} hit(s)${hitRate}, ${int(cacheMisses)} miss(es); ${int(deltaPages)} page(s) sent as deltas saved ${formatBytes(bytesSaved)}` +
+    `${factor}; encode ${formatDuration(encodeMs)} of CPU on the source${decodeMs !== undefined ? `, decode ${formatDuration(decodeMs)} on the destination` : ''}`;
+}
 
 /**
  * A migration refused in stage 0 never learns the VM's size (memoryBytes is 0), and one that failed before round 1
@@ -218,6 +231,7 @@ export function formatReport(report: MigrationReport, options: { trace?: boolean
     if (verification.pageMismatches > 0) text += ` (${verification.pageMismatches} page(s) changed in flight and were resent or caught)`;
     facts.push(['verification', text]);
   }
+  if (report.compression) facts.push(['compression', describeCompression(report.compression, report.rounds, report.stopAndCopy)]);
   if (report.throttlePct > 0) facts.push(['auto-converge', `the vCPU was held back by up to ${report.throttlePct} % of its rate`]);
   if (report.network) {
     const serving = report.network.servingAfterPauseMs !== undefined ? `served from ${report.to} ${formatDuration(report.network.servingAfterPauseMs)} after the pause` : `not confirmed served from ${report.to}`;

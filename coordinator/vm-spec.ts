@@ -74,7 +74,8 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
     wssPages: Math.floor(wssBytes / PAGE_SIZE),
     seed: parseCount(options.seed, '--seed'),
     ...(options.hot ? { hotPages: Math.floor(parseSize(options.hot) / PAGE_SIZE) } : {}),
-    ...(options.filled ? { filled: true } : {}),
+    // A counters guest always starts filled (shared/workloads.ts): said in its spec too, for whoever reads it.
+    ...(options.filled || options.workload === 'counters' ? { filled: true } : {}),
   };
   if (options.filled && options.workload === 'kv') {
     throw new FerryError(ErrorCode.BAD_INPUT, '--filled: a kv guest\'s table starts empty, it cannot start filled', 'leave out --filled, or use another workload');

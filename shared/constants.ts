@@ -11,8 +11,10 @@ export const PAGE_SIZE = 4096;
  * 4: pages may travel on a page stream of their own (`peer.stream`, shared/page-stream.ts); `peer.sync` and
  *    `peer.verify` carry the page-frame bytes sent so far; `peer.switchover` and `peer.released` (verification and
  *    activation in one round trip, the commit point at the source's request); `peer.sync` may carry the config
+ * 5: page frame 3: pages may travel as XBZRLE deltas (`--compress xbzrle`, shared/xbzrle.ts), the header's reserved
+ *    word counts them and their lengths follow the entries; the `counters` workload
  */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 /** Smallest guest: 256 pages, one full page-data frame. */
 export const MIN_MEMORY_BYTES = 1024 * 1024;
@@ -53,6 +55,9 @@ export const AUTO_CONVERGE = {
   incrementPct: 10,
   maxPct: 99,
 } as const;
+
+/** QEMU's default XBZRLE cache (`--xbzrle-cache`): 64 MiB of pages as last sent, on the source. */
+export const DEFAULT_XBZRLE_CACHE_BYTES = 64 * 1024 * 1024;
 
 /** QEMU's default downtime limit. */
 export const DEFAULT_MAX_DOWNTIME_MS = 300;

@@ -51,7 +51,7 @@ export const sharedStorageIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'a share
 /** A whole-file or chunk digest as it travels: xxh64 in 16 hex digits. */
 export const xxh64HexSchema = z.string().regex(/^[0-9a-f]{16}$/, 'an xxh64 digest is 16 hex digits');
 
-export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential', 'kv']);
+export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential', 'kv', 'counters']);
 export type WorkloadKind = z.infer<typeof workloadKindSchema>;
 
 export const workloadSpecSchema = z.object({
@@ -70,7 +70,7 @@ export const workloadSpecSchema = z.object({
   diskWssBlocks: z.number().int().min(1).optional(),
   /**
    * Memory starts filled, not zero: page p as pattern write 0 leaves it (shared/workloads.ts), so no page is zero
-   * and a migration moves every byte. Not for kv, whose table starts empty.
+   * and a migration moves every byte. Not for kv, whose table starts empty. A counters guest always starts filled.
    */
   filled: z.boolean().optional(),
 });
@@ -315,6 +315,16 @@ export const migrationOptionsSchema = z.object({
    */
   pageStream: z.enum(['tcp', 'ws']).optional(),
   /**
+   * `xbzrle`: pages sent again go as XBZRLE deltas against the copy sent before, where that is smaller (shared/xbzrle.ts,
+   * agent/migration/xbzrle-encoder.ts). Absent: every page goes whole.
+   */
+  compress: z.enum(['xbzrle']).optional(),
+  /**
+   * With `compress: 'xbzrle'`: the source's cache of pages as last sent, in bytes (default 64 MiB, QEMU's; no more than
+   * the guest is used). At most 2 GiB: the cache is wasm memory, a page more than its slots, and that tops out at 4 GiB.
+   */
+  xbzrleCacheBytes: z.number().int().min(PAGE_SIZE).max(MAX_MEMORY_BYTES / 2).optional(),
+  /**
    * Post-copy (agent/migration/postcopy-source.ts): `after` switches once `afterRounds` pre-copy rounds are done (0:
    * before any), `auto` only when pre-copy will not converge within the limits. After the switch the VM runs at the
    * destination while its last pages still come from the source: a crash of either side then loses the VM.
@@ -482,6 +492,21 @@ export const sourceReportSchema = z.object({
     announcements: z.number().optional(),
   }).optional(),
   /** `--copy-storage`: the disks copied before memory's pre-copy, and their verification at the commit. */
+  /**
+   * `--compress xbzrle`: the cache's size, the pages sent again that it held (hits) and did not (misses), those that
+   * went as deltas, the bytes that saved (a whole page less the delta and its length, for each), and the CPU time the
+   * source spent packing frames against the cache; `decodeMs`, the destination's time applying deltas.
+   */
+  compression: z.object({
+    kind: z.enum(['xbzrle']),
+    cacheBytes: z.number(),
+    cacheHits: z.number(),
+    cacheMisses: z.number(),
+    deltaPages: z.number(),
+    bytesSaved: z.number(),
+    encodeMs: z.number(),
+    decodeMs: z.number().optional(),
+  }).optional(),
   storage: z.object({
     mode: z.enum(['mirror', 'iterate']),
     /** When the disks were ready (ms from the migration's start): memory's pre-copy began then. */
@@ -821,6 +846,8 @@ const verifyReplySchema = z.object({
   timeline: z.array(timelineMarkSchema).optional(),
   anchorEpochMs: z.number().optional(),
   gc: z.array(gcPauseSchema).optional(),
+  /** Time spent applying XBZRLE deltas (`--compress xbzrle`), ms; absent when none came. */
+  deltaDecodeMs: z.number().optional(),
 });
 
 /**

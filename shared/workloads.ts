@@ -10,7 +10,14 @@
  * sequential: a scanner: p = (n - 1) mod wssPages, in order; x is unused and stays at the seed.
  * idle: writes nothing.
  * kv: writes no pages of its own: it serves its table over the network (agent/vm/net/kv-table.ts); x and n stay.
- * Every workload writes whole pages with the same fill, so any memory image can be told apart by write.
+ * Every workload above writes whole pages with the same fill, so any memory image can be told apart by write.
+ *
+ * counters (DESIGN.md, "The counters workload"), exactly: counters in a page, as real guests keep them: each write
+ * changes one 16-byte record of a page and leaves the rest of it as it was.
+ *   n = n + 1; x = xorshift32(x); p = x % wssPages; c = x >>> 24 (the record, 0..255);
+ *   words 4c..4c+3 of page p := n mod 2^32, floor(n / 2^32), (that word + 1) mod 2^32, x.
+ * Its memory always starts filled (below), whatever `filled` says: no page is zero, so zero pages cannot stand in
+ * for what delta compression saves.
  *
  * A filled guest (workload `filled`) starts with every page as write 0 leaves it (fillPage with n = 0: w[0] = w[1]
  * = 0, w[2] = p, w[k] = k * 0x9E3779B1 for k = 3..1023) instead of zeros: no page of it is zero, so a migration
@@ -62,9 +69,34 @@ export function fillInitialPages(memory: Uint8Array, from: number, to: number, f
   }
 }
 
+/** Whether a workload's memory starts filled rather than zero (see the top of this file). */
+export function startsFilled(spec: WorkloadSpec): boolean {
+  return spec.filled === true || spec.kind === 'counters';
+}
+
+/** Words in a counters record: the write's n (two words), the record's own count of writes, and x. */
+export const COUNTER_RECORD_WORDS = 4;
+
+/** One counters write to page `page` (see the top of this file), with the registers just advanced by `workloadStep`. */
+export function writeCounter(words: Uint32Array, page: number, registers: WorkloadRegisters): void {
+  const at = page * WORDS_PER_PAGE + (registers.x >>> 24) * COUNTER_RECORD_WORDS;
+  words[at] = registers.n >>> 0;
+  words[at + 1] = Math.floor(registers.n / 2 ** 32);
+  words[at + 2] = (words[at + 2]! + 1) >>> 0;
+  words[at + 3] = registers.x;
+}
+
+/** What one write does to its page: `fillPage` for every workload but counters, which changes one record. */
+export type PageWrite = (words: Uint32Array, page: number, registers: WorkloadRegisters) => void;
+
+export function pageWrite(spec: WorkloadSpec): PageWrite {
+  if (spec.kind === 'counters') return writeCounter;
+  return (words, page, registers) => fillPage(words, page, registers.n);
+}
+
 /**
  * Advances the registers by one write and returns the page that write goes to, or -1 for a workload that does not
- * write. The caller fills the page with `fillPage(words, page, registers.n)`.
+ * write. The caller then writes the page with `pageWrite(spec)`.
  */
 export type NextPage = (registers: WorkloadRegisters) => number;
 
@@ -75,6 +107,7 @@ export function workloadStep(spec: WorkloadSpec): NextPage {
     case 'kv':
       return () => -1;
     case 'pattern':
+    case 'counters':
       return (registers) => {
         registers.n += 1;
         registers.x = xorshift32(registers.x);

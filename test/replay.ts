@@ -1,6 +1,6 @@
 /**
- * An independent checker for the `pattern` workload, written from DESIGN.md ("The pattern workload: memory anyone
- * can check") and deliberately NOT from shared/workloads.ts: if the product's workload and this file disagree, one
+ * An independent checker for the `pattern` workload (and `counters`, at the end), written from DESIGN.md ("The
+ * pattern workload: memory anyone can check") and deliberately NOT from shared/workloads.ts: if the product's workload and this file disagree, one
  * of them misreads the design, and the tests that use this file say so.
  *
  * The design, restated:
@@ -171,16 +171,87 @@ export function readDump(file: string): { image: Uint8Array; meta: any } {
   return { image: readWhole(file), meta };
 }
 
-/** Reads a dump and checks it with checkPatternImage; a dump that is not of a pattern VM, or inconsistent, fails. */
+/**
+ * Reads a dump and checks it with checkPatternImage (checkCountersImage for a counters VM); a dump that is not of a
+ * pattern or counters VM, or inconsistent, fails.
+ */
 export function checkDump(file: string): ReplayResult {
   const { image, meta } = readDump(file);
   const empty = { writesReplayed: 0, pagesWritten: 0, badPages: [] as number[], registersMatch: false };
-  if (meta?.workload?.kind !== 'pattern') return fail(empty, `the dump's workload is ${String(meta?.workload?.kind)}, not pattern`);
+  const kind = meta?.workload?.kind;
+  if (kind !== 'pattern' && kind !== 'counters') return fail(empty, `the dump's workload is ${String(kind)}, not pattern or counters`);
   if (meta.pageSize !== undefined && meta.pageSize !== PAGE_BYTES) return fail(empty, `the dump's page size is ${meta.pageSize}, not ${PAGE_BYTES}`);
   if (meta.memoryBytes !== undefined && meta.memoryBytes !== image.byteLength) {
     return fail(empty, `the metadata says ${meta.memoryBytes} bytes, the image has ${image.byteLength}`);
   }
   const { seed, wssPages, filled } = meta.workload as { seed: number; wssPages: number; filled?: boolean };
   const { x, n } = (meta.cpu ?? {}) as { x: number; n: number };
+  if (kind === 'counters') return checkCountersImage(image, { seed, wssPages, x, n });
   return checkPatternImage(image, { seed, wssPages, x, n, filled: filled === true });
+}
+
+export interface CountersState {
+  seed: number;
+  wssPages: number;
+  x: number;
+  n: number;
+}
+
+/**
+ * The `counters` workload, checked from DESIGN.md ("The counters workload") and not from shared/workloads.ts:
+ * registers advance as pattern's; write n hits record c = x >>> 24 of page p = x % wssPages, whose words 4c..4c+3
+ * become n mod 2^32, floor(n / 2^32), (that word + 1) mod 2^32, x; memory starts filled (pattern write 0's fill).
+ * Per page and record it keeps the last write's number and x and how many writes hit it, then compares every word.
+ */
+export function checkCountersImage(image: Uint8Array, state: CountersState): ReplayResult {
+  const { seed, wssPages, n } = state;
+  const empty = { writesReplayed: 0, pagesWritten: 0, badPages: [] as number[], registersMatch: false };
+  if (image.byteLength % PAGE_BYTES !== 0) return fail(empty, `image is ${image.byteLength} bytes, not a whole number of pages`);
+  if (!Number.isInteger(seed) || seed < 1 || seed > 0xffffffff) return fail(empty, `seed ${seed} is not a uint32 other than 0`);
+  const pageCount = image.byteLength / PAGE_BYTES;
+  if (!Number.isInteger(wssPages) || wssPages < 1 || wssPages > pageCount) return fail(empty, `wssPages ${wssPages} does not fit the image's ${pageCount} pages`);
+  if (!Number.isSafeInteger(n) || n < 0) return fail(empty, `n ${n} is not a whole number of writes below 2^53`);
+  const RECORDS = 256;
+  const lastWrite = new Float64Array(wssPages * RECORDS);
+  const lastX = new Uint32Array(wssPages * RECORDS);
+  const hits = new Float64Array(wssPages * RECORDS);
+  const pageHit = new Uint8Array(wssPages);
+  let x = seed >>> 0;
+  for (let i = 1; i <= n; i++) {
+    x = xorshift(x);
+    const p = x % wssPages;
+    const record = p * RECORDS + Math.floor(x / 2 ** 24);
+    lastWrite[record] = i;
+    lastX[record] = x;
+    hits[record]! += 1;
+    pageHit[p] = 1;
+  }
+  const data = new DataView(image.buffer, image.byteOffset, image.byteLength);
+  const filledWord = (page: number, k: number): number => (k < 2 ? 0 : k === 2 ? page : GOLDEN_MULTIPLES[k]!);
+  const badPages: number[] = [];
+  let badCount = 0;
+  for (let page = 0; page < pageCount; page++) {
+    let same = true;
+    for (let k = 0; k < WORDS && same; k++) {
+      const record = page < wssPages ? page * RECORDS + (k >>> 2) : -1;
+      let expected = filledWord(page, k);
+      if (record >= 0 && hits[record]! > 0) {
+        const last = lastWrite[record]!;
+        const word = k & 3;
+        expected = word === 0 ? last % TWO_32 : word === 1 ? Math.floor(last / TWO_32) : word === 2 ? (expected + hits[record]!) % TWO_32 : lastX[record]!;
+      }
+      same = data.getUint32(page * PAGE_BYTES + 4 * k, true) === expected;
+    }
+    if (!same) {
+      badCount += 1;
+      if (badPages.length < MAX_BAD_PAGES) badPages.push(page);
+    }
+  }
+  const registersMatch = state.x === x;
+  const result = { writesReplayed: n, pagesWritten: pageHit.reduce((total, hit) => total + hit, 0), badPages, registersMatch };
+  const reasons: string[] = [];
+  if (badCount > 0) reasons.push(`${badCount} of ${pageCount} pages differ from the replay (first: ${badPages.join(', ')})`);
+  if (!registersMatch) reasons.push(`register x is ${state.x}, the replay of ${n} writes ends at ${x}`);
+  if (reasons.length > 0) return fail(result, reasons.join('; '));
+  return { ...result, ok: true };
 }

@@ -8,11 +8,17 @@
  * pages it has written since: a zero page over a page never written costs nothing (its memory is left alone, so
  * the OS keeps it unbacked if it was), over a written one it is cleared. Either way the page holds zeros, so its
  * table entry is the zero page's hash, and the hash it came with must be that too.
+ *
+ * A delta page (`--compress xbzrle`, shared/xbzrle.ts) is decoded onto the page as it lies here, which is exactly
+ * the copy the source encoded it against: in pre-copy nothing but arriving pages changes this memory. The delta is
+ * checked whole before any of its bytes is written, and only ever writes inside its page; the page is then hashed
+ * and checked like any other, so a delta applied to the wrong copy shows as a mismatch.
  */
 import { PAGE_SIZE } from '../../shared/constants.js';
 import type { PageHeader } from '../../shared/page-frame.js';
 import type { PageHasher } from '../../shared/page-hash.js';
 import { ZERO_PAGE_HASH } from '../../shared/zero-page.js';
+import { applyDelta } from '../../shared/xbzrle.js';
 import type { PresentMap } from '../vm/present-map.js';
 
 export class PageInstaller {
@@ -22,6 +28,8 @@ export class PageInstaller {
   private readonly hasher: PageHasher;
   /** 1 where the page may hold bytes other than zero: written by this installer and not cleared since. */
   private readonly written: Uint8Array;
+  /** Time spent decoding delta pages, ms. */
+  decodeMs = 0;
 
   constructor(memory: Uint8Array, hasher: PageHasher, pageCount: number) {
     this.memory = memory;
@@ -38,7 +46,8 @@ export class PageInstaller {
     const { pages, zero, dataPages } = header;
     const { memory, written } = this;
     const count = pages.length;
-    // The data pages in one copy when they are a run (all of round 1 for a filled guest), else one by one.
+    // The data pages in one copy when they are a run of whole pages (all of round 1 for a filled guest), else one by
+    // one; a delta page is decoded in place.
     if (dataPages > 0) {
       let firstData = -1;
       let lastData = -1;
@@ -47,18 +56,27 @@ export class PageInstaller {
         if (firstData < 0) firstData = pages[i]!;
         lastData = pages[i]!;
       }
-      if (lastData - firstData === dataPages - 1) {
+      if (header.deltaPages === 0 && lastData - firstData === dataPages - 1) {
         memory.set(data, firstData * PAGE_SIZE);
         written.fill(1, firstData, lastData + 1);
       } else {
+        const startedMs = header.deltaPages > 0 ? performance.now() : 0;
+        const { delta, deltaBytes } = header;
         let at = 0;
         for (let i = 0; i < count; i++) {
           if (zero[i]) continue;
           const page = pages[i]!;
-          memory.set(data.subarray(at, at + PAGE_SIZE), page * PAGE_SIZE);
+          if (delta[i]) {
+            const bytes = deltaBytes[i]!;
+            applyDelta(data.subarray(at, at + bytes), memory.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE));
+            at += bytes;
+          } else {
+            memory.set(data.subarray(at, at + PAGE_SIZE), page * PAGE_SIZE);
+            at += PAGE_SIZE;
+          }
           written[page] = 1;
-          at += PAGE_SIZE;
         }
+        if (header.deltaPages > 0) this.decodeMs += performance.now() - startedMs;
       }
     }
     return this.settle(header);

@@ -103,15 +103,15 @@ export class PageReceiver {
       if (frame.length !== expected) {
         throw new FerryError(ErrorCode.PROTOCOL, `page data is ${frame.length} bytes, its header announced ${expected}`, 'the peer is not a compatible ferry-agent');
       }
-      this.install(header, frame, pageHeaderBytes(header.pages.length) + frame.length);
+      this.install(header, frame, pageHeaderBytes(header.pages.length, header.deltaPages) + frame.length);
       return true;
     }
     if (!isPageHeader(frame)) return false;
     if (this.stream && !this.postcopy) throw new FerryError(ErrorCode.PROTOCOL, 'page data arrived on the WebSocket while a page stream of its own is open', 'the peer is not a compatible ferry-agent');
     const header = decodePageHeader(frame, this.pageCount);
     this.hooks.acceptHeader?.(header);
-    // A frame of zero pages only has no data message.
-    if (header.dataPages === 0) this.install(header, EMPTY, frame.length);
+    // A frame of zero pages (and deltas of unchanged pages) only has no data message.
+    if (header.dataBytes === 0) this.install(header, EMPTY, frame.length);
     else this.pending = header;
     return true;
   }

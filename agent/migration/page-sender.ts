@@ -17,13 +17,17 @@
  * destination treats a mismatch during pre-copy as "will be resent" and only the final digests decide; with the
  * vCPU paused (PAGE_FLAG_PAUSED) a mismatch is damage.
  *
+ * With `--compress xbzrle` (xbzrle-encoder.ts) a frame that has cached pages is packed from copies instead: the delta
+ * pages, and the whole pages beside them, all in a staging buffer.
+ *
  * Buffers given to `send` are referenced until its callback fires: staging buffers return to the pool only then,
  * and at most SEND_WINDOW_BYTES of page data are outstanding (backpressure).
  */
 import { PAGE_SIZE, PAGES_PER_FRAME, PEER_REPLY_TIMEOUT_MS, SEND_WINDOW_BYTES } from '../../shared/constants.js';
 import { ErrorCode, FerryError, abortReason } from '../../shared/errors.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
-import { ZERO_PAGE_BIT, encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
+import { PAGE_FLAG_POSTCOPY, ZERO_PAGE_BIT, encodePageHeader, pageHeaderBytes } from '../../shared/page-frame.js';
+import type { XbzrleEncoder } from './xbzrle-encoder.js';
 import { hasZeroPageHash, isZeroPage } from '../../shared/zero-page.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import { sleepUnlessAborted } from '../../shared/sleep.js';
@@ -52,6 +56,8 @@ export interface PageSenderOptions {
    * PEER_REPLY_TIMEOUT_MS; tests shorten it.
    */
   stallTimeoutMs?: number;
+  /** `--compress xbzrle`: pages sent again go as deltas against what was sent before, where that is smaller. */
+  xbzrle?: XbzrleEncoder;
   /** The page-hash table to keep (`hashes`): another sender's, when two send the same migration's pages (post-copy). */
   hashes?: Uint32Array;
   /**
@@ -60,6 +66,16 @@ export interface PageSenderOptions {
    */
   framesPerTurn?: number;
 }
+
+/** What a frame carries besides its header: its data message (none when empty) and the staging buffer holding it. */
+interface FrameData {
+  zeroPages: number;
+  data: Buffer | undefined;
+  staging: Buffer | undefined;
+  deltaLengths: number[];
+}
+
+const NO_DELTAS: number[] = [];
 
 export class PageSender {
   private readonly socket: FrameSocket;
@@ -100,7 +116,6 @@ export class PageSender {
     const progress: SendProgress = { pagesSent: 0, bytesSent: 0, zeroPages: 0 };
     const frameHashes = new Uint32Array(2 * PAGES_PER_FRAME);
     const entries = new Uint32Array(PAGES_PER_FRAME);
-    const { hasher, memory } = this.vm;
     let framesSinceTurn = 0;
     const pending = { pages, next: 0 };
     this.pending = pending;
@@ -111,43 +126,7 @@ export class PageSender {
       const batch = pages.subarray(first, first + PAGES_PER_FRAME);
       const count = batch.length;
 
-      // Hash each page where it lies in guest memory (its dirty bit is already clear); a page with the zero page's
-      // hash that is all zeros goes as a flag. Then send the other pages' run as a view, or copy scattered ones into
-      // a staging buffer. Either way the bytes that leave may be newer than the hash if the vCPU wrote meanwhile;
-      // that write set the bit again, so the page goes again (see above). The same holds for a zero-page flag.
-      let zeroPages = 0;
-      let firstData = -1;
-      let lastData = -1;
-      for (let i = 0; i < count; i++) {
-        const page = batch[i]!;
-        hasher.hashInto(page, frameHashes, i);
-        if (hasZeroPageHash(frameHashes, i) && isZeroPage(memory, page)) {
-          entries[i] = page | ZERO_PAGE_BIT;
-          zeroPages += 1;
-        } else {
-          entries[i] = page;
-          if (firstData < 0) firstData = page;
-          lastData = page;
-        }
-      }
-      const dataPages = count - zeroPages;
-      let data: Buffer | undefined;
-      let staging: Buffer | undefined;
-      if (dataPages === 0) {
-        data = undefined;
-      } else if (lastData - firstData === dataPages - 1) {
-        data = this.vm.pageView(firstData, dataPages);
-      } else {
-        staging = this.stagingPool.pop() ?? Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
-        let at = 0;
-        for (let i = 0; i < count; i++) {
-          if (entries[i]! & ZERO_PAGE_BIT) continue;
-          const from = batch[i]! * PAGE_SIZE;
-          staging.set(memory.subarray(from, from + PAGE_SIZE), at);
-          at += PAGE_SIZE;
-        }
-        data = staging.subarray(0, at);
-      }
+      const { zeroPages, data, staging, deltaLengths } = this.pack(batch, round, flags, frameHashes, entries);
       for (let i = 0; i < count; i++) {
         const page = batch[i]!;
         this.hashes[2 * page] = frameHashes[2 * i]!;
@@ -155,7 +134,7 @@ export class PageSender {
       }
 
       // A fresh header each frame: the socket holds it until written. It is small; the page data is not copied.
-      const header = encodePageHeader(Buffer.allocUnsafe(pageHeaderBytes(count)), round, flags, entries, frameHashes, count);
+      const header = encodePageHeader(Buffer.allocUnsafe(pageHeaderBytes(count, deltaLengths.length)), round, flags, entries, frameHashes, count, deltaLengths);
       this.socket.send(header);
       this.streamBytes += header.length + (data?.length ?? 0);
       if (data) {
@@ -198,6 +177,58 @@ export class PageSender {
     if (this.pending === pending) this.pending = undefined;
     if (flush) await this.flush();
     return progress;
+  }
+
+  /** Hashes a batch's pages, marks its zero pages, and lays out its data message (see the top of this file). */
+  private pack(batch: Uint32Array, round: number, flags: number, frameHashes: Uint32Array, entries: Uint32Array): FrameData {
+    const count = batch.length;
+    const { hasher, memory } = this.vm;
+    // Never after a post-copy switch (as QEMU): the destination's guest writes its copies then (page-frame.ts).
+    if (this.options.xbzrle && (flags & PAGE_FLAG_POSTCOPY) === 0) {
+      const staging = this.stagingPool.pop() ?? Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
+      const packed = this.options.xbzrle.pack(batch, round, frameHashes, entries, staging);
+      if (packed && packed.dataBytes > 0) return { zeroPages: packed.zeroPages, data: staging.subarray(0, packed.dataBytes), staging, deltaLengths: packed.deltaLengths };
+      this.stagingPool.push(staging);
+      if (packed) return { zeroPages: packed.zeroPages, data: undefined, staging: undefined, deltaLengths: packed.deltaLengths };
+    }
+    // Hash each page where it lies in guest memory (its dirty bit is already clear); a page with the zero page's
+    // hash that is all zeros goes as a flag. Then send the other pages' run as a view, or copy scattered ones into
+    // a staging buffer. Either way the bytes that leave may be newer than the hash if the vCPU wrote meanwhile;
+    // that write set the bit again, so the page goes again (see above). The same holds for a zero-page flag.
+    let zeroPages = 0;
+    let firstData = -1;
+    let lastData = -1;
+    for (let i = 0; i < count; i++) {
+      const page = batch[i]!;
+      hasher.hashInto(page, frameHashes, i);
+      if (hasZeroPageHash(frameHashes, i) && isZeroPage(memory, page)) {
+        entries[i] = page | ZERO_PAGE_BIT;
+        zeroPages += 1;
+      } else {
+        entries[i] = page;
+        if (firstData < 0) firstData = page;
+        lastData = page;
+      }
+    }
+    const dataPages = count - zeroPages;
+    let data: Buffer | undefined;
+    let staging: Buffer | undefined;
+    if (dataPages === 0) {
+      data = undefined;
+    } else if (lastData - firstData === dataPages - 1) {
+      data = this.vm.pageView(firstData, dataPages);
+    } else {
+      staging = this.stagingPool.pop() ?? Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
+      let at = 0;
+      for (let i = 0; i < count; i++) {
+        if (entries[i]! & ZERO_PAGE_BIT) continue;
+        const from = batch[i]! * PAGE_SIZE;
+        staging.set(memory.subarray(from, from + PAGE_SIZE), at);
+        at += PAGE_SIZE;
+      }
+      data = staging.subarray(0, at);
+    }
+    return { zeroPages, data, staging, deltaLengths: NO_DELTAS };
   }
 
   /** Resolves when every page handed to the socket has been written. */

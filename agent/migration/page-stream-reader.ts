@@ -8,13 +8,15 @@
  *   straight into their place in guest memory, a run per read at most: no copy in JavaScript at all;
  * - a frame of scattered pages (later rounds) is read whole into a staging buffer, then copied page by page, as
  *   over the WebSocket: one read for the frame rather than one per page; so is a frame of a post-copy's second half
- *   some of whose pages are present and in the guest's use already (the sink's `inPlace`).
+ *   some of whose pages are present and in the guest's use already (the sink's `inPlace`);
+ * - and so is a frame with delta pages (`--compress xbzrle`, shared/xbzrle.ts): a delta is not the page, and is
+ *   decoded from the staging buffer into its place in guest memory, checked before a byte of the page is written.
  *
  * Each frame, once all its bytes are in, goes to `onFrame` with the staging buffer, or none when its pages are in
  * place already. A frame that does not check out throws from `took`: the stream is closed with that error.
  */
 import { PAGE_SIZE, PAGES_PER_FRAME } from '../../shared/constants.js';
-import { PAGE_HEADER_FIXED_BYTES as FIXED_BYTES, decodePageHeader, headerPageCount, pageHeaderBytes, type PageHeader } from '../../shared/page-frame.js';
+import { PAGE_HEADER_FIXED_BYTES as FIXED_BYTES, decodePageHeader, headerLength, pageHeaderBytes, type PageHeader } from '../../shared/page-frame.js';
 import type { StreamConsumer } from '../../shared/page-stream.js';
 
 /** More runs than this in a frame and it is read into the staging buffer rather than run by run. */
@@ -36,7 +38,7 @@ export interface PageStreamSink {
 
 export class PageStreamReader implements StreamConsumer {
   private readonly sink: PageStreamSink;
-  private readonly headerBuffer = Buffer.alloc(pageHeaderBytes(PAGES_PER_FRAME));
+  private readonly headerBuffer = Buffer.alloc(pageHeaderBytes(PAGES_PER_FRAME, PAGES_PER_FRAME));
   private staging: Buffer | undefined;
   /** Where the header being read ends: FIXED_BYTES until its count is known. */
   private headerEnd = FIXED_BYTES;
@@ -72,14 +74,14 @@ export class PageStreamReader implements StreamConsumer {
       this.headerAt += bytes;
       if (this.headerAt < this.headerEnd) return;
       if (this.headerEnd === FIXED_BYTES) {
-        this.headerEnd = pageHeaderBytes(headerPageCount(this.headerBuffer.subarray(0, FIXED_BYTES)));
+        this.headerEnd = headerLength(this.headerBuffer.subarray(0, FIXED_BYTES));
         return;
       }
       const header = decodePageHeader(this.headerBuffer.subarray(0, this.headerEnd), this.sink.pageCount);
       this.sink.onHeader?.(header);
       this.header = header;
       this.plan(header);
-      if (this.header.dataPages === 0) this.finish();
+      if (this.header.dataBytes === 0) this.finish();
       return;
     }
     this.runAt += bytes;
@@ -95,7 +97,7 @@ export class PageStreamReader implements StreamConsumer {
     this.runs.length = 0;
     this.run = 0;
     this.runAt = 0;
-    this.frameBytes = this.headerEnd + header.dataPages * PAGE_SIZE;
+    this.frameBytes = this.headerEnd + header.dataBytes;
     let runStart = -1;
     let runEnd = -1;
     for (let i = 0; i < pages.length; i++) {
@@ -110,17 +112,20 @@ export class PageStreamReader implements StreamConsumer {
       runEnd = page + 1;
     }
     if (runStart >= 0) this.runs.push(runStart * PAGE_SIZE, (runEnd - runStart) * PAGE_SIZE);
-    this.inStaging = this.runs.length / 2 > MAX_RUNS_IN_PLACE || this.sink.inPlace?.(header) === false;
+    // A frame with deltas is staged whole: its data message holds no run that is a page (and is smaller than one
+    // of whole pages, PAGES_PER_FRAME x PAGE_SIZE at most, as each delta is shorter than a page). The sink is asked
+    // (and a post-copy's claims pages) only for a frame that would be read in place; a post-copy frame has no deltas.
+    this.inStaging = header.deltaPages > 0 || this.runs.length / 2 > MAX_RUNS_IN_PLACE || this.sink.inPlace?.(header) === false;
     if (this.inStaging) {
       this.staging ??= Buffer.allocUnsafe(PAGES_PER_FRAME * PAGE_SIZE);
       this.runs.length = 0;
-      this.runs.push(0, header.dataPages * PAGE_SIZE);
+      this.runs.push(0, header.dataBytes);
     }
   }
 
   private finish(): void {
     const header = this.header!;
-    const staged = this.inStaging ? this.staging!.subarray(0, header.dataPages * PAGE_SIZE) : undefined;
+    const staged = this.inStaging ? this.staging!.subarray(0, header.dataBytes) : undefined;
     const bytes = this.frameBytes;
     this.header = undefined;
     this.headerAt = 0;

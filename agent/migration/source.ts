@@ -8,7 +8,7 @@
  * as before, its memory untouched (the sender only ever reads guest memory). After the commit point the source
  * never resumes its copy: if the destination's activation cannot be confirmed, the VM stays suspended here.
  */
-import { AUTO_CONVERGE, NET_REGION_PAGES, PEER_REPLY_TIMEOUT_MS, STOP_RULES } from '../../shared/constants.js';
+import { AUTO_CONVERGE, DEFAULT_XBZRLE_CACHE_BYTES, NET_REGION_PAGES, PEER_REPLY_TIMEOUT_MS, STOP_RULES } from '../../shared/constants.js';
 import { digestMemory, formatDigest } from '../../shared/checksum.js';
 import { TableDigest } from '../../shared/table-digest.js';
 import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
@@ -24,6 +24,8 @@ import type { Catalog } from '../catalog.js';
 import type { VirtualMachine } from '../vm/vm.js';
 import { NetHandover } from './net-handover.js';
 import { PageSender } from './page-sender.js';
+import { XbzrleCache } from './xbzrle-cache.js';
+import { XbzrleEncoder } from './xbzrle-encoder.js';
 import type { PeerClient } from './peer-client.js';
 import type { FrameSocket } from '../../shared/frame-socket.js';
 import { decideStop, expectedDowntimeMs, switchToPostcopy } from '../../shared/stop-rules.js';
@@ -113,6 +115,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   let destinationGc: NonNullable<ReplyOf<PeerOps, 'peer.activate'>['gc']> = [];
   let switchoverEndMs: number | undefined;
   let destinationAnchorEpochMs: number | undefined;
+  let deltaDecodeMs: number | undefined;
   /** Set at the post-copy switch: from its request on, a broken link parks this copy rather than failing it. */
   let postcopy: PostcopyReport | undefined;
   let postcopyAsked = false;
@@ -170,6 +173,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       pageStream: { kind: pageSocket ? 'tcp' : 'ws', ...(context.pageStream?.fallback ? { fallback: context.pageStream.fallback } : {}) },
       ...(verification ? { verification } : {}),
       ...(network.report(servingAfterPauseMs, announcements) ? { network: network.report(servingAfterPauseMs, announcements) } : {}),
+      ...(xbzrle ? { compression: xbzrle.report(deltaDecodeMs) } : {}),
       ...(storage ? { storage: storage.report(storageVerification) } : {}),
       ...(postcopy ? { postcopy } : {}),
       ...(pausedAtMs !== undefined ? {
@@ -188,7 +192,11 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
   // What the progress events describe: the round under way.
   const current = { round: 1, pagesInRound: 0, startMs: 0, bytesBefore: 0 };
   const pageSocket = context.pageStream?.socket;
+  const xbzrle = options.compress === 'xbzrle'
+    ? new XbzrleEncoder(new XbzrleCache(options.xbzrleCacheBytes ?? DEFAULT_XBZRLE_CACHE_BYTES, vm.pageCount), vm.memory, vm.hasher)
+    : undefined;
   const sender = new PageSender(pageSocket ?? peer.socket, vm, {
+    ...(xbzrle ? { xbzrle } : {}),
     maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec,
     signal,
     now,
@@ -472,6 +480,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       mark('switchover answered');
       destinationMarks.push(...(answer.timeline ?? []));
       destinationAnchorEpochMs = answer.anchorEpochMs;
+      deltaDecodeMs = answer.deltaDecodeMs;
       verification = { mode: 'pages', sourceDigest, destDigest: answer.destDigest, match: answer.match, pageMismatches: answer.pageMismatches };
       if (!answer.activated) {
         // The destination dropped its image, and said so: nothing runs there, and this copy resumes. The network
@@ -505,6 +514,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       mark('verify answered');
       destinationMarks.push(...(answer.timeline ?? []));
       destinationAnchorEpochMs = answer.anchorEpochMs;
+      deltaDecodeMs = answer.deltaDecodeMs;
       if (disksChecked) {
         storageVerification = await disksChecked;
         const bad = storageVerification.find((disk) => !disk.match);

@@ -346,6 +346,7 @@ export class MigrationTarget {
       damagedWhilePaused: this.damagedWhilePaused,
       timeline: this.marks.splice(0),
       anchorEpochMs: performance.timeOrigin + receivedMs,
+      ...(this.receiver.installer.decodeMs > 0 ? { deltaDecodeMs: this.receiver.installer.decodeMs } : {}),
     };
   }
 

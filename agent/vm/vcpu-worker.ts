@@ -30,7 +30,7 @@ import {
   writeRegisterN,
 } from './layout.js';
 import {
-  diskStep, fillBlock, fillPage, workloadStep, writesDisk, type DiskRegisters, type WorkloadRegisters,
+  diskStep, fillBlock, pageWrite, workloadStep, writesDisk, type DiskRegisters, type WorkloadRegisters,
 } from '../../shared/workloads.js';
 import { NetDevice } from './net/device.js';
 import { serveRequest } from './net/guest-service.js';
@@ -93,6 +93,7 @@ function run(data: VcpuWorkerData): void {
   const words = new Uint32Array(data.memory);
   const dirtyLog = new DirtyLog(data.dirtyLog, data.pageCount);
   const nextPage = workloadStep(data.workload);
+  const writePage = pageWrite(data.workload);
   const baseRate = data.workload.kind === 'idle' || data.workload.kind === 'kv' ? 0 : data.workload.rate;
   const registers: WorkloadRegisters = { x: 0, n: 0 };
   const disk: DiskRegisters = { y: 0, m: 0 };
@@ -274,7 +275,7 @@ function run(data: VcpuWorkerData): void {
           break;
         }
         // Write the page, THEN mark it dirty (dirty-log.ts explains why this order matters).
-        fillPage(words, page, registers.n);
+        writePage(words, page, registers);
         dirtyLog.mark(page);
         stamps.record(page, registers.n);
       }

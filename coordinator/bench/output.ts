@@ -60,6 +60,13 @@ const csvColumns: [string, (run: RunResult) => string | number | undefined][] = 
   ['stop_and_copy_pages', (run) => run.stopAndCopyPages],
   ['stop_reason', (run) => run.stopReason],
   ['bytes_sent_over_memory', (run) => run.bytesSentOverMemory.toFixed(4)],
+  ['bytes_after_round1', (run) => run.bytesAfterRound1],
+  ['xbzrle_cache_hits', (run) => run.compression?.cacheHits],
+  ['xbzrle_cache_misses', (run) => run.compression?.cacheMisses],
+  ['xbzrle_delta_pages', (run) => run.compression?.deltaPages],
+  ['xbzrle_bytes_saved', (run) => run.compression?.bytesSaved],
+  ['xbzrle_encode_ms', (run) => run.compression?.encodeMs.toFixed(1)],
+  ['xbzrle_decode_ms', (run) => run.compression?.decodeMs?.toFixed(1)],
   ['cpu_source_ms', (run) => run.cpu.sourceMs.toFixed(1)],
   ['cpu_destination_ms', (run) => run.cpu.destinationMs.toFixed(1)],
   ['cpu_ms_per_gib', (run) => run.cpu.msPerGiB.toFixed(1)],
@@ -139,6 +146,7 @@ export function toMarkdown(results: BenchResults): string {
       (rawTcp.iperf3BitsPerSec ? `; iperf3: ${(rawTcp.iperf3BitsPerSec / 1e9).toFixed(2)} Gbit/s.` : '; iperf3 not installed.'), '');
   }
   if (results.summaries.length > 0) lines.push(...runTable(results.summaries, results.repeat));
+  if (results.summaries.some((summary) => summary.compress !== undefined)) lines.push(...afterRound1Table(results.summaries));
   if (results.targets.length > 0) {
     lines.push('## Targets', '', '| what | target | measured (median) | met |', '|---|---|---|---|');
     for (const target of results.targets) lines.push(targetRow(target));
@@ -180,6 +188,22 @@ function runTable(summaries: ScenarioSummary[], repeat: number): string[] {
 }
 
 const int = (value: number): string => (Number.isFinite(value) ? Math.round(value).toLocaleString('en-US') : '-');
+
+/** Bytes sent after round 1, every scenario beside the compressed ones, and what the XBZRLE cache did (`compress`). */
+function afterRound1Table(summaries: ScenarioSummary[]): string[] {
+  const lines = ['## After round 1: delta compression', '',
+    'Page bytes sent after round 1 (later rounds and the stop-and-copy), medians (min–max). With `--compress xbzrle`: the cache\'s hits and misses, ' +
+    'pages sent as deltas, bytes saved (a whole page less the delta, each), and CPU ms spent encoding (source) and decoding (destination).', '',
+    '| scenario | compress | MiB after round 1 | cache hits | misses | delta pages | MiB saved | encode ms | decode ms |',
+    '|---|---|---|---|---|---|---|---|---|'];
+  const mib = (value: Spread): Spread => ({ ...value, median: value.median / 1024 ** 2, min: value.min / 1024 ** 2, max: value.max / 1024 ** 2 });
+  for (const s of summaries) {
+    const c = s.compression;
+    lines.push(`| ${s.scenario} | ${s.compress ?? '-'} | ${withSpread(mib(s.bytesAfterRound1), 2)} | ${c ? int(c.cacheHits.median) : '-'} | ${c ? int(c.cacheMisses.median) : '-'} | ${c ? int(c.deltaPages.median) : '-'} | ${c ? withSpread(mib(c.bytesSaved), 1) : '-'} | ${c ? withSpread(c.encodeMs, 0) : '-'} | ${c ? withSpread(c.decodeMs, 0) : '-'} |`);
+  }
+  lines.push('');
+  return lines;
+}
 
 function postcopySection(summaries: ScenarioSummary[]): string[] {
   const lines: string[] = ['## Post-copy', ''];

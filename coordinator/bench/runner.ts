@@ -6,7 +6,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { PAGE_SIZE, STOP_RULES } from '../../shared/constants.js';
-import type { HostInfo, PostcopyReport, StopReason, Verification, WorkloadSpec } from '../../shared/protocol.js';
+import type { HostInfo, PostcopyReport, SourceReport, StopReason, Verification, WorkloadSpec } from '../../shared/protocol.js';
 import { parseDuration, parseRate, parseSize } from '../../shared/units.js';
 import type { HostEntry } from '../cluster.js';
 import { withHost } from '../connect.js';
@@ -44,6 +44,10 @@ export interface RunResult {
   stopAndCopyPages: number;
   stopReason?: StopReason;
   bytesSentOverMemory: number;
+  /** Page bytes sent after round 1: the later rounds and the stop-and-copy (what delta compression cuts). */
+  bytesAfterRound1: number;
+  /** `compress` scenarios: the cache's hits and misses, the delta pages, the bytes saved and the CPU (source report). */
+  compression?: SourceReport['compression'];
   cpu: { sourceMs: number; destinationMs: number; totalMs: number; msPerGiB: number };
   verification?: Verification;
   /** Guest memory on the destination checked against a replay of the pattern workload (pattern VMs only). */
@@ -143,6 +147,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       verify: scenario.verify,
       autoConverge: false,
       ...(scenario.pageStream === 'ws' ? { pageStream: 'ws' as const } : {}),
+      ...(scenario.compress ? { compress: scenario.compress, ...(scenario.xbzrleCache ? { xbzrleCacheBytes: parseSize(scenario.xbzrleCache) } : {}) } : {}),
       ...(scenario.postcopy ? { postcopy: scenario.postcopy } : {}),
     };
     const forecastStartedMs = performance.now();
@@ -165,7 +170,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
     const achieved = report.cpu ? ((report.cpu.n - before.cpu.n) / Math.max(pausedAtMs, 1)) * 1000 : 0;
 
     let replayMatches: boolean | undefined;
-    if (report.outcome === 'committed' && workload.kind === 'pattern') {
+    if (report.outcome === 'committed' && (workload.kind === 'pattern' || workload.kind === 'counters')) {
       const { info, image } = await withHost(hostB, (client) => readMemory(client, 'bench'));
       replayMatches = checkPattern(info, image).ok;
     }
@@ -205,6 +210,8 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       stopAndCopyPages: report.stopAndCopy?.pages ?? 0,
       ...(report.stopReason ? { stopReason: report.stopReason } : {}),
       bytesSentOverMemory: report.bytesSent / memoryBytes,
+      bytesAfterRound1: report.bytesSent - (report.rounds[0]?.bytes ?? 0),
+      ...(report.compression ? { compression: report.compression } : {}),
       cpu: {
         sourceMs: cpuSpent[0]!,
         destinationMs: cpuSpent[1]!,

@@ -73,6 +73,10 @@ export const scenarioSchema = z.object({
   maxDowntime: z.string().default('300ms'),
   /** How the pages travel (`ferry migrate --page-stream`): a TCP stream of their own (the default), or the peer WebSocket. */
   pageStream: z.enum(['tcp', 'ws']).default('tcp'),
+  /** `ferry migrate --compress`: `xbzrle` sends pages sent again as deltas; absent, every page goes whole. */
+  compress: z.enum(['xbzrle']).optional(),
+  /** With `compress`: `--xbzrle-cache`, e.g. `64MiB` (the default). */
+  xbzrleCache: z.string().optional(),
   /** Post-copy (`ferry migrate --postcopy-after N` or `--postcopy auto`): `{mode: "after", afterRounds}` or `{mode: "auto"}`. */
   postcopy: postcopyOptionSchema.optional(),
   /**

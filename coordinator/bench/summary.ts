@@ -27,6 +27,10 @@ export interface ScenarioSummary {
   rounds: Spread;
   stopReasons: Partial<Record<StopReason, number>>;
   bytesSentOverMemory: Spread;
+  /** Page bytes sent after round 1, and with `compress` the delta figures (runner.ts). */
+  bytesAfterRound1: Spread;
+  compress?: string;
+  compression?: { cacheHits: Spread; cacheMisses: Spread; deltaPages: Spread; bytesSaved: Spread; encodeMs: Spread; decodeMs: Spread };
   cpuMsPerGiB: Spread;
   cpuVersusRawTcp: Spread;
   predictedTotalTimeMs: Spread;
@@ -76,6 +80,18 @@ export function summarize(scenario: Scenario, runs: RunResult[], rawTcp: RawTcpR
     rounds: of((run) => run.rounds.length),
     stopReasons,
     bytesSentOverMemory: of((run) => run.bytesSentOverMemory),
+    bytesAfterRound1: of((run) => run.bytesAfterRound1),
+    ...(scenario.compress ? {
+      compress: scenario.compress,
+      compression: {
+        cacheHits: of((run) => run.compression?.cacheHits ?? Number.NaN),
+        cacheMisses: of((run) => run.compression?.cacheMisses ?? Number.NaN),
+        deltaPages: of((run) => run.compression?.deltaPages ?? Number.NaN),
+        bytesSaved: of((run) => run.compression?.bytesSaved ?? Number.NaN),
+        encodeMs: of((run) => run.compression?.encodeMs ?? Number.NaN),
+        decodeMs: of((run) => run.compression?.decodeMs ?? Number.NaN),
+      },
+    } : {}),
     cpuMsPerGiB: of((run) => run.cpu.msPerGiB),
     cpuVersusRawTcp: of((run) => run.cpu.msPerGiB / rawTcp.cpuMsPerGiB),
     predictedTotalTimeMs: of((run) => run.predictedTotalTimeMs),
@@ -164,6 +180,13 @@ export function checkTargets(summaries: ScenarioSummary[]): TargetCheck[] {
   if (modelled.length > 0) {
     const worst = Math.max(...modelled.map((summary) => Math.abs(summary.modelErrorTotalTime.median)));
     checks.push({ what: 'model error on total time (worst scenario median; stages 0-1 and 4-5 as measured)', target: '<= 10 %', measured: pct(worst), met: worst <= 0.1 });
+  }
+  // Issue 14: XBZRLE on the partial-write workload cuts the bytes sent after round 1 by 5 x or more.
+  const counters = find('counters-1g-25');
+  const deltas = find('counters-1g-25-xbzrle');
+  if (counters && deltas) {
+    const cut = counters.bytesAfterRound1.median / deltas.bytesAfterRound1.median;
+    checks.push({ what: 'bytes sent after round 1, counters 1 GiB at 25 % of the link, --compress xbzrle against none', target: '>= 5 x fewer', measured: `${cut.toFixed(1)} x`, met: cut >= 5 });
   }
   const over = find('over-link');
   if (over) {

@@ -36,7 +36,7 @@ describe('post-copy', () => {
     cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
     const c = cluster;
     // A hot set written fast: after the switch the guest touches pages the push has not reached yet.
-    expect((await c.ferry('vm', 'create', 'pc1', '--on', 'host-a', '--memory', '32MiB', '--wss', '4MiB', '--filled', '--rate', '20000', '--seed', '21')).code).toBe(0);
+    expect((await c.ferry('vm', 'create', 'pc1', '--on', 'host-a', '--memory', '16MiB', '--wss', '4MiB', '--filled', '--rate', '20000', '--seed', '21')).code).toBe(0);
     await waitForWrites(c, 'pc1', 2000);
 
     // Before any round: every page is missing at the switch, and the push is held to 16 MiB/s so that faults must come.
@@ -48,8 +48,8 @@ describe('post-copy', () => {
     expect(report.verification.match).toBe(true);
     expect(report.postcopy).toMatchObject({ afterRounds: 0, reason: 'asked', complete: true, resumes: 0 });
     // Every page was missing, and each went once: pushed, or sent ahead when the guest asked.
-    expect(report.postcopy.missingPages).toBe(8192);
-    expect(report.postcopy.pushedPages + report.postcopy.requestedPages).toBeGreaterThanOrEqual(8192);
+    expect(report.postcopy.missingPages).toBe(4096);
+    expect(report.postcopy.pushedPages + report.postcopy.requestedPages).toBeGreaterThanOrEqual(4096);
     expect(report.postcopy.faults).toBeGreaterThan(0);
     expect(report.postcopy.requestedPages).toBeGreaterThan(0);
     expect(report.postcopy.stallMs?.p99).toBeGreaterThan(0);

@@ -11,6 +11,7 @@ import { FerryError } from '../../shared/errors.js';
 import { PageHasher, allocateGuestMemory } from '../../shared/page-hash.js';
 import { PageInstaller } from '../../agent/migration/page-install.js';
 import { PageStreamReader } from '../../agent/migration/page-stream-reader.js';
+import { feedStream as feed } from '../stream-feed.js';
 
 const PAGE_COUNT = 2048;
 
@@ -35,20 +36,6 @@ function frame(source: { memory: Uint8Array; hasher: PageHasher }, pages: number
   const header = encodePageHeader(Buffer.alloc(pageHeaderBytes(pages.length)), 3, flags, entries, hashes, pages.length);
   const data = pages.filter((page) => !zero.has(page)).map((page) => Buffer.from(source.memory.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE)));
   return Buffer.concat([header, ...data]);
-}
-
-/** Feeds `stream` to `reader` in reads of pseudo-random sizes (1 byte up to 300 KiB), each capped by the buffer the reader gives. */
-function feed(reader: PageStreamReader, stream: Buffer, seed: number): void {
-  let state = seed;
-  let at = 0;
-  while (at < stream.length) {
-    state = (state * 1103515245 + 12345) >>> 0;
-    const into = reader.next();
-    const size = Math.min(into.length, stream.length - at, 1 + (state % (state & 1 ? 300 * 1024 : 100)));
-    into.set(stream.subarray(at, at + size));
-    at += size;
-    reader.took(size);
-  }
 }
 
 function destination(): { memory: Uint8Array; installer: PageInstaller; frames: { header: PageHeader; staged: boolean; bytes: number; mismatches: number }[]; reader: PageStreamReader } {
@@ -122,8 +109,8 @@ describe('page stream reader', () => {
     const source = sourceGuest(new Set());
     const good = frame(source, [1, 2], new Set());
     const cases: [string, (bytes: Buffer) => void, RegExp][] = [
-      ['wrong magic', (bytes) => void (bytes[0] = 0x82), /not a version 2 page header/],
-      ['wrong version', (bytes) => void (bytes[1] = 9), /not a version 2 page header/],
+      ['wrong magic', (bytes) => void (bytes[0] = 0x82), /not a version 3 page header/],
+      ['wrong version', (bytes) => void (bytes[1] = 9), /not a version 3 page header/],
       ['count 0', (bytes) => bytes.writeUInt32LE(0, 8), /page count 0/],
       ['count too large', (bytes) => bytes.writeUInt32LE(257, 8), /page count 257/],
       ['page outside the guest', (bytes) => bytes.writeUInt32LE(PAGE_COUNT, pageHeaderBytes(2) - 4), /outside the guest/],

@@ -79,7 +79,7 @@ describe('installing a post-copy frame', () => {
     // Page 4 is present already (a fault fetched it) and the guest wrote it since: it must not be overwritten.
     bytes.fill(0x44, 4 * PAGE_SIZE, 5 * PAGE_SIZE);
     present.set(4);
-    const header: PageHeader = { round: 2, flags: PAGE_FLAG_PAUSED | PAGE_FLAG_POSTCOPY, pages, zero: Uint8Array.from([0, 0, 1, 0]), dataPages: 3, hashes };
+    const header: PageHeader = { round: 2, flags: PAGE_FLAG_PAUSED | PAGE_FLAG_POSTCOPY, pages, zero: Uint8Array.from([0, 0, 1, 0]), dataPages: 3, hashes, delta: new Uint8Array(4), deltaBytes: new Uint16Array(4), deltaPages: 0, dataBytes: 3 * PAGE_SIZE };
     const damaged: number[] = [];
     expect(installer.installMissing(header, data, present, (page) => damaged.push(page))).toBe(2);
     expect(damaged).toEqual([2]);
