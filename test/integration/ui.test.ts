@@ -163,8 +163,8 @@ describe('ferry ui in headless Chromium', () => {
     const running = await page.locator('#migration-status').getAttribute('data-state');
     await page.locator('#chart-throughput svg').waitFor({ state: 'attached', ...WAIT });
     // The screenshot once round 1 is over (the rounds chart has a bar), or the migration ended: whichever comes first.
-    await expect.poll(() => page.evaluate(() => document.querySelector('#chart-rounds svg') !== null
-      || document.querySelector('#migration-status')?.getAttribute('data-state') !== 'running'), WAIT).toBe(true);
+    await expect.poll(async () => (await page.locator('#chart-rounds svg').count()) > 0
+      || (await page.locator('#migration-status').getAttribute('data-state')) !== 'running', WAIT).toBe(true);
     const shot = process.env['FERRY_UI_SCREENSHOT'] ?? path.join(cluster.dir, 'ui-migration.png');
     await page.screenshot({ path: shot, fullPage: true });
     expect(existsSync(shot)).toBe(true);
