@@ -191,6 +191,7 @@ export class Relay {
       } finally {
         client?.close();
       }
+      // Rejects only when `signal` aborts, which ends the loop.
       await sleep(REWATCH_MS, undefined, { signal }).catch(() => undefined);
     }
   }

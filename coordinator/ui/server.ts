@@ -18,6 +18,7 @@
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ErrorCode, FerryError, toFerryError } from '../../shared/errors.js';
@@ -96,6 +97,25 @@ async function readBody(request: http.IncomingMessage): Promise<unknown> {
 
 function sendJson(response: http.ServerResponse, status: number, body: unknown, headers: http.OutgoingHttpHeaders = {}): void {
   response.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', ...headers }).end(JSON.stringify(body));
+}
+
+/**
+ * The names a browser may use for this server (its Host header), and the one to print. Bound to one address: that
+ * address (and `localhost` for loopback). Bound to all (`--host 0.0.0.0`): every address of this machine's interfaces,
+ * and its host name, which is what is printed.
+ */
+function namesOf(address: AddressInfo): { origin: string; hosts: string[] } {
+  const bracket = (ip: string, family: string): string => (family === 'IPv6' || family === '6' ? `[${ip}]` : ip);
+  const { port } = address;
+  if (address.address === '0.0.0.0' || address.address === '::') {
+    const ips = Object.values(os.networkInterfaces()).flat().filter((entry) => entry !== undefined)
+      .map((entry) => bracket(entry.address, String(entry.family)));
+    const names = [os.hostname().toLowerCase(), 'localhost', ...ips];
+    return { origin: `http://${os.hostname().toLowerCase()}:${port}`, hosts: names.map((name) => `${name}:${port}`) };
+  }
+  const shown = bracket(address.address, address.family);
+  const loopback = address.address === '127.0.0.1' || address.address === '::1';
+  return { origin: `http://${shown}:${port}`, hosts: [`${shown}:${port}`, ...(loopback ? [`localhost:${port}`] : [])] };
 }
 
 export async function startUiServer(options: UiServerOptions): Promise<UiServer> {
@@ -232,10 +252,7 @@ export async function startUiServer(options: UiServerOptions): Promise<UiServer>
     server.listen(options.port, options.host, () => resolve());
   });
   const address = server.address() as AddressInfo;
-  const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  origin = `http://${shownHost}:${address.port}`;
-  allowedHosts = [`${shownHost}:${address.port}`];
-  if (address.address === '127.0.0.1' || address.address === '::1') allowedHosts.push(`localhost:${address.port}`);
+  ({ origin, hosts: allowedHosts } = namesOf(address));
   origins = allowedHosts.map((host) => `http://${host}`);
   relay.start();
 

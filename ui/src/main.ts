@@ -282,7 +282,10 @@ function connect(): void {
   const source = new EventSource(url);
   stream = source;
   source.onopen = () => {
+    // (Re)connected: the server sends its snapshot first, so the page rebuilds what it shows from it.
     $('connection').textContent = 'live';
+    hosts.clear();
+    migration.id = '';
   };
   source.onerror = () => {
     $('connection').textContent = 'reconnecting…';
