@@ -802,7 +802,8 @@ export const controlOps = {
   /** Sends image `name`, held here, to the agent `destination` (peer ops image.begin/chunk/finish). Events: progress. */
   /**
    * A watcher (`ferry ui`): events (watchEventSchema) until the connection closes; never answered before. `hostIntervalMs`:
-   * a `host` event that often (default 2 s); `heat`: heat-map frames of VM `name` that often while it has memory here.
+   * a `host` event that often (default 2 s); `heat`: heat-map frames of VM `name` that often while this host holds the
+   * copy that is the VM.
    */
   'events.watch': [z.object({
     hostIntervalMs: z.number().int().min(250).max(60_000).optional(),

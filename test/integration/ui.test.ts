@@ -181,6 +181,31 @@ describe('ferry ui in headless Chromium', () => {
     await expectMemoryMatchesReplay(cluster, 'web1');
   });
 
+  it('pauses and resumes a VM, plans a balance, and drains a host (after its confirmation) and undrains it, from the page', async () => {
+    await page.locator('#tabs button[data-tab="cluster"]').click();
+    const row = page.locator('#vms tr[data-vm="web1"]');
+    await page.locator('button[data-pause="web1"]').click();
+    await expect.poll(() => row.locator('.badge').textContent(), WAIT).toBe('paused');
+    await page.locator('button[data-resume="web1"]').click();
+    await expect.poll(() => row.locator('.badge').textContent(), WAIT).toBe('running');
+
+    await page.locator('#balance-plan').click();
+    await expect.poll(() => page.locator('#balance-text').textContent(), WAIT).not.toBe('planning…');
+    await page.locator('#balance-close').click();
+
+    // Drain asks first, as a page must before moving every VM off a host: declined, nothing happens; accepted, web1
+    // (on host-b since the migration) moves back to host-a and host-b is in maintenance until undrained.
+    page.once('dialog', (dialog) => void dialog.dismiss());
+    await page.locator('button[data-drain="host-b"]').click();
+    expect(await page.locator('button[data-undrain="host-b"]').count()).toBe(0);
+    page.once('dialog', (dialog) => void dialog.accept());
+    await page.locator('button[data-drain="host-b"]').click();
+    await page.locator('button[data-undrain="host-b"]').waitFor(WAIT);
+    await expect.poll(() => row.textContent(), WAIT).toContain('host-a');
+    await page.locator('button[data-undrain="host-b"]').click();
+    await page.locator('button[data-drain="host-b"]').waitFor(WAIT);
+  });
+
   it('opens a bench results folder: its summary\'s tables and its charts', async () => {
     const folder = path.join(cluster.dir, 'bench-results', 'run-1');
     await mkdir(path.join(folder, 'charts'), { recursive: true });
