@@ -141,6 +141,8 @@ function onMigration(event: Extract<UiEvent, { kind: 'migration' }>): void {
     case 'stage':
       if (migration.firstStageMs < 0) migration.firstStageMs = e.atMs;
       markStage(e.stage);
+      // Stage 3 begins when a stop rule fires (or post-copy's switch); the report names the rule.
+      if (e.stage === 3) $('progress').textContent = `the stop rule fired after ${migration.rounds.length} round(s): ${e.name}, the vCPU paused`;
       break;
     case 'progress': {
       const inRoundMs = e.rateBytesPerSec > 0 ? ((e.bytesSent - doneBytes) / e.rateBytesPerSec) * 1000 : 0;
