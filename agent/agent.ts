@@ -59,6 +59,7 @@ import { every, type Periodic } from './periodic.js';
 import { STATS_TICK_MS, VmStatsSampler } from './vm-stats/sampler.js';
 import { MigrationHistory } from './migration/history.js';
 import { serveLinkControl } from './control/link.js';
+import { serveTraceControl } from './control/trace.js';
 import { serveLinkProbe } from './peer/link-probe.js';
 
 export type ControlServer = RpcConnection<typeof controlOps, Record<never, never>>;
@@ -260,6 +261,7 @@ export class Agent {
     serveImageReceiver(connection, this);
     serveLinkControl(connection, this);
     serveEventsControl(connection, this);
+    serveTraceControl(connection, this);
   }
 
   servePeer(connection: PeerServer): void {

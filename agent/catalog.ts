@@ -22,7 +22,8 @@
 import { NET_REGION_PAGES, PAGE_SIZE } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { fillInitialPages, startsFilled } from '../shared/workloads.js';
-import type { VmState, VmSummary } from '../shared/protocol.js';
+import type { VmState, VmSummary, WorkloadSpec } from '../shared/protocol.js';
+import { traceExtentPages } from '../shared/trace.js';
 import { formatBytes } from '../shared/units.js';
 import type { StoredVm } from './datastore/config.js';
 import { VirtualMachine, type VmSpec } from './vm/vm.js';
@@ -240,6 +241,8 @@ export class Catalog {
     if (spec.workload.wssPages > spec.memoryBytes / 4096 || (spec.workload.hotPages ?? 0) > spec.workload.wssPages) {
       throw new FerryError(ErrorCode.BAD_INPUT, `the working set of ${spec.name} is larger than its memory (or its hot set than its working set)`, 'give --wss at most --memory, and --hot at most --wss');
     }
+    const replayRefusal = replayWorkloadRefusal(spec.name, spec.workload);
+    if (replayRefusal) throw replayRefusal;
     if (this.entries.has(spec.name)) {
       throw new FerryError(ErrorCode.VM_EXISTS, `${this.hostName} already has a VM named ${spec.name}`, 'pick another name, or destroy the existing VM first');
     }
@@ -405,6 +408,19 @@ export class Catalog {
     return true;
   }
 
+  /**
+   * Ends the `action` that holds VM `name` (one that gives way to another: a trace recording to a migration) and
+   * waits until it has let the VM go; false when no such action held it.
+   */
+  async preempt(name: string, action: string, reason: Error): Promise<boolean> {
+    const entry = this.entries.get(name);
+    if (entry?.kind !== 'machine' || entry.busy !== action || !entry.cancel) return false;
+    const idle = entry.idle;
+    entry.cancel.abort(reason);
+    await idle;
+    return true;
+  }
+
   /** Runs `operation` with files-only VM `name` to itself (a cold copy of its files). */
   async holdStored<T>(name: string, action: string, operation: (stored: StoredVm) => Promise<T>): Promise<T> {
     const entry = this.entries.get(name);
@@ -427,6 +443,19 @@ export class Catalog {
   async releaseAll(): Promise<void> {
     await Promise.all(this.machines().map((vm) => this.release(vm)));
   }
+}
+
+/** Why a workload's trace cannot be replayed in its working set (every page it writes must be inside), if it cannot. */
+function replayWorkloadRefusal(name: string, workload: WorkloadSpec): FerryError | undefined {
+  if (workload.kind !== 'replay' && workload.trace === undefined) return undefined;
+  if (workload.kind !== 'replay' || !workload.trace) {
+    return new FerryError(ErrorCode.BAD_INPUT, `${name}: a trace goes with the replay workload, and the replay workload with a trace`, 'ferry vm create NAME --workload replay --trace FILE');
+  }
+  const extent = traceExtentPages(workload.trace.samples);
+  if (extent > workload.wssPages) {
+    return new FerryError(ErrorCode.BAD_INPUT, `${name}'s trace writes pages up to ${extent - 1}, past its working set of ${workload.wssPages} pages`, 'give the VM at least the memory of the VM the trace was recorded from');
+  }
+  return undefined;
 }
 
 function stateOf(stored: StoredVm): 'suspended' | 'defined' {

@@ -8,7 +8,9 @@ import { cpuModelNameSchema, highestLevel, type CpuModelName } from '../shared/c
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { verifyModeSchema, workloadKindSchema, type ConfigDrive, type HostInfo, type VmInfo, type VmSummary } from '../shared/protocol.js';
 import { formatBytes, formatDuration, parseCount, parseDuration, parseRate } from '../shared/units.js';
-import { runBench } from './bench/command.js';
+import { runBakeoffCommand, runBench } from './bench/command.js';
+import { bakeoffMarkdown } from './bench/bakeoff-output.js';
+import { POLICIES, POLICY_NAMES, parsePolicies } from './bench/policies.js';
 import { toMarkdown } from './bench/output.js';
 import { parsePeerOptions } from './bench/peer.js';
 import { defaultScenarioFile, loadScenarios } from './bench/scenarios.js';
@@ -17,6 +19,9 @@ import { openStore, type ClusterStore } from './store/store.js';
 import { addFleetBenchCommand, addFleetCommands } from './commands/fleet.js';
 import { addImageCommands } from './commands/image.js';
 import { addUiCommand } from './commands/ui.js';
+import { addTraceCommands } from './commands/trace.js';
+import { readTraceFile } from './trace/file.js';
+import { pagesIn, replayTraceOf, type ReplayTrace } from '../shared/trace.js';
 import { withHost } from './connect.js';
 import { dumpMemory, fetchDisk, readMemory } from './dump.js';
 import { allVms, locateVm, surveyHosts } from './inventory.js';
@@ -66,6 +71,7 @@ function describeVm(info: VmInfo): string {
   const workload = w.kind === 'idle'
     ? 'idle'
     : w.kind === 'kv' ? `kv: a key-value table over ${formatBytes(w.wssPages * 4096)} (${int(w.wssPages)} pages), served on the network`
+    : w.kind === 'replay' && w.trace ? describeReplay(w.trace)
     : `${w.kind}, ${int(w.rate)} page writes/s over ${formatBytes(w.wssPages * 4096)} (${int(w.wssPages)} pages), seed ${w.seed}${w.hotPages ? `, hot ${formatBytes(w.hotPages * 4096)}` : ''}`;
   return formatTable([
     [`${info.name}`, `on ${info.host}, ${info.state}`],
@@ -84,6 +90,12 @@ function describeVm(info: VmInfo): string {
     ...(info.configDrive ? [['  config drive', describeConfigDrive(info.configDrive)]] : []),
     ...(info.guest ? [['  guest', `hostname ${info.guest.hostname} (read from its config drive at boot)`]] : []),
   ]) + (info.log && info.log.length > 0 ? `\n  log (latest last):\n${info.log.map((line) => `    ${line}`).join('\n')}` : '');
+}
+
+function describeReplay(trace: ReplayTrace): string {
+  const pages = pagesIn(trace.samples);
+  const loopMs = trace.samples.length * trace.intervalMs;
+  return `replay of a trace: ${int(trace.samples.length)} samples of ${formatDuration(trace.intervalMs)}, ${int(pages)} page writes a pass (${int(Math.round((pages * 1000) / loopMs))} a second on average), looped`;
 }
 
 function describeProbe(result: ProbeResult): string {
@@ -262,10 +274,15 @@ Exit codes: 0 done, 1 failed (e.g. a migration rolled back), 2 bad input (nothin
     .option('--disk-rate <writes>', 'pattern with --disk: 4 KiB block writes per second to its disk (default 0: none)')
     .option('--disk-wss <size>', 'the part of the disk, from its start, those writes go to (default: the whole disk)')
     .option('--ip <address>', 'its address, served on UDP port 7777 (loopback mode: in 127.0.0.0/8, e.g. 127.100.0.5)')
+    .option('--trace <file>', 'replay: the trace file it reproduces (`ferry trace record`), looped at the trace\'s own timing; --memory defaults to the trace\'s, --rate, --wss, --seed and --hot do not apply')
     .addOption(cpuOption())
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; filled?: boolean; disk?: string; diskRate?: string; diskWss?: string; ip?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
-      const request = toVmRequest(name, options);
+    .action(async (name: string, options: { on: string; memory: string; workload: string; rate: string; wss?: string; seed: string; hot?: string; prealloc?: boolean; filled?: boolean; disk?: string; diskRate?: string; diskWss?: string; ip?: string; trace?: string; cpu: CpuModelName; json?: boolean }, command: Command) => {
+      const traceFile = options.trace === undefined ? undefined : await readTraceFile(options.trace);
+      const trace = traceFile && options.trace !== undefined ? { file: options.trace, trace: replayTraceOf(traceFile, options.trace), memoryBytes: traceFile.memoryBytes } : undefined;
+      // A replay VM has its trace's memory unless --memory says otherwise.
+      const memory = trace && command.getOptionValueSource('memory') !== 'cli' ? String(trace.memoryBytes) : options.memory;
+      const request = toVmRequest(name, { ...options, memory, trace });
       const { cluster: hosts } = await cluster(command);
       const host = findHost(hosts, options.on);
       if (request.network) {
@@ -387,13 +404,13 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     });
 
   vm.command('check <name>')
-    .description('pattern and counters VMs: check every page of guest memory, and every block of a disk it writes, against a replay of the workload from its seed')
+    .description('pattern, counters and replay VMs: check every page of guest memory, and every block of a disk it writes, against a replay of the workload from its seed (or its trace)')
     .option('--json', 'print JSON')
     .action(async (name: string, options: { json?: boolean }, command: Command) => {
       const { info, image, disk } = await onVmHost(command, name, async (client) => {
         const found = await client.request('vm.info', { name });
-        if (found.workload.kind !== 'pattern' && found.workload.kind !== 'counters') {
-          throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern and counters memory can be checked by replay`, 'create the VM with --workload pattern or --workload counters');
+        if (found.workload.kind !== 'pattern' && found.workload.kind !== 'counters' && found.workload.kind !== 'replay') {
+          throw new FerryError(ErrorCode.BAD_INPUT, `${name} runs ${found.workload.kind}; only pattern, counters and replay memory can be checked by replay`, 'create the VM with --workload pattern or --workload counters, or --workload replay --trace FILE');
         }
         const memory = await readMemory(client, name);
         if (!writesDisk(found.workload) || !found.disks?.length) return { ...memory, disk: undefined };
@@ -553,6 +570,7 @@ Exit status is 0 only when committed; a post-copy whose link broke exits 1 and s
 
   addImageCommands(program, cluster);
   addUiCommand(program, cluster);
+  addTraceCommands(program, cluster);
   addFleetCommands(program, async (command) => {
     const { cluster: hosts, store } = await cluster(command);
     return { cluster: hosts, store, forecast: forecaster(hosts) };
@@ -631,6 +649,11 @@ Exit status is 0 only when committed; a post-copy whose link broke exits 1 and s
     .option('--list', 'list the scenarios and exit')
     .option('--peer <name>', 'also migrate a guest of the same size and memory contents with QEMU (qemu-system-x86_64, two local processes) after ferry\'s runs of each scenario whose guest writes nothing, and show both: qemu')
     .option('--peer-downtime-limit <time>', 'QEMU\'s downtime-limit for --peer qemu (its own default is 300ms)', '5ms')
+    .option('--trace <file>', 'a policy bake-off on this dirty-page trace (`ferry trace record`) instead of the scenarios: each of --policies migrates a fresh VM replaying it')
+    .option('--policies <list>', `with --trace: the policies to compare, comma-separated, from ${POLICY_NAMES.join(', ')}`, POLICY_NAMES.join(','))
+    .option('--warmup <time>', 'with --trace: how long each replay VM runs before its migration', '2s')
+    .option('--max-downtime <time>', 'with --trace: every policy\'s downtime limit', `${DEFAULT_MAX_DOWNTIME_MS}ms`)
+    .option('--max-bandwidth <rate>', 'with --trace: a cap on every migration\'s page stream, as a slower link would be, e.g. 200MiB/s (default: none)')
     .option('--json', 'print the results as JSON on stdout')
     .addHelpText('after', `
 Scenarios are data: bench/scenarios.json. Each run starts two ferry-agent processes, creates the VM, lets it run,
@@ -647,16 +670,51 @@ Examples:
   ferry bench --scenario smoke --repeat 1
   ferry bench --scenario idle-1g hot-1g --repeat 5 --out docs/bench
   ferry bench --scenario kv-256m --repeat 1
-  ferry bench --scenario idle-256m idle-1g --repeat 3 --peer qemu`)
-    .action(async (raw: { scenario?: string[]; repeat: string; out?: string; link?: string; scenarios?: string; list?: boolean; json?: boolean; peer?: string; peerDowntimeLimit?: string }, command: Command) => {
+  ferry bench --scenario idle-256m idle-1g --repeat 3 --peer qemu
+
+A policy bake-off on your own guest (--trace): record its dirty pages, then compare the policies on a replay of them.
+Each run starts two fresh agents, creates a VM of the trace's memory running the replay workload (the trace's pages,
+interval by interval, at its timing, looped), lets it run --warmup, migrates it with the policy, and checks the
+destination's memory against a replay of the trace. The table gives, per policy, the medians of downtime, total time,
+bytes sent and guest slowdown (the share of the writes the trace's timing asks for during the migration that the
+guest did not make), and a recommendation under a stated rule. The policies, as migration options:
+${POLICY_NAMES.map((name) => `  ${name.padEnd(14)} ${POLICIES[name].description}`).join('\n')}
+An agent that does not know a policy's options refuses them (FERRY_ERR_BAD_INPUT): the table shows that policy as
+not run, with the agent's error, and the bake-off goes on with the others.
+  ferry trace record web1 --duration 10s --out web1.trace.json
+  ferry bench --trace web1.trace.json --policies precopy,auto-converge,xbzrle --repeat 3 --max-bandwidth 200MiB/s`)
+    .action(async (raw: { scenario?: string[]; repeat: string; out?: string; link?: string; scenarios?: string; list?: boolean; json?: boolean; peer?: string; peerDowntimeLimit?: string; trace?: string; policies: string; warmup: string; maxDowntime: string; maxBandwidth?: string }, command: Command) => {
+      const given = (option: string): boolean => command.getOptionValueSource(option) === 'cli';
+      const repeat = parseCount(raw.repeat, '--repeat');
+      if (repeat < 1) throw new FerryError(ErrorCode.BAD_INPUT, '--repeat must be at least 1', 'medians need 5 or more');
+      if (raw.trace === undefined) {
+        const stray = ['policies', 'warmup', 'maxDowntime', 'maxBandwidth'].find(given);
+        if (stray) throw new FerryError(ErrorCode.BAD_INPUT, `--${stray.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is for a policy bake-off`, 'give the trace to replay: --trace FILE');
+      } else {
+        if (raw.scenario || raw.peer || raw.list) throw new FerryError(ErrorCode.BAD_INPUT, '--trace runs a policy bake-off, not scenarios', 'leave out --scenario, --peer and --list, or --trace');
+        const warmupMs = parseDuration(raw.warmup);
+        const maxDowntimeMs = parseDuration(raw.maxDowntime);
+        if (!(maxDowntimeMs > 0)) throw new FerryError(ErrorCode.BAD_INPUT, `--max-downtime ${raw.maxDowntime} must be above zero`, 'e.g. --max-downtime 300ms');
+        const results = await runBakeoffCommand({
+          traceFile: raw.trace, policies: parsePolicies(raw.policies), repeat, warmupMs, maxDowntimeMs,
+          ...(raw.maxBandwidth ? { maxBandwidthBytesPerSec: parseRate(raw.maxBandwidth) } : {}),
+          ...(raw.out ? { out: raw.out } : {}), ...(raw.link ? { link: raw.link } : {}),
+          command: `ferry ${process.argv.slice(2).join(' ')}`,
+        });
+        if (raw.json) printJson(results);
+        else process.stdout.write(bakeoffMarkdown(results));
+        // Policies the agents do not know are no failure of the bake-off; a policy that ran and failed, or whose
+        // memory does not match replay, is.
+        const ran = results.runs.filter((run) => run.outcome !== 'not-run');
+        process.exitCode = ran.length > 0 && ran.every((run) => run.outcome === 'committed' && run.replayMatches === true) ? ExitCode.OK : ExitCode.FAILED;
+        return;
+      }
       if (raw.list) {
         for (const scenario of loadScenarios(raw.scenarios ?? defaultScenarioFile())) {
           process.stdout.write(`${scenario.name.padEnd(18)} ${scenario.description}${scenario.smoke ? ' (smoke)' : ''}\n`);
         }
         return;
       }
-      const repeat = parseCount(raw.repeat, '--repeat');
-      if (repeat < 1) throw new FerryError(ErrorCode.BAD_INPUT, '--repeat must be at least 1', 'medians need 5 or more');
       if (raw.link && raw.link !== 'namespaces') parseRate(raw.link);
       // The limit's default applies only with --peer: given by hand without it, it is a mistake worth saying.
       const limitGiven = command.getOptionValueSource('peerDowntimeLimit') === 'cli';

@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { PAGE_SIZE } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { vmInfoSchema, type VmInfo } from '../shared/protocol.js';
+import type { ReplayTrace } from '../shared/trace.js';
 import type { AgentClient } from './connect.js';
 
 const chunkSchema = z.object({ offset: z.number().int().nonnegative(), data: z.instanceof(Uint8Array) });
@@ -18,7 +19,8 @@ export interface DumpMetadata {
   host: string;
   memoryBytes: number;
   pageSize: number;
-  workload: { kind: string; seed: number; wssPages: number; rate: number; hotPages?: number; filled?: boolean };
+  /** `trace`: a replay VM's, so that the dump can be checked against a replay of it. */
+  workload: { kind: string; seed: number; wssPages: number; rate: number; hotPages?: number; filled?: boolean; trace?: ReplayTrace };
   cpu: { x: number; n: number };
   takenAt: string;
 }
@@ -58,7 +60,7 @@ export async function dumpMemory(client: AgentClient, name: string, outFile: str
     host: info.host,
     memoryBytes: info.memoryBytes,
     pageSize: PAGE_SIZE,
-    workload: { kind: info.workload.kind, seed: info.workload.seed, wssPages: info.workload.wssPages, rate: info.workload.rate, ...(info.workload.hotPages ? { hotPages: info.workload.hotPages } : {}), ...(info.workload.filled ? { filled: true } : {}) },
+    workload: { kind: info.workload.kind, seed: info.workload.seed, wssPages: info.workload.wssPages, rate: info.workload.rate, ...(info.workload.hotPages ? { hotPages: info.workload.hotPages } : {}), ...(info.workload.filled ? { filled: true } : {}), ...(info.workload.trace ? { trace: info.workload.trace } : {}) },
     cpu: info.cpu,
     takenAt: new Date().toISOString(),
   };

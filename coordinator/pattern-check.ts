@@ -1,5 +1,5 @@
 /**
- * `ferry vm check`: is this memory image exactly what the `pattern` (or `counters`) workload's registers say it should be?
+ * `ferry vm check`: is this memory image exactly what the `pattern` (or `counters`, or `replay`) workload's registers say it should be?
  * Replays n writes from the seed (DESIGN.md), notes the last write to each page, and compares every page; a torn
  * page, a lost round, a wrong register or a page from the wrong moment all show. A VM that writes its disk has
  * that checked the same way: replay m disk writes from the seed and compare every block of the image. A `counters`
@@ -31,7 +31,8 @@ export function checkPattern(info: VmInfo, image: Uint8Array): PatternCheck {
   const lastWrite = new Float64Array(pageCount); // 0 = never written
   const registers: WorkloadRegisters = { x: seed, n: 0 };
   const counters = info.workload.kind === 'counters';
-  const next = workloadStep({ ...info.workload, kind: counters ? 'counters' : 'pattern' });
+  // A replay VM's writes follow its trace (DESIGN.md, "The replay workload"); others are pattern's, or counters'.
+  const next = workloadStep(info.workload.kind === 'replay' ? info.workload : { ...info.workload, kind: counters ? 'counters' : 'pattern' });
   // counters: the working set as the writes leave it, replayed whole (each write changes part of a page).
   const replayed = counters ? new Uint32Array(Math.min(wssPages, pageCount) * WORDS_PER_PAGE) : undefined;
   if (replayed) fillInitialPages(new Uint8Array(replayed.buffer), 0, replayed.length / WORDS_PER_PAGE);

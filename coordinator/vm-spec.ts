@@ -7,7 +7,8 @@ import { MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, NET_REGION_PAGES, P
 import { ErrorCode, FerryError } from '../shared/errors.js';
 import { controlOps, vmNameSchema, workloadKindSchema, type WorkloadSpec } from '../shared/protocol.js';
 import { formatBytes, parseCount, parseSize } from '../shared/units.js';
-import { BLOCK_BYTES as DISK_BLOCK_BYTES } from '../shared/workloads.js';
+import type { ReplayTrace } from '../shared/trace.js';
+import { BLOCK_BYTES as DISK_BLOCK_BYTES, replayWorkload } from '../shared/workloads.js';
 import { checkOptions, typedSize, type OptionSource } from './option-check.js';
 
 export interface CreateOptions {
@@ -27,6 +28,8 @@ export interface CreateOptions {
   diskWss?: string | undefined;
   /** Its address, `IP` or `IP/PREFIX` (loopback mode: in 127.0.0.0/8). */
   ip?: string | undefined;
+  /** replay: the trace to replay, read from `--trace FILE` and checked (shared/trace.ts `replayTraceOf`). */
+  trace?: { file: string; trace: ReplayTrace; memoryBytes: number } | undefined;
 }
 
 /** The first host address of IP/PREFIX's network: where a gateway usually is. */
@@ -68,7 +71,13 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
   // An addressed VM's device takes the top of its memory: the default working set stops below it.
   const network = options.ip === undefined ? undefined : parseIpOption(options.ip);
   const wssBytes = options.wss ? parseSize(options.wss) : network ? Math.max(memoryBytes - NET_REGION_PAGES * PAGE_SIZE, PAGE_SIZE) : memoryBytes;
-  const workload: WorkloadSpec = {
+  if ((options.workload === 'replay') !== (options.trace !== undefined)) {
+    throw new FerryError(ErrorCode.BAD_INPUT, options.trace ? `--trace ${options.trace.file} goes with --workload replay, not ${options.workload}` : '--workload replay needs the trace it replays', 'ferry vm create NAME --workload replay --trace FILE (record one with `ferry trace record`)');
+  }
+  if (options.trace && options.trace.memoryBytes > memoryBytes) {
+    throw new FerryError(ErrorCode.BAD_INPUT, `${options.trace.file} was recorded from a VM of ${formatBytes(options.trace.memoryBytes)}; --memory ${options.memory} is smaller`, `give --memory ${options.trace.memoryBytes} or more, or leave it out: a replay VM has its trace's memory by default`);
+  }
+  const workload: WorkloadSpec = options.trace ? { ...replayWorkload(options.trace.trace), ...(options.filled ? { filled: true } : {}) } : {
     kind: options.workload as WorkloadSpec['kind'],
     rate: parseCount(options.rate, '--rate'),
     wssPages: Math.floor(wssBytes / PAGE_SIZE),
@@ -102,6 +111,7 @@ export function toVmRequest(name: string, options: CreateOptions): VmRequest {
     'workload.kind': { option: '--workload', typed: options.workload, unit: 'text', hint: `pick one of: ${workloadKindSchema.options.join(', ')}` },
     'workload.rate': { option: '--rate', typed: options.rate, unit: 'count', hint: 'page writes per second, e.g. 20000' },
     'workload.wssPages': { option: '--wss', typed: options.wss ?? options.memory, unit: 'pages', hint: 'e.g. --memory 256MiB --wss 64MiB' },
+    'workload.trace': { option: '--trace', typed: options.trace?.file ?? '', unit: 'text', hint: 'give a file written by `ferry trace record`' },
     'workload.seed': { option: '--seed', typed: options.seed, unit: 'count', hint: 'xorshift32 never leaves 0, so the seed cannot be 0' },
     'workload.hotPages': { option: '--hot', typed: options.hot ?? '', unit: 'pages', hint: 'e.g. --wss 64MiB --hot 8MiB' },
     'workload.diskRate': { option: '--disk-rate', typed: options.diskRate ?? '', unit: 'count', hint: 'block writes per second, e.g. --disk-rate 2000' },

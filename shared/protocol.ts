@@ -13,6 +13,7 @@ import { z } from 'zod';
 import { LINK_MEASURE, MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from './constants.js';
 import { cpuModelRequestSchema, hostCpuSchema, vmCpuModelSchema } from './cpu.js';
 import { ErrorCode } from './errors.js';
+import { TRACE_LIMITS, replayTraceSchema, traceSampleSchema } from './trace.js';
 
 export const vmNameSchema = z
   .string()
@@ -51,7 +52,7 @@ export const sharedStorageIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'a share
 /** A whole-file or chunk digest as it travels: xxh64 in 16 hex digits. */
 export const xxh64HexSchema = z.string().regex(/^[0-9a-f]{16}$/, 'an xxh64 digest is 16 hex digits');
 
-export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential', 'kv', 'counters']);
+export const workloadKindSchema = z.enum(['idle', 'pattern', 'hotset', 'sequential', 'kv', 'counters', 'replay']);
 export type WorkloadKind = z.infer<typeof workloadKindSchema>;
 
 export const workloadSpecSchema = z.object({
@@ -73,6 +74,11 @@ export const workloadSpecSchema = z.object({
    * and a migration moves every byte. Not for kv, whose table starts empty. A counters guest always starts filled.
    */
   filled: z.boolean().optional(),
+  /**
+   * replay only: the dirty-page trace it reproduces (shared/trace.ts), looped; its pages must lie inside the VM's
+   * memory (the agent checks). `rate` is then the trace's mean rate, for display: the trace's own timing paces it.
+   */
+  trace: replayTraceSchema.optional(),
 });
 export type WorkloadSpec = z.infer<typeof workloadSpecSchema>;
 
@@ -648,6 +654,37 @@ export type LinkMeasure = z.infer<typeof linkMeasureSchema>;
 const linkBytesSchema = z.number().int().min(LINK_MEASURE.minBytes).max(LINK_MEASURE.maxBytes)
   .refine((n) => n % (256 * PAGE_SIZE) === 0, 'a whole number of MiB');
 
+/** One sample of `trace.record`, as an event: the pages dirtied in interval `sample` (from 0), as runs (shared/trace.ts). */
+export const traceSampleEventSchema = z.object({
+  sample: z.number().int().min(0),
+  runs: traceSampleSchema,
+  /** Pages in the runs. */
+  pages: z.number().int().min(0),
+  /** The vCPU's write count (register n) when the sample was taken. */
+  n: z.number().int().min(0),
+});
+export type TraceSampleEvent = z.infer<typeof traceSampleEventSchema>;
+
+/** What `trace.record` answers once its samples (the events before it) are all sent. */
+export const traceRecordReplySchema = z.object({
+  name: z.string(),
+  host: z.string(),
+  memoryBytes: z.number(),
+  intervalMs: z.number(),
+  /** Samples sent as events: the coordinator checks it has them all. */
+  samples: z.number().int().min(0),
+  /** When the first interval began (ISO 8601). */
+  startedAt: z.string(),
+  /** The vCPU's write count (register n) when the first interval began: with the last sample's, the writes recorded. */
+  startN: z.number().int().min(0),
+  /** From the first interval's start to the last sample. */
+  durationMs: z.number(),
+  complete: z.boolean(),
+  /** Why it ended before its duration: a migration of the VM began, or the VM stopped, was suspended or destroyed. */
+  stoppedBy: z.enum(['migration', 'vm-gone']).optional(),
+});
+export type TraceRecordReply = z.infer<typeof traceRecordReplySchema>;
+
 export const controlOps = {
   'host.info': [empty, hostInfoSchema],
   /** Puts the host in or out of maintenance, or marks it degraded (a reason) or healthy (null); what is left out stays. */
@@ -725,7 +762,9 @@ export const controlOps = {
       migrationId: migrationIdSchema,
       name: vmNameSchema,
       destination: z.object({ name: hostNameSchema, url: agentUrlSchema }).strict(),
-      options: migrationOptionsSchema,
+      // Strict: an option this agent does not know is refused (FERRY_ERR_BAD_INPUT), never dropped, so that nobody
+      // believes a migration ran with a policy (post-copy, compression) that this agent does not have.
+      options: migrationOptionsSchema.strict(),
     }).strict(),
     sourceReportSchema,
   ],
@@ -738,6 +777,20 @@ export const controlOps = {
   'migrate.resume': [byName, sourceReportSchema],
   /** Settles, now, a migration of VM `name` left in doubt here (a lost commit acknowledgement); says what holds it. */
   'vm.resolve': [byName, z.object({ state: z.string(), detail: z.string() })],
+  /**
+   * Records VM `name`'s dirty pages for `durationMs`, one sample every `intervalMs` (agent/control/trace.ts): the
+   * agent harvests the VM's dirty log, which clears it, so it holds the VM meanwhile and refuses one that is
+   * migrating. A migration that starts meanwhile stops the recording at the last whole sample: the reply then says
+   * `complete: false, stoppedBy: "migration"`. Events: one per sample, `traceSampleEventSchema`.
+   */
+  'trace.record': [
+    z.object({
+      name: vmNameSchema,
+      intervalMs: z.number().int().min(TRACE_LIMITS.minIntervalMs).max(TRACE_LIMITS.maxIntervalMs),
+      durationMs: z.number().int().min(TRACE_LIMITS.minIntervalMs).max(TRACE_LIMITS.maxDurationMs),
+    }).strict().refine((request) => request.durationMs / request.intervalMs <= TRACE_LIMITS.maxSamples, `at most ${TRACE_LIMITS.maxSamples} samples: a longer interval, or a shorter duration`),
+    traceRecordReplySchema,
+  ],
   /**
    * Cold migration of a powered-off or suspended VM: this (source) agent streams every file of the VM to the
    * destination, which checks and registers them; then the source deletes its copy. Events: progress.

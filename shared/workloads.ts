@@ -10,6 +10,11 @@
  * sequential: a scanner: p = (n - 1) mod wssPages, in order; x is unused and stays at the seed.
  * idle: writes nothing.
  * kv: writes no pages of its own: it serves its table over the network (agent/vm/net/kv-table.ts); x and n stay.
+ * replay: reproduces a dirty-page trace (shared/trace.ts; DESIGN.md, "The replay workload"), exactly: the trace's
+ *   samples, each one's pages ascending, laid end to end are the sequence P of length L; write n (from 1) goes to
+ *   page P[(n - 1) mod L], filled as above with n. Write n is due at trace time T(n) = k*S*I + i*I + j*I/c_i, where
+ *   (n - 1) = k*L + (position in P), that position is the j-th (from 0) of sample i's c_i pages, S the samples and
+ *   I the interval: each interval's pages spread evenly over it, the trace looped. x is unused and stays at the seed.
  * Every workload above writes whole pages with the same fill, so any memory image can be told apart by write.
  *
  * counters (DESIGN.md, "The counters workload"), exactly: counters in a page, as real guests keep them: each write
@@ -25,6 +30,7 @@
  */
 import { PAGE_SIZE } from './constants.js';
 import type { WorkloadSpec } from './protocol.js';
+import { pagesInSample, traceExtentPages, type ReplayTrace } from './trace.js';
 
 export const WORDS_PER_PAGE = PAGE_SIZE / 4;
 const GOLDEN = 0x9e3779b1;
@@ -127,11 +133,139 @@ export function workloadStep(spec: WorkloadSpec): NextPage {
         registers.n += 1;
         return (registers.n - 1) % wss;
       };
+    case 'replay': {
+      const plan = replayPlan(spec);
+      return (registers) => {
+        registers.n += 1;
+        return plan.pageOf(registers.n);
+      };
+    }
     default: {
       const unreachable: never = spec.kind;
       throw new Error(`unknown workload ${String(unreachable)}`);
     }
   }
+}
+
+/**
+ * How many writes are due `elapsedMs` of guest time after the vCPU's pacing (re)started with `startN` writes done.
+ * A constant rate for every workload but replay, whose trace sets its own (above). The vCPU passes elapsed time
+ * scaled by auto-converge's throttle, so a throttled replay runs its trace slower, as a throttled guest would.
+ */
+export type WritesDue = (startN: number, elapsedMs: number) => number;
+
+export function workloadPacing(spec: WorkloadSpec): WritesDue {
+  if (spec.kind === 'replay') {
+    const plan = replayPlan(spec);
+    return (startN, elapsedMs) => plan.writesBefore(plan.dueAtMs(startN + 1) + elapsedMs) - startN;
+  }
+  const rate = spec.kind === 'idle' || spec.kind === 'kv' ? 0 : spec.rate;
+  return (_startN, elapsedMs) => Math.floor((elapsedMs * rate) / 1000);
+}
+
+/** A replay trace, indexed for the vCPU and for the check: the page and the due time of any write number. */
+export class ReplayPlan {
+  /** L: pages in one pass of the trace. */
+  readonly length: number;
+  /** S x I: one pass's length in trace time. */
+  readonly loopMs: number;
+  readonly intervalMs: number;
+  /** Pages before sample i in a pass (S + 1 entries). */
+  private readonly sampleStart: Float64Array;
+  /** Each run's first page, and the pages before it in a pass (runs + 1 entries). */
+  private readonly runPage: Uint32Array;
+  private readonly runStart: Float64Array;
+  /** The last run looked up: consecutive writes walk the runs without a search. */
+  private cursor = 0;
+
+  constructor(trace: ReplayTrace) {
+    const runs = trace.samples.reduce((total, sample) => total + sample.length / 2, 0);
+    this.intervalMs = trace.intervalMs;
+    this.loopMs = trace.samples.length * trace.intervalMs;
+    this.sampleStart = new Float64Array(trace.samples.length + 1);
+    this.runPage = new Uint32Array(runs);
+    this.runStart = new Float64Array(runs + 1);
+    let position = 0;
+    let run = 0;
+    trace.samples.forEach((sample, i) => {
+      this.sampleStart[i] = position;
+      let page = 0;
+      for (let k = 0; k < sample.length; k += 2) {
+        page += sample[k]!;
+        this.runPage[run] = page;
+        this.runStart[run] = position;
+        run += 1;
+        page += sample[k + 1]!;
+        position += sample[k + 1]!;
+      }
+    });
+    this.sampleStart[trace.samples.length] = position;
+    this.runStart[runs] = position;
+    this.length = position;
+  }
+
+  /** The page write number `n` (from 1) goes to. */
+  pageOf(n: number): number {
+    const position = (n - 1) % this.length;
+    let run = this.cursor;
+    if (!(this.runStart[run]! <= position && position < this.runStart[run + 1]!)) {
+      run = run + 1 < this.runPage.length && this.runStart[run + 1] === position ? run + 1 : lastAtMost(this.runStart, position);
+      this.cursor = run;
+    }
+    return this.runPage[run]! + (position - this.runStart[run]!);
+  }
+
+  /** T(n): when write `n` (from 1) is due, in ms of trace time from the start of the first pass. */
+  dueAtMs(n: number): number {
+    const loop = Math.floor((n - 1) / this.length);
+    const position = n - 1 - loop * this.length;
+    const sample = lastAtMost(this.sampleStart, position);
+    const inSample = this.sampleStart[sample + 1]! - this.sampleStart[sample]!;
+    return loop * this.loopMs + sample * this.intervalMs + ((position - this.sampleStart[sample]!) * this.intervalMs) / inSample;
+  }
+
+  /** How many writes are due strictly before trace time `atMs`. */
+  writesBefore(atMs: number): number {
+    if (atMs <= 0) return 0;
+    const loop = Math.floor(atMs / this.loopMs);
+    const intoLoop = atMs - loop * this.loopMs;
+    const sample = Math.min(Math.floor(intoLoop / this.intervalMs), this.sampleStart.length - 2);
+    const inSample = this.sampleStart[sample + 1]! - this.sampleStart[sample]!;
+    const intoSample = intoLoop - sample * this.intervalMs;
+    return loop * this.length + this.sampleStart[sample]! + Math.min(inSample, Math.ceil((intoSample * inSample) / this.intervalMs));
+  }
+}
+
+/** The last index i with values[i] <= target (values ascending, values[0] <= target). */
+function lastAtMost(values: Float64Array, target: number): number {
+  let low = 0;
+  let high = values.length - 1;
+  while (low < high) {
+    const middle = (low + high + 1) >>> 1;
+    if (values[middle]! <= target) low = middle;
+    else high = middle - 1;
+  }
+  return low;
+}
+
+/**
+ * The workload that replays `trace`: its working set reaches the highest page the trace names, and its `rate` is
+ * the trace's busiest interval as page writes per second (the vCPU's pacing follows the trace's own timing; the rate
+ * tells it how far behind is "more than a second behind", past which it does not burst to catch up).
+ */
+export function replayWorkload(trace: ReplayTrace): WorkloadSpec {
+  const busiest = trace.samples.reduce((most, sample) => Math.max(most, pagesInSample(sample)), 0);
+  return { kind: 'replay', rate: Math.max(1, Math.ceil((busiest * 1000) / trace.intervalMs)), wssPages: traceExtentPages(trace.samples), seed: 1, trace };
+}
+
+const plans = new WeakMap<ReplayTrace, ReplayPlan>();
+
+/** The plan of a replay VM's trace, made once per trace. */
+export function replayPlan(spec: WorkloadSpec): ReplayPlan {
+  if (!spec.trace) throw new RangeError('a replay workload carries its trace');
+  let plan = plans.get(spec.trace);
+  if (!plan) plans.set(spec.trace, (plan = new ReplayPlan(spec.trace)));
+  return plan;
 }
 
 /**

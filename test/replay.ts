@@ -81,6 +81,44 @@ function pageMatches(words: Uint32Array, base: number, page: number, last: numbe
   return true;
 }
 
+/**
+ * Compares every page of `image` with the fill its last write implies (`last[p]`, 0: never written; pages past
+ * `last` were never written). The first up to 10 bad pages, and how many in all.
+ */
+function compareImage(image: Uint8Array, last: Float64Array, filled: boolean): { badPages: number[]; badCount: number } {
+  const pageCount = image.byteLength / PAGE_BYTES;
+  // Compare every page. A Uint32Array view over the image when it is 4-aligned and this host is little-endian;
+  // otherwise each page is copied into a scratch page in little-endian word order first.
+  const badPages: number[] = [];
+  let badCount = 0;
+  const direct = hostIsLittleEndian && image.byteOffset % 4 === 0;
+  const view = direct ? new Uint32Array(image.buffer, image.byteOffset, image.byteLength / 4) : undefined;
+  const scratch = new Uint32Array(WORDS);
+  const scratchBytes = new Uint8Array(scratch.buffer);
+  for (let page = 0; page < pageCount; page++) {
+    const lastWrite = page < last.length ? last[page]! : 0;
+    let matches: boolean;
+    if (view) {
+      matches = pageMatches(view, page * WORDS, page, lastWrite, filled);
+    } else {
+      const bytes = image.subarray(page * PAGE_BYTES, (page + 1) * PAGE_BYTES);
+      if (hostIsLittleEndian) {
+        scratchBytes.set(bytes);
+      } else {
+        const data = new DataView(bytes.buffer, bytes.byteOffset, PAGE_BYTES);
+        for (let k = 0; k < WORDS; k++) scratch[k] = data.getUint32(4 * k, true);
+      }
+      matches = pageMatches(scratch, 0, page, lastWrite, filled);
+    }
+    if (!matches) {
+      badCount += 1;
+      if (badPages.length < MAX_BAD_PAGES) badPages.push(page);
+    }
+  }
+
+  return { badPages, badCount };
+}
+
 /** Replays n writes from seed over wssPages and compares every page of `image` (length a multiple of 4096; pages never written must be zero) and that the replayed x equals state.x. */
 export function checkPatternImage(image: Uint8Array, state: PatternState): ReplayResult {
   const { seed, wssPages, n } = state;
@@ -109,39 +147,68 @@ export function checkPatternImage(image: Uint8Array, state: PatternState): Repla
   }
   const registersMatch = state.x === x;
 
-  // Compare every page. A Uint32Array view over the image when it is 4-aligned and this host is little-endian;
-  // otherwise each page is copied into a scratch page in little-endian word order first.
-  const badPages: number[] = [];
-  let badCount = 0;
-  const direct = hostIsLittleEndian && image.byteOffset % 4 === 0;
-  const view = direct ? new Uint32Array(image.buffer, image.byteOffset, image.byteLength / 4) : undefined;
-  const scratch = new Uint32Array(WORDS);
-  const scratchBytes = new Uint8Array(scratch.buffer);
-  for (let page = 0; page < pageCount; page++) {
-    const lastWrite = page < wssPages ? last[page]! : 0;
-    let matches: boolean;
-    if (view) {
-      matches = pageMatches(view, page * WORDS, page, lastWrite, state.filled === true);
-    } else {
-      const bytes = image.subarray(page * PAGE_BYTES, (page + 1) * PAGE_BYTES);
-      if (hostIsLittleEndian) {
-        scratchBytes.set(bytes);
-      } else {
-        const data = new DataView(bytes.buffer, bytes.byteOffset, PAGE_BYTES);
-        for (let k = 0; k < WORDS; k++) scratch[k] = data.getUint32(4 * k, true);
-      }
-      matches = pageMatches(scratch, 0, page, lastWrite, state.filled === true);
-    }
-    if (!matches) {
-      badCount += 1;
-      if (badPages.length < MAX_BAD_PAGES) badPages.push(page);
-    }
-  }
+  const { badPages, badCount } = compareImage(image, last, state.filled === true);
 
   const result = { writesReplayed: n, pagesWritten, badPages, registersMatch };
   const reasons: string[] = [];
   if (badCount > 0) reasons.push(`${badCount} of ${pageCount} pages differ from the replay (first: ${badPages.join(', ')})`);
   if (!registersMatch) reasons.push(`register x is ${state.x}, the replay of ${n} writes ends at ${x}`);
+  if (reasons.length > 0) return fail(result, reasons.join('; '));
+  return { ...result, ok: true };
+}
+
+/**
+ * The replay workload (DESIGN.md, "The replay workload"), restated from the design alone:
+ * - a sample is a flat list of runs [gap, length, gap, length, ...]; the first run starts at page `gap`, each later
+ *   one `gap` pages after the end of the run before it;
+ * - the samples' pages, sample after sample, each sample's ascending, are the sequence P (length L);
+ * - write n (from 1) fills page P[(n - 1) mod L] as the pattern workload's write n fills a page; x stays at the seed.
+ */
+export interface ReplayState {
+  samples: number[][];
+  seed: number;
+  x: number;
+  n: number;
+  /** The VM was created --filled: a page never written holds write 0's fill, not zeros. */
+  filled?: boolean;
+}
+
+/** Checks an image against a replay of `n` writes of a trace: each page as its last write left it, or as it started. */
+export function checkReplayImage(image: Uint8Array, state: ReplayState): ReplayResult {
+  const empty = { writesReplayed: 0, pagesWritten: 0, badPages: [] as number[], registersMatch: false };
+  if (image.byteLength % PAGE_BYTES !== 0) return fail(empty, `image is ${image.byteLength} bytes, not a whole number of ${PAGE_BYTES}-byte pages`);
+  if (!Number.isSafeInteger(state.n) || state.n < 0) return fail(empty, `n ${state.n} is not a whole number of writes below 2^53`);
+  const sequence: number[] = [];
+  for (const sample of state.samples) {
+    let end = 0;
+    for (let k = 0; k + 1 < sample.length; k += 2) {
+      const start = end + sample[k]!;
+      for (let page = start; page < start + sample[k + 1]!; page++) sequence.push(page);
+      end = start + sample[k + 1]!;
+    }
+  }
+  if (sequence.length === 0) return fail(empty, 'the trace names no page');
+  const pageCount = image.byteLength / PAGE_BYTES;
+  const last = new Float64Array(pageCount);
+  // Without walking all n writes: `loops` whole passes, then `rest` writes of the next; a page's last write is its
+  // last place in the sequence within the partial pass, else within the last whole pass.
+  const length = sequence.length;
+  const loops = Math.floor(state.n / length);
+  const rest = state.n - loops * length;
+  for (let i = 0; i < length; i++) {
+    const page = sequence[i]!;
+    if (page >= pageCount) return fail(empty, `the trace names page ${page}, past the image's ${pageCount} pages`);
+    const write = i < rest ? loops * length + i + 1 : loops > 0 ? (loops - 1) * length + i + 1 : 0;
+    if (write > last[page]!) last[page] = write;
+  }
+  let pagesWritten = 0;
+  for (let page = 0; page < pageCount; page++) if (last[page]! > 0) pagesWritten += 1;
+  const { badPages, badCount } = compareImage(image, last, state.filled === true);
+  const registersMatch = state.x === state.seed;
+  const result = { writesReplayed: state.n, pagesWritten, badPages, registersMatch };
+  const reasons: string[] = [];
+  if (badCount > 0) reasons.push(`${badCount} of ${pageCount} pages differ from the replay (first: ${badPages.join(', ')})`);
+  if (!registersMatch) reasons.push(`register x is ${state.x}; a replay VM leaves it at its seed ${state.seed}`);
   if (reasons.length > 0) return fail(result, reasons.join('; '));
   return { ...result, ok: true };
 }
@@ -172,14 +239,18 @@ export function readDump(file: string): { image: Uint8Array; meta: any } {
 }
 
 /**
- * Reads a dump and checks it with checkPatternImage (checkCountersImage for a counters VM); a dump that is not of a
- * pattern or counters VM, or inconsistent, fails.
+ * Reads a dump and checks it with checkPatternImage (checkCountersImage for a counters VM, checkReplayImage for a
+ * replay VM); a dump of another workload, or inconsistent, fails.
  */
 export function checkDump(file: string): ReplayResult {
   const { image, meta } = readDump(file);
   const empty = { writesReplayed: 0, pagesWritten: 0, badPages: [] as number[], registersMatch: false };
   const kind = meta?.workload?.kind;
-  if (kind !== 'pattern' && kind !== 'counters') return fail(empty, `the dump's workload is ${String(kind)}, not pattern or counters`);
+  if (kind === 'replay') {
+    const { x, n } = (meta.cpu ?? {}) as { x: number; n: number };
+    return checkReplayImage(image, { samples: meta.workload.trace.samples as number[][], seed: meta.workload.seed as number, x, n, filled: meta.workload.filled === true });
+  }
+  if (kind !== 'pattern' && kind !== 'counters') return fail(empty, `the dump's workload is ${String(kind)}, not pattern, counters or replay`);
   if (meta.pageSize !== undefined && meta.pageSize !== PAGE_BYTES) return fail(empty, `the dump's page size is ${meta.pageSize}, not ${PAGE_BYTES}`);
   if (meta.memoryBytes !== undefined && meta.memoryBytes !== image.byteLength) {
     return fail(empty, `the metadata says ${meta.memoryBytes} bytes, the image has ${image.byteLength}`);

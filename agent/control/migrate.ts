@@ -19,6 +19,7 @@ import { toFerryError } from '../../shared/errors.js';
 import { openPageStream } from '../migration/page-stream-source.js';
 import { fromStreamSocket } from '../../shared/page-stream.js';
 import { MigrationTarget } from '../migration/target.js';
+import { TRACE_RECORDING } from './trace.js';
 import { requireCpu } from '../vm/cpu-model.js';
 import { attachNetwork } from '../vm/net/attach.js';
 import { attachDisk } from '../vm/disk/attach.js';
@@ -147,6 +148,10 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
       throw new FerryError(ErrorCode.BAD_INPUT, `${name} is already on ${agent.name}`, 'pick another destination');
     }
     const arrivedMs = performance.now();
+    // A trace recording gives way to a migration (control/trace.ts says why): it ends at its last whole sample.
+    if (await catalog.preempt(name, TRACE_RECORDING, new FerryError(ErrorCode.CANCELLED, `a migration of ${name} to ${destination.name} began`))) {
+      log.info('trace recording stopped for a migration', { vm: name, migration: migrationId });
+    }
     return catalog.exclusive(name, 'migration', async (vm, cancelled) => {
       const local = vm.disks.filter((disk) => !disk.shared);
       if (local.length > 0 && !options.copyStorage) {

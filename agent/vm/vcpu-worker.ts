@@ -30,7 +30,7 @@ import {
   writeRegisterN,
 } from './layout.js';
 import {
-  diskStep, fillBlock, pageWrite, workloadStep, writesDisk, type DiskRegisters, type WorkloadRegisters,
+  diskStep, fillBlock, pageWrite, workloadPacing, workloadStep, writesDisk, type DiskRegisters, type WorkloadRegisters,
 } from '../../shared/workloads.js';
 import { NetDevice } from './net/device.js';
 import { serveRequest } from './net/guest-service.js';
@@ -94,6 +94,7 @@ function run(data: VcpuWorkerData): void {
   const dirtyLog = new DirtyLog(data.dirtyLog, data.pageCount);
   const nextPage = workloadStep(data.workload);
   const writePage = pageWrite(data.workload);
+  const writesDue = workloadPacing(data.workload);
   const baseRate = data.workload.kind === 'idle' || data.workload.kind === 'kv' ? 0 : data.workload.rate;
   const registers: WorkloadRegisters = { x: 0, n: 0 };
   const disk: DiskRegisters = { y: 0, m: 0 };
@@ -197,9 +198,11 @@ function run(data: VcpuWorkerData): void {
     return true;
   };
 
-  // Rate pacing: `written` writes since `paceStart`; a write is due when the clock says so. Auto-converge scales
-  // the rate down by THROTTLE_PCT; a change restarts the pacing. Disk writes are paced the same way, on their own.
+  // Rate pacing: `written` writes since `paceStart`, when `paceN` were done; a write is due when the workload's
+  // pacing says so (a rate, or a replayed trace's timing). Auto-converge slows the guest's clock by THROTTLE_PCT; a
+  // change restarts the pacing. Disk writes are paced the same way, on their own.
   let paceStart = performance.now();
+  let paceN = 0;
   let written = 0;
   let throttle = 0;
   let rate = baseRate;
@@ -229,6 +232,7 @@ function run(data: VcpuWorkerData): void {
       if (lastBeat > 0) floats[ControlFloatSlot.BLACKOUT_MS] = now - lastBeat;
       floats[ControlFloatSlot.HEARTBEAT_MS] = now;
       paceStart = performance.now();
+      paceN = registers.n;
       written = 0;
       diskPaceStart = paceStart;
       diskWritten = 0;
@@ -244,12 +248,13 @@ function run(data: VcpuWorkerData): void {
       rate = (baseRate * (100 - throttle)) / 100;
       diskRate = (baseDiskRate * (100 - throttle)) / 100;
       paceStart = performance.now();
+      paceN = registers.n;
       written = 0;
       diskPaceStart = paceStart;
       diskWritten = 0;
     }
     const elapsedMs = performance.now() - paceStart;
-    const due = rate === 0 ? 0 : Math.floor((elapsedMs * rate) / 1000) - written;
+    const due = rate === 0 ? 0 : writesDue(paceN, (elapsedMs * (100 - throttle)) / 100) - written;
     const diskDue = diskRate === 0 || mailbox.blockCount === 0
       ? 0 : Math.floor(((performance.now() - diskPaceStart) * diskRate) / 1000) - diskWritten;
     if (due <= 0 && diskDue <= 0) {
@@ -304,6 +309,7 @@ function run(data: VcpuWorkerData): void {
     // A vCPU that fell more than a second behind (the machine was busy) does not burst to catch up.
     if (due > rate) {
       paceStart = performance.now();
+      paceN = registers.n;
       written = 0;
     }
     if (diskDue > diskRate) {

@@ -183,12 +183,12 @@ function storageSpecs(summaries: StorageSummary[], runs: StorageRun[]): Record<s
   return charts;
 }
 
-/** Writes DIR/charts/NAME.svg (and .png); returns the file names written, for the report to link. */
-export async function writeCharts(dir: string, runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult, services: ServiceRun[] = [], storage: StorageSummary[] = [], storageRuns: StorageRun[] = []): Promise<string[]> {
+/** Writes DIR/charts/NAME.svg (and .png) for each spec; returns the file names written, for the report to link. */
+export async function writeChartSpecs(dir: string, charts: Record<string, TopLevelSpec>): Promise<string[]> {
   const folder = path.join(dir, 'charts');
   await mkdir(folder, { recursive: true });
   const written: string[] = [];
-  for (const [name, spec] of Object.entries({ ...specs(runs, summaries, rawTcp), ...serviceSpecs(services), ...storageSpecs(storage, storageRuns) })) {
+  for (const [name, spec] of Object.entries(charts)) {
     const svg = await render(spec);
     await writeFile(path.join(folder, `${name}.svg`), svg);
     written.push(`${name}.svg`);
@@ -196,4 +196,9 @@ export async function writeCharts(dir: string, runs: RunResult[], summaries: Sce
     if (png) await writeFile(path.join(folder, `${name}.png`), png);
   }
   return written;
+}
+
+/** The benchmark's charts, written as writeChartSpecs does. */
+export async function writeCharts(dir: string, runs: RunResult[], summaries: ScenarioSummary[], rawTcp: RawTcpResult, services: ServiceRun[] = [], storage: StorageSummary[] = [], storageRuns: StorageRun[] = []): Promise<string[]> {
+  return writeChartSpecs(dir, { ...specs(runs, summaries, rawTcp), ...serviceSpecs(services), ...storageSpecs(storage, storageRuns) });
 }

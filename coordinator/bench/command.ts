@@ -17,6 +17,11 @@ import { defaultScenarioFile, loadScenarios, selectScenarios, type Scenario } fr
 import { runServiceScenario, stepsOf, type ServiceRun } from './service.js';
 import { checkStorageTargets, measureRawDisk, runStorageScenario, storageSteps, summarizeStorage, type RawDiskResult, type StorageRun, type StorageSummary } from './storage.js';
 import { runSoakScenario, soakSteps, type SoakRun } from './soak.js';
+import { baseOptions, runBakeoff } from './bakeoff.js';
+import { bakeoffChart, writeBakeoff, type BakeoffOutput } from './bakeoff-output.js';
+import type { PolicyName } from './policies.js';
+import { readTraceFile } from '../trace/file.js';
+import { replayTraceOf } from '../../shared/trace.js';
 import { checkTargets, summarize, summarizeService, type ServiceSummary } from './summary.js';
 
 export interface BenchOptions {
@@ -149,4 +154,53 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   await writeResults(out, results);
   stream.write(`results in ${out}${os.EOL}${os.EOL}`);
   return results;
+}
+
+export interface BakeoffCommandOptions {
+  traceFile: string;
+  policies: PolicyName[];
+  repeat: number;
+  warmupMs: number;
+  maxDowntimeMs?: number;
+  maxBandwidthBytesPerSec?: number;
+  out?: string;
+  link?: string;
+  command: string;
+  stream?: ProgressStream;
+}
+
+/** `ferry bench --trace FILE --policies ...`: the policy bake-off (bakeoff.ts), written to a folder. */
+export async function runBakeoffCommand(options: BakeoffCommandOptions): Promise<BakeoffOutput> {
+  const trace = await readTraceFile(options.traceFile);
+  const replay = replayTraceOf(trace, options.traceFile);
+  const stream = options.stream ?? process.stderr;
+  const progress = runProgress(options.policies.length * options.repeat, stream);
+  const workdir = benchWorkdir();
+  let link: Link;
+  try {
+    link = options.link === undefined || options.link === 'loopback' ? loopbackLink() : namespacesLink(options.link);
+  } catch (error) {
+    progress.log(`link ${options.link ?? ''} is not available here (${(error as Error).message}); running on loopback`);
+    link = loopbackLink();
+  }
+  let results;
+  try {
+    results = await runBakeoff({
+      trace, replay, policies: options.policies, repeat: options.repeat, warmupMs: options.warmupMs,
+      base: baseOptions(options.maxDowntimeMs, options.maxBandwidthBytesPerSec), link, workdir,
+      onStep: (label) => progress.step(label), onNote: (line) => progress.log(line),
+    });
+  } finally {
+    link.teardown();
+    progress.finish();
+    await rm(workdir, { recursive: true, force: true });
+  }
+  const out = options.out ?? path.join(process.cwd(), 'bench-results', `bakeoff-${new Date().toISOString().replace(/[:.]/g, '-')}`);
+  const chart = bakeoffChart(results);
+  // Loaded here, as for the main bench: Vega is slow to load and only the benchmark draws.
+  const charts = chart ? await (await import('./charts.js')).writeChartSpecs(out, { 'policy-bakeoff': chart }) : [];
+  const output: BakeoffOutput = { ...results, environment: describeEnvironment(link.name), command: options.command, traceFile: options.traceFile, charts };
+  await writeBakeoff(out, output);
+  stream.write(`results in ${out}${os.EOL}${os.EOL}`);
+  return output;
 }

@@ -78,7 +78,7 @@ describe('vm create options', () => {
   });
 
   it('refuses an unknown workload and a bad name', () => {
-    expect(refusal(() => toVmRequest('web1', { ...defaults, workload: 'crypto' })).message).toBe('--workload crypto is not one of idle, pattern, hotset, sequential, kv, counters');
+    expect(refusal(() => toVmRequest('web1', { ...defaults, workload: 'crypto' })).message).toBe('--workload crypto is not one of idle, pattern, hotset, sequential, kv, counters, replay');
     expect(refusal(() => toVmRequest('no spaces!', defaults)).message).toContain('not a valid VM name');
   });
 });
