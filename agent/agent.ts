@@ -14,6 +14,8 @@
  *   host-state.ts           maintenance and health flags, the host's own signals, its load
  *   leases.ts               releasing VMs whose lease has ended (periodic.ts runs the background loops)
  *   vm-stats/sampler.ts     each running VM's busy fraction, dirty rate and working set (vm info's `stats`)
+ *   control/events.ts       watchers (`ferry ui`): this host's events pushed as they happen, and heat-map frames
+ *   events.ts               the events watchers are sent: VM log lines, outgoing migrations
  *   control/link.ts         measuring the page stream's throughput to another agent (link.measure)
  *   host-cpu.ts             the host's CPU as guests see it
  *   datastore/              the VMs' files and the host's images
@@ -32,6 +34,8 @@ import { serveImageControl } from './control/image.js';
 import { serveMigrateControl } from './control/migrate.js';
 import { serveStorageControl } from './control/storage.js';
 import { serveVmControl } from './control/vm.js';
+import { serveEventsControl } from './control/events.js';
+import { AgentEvents } from './events.js';
 import type { VmConfig } from './datastore/config.js';
 import type { Datastore } from './datastore/datastore.js';
 import type { Faults } from './faults.js';
@@ -128,6 +132,8 @@ export class Agent {
   readonly migrationHistory = new MigrationHistory();
   /** Page streams this host's outgoing migrations wait for (migration/page-stream-source.ts); server.ts hands them over. */
   readonly pageStreams = new PageStreamTickets();
+  /** What watchers are pushed (control/events.ts): VM log lines, outgoing migrations' events. */
+  readonly events = new AgentEvents();
 
   constructor(settings: AgentSettings) {
     this.name = settings.name;
@@ -198,6 +204,7 @@ export class Agent {
 
   /** Appends to the VM's log. A log line that cannot be written is said in the agent's own log; the operation goes on. */
   async logEvent(name: string, event: string): Promise<void> {
+    this.events.publish({ kind: 'log', name, line: `${new Date().toISOString()} ${event}` });
     await this.files?.log(name, event).catch((error: unknown) => {
       this.log.warn('could not append to the VM\'s log', { vm: name, event, error: String(error) });
     });
@@ -253,6 +260,7 @@ export class Agent {
     serveImageControl(connection, this);
     serveImageReceiver(connection, this);
     serveLinkControl(connection, this);
+    serveEventsControl(connection, this);
     serveTraceControl(connection, this);
   }
 

@@ -18,6 +18,7 @@ import { addHost, findHost, loadCluster, removeHost, withCredentials, type Clust
 import { openStore, type ClusterStore } from './store/store.js';
 import { addFleetBenchCommand, addFleetCommands } from './commands/fleet.js';
 import { addImageCommands } from './commands/image.js';
+import { addUiCommand } from './commands/ui.js';
 import { addTraceCommands } from './commands/trace.js';
 import { readTraceFile } from './trace/file.js';
 import { pagesIn, replayTraceOf, type ReplayTrace } from '../shared/trace.js';
@@ -36,7 +37,7 @@ import { formatStorageReport, moveStorage } from './storage-move.js';
 import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
-import { forecastMigration, forecaster, type PlannedMigration } from './forecast.js';
+import { MIGRATE_LINK_BYTES, MIGRATE_LINK_TIMEOUT_MS, forecastMigration, forecaster, type PlannedMigration } from './forecast.js';
 import { formatPlan } from './plan-output.js';
 import { checkVmName, toVmRequest } from './vm-spec.js';
 import type { ProbeResult } from './probe.js';
@@ -64,10 +65,6 @@ async function cluster(command: Command): Promise<{ file: string; cluster: Clust
 
 const int = (value: number): string => value.toLocaleString('en-US');
 
-/** The link measurement a migration's own forecast makes when none of the last minute is at hand: short, to cost little. */
-const MIGRATE_LINK_BYTES = 16 * 1024 * 1024;
-/** ... and how long it may hold the migration up: a destination too slow for it gets a migration without a forecast. */
-const MIGRATE_LINK_TIMEOUT_MS = 5000;
 
 function describeVm(info: VmInfo): string {
   const w = info.workload;
@@ -572,6 +569,7 @@ Exit status is 0 only when committed; a post-copy whose link broke exits 1 and s
     });
 
   addImageCommands(program, cluster);
+  addUiCommand(program, cluster);
   addTraceCommands(program, cluster);
   addFleetCommands(program, async (command) => {
     const { cluster: hosts, store } = await cluster(command);

@@ -246,6 +246,11 @@ export function predictMigration(input: ForecastInput): Forecast {
 }
 
 /** What `ferry migrate --plan --json` prints. */
+/** The link measurement a migration's own forecast makes when none of the last minute is at hand: short, to cost little. */
+export const MIGRATE_LINK_BYTES = 16 * 1024 * 1024;
+/** ... and how long it may hold the migration up: a destination too slow for it gets a migration without a forecast. */
+export const MIGRATE_LINK_TIMEOUT_MS = 5000;
+
 export interface PlannedMigration {
   vm: string;
   from: string;

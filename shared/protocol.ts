@@ -549,6 +549,23 @@ export const migrationEventSchema = z.discriminatedUnion('kind', [
 ]);
 export type MigrationEvent = z.infer<typeof migrationEventSchema>;
 
+/**
+ * What an agent pushes to a watcher (`events.watch`, `ferry ui`): its host and VMs now and then, each line its VMs'
+ * logs gain, its outgoing live migrations' events as `migrate.start` sends them, how each ended, and heat-map frames
+ * of one VM's memory (agent/vm/heat-map.ts) when asked for.
+ */
+export const watchEventSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('host'), info: hostInfoSchema, vms: z.array(vmInfoSchema) }),
+  z.object({ kind: z.literal('log'), name: z.string(), line: z.string() }),
+  z.object({ kind: z.literal('migration'), name: z.string(), migrationId: z.string(), to: z.string(), event: migrationEventSchema }),
+  z.object({ kind: z.literal('migration-end'), name: z.string(), migrationId: z.string(), to: z.string(), report: sourceReportSchema.optional(), error: errorPayloadSchema.optional() }),
+  z.object({
+    kind: z.literal('heat'), name: z.string(), pageCount: z.number(), pagesPerCell: z.number(), recency: z.instanceof(Uint8Array),
+    current: z.instanceof(Uint8Array).nullable(), writes: z.number(), writesPerSec: z.number(), migrating: z.boolean(),
+  }),
+]);
+export type WatchEvent = z.infer<typeof watchEventSchema>;
+
 const empty = z.object({}).strict();
 const byName = z.object({ name: vmNameSchema }).strict();
 const destinationSchema = z.object({ name: hostNameSchema, url: agentUrlSchema }).strict();
@@ -836,6 +853,15 @@ export const controlOps = {
     from: z.object({ url: agentUrlSchema }).strict().optional(),
   }).strict(), linkMeasureSchema],
   /** Sends image `name`, held here, to the agent `destination` (peer ops image.begin/chunk/finish). Events: progress. */
+  /**
+   * A watcher (`ferry ui`): events (watchEventSchema) until the connection closes; never answered before. `hostIntervalMs`:
+   * a `host` event that often (default 2 s); `heat`: heat-map frames of VM `name` that often while this host holds the
+   * copy that is the VM.
+   */
+  'events.watch': [z.object({
+    hostIntervalMs: z.number().int().min(250).max(60_000).optional(),
+    heat: z.object({ name: vmNameSchema, cells: z.number().int().min(1).max(16384), intervalMs: z.number().int().min(100).max(10_000) }).strict().optional(),
+  }).strict(), empty],
   'image.send': [
     z.object({ name: imageNameSchema, destination: destinationSchema }).strict(),
     z.object({ bytes: z.number(), bytesSent: z.number(), durationMs: z.number() }),

@@ -211,7 +211,10 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         options,
         signal: cancel.signal,
         now: () => performance.now(),
-        emit: (event) => void context.event(event),
+        emit: (event) => {
+          void context.event(event);
+          agent.events.publish({ kind: 'migration', name, migrationId, to: destination.name, event });
+        },
         log,
         collectGarbage: () => agent.collectGarbage(),
         onInDoubt: (doubtful, resume) => agent.settlements.add({ migrationId, vm: doubtful, destinationUrl: destination.url, resume }),
@@ -219,10 +222,14 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
         ...(pageStream ? { pageStream } : {}),
         migration: { id: migrationId, destination: destination.name },
         onPostcopyParked: (parked) => agent.postcopiesOut.set(name, { ...parked, migrationId, destination, resuming: false }),
+      }).catch((error: unknown) => {
+        agent.events.publish({ kind: 'migration-end', name, migrationId, to: destination.name, error: toFerryError(error).toPayload() });
+        throw error;
       }).finally(() => {
         cancelled.removeEventListener('abort', onCancelled);
         context.signal.removeEventListener('abort', onClosed);
       });
+      agent.events.publish({ kind: 'migration-end', name, migrationId, to: destination.name, report });
       log.info('migration finished', { vm: name, outcome: report.outcome, migration: migrationId });
       agent.migrationHistory.record(destination.name, startupMs, report, options.maxBandwidthBytesPerSec > 0);
       if (report.outcome === 'rolled-back') await agent.logEvent(name, `migration to ${destination.name} rolled back: ${report.error?.message ?? ''}`);

@@ -89,6 +89,11 @@ export class PageSender {
   streamBytes = 0;
   private drained: (() => void) | undefined;
   private sendError: FerryError | undefined;
+  /**
+   * The pages of the `send` under way and how many of them have been sent: the heat map reads it with `hashes`
+   * (vm/heat-map.ts, SentPages), to tell a harvested page not yet sent from one the destination has.
+   */
+  pending: { pages: Uint32Array; next: number } | undefined;
 
   constructor(socket: FrameSocket, vm: VirtualMachine, options: PageSenderOptions) {
     this.socket = socket;
@@ -112,6 +117,8 @@ export class PageSender {
     const frameHashes = new Uint32Array(2 * PAGES_PER_FRAME);
     const entries = new Uint32Array(PAGES_PER_FRAME);
     let framesSinceTurn = 0;
+    const pending = { pages, next: 0 };
+    this.pending = pending;
 
     for (let first = 0; first < pages.length; first += PAGES_PER_FRAME) {
       if (signal.aborted) throw abortReason(signal, 'migration cancelled while sending pages');
@@ -143,6 +150,7 @@ export class PageSender {
         });
       }
 
+      pending.next = first + count;
       progress.pagesSent += count;
       progress.bytesSent += data?.length ?? 0;
       progress.zeroPages += zeroPages;
@@ -166,6 +174,7 @@ export class PageSender {
         this.options.onProgress({ ...progress });
       }
     }
+    if (this.pending === pending) this.pending = undefined;
     if (flush) await this.flush();
     return progress;
   }

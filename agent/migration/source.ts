@@ -219,6 +219,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
 
   // The page-table digest, kept current round by round (table-digest.ts): the pause rehashes only the last round's part.
   const tableDigest = new TableDigest(sender.hashes);
+  vm.sending = sender; // the heat map's view of what the destination holds (vm/heat-map.ts); read only
 
   /** Stage 3 begins: the vCPU paused, events held, the network held (stop-and-copy, or a post-copy's switch). */
   const pauseGuest = async (stageName?: string): Promise<number> => {
@@ -605,6 +606,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     await rollBack(context, wasRunning, error, network);
     return report('rolled-back', error);
   } finally {
+    vm.sending = undefined;
     releaseEvents();
     // Nothing more goes on the page stream: verified, or given up.
     pageSocket?.close();

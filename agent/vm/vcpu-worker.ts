@@ -37,6 +37,7 @@ import { serveRequest } from './net/guest-service.js';
 import { KvTable } from './net/kv-table.js';
 import { BlockMailbox } from './disk/mailbox.js';
 import { PresentMap } from './present-map.js';
+import { WriteStamps } from './write-stamps.js';
 
 export interface VcpuWorkerData {
   memory: SharedArrayBuffer;
@@ -48,6 +49,8 @@ export interface VcpuWorkerData {
   diskMailbox: SharedArrayBuffer;
   /** Which pages are in memory here (present-map.ts); read only while POSTCOPY is 1. */
   present: SharedArrayBuffer;
+  /** When each page was last written (write-stamps.ts): for the heat map, never for migration. */
+  writeStamps: SharedArrayBuffer;
   /** The config drive's text, when the VM boots with one (a fresh power-on); not for a migration's destination. */
   configDrive?: string | undefined;
 }
@@ -97,6 +100,7 @@ function run(data: VcpuWorkerData): void {
   const disk: DiskRegisters = { y: 0, m: 0 };
   const mailbox = new BlockMailbox(data.diskMailbox);
   const present = new PresentMap(data.present, data.pageCount);
+  const stamps = new WriteStamps(data.writeStamps, data.pageCount);
   const baseDiskRate = writesDisk(data.workload) ? (data.workload.diskRate ?? 0) : 0;
   // The network device and the kv table, made the first time the VM has an address (NET_PRESENT) and served.
   let device: NetDevice | undefined;
@@ -278,6 +282,7 @@ function run(data: VcpuWorkerData): void {
         // Write the page, THEN mark it dirty (dirty-log.ts explains why this order matters).
         writePage(words, page, registers);
         dirtyLog.mark(page);
+        stamps.record(page, registers.n);
       }
       Atomics.store(ints, ControlSlot.REG_X, registers.x | 0);
       writeRegisterN(ints, registers.n);

@@ -18,6 +18,8 @@ import { Vcpu } from './vcpu.js';
 import type { NetBackend } from './net/backend.js';
 import { NetDevice } from './net/device.js';
 import { PresentMap } from './present-map.js';
+import { WriteStamps } from './write-stamps.js';
+import type { SentPages } from './heat-map.js';
 import type { VcpuFaultMessage } from './vcpu-worker.js';
 
 export interface VmSpec {
@@ -40,6 +42,13 @@ export class VirtualMachine {
   readonly dirtyLog: DirtyLog;
   /** Which pages are in memory here: all of them, except on a post-copy's destination until the last arrives. */
   readonly present: PresentMap;
+  /** When each page was last written (write-stamps.ts): the heat map's, never migration's. */
+  readonly writeStamps: WriteStamps;
+  /**
+   * While a live migration sends this VM's pages from here: what its page sender has sent (page-sender.ts), which the
+   * heat map reads to tell pages whose current contents the destination has.
+   */
+  sending: SentPages | undefined;
   readonly createdAt = new Date();
   state: VmState;
   /** Ownership epoch: 1 at creation, one more with each committed migration (protocol.ts, vmSummarySchema). */
@@ -80,8 +89,9 @@ export class VirtualMachine {
   private readonly control: ControlViews;
   private readonly vcpu: Vcpu;
 
-  private constructor(spec: VmSpec, memory: WebAssembly.Memory, dirtyLog: DirtyLog, present: PresentMap, control: SharedArrayBuffer, mailbox: BlockMailbox, vcpu: Vcpu, state: VmState) {
+  private constructor(spec: VmSpec, memory: WebAssembly.Memory, dirtyLog: DirtyLog, present: PresentMap, stamps: WriteStamps, control: SharedArrayBuffer, mailbox: BlockMailbox, vcpu: Vcpu, state: VmState) {
     this.present = present;
+    this.writeStamps = stamps;
     this.diskMailbox = mailbox;
     this.name = spec.name;
     this.memoryBytes = spec.memoryBytes;
@@ -113,12 +123,13 @@ export class VirtualMachine {
     const mailbox = BlockMailbox.allocate();
     const present = PresentMap.allocate(pageCount);
     present.fill();
+    const stamps = WriteStamps.allocate(pageCount);
     const vcpu = await Vcpu.start({
       memory: memory.buffer as SharedArrayBuffer, dirtyLog: dirtyLog.words.buffer as SharedArrayBuffer, control, pageCount, workload: spec.workload,
-      diskMailbox: mailbox.buffer, present: present.words.buffer as SharedArrayBuffer,
+      diskMailbox: mailbox.buffer, present: present.words.buffer as SharedArrayBuffer, writeStamps: stamps.stamps.buffer as SharedArrayBuffer,
       ...(spec.configDrive !== undefined ? { configDrive: spec.configDrive } : {}),
     });
-    return new VirtualMachine(spec, memory, dirtyLog, present, control, mailbox, vcpu, state);
+    return new VirtualMachine(spec, memory, dirtyLog, present, stamps, control, mailbox, vcpu, state);
   }
 
   get vcpuRunning(): boolean {

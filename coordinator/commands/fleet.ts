@@ -30,7 +30,7 @@ function withoutForecast(context: FleetContext, forecast: boolean): FleetContext
 }
 
 /** Who acts, for the records a drain or a balance leaves: user@machine. */
-function actor(): string {
+export function actor(): string {
   return `${os.userInfo().username}@${os.hostname()}`;
 }
 
@@ -296,7 +296,7 @@ function summaryLine(plan: BalancePlan & { applied: AppliedMove[] }, apply: bool
   return `${state}; ${committed} of ${plan.applied.length} applied`;
 }
 
-function appliedLine(move: AppliedMove): string {
+export function appliedLine(move: AppliedMove): string {
   return `  ${move.vm}: ${move.from} → ${move.to} ${move.outcome}${move.outcome === 'committed' ? ` in ${formatDuration(move.totalTimeMs)}${move.downtimeMs !== undefined ? `, downtime ${formatDuration(move.downtimeMs)}` : ''}` : `: ${move.error ?? ''}`}`;
 }
 
@@ -325,7 +325,7 @@ export function formatPlan(plan: BalancePlan & { applied: AppliedMove[] }, apply
   return lines.join('\n');
 }
 
-function drainEventLine(event: DrainEvent): string {
+export function drainEventLine(event: DrainEvent): string {
   switch (event.kind) {
     case 'plan':
       return `draining: ${event.vms} VM${event.vms === 1 ? '' : 's'} (${event.live} live, ${event.cold} cold${event.stay > 0 ? `, ${event.stay} left in place` : ''})`;

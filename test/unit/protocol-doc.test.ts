@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import {
   controlOps, hostInfoSchema, migrationEventSchema, peerOps, roundReportSchema, sourceReportSchema, verificationSchema,
-  vmInfoSchema, type OpTable,
+  vmInfoSchema, watchEventSchema, type OpTable,
 } from '../../shared/protocol.js';
 
 const docFile = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs/PROTOCOL.md');
@@ -145,14 +145,14 @@ function checkOpTable(markdown: string, first: string, ops: OpTable): string[] {
   return problems;
 }
 
-/** Every way the "migration event" table differs from migrationEventSchema's kinds and their fields. */
-function checkEventTable(markdown: string): string[] {
-  const rows = tableRows(markdown, 'migration event');
-  if (!rows) return ['no table whose header starts with "| migration event |"'];
+/** Every way the table headed `first` (`migration event`, `watch event`) differs from a union's kinds and their fields. */
+function checkEventTable(markdown: string, first: string, union: typeof migrationEventSchema | typeof watchEventSchema): string[] {
+  const rows = tableRows(markdown, first);
+  if (!rows) return [`no table whose header starts with "| ${first} |"`];
   const problems: string[] = [];
-  const kinds = new Map(migrationEventSchema.options.map((option) => [option.shape.kind.value as string, option as z.ZodType]));
+  const kinds = new Map(union.options.map((option) => [option.shape.kind.value as string, option as z.ZodType]));
   for (const row of rows) {
-    const where = `migration event \`${row.key}\` (PROTOCOL.md line ${row.line})`;
+    const where = `${first} \`${row.key}\` (PROTOCOL.md line ${row.line})`;
     const schema = kinds.get(row.key);
     if (!schema) {
       problems.push(`${where}: in the doc, not in the code`);
@@ -163,7 +163,7 @@ function checkEventTable(markdown: string): string[] {
     else problems.push(...compareFields(where, documented, schemaFields(schema) ?? []));
   }
   for (const kind of kinds.keys()) {
-    if (!rows.some((row) => row.key === kind)) problems.push(`migration event \`${kind}\`: in the code, not in the doc`);
+    if (!rows.some((row) => row.key === kind)) problems.push(`${first} \`${kind}\`: in the code, not in the doc`);
   }
   return problems;
 }
@@ -194,7 +194,8 @@ function checkAll(markdown: string): string[] {
   return [
     ...checkOpTable(markdown, 'control op', controlOps),
     ...checkOpTable(markdown, 'peer op', peerOps),
-    ...checkEventTable(markdown),
+    ...checkEventTable(markdown, 'migration event', migrationEventSchema),
+    ...checkEventTable(markdown, 'watch event', watchEventSchema),
     ...checkShapeTable(markdown),
   ];
 }
@@ -236,7 +237,11 @@ describe('docs/PROTOCOL.md', () => {
   });
 
   it('documents every migration event kind with its fields', () => {
-    expect(checkEventTable(protocolDoc)).toEqual([]);
+    expect(checkEventTable(protocolDoc, 'migration event', migrationEventSchema)).toEqual([]);
+  });
+
+  it('documents every watch event kind with its fields', () => {
+    expect(checkEventTable(protocolDoc, 'watch event', watchEventSchema)).toEqual([]);
   });
 
   it('documents every shape a reply names with its fields', () => {
