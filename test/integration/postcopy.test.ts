@@ -3,14 +3,15 @@
  * destination from the switch while its missing pages follow, those it touches first; a broken link leaves both sides
  * waiting until `ferry migrate --resume`; a crash of either side after the switch loses the VM, and ferry says so.
  */
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi, type TestContext } from 'vitest';
 import { expectMemoryMatchesReplay, patiently, startCluster, type TestCluster, vmInfo, waitForWrites } from '../harness.js';
 
-let cluster: TestCluster | undefined;
-afterEach(async () => {
-  await cluster?.stop();
-  cluster = undefined;
-});
+/** Each test has its own two agents, so the tests run side by side; its agents stop when it ends, however it ends. */
+async function clusterFor(context: TestContext, specs: Parameters<typeof startCluster>[0]): Promise<TestCluster> {
+  const cluster = await startCluster(specs);
+  context.onTestFinished(() => cluster.stop());
+  return cluster;
+}
 
 interface PostcopyJson {
   afterRounds: number;
@@ -31,10 +32,10 @@ async function copiesOf(c: TestCluster, name: string): Promise<{ host: string; s
   return listed.json<{ name: string; host: string; state: string }[]>().filter((vm) => vm.name === name);
 }
 
-describe('post-copy', () => {
-  it('runs the VM at the destination from the switch, fetches the pages it touches first, and ends with memory that matches replay', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
-    const c = cluster;
+describe.concurrent('post-copy', () => {
+  it('runs the VM at the destination from the switch, fetches the pages it touches first, and ends with memory that matches replay', async (context) => {
+    const { expect } = context;
+    const c = await clusterFor(context, [{ name: 'host-a' }, { name: 'host-b' }]);
     // A hot set written fast: after the switch the guest touches pages the push has not reached yet.
     expect((await c.ferry('vm', 'create', 'pc1', '--on', 'host-a', '--memory', '16MiB', '--wss', '4MiB', '--filled', '--rate', '20000', '--seed', '21')).code).toBe(0);
     await waitForWrites(c, 'pc1', 2000);
@@ -67,9 +68,9 @@ describe('post-copy', () => {
     await expectMemoryMatchesReplay(c, 'pc1');
   });
 
-  it('refuses what it cannot move: a kv VM, --verify full, a bad --postcopy mode', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
-    const c = cluster;
+  it('refuses what it cannot move: a kv VM, --verify full, a bad --postcopy mode', async (context) => {
+    const { expect } = context;
+    const c = await clusterFor(context, [{ name: 'host-a' }, { name: 'host-b' }]);
     expect((await c.ferry('vm', 'create', 'pc2', '--on', 'host-a', '--memory', '16MiB', '--rate', '1000', '--seed', '22')).code).toBe(0);
     const full = await c.ferry('migrate', 'pc2', '--to', 'host-b', '--postcopy', '--verify', 'full', '--no-forecast');
     expect(full.code).toBe(2);
@@ -89,9 +90,9 @@ describe('post-copy', () => {
     expect(await copiesOf(c, 'pc2')).toEqual([expect.objectContaining({ host: 'host-a', state: 'running' })]);
   });
 
-  it('survives a link that breaks mid-push: both sides wait, and --resume finishes it with memory that matches replay', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'cut-postcopy:2000' } }]);
-    const c = cluster;
+  it('survives a link that breaks mid-push: both sides wait, and --resume finishes it with memory that matches replay', async (context) => {
+    const { expect } = context;
+    const c = await clusterFor(context, [{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'cut-postcopy:2000' } }]);
     expect((await c.ferry('vm', 'create', 'pc3', '--on', 'host-a', '--memory', '32MiB', '--wss', '4MiB', '--filled', '--rate', '20000', '--seed', '23')).code).toBe(0);
     await waitForWrites(c, 'pc3', 2000);
     const cut = await c.ferry('migrate', 'pc3', '--to', 'host-b', '--postcopy-after', '0', '--max-bandwidth', '32MiB/s', '--json', '--no-forecast');
@@ -118,9 +119,9 @@ describe('post-copy', () => {
     await expectMemoryMatchesReplay(c, 'pc3');
   });
 
-  it('loses the VM when the source crashes after the switch, and says so; the lost copy can be destroyed', async () => {
-    cluster = await startCluster([{ name: 'host-a', env: { FERRY_FAULTS: 'crash@postcopy-switched' } }, { name: 'host-b' }]);
-    const c = cluster;
+  it('loses the VM when the source crashes after the switch, and says so; the lost copy can be destroyed', async (context) => {
+    const { expect } = context;
+    const c = await clusterFor(context, [{ name: 'host-a', env: { FERRY_FAULTS: 'crash@postcopy-switched' } }, { name: 'host-b' }]);
     expect((await c.ferry('vm', 'create', 'pc4', '--on', 'host-a', '--memory', '16MiB', '--wss', '2MiB', '--filled', '--rate', '5000', '--seed', '24')).code).toBe(0);
     await waitForWrites(c, 'pc4', 500);
     const crashed = await c.ferry('migrate', 'pc4', '--to', 'host-b', '--postcopy-after', '0', '--json', '--no-forecast');
@@ -141,9 +142,9 @@ describe('post-copy', () => {
     expect(destroyed.code, destroyed.stderr).toBe(0);
   });
 
-  it('loses the VM when the destination crashes after the switch, and says so', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'crash@postcopy-switched' } }]);
-    const c = cluster;
+  it('loses the VM when the destination crashes after the switch, and says so', async (context) => {
+    const { expect } = context;
+    const c = await clusterFor(context, [{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'crash@postcopy-switched' } }]);
     expect((await c.ferry('vm', 'create', 'pc5', '--on', 'host-a', '--memory', '16MiB', '--wss', '2MiB', '--filled', '--rate', '5000', '--seed', '25')).code).toBe(0);
     await waitForWrites(c, 'pc5', 500);
     const crashed = await c.ferry('migrate', 'pc5', '--to', 'host-b', '--postcopy-after', '0', '--json', '--no-forecast');
