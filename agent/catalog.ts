@@ -377,7 +377,7 @@ export class Catalog {
     // A VM lost in post-copy can only be destroyed (its memory cannot be put together again).
     if (vm.state !== 'running' && vm.state !== 'paused' && !(vm.state === 'lost' && action === 'destroy')) {
       throw new FerryError(ErrorCode.VM_STATE, `cannot ${action} ${name}: it is ${vm.state}`, vm.state === 'postcopy-out'
-        ? `its post-copy's link broke and this paused copy holds pages the running VM lacks: \`ferry migrate ${name} --resume\``
+        ? (vm.postcopy?.linked() ? 'this paused copy is sending the pages the running VM still lacks: wait for its post-copy to finish' : `its post-copy's link broke and this paused copy holds pages the running VM lacks: \`ferry migrate ${name} --resume\``)
         : vm.state === 'lost' ? `it was lost in post-copy; destroy it: \`ferry vm destroy ${name}\`` : 'wait for its migration to finish, then retry');
     }
     if (entry.busy) throw busyError(name, action, entry.busy);

@@ -108,8 +108,8 @@ export type Registers = z.infer<typeof registersSchema>;
  * powered off with its memory and registers saved in the datastore. migrating-out (pre-copy), handing-over (the
  * source with its vCPU paused, from stop-and-copy until the destination confirms; after a lost commit
  * acknowledgement, until settled) and migrating-in (the destination's reservation): a migration's states.
- * postcopy-out: the source after a post-copy switch whose page push was cut (the link broke): the VM runs at the
- * destination, and this paused copy holds the pages it still lacks until `ferry migrate NAME --resume` sends them.
+ * postcopy-out: a post-copy's source after the switch: the VM runs at the destination, and this paused copy holds the
+ * pages it still lacks until they are all sent (if the link broke, until `ferry migrate NAME --resume` sends them).
  * lost: a post-copy migration whose other side crashed (its memory is split and cannot be put together again, as in
  * QEMU): the copy is kept, never run, until destroyed.
  */

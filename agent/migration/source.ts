@@ -420,6 +420,7 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
         // The VM runs at the destination; the pages it lacks are here. Keep them, paused, for a resume.
         log.warn('post-copy link lost: keeping the pages the destination lacks until `ferry migrate --resume`', { vm: vm.name, error: error.message });
         peer.close();
+        bytesSent += stats.bytesSent;
         emit({ kind: 'postcopy', phase: 'paused', pagesLeft: Math.max(0, stats.missingPages - stats.pushedPages - stats.requestedPages), pushedPages: stats.pushedPages, requestedPages: stats.requestedPages, faults: stats.faults });
         context.onPostcopyParked?.({ vm, hashes: sender.hashes, tableDigest, round: lastRound + 1, stats, wasRunning, pageStreamKind: pageSocket ? 'tcp' : 'ws' });
         return { ...report('postcopy-paused', postcopyPausedError(vm.name, error)), downtimeMs: switchedAtMs - pausedAtMs, guestBlackoutMs: answer.guestBlackoutMs, registers };
