@@ -271,11 +271,14 @@ function run(data: VcpuWorkerData): void {
     }
 
     const turn = Math.max(0, Math.min(due, WRITES_PER_TURN));
+    // Read once a turn: POSTCOPY is set only while the vCPU is paused, and a clear seen late costs only a look at a
+    // present map whose pages are all in.
+    const postcopy = Atomics.load(ints, ControlSlot.POSTCOPY) !== 0;
     for (let i = 0; i < turn; i++) {
       if (Atomics.load(ints, ControlSlot.CMD) !== VcpuCommand.RUN) break;
       const page = nextPage(registers);
       if (page >= 0) {
-        if (Atomics.load(ints, ControlSlot.POSTCOPY) !== 0 && !present.has(page) && !awaitPage(page)) {
+        if (postcopy && !present.has(page) && !awaitPage(page)) {
           loadRegisters(); // the write was given up: its registers were never stored
           break;
         }
