@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --single-threaded --no-lazy
 /**
  * ferry-agent: the host agent. Prints exactly one JSON line on stdout when it is ready, logs to stderr.
  */
@@ -9,7 +9,7 @@ import { Command } from 'commander';
 import { z } from 'zod';
 import { initChecksums } from '../shared/checksum.js';
 import { watchGarbageCollection } from './gc-log.js';
-import { MAX_MEMORY_BYTES } from '../shared/constants.js';
+import { AGENT_NODE_FLAGS, MAX_MEMORY_BYTES } from '../shared/constants.js';
 import { ErrorCode, FerryError, toFerryError } from '../shared/errors.js';
 import { cpuFlagSchema, cpuFlagsSchema, sortedFlags } from '../shared/cpu.js';
 import { hostNameSchema } from '../shared/protocol.js';
@@ -150,6 +150,13 @@ Example:
 
   const options = resolveAgentOptions(program.opts());
   const log = createLogger(options.name, options.logLevel);
+  // Started as `node dist/agent/main.js` rather than through its #! line: it runs, with longer pauses (constants.ts).
+  const missingFlags = AGENT_NODE_FLAGS.filter((flag) => !process.execArgv.includes(flag));
+  if (missingFlags.length > 0) {
+    log.warn('started without the Node.js options ferry-agent runs with: its migrations will pause the guest longer', {
+      missing: missingFlags, hint: `start it as ferry-agent, or as node ${AGENT_NODE_FLAGS.join(' ')} ${process.argv[1] ?? 'dist/agent/main.js'}`,
+    });
+  }
   if (options.capacityBytes > os.totalmem()) {
     log.warn('--capacity is more than this machine\'s memory', { capacityBytes: options.capacityBytes, totalBytes: os.totalmem() });
   }

@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { AGENT_NODE_FLAGS } from '../shared/constants.js';
 import { ErrorCode, FerryError } from '../shared/errors.js';
 
 /** The compiled agent: beside this file when it runs from dist/, under dist/ when it runs from source (tests). */
@@ -50,7 +51,7 @@ export interface LocalAgent {
 }
 
 export async function startLocalAgent(options: LocalAgentOptions): Promise<LocalAgent> {
-  const args = [agentEntry(), '--name', options.name, '--port', String(options.port ?? 0), '--host', options.host ?? '127.0.0.1'];
+  const args = [...AGENT_NODE_FLAGS, agentEntry(), '--name', options.name, '--port', String(options.port ?? 0), '--host', options.host ?? '127.0.0.1'];
   if (options.capacity) args.push('--capacity', options.capacity);
   if (options.datastore) args.push('--datastore', options.datastore);
   if (options.logLevel) args.push('--log-level', options.logLevel);

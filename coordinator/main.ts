@@ -10,6 +10,12 @@ import { closeOpenStores } from './store/store.js';
 
 const program = buildProgram();
 
+// A reader that stops early (`ferry bench --help | head`) closes the pipe: what is left unread is not an error.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EPIPE') throw error;
+  process.exit(process.exitCode ?? ExitCode.OK);
+});
+
 try {
   await program.parseAsync(process.argv);
 } catch (error) {

@@ -16,6 +16,22 @@ export const PAGE_SIZE = 4096;
  */
 export const PROTOCOL_VERSION = 5;
 
+/**
+ * The Node.js options every ferry-agent runs with (its `#!` line, and coordinator/local-agent.ts when it starts one).
+ *
+ * - `--single-threaded`: V8 does its garbage collection and optimizing compilation on the thread that needs them
+ *   instead of on helper threads of its own. On a 2-core host those helper threads (concurrent marking and sweeping
+ *   after the collection made just before a pause, optimizing jobs for code made hot by the rounds) took a core from
+ *   the switchover: between two fresh agents, one step or two of nearly every pause took 1-2.7 ms instead of 0.1-0.6.
+ * - `--no-lazy`: every function is compiled when its file loads, not the first time it is called, so a fresh agent's
+ *   first switchover compiles nothing (the destination's steps took 0.17-0.31 ms each the first time, 0.01-0.1 ms
+ *   compiled beforehand).
+ *
+ * The first migration between two fresh agents paused 4.96 ms median without them and 2.44 ms with them (docs/
+ * PERFORMANCE.md, "Downtime: where it goes").
+ */
+export const AGENT_NODE_FLAGS = ['--single-threaded', '--no-lazy'] as const;
+
 /** Smallest guest: 256 pages, one full page-data frame. */
 export const MIN_MEMORY_BYTES = 1024 * 1024;
 

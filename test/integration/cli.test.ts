@@ -13,6 +13,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startLocalAgent } from '../../coordinator/local-agent.js';
+import { AGENT_NODE_FLAGS } from '../../shared/constants.js';
 import { runFerry, startCluster, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
 let cluster: TestCluster | undefined;
@@ -256,6 +257,10 @@ describe('ferry-agent', () => {
     const agent = await startLocalAgent({ name: 'host-x', datastore, env: { FERRY_TOKEN: '' } });
     try {
       expect(agent.url).toMatch(/^ws:\/\/127\.0\.0\.1:\d+$/);
+      // Started with the Node.js options every agent runs with (constants.ts), so it says nothing about them.
+      const commandLine = readFileSync(`/proc/${agent.pid}/cmdline`, 'utf8').split('\0');
+      for (const flag of AGENT_NODE_FLAGS) expect(commandLine).toContain(flag);
+      expect(agent.log()).not.toContain('started without the Node.js options');
     } finally {
       await agent.stop();
       await rm(datastore, { recursive: true, force: true });
@@ -314,6 +319,29 @@ describe('ferry-agent', () => {
     expect(c.agent('host-a').child.exitCode).toBeNull();
     const hosts = await c.ferry('hosts', '--json');
     expect(hosts.json()[0]).toMatchObject({ name: 'host-a', reachable: true });
+  });
+
+  it('runs with its Node.js options from its #! line, and says so when started without them', async () => {
+    const entry = fileURLToPath(new URL('../../dist/agent/main.js', import.meta.url));
+    expect(readFileSync(entry, 'utf8').split('\n')[0]).toBe(`#!/usr/bin/env -S node ${AGENT_NODE_FLAGS.join(' ')}`);
+    const datastore = await mkdtemp(path.join(os.tmpdir(), 'ferry-agent-test-'));
+    const child = spawn(process.execPath, [entry, '--name', 'host-y', '--port', '0', '--datastore', datastore], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: 'a'.repeat(64) } });
+    try {
+      let stderr = '';
+      child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.setEncoding('utf8').on('data', (chunk: string) => chunk.includes('"ready"') && resolve());
+        child.once('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
+      });
+      // The warning was written (synchronously) before the ready line; its pipe may be read a moment later.
+      for (let waited = 0; !stderr.includes('started without') && waited < 5000; waited += 50) await delay(50);
+      expect(stderr).toContain('started without the Node.js options ferry-agent runs with');
+      expect(stderr).toContain(`node ${AGENT_NODE_FLAGS.join(' ')}`);
+    } finally {
+      child.kill('SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) await new Promise((resolve) => child.once('exit', resolve));
+      await rm(datastore, { recursive: true, force: true });
+    }
   });
 
   it('refuses a bad --capacity with exit 2 and a message that says what it expected', async () => {
