@@ -37,7 +37,7 @@ import { formatStorageReport, moveStorage } from './storage-move.js';
 import { provision } from './provision.js';
 import { loadTemplates } from './templates.js';
 import { formatReport } from './report.js';
-import { MIGRATE_LINK_BYTES, MIGRATE_LINK_TIMEOUT_MS, forecastMigration, forecaster, type PlannedMigration } from './forecast.js';
+import { MIGRATE_LINK_BYTES, MIGRATE_LINK_TIMEOUT_MS, forecastMigration, forecaster, withForecastVerdict, type PlannedMigration } from './forecast.js';
 import { formatPlan } from './plan-output.js';
 import { checkVmName, toVmRequest } from './vm-spec.js';
 import type { ProbeResult } from './probe.js';
@@ -452,7 +452,7 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     .option('--cold', 'move a powered-off or suspended VM: its files, checked, registered on the destination, deleted here')
     .option('--copy-storage', 'also copy its local disks, live (shared-nothing): the disks first, to ready, then memory; verified at the commit with memory')
     .addOption(new Option('--storage-mode <mode>', 'with --copy-storage: mirror (every guest write goes to both copies once the copy begins: converges at any write rate below the copy\'s) or iterate (dirty-block rounds, like memory)').choices(['mirror', 'iterate']).default('mirror'))
-    .option('--postcopy [mode]', 'switch to post-copy after the first pre-copy round (the VM runs at the destination at once; its last pages follow, each fetched first when the guest touches it); `auto`: only when pre-copy would not converge. A crash of either host after the switch loses the VM')
+    .option('--postcopy [mode]', 'switch to post-copy after the first pre-copy round (the VM runs at the destination at once; its last pages follow, each fetched first when the guest touches it); `auto`: only when pre-copy would not converge (after round 1 if the forecast made first says so, else when the rounds do). A crash of either host after the switch loses the VM')
     .option('--postcopy-after <n>', 'switch to post-copy after N pre-copy rounds (0: before any)')
     .option('--resume', 'take up a post-copy whose link broke: the source sends the pages the destination still lacks')
     .addOption(new Option('--page-stream <path>', 'how pages travel: tcp (a connection of their own that the destination dials back to the source and reads straight into guest memory; if it cannot, the pages go on ws and the report says why) or ws (on the peer WebSocket)').choices(['tcp', 'ws']).default('tcp'))
@@ -544,7 +544,7 @@ Exit status is 0 only when committed; a post-copy whose link broke exits 1 and s
       const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
         cancel.abort(new FerryError(ErrorCode.TIMEOUT, `the migration of ${name} did not commit within ${raw.timeout}`, 'give it a longer --timeout, a faster link, or --max-rounds'));
       }, timeoutMs);
-      const report = await migrateLive(hosts, { vm: checkVmName(name), to: raw.to, options }, { onEvent: (event) => progress?.onEvent(event), signal: cancel.signal, store })
+      const report = await migrateLive(hosts, { vm: checkVmName(name), to: raw.to, options: withForecastVerdict(options, planned?.forecast) }, { onEvent: (event) => progress?.onEvent(event), signal: cancel.signal, store })
         .finally(() => {
           process.off('SIGINT', onSigint);
           if (timer) clearTimeout(timer);

@@ -91,6 +91,8 @@ export interface Forecast {
   stopReason: StopReason;
   /** What would make it converge, or what else it costs; empty when there is nothing to say. */
   advice: string[];
+  /** With `--postcopy auto`: whether pre-copy alone would converge (false: the source switches after round 1). */
+  precopyConverges?: boolean;
   /** The link rate the rounds run at: the measured one, or --max-bandwidth when lower. */
   bandwidthBytesPerSec: number;
   throttlePct: number;
@@ -209,6 +211,14 @@ function bandwidthNeeded(input: ForecastInput): number | undefined {
 }
 
 export function predictMigration(input: ForecastInput): Forecast {
+  // `--postcopy auto`: the forecast's verdict on pre-copy alone is what the source is told (withForecastVerdict), so
+  // the simulation switches where the source will.
+  let precopyConverges: boolean | undefined;
+  if (input.options.postcopy?.mode === 'auto') {
+    const { postcopy: _auto, ...precopyOnly } = input.options;
+    precopyConverges = input.options.postcopy.forecastConverges ?? simulate({ ...input, options: precopyOnly }).converges;
+    input = { ...input, options: { ...input.options, postcopy: { mode: 'auto', forecastConverges: precopyConverges } } };
+  }
   const result = simulate(input);
   const advice: string[] = [];
   const { options } = input;
@@ -242,7 +252,17 @@ export function predictMigration(input: ForecastInput): Forecast {
     const diskBytes = input.disks!.reduce((sum, disk) => sum + disk.bytes, 0);
     advice.push(`--copy-storage: copying ${formatBytes(diskBytes)} of disk at ${formatRate(result.bandwidthBytesPerSec)} takes up to ${formatDuration(result.storageMs)} before memory moves (zero blocks are skipped, so less if the disk is sparse)`);
   }
-  return { ...result, advice };
+  return { ...result, advice, ...(precopyConverges !== undefined ? { precopyConverges } : {}) };
+}
+
+/**
+ * The options a migration runs with once its forecast is made: `--postcopy auto` learns whether the forecast expects
+ * pre-copy alone to converge (the source then switches after round 1 if not). Anything else is unchanged, as is
+ * everything when there is no forecast (the rounds decide alone).
+ */
+export function withForecastVerdict(options: MigrationOptions, forecast: Pick<Forecast, 'precopyConverges'> | undefined): MigrationOptions {
+  if (options.postcopy?.mode !== 'auto' || forecast?.precopyConverges === undefined) return options;
+  return { ...options, postcopy: { mode: 'auto', forecastConverges: forecast.precopyConverges } };
 }
 
 /** What `ferry migrate --plan --json` prints. */

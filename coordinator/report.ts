@@ -156,7 +156,7 @@ export function formatTimeline(timeline: DowntimeTimeline): string[] {
 /** A post-copy's lines in the report: when it switched, what went how, the faults and how long they held the guest. */
 function postcopyFacts(postcopy: PostcopyReport, report: MigrationReport): [string, string][] {
   const facts: [string, string][] = [];
-  const why = postcopy.reason === 'asked' ? 'as asked' : 'pre-copy was not converging';
+  const why = postcopy.reason === 'asked' ? 'as asked' : postcopy.reason === 'forecast' ? 'the forecast said pre-copy would not converge' : 'pre-copy was not converging';
   facts.push(['post-copy', `switched after ${postcopy.afterRounds} pre-copy round(s) (${why}) with ${int(postcopy.missingPages)} page(s) still on ${report.from}; ${postcopy.complete ? `all at ${report.to} ${formatDuration(postcopy.durationMs)} later` : `${report.to} still lacks some`}`]);
   facts.push(['  pages', `${int(postcopy.pushedPages)} pushed in the background, ${int(postcopy.requestedPages)} sent ahead of it when asked for; ${formatBytes(postcopy.bytesSent)} after the switch${postcopy.refetched > 0 ? `; ${int(postcopy.refetched)} arrived damaged and were sent again` : ''}`]);
   const stall = postcopy.stallMs;

@@ -299,7 +299,9 @@ export type VerifyMode = z.infer<typeof verifyModeSchema>;
 
 export const postcopyOptionSchema = z.discriminatedUnion('mode', [
   z.object({ mode: z.literal('after'), afterRounds: z.number().int().min(0).max(1000) }).strict(),
-  z.object({ mode: z.literal('auto') }).strict(),
+  // `forecastConverges`: what the coordinator's forecast said of pre-copy alone, when it made one; false switches after
+  // round 1, as the rounds would only later (stop-rules.ts `switchToPostcopy`).
+  z.object({ mode: z.literal('auto'), forecastConverges: z.boolean().optional() }).strict(),
 ]);
 export type PostcopyOption = z.infer<typeof postcopyOptionSchema>;
 
@@ -435,8 +437,11 @@ export const stallSummarySchema = z.object({ p50: z.number(), p99: z.number(), m
 export const postcopyReportSchema = z.object({
   /** Pre-copy rounds done before the switch. */
   afterRounds: z.number(),
-  /** Why it switched: `asked` (--postcopy, --postcopy-after) or `not converging` (--postcopy auto). */
-  reason: z.enum(['asked', 'not converging']),
+  /**
+   * Why it switched: `asked` (--postcopy, --postcopy-after); with --postcopy auto, `forecast` (the forecast made before
+   * the migration said pre-copy would not converge: after round 1) or `not converging` (the rounds said so).
+   */
+  reason: z.enum(['asked', 'forecast', 'not converging']),
   /** Pages the destination lacked at the switch. */
   missingPages: z.number(),
   /** Pages sent by the background push, and on demand for a fault (ahead of the push, on the peer WebSocket). */

@@ -46,9 +46,9 @@ export function decideStop(facts: RoundFacts): StopReason | undefined {
 
 /**
  * Whether pre-copy switches to post-copy after `round` (options.postcopy; the source and the forecast both ask):
- * `after N` once N rounds are done, `auto` when the rounds say it will not converge (a cap fired, or a round that
- * barely shrank the dirty set leaves more than the downtime limit allows). Never when pre-copy has converged: a
- * stop-and-copy of a few pages is shorter.
+ * `after N` once N rounds are done; `auto` after round 1 when the forecast made before the migration said pre-copy
+ * would not converge, else when the rounds say so (a cap fired, or a round that barely shrank the dirty set leaves
+ * more than the downtime limit allows). Never when pre-copy has converged: a stop-and-copy of a few pages is shorter.
  */
 export function switchToPostcopy(
   options: Pick<MigrationOptions, 'postcopy' | 'maxDowntimeMs'>, round: number, stopReason: StopReason | undefined, stalled: boolean, expectedDowntimeMs: number,
@@ -56,6 +56,7 @@ export function switchToPostcopy(
   const { postcopy } = options;
   if (!postcopy || stopReason === 'few-dirty-pages' || stopReason === 'converged-within-downtime') return undefined;
   if (postcopy.mode === 'after') return round >= postcopy.afterRounds ? 'asked' : undefined;
+  if (postcopy.forecastConverges === false && round >= 1) return 'forecast';
   if (stopReason === 'max-rounds' || stopReason === 'max-bytes') return 'not converging';
   return stalled && expectedDowntimeMs > options.maxDowntimeMs ? 'not converging' : undefined;
 }

@@ -12,7 +12,7 @@ import type { HostEntry } from '../cluster.js';
 import { withHost } from '../connect.js';
 import { readMemory } from '../dump.js';
 import { migrateLive } from '../migrate.js';
-import { forecastMigration } from '../forecast.js';
+import { forecastMigration, withForecastVerdict } from '../forecast.js';
 import { checkPattern } from '../pattern-check.js';
 import type { MigrationReport } from '../report.js';
 import { measureRawTcp, type RawTcpResult } from './baseline.js';
@@ -160,7 +160,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
     // is no part of moving it (`ferry migrate`'s own forecast sends a short sample).
     const cpuBefore = [await cpuOf(hostA), await cpuOf(hostB)];
     const before = await withHost(hostA, (client) => client.request('vm.info', { name: 'bench' }));
-    const report = await migrateLive(bench.cluster, { vm: 'bench', to: 'host-b', options });
+    const report = await migrateLive(bench.cluster, { vm: 'bench', to: 'host-b', options: withForecastVerdict(options, planned?.forecast) });
     const cpuAfter = [await cpuOf(hostA), await cpuOf(hostB)];
     const cpuSpent = cpuAfter.map((after, i) => after.userMs + after.systemMs - (cpuBefore[i]!.userMs + cpuBefore[i]!.systemMs));
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { forecaster, predictMigration, type ForecastInput } from '../../coordinator/forecast.js';
+import { forecaster, predictMigration, withForecastVerdict, type ForecastInput } from '../../coordinator/forecast.js';
 import type { Forecaster } from '../../coordinator/fleet/fleet-store.js';
 import { PAGE_SIZE } from '../../shared/constants.js';
 import type { MigrationOptions } from '../../shared/protocol.js';
@@ -57,6 +57,21 @@ describe('predictMigration with post-copy', () => {
     const plain = predictMigration(input(fast, { options: tight }));
     expect(plain.converges).toBe(false);
     expect(plain.advice.some((line) => /--postcopy would end it in one pass/.test(line))).toBe(true);
+  });
+
+  it('--postcopy auto: a forecast that expects pre-copy not to converge switches after round 1, and the source is told so', () => {
+    const fast = (1.5 * GiB) / PAGE_SIZE;
+    const tight = { ...options, maxDowntimeMs: 5, postcopy: { mode: 'auto' as const } };
+    const auto = predictMigration(input(fast, { options: tight }));
+    expect(auto.precopyConverges).toBe(false);
+    expect(auto.postcopy?.afterRounds).toBe(1);
+    expect(withForecastVerdict(tight, auto).postcopy).toEqual({ mode: 'auto', forecastConverges: false });
+    const idle = predictMigration(input(0, { options: { ...options, postcopy: { mode: 'auto' } } }));
+    expect(idle.precopyConverges).toBe(true);
+    expect(idle.postcopy).toBeUndefined();
+    // Nothing else changes: without a forecast, or without --postcopy auto, the options go as they were.
+    expect(withForecastVerdict(tight, undefined)).toBe(tight);
+    expect(withForecastVerdict(options, auto)).toBe(options);
   });
 });
 

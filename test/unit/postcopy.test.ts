@@ -153,6 +153,20 @@ describe('post-copy over the in-memory network', () => {
     expectReplayMatches(network, 'host-b', 'pm1');
   });
 
+  it('switches --postcopy auto after round 1 when the forecast said pre-copy would not converge, and says why', async () => {
+    network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
+    await createVm(network, 'pm3', 1024, 33);
+    await delay(100);
+    // What `ferry migrate --postcopy auto` sends once its forecast expects pre-copy not to converge (withForecastVerdict).
+    const report = await migrateLive(network.cluster, { vm: 'pm3', to: 'host-b', options: { ...defaults, postcopy: { mode: 'auto', forecastConverges: false } } }, { connect: network.connect });
+    expect(report.error).toBeUndefined();
+    expect(report.outcome).toBe('committed');
+    expect(report.postcopy).toMatchObject({ reason: 'forecast', afterRounds: 1, complete: true });
+    const vm = network.agents.get('host-b')!.catalog.machine('pm3');
+    await vm.pause();
+    expectReplayMatches(network, 'host-b', 'pm3');
+  });
+
   it('keeps both sides when the link is cut mid-push, and a resume finishes it', async () => {
     network = await createMemoryNetwork([{ name: 'host-a' }, { name: 'host-b' }]);
     await createVm(network, 'pm2', 512, 32);

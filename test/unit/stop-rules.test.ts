@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decideStop, expectedDowntimeMs, type RoundFacts } from '../../shared/stop-rules.js';
+import { decideStop, expectedDowntimeMs, switchToPostcopy, type RoundFacts } from '../../shared/stop-rules.js';
 
 const GiB = 1024 ** 3;
 
@@ -96,5 +96,25 @@ describe('decideStop', () => {
   it('reports a cap rather than convergence when both hold, so the report can say the cap forced the stop', () => {
     expect(decideStop(facts({ pagesSent: 10_000, dirtyPagesAfter: 9_500, round: 30 }))).toBe('max-rounds');
     expect(decideStop(facts({ pagesSent: 10_000, dirtyPagesAfter: 9_500, bytesSentTotal: 3 * GiB }))).toBe('max-bytes');
+  });
+});
+
+describe('switchToPostcopy', () => {
+  const asked = { maxDowntimeMs: 300 };
+  it('switches --postcopy auto after round 1 when the forecast said pre-copy would not converge, and never once it has', () => {
+    const told = { ...asked, postcopy: { mode: 'auto' as const, forecastConverges: false } };
+    expect(switchToPostcopy(told, 0, undefined, false, 1)).toBeUndefined();
+    expect(switchToPostcopy(told, 1, undefined, false, 1)).toBe('forecast');
+    expect(switchToPostcopy(told, 1, 'few-dirty-pages', false, 1)).toBeUndefined();
+    expect(switchToPostcopy(told, 2, 'converged-within-downtime', true, 1)).toBeUndefined();
+  });
+
+  it('leaves --postcopy auto to the rounds when the forecast expected pre-copy to converge, or made none', () => {
+    for (const postcopy of [{ mode: 'auto' as const, forecastConverges: true }, { mode: 'auto' as const }]) {
+      const options = { ...asked, postcopy };
+      expect(switchToPostcopy(options, 1, undefined, false, 1)).toBeUndefined();
+      expect(switchToPostcopy(options, 3, undefined, true, 301)).toBe('not converging');
+      expect(switchToPostcopy(options, 30, 'max-rounds', true, 1)).toBe('not converging');
+    }
   });
 });
