@@ -459,7 +459,7 @@ the cluster: for a client on another network, e.g. in the client namespace of \`
     .option('--compress <method>', 'xbzrle: pages sent again (round 2 on, and the stop-and-copy) go as XOR run-length deltas against the copy sent before, where that is smaller (QEMU\'s XBZRLE)')
     .option('--xbzrle-cache <size>', `with --compress xbzrle: the source's cache of pages as last sent (default ${DEFAULT_XBZRLE_CACHE_BYTES / 1024 ** 2}MiB)`)
     .option('--plan', 'forecast the migration (rounds, total time, downtime, bytes, whether it converges, and what would make it) and move nothing')
-    .option('--no-forecast', 'skip the forecast a live migration makes first (its report shows it beside what happened)')
+    .option('--no-forecast', 'skip the forecast a live migration makes first (its report shows it beside what happened; with --postcopy auto, a forecast that says pre-copy will not converge switches after round 1)')
     .option('--json', 'print the report as JSON on stdout')
     .option('--trace', 'also print the downtime timeline: each side\'s marks from the pause to the guest running at the destination (the JSON report always has it)')
     .option('--quiet', 'no progress on stderr')
@@ -552,8 +552,8 @@ Exit status is 0 only when committed; a post-copy whose link broke exits 1 and s
           progress?.finish();
         });
       if (planned) {
-        const { totalTimeMs, downtimeMs, bytes, rounds, converges, stopReason, advice } = planned.forecast;
-        report.forecast = { totalTimeMs, downtimeMs, bytes, rounds, converges, stopReason, advice, tookMs: forecastTookMs };
+        const { totalTimeMs, downtimeMs, bytes, rounds, converges, stopReason, advice, postcopy } = planned.forecast;
+        report.forecast = { totalTimeMs, downtimeMs, bytes, rounds, converges, stopReason, advice, ...(postcopy ? { postcopy } : {}), tookMs: forecastTookMs };
       } else if (forecastError !== undefined && report.outcome === 'committed') {
         report.forecastError = forecastError;
       }

@@ -216,7 +216,11 @@ export function predictMigration(input: ForecastInput): Forecast {
   let precopyConverges: boolean | undefined;
   if (input.options.postcopy?.mode === 'auto') {
     const { postcopy: _auto, ...precopyOnly } = input.options;
-    precopyConverges = input.options.postcopy.forecastConverges ?? simulate({ ...input, options: precopyOnly }).converges;
+    const precopy = simulate({ ...input, options: precopyOnly });
+    // "Will not converge" only where a switch helps: pre-copy ends by a cap, or its stop-and-copy overruns the limit
+    // where the switch's own pause fits it (a limit below the pause's fixed cost defeats both alike).
+    const switchHelps = precopy.overheadMs.pausedMs <= input.options.maxDowntimeMs && precopy.stopReason !== 'few-dirty-pages';
+    precopyConverges = input.options.postcopy.forecastConverges ?? (precopy.converges || !switchHelps);
     input = { ...input, options: { ...input.options, postcopy: { mode: 'auto', forecastConverges: precopyConverges } } };
   }
   const result = simulate(input);
@@ -256,13 +260,13 @@ export function predictMigration(input: ForecastInput): Forecast {
 }
 
 /**
- * The options a migration runs with once its forecast is made: `--postcopy auto` learns whether the forecast expects
- * pre-copy alone to converge (the source then switches after round 1 if not). Anything else is unchanged, as is
- * everything when there is no forecast (the rounds decide alone).
+ * The options a migration runs with once its forecast is made: `--postcopy auto` learns that the forecast expects
+ * pre-copy alone not to converge (the source then switches after round 1, if round 1 agrees). Anything else is
+ * unchanged, as is everything when there is no forecast or it expects convergence (the rounds decide alone).
  */
 export function withForecastVerdict(options: MigrationOptions, forecast: Pick<Forecast, 'precopyConverges'> | undefined): MigrationOptions {
-  if (options.postcopy?.mode !== 'auto' || forecast?.precopyConverges === undefined) return options;
-  return { ...options, postcopy: { mode: 'auto', forecastConverges: forecast.precopyConverges } };
+  if (options.postcopy?.mode !== 'auto' || forecast?.precopyConverges !== false) return options;
+  return { ...options, postcopy: { mode: 'auto', forecastConverges: false } };
 }
 
 /** What `ferry migrate --plan --json` prints. */

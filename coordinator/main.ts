@@ -10,10 +10,15 @@ import { closeOpenStores } from './store/store.js';
 
 const program = buildProgram();
 
-// A reader that stops early (`ferry bench --help | head`) closes the pipe: what is left unread is not an error.
+// A reader that stops early (`ferry bench --help | head`) closes the pipe: what is left unread is not an error. The
+// command still finishes (releasing what it holds) and sets its own exit code; its later output goes nowhere.
+let readerGone = false;
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
-  if (error.code !== 'EPIPE') throw error;
-  process.exit(process.exitCode ?? ExitCode.OK);
+  if (readerGone || error.code === 'EPIPE') {
+    readerGone = true;
+    return;
+  }
+  throw error;
 });
 
 try {

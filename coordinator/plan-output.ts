@@ -20,7 +20,11 @@ export function formatPlan(plan: PlannedMigration): string {
   const { forecast, stats, link } = plan;
   const lines: string[] = [];
   lines.push(`forecast for a live migration of ${plan.vm}: ${plan.from} -> ${plan.to}   ${forecast.converges ? 'CONVERGES' : 'DOES NOT CONVERGE'} (nothing moved)`);
-  lines.push(`  pre-copy would end: ${stopReasonText[forecast.stopReason]}`);
+  if (forecast.postcopy) {
+    lines.push(`  switches to post-copy after ${forecast.postcopy.afterRounds} round(s)${forecast.precopyConverges === false ? ': pre-copy alone would not converge' : ''}`);
+  } else {
+    lines.push(`  pre-copy would end: ${stopReasonText[forecast.stopReason]}`);
+  }
   const rows = [['round', 'pages', 'took', 'dirty after', 'throttle']];
   for (const round of forecast.roundsDetail) rows.push([String(round.round), int(round.pages), formatDuration(round.ms), int(round.dirtyPagesAfter), round.throttlePct > 0 ? `${round.throttlePct} %` : '-']);
   lines.push('', ...formatTable(rows, [1, 2, 3, 4]).split('\n').map((line) => `    ${line}`), '');

@@ -63,7 +63,7 @@ export interface MigrationReport {
 }
 
 /** The forecast as a report carries it: the predicted figures, and how long making it took. */
-export type ReportedForecast = Pick<Forecast, 'totalTimeMs' | 'downtimeMs' | 'bytes' | 'rounds' | 'converges' | 'stopReason' | 'advice'> & {
+export type ReportedForecast = Pick<Forecast, 'totalTimeMs' | 'downtimeMs' | 'bytes' | 'rounds' | 'converges' | 'stopReason' | 'advice' | 'postcopy'> & {
   /** Gathering stats and measuring the link (0 ms of link when a measurement of the last minute was reused). */
   tookMs: number;
 };
@@ -270,6 +270,6 @@ function formatForecastBeside(report: MigrationReport, forecast: ReportedForecas
   if (report.downtimeMs !== undefined) rows.push(['downtime', formatDuration(forecast.downtimeMs), formatDuration(report.downtimeMs), `${forecast.downtimeMs >= report.downtimeMs ? '+' : '-'}${formatDuration(Math.abs(forecast.downtimeMs - report.downtimeMs))}`]);
   rows.push(['sent', formatBytes(forecast.bytes), formatBytes(report.bytesSent), off(forecast.bytes, report.bytesSent)]);
   rows.push(['rounds', String(forecast.rounds), String(report.rounds.length), String(forecast.rounds - report.rounds.length)]);
-  rows.push(['ended by', forecast.stopReason, report.stopReason ?? '-', '']);
+  rows.push(['ended by', forecast.postcopy ? 'post-copy' : forecast.stopReason, report.postcopy ? 'post-copy' : report.stopReason ?? '-', '']);
   return ['  forecast beside what happened', ...formatTable(rows, [1, 2, 3]).split('\n').map((line) => `    ${line}`)];
 }

@@ -9,7 +9,7 @@ set -euo pipefail
 export FERRY_TOKEN=$(openssl rand -hex 32)
 D=$(mktemp -d); PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$D"' EXIT
-for h in host-a host-b; do node dist/agent/main.js --name $h --port 0 --datastore $D/$h --shared-storage $D/shared > $D/$h.out 2>$D/$h.log & PIDS+=($!); done
+for h in host-a host-b; do node --single-threaded --no-lazy dist/agent/main.js --name $h --port 0 --datastore $D/$h --shared-storage $D/shared > $D/$h.out 2>$D/$h.log & PIDS+=($!); done
 sleep 2
 F="node dist/coordinator/main.js --cluster $D/c.json"
 for h in host-a host-b; do $F hosts add $h $(grep -o 'ws://[0-9.:]*' $D/$h.out) >/dev/null; done

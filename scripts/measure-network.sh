@@ -11,7 +11,7 @@ cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; r
 trap cleanup EXIT
 ferry() { node dist/coordinator/main.js --cluster "$DIR/cluster.json" "$@"; }
 for host in host-a host-b; do
-  node dist/agent/main.js --name $host --port 0 --datastore "$DIR/$host" > "$DIR/$host.log" 2>&1 &
+  node --single-threaded --no-lazy dist/agent/main.js --name $host --port 0 --datastore "$DIR/$host" > "$DIR/$host.log" 2>&1 &
   PIDS+=($!)
 done
 for host in host-a host-b; do

@@ -13,8 +13,10 @@ export const PAGE_SIZE = 4096;
  *    activation in one round trip, the commit point at the source's request); `peer.sync` may carry the config
  * 5: page frame 3: pages may travel as XBZRLE deltas (`--compress xbzrle`, shared/xbzrle.ts), the header's reserved
  *    word counts them and their lengths follow the entries; the `counters` workload
+ * 6: `migrate.start`'s `postcopy: {mode: 'auto'}` may carry the forecast's verdict (`forecastConverges`), and a
+ *    post-copy report's `reason` may be `forecast`
  */
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 
 /**
  * The Node.js options every ferry-agent runs with (its `#!` line, and coordinator/local-agent.ts when it starts one).
@@ -22,13 +24,14 @@ export const PROTOCOL_VERSION = 5;
  * - `--single-threaded`: V8 does its garbage collection and optimizing compilation on the thread that needs them
  *   instead of on helper threads of its own. On a 2-core host those helper threads (concurrent marking and sweeping
  *   after the collection made just before a pause, optimizing jobs for code made hot by the rounds) took a core from
- *   the switchover: between two fresh agents, one step or two of nearly every pause took 1-2.7 ms instead of 0.1-0.6.
+ *   the switchover: between two fresh agents, one step or two of most pauses took 1.3-2.4 ms instead of 0.1-0.6.
  * - `--no-lazy`: every function is compiled when its file loads, not the first time it is called, so a fresh agent's
- *   first switchover compiles nothing (the destination's steps took 0.17-0.31 ms each the first time, 0.01-0.1 ms
+ *   first switchover compiles nothing (the destination's steps took 0.1-0.3 ms each the first time, 0.01-0.09 ms
  *   compiled beforehand).
  *
- * The first migration between two fresh agents paused 4.96 ms median without them and 2.44 ms with them (docs/
- * PERFORMANCE.md, "Downtime: where it goes").
+ * The first migration between two fresh agents paused 4.96 ms median before, 3.57 ms with the messages warmed
+ * (warm.ts) alone, and 2.44 ms with the warm-up and both options (docs/PERFORMANCE.md, "The first pause between
+ * fresh agents").
  */
 export const AGENT_NODE_FLAGS = ['--single-threaded', '--no-lazy'] as const;
 

@@ -47,7 +47,7 @@ export function decideStop(facts: RoundFacts): StopReason | undefined {
 /**
  * Whether pre-copy switches to post-copy after `round` (options.postcopy; the source and the forecast both ask):
  * `after N` once N rounds are done; `auto` after round 1 when the forecast made before the migration said pre-copy
- * would not converge, else when the rounds say so (a cap fired, or a round that barely shrank the dirty set leaves
+ * would not converge and round 1 left more than the downtime limit allows, else when the rounds say so (a cap fired, or a round that barely shrank the dirty set leaves
  * more than the downtime limit allows). Never when pre-copy has converged: a stop-and-copy of a few pages is shorter.
  */
 export function switchToPostcopy(
@@ -56,7 +56,9 @@ export function switchToPostcopy(
   const { postcopy } = options;
   if (!postcopy || stopReason === 'few-dirty-pages' || stopReason === 'converged-within-downtime') return undefined;
   if (postcopy.mode === 'after') return round >= postcopy.afterRounds ? 'asked' : undefined;
-  if (postcopy.forecastConverges === false && round >= 1) return 'forecast';
+  // The forecast's verdict, checked against round 1's own facts: a dirty set whose stop-and-copy would fit the limit
+  // means pre-copy is about to converge whatever the forecast said (its link sample may have read low).
+  if (postcopy.forecastConverges === false && round >= 1 && expectedDowntimeMs > options.maxDowntimeMs) return 'forecast';
   if (stopReason === 'max-rounds' || stopReason === 'max-bytes') return 'not converging';
   return stalled && expectedDowntimeMs > options.maxDowntimeMs ? 'not converging' : undefined;
 }

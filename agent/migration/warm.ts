@@ -43,6 +43,10 @@ export function warmSwitchover(): void {
     match: true, activated: true, guestBlackoutMs: 0, servingAfterMs: 0, announcements: 0,
   };
   const body = (envelope: ReturnType<typeof decodeMessage>): unknown => ('body' in envelope ? envelope.body : undefined);
+  // A sample the schema refuses would warm the error path and leave the real one cold: a changed schema fails here.
+  const requestOk = request.safeParse(body(decodeMessage(encodeMessage({ t: 'req', id: 0, op: 'peer.switchover', body: sampleRequest })))).success;
+  const replyOk = reply.safeParse(body(decodeMessage(encodeMessage({ t: 'res', id: 0, ok: true, body: sampleReply })))).success;
+  if (!requestOk || !replyOk) throw new Error(`warm.ts: the switchover's ${requestOk ? 'reply' : 'request'} sample no longer fits its schema`);
   for (let i = 0; i < WARM_MESSAGES; i++) {
     request.safeParse(body(decodeMessage(encodeMessage({ t: 'req', id: i, op: 'peer.switchover', body: { ...sampleRequest, streamBytes: i + 1 } }))));
     reply.safeParse(body(decodeMessage(encodeMessage({ t: 'res', id: i, ok: true, body: { ...sampleReply, anchorEpochMs: i } }))));

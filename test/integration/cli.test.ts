@@ -3,7 +3,7 @@
  * of bad input with stable codes and meaningful exit statuses.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import WebSocket from 'ws';
@@ -324,22 +324,35 @@ describe('ferry-agent', () => {
   it('runs with its Node.js options from its #! line, and says so when started without them', async () => {
     const entry = fileURLToPath(new URL('../../dist/agent/main.js', import.meta.url));
     expect(readFileSync(entry, 'utf8').split('\n')[0]).toBe(`#!/usr/bin/env -S node ${AGENT_NODE_FLAGS.join(' ')}`);
+    chmodSync(entry, 0o755); // as npm makes a package's bin when it links it
     const datastore = await mkdtemp(path.join(os.tmpdir(), 'ferry-agent-test-'));
-    const child = spawn(process.execPath, [entry, '--name', 'host-y', '--port', '0', '--datastore', datastore], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: 'a'.repeat(64) } });
+    /** Starts the agent (the file itself, or through `node`), waits for its ready line; its stderr and command line. */
+    const start = async (command: string, args: string[], name: string): Promise<{ stderr: string; commandLine: string[] }> => {
+      const child = spawn(command, [...args, '--name', name, '--port', '0', '--datastore', path.join(datastore, name)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: 'a'.repeat(64) } });
+      try {
+        let stderr = '';
+        child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+        await new Promise<void>((resolve, reject) => {
+          child.stdout.setEncoding('utf8').on('data', (chunk: string) => chunk.includes('"ready"') && resolve());
+          child.once('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
+        });
+        const commandLine = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0');
+        // A warning is written (synchronously) before the ready line; its pipe may be read a moment later.
+        for (let waited = 0; !stderr.includes('started without') && waited < 1000; waited += 50) await delay(50);
+        return { stderr, commandLine };
+      } finally {
+        child.kill('SIGKILL');
+        if (child.exitCode === null && child.signalCode === null) await new Promise((resolve) => child.once('exit', resolve));
+      }
+    };
     try {
-      let stderr = '';
-      child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-      await new Promise<void>((resolve, reject) => {
-        child.stdout.setEncoding('utf8').on('data', (chunk: string) => chunk.includes('"ready"') && resolve());
-        child.once('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
-      });
-      // The warning was written (synchronously) before the ready line; its pipe may be read a moment later.
-      for (let waited = 0; !stderr.includes('started without') && waited < 5000; waited += 50) await delay(50);
-      expect(stderr).toContain('started without the Node.js options ferry-agent runs with');
-      expect(stderr).toContain(`node ${AGENT_NODE_FLAGS.join(' ')}`);
+      const own = await start(entry, [], 'host-y');
+      for (const flag of AGENT_NODE_FLAGS) expect(own.commandLine).toContain(flag);
+      expect(own.stderr).not.toContain('started without');
+      const plain = await start(process.execPath, [entry], 'host-z');
+      expect(plain.stderr).toContain('started without the Node.js options ferry-agent runs with');
+      expect(plain.stderr).toContain(`node ${AGENT_NODE_FLAGS.join(' ')}`);
     } finally {
-      child.kill('SIGKILL');
-      if (child.exitCode === null && child.signalCode === null) await new Promise((resolve) => child.once('exit', resolve));
       await rm(datastore, { recursive: true, force: true });
     }
   });

@@ -61,7 +61,8 @@ describe('predictMigration with post-copy', () => {
 
   it('--postcopy auto: a forecast that expects pre-copy not to converge switches after round 1, and the source is told so', () => {
     const fast = (1.5 * GiB) / PAGE_SIZE;
-    const tight = { ...options, maxDowntimeMs: 5, postcopy: { mode: 'auto' as const } };
+    // A limit above the pause's fixed cost (8 ms) that round 1's 64 MiB of dirty pages overrun.
+    const tight = { ...options, maxDowntimeMs: 15, postcopy: { mode: 'auto' as const } };
     const auto = predictMigration(input(fast, { options: tight }));
     expect(auto.precopyConverges).toBe(false);
     expect(auto.postcopy?.afterRounds).toBe(1);
@@ -69,9 +70,18 @@ describe('predictMigration with post-copy', () => {
     const idle = predictMigration(input(0, { options: { ...options, postcopy: { mode: 'auto' } } }));
     expect(idle.precopyConverges).toBe(true);
     expect(idle.postcopy).toBeUndefined();
-    // Nothing else changes: without a forecast, or without --postcopy auto, the options go as they were.
+    // Nothing else changes: a forecast that expects convergence, none at all, or no --postcopy auto.
+    const idleAuto = { ...options, postcopy: { mode: 'auto' as const } };
+    expect(withForecastVerdict(idleAuto, idle)).toBe(idleAuto);
     expect(withForecastVerdict(tight, undefined)).toBe(tight);
     expect(withForecastVerdict(options, auto)).toBe(options);
+  });
+
+  it('--postcopy auto: a limit below the pause\'s fixed cost is no reason to switch, since post-copy pauses as long', () => {
+    // pausedMs 8 against a 5 ms limit: pre-copy cannot meet it, and neither can a switch.
+    const moderate = predictMigration(input(5000, { options: { ...options, maxDowntimeMs: 5, postcopy: { mode: 'auto' } } }));
+    expect(moderate.precopyConverges).toBe(true);
+    expect(moderate.postcopy).toBeUndefined();
   });
 });
 

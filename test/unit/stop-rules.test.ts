@@ -101,12 +101,14 @@ describe('decideStop', () => {
 
 describe('switchToPostcopy', () => {
   const asked = { maxDowntimeMs: 300 };
-  it('switches --postcopy auto after round 1 when the forecast said pre-copy would not converge, and never once it has', () => {
+  it('switches --postcopy auto after round 1 when the forecast said pre-copy would not converge and round 1 agrees, and never once it has', () => {
     const told = { ...asked, postcopy: { mode: 'auto' as const, forecastConverges: false } };
-    expect(switchToPostcopy(told, 0, undefined, false, 1)).toBeUndefined();
-    expect(switchToPostcopy(told, 1, undefined, false, 1)).toBe('forecast');
-    expect(switchToPostcopy(told, 1, 'few-dirty-pages', false, 1)).toBeUndefined();
-    expect(switchToPostcopy(told, 2, 'converged-within-downtime', true, 1)).toBeUndefined();
+    expect(switchToPostcopy(told, 0, undefined, false, 301)).toBeUndefined();
+    expect(switchToPostcopy(told, 1, undefined, false, 301)).toBe('forecast');
+    // Round 1 left a dirty set whose stop-and-copy fits the limit: pre-copy is about to converge, whatever the forecast said.
+    expect(switchToPostcopy(told, 1, undefined, false, 299)).toBeUndefined();
+    expect(switchToPostcopy(told, 1, 'few-dirty-pages', false, 301)).toBeUndefined();
+    expect(switchToPostcopy(told, 2, 'converged-within-downtime', true, 301)).toBeUndefined();
   });
 
   it('leaves --postcopy auto to the rounds when the forecast expected pre-copy to converge, or made none', () => {
