@@ -6,16 +6,17 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, openSync, readFileSync, readdirSync, statSync, writeSync, closeSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi, type TestContext } from 'vitest';
 import { migrateCold } from '../../coordinator/migrate-cold.js';
 import { checkDump } from '../replay.js';
 import { patiently, startCluster, vmFolder, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
-let cluster: TestCluster | undefined;
-afterEach(async () => {
-  await cluster?.stop();
-  cluster = undefined;
-});
+/** Each test has its own agents, so the tests run three at a time; they stop when the test ends, however it ends. */
+async function clusterFor(context: TestContext, starting: Promise<TestCluster>): Promise<TestCluster> {
+  const cluster = await starting;
+  context.onTestFinished(() => cluster.stop());
+  return cluster;
+}
 
 const MiB = 1024 * 1024;
 const sha = (file: string): string => createHash('sha256').update(readFileSync(file)).digest('hex');
@@ -30,9 +31,10 @@ function scribble(file: string, offset: number, bytes: number): void {
 interface Listed { name: string; host: string; state: string; epoch: number }
 const listed = async (c: TestCluster): Promise<Listed[]> => (await c.ferry('vm', 'list', '--json')).json<Listed[]>();
 
-describe('cold migration', () => {
-  it('moves a stopped VM\'s files (a 1 GiB sparse disk among them) checked, registers it there, deletes it here', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+describe('cold migration', { concurrent: true }, () => {
+  it('moves a stopped VM\'s files (a 1 GiB sparse disk among them) checked, registers it there, deletes it here', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, startCluster([{ name: 'host-a' }, { name: 'host-b' }]));
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '16MiB', '--rate', '500', '--disk', '1GiB')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
@@ -60,8 +62,9 @@ describe('cold migration', () => {
     expect((await c.ferry('vm', 'start', 'web1')).code).toBe(0);
   });
 
-  it('reports progress while the files move', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+  it('reports progress while the files move', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, startCluster([{ name: 'host-a' }, { name: 'host-b' }]));
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'db1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '256MiB')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'db1')).code).toBe(0);
@@ -75,8 +78,9 @@ describe('cold migration', () => {
     expect(progress.map((event) => event.bytesDone)).toEqual([...progress.map((event) => event.bytesDone)].sort((a, b) => a - b));
   });
 
-  it('moves a suspended VM, which then resumes on the new host exactly where it was', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+  it('moves a suspended VM, which then resumes on the new host exactly where it was', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, startCluster([{ name: 'host-a' }, { name: 'host-b' }]));
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '32MiB', '--rate', '5000', '--wss', '8MiB', '--seed', '17')).code).toBe(0);
     await waitForWrites(c, 'web1', 2000);
@@ -90,8 +94,9 @@ describe('cold migration', () => {
     expect(checkDump(file)).toMatchObject({ ok: true });
   });
 
-  it('refuses a running VM, pointing to stop or live migration', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
+  it('refuses a running VM, pointing to stop or live migration', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, startCluster([{ name: 'host-a' }, { name: 'host-b' }]));
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100')).code).toBe(0);
     const refused = await c.ferry('migrate', 'web1', '--to', 'host-b', '--cold', '--json');
@@ -105,11 +110,12 @@ describe('cold migration', () => {
     { fault: 'crash@cold-sent', party: 'host-a', endsOn: 'host-b' },
   ];
   for (const crash of crashes) {
-    it(`${crash.fault} in ${crash.party}: after a restart the VM is registered on ${crash.endsOn} only, its files whole`, async () => {
-      cluster = await startCluster([
+    it(`${crash.fault} in ${crash.party}: after a restart the VM is registered on ${crash.endsOn} only, its files whole`, async (context) => {
+      const { expect } = context;
+      const cluster = await clusterFor(context, startCluster([
         { name: 'host-a', ...(crash.party === 'host-a' ? { env: { FERRY_FAULTS: crash.fault } } : {}) },
         { name: 'host-b', ...(crash.party === 'host-b' ? { env: { FERRY_FAULTS: crash.fault } } : {}) },
-      ]);
+      ]));
       const c = cluster;
       expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '64MiB')).code).toBe(0);
       expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
@@ -131,8 +137,9 @@ describe('cold migration', () => {
     });
   }
 
-  it('a source killed mid-stream keeps the VM: the destination drops what arrived, and the restarted source still has it', async () => {
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'stall@cold-receiving' } }]);
+  it('a source killed mid-stream keeps the VM: the destination drops what arrived, and the restarted source still has it', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'stall@cold-receiving' } }]));
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '64MiB')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
@@ -151,9 +158,10 @@ describe('cold migration', () => {
     expect(sha(path.join(vmFolder(c, 'host-a', 'web1'), 'disk0.img'))).toBe(disk);
   });
 
-  it('a destination killed mid-stream leaves the VM on the source, no staging left after it restarts, and it moves again', async () => {
+  it('a destination killed mid-stream leaves the VM on the source, no staging left after it restarts, and it moves again', async (context) => {
+    const { expect } = context;
     // The destination stalls at its first chunk: the kill lands mid-stream, however slow the machine.
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'stall@cold-receiving' } }]);
+    const cluster = await clusterFor(context, startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'stall@cold-receiving' } }]));
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '8MiB', '--rate', '100', '--disk', '512MiB')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'web1')).code).toBe(0);
@@ -173,9 +181,10 @@ describe('cold migration', () => {
     expect(await listed(c)).toEqual([expect.objectContaining({ name: 'web1', host: 'host-b', epoch: 2 })]);
   });
 
-  it('takes two cold migrations into one destination at once: both register, neither loses a file', async () => {
+  it('takes two cold migrations into one destination at once: both register, neither loses a file', async (context) => {
+    const { expect } = context;
     // host-b holds the first stream at its first chunk for 3 s; the second runs and finishes meanwhile.
-    cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'delay@cold-receiving' } }]);
+    const cluster = await clusterFor(context, startCluster([{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'delay@cold-receiving' } }]));
     const c = cluster;
     const digests: Record<string, string> = {};
     for (const name of ['web1', 'web2']) {

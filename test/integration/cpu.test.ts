@@ -8,18 +8,19 @@
  */
 import { readFileSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it, type TestContext } from 'vitest';
 import { startLocalAgent } from '../../coordinator/local-agent.js';
 import { LEVEL_FLAGS } from '../../shared/cpu.js';
 import { LINUX_SYNTHETIC_FLAGS } from '../../agent/host-cpu.js';
 import { checkDump } from '../replay.js';
 import { startCluster, vmFolder, vmInfo, waitForWrites, type TestCluster } from '../harness.js';
 
-let cluster: TestCluster | undefined;
-afterEach(async () => {
-  await cluster?.stop();
-  cluster = undefined;
-});
+/** Each test has its own agents, so the tests run three at a time; they stop when the test ends, however it ends. */
+async function clusterFor(context: TestContext, starting: Promise<TestCluster>): Promise<TestCluster> {
+  const cluster = await starting;
+  context.onTestFinished(() => cluster.stop());
+  return cluster;
+}
 
 /** x86-64-v2, v1 included (checked against the psABI in test/unit/cpu.test.ts), and what x86-64-v3 adds. */
 const V2 = [...LEVEL_FLAGS['x86-64-v2']];
@@ -60,9 +61,10 @@ async function memoryMatchesReplay(c: TestCluster, name: string): Promise<void> 
   expect(checkDump(file)).toMatchObject({ ok: true });
 }
 
-describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-64-v2${here.skip ? ` (skipped: ${here.skip})` : ''}`, () => {
-  it('shows each host\'s level, and computes the baseline from both: x86-64-v2', async () => {
-    cluster = await mixedCluster();
+describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-64-v2${here.skip ? ` (skipped: ${here.skip})` : ''}`, { concurrent: true }, () => {
+  it('shows each host\'s level, and computes the baseline from both: x86-64-v2', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, mixedCluster());
     const c = cluster;
     const hosts = (await c.ferry('hosts', '--json')).json<{ name: string; hostCpu: { level: string; flags: string[]; masked: string[] } }[]>();
     expect(hosts.find((host) => host.name === 'host-a')?.hostCpu).toMatchObject({ flags: here.flags, masked: [] });
@@ -75,8 +77,9 @@ describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-
     expect((await c.ferry('cpu', 'baseline')).stdout).toMatch(/level\s+x86-64-v2/);
   });
 
-  it('refuses to move a --cpu host VM live to host-b, naming the flags host-b lacks; it keeps running on host-a, its memory intact', async () => {
-    cluster = await mixedCluster();
+  it('refuses to move a --cpu host VM live to host-b, naming the flags host-b lacks; it keeps running on host-a, its memory intact', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, mixedCluster());
     const c = cluster;
     const created = await c.ferry('vm', 'create', 'fast1', '--on', 'host-a', '--cpu', 'host', '--memory', '32MiB', '--rate', '3000', '--wss', '8MiB', '--seed', '11');
     expect(created.code, created.stderr).toBe(0);
@@ -101,8 +104,9 @@ describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-
     await memoryMatchesReplay(c, 'fast1');
   });
 
-  it('moves a VM of the default model, baseline, live to host-b', async () => {
-    cluster = await mixedCluster();
+  it('moves a VM of the default model, baseline, live to host-b', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, mixedCluster());
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '32MiB', '--rate', '3000', '--wss', '8MiB', '--seed', '5')).code).toBe(0);
     expect((await info(c, 'web1')).cpuModel).toEqual({ model: 'baseline', flags: hostBFlags });
@@ -116,8 +120,9 @@ describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-
     await memoryMatchesReplay(c, 'web1');
   });
 
-  it('cold-migrates a powered-off --cpu host VM to host-b, where it starts with host-b\'s flags', async () => {
-    cluster = await mixedCluster();
+  it('cold-migrates a powered-off --cpu host VM to host-b, where it starts with host-b\'s flags', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, mixedCluster());
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'fast1', '--on', 'host-a', '--cpu', 'host', '--memory', '16MiB', '--rate', '1000', '--seed', '3')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'fast1')).code).toBe(0);
@@ -133,8 +138,9 @@ describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-
     await memoryMatchesReplay(c, 'fast1');
   });
 
-  it('refuses to cold-migrate a suspended --cpu host VM to host-b; it stays suspended on host-a and resumes there exactly', async () => {
-    cluster = await mixedCluster();
+  it('refuses to cold-migrate a suspended --cpu host VM to host-b; it stays suspended on host-a and resumes there exactly', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, mixedCluster());
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'fast1', '--on', 'host-a', '--cpu', 'host', '--memory', '16MiB', '--rate', '3000', '--wss', '4MiB', '--seed', '9')).code).toBe(0);
     await waitForWrites(c, 'fast1', 1000);
@@ -154,8 +160,9 @@ describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-
     await memoryMatchesReplay(c, 'fast1');
   });
 
-  it('does not resume a suspended --cpu host VM on its own host restarted with fewer flags, and does once they are back', async () => {
-    cluster = await mixedCluster();
+  it('does not resume a suspended --cpu host VM on its own host restarted with fewer flags, and does once they are back', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, mixedCluster());
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'fast1', '--on', 'host-a', '--cpu', 'host', '--memory', '16MiB', '--rate', '3000', '--wss', '4MiB', '--seed', '21')).code).toBe(0);
     await waitForWrites(c, 'fast1', 1000);
@@ -173,8 +180,9 @@ describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-
     await memoryMatchesReplay(c, 'fast1');
   });
 
-  it.skipIf(!meetsV3)(`moves a powered-off x86-64-v3 VM cold to host-b, which then refuses to start it, naming the v3 flags${meetsV3 ? '' : ' (skipped: this CPU does not meet x86-64-v3)'}`, async () => {
-    cluster = await mixedCluster();
+  it.skipIf(!meetsV3)(`moves a powered-off x86-64-v3 VM cold to host-b, which then refuses to start it, naming the v3 flags${meetsV3 ? '' : ' (skipped: this CPU does not meet x86-64-v3)'}`, async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, mixedCluster());
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'v3vm', '--on', 'host-a', '--cpu', 'x86-64-v3', '--memory', '16MiB', '--rate', '100')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'v3vm')).code).toBe(0);
@@ -189,8 +197,9 @@ describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-
     expect((await c.ferry('vm', 'start', 'v3vm')).code).toBe(0);
   });
 
-  it.skipIf(!meetsV3)(`provisions an x86-64-v3 VM on host-a only, though host-b has more room, and says it skipped host-b and why${meetsV3 ? '' : ' (skipped: this CPU does not meet x86-64-v3)'}`, async () => {
-    cluster = await mixedCluster({ capacityA: '512MiB', capacityB: '2GiB' });
+  it.skipIf(!meetsV3)(`provisions an x86-64-v3 VM on host-a only, though host-b has more room, and says it skipped host-b and why${meetsV3 ? '' : ' (skipped: this CPU does not meet x86-64-v3)'}`, async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, mixedCluster({ capacityA: '512MiB', capacityB: '2GiB' }));
     const c = cluster;
     const v3 = await c.ferry('provision', 'app1', '--template', 'small', '--cpu', 'x86-64-v3');
     expect(v3.code, v3.stderr).toBe(0);
@@ -208,9 +217,10 @@ describe.skipIf(here.skip !== undefined)(`a mixed cluster: host-b masked to x86-
   });
 });
 
-describe('CPU models on any machine', () => {
-  it('loads a VM whose config.json predates CPU models as baseline with its host\'s flags; it starts and runs', async () => {
-    cluster = await startCluster([{ name: 'host-a' }]);
+describe('CPU models on any machine', { concurrent: true }, () => {
+  it('loads a VM whose config.json predates CPU models as baseline with its host\'s flags; it starts and runs', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, startCluster([{ name: 'host-a' }]));
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'old1', '--on', 'host-a', '--memory', '16MiB', '--rate', '2000', '--seed', '4')).code).toBe(0);
     expect((await c.ferry('vm', 'stop', 'old1')).code).toBe(0);
@@ -227,8 +237,9 @@ describe('CPU models on any machine', () => {
     await memoryMatchesReplay(c, 'old1');
   });
 
-  it('refuses a --cpu-mask that names no CPU flag with FERRY_ERR_BAD_INPUT, and starts no agent', async () => {
-    cluster = await startCluster([]);
+  it('refuses a --cpu-mask that names no CPU flag with FERRY_ERR_BAD_INPUT, and starts no agent', async (context) => {
+    const { expect } = context;
+    const cluster = await clusterFor(context, startCluster([]));
     const datastore = path.join(cluster.dir, 'host-x');
     for (const bad of ['AVX2', 'avx2,,sse', 'avx2;rm', '../x']) {
       const failure = await startLocalAgent({ name: 'host-x', datastore, token: cluster.token, extraArgs: ['--cpu-mask', bad], readyTimeoutMs: 10_000 }).then(
