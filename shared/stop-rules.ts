@@ -46,9 +46,10 @@ export function decideStop(facts: RoundFacts): StopReason | undefined {
 
 /**
  * Whether pre-copy switches to post-copy after `round` (options.postcopy; the source and the forecast both ask):
- * `after N` once N rounds are done; `auto` after round 1 when the forecast made before the migration said pre-copy
- * would not converge and round 1 left more than the downtime limit allows, else when the rounds say so (a cap fired, or a round that barely shrank the dirty set leaves
- * more than the downtime limit allows). Never when pre-copy has converged: a stop-and-copy of a few pages is shorter.
+ * `after N` once N rounds are done; `auto`, when the forecast made before the migration said pre-copy would not
+ * converge, after the first round (from round 1 on) whose dirty pages would overrun the downtime limit, else when the
+ * rounds say so (a cap fired, or a round that barely shrank the dirty set leaves more than the limit allows). Never
+ * when pre-copy has converged: a stop-and-copy of a few pages is shorter.
  */
 export function switchToPostcopy(
   options: Pick<MigrationOptions, 'postcopy' | 'maxDowntimeMs'>, round: number, stopReason: StopReason | undefined, stalled: boolean, expectedDowntimeMs: number,
