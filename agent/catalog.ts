@@ -220,7 +220,9 @@ export class Catalog {
     // does, rather than page-faulting it in under the page stream.
     if (prealloc || state === 'migrating-in') {
       try {
+        const startedMs = performance.now();
         await populate(vm.memory);
+        vm.populateMs = performance.now() - startedMs;
       } catch (error) {
         await this.dispose(vm);
         throw error;

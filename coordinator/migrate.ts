@@ -95,7 +95,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     // Stage 1: reservation. The destination checks it has every CPU flag of the VM's model, and capacity, and
     // allocates a container of the same size.
     enter(1, 'reservation');
-    await destination.request('migrate.reserve', {
+    const reserved = await destination.request('migrate.reserve', {
       migrationId, name: vm.name, memoryBytes: vm.memoryBytes, workload: vm.workload, epoch: vm.epoch, cpuModel: vm.cpuModel,
       sourceUrl: located.host.migrationUrl ?? located.host.url,
       ...(vm.disks?.some((disk) => disk.shared) && opened.info.sharedStorageId ? { sharedStorageId: opened.info.sharedStorageId } : {}),
@@ -153,6 +153,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
       ...(sourceReport.pageStream ? { pageStream: sourceReport.pageStream } : {}),
       ...(sourceReport.compression ? { compression: sourceReport.compression } : {}),
       throughputBytesPerSec: sourceReport.rounds[0]?.throughputBytesPerSec ?? 0,
+      ...(reserved.populateMs !== undefined ? { reservationPopulateMs: reserved.populateMs } : {}),
       ...(sourceReport.verification ? { verification: sourceReport.verification } : {}),
       ...(sourceReport.registers ? { cpu: { x: sourceReport.registers.x, n: sourceReport.registers.n } } : {}),
       ...(sourceReport.timeline ? { timeline: sourceReport.timeline } : {}),

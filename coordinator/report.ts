@@ -34,6 +34,8 @@ export interface MigrationReport {
   memoryBytes: number;
   /** Round 1's throughput: the full pass over memory. */
   throughputBytesPerSec: number;
+  /** Stage 1's main part: how long the destination took to make the VM's memory real (its page faults). */
+  reservationPopulateMs?: number;
   verification?: Verification;
   /** The registers the guest continued from on the destination. */
   cpu?: { x: number; n: number };
@@ -186,6 +188,9 @@ export function formatReport(report: MigrationReport, options: { trace?: boolean
       rows.push([String(stage.stage), stage.name, formatDuration(stage.startMs), formatDuration(stage.endMs), formatDuration(stage.endMs - stage.startMs)]);
     }
     lines.push(...formatTable(rows, [2, 3, 4]).split('\n').map((line) => `    ${line}`));
+    if (report.reservationPopulateMs !== undefined) {
+      lines.push(`    the reservation made ${formatBytes(report.memoryBytes)} of memory real on ${report.to} in ${formatDuration(report.reservationPopulateMs)} (page faults)`);
+    }
   }
 
   if (report.rounds.length > 0) {

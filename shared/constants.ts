@@ -14,7 +14,7 @@ export const PAGE_SIZE = 4096;
  * 5: page frame 3: pages may travel as XBZRLE deltas (`--compress xbzrle`, shared/xbzrle.ts), the header's reserved
  *    word counts them and their lengths follow the entries; the `counters` workload
  * 6: `migrate.start`'s `postcopy: {mode: 'auto'}` may carry the forecast's verdict (`forecastConverges`), and a
- *    post-copy report's `reason` may be `forecast`
+ *    post-copy report's `reason` may be `forecast`; `migrate.reserve` answers how long it took to populate memory
  */
 export const PROTOCOL_VERSION = 6;
 

@@ -759,7 +759,9 @@ export const controlOps = {
       /** The VM's CPU model: the destination must have every flag of it (FERRY_ERR_CPU_INCOMPATIBLE). */
       cpuModel: vmCpuModelSchema,
     }).strict(),
-    z.object({ freeBytesAfter: z.number() }),
+    // `populateMs`: how long the destination took to make the VM's memory real (catalog.ts `populate`), the page faults
+    // that are most of a reservation.
+    z.object({ freeBytesAfter: z.number(), populateMs: z.number().nonnegative().optional() }),
   ],
   'migrate.release': [z.object({ migrationId: migrationIdSchema }).strict(), empty],
   'migrate.start': [

@@ -134,7 +134,7 @@ export function serveMigrateControl(connection: ControlServer, agent: Agent): vo
     target.onSourceUnconfirmed = () => agent.settlements.confirmRelease({ migrationId, name, epoch: target.vm.epoch, sourceUrl });
     agent.incoming.set(migrationId, target);
     log.info('reserved', { vm: name, memoryBytes, migration: migrationId });
-    return { freeBytesAfter: catalog.freeBytes };
+    return { freeBytesAfter: catalog.freeBytes, ...(vm.populateMs !== undefined ? { populateMs: vm.populateMs } : {}) };
   });
 
   connection.handle('migrate.release', async ({ migrationId }) => {

@@ -53,6 +53,8 @@ export class VirtualMachine {
   state: VmState;
   /** Ownership epoch: 1 at creation, one more with each committed migration (protocol.ts, vmSummarySchema). */
   epoch = 1;
+  /** How long making its memory real took here, when it was (a reservation, or `vm create --prealloc`). */
+  populateMs: number | undefined;
   /** Disk images in the VM's datastore folder (config.json's `disks`). */
   disks: { file: string; sizeBytes: number; shared?: boolean }[] = [];
   network: Network | null = null;

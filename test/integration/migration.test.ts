@@ -42,6 +42,9 @@ describe('live migration between two agent processes', () => {
     expect(report.totalTimeMs).toBeGreaterThan(report.downtimeMs);
     expect(report.bytesSent).toBeGreaterThan(report.memoryBytes);
     expect(report.throughputBytesPerSec).toBeGreaterThan(0);
+    // The destination made the VM's memory real at reservation, and says how long that took.
+    expect(report.reservationPopulateMs).toBeGreaterThan(0);
+    expect(report.reservationPopulateMs).toBeLessThan(report.totalTimeMs);
     expect(report.verification).toMatchObject({ mode: 'full', match: true });
     expect(report.verification.sourceDigest).toBe(report.verification.destDigest);
     expect(report.verification.sourceMemoryDigest).toBe(report.verification.destMemoryDigest);
@@ -113,6 +116,7 @@ describe('live migration between two agent processes', () => {
     expect(migrated.code, migrated.stderr).toBe(0);
     expect(migrated.stdout).toContain('live migration of web2: host-a -> host-b   COMMITTED');
     expect(migrated.stdout).toMatch(/stage timeline[\s\S]*iterative pre-copy[\s\S]*stop-and-copy[\s\S]*commitment[\s\S]*activation/);
+    expect(migrated.stdout).toMatch(/the reservation made 16 MiB of memory real on host-b in [\d.]+ (µs|ms|s) \(page faults\)/);
     expect(migrated.stdout).toMatch(/downtime\s+\d/);
     expect(migrated.stdout).toMatch(/verification\s+pages: source [0-9a-f]{16}, destination [0-9a-f]{16}: match/);
     expect(migrated.stderr).toContain('stage 2: iterative pre-copy');
