@@ -16,6 +16,9 @@
 import { z } from 'zod';
 import { MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, PAGE_SIZE } from './constants.js';
 import { ErrorCode, FerryError } from './errors.js';
+import { forEachPage, pagesIn, pagesInSample, type TraceSample } from './trace-runs.js';
+
+export { forEachPage, pagesIn, pagesInSample, pagesToRuns, traceExtentPages } from './trace-runs.js';
 
 export const TRACE_FORMAT = 'ferry-trace';
 export const TRACE_VERSION = 1;
@@ -45,7 +48,7 @@ const MAX_PAGES = MAX_MEMORY_BYTES / PAGE_SIZE;
 
 /** A sample: runs as `[gap, length, ...]` (above). */
 export const traceSampleSchema = z.array(z.number().int().min(0).max(MAX_PAGES)).max(2 * MAX_PAGES);
-export type TraceSample = number[];
+export type { TraceSample } from './trace-runs.js';
 
 /**
  * Why `samples` are not a valid trace of a memory of `pageCount` pages, or undefined when they are: each sample an
@@ -97,56 +100,6 @@ export const traceFileSchema = z.object({
   if (problem) context.addIssue({ code: 'custom', path: ['samples'], message: problem });
 });
 export type TraceFile = z.infer<typeof traceFileSchema>;
-
-/** The runs of ascending, distinct pages `pages[0..count)`. */
-export function pagesToRuns(pages: ArrayLike<number>, count = pages.length): TraceSample {
-  const runs: number[] = [];
-  let end = 0; // one past the last run's last page
-  for (let i = 0; i < count; ) {
-    const start = pages[i]!;
-    let length = 1;
-    while (i + length < count && pages[i + length] === start + length) length += 1;
-    runs.push(start - end, length);
-    end = start + length;
-    i += length;
-  }
-  return runs;
-}
-
-/** Calls `visit` with each page of a sample, ascending. */
-export function forEachPage(sample: TraceSample, visit: (page: number) => void): void {
-  let page = 0;
-  for (let k = 0; k < sample.length; k += 2) {
-    page += sample[k]!;
-    const end = page + sample[k + 1]!;
-    for (; page < end; page++) visit(page);
-  }
-}
-
-/** One past the highest page the samples name: the working set a replay of them needs. */
-export function traceExtentPages(samples: readonly TraceSample[]): number {
-  let extent = 0;
-  for (const sample of samples) {
-    let end = 0;
-    for (const value of sample) end += value;
-    extent = Math.max(extent, end);
-  }
-  return extent;
-}
-
-/** Pages in one sample. */
-export function pagesInSample(sample: TraceSample): number {
-  let pages = 0;
-  for (let k = 1; k < sample.length; k += 2) pages += sample[k]!;
-  return pages;
-}
-
-/** Pages in all samples together, repeats counted: the page writes one pass of a replay makes. */
-export function pagesIn(samples: readonly TraceSample[]): number {
-  let pages = 0;
-  for (const sample of samples) pages += pagesInSample(sample);
-  return pages;
-}
 
 export interface TraceSummary {
   samples: number;

@@ -30,7 +30,8 @@
  */
 import { PAGE_SIZE } from './constants.js';
 import type { WorkloadSpec } from './protocol.js';
-import { pagesInSample, traceExtentPages, type ReplayTrace } from './trace.js';
+import type { ReplayTrace } from './trace.js';
+import { pagesInSample, traceExtentPages } from './trace-runs.js';
 
 export const WORDS_PER_PAGE = PAGE_SIZE / 4;
 const GOLDEN = 0x9e3779b1;
