@@ -215,19 +215,18 @@ export class Catalog {
 
   /** Creates the VM's memory and parked vCPU; a migration's destination also backs every page at once. */
   private async build(spec: VmSpec, state: VmState, prealloc: boolean): Promise<VirtualMachine> {
-    const vm = await VirtualMachine.create(spec, state);
     // A migration's destination will receive every page in round 1: take the memory now, as Xen's reservation
-    // does, rather than page-faulting it in under the page stream.
-    if (prealloc || state === 'migrating-in') {
-      try {
+    // does, rather than page-faulting it in under the page stream. It is done while the vCPU's worker boots.
+    let populateMs: number | undefined;
+    const populating = prealloc || state === 'migrating-in'
+      ? async (memory: Uint8Array): Promise<void> => {
         const startedMs = performance.now();
-        await populate(vm.memory);
-        vm.populateMs = performance.now() - startedMs;
-      } catch (error) {
-        await this.dispose(vm);
-        throw error;
+        await populate(memory);
+        populateMs = performance.now() - startedMs;
       }
-    }
+      : undefined;
+    const vm = await VirtualMachine.create(spec, state, populating);
+    vm.populateMs = populateMs;
     return vm;
   }
 

@@ -64,9 +64,13 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
   let memoryBytes = 0;
   const migrationId = randomUUID();
   let vmLock: VmLock | undefined;
+  let destinationOpening: ReturnType<typeof openHost> | undefined;
   try {
     vmLock = await hooks.store?.lockVm(request.vm, 'migration');
     const destinationHost = findHost(cluster, request.to);
+    // The destination is dialled while the VM is found: the two are independent, and each waits on connections.
+    destinationOpening = openHost(destinationHost, connect);
+    destinationOpening.catch(() => undefined); // awaited below, after the VM is found (its errors come first)
     let opened: Awaited<ReturnType<typeof openHost>>;
     let located: Awaited<ReturnType<typeof locateVm>>;
     if (request.from !== undefined) {
@@ -89,7 +93,7 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     if (located.vm.state !== 'running' && located.vm.state !== 'paused') {
       throw new FerryError(ErrorCode.VM_STATE, `${request.vm} is ${located.vm.state} on ${from}`, 'wait for its current migration to finish');
     }
-    destination = (await openHost(destinationHost, connect)).client;
+    destination = (await destinationOpening).client;
     const vm = await source.request('vm.info', { name: request.vm });
 
     // Stage 1: reservation. The destination checks it has every CPU flag of the VM's model, and capacity, and
@@ -170,7 +174,8 @@ export async function migrateLive(cluster: Cluster, request: MigrateRequest, hoo
     return failed(from, memoryBytes, error);
   } finally {
     source?.close();
-    destination?.close();
+    // Closed once open, also when the migration failed before it was awaited.
+    void destinationOpening?.then((opened) => opened.client.close(), () => undefined);
     await vmLock?.release().catch(() => undefined);
   }
 }

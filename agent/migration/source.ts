@@ -252,7 +252,9 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
     /** Set when the stop rule fired and one more round follows the collection: pre-copy ends after it, for that reason. */
     let stopAfterNextRound: StopReason | undefined;
     vm.dirtyLog.clearAll(); // cleared BEFORE round 1 reads any page: writes from here on are caught
-    let pages: Uint32Array = Uint32Array.from({ length: vm.pageCount }, (_, page) => page);
+    // Every page, for round 1 (a plain loop: `Uint32Array.from` with a mapping function took 10-12 ms for 1 GiB).
+    let pages: Uint32Array = new Uint32Array(vm.pageCount);
+    for (let page = 0; page < pages.length; page++) pages[page] = page;
     /** Why pre-copy hands over to post-copy, when it does (switchToPostcopy). */
     let postcopyReason: PostcopyReport['reason'] | undefined = options.postcopy?.mode === 'after' && options.postcopy.afterRounds === 0 ? 'asked' : undefined;
     for (; postcopyReason === undefined;) {
@@ -330,13 +332,17 @@ export async function runSource(context: SourceContext): Promise<SourceReport> {
       // Post-copy (postcopy-source.ts): pause, send the device's pages, and let the destination run the VM with the
       // list of pages still here; then push them, serving its faults first.
       const lastRound = rounds.length;
-      // Both sides collect their garbage first, as before a stop-and-copy (a collection in the switch is downtime).
+      // Both sides collect their garbage first, as before a stop-and-copy (a collection in the switch is downtime),
+      // once pages have moved: the page frames are most of the garbage. Switching before round 1 there are none, and
+      // the two collections cost 25-30 ms of total time for no shorter pause (10 fresh-agent runs each way: 7.0 ms
+      // median with them, 7.2 ms without); the destination skips its own for the same reason (live-target.ts).
+      // The request goes either way: the destination readies the activation with the config it carries.
       if (context.collectGarbage) {
         const collecting = peer.request('peer.sync', {
           round: Math.max(lastRound, 1), beforePause: true, streamBytes: sender.streamBytes, ...(context.files ? { config: context.files.config } : {}),
         }, { timeoutMs: PEER_REPLY_TIMEOUT_MS, signal });
         collecting.catch(() => undefined);
-        context.collectGarbage();
+        if (sender.streamBytes > 0) context.collectGarbage();
         await collecting;
       }
       const dirtyBuffer = new Uint32Array(vm.pageCount);

@@ -54,8 +54,12 @@ export function serveLiveTarget(connection: PeerServer, agent: Agent): void {
     const reply = current().sync();
     if (beforePause) {
       if (config !== undefined) current().prepareActivation(config);
-      const tookMs = agent.collectGarbage();
-      log.debug('collected before the pause', { tookMs });
+      // The page frames taken are most of the garbage; with none yet (post-copy from the start) a collection only
+      // costs time (source.ts, the post-copy switch).
+      if ((streamBytes ?? 0) > 0) {
+        const tookMs = agent.collectGarbage();
+        log.debug('collected before the pause', { tookMs });
+      }
       return reply;
     }
     await faultPoint(faults, `round-${round}`, log, () => connection.close());
