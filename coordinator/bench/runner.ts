@@ -58,6 +58,8 @@ export interface RunResult {
   onePassMs?: number;
   /** Stages 0-1: the checks and the reservation (the destination's memory made real), before any page moves. */
   setupMs: number;
+  /** Of stage 1, how long the destination took to make the VM's memory real (its page faults; the report's figure). */
+  reservationPopulateMs?: number;
   /** The model's pre-copy and stop-and-copy (stages 2-3), from round-1 throughput and the achieved dirty rate. */
   prediction: ModelPrediction;
   /** Stages 2-3 as measured, the span the model predicts. */
@@ -223,6 +225,7 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       ...(report.postcopy ? { postcopy: report.postcopy } : {}),
       ...(planned && planned.link.bytesPerSec > 0 ? { onePassMs: (memoryBytes / planned.link.bytesPerSec) * 1000 } : {}),
       setupMs: stageMs(0) + stageMs(1),
+      ...(report.reservationPopulateMs !== undefined ? { reservationPopulateMs: report.reservationPopulateMs } : {}),
       prediction,
       transferTimeMs,
       predictedTotalTimeMs,

@@ -55,6 +55,11 @@ export interface ScenarioSummary {
     /** Total time over one pass of memory at the link's measured page rate; and the same without stages 0-1. */
     totalOverOnePass: Spread;
     movingOverOnePass: Spread;
+    /**
+     * The machine's floor in the same units: one pass plus the reservation's page faults, which come before any page
+     * moves (bench/probes/reservation.mjs measures them alone). NaN where the report had no figure.
+     */
+    floorOverOnePass: Spread;
   };
 }
 
@@ -121,6 +126,7 @@ function summarizePostcopy(scenario: Scenario, runs: RunResult[]): NonNullable<S
     postcopyMs: of((run) => run.postcopy!.durationMs),
     totalOverOnePass: of((run) => run.totalTimeMs / (run.onePassMs ?? Number.NaN)),
     movingOverOnePass: of((run) => (run.totalTimeMs - run.setupMs) / (run.onePassMs ?? Number.NaN)),
+    floorOverOnePass: of((run) => 1 + (run.reservationPopulateMs ?? Number.NaN) / (run.onePassMs ?? Number.NaN)),
   };
 }
 
@@ -157,7 +163,9 @@ export function checkTargets(summaries: ScenarioSummary[]): TargetCheck[] {
     checks.push({ what: `downtime, ${name}`, target: '<= 15 ms', measured: ms(post.downtimeMs.median), met: post.downtimeMs.median <= 15 });
     const ratio = post.postcopy.totalOverOnePass.median;
     const moving = post.postcopy.movingOverOnePass.median;
-    checks.push({ what: `total time, ${name}`, target: '<= 1.2 x memory / the link\'s page rate', measured: `${ratio.toFixed(2)} x (${moving.toFixed(2)} x without the reservation)`, met: ratio <= 1.2 });
+    const floor = post.postcopy.floorOverOnePass.median;
+    const floorNote = Number.isFinite(floor) ? `; one pass plus the reservation's page faults alone: ${floor.toFixed(2)} x` : '';
+    checks.push({ what: `total time, ${name}`, target: '<= 1.2 x memory / the link\'s page rate', measured: `${ratio.toFixed(2)} x (${moving.toFixed(2)} x without the reservation${floorNote})`, met: ratio <= 1.2 });
     checks.push({ what: `page-fault stall, ${name}`, target: 'p99 reported', measured: `p50 ${ms(post.postcopy.stallP50Ms.median)}, p99 ${ms(post.postcopy.stallP99Ms.median)}`, met: post.postcopy.switched > 0 });
   }
   const above = find('hot-1g-150-postcopy');

@@ -116,8 +116,9 @@ describe('failures before the commit', () => {
     cluster = await startCluster([{ name: 'host-a' }, { name: 'host-b' }]);
     const c = cluster;
     expect((await c.ferry('vm', 'create', 'web1', '--on', 'host-a', '--memory', '64MiB', '--filled', '--rate', '5000', '--wss', '16MiB', '--seed', '41')).code).toBe(0);
-    // 64 MiB (filled: every byte travels) at 16 MiB/s takes four seconds; the timeout is one.
-    const migrated = await c.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '16MiB/s', '--timeout', '1s', '--json');
+    // 64 MiB (filled: every byte travels) at 8 MiB/s takes eight seconds; the timeout is two, well after stages 0-1
+    // (tens of ms) even on a loaded machine, and well before the last page.
+    const migrated = await c.ferry('migrate', 'web1', '--to', 'host-b', '--max-bandwidth', '8MiB/s', '--timeout', '2s', '--json');
     expect(migrated.code).toBe(1);
     const report = migrated.json();
     expect(report).toMatchObject({ outcome: 'rolled-back', error: { code: 'FERRY_ERR_TIMEOUT' } });
