@@ -248,7 +248,10 @@ export function predictMigration(input: ForecastInput): Forecast {
   }
   if (result.postcopy) {
     advice.push(`post-copy: the VM runs at the destination after ${result.postcopy.afterRounds} round(s), with ${result.postcopy.missingPages.toLocaleString('en-US')} page(s) following in about ${formatDuration(result.postcopy.durationMs)}; until they are all there, a crash of either host LOSES THE VM (a broken link only waits for \`ferry migrate --resume\`)`);
-  } else if (!result.converges && !options.postcopy) {
+  } else if (options.postcopy) {
+    // Asked for, but pre-copy is expected to end first: the rounds may still decide otherwise, and the risk is the same.
+    advice.push('post-copy: not expected to be needed (pre-copy should end first); if the migration switches after all, a crash of either host after the switch LOSES THE VM until every page is there');
+  } else if (!result.converges) {
     const post = simulate({ ...input, options: { ...options, postcopy: { mode: 'after', afterRounds: 1 } } });
     advice.push(`--postcopy would end it in one pass after round 1: downtime about ${formatDuration(post.downtimeMs)}, total about ${formatDuration(post.totalTimeMs)}; but a crash of either host after the switch loses the VM`);
   }

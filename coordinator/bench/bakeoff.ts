@@ -123,6 +123,15 @@ export function baseOptions(maxDowntimeMs = DEFAULT_MAX_DOWNTIME_MS, maxBandwidt
   return { maxDowntimeMs, maxBandwidthBytesPerSec, maxRounds: STOP_RULES.maxRounds, verify: 'pages', autoConverge: false };
 }
 
+/**
+ * The guest's slowdown over the migration's window: the share of the writes its pacing asked for that it did not make
+ * (a pause, throttling, page faults), in percent. A guest a little ahead of its pacing (it catches up after a stall)
+ * counts as not slowed, never as negative.
+ */
+export function guestSlowdownPct(writesAsked: number, writesMade: number): number {
+  return writesAsked > 0 ? (100 * Math.max(0, writesAsked - writesMade)) / writesAsked : 0;
+}
+
 /** The guest's register n and when it was read: the midpoint of the request that read it. */
 async function writeCount(host: HostEntry): Promise<{ n: number; atMs: number; info: VmInfo }> {
   const sentMs = performance.now();
@@ -159,7 +168,7 @@ async function runPolicy(request: BakeoffRequest, workload: WorkloadSpec, policy
       policy, repeat, outcome: report.outcome, ...(error ? { error } : {}),
       ...(report.downtimeMs !== undefined ? { downtimeMs: report.downtimeMs } : {}),
       totalTimeMs: report.totalTimeMs, bytesSent: report.bytesSent, windowMs, writesAsked, writesMade,
-      slowdownPct: writesAsked > 0 ? (100 * Math.max(0, writesAsked - writesMade)) / writesAsked : 0,
+      slowdownPct: guestSlowdownPct(writesAsked, writesMade),
       throttlePct: report.throttlePct, rounds: report.rounds.length, ...(report.stopReason ? { stopReason: report.stopReason } : {}),
       ...(report.postcopy ? { postcopy: { faults: report.postcopy.faults, stallTotalMs: report.postcopy.stallMs?.totalMs ?? 0, stallP99Ms: report.postcopy.stallMs?.p99 ?? 0 } } : {}),
       ...(replayMatches !== undefined ? { replayMatches } : {}),

@@ -61,6 +61,11 @@ describe('ferry CLI', () => {
     const migrateHelp = await runFerry(['migrate', '--help']);
     expect(migrateHelp.stdout).toContain('--max-downtime');
     expect(migrateHelp.stdout).toContain('--verify');
+    // Post-copy's options, and its one risk said plainly where the flag is chosen.
+    for (const word of ['--postcopy [mode]', '--postcopy-after <n>', '--resume', '--compress <method>', '--xbzrle-cache <size>']) expect(migrateHelp.stdout).toContain(word);
+    expect(migrateHelp.stdout.replace(/\s+/g, ' ')).toContain('If either HOST CRASHES after the switch, THE VM IS LOST');
+    const benchHelp = await runFerry(['bench', '--help']);
+    for (const word of ['--trace <file>', '--policies <list>']) expect(benchHelp.stdout).toContain(word);
     const unknown = await runFerry(['teleport']);
     expect(unknown.code).toBe(2);
   });

@@ -3,6 +3,7 @@
  * destination from the switch while its missing pages follow, those it touches first; a broken link leaves both sides
  * waiting until `ferry migrate --resume`; a crash of either side after the switch loses the VM, and ferry says so.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import { describe, expect, it, vi, type TestContext } from 'vitest';
 import { expectMemoryMatchesReplay, patiently, startCluster, type TestCluster, vmInfo, waitForWrites } from '../harness.js';
 
@@ -93,7 +94,8 @@ describe.concurrent('post-copy', () => {
   it('survives a link that breaks mid-push: both sides wait, and --resume finishes it with memory that matches replay', async (context) => {
     const { expect } = context;
     const c = await clusterFor(context, [{ name: 'host-a' }, { name: 'host-b', env: { FERRY_FAULTS: 'cut-postcopy:2000' } }]);
-    expect((await c.ferry('vm', 'create', 'pc3', '--on', 'host-a', '--memory', '32MiB', '--wss', '4MiB', '--filled', '--rate', '20000', '--seed', '23')).code).toBe(0);
+    // A working set of 4,096 pages, twice the 2,000 that arrive before the cut: the guest runs into a missing page.
+    expect((await c.ferry('vm', 'create', 'pc3', '--on', 'host-a', '--memory', '32MiB', '--wss', '16MiB', '--filled', '--rate', '20000', '--seed', '23')).code).toBe(0);
     await waitForWrites(c, 'pc3', 2000);
     const cut = await c.ferry('migrate', 'pc3', '--to', 'host-b', '--postcopy-after', '0', '--max-bandwidth', '32MiB/s', '--json', '--no-forecast');
     expect(cut.code).toBe(1);
@@ -110,12 +112,18 @@ describe.concurrent('post-copy', () => {
     // Nothing else may act on either copy meanwhile.
     const dump = await c.ferry('vm', 'pause', 'pc3');
     expect(dump.code).not.toBe(0);
+    // The guest at host-b waits on a page the cut left at host-a: its write count stands still until the resume.
+    const waiting = await vmInfo(c, 'pc3');
+    expect(waiting.host).toBe('host-b');
+    await delay(300);
+    expect((await vmInfo(c, 'pc3')).cpu.n, 'writes while a page it needs is cut off').toBe(waiting.cpu.n);
 
     const resumed = await c.ferry('migrate', 'pc3', '--resume', '--json');
     expect(resumed.code, resumed.stdout + resumed.stderr).toBe(0);
     const after = resumed.json<{ outcome: string; postcopy: PostcopyJson; verification: { match: boolean } }>();
     expect(after).toMatchObject({ outcome: 'committed', verification: { match: true }, postcopy: { complete: true, resumes: 1 } });
     expect(await copiesOf(c, 'pc3')).toEqual([expect.objectContaining({ host: 'host-b', state: 'running' })]);
+    await waitForWrites(c, 'pc3', waiting.cpu.n); // and it runs on once the page is in
     await expectMemoryMatchesReplay(c, 'pc3');
   });
 

@@ -30,6 +30,7 @@ describe('delta compression', () => {
     expect(tcp.compression.cacheHits).toBeGreaterThan(0);
     expect(tcp.compression.deltaPages).toBeGreaterThan(0);
     expect(tcp.compression.bytesSaved).toBeGreaterThan(0);
+    expect(tcp.compression.encodeMs).toBeGreaterThan(0);
     expect(tcp.compression.decodeMs).toBeGreaterThan(0);
     await expectMemoryMatchesReplay(c, 'ctr1');
     const checked = await c.ferry('vm', 'check', 'ctr1');
@@ -40,6 +41,8 @@ describe('delta compression', () => {
     expect(back.code, back.stderr).toBe(0);
     expect(back.stdout).toMatch(/pages over\s+the peer WebSocket\n/);
     expect(back.stdout).toMatch(/compression\s+xbzrle, 4 MiB cache: [1-9][\d,]* hit\(s\).*saved/);
+    // What it cost: the CPU of encoding on the source, of decoding on the destination.
+    expect(back.stdout).toMatch(/encode [\d.]+ (µs|ms|s) of CPU on the source, decode [\d.]+ (µs|ms|s) on the destination/);
     expect((await vmInfo(c, 'ctr1')).host).toBe('host-a');
     await expectMemoryMatchesReplay(c, 'ctr1');
 

@@ -3,7 +3,7 @@
  * without agents.
  */
 import { describe, expect, it } from 'vitest';
-import { RECOMMENDATION, baseOptions, recommend, summarizePolicy, type PolicyRun, type PolicySummary } from '../../coordinator/bench/bakeoff.js';
+import { RECOMMENDATION, baseOptions, guestSlowdownPct, recommend, summarizePolicy, type PolicyRun, type PolicySummary } from '../../coordinator/bench/bakeoff.js';
 import type { Spread } from '../../coordinator/bench/stats.js';
 import { POLICY_NAMES, parsePolicies, policyOptions } from '../../coordinator/bench/policies.js';
 import { ErrorCode } from '../../shared/errors.js';
@@ -31,6 +31,17 @@ describe('the policy table', () => {
 function run(policy: PolicyRun['policy'], fields: Partial<PolicyRun>): PolicyRun {
   return { policy, repeat: 1, outcome: 'committed', replayMatches: true, downtimeMs: 10, totalTimeMs: 1000, bytesSent: 100 * MiB, slowdownPct: 1, ...fields };
 }
+
+describe('the guest\'s slowdown', () => {
+  it('is the share of the writes asked for that the guest did not make, never below zero', () => {
+    expect(guestSlowdownPct(1000, 1000)).toBe(0);
+    expect(guestSlowdownPct(1000, 900)).toBeCloseTo(10, 9);
+    expect(guestSlowdownPct(2000, 500)).toBeCloseTo(75, 9);
+    expect(guestSlowdownPct(1000, 0)).toBe(100);
+    expect(guestSlowdownPct(1000, 1010)).toBe(0); // caught up after a stall: not slowed
+    expect(guestSlowdownPct(0, 0)).toBe(0); // a guest asked for no writes in the window
+  });
+});
 
 describe('summaries and the recommendation', () => {
   it('takes medians of the committed runs and keeps a refusal as the reason a policy did not run', () => {
