@@ -210,7 +210,7 @@ function postcopySection(summaries: ScenarioSummary[]): string[] {
   lines.push('Scenarios that switch to post-copy (`ferry migrate --postcopy-after N`, `--postcopy auto`): the VM runs at the destination ' +
     'from the switch while its missing pages follow, each fetched first when the guest touches it. Downtime is the switch; ' +
     'faults are the destination vCPU\'s waits for a missing page, and their stall the time each held it. One pass: memory over the ' +
-    'link\'s page rate as the forecast measured it in the same run; "moving" leaves out stages 0-1 (the checks and the reservation, which ' +
+    'link\'s page rate as the forecast measured it in the same run (or --max-bandwidth, where that is lower); "moving" leaves out stages 0-1 (the checks and the reservation, which ' +
     'makes the destination\'s memory real before any page moves); "floor" is one pass plus the reservation\'s page faults in the same run, ' +
     'what the machine costs before ferry\'s own work. Medians over the runs, (min–max) beside them.', '');
   lines.push('| scenario | switch | switched | downtime ms | total time ms | total / one pass (moving; floor) | faults | stall p50 ms | stall p99 ms | pages asked for | pages pushed | post-copy ms | sent / memory |');

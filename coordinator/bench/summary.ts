@@ -170,8 +170,14 @@ export function checkTargets(summaries: ScenarioSummary[]): TargetCheck[] {
   }
   const above = find('hot-1g-150-postcopy');
   if (above?.postcopy) {
+    // Met only where the guest did outrun the link: a vCPU short of it proves nothing about a guest above it.
+    const outran = above.achievedDirtyRateOfLink.median > 1;
     const onePass = above.rounds.median === 0 && above.bytesSentOverMemory.median <= 1.05;
-    checks.push({ what: 'above the link (150 %), post-copy', target: 'one pass', measured: `${above.rounds.median} pre-copy round(s), ${above.bytesSentOverMemory.median.toFixed(2)} x memory sent`, met: onePass });
+    checks.push({
+      what: 'above the link (150 %), post-copy', target: 'one pass',
+      measured: `${above.rounds.median} pre-copy round(s), ${above.bytesSentOverMemory.median.toFixed(2)} x memory sent; the guest wrote at ${pct(above.achievedDirtyRateOfLink.median)} of the link`,
+      met: onePass && outran,
+    });
     checks.push({ what: 'downtime, above the link (150 %), post-copy', target: '<= 15 ms', measured: ms(above.downtimeMs.median), met: above.downtimeMs.median <= 15 });
   }
   const idle256 = find('idle-256m');

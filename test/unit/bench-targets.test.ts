@@ -44,13 +44,17 @@ describe('issue 14\'s targets in the benchmark', () => {
     expect(verdict(fast, 'total time, hot-1g-25-hybrid')).toMatchObject({ met: true, measured: '1.15 x (1.30 x without the reservation)' });
   });
 
-  it('above the link: one pass (no pre-copy round, memory sent once) and downtime <= 15 ms', () => {
-    const onePass = [summary('hot-1g-150-postcopy', { rounds: s(0), bytesSentOverMemory: s(1.0), downtimeMs: s(8), postcopy: postcopy(1.9, 1.8) })];
-    expect(verdict(onePass, 'above the link (150 %), post-copy')?.met).toBe(true);
+  it('above the link: one pass (no pre-copy round, memory sent once) of a guest that did outrun the link, and downtime <= 15 ms', () => {
+    const above = { achievedDirtyRateOfLink: s(1.48), postcopy: postcopy(1.9, 1.8) };
+    const onePass = [summary('hot-1g-150-postcopy', { ...above, rounds: s(0), bytesSentOverMemory: s(1.0), downtimeMs: s(8) })];
+    expect(verdict(onePass, 'above the link (150 %), post-copy')).toMatchObject({ met: true, measured: '0 pre-copy round(s), 1.00 x memory sent; the guest wrote at 148.0 % of the link' });
     expect(verdict(onePass, 'downtime, above the link (150 %), post-copy')?.met).toBe(true);
-    const rounds = [summary('hot-1g-150-postcopy', { rounds: s(2), bytesSentOverMemory: s(1.4), downtimeMs: s(30), postcopy: postcopy(1.9, 1.8) })];
-    expect(verdict(rounds, 'above the link (150 %), post-copy')).toMatchObject({ met: false, measured: '2 pre-copy round(s), 1.40 x memory sent' });
+    const rounds = [summary('hot-1g-150-postcopy', { ...above, rounds: s(2), bytesSentOverMemory: s(1.4), downtimeMs: s(30) })];
+    expect(verdict(rounds, 'above the link (150 %), post-copy')?.met).toBe(false);
     expect(verdict(rounds, 'downtime, above the link (150 %), post-copy')?.met).toBe(false);
+    // One pass of a guest that fell short of the link proves nothing about one above it.
+    const short = [summary('hot-1g-150-postcopy', { ...above, achievedDirtyRateOfLink: s(0.56), rounds: s(0), bytesSentOverMemory: s(1.0), downtimeMs: s(8) })];
+    expect(verdict(short, 'above the link (150 %), post-copy')).toMatchObject({ met: false, measured: expect.stringContaining('56.0 % of the link') });
   });
 
   it('XBZRLE on the partial-write workload: bytes after round 1 cut by 5 x or more', () => {
