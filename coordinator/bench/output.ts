@@ -172,7 +172,7 @@ function runTable(summaries: ScenarioSummary[], repeat: number): string[] {
   lines.push(`Medians over ${repeat} runs per scenario, (min–max) beside them. Every run starts two fresh agent processes. ` +
     'The model column is the pre-copy model (coordinator/bench/model.ts) given round-1 throughput and the dirty rate the vCPU achieved; ' +
     'it predicts stages 2-3, and the stages it does not model (checks, reservation, commit, activation) are added as measured. ' +
-    'Its error on stages 2-3 alone is the last figure.', '');
+    'Its error on stages 2-3 alone is the last figure. Runs that switched to post-copy are not its to predict: "-" (the forecast models them).', '');
   lines.push('| scenario | link | dirty rate, % of link (achieved) | round-1 throughput MiB/s (% raw TCP) | total time ms | downtime ms | guest blackout ms | rounds | stop | sent / memory | CPU ms/GiB (x raw TCP) | model: total ms (error; stages 2-3 error) | verified |');
   lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of summaries) {
@@ -181,7 +181,7 @@ function runTable(summaries: ScenarioSummary[], repeat: number): string[] {
       : s.dirtyRatePagesPerSec > 0 ? `${s.dirtyRatePagesPerSec} writes/s (${num(s.achievedDirtyRateOfLink.median * 100, 1)} %)` : 'idle';
     const stops = Object.entries(s.stopReasons).map(([reason, count]) => `${reason}${count === s.runs ? '' : ` ×${count}`}`).join(', ');
     const verified = `${s.allVerified ? 'yes' : 'NO'}${s.allReplayMatched === undefined ? '' : s.allReplayMatched ? ', replay ok' : ', REPLAY MISMATCH'}`;
-    lines.push(`| ${s.scenario} | ${s.link} | ${dirty} | ${num(s.round1ThroughputBytesPerSec.median / 1024 ** 2, 0)} (${num(s.fractionOfRawTcp.median * 100, 1)} %) | ${withSpread(s.totalTimeMs, 0)} | ${withSpread(s.downtimeMs, 2)} | ${withSpread(s.guestBlackoutMs, 2)} | ${withSpread(s.rounds, 0)} | ${stops || '-'} | ${num(s.bytesSentOverMemory.median, 2)} | ${num(s.cpuMsPerGiB.median, 0)} (${num(s.cpuVersusRawTcp.median, 2)} x) | ${num(s.predictedTotalTimeMs.median, 0)} (${num(s.modelErrorTotalTime.median * 100, 1)} %; ${num(s.modelErrorTransferTime.median * 100, 1)} %) | ${verified}${s.committed < s.runs ? `, ${s.runs - s.committed} not committed` : ''} |`);
+    lines.push(`| ${s.scenario} | ${s.link} | ${dirty} | ${num(s.round1ThroughputBytesPerSec.median / 1024 ** 2, 0)} (${num(s.fractionOfRawTcp.median * 100, 1)} %) | ${withSpread(s.totalTimeMs, 0)} | ${withSpread(s.downtimeMs, 2)} | ${withSpread(s.guestBlackoutMs, 2)} | ${withSpread(s.rounds, 0)} | ${stops || '-'} | ${num(s.bytesSentOverMemory.median, 2)} | ${num(s.cpuMsPerGiB.median, 0)} (${num(s.cpuVersusRawTcp.median, 2)} x) | ${Number.isFinite(s.predictedTotalTimeMs.median) ? `${num(s.predictedTotalTimeMs.median, 0)} (${num(s.modelErrorTotalTime.median * 100, 1)} %; ${num(s.modelErrorTransferTime.median * 100, 1)} %)` : '-'} | ${verified}${s.committed < s.runs ? `, ${s.runs - s.committed} not committed` : ''} |`);
   }
   lines.push('');
   return lines;

@@ -191,7 +191,10 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
     const stageMs = (stage: number): number => report.stages.filter((entry) => entry.stage === stage).reduce((total, entry) => total + entry.endMs - entry.startMs, 0);
     const transferTimeMs = stageMs(2) + stageMs(3);
     const unmodelledMs = stageMs(0) + stageMs(1) + stageMs(4) + stageMs(5);
-    const predictedTotalTimeMs = prediction.totalTimeMs + unmodelledMs;
+    // The model is of pre-copy: a run that switched to post-copy is none of its business (the forecast beside it models
+    // post-copy), and its error would only blur the model's own.
+    const modelled = report.postcopy === undefined;
+    const predictedTotalTimeMs = modelled ? prediction.totalTimeMs + unmodelledMs : Number.NaN;
     return {
       scenario: scenario.name,
       repeat,
@@ -230,12 +233,12 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       prediction,
       transferTimeMs,
       predictedTotalTimeMs,
-      predictionError: {
+      predictionError: modelled ? {
         transferTime: relativeError(transferTimeMs, prediction.totalTimeMs),
         totalTime: relativeError(report.totalTimeMs, predictedTotalTimeMs),
         downtime: relativeError(downtimeMs, prediction.downtimeMs),
         rounds: report.rounds.length - prediction.rounds.length,
-      },
+      } : { transferTime: Number.NaN, totalTime: Number.NaN, downtime: Number.NaN, rounds: Number.NaN },
       ...(planned ? {
         forecast: {
           totalTimeMs: planned.forecast.totalTimeMs, downtimeMs: planned.forecast.downtimeMs, rounds: planned.forecast.rounds,
