@@ -255,6 +255,11 @@ export function predictMigration(input: ForecastInput): Forecast {
     const post = simulate({ ...input, options: { ...options, postcopy: { mode: 'after', afterRounds: 1 } } });
     advice.push(`--postcopy would end it in one pass after round 1: downtime about ${formatDuration(post.downtimeMs)}, total about ${formatDuration(post.totalTimeMs)}; but a crash of either host after the switch loses the VM`);
   }
+  if (options.compress === 'xbzrle') {
+    // What a delta saves depends on how much of each page the guest rewrites between two sends, which the VM's stats do
+    // not say: the rounds above count every page sent again whole, an upper bound on the bytes.
+    advice.push('--compress xbzrle: rounds 2 on are counted as whole pages here, an upper bound; pages sent again go as deltas where smaller, far fewer bytes for a guest that rewrites a few bytes of each page (docs/PERFORMANCE.md, "Delta compression"), none fewer for one that rewrites whole pages');
+  }
   if (result.storageMs !== undefined) {
     const diskBytes = input.disks!.reduce((sum, disk) => sum + disk.bytes, 0);
     advice.push(`--copy-storage: copying ${formatBytes(diskBytes)} of disk at ${formatRate(result.bandwidthBytesPerSec)} takes up to ${formatDuration(result.storageMs)} before memory moves (zero blocks are skipped, so less if the disk is sparse)`);

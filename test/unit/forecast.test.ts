@@ -48,6 +48,9 @@ describe('predictMigration with post-copy', () => {
   it('--postcopy auto switches only when pre-copy will not converge, and a guest that outruns the link is told post-copy would end it', () => {
     const idle = predictMigration(input(0, { options: { ...options, postcopy: { mode: 'auto' } } }));
     expect(idle.postcopy).toBeUndefined();
+    // Delta compression is not modelled, and the forecast says so.
+    expect(predictMigration(input(0, { options: { ...options, compress: 'xbzrle' } })).advice.join(' ')).toMatch(/--compress xbzrle: rounds 2 on are counted as whole pages here, an upper bound/);
+    expect(predictMigration(input(0)).advice.join(' ')).not.toMatch(/xbzrle/);
     // No switch expected, and still the risk said: the rounds may switch after all.
     expect(idle.advice.join(' ')).toMatch(/not expected to be needed.*LOSES THE VM/);
     expect(idle.stopReason).toBe('few-dirty-pages');
