@@ -206,6 +206,22 @@ describe('ferry ui in headless Chromium', () => {
     await page.locator('button[data-drain="host-b"]').waitFor(WAIT);
   });
 
+  it('follows a post-copy started from the command line: the switch, the pages still at the source, then the report', async () => {
+    // web1 is on host-a again (the drain above) and still watched. Held to 4 MiB/s, its 32 MiB take several seconds to
+    // follow the switch, so the page sees the push under way.
+    await page.locator('#tabs button[data-tab="migration"]').click();
+    const migrating = cluster.ferry('migrate', 'web1', '--to', 'host-b', '--postcopy-after', '0', '--max-bandwidth', '4MiB/s', '--no-forecast', '--json');
+    await page.locator('#stage-timeline li[data-stage="6"].current').waitFor({ state: 'attached', ...WAIT });
+    await expect.poll(() => page.locator('#progress').textContent(), WAIT).toMatch(/^post-copy (progress|switched): [\d,]+ pages still at the source, [\d,]+ pushed, [\d,]+ asked for by faults/);
+    const migrated = await migrating;
+    expect(migrated.code, migrated.stderr).toBe(0);
+    expect(migrated.json()).toMatchObject({ outcome: 'committed', postcopy: { complete: true } });
+    await page.locator('#migration-status[data-state="committed"]').waitFor({ state: 'attached', ...WAIT });
+    await expect.poll(() => page.locator('#report').textContent(), WAIT).toMatch(/^committed: 0 pre-copy rounds, post-copy after 0 round\(s\): [\d,]+ pages pushed, [\d,]+ asked for by [\d,]+ fault\(s\), downtime/);
+    await expect.poll(() => page.locator('#vms tr[data-vm="web1"]').textContent(), WAIT).toContain('host-b');
+    await expectMemoryMatchesReplay(cluster, 'web1');
+  });
+
   it('opens a bench results folder: its summary\'s tables and its charts', async () => {
     const folder = path.join(cluster.dir, 'bench-results', 'run-1');
     await mkdir(path.join(folder, 'charts'), { recursive: true });

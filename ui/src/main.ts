@@ -28,7 +28,10 @@ type MigrationEvent =
   | { kind: 'throttle'; round: number; pct: number }
   | { kind: 'postcopy'; phase: string; pagesLeft: number; pushedPages: number; requestedPages: number; faults: number }
   | { kind: 'storage'; file: string; phase: string; blocksDone: number; blocksTotal: number };
-interface SourceReport { outcome: string; stopReason?: string; downtimeMs?: number; bytesSent: number; rounds: unknown[]; error?: { message: string } }
+interface SourceReport {
+  outcome: string; stopReason?: string; downtimeMs?: number; bytesSent: number; rounds: unknown[]; error?: { message: string };
+  postcopy?: { afterRounds: number; pushedPages: number; requestedPages: number; faults: number; complete: boolean };
+}
 type UiEvent =
   | { kind: 'host'; host: string; info: HostInfo; vms: VmInfo[] }
   | { kind: 'host-down'; host: string; error: string }
@@ -182,8 +185,12 @@ function onMigrationEnd(event: Extract<UiEvent, { kind: 'migration-end' }>): voi
   $('cancel-migration').hidden = true;
   if (outcome === 'committed') markStage(7);
   if (!$('report').textContent) {
+    const post = report?.postcopy;
+    const ended = post
+      ? `post-copy after ${post.afterRounds} round(s): ${post.pushedPages.toLocaleString()} pages pushed, ${post.requestedPages.toLocaleString()} asked for by ${post.faults.toLocaleString()} fault(s)${post.complete ? '' : ', not all there yet'}`
+      : `stop rule ${report?.stopReason ?? '-'}`;
     $('report').textContent = report
-      ? `${outcome}: ${report.rounds.length} pre-copy rounds, stop rule ${report.stopReason ?? '-'}, downtime ${report.downtimeMs?.toFixed(1) ?? '-'} ms, ${bytes(report.bytesSent)} sent${report.error ? `; ${report.error.message}` : ''}`
+      ? `${outcome}: ${report.rounds.length} pre-copy rounds, ${ended}, downtime ${report.downtimeMs?.toFixed(1) ?? '-'} ms, ${bytes(report.bytesSent)} sent${report.error ? `; ${report.error.message}` : ''}`
       : `failed: ${event.error?.message ?? 'unknown'}`;
   }
 }
