@@ -53,7 +53,8 @@ export function bakeoffMarkdown(results: BakeoffOutput): string {
     '',
     'Guest slowdown: of the page writes the trace\'s timing asks for between the write counts read just before and just after the migration, the share the guest did not make.', '',
     ...results.policies.filter((summary) => summary.postcopy).map((summary) => `${summary.policy}, after the switch: ${figure(summary.postcopy!.faults, 0)} faults on missing pages, holding the vCPU ${figure(summary.postcopy!.stallTotalMs)} ms in all (p99 of one: ${figure(summary.postcopy!.stallP99Ms, 2)} ms).`),
-    ...(results.policies.some((summary) => summary.postcopy) ? [''] : []),
+    ...results.policies.filter((summary) => summary.compression).map((summary) => `${summary.policy}, its cache: ${figure(summary.compression!.cacheHits, 0)} hit(s) and ${figure(summary.compression!.cacheMisses, 0)} miss(es) among the pages sent again; the deltas saved ${figure(summary.compression!.bytesSaved, 1, MiB)} MiB, for ${figure(summary.compression!.encodeMs)} ms of the source's CPU.`),
+    ...(results.policies.some((summary) => summary.postcopy || summary.compression) ? [''] : []),
     `**Recommendation: ${results.recommendation.policy ?? 'none'}.** ${results.recommendation.reason}.`, '',
     `Rule: ${results.recommendation.rule}.`, '',
   ];
@@ -68,6 +69,8 @@ const CSV_COLUMNS: [string, (run: PolicyRun) => string | number | undefined][] =
   ['slowdown_pct', (run) => run.slowdownPct?.toFixed(2)], ['throttle_pct', (run) => run.throttlePct], ['rounds', (run) => run.rounds], ['stop_reason', (run) => run.stopReason],
   ['postcopy_faults', (run) => run.postcopy?.faults], ['postcopy_stall_ms', (run) => run.postcopy?.stallTotalMs.toFixed(2)],
   ['postcopy_stall_p99_ms', (run) => run.postcopy?.stallP99Ms.toFixed(3)],
+  ['xbzrle_cache_hits', (run) => run.compression?.cacheHits], ['xbzrle_cache_misses', (run) => run.compression?.cacheMisses],
+  ['xbzrle_bytes_saved', (run) => run.compression?.bytesSaved], ['xbzrle_encode_ms', (run) => run.compression?.encodeMs.toFixed(2)],
   ['replay_matches', (run) => (run.replayMatches === undefined ? undefined : String(run.replayMatches))],
 ];
 

@@ -77,6 +77,8 @@ export interface PolicyRun {
   stopReason?: string;
   /** Post-copy: faults the destination's vCPU took on missing pages, and the time they held it (all, and p99). */
   postcopy?: { faults: number; stallTotalMs: number; stallP99Ms: number };
+  /** `--compress xbzrle`: the cache's hits and misses, the bytes its deltas saved, and the source's CPU for them. */
+  compression?: { cacheHits: number; cacheMisses: number; bytesSaved: number; encodeMs: number };
   /** The destination's memory against a replay of the trace (committed runs). */
   replayMatches?: boolean;
 }
@@ -98,6 +100,8 @@ export interface PolicySummary {
   replayMatches?: boolean;
   /** Post-copy's faults and stalls, over the committed runs that switched to it. */
   postcopy?: { faults: Spread; stallTotalMs: Spread; stallP99Ms: Spread };
+  /** Delta compression's figures, over the committed runs that used it. */
+  compression?: { cacheHits: Spread; cacheMisses: Spread; bytesSaved: Spread; encodeMs: Spread };
 }
 
 export interface Recommendation {
@@ -171,6 +175,9 @@ async function runPolicy(request: BakeoffRequest, workload: WorkloadSpec, policy
       slowdownPct: guestSlowdownPct(writesAsked, writesMade),
       throttlePct: report.throttlePct, rounds: report.rounds.length, ...(report.stopReason ? { stopReason: report.stopReason } : {}),
       ...(report.postcopy ? { postcopy: { faults: report.postcopy.faults, stallTotalMs: report.postcopy.stallMs?.totalMs ?? 0, stallP99Ms: report.postcopy.stallMs?.p99 ?? 0 } } : {}),
+      ...(report.compression ? {
+        compression: { cacheHits: report.compression.cacheHits, cacheMisses: report.compression.cacheMisses, bytesSaved: report.compression.bytesSaved, encodeMs: report.compression.encodeMs },
+      } : {}),
       ...(replayMatches !== undefined ? { replayMatches } : {}),
     };
   } finally {
@@ -183,6 +190,7 @@ export function summarizePolicy(policy: PolicyName, runs: PolicyRun[]): PolicySu
   const committed = runs.filter((run) => run.outcome === 'committed');
   const notRun = runs.find((run) => run.outcome === 'not-run');
   const switched = committed.filter((run) => run.postcopy !== undefined);
+  const compressed = committed.filter((run) => run.compression !== undefined);
   const of = (pick: (run: PolicyRun) => number | undefined): Spread | undefined => {
     const values = committed.map(pick).filter((value): value is number => value !== undefined);
     return values.length > 0 ? spread(values) : undefined;
@@ -197,6 +205,12 @@ export function summarizePolicy(policy: PolicyName, runs: PolicyRun[]): PolicySu
       postcopy: {
         faults: spread(switched.map((run) => run.postcopy!.faults)), stallTotalMs: spread(switched.map((run) => run.postcopy!.stallTotalMs)),
         stallP99Ms: spread(switched.map((run) => run.postcopy!.stallP99Ms)),
+      },
+    } : {}),
+    ...(compressed.length > 0 ? {
+      compression: {
+        cacheHits: spread(compressed.map((run) => run.compression!.cacheHits)), cacheMisses: spread(compressed.map((run) => run.compression!.cacheMisses)),
+        bytesSaved: spread(compressed.map((run) => run.compression!.bytesSaved)), encodeMs: spread(compressed.map((run) => run.compression!.encodeMs)),
       },
     } : {}),
   };

@@ -201,6 +201,9 @@ describe('ferry bench --trace', () => {
     const run = (name: string): Record<string, unknown> => results.runs.find((entry: { policy: string }) => entry.policy === name);
     expect(run('postcopy').rounds).toBe(0);
     expect(run('hybrid').rounds).toBeGreaterThanOrEqual(1);
+    // xbzrle's cache figures are reported, and only for it.
+    expect(byName('xbzrle').compression).toMatchObject({ cacheHits: { median: expect.any(Number) }, bytesSaved: { median: expect.any(Number) }, encodeMs: { median: expect.any(Number) } });
+    for (const name of ['precopy', 'postcopy', 'hybrid', 'auto-converge']) expect(byName(name).compression, name).toBeUndefined();
     for (const run of results.runs.filter((entry: { outcome: string }) => entry.outcome === 'committed')) {
       expect(run.writesAsked).toBeGreaterThan(0);
       expect(run.writesMade).toBeGreaterThan(0);
@@ -215,6 +218,7 @@ describe('ferry bench --trace', () => {
     expect(summary).toMatch(/^\| xbzrle \| .* \| 1\/1 \|/m);
     expect(summary).toMatch(/^\| postcopy \| .* \| 1\/1 \|/m);
     expect(summary).toMatch(/^\| hybrid \| .* \| 1\/1 \|/m);
+    expect(summary).toMatch(/^xbzrle, its cache: [\d,]+ hit\(s\) and [\d,]+ miss\(es\) among the pages sent again; the deltas saved [\d.]+ MiB, for [\d.]+ ms of the source's CPU\.$/m);
     expect(summary).toContain(`**Recommendation: ${results.recommendation.policy}.**`);
     expect(result.stdout).not.toContain('# ferry policy bake-off'); // --json: the Markdown goes to the file only
     expect(readFileSync(path.join(out, 'runs.csv'), 'utf8').trim().split('\n')).toHaveLength(1 + results.runs.length);
