@@ -226,8 +226,8 @@ export async function runScenario(scenario: Scenario, repeat: number, context: B
       ...(report.verification ? { verification: report.verification } : {}),
       ...(replayMatches !== undefined ? { replayMatches } : {}),
       ...(report.postcopy ? { postcopy: report.postcopy } : {}),
-      // One pass at the link's page rate, or at --max-bandwidth where that caps it.
-      ...(planned && planned.link.bytesPerSec > 0 ? { onePassMs: (memoryBytes / Math.min(planned.link.bytesPerSec, scenario.maxBandwidth ? parseRate(scenario.maxBandwidth) : Infinity)) * 1000 } : {}),
+      // One pass at the rate the forecast's rounds run at: the link's page rate, or --max-bandwidth where that is lower.
+      ...(planned && planned.forecast.bandwidthBytesPerSec > 0 ? { onePassMs: (memoryBytes / planned.forecast.bandwidthBytesPerSec) * 1000 } : {}),
       setupMs: stageMs(0) + stageMs(1),
       ...(report.reservationPopulateMs !== undefined ? { reservationPopulateMs: report.reservationPopulateMs } : {}),
       prediction,
